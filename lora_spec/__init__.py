@@ -1,0 +1,30 @@
+"""lorasp: specialize small language models towards multi-step reasoning (Fu et al., ICML 2023).
+
+The public API is imported lazily so that ``import lora_spec`` stays cheap::
+
+    from lora_spec import teach, fit, evaluate, merge, load_adapter, AdapterSet
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_API = {
+    # name -> module that defines it; filled in as the stages land
+    "load_student": "lora_spec.student",
+    "Problem": "lora_spec.records",
+    "Sample": "lora_spec.records",
+    "Example": "lora_spec.records",
+    "TeacherRequest": "lora_spec.records",
+    "LoraspError": "lora_spec.errors",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'lora_spec' has no attribute {name!r}")

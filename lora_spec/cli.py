@@ -1,0 +1,93 @@
+"""The ``lorasp`` command line. It only parses arguments, builds a config and calls one function per command.
+
+Commands live in their own modules and are imported only when invoked, so ``lorasp --help`` and
+``lorasp plugins`` stay fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import LoraspError, one_line
+
+# command name -> "module:attribute" of a click.Command, imported on first use
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plugins": ("lora_spec.cli_plugins:plugins", "List every installed plugin with its group and distribution."),
+    "models": ("lora_spec.cli_plugins:models", "List the student presets and whether they are cached."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx, name):
+        if name in self.commands:
+            return self.commands[name]
+        if name not in COMMANDS:
+            return None
+        target = COMMANDS[name][0]
+        mod, attr = target.split(":")
+        cmd = getattr(importlib.import_module(mod), attr)
+        self.commands[name] = cmd
+        return cmd
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="lorasp")
+def cli():
+    """lorasp: specialize a small language model towards multi-step reasoning.
+
+    A teacher writes chain-of-thought solutions (`teach`), a quantized student is tuned on the four-format
+    mixture with LoRA/DoRA or full fine-tuning (`fit`), checkpoints are chosen on in-distribution,
+    out-of-distribution and generic held-out sets, and the result is a swappable reasoning adapter
+    (`eval`, `merge`, `generate`, `adapters`).
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = bool(os.environ.get("LORASP_DEBUG"))
+    try:
+        rv = cli.main(args=argv, prog_name="lorasp", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "lorasp"
+        click.echo(f"error: {one_line(exc.format_message())} (see '{cmd} --help')", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"error: {one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
+    except LoraspError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {one_line(exc.message)}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # never a traceback for users; LORASP_DEBUG=1 shows it
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {one_line(exc)[:500]} "
+                   f"(rerun with LORASP_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

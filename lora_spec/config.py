@@ -1,0 +1,161 @@
+"""Run configs: a pydantic model per command, read from an optional YAML file, overridden by CLI flags.
+
+Every field of a command's config model becomes a CLI flag (``rank`` -> ``--rank``, ``eval_every`` ->
+``--eval-every``; booleans get ``--x/--no-x``; list fields may be repeated). Values from YAML and from flags go
+through the same validation, so an unknown key, a wrong type or an out-of-range value is one line naming the key
+(and the YAML line), with exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Type, TypeVar, get_args, get_origin
+
+import click
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError, one_line
+
+C = TypeVar("C", bound="RunConfig")
+
+
+class RunConfig(BaseModel):
+    """Base of every command config: unknown keys are errors; values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _yaml_lines(text: str) -> dict[str, int]:
+    """Top-level key -> 1-based line number, for error messages."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, _v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                lines[str(k.value)] = k.start_mark.line + 1
+    return lines
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _describe_error(err: dict, source: dict[str, str]) -> str:
+    loc = err.get("loc") or ()
+    key = str(loc[0]) if loc else "?"
+    where = source.get(key, "config")
+    path = ".".join(str(x) for x in loc)
+    typ = err.get("type", "")
+    if typ == "extra_forbidden":
+        return f"{where}: unknown key {path!r}"
+    got = err.get("input")
+    msg = err.get("msg", "invalid value")
+    msg = msg[0].lower() + msg[1:] if msg else msg
+    return f"{where}: field {path!r}: {msg}, got {got!r}"
+
+
+def build(cls: Type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
+    """Merge the YAML file (if any) and the CLI overrides into a validated config."""
+    data: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    if yaml_path:
+        p = Path(yaml_path)
+        if not p.exists():
+            raise ConfigError(f"{p}: config file not found")
+        text = p.read_text(encoding="utf-8")
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}{line}: invalid YAML ({one_line(getattr(exc, 'problem', exc))})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: expected a mapping of keys to values at the top level")
+        lines = _yaml_lines(text)
+        for k, v in loaded.items():
+            k = str(k).replace("-", "_")
+            data[k] = v
+            source[k] = f"{p}:{lines.get(str(k), lines.get(str(k).replace('_', '-'), 1))}"
+    for k, v in overrides.items():
+        data[k] = v
+        source[k] = _flag(k)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_error(exc.errors()[0], source)) from None
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if get_origin(tp) is typing.Union or str(get_origin(tp)) == "<class 'types.UnionType'>":
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _is_list(tp: Any) -> bool:
+    return get_origin(_unwrap_optional(tp)) in (list, tuple)
+
+
+def _is_bool(tp: Any) -> bool:
+    return _unwrap_optional(tp) is bool
+
+
+def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Callable:
+    """Decorate a click command with ``--config``, ``--print-config`` and one flag per field of ``cls``.
+
+    The command function receives ``cfg`` (a validated ``cls``) instead of the individual flags.
+    """
+
+    def decorator(fn: Callable) -> Callable:
+        field_names = [n for n in cls.model_fields if n not in skip]
+
+        @functools.wraps(fn)
+        def wrapper(*args, config: str | None = None, print_config: bool = False, **kwargs):
+            overrides = {}
+            for n in field_names:
+                v = kwargs.pop(n, None)
+                if v is None or (isinstance(v, tuple) and len(v) == 0):
+                    continue
+                overrides[n] = list(v) if isinstance(v, tuple) else v
+            cfg = build(cls, config, overrides)
+            if print_config:
+                click.echo(cfg.to_yaml(), nl=False)
+                return None
+            return fn(*args, cfg=cfg, **kwargs)
+
+        cmd = wrapper
+        for n in reversed(field_names):
+            f = cls.model_fields[n]
+            ann = f.annotation
+            help_text = f.description or ""
+            base = _unwrap_optional(ann)
+            if get_origin(base) is Literal:
+                help_text += f" [one of: {', '.join(map(str, get_args(base)))}]"
+            default = f.default
+            if default is not None and not callable(default) and str(default) != "PydanticUndefined":
+                help_text += f" [default: {default}]"
+            if _is_bool(ann):
+                opt = click.option(f"{_flag(n)}/--no-{n.replace('_', '-')}", n, default=None, help=help_text)
+            elif _is_list(ann):
+                opt = click.option(_flag(n), n, multiple=True, default=None, help=help_text + " (repeatable)")
+            else:
+                opt = click.option(_flag(n), n, default=None, type=str, help=help_text)
+            cmd = opt(cmd)
+        cmd = click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")(cmd)
+        cmd = click.option("--config", "config", type=str, default=None,
+                           help="YAML file with any of this command's fields; flags override it.")(cmd)
+        return cmd
+
+    return decorator
