@@ -10,16 +10,19 @@ import click
 from . import registry
 
 
-@click.command("plugins")
+@click.group("plugins", invoke_without_command=True)
 @click.option("--group", "groups", multiple=True, type=click.Choice(sorted(registry.GROUPS)),
               help="Only this group (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def plugins(groups, as_json):
+@click.pass_context
+def plugins(ctx, groups, as_json):
     """List every installed plugin: group, name, distribution and a one-line description.
 
     A plugin that fails to import, or a name claimed by two distributions, is listed with its error and the
-    command exits with status 1.
+    command exits with status 1. `lorasp plugins show GROUP NAME` loads one plugin by name and shows it.
     """
+    if ctx.invoked_subcommand is not None:
+        return None
     rows = registry.listing(list(groups) or None)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
@@ -38,6 +41,50 @@ def plugins(groups, as_json):
     for r in bad:
         click.echo(f"error: {r.group[:-1]} {r.name!r} from {r.distribution} {r.version}: {r.error}", err=True)
     return 1 if bad else 0
+
+
+def _parse_params(params: tuple[str, ...]) -> dict:
+    import yaml
+
+    from .errors import ConfigError
+
+    out = {}
+    for item in params:
+        if "=" not in item:
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+@plugins.command("show")
+@click.argument("group", type=click.Choice(sorted(registry.GROUPS)))
+@click.argument("name")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Constructor parameter (repeatable).")
+@click.option("--split", default=None, help="Datasets: the split to preview (default: the first).")
+@click.option("--limit", default=3, show_default=True, type=click.IntRange(0), help="Datasets: rows to preview.")
+def show(group, name, params, split, limit):
+    """Load one plugin by name and show it: a dataset's splits and first problems, an eval suite's tasks."""
+    p = registry.info(group, name)
+    obj = registry.create(group, name, **_parse_params(params))
+    click.echo(f"{p.group[:-1]} {p.name} from {p.dist} {p.dist_version} ({p.value})")
+    desc = registry.describe(type(obj) if not isinstance(obj, type) else obj)
+    if desc:
+        click.echo(f"  {desc}")
+    if group == "datasets":
+        splits = list(obj.splits())
+        click.echo(f"  splits: {', '.join(splits)}")
+        sp = split or splits[0]
+        for prob in obj.load(sp, limit=limit):
+            click.echo(json.dumps(dataclasses.asdict(prob), ensure_ascii=False))
+    elif group == "evals":
+        for t in obj.tasks():
+            click.echo(json.dumps(dataclasses.asdict(t), ensure_ascii=False))
+    else:
+        fp = getattr(obj, "fingerprint", None)
+        if callable(fp):
+            click.echo(f"  fingerprint: {fp()}")
+    return 0
 
 
 @click.command("models")

@@ -32,7 +32,7 @@ PRESETS = {
     "tiny-t5": "random-weight 2-layer T5 with a locally trained SentencePiece-style tokenizer (test fixture)",
 }
 # Bump when the way a preset is built changes, so that stale caches are not reused.
-_PRESET_VERSION = {"smollm2-135m": 1, "tiny-llama": 1, "tiny-t5": 1}
+_PRESET_VERSION = {"smollm2-135m": 1, "tiny-llama": 2, "tiny-t5": 2}
 
 Quant = Literal["nf4", "int8", "none"]
 
@@ -157,8 +157,8 @@ def _build_tiny_llama(out: Path) -> None:
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=False)
+    cfg.lorasp_test_fixture = "tiny-llama: random weights, for tests only"
     model = LlamaForCausalLM(cfg)
-    model.config._name_or_path = "lorasp/tiny-llama (test fixture, random weights)"
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
 
@@ -181,8 +181,8 @@ def _build_tiny_t5(out: Path) -> None:
                    num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                    pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                    decoder_start_token_id=tok.pad_token_id)
+    cfg.lorasp_test_fixture = "tiny-t5: random weights, for tests only"
     model = T5ForConditionalGeneration(cfg)
-    model.config._name_or_path = "lorasp/tiny-t5 (test fixture, random weights)"
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
 
