@@ -1,0 +1,343 @@
+"""``openai`` teacher: any OpenAI-compatible server (OpenAI, vLLM, llama.cpp server, Ollama, TGI) over httpx.
+
+* ``/v1/completions`` (``api="completions"``, plain-text prompts) or ``/v1/chat/completions`` (``api="chat"``).
+* Bounded concurrency (a thread pool of ``concurrency`` workers sharing one connection pool).
+* Retries with exponential backoff and jitter on 429, 5xx, timeouts and connection errors; ``Retry-After`` is
+  honoured. A malformed response (bad JSON, no choices) is a failed request, recorded, never a crash.
+  401/403/404 stop the run with a one-line error: every further request would fail the same way.
+* ``n`` > 1: asked natively first; a server that returns fewer choices (llama.cpp returns one) is noticed and
+  the missing samples are asked one by one, in parallel, each with its own derived seed.
+* ``top_logprobs`` k: the sampled tokens' strings and the top-k log-probabilities per generated token.
+
+The API key is read from the environment variable named by ``api_key_env`` at request time; it is never stored
+in the fingerprint, the manifest, the store or any log line.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import httpx
+
+from ...errors import ConfigError, ModelError, one_line
+from ...records import Sample, TeacherRequest
+
+RETRY_STATUS = {408, 409, 425, 429}
+FATAL_STATUS = {401, 403, 404}
+
+
+def derive_seed(seed: int, problem_id: str, index: int) -> int:
+    h = hashlib.sha256(f"{seed}\x00{problem_id}\x00{index}".encode()).digest()
+    return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass
+class _Task:
+    req: TeacherRequest
+    first: int  # first sample index asked by this HTTP request
+    n: int
+
+
+@dataclass
+class TaskResult:
+    """What one HTTP exchange produced: stored samples, or one failed sample per index asked."""
+
+    samples: list[Sample]
+    request_id: str | None = None
+    leftover: _Task | None = None  # indices the server did not return (ignored ``n``), to ask again
+    attempts: int = 1
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class _Fatal(Exception):
+    pass
+
+
+class OpenAITeacher:
+    """OpenAI-compatible HTTP teacher (completions or chat), with retries, bounded concurrency and top-k logprobs."""
+
+    name = "openai"
+
+    def __init__(self, model: str = "", base_url: str = "https://api.openai.com/v1",
+                 api_key_env: str = "OPENAI_API_KEY", api: str = "completions", temperature: float = 0.7,
+                 top_p: float | None = None, max_tokens: int = 256, stop: list[str] | None = None,
+                 top_logprobs: int = 0, seed: int | None = 0, concurrency: int = 8, timeout: float = 120.0,
+                 max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
+                 extra_body: dict[str, Any] | None = None):
+        if not model:
+            raise ConfigError("teacher 'openai' needs --model (the model name the server serves)")
+        if api not in ("completions", "chat"):
+            raise ConfigError(f"--api: expected 'completions' or 'chat', got {api!r}")
+        if not str(base_url).startswith(("http://", "https://")):
+            raise ConfigError(f"--base-url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
+        if concurrency < 1:
+            raise ConfigError(f"--concurrency: must be >= 1, got {concurrency}")
+        if top_logprobs < 0 or top_logprobs > 20:
+            raise ConfigError(f"--top-logprobs: must be between 0 and 20, got {top_logprobs}")
+        self.model = model
+        self.base_url = str(base_url).rstrip("/")
+        self.api_key_env = api_key_env
+        self.api = api
+        self.temperature = float(temperature)
+        self.top_p = top_p
+        self.max_tokens = int(max_tokens)
+        self.stop = list(stop or [])
+        self.top_logprobs = int(top_logprobs)
+        self.seed = seed
+        self.concurrency = int(concurrency)
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.extra_body = dict(extra_body or {})
+        self.native_n: bool | None = None  # learned from the first n>1 answer
+        self.requests_sent = 0  # HTTP requests actually sent, retries included
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+
+    # -- identity ------------------------------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """What determines the samples (and so the store key). Not the URL, the key, concurrency or retries."""
+        return {"teacher": "openai", "model": self.model, "api": self.api, "temperature": self.temperature,
+                "top_p": self.top_p, "max_tokens": self.max_tokens, "stop": self.stop,
+                "top_logprobs": self.top_logprobs, "seed": self.seed, "extra_body": self.extra_body}
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(json.dumps(self.params(), sort_keys=True).encode()).hexdigest()[:12]
+        return f"openai:{self.model}:{h}"
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.params(), "base_url": self.base_url, "api_key_env": self.api_key_env,
+                "concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries}
+
+    # -- HTTP ----------------------------------------------------------------------------------------------------
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            headers = {"Content-Type": "application/json"}
+            key = os.environ.get(self.api_key_env or "", "")
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+            self._client = httpx.Client(
+                base_url=self.base_url, headers=headers,
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
+                limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency))
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _body(self, task: _Task) -> dict[str, Any]:
+        req = task.req
+        body: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature,
+                                "n": task.n}
+        if self.top_p is not None:
+            body["top_p"] = self.top_p
+        if self.stop:
+            body["stop"] = self.stop
+        if self.seed is not None:
+            body["seed"] = derive_seed(int(self.seed), req.problem.id, task.first)
+        if self.api == "chat":
+            body["messages"] = req.prompt if isinstance(req.prompt, list) else [{"role": "user", "content": req.prompt}]
+            if self.top_logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = self.top_logprobs
+        else:
+            if isinstance(req.prompt, list):
+                raise ConfigError("teacher 'openai' with api 'completions' needs a text prompt; "
+                                  "use --api chat for chat messages")
+            body["prompt"] = req.prompt
+            if self.top_logprobs:
+                body["logprobs"] = self.top_logprobs
+        body.update(self.extra_body)
+        return body
+
+    def _sleep(self, attempt: int, retry_after: float | None, stop: threading.Event | None) -> bool:
+        """Back off before retry ``attempt`` (1-based); False if the run is being stopped."""
+        cap = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        delay = cap / 2 + random.uniform(0, cap / 2)  # exponential backoff with (equal) jitter
+        if retry_after is not None:
+            delay = min(self.max_backoff, retry_after) + random.uniform(0, 0.1)
+        if stop is not None:
+            return not stop.wait(delay)
+        time.sleep(delay)
+        return True
+
+    def _fail(self, task: _Task, error: str) -> list[Sample]:
+        req = task.req
+        return [Sample(problem_id=req.problem.id, sample_index=task.first + i, prompt_id=req.prompt_id, text="",
+                       teacher=self.fingerprint(), error=error) for i in range(task.n)]
+
+    def _exchange(self, task: _Task, stop: threading.Event | None = None) -> TaskResult:
+        body = self._body(task)
+        tag = urllib.parse.quote(f"{task.req.problem.id}/{task.first}/{task.n}", safe="/")
+        path = "/chat/completions" if self.api == "chat" else "/completions"
+        last = "no attempt made"
+        attempt = 0
+        while True:
+            attempt += 1
+            if stop is not None and stop.is_set():
+                return TaskResult(self._fail(task, "stopped before an answer arrived"), attempts=attempt - 1)
+            retry_after = None
+            with self._lock:
+                self.requests_sent += 1
+            try:
+                resp = self._http().post(path, json=body, headers={"X-Lorasp-Request": tag})
+            except httpx.TimeoutException as exc:
+                last = f"timeout after {self.timeout:g}s ({type(exc).__name__})"
+            except httpx.TransportError as exc:
+                last = f"connection error: {type(exc).__name__}: {one_line(exc)[:200]}"
+            else:
+                status = resp.status_code
+                if status == 200:
+                    return self._parse(task, resp, attempt)
+                detail = one_line(resp.text)[:200]
+                last = f"HTTP {status} from {self.base_url}{path}: {detail}"
+                if status in FATAL_STATUS:
+                    hint = (f" (is ${self.api_key_env} set?)" if status in (401, 403)
+                            else " (check --base-url and --model)")
+                    raise _Fatal(last + hint)
+                if status not in RETRY_STATUS and status < 500:
+                    return TaskResult(self._fail(task, last), attempts=attempt)
+                ra = resp.headers.get("retry-after")
+                try:
+                    retry_after = float(ra) if ra is not None else None
+                except ValueError:
+                    retry_after = None
+            if attempt > self.max_retries:
+                return TaskResult(self._fail(task, f"gave up after {attempt} attempts: {last}"), attempts=attempt)
+            if not self._sleep(attempt, retry_after, stop):
+                return TaskResult(self._fail(task, f"stopped while retrying: {last}"), attempts=attempt)
+
+    def _parse(self, task: _Task, resp: httpx.Response, attempt: int) -> TaskResult:
+        req = task.req
+        try:
+            data = resp.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+            return TaskResult(self._fail(task, f"malformed response: invalid JSON ({one_line(exc)[:120]})"),
+                              attempts=attempt)
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices:
+            return TaskResult(self._fail(task, f"malformed response: no 'choices' in {one_line(str(data))[:120]}"),
+                              attempts=attempt)
+        rid = str(data.get("id") or f"{req.prompt_id}/{req.problem.id}/{task.first}")
+        usage = {k: int(v) for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
+        samples: list[Sample] = []
+        try:
+            ordered = sorted(choices, key=lambda c: int(c.get("index", 0))) if all(
+                isinstance(c, dict) for c in choices) else choices
+            for i, ch in enumerate(ordered[:task.n]):
+                text, tokens, top = _choice(ch, self.api)
+                samples.append(Sample(problem_id=req.problem.id, sample_index=task.first + i,
+                                      prompt_id=req.prompt_id, text=text, tokens=tokens, top_logprobs=top,
+                                      finish_reason=ch.get("finish_reason"),
+                                      usage=usage if i == 0 else {}, teacher=self.fingerprint()))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return TaskResult(self._fail(task, f"malformed response: {type(exc).__name__}: {one_line(exc)[:120]}"),
+                              attempts=attempt)
+        leftover = None
+        if task.n > 1:
+            with self._lock:
+                self.native_n = len(samples) >= task.n
+        if len(samples) < task.n:
+            leftover = _Task(req, task.first + len(samples), task.n - len(samples))
+        return TaskResult(samples, request_id=rid, leftover=leftover, attempts=attempt, usage=usage)
+
+    # -- the teacher interface -----------------------------------------------------------------------------------
+    def _split(self, req: TeacherRequest) -> list[_Task]:
+        if req.n > 1 and self.native_n is False:
+            return [_Task(req, req.first_index + i, 1) for i in range(req.n)]
+        return [_Task(req, req.first_index, req.n)]
+
+    def stream(self, requests: list[TeacherRequest], stop: threading.Event | None = None) -> Iterator[TaskResult]:
+        """Yield one ``TaskResult`` per finished HTTP exchange, as they arrive (not in order).
+
+        At most ``concurrency`` requests are in flight. When ``stop`` is set no new request is started and the
+        iterator ends after the in-flight ones return. 401/403/404 raise ``ModelError``.
+        """
+        todo: list[_Task] = []
+        for r in reversed(requests):
+            todo.extend(reversed(self._split(r)))
+        # the first n>1 request is sent alone, to learn whether the server honours n before fanning out
+        probing = any(t.n > 1 for t in todo) and self.native_n is None
+        pool = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="lorasp-teacher")
+        running: dict[cf.Future, _Task] = {}
+        try:
+            while todo or running:
+                limit = 1 if probing else self.concurrency
+                while todo and len(running) < limit and not (stop is not None and stop.is_set()):
+                    t = todo.pop()
+                    if t.n > 1 and self.native_n is False:
+                        todo.extend(reversed([_Task(t.req, t.first + i, 1) for i in range(t.n)]))
+                        continue
+                    running[pool.submit(self._exchange, t, stop)] = t
+                if not running:
+                    break
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    running.pop(fut)
+                    try:
+                        res = fut.result()
+                    except _Fatal as exc:
+                        if stop is not None:
+                            stop.set()
+                        raise ModelError(f"teacher request failed: {exc}") from None
+                    if self.native_n is not None:
+                        probing = False
+                    elif res.samples and res.samples[0].error:
+                        probing = False  # a failed probe tells nothing; do not serialise the run on it
+                    if res.leftover is not None:
+                        todo.extend(reversed(self._split(TeacherRequest(
+                            res.leftover.req.problem, res.leftover.req.prompt, res.leftover.req.prompt_id,
+                            n=res.leftover.n, first_index=res.leftover.first))))
+                    yield res
+        finally:
+            if stop is not None:
+                stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def generate(self, requests: list[TeacherRequest]) -> list[list[Sample]]:
+        """The plain plugin interface: every request's samples, in request order (failed ones carry ``error``)."""
+        by_key: dict[tuple[str, int], Sample] = {}
+        for res in self.stream(requests):
+            for s in res.samples:
+                by_key[(s.problem_id, s.sample_index)] = s
+        return [[by_key[(r.problem.id, r.first_index + i)] for i in range(r.n)] for r in requests]
+
+
+def _choice(ch: dict, api: str) -> tuple[str, list[str] | None, list[dict[str, float]] | None]:
+    """(text, tokens, top_logprobs) of one choice, for both the completions and the chat response shapes."""
+    if api == "chat":
+        text = ch["message"]["content"]
+        if not isinstance(text, str):
+            raise ValueError(f"message content is {type(text).__name__}, not text")
+        lp = ch.get("logprobs") or {}
+        content = lp.get("content") if isinstance(lp, dict) else None
+        if content:
+            tokens = [str(t["token"]) for t in content]
+            top = [{str(a["token"]): float(a["logprob"]) for a in (t.get("top_logprobs") or [])} for t in content]
+            return text, tokens, top
+        return text, None, None
+    text = ch["text"]
+    if not isinstance(text, str):
+        raise ValueError(f"choice text is {type(text).__name__}, not text")
+    lp = ch.get("logprobs")
+    if isinstance(lp, dict) and lp.get("tokens") is not None:
+        tokens = [str(t) for t in lp["tokens"]]
+        tops = lp.get("top_logprobs") or [None] * len(tokens)
+        top = [{str(k): float(v) for k, v in (d or {}).items()} for d in tops]
+        if len(top) != len(tokens):
+            raise ValueError(f"{len(tokens)} tokens but {len(top)} top_logprobs entries")
+        return text, tokens, top
+    return text, None, None
+

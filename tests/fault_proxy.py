@@ -1,0 +1,128 @@
+"""A small fault-injecting HTTP proxy for the teacher tests, started on loopback in front of the real server.
+
+Every request is logged (``proxy.log``: arrival order, path, ``X-Lorasp-Request`` tag, the injected fault, the
+status sent and whether the response was delivered), so a test can count exactly what the server received.
+Faults are planned per arrival number (1-based): ``429`` (with ``Retry-After: 0``), ``500``, ``503``, ``timeout``
+(hold the connection longer than the client waits, never forward), ``truncate`` (forward, then send only half
+of the upstream JSON body with status 200) and ``garbage`` (200 with a non-JSON body).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+import httpx
+
+
+@dataclass
+class Entry:
+    n: int
+    path: str
+    tag: str
+    fault: str | None
+    status: int | None = None
+    delivered: bool = False
+    forwarded: bool = False
+    body: dict = field(default_factory=dict)
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, faults: dict[int, str] | Callable[[int, str, dict], str | None] | None = None,
+                 hang: float = 5.0):
+        self.upstream = upstream.rstrip("/")
+        self.faults = faults or {}
+        self.hang = hang
+        self.log: list[Entry] = []
+        self._lock = threading.Lock()
+        self._client = httpx.Client(timeout=600)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+
+            def do_GET(self):
+                r = proxy._client.get(proxy.upstream + self.path.removeprefix("/v1"))
+                self._send(r.status_code, r.content)
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = {}
+                tag = self.headers.get("X-Lorasp-Request", "")
+                with proxy._lock:
+                    n = len(proxy.log) + 1
+                    fault = proxy.faults(n, tag, body) if callable(proxy.faults) else proxy.faults.get(n)
+                    entry = Entry(n, self.path, tag, fault, body=body)
+                    proxy.log.append(entry)
+                try:
+                    if fault == "timeout":
+                        time.sleep(proxy.hang)
+                        self.close_connection = True
+                        return
+                    if fault in ("429", "500", "503"):
+                        entry.status = int(fault)
+                        self._send(int(fault), b'{"error": {"message": "injected fault"}}', {"Retry-After": "0"})
+                        entry.delivered = True
+                        return
+                    if fault == "garbage":
+                        entry.status = 200
+                        self._send(200, b"<html>Bad gateway</html>")
+                        entry.delivered = True
+                        return
+                    r = proxy._client.post(proxy.upstream + self.path.removeprefix("/v1"), content=raw,
+                                           headers={"Content-Type": "application/json"})
+                    entry.forwarded = True
+                    content = r.content[: len(r.content) // 2] if fault == "truncate" else r.content
+                    entry.status = r.status_code
+                    self._send(r.status_code, content)
+                    entry.delivered = True
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> "FaultProxy":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._client.close()
+
+    def tags(self, *, delivered_only: bool = False) -> list[str]:
+        with self._lock:
+            return [e.tag for e in self.log if e.delivered or not delivered_only]
+
+
+@contextlib.contextmanager
+def fault_proxy(upstream: str, faults=None, hang: float = 5.0) -> Iterator[FaultProxy]:
+    p = FaultProxy(upstream, faults, hang).start()
+    try:
+        yield p
+    finally:
+        p.stop()
