@@ -1,0 +1,25 @@
+"""``lorasp report ARTIFACT``: re-render the specialization report (report.md + curves.png) from lorasp.json."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("report")
+@click.argument("artifact", type=str)
+@click.option("--out", type=str, default=None, help="Write the two files here instead of into the artifact.")
+@click.option("--print/--no-print", "show", default=True, help="Print report.md to stdout. [default: print]")
+def report(artifact: str, out: str | None, show: bool):
+    """Re-render ARTIFACT's specialization report from its lorasp.json alone.
+
+    report.md holds the table of held-out scores per checkpoint (step 0 = the base model, "before"; the last =
+    "after"; the chosen checkpoint marked) and the evaluation time next to the training time; curves.png plots
+    the in-distribution, out-of-distribution and generic accuracies against steps, with the chosen step marked.
+    """
+    from .report import write_report
+
+    md_path, png_path = write_report(artifact, out=out)
+    if show:
+        click.echo(md_path.read_text(encoding="utf-8"), nl=False)
+    click.echo(f"wrote {md_path} and {png_path}", err=True)
+    return 0

@@ -1,0 +1,365 @@
+"""The specialization report of an artifact: ``report.md`` and ``curves.png``, rendered from ``lorasp.json`` alone.
+
+The manifest fields used (all written by ``fit``)::
+
+    base {name}, method, quant, peft {r, alpha}, loss, data {source, n_examples},
+    selection {rule, description, chosen_step, eval_every, sets {in_dist|ood|generic: {datasets, limit, mode,
+               seed, tasks {task: n}}}, train_seconds, eval_seconds},
+    checkpoints [{step, loss, scores {in_dist, ood, generic, eval_seconds, "<set>/<task>": acc}, path, pruned}],
+    train {seconds | train_seconds, steps}
+
+Accuracies are fractions in [0, 1] in the manifest and percentages in the report. ``lorasp report ARTIFACT``
+re-renders both files; nothing else is read, so a report can be rebuilt anywhere the manifest is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .adapters.artifact import MANIFEST, read_manifest
+from .errors import DataError
+from .selection import EVAL_SECONDS, SETS, candidates, parse_rule, select_checkpoint
+
+REPORT_MD = "report.md"
+CURVES_PNG = "curves.png"
+PNG_SIZE = (1000, 700)  # pixels (width, height) of curves.png
+_DPI = 100
+SET_TITLES = {"in_dist": "in-distribution", "ood": "out-of-distribution", "generic": "generic (BBH)"}
+_COLORS = {"in_dist": "#1f77b4", "ood": "#d62728", "generic": "#2ca02c"}
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def checkpoints_of(manifest: dict, where: str = MANIFEST) -> list[dict]:
+    """The manifest's checkpoints, validated and in step order; a bad entry names its index and field."""
+    cks = manifest.get("checkpoints")
+    if not cks:
+        raise DataError(f"{where}: no 'checkpoints' recorded (was the artifact fit with held-out evaluation?)")
+    if not isinstance(cks, list):
+        raise DataError(f"{where}: field 'checkpoints' must be a list, got {type(cks).__name__}")
+    out = []
+    for i, c in enumerate(cks):
+        if not isinstance(c, dict):
+            raise DataError(f"{where}: checkpoints[{i}]: expected an object, got {type(c).__name__}")
+        step = c.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise DataError(f"{where}: checkpoints[{i}].step: expected an integer >= 0, got {step!r}")
+        scores = c.get("scores", {})
+        if scores is None:
+            scores = {}
+        if not isinstance(scores, dict):
+            raise DataError(f"{where}: checkpoints[{i}].scores: expected an object, got {type(scores).__name__}")
+        for k, v in scores.items():
+            if v is not None and _num(v) is None:
+                raise DataError(f"{where}: checkpoints[{i}].scores.{k}: expected a number, got {v!r}")
+        if c.get("loss") is not None and _num(c.get("loss")) is None and not (
+                isinstance(c.get("loss"), float) and math.isnan(c["loss"])):
+            raise DataError(f"{where}: checkpoints[{i}].loss: expected a number, got {c.get('loss')!r}")
+        out.append(c)
+    steps = [c["step"] for c in out]
+    if len(set(steps)) != len(steps):
+        dup = next(s for s in steps if steps.count(s) > 1)
+        raise DataError(f"{where}: checkpoints: step {dup} appears twice")
+    return sorted(out, key=lambda c: c["step"])
+
+
+def chosen_step(manifest: dict, checkpoints: list[dict], where: str = MANIFEST) -> int | None:
+    """The manifest's ``selection.chosen_step``; without one, what its rule (default ``last``) picks."""
+    sel = manifest.get("selection") or {}
+    step = sel.get("chosen_step")
+    if step is not None:
+        if not any(c["step"] == step for c in checkpoints):
+            raise DataError(f"{where}: selection.chosen_step {step!r} is not one of the checkpoints' steps "
+                            f"({', '.join(str(c['step']) for c in checkpoints)})")
+        return int(step)
+    if not candidates(checkpoints):
+        return None
+    return int(select_checkpoint(checkpoints, sel.get("rule") or "last")["step"])
+
+
+def _set_names(checkpoints: list[dict]) -> list[str]:
+    present = {k for c in checkpoints for k, v in (c.get("scores") or {}).items() if v is not None}
+    return [s for s in SETS if s in present]
+
+
+def _task_keys(checkpoints: list[dict]) -> list[str]:
+    keys = []
+    for c in checkpoints:
+        for k in (c.get("scores") or {}):
+            if "/" in k and k not in keys:
+                keys.append(k)
+    order = {s: i for i, s in enumerate(SETS)}
+    return sorted(keys, key=lambda k: (order.get(k.split("/", 1)[0], 9), keys.index(k)))
+
+
+def pct(x: Any) -> str:
+    v = _num(x)
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _secs(x: Any) -> str:
+    v = _num(x)
+    return "–" if v is None else f"{v:.1f}"
+
+
+def times(manifest: dict, checkpoints: list[dict]) -> tuple[float | None, float | None]:
+    """(train seconds, eval seconds). Eval is the sum over checkpoints unless the manifest states it."""
+    sel = manifest.get("selection") or {}
+    train = manifest.get("train") or {}
+    t = None
+    for v in (sel.get("train_seconds"), train.get("train_seconds"), train.get("seconds"),
+              train.get("wall_seconds")):
+        if _num(v) is not None:
+            t = _num(v)
+            break
+    e = _num(sel.get("eval_seconds"))
+    if e is None:
+        vals = [_num((c.get("scores") or {}).get(EVAL_SECONDS)) for c in checkpoints]
+        vals = [v for v in vals if v is not None]
+        e = sum(vals) if vals else None
+    return t, e
+
+
+# --------------------------------------------------------------------------------------------- markdown
+
+
+def render_markdown(manifest: dict, name: str = "artifact") -> str:
+    cks = checkpoints_of(manifest)
+    chosen = chosen_step(manifest, cks)
+    sets = _set_names(cks)
+    sel = manifest.get("selection") or {}
+    rule = sel.get("rule") or "last"
+    try:
+        rule_desc = sel.get("description") or parse_rule(rule).describe()
+    except ValueError:
+        rule_desc = str(rule)
+    last = cks[-1]["step"]
+    base = manifest.get("base") or {}
+    lines = [f"# Specialization report: {name}", ""]
+    facts = []
+    if base.get("name"):
+        facts.append(f"base `{base['name']}`")
+    method = manifest.get("method")
+    if method:
+        peft = manifest.get("peft") or {}
+        extra = f" r={peft['r']}" if peft.get("r") else ""
+        facts.append(f"method {method}{extra}")
+    if manifest.get("quant"):
+        facts.append(f"quant {manifest['quant']}")
+    data = manifest.get("data") or {}
+    if data.get("source"):
+        n = data.get("n_examples")
+        facts.append(f"data {data['source']}" + (f" ({n} examples)" if n else ""))
+    if facts:
+        lines += [" · ".join(facts), ""]
+    if chosen is not None:
+        lines.append(f"Selection: `--select-by {rule}`, {rule_desc}. **Chosen: step {chosen}**"
+                     + (" (the last)." if chosen == last else f" (of {last} steps)."))
+    else:
+        lines.append("Selection: no trained checkpoint was evaluated.")
+    lines.append("")
+
+    # the main table
+    head = ["step", "train loss"] + [SET_TITLES.get(s, s) + " %" for s in sets] + ["eval s", ""]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---:"] * (len(head) - 1) + ["---"]) + "|")
+    for c in cks:
+        sc = c.get("scores") or {}
+        notes = []
+        if c["step"] == 0:
+            notes.append("before (base model)")
+        if c["step"] == chosen:
+            notes.append("**chosen**")
+        if c["step"] == last and c["step"] != 0:
+            notes.append("after (last)")
+        if c.get("pruned"):
+            notes.append("pruned from disk")
+        loss = _num(c.get("loss"))
+        row = [str(c["step"]), "–" if loss is None else f"{loss:.4f}"] + [pct(sc.get(s)) for s in sets] + \
+              [_secs(sc.get(EVAL_SECONDS)), ", ".join(notes)]
+        if c["step"] == chosen:
+            row = [f"**{x}**" if i < len(row) - 1 and x != "–" else x for i, x in enumerate(row)]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+
+    # before -> chosen -> after
+    by_step = {c["step"]: c for c in cks}
+    before = by_step.get(0)
+    if sets and before is not None and chosen is not None:
+        lines.append("Before → chosen → after (accuracy %, change vs. before in points):")
+        lines.append("")
+        for s in sets:
+            b = _num((before.get("scores") or {}).get(s))
+            ch = _num((by_step[chosen].get("scores") or {}).get(s))
+            af = _num((by_step[last].get("scores") or {}).get(s))
+            def d(x):
+                return "" if x is None or b is None else f" ({100 * (x - b):+.1f})"
+            lines.append(f"- {SET_TITLES.get(s, s)}: {pct(b)} → {pct(ch)}{d(ch)} → {pct(af)}{d(af)}")
+        lines.append("")
+        try:
+            r = parse_rule(rule)
+        except ValueError:
+            r = None
+        if r is not None and r.kind == "score":
+            from .selection import checkpoint_value
+
+            vb, vc = checkpoint_value(before, r), checkpoint_value(by_step[chosen], r)
+            if vb is not None and vc is not None and vb > vc:
+                lines.append(f"Note: the base model (step 0) scores higher than every trained checkpoint on "
+                             f"`{rule}`; training did not help on this criterion.")
+                lines.append("")
+
+    # per-task table
+    tkeys = _task_keys(cks)
+    if tkeys:
+        lines.append("Per task (accuracy %):")
+        lines.append("")
+        lines.append("| step | " + " | ".join(f"{k}" for k in tkeys) + " |")
+        lines.append("|" + "|".join(["---:"] * (len(tkeys) + 1)) + "|")
+        for c in cks:
+            sc = c.get("scores") or {}
+            mark = " ✓" if c["step"] == chosen else ""
+            lines.append(f"| {c['step']}{mark} | " + " | ".join(pct(sc.get(k)) for k in tkeys) + " |")
+        lines.append("")
+
+    # the held-out sets
+    sdesc = sel.get("sets") or {}
+    if sdesc:
+        lines.append("Held-out sets:")
+        lines.append("")
+        for s in SETS:
+            d = sdesc.get(s)
+            if not d:
+                continue
+            if not d.get("datasets"):
+                lines.append(f"- {s}: off")
+                continue
+            tasks = d.get("tasks") or {}
+            n = sum(int(v) for v in tasks.values()) if tasks else d.get("limit")
+            detail = ", ".join(f"{k} {v}" for k, v in tasks.items()) if tasks else ", ".join(d["datasets"])
+            lines.append(f"- {s}: {n} problems ({detail}); prompt mode {d.get('mode')}, seed {d.get('seed')}")
+        lines.append("")
+
+    # cost
+    t, e = times(manifest, cks)
+    n_evals = sum(1 for c in cks if (c.get("scores") or {}))
+    if t is not None or e is not None:
+        frac = f" = {100 * e / t:.0f}% of training time" if (t and e is not None) else ""
+        lines.append(f"Cost: training {_secs(t)} s; held-out evaluation {_secs(e)} s over {n_evals} "
+                     f"evaluations{frac}.")
+        lines.append("")
+    lines.append(f"Curves: `{CURVES_PNG}`. Rebuild both files with `lorasp report ARTIFACT`.")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- plot
+
+
+def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact") -> Path:
+    """Three accuracy curves against steps (chosen step marked) above the training loss; ``PNG_SIZE`` pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cks = checkpoints_of(manifest)
+    chosen = chosen_step(manifest, cks)
+    sets = _set_names(cks)
+    sel = manifest.get("selection") or {}
+    fig = Figure(figsize=(PNG_SIZE[0] / _DPI, PNG_SIZE[1] / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(2, 1, height_ratios=(3, 1.2), hspace=0.08)
+    ax = fig.add_subplot(gs[0])
+    axl = fig.add_subplot(gs[1], sharex=ax)
+    for s in sets:
+        pts = [(c["step"], _num((c.get("scores") or {}).get(s))) for c in cks]
+        pts = [(x, 100 * y) for x, y in pts if y is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2, color=_COLORS.get(s),
+                    label=SET_TITLES.get(s, s))
+            at = [p for p in pts if p[0] == chosen]
+            if at:
+                ax.plot([at[0][0]], [at[0][1]], marker="*", ms=16, color=_COLORS.get(s), mec="black", zorder=5)
+    if chosen is not None:
+        for a in (ax, axl):
+            a.axvline(chosen, color="0.3", ls="--", lw=1.2)
+        ax.annotate(f"chosen: step {chosen}", xy=(chosen, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(4, -14), textcoords="offset points", fontsize=10, color="0.2")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    if sets:
+        ax.legend(loc="lower right", fontsize=10)
+    title = f"{name}: held-out accuracy during specialization"
+    if sel.get("rule"):
+        title += f" (select by {sel['rule']})"
+    ax.set_title(title, fontsize=12)
+    ax.tick_params(labelbottom=False)
+    lp = [(c["step"], _num(c.get("loss"))) for c in cks]
+    lp = [(x, y) for x, y in lp if y is not None]
+    if lp:
+        axl.plot([p[0] for p in lp], [p[1] for p in lp], marker=".", color="0.35", lw=1.5)
+    else:
+        axl.text(0.5, 0.5, "no training loss recorded", transform=axl.transAxes, ha="center", va="center",
+                 color="0.5")
+    axl.set_ylabel("train loss")
+    axl.set_xlabel("optimizer step")
+    axl.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.94, bottom=0.09)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(str(tmp), dpi=_DPI, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- both
+
+
+def write_report(artifact: str | os.PathLike, manifest: dict | None = None,
+                 out: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Render ``report.md`` and ``curves.png`` for an artifact (into ``out``, default the artifact itself)."""
+    artifact = Path(artifact)
+    if manifest is None:
+        manifest = read_manifest(artifact)
+    where = str(artifact / MANIFEST)
+    checkpoints_of(manifest, where)  # validate with the file's name in the message
+    chosen_step(manifest, checkpoints_of(manifest, where), where)
+    out = Path(out) if out else artifact
+    out.mkdir(parents=True, exist_ok=True)
+    name = artifact.name or "artifact"
+    md = render_markdown(manifest, name)
+    md_path = out / REPORT_MD
+    tmp = md_path.with_name(f".{REPORT_MD}.tmp-{os.getpid()}")
+    tmp.write_text(md, encoding="utf-8")
+    os.replace(tmp, md_path)
+    png_path = render_png(manifest, out / CURVES_PNG, name)
+    return md_path, png_path
+
+
+def parse_report_table(md: str) -> list[dict[str, str]]:
+    """The main table of a ``report.md`` as a list of {column: cell} (used by tests and tools)."""
+    lines = md.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("| step | train loss")), None)
+    if start is None:
+        raise DataError("report.md: no score table")
+    head = [h.strip() for h in lines[start].strip("|").split("|")]
+    rows = []
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        cells = [x.strip().replace("**", "") for x in ln.strip().strip("|").split("|")]
+        rows.append(dict(zip(head, cells)))
+    return rows

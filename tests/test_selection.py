@@ -1,0 +1,161 @@
+"""Checkpoint selection rules, held-out set config and checkpoint pruning (no model needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lora_spec.errors import ConfigError, DataError
+from lora_spec.selection import (
+    HeldOutSet,
+    SelectionOptions,
+    keep_set,
+    parse_dataset_spec,
+    parse_rule,
+    prune_checkpoints,
+    select_checkpoint,
+)
+
+
+def ck(step, loss=None, path=None, **scores):
+    return {"step": step, "loss": loss, "scores": dict(scores), "path": path}
+
+
+CURVES = [
+    ck(0, None, in_dist=0.10, ood=0.30, generic=0.40),
+    ck(10, 1.20, in_dist=0.40, ood=0.45, generic=0.38),
+    ck(20, 0.90, in_dist=0.60, ood=0.50, generic=0.30),  # best ood
+    ck(30, 0.70, in_dist=0.75, ood=0.42, generic=0.25),  # best in_dist
+    ck(40, 0.65, in_dist=0.70, ood=0.40, generic=0.20),  # lowest loss, last
+]
+
+
+@pytest.mark.parametrize("rule,step", [("in_dist", 30), ("ood", 20), ("generic", 10), ("loss", 40),
+                                       ("last", 40), ("ood=0.7,in_dist=0.3", 20), ("in_dist=0.8,ood=0.2", 30),
+                                       ("generic=1,ood=0", 10)])
+def test_rules_pick_the_argmax(rule, step):
+    assert select_checkpoint(CURVES, rule)["step"] == step
+
+
+def test_weighted_value_is_the_weighted_sum():
+    # 0.5*in_dist + 0.5*ood: step 20 -> 0.55, step 30 -> 0.585 (best), step 40 -> 0.55
+    assert select_checkpoint(CURVES, "in_dist=0.5,ood=0.5")["step"] == 30
+
+
+def test_step0_is_never_chosen_even_when_the_base_is_best():
+    # generic is best at step 0 (0.40) but the base model is the "before" reference, not a candidate
+    assert select_checkpoint(CURVES, "generic")["step"] == 10
+
+
+def test_ties_go_to_the_earliest_step():
+    cks = [ck(0, ood=0.1), ck(5, 2.0, ood=0.5), ck(10, 1.0, ood=0.5), ck(15, 1.0, ood=0.5)]
+    assert select_checkpoint(cks, "ood")["step"] == 5
+    assert select_checkpoint(cks, "loss")["step"] == 10
+
+
+def test_unscorable_checkpoints_are_skipped_and_an_empty_choice_is_an_error():
+    cks = [ck(0, ood=0.1), ck(5, 2.0), ck(10, 1.0, ood=0.2)]
+    assert select_checkpoint(cks, "ood")["step"] == 10
+    with pytest.raises(DataError, match=r"--select-by generic: no checkpoint has the score\(s\) generic "
+                                        r"\(scores present: ood"):
+        select_checkpoint(cks, "generic")
+    with pytest.raises(DataError, match="no trained checkpoint"):
+        select_checkpoint([ck(0, ood=0.1)], "ood")
+
+
+def test_per_task_key_rule():
+    cks = [ck(0), ck(5, 1.0, **{"ood/svamp": 0.2, "ood/asdiv": 0.9}),
+           ck(10, 1.0, **{"ood/svamp": 0.6, "ood/asdiv": 0.1})]
+    assert select_checkpoint(cks, "ood/svamp")["step"] == 10
+    assert select_checkpoint(cks, "ood/asdiv")["step"] == 5
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ("", "empty"), ("best", "unknown selection rule 'best'"), ("ood=x", "not a number"),
+    ("ood=-1", ">= 0"), ("ood=0", "at least one weight"), ("loss=1,ood=1", "cannot be weighted"),
+    ("ood=1,ood=2", "appears twice"), ("oops=1", "unknown score 'oops'"), ("ood,in_dist", "expected key=weight"),
+])
+def test_bad_rules(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_rule(bad)
+    with pytest.raises(ConfigError, match=msg):
+        select_checkpoint(CURVES, bad)
+
+
+def test_keep_set_always_keeps_chosen_and_last():
+    cks = [dict(c, path=f"/x/{c['step']}") for c in CURVES]
+    assert keep_set(cks, 1, "ood") == {20, 40}
+    assert keep_set(cks, 2, "ood") == {20, 40}
+    assert keep_set(cks, 3, "ood") == {20, 40, 10}  # then the next best ood (0.45 at step 10)
+    assert keep_set(cks, 1, "last") == {40}
+    assert keep_set(cks, 3, "last") == {40, 30, 20}
+    assert keep_set(cks, None, "ood") == {10, 20, 30, 40}
+
+
+def test_prune_deletes_directories_but_keeps_scores(tmp_path):
+    cks = []
+    for c in CURVES:
+        d = None
+        if c["step"] > 0:
+            d = tmp_path / f"checkpoint-{c['step']}"
+            d.mkdir()
+            (d / "adapter_model.safetensors").write_bytes(b"x")
+        cks.append(dict(c, path=str(d) if d else None))
+    pruned = prune_checkpoints(cks, 2, "in_dist")
+    assert sorted(pruned) == [10, 20]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-30", "checkpoint-40"]
+    assert [c["scores"]["ood"] for c in cks] == [c["scores"]["ood"] for c in CURVES]  # records stay
+    assert [c.get("pruned", False) for c in cks] == [False, True, True, False, False]
+    # online pruning is consistent: the final choice was never pruned
+    assert select_checkpoint(cks, "in_dist")["path"] is not None
+
+
+def test_online_pruning_never_loses_the_final_choice(tmp_path):
+    """Prune after every checkpoint as training goes on; the checkpoint chosen at the end must still exist."""
+    import random
+
+    rng = random.Random(3)
+    for trial in range(30):
+        cks = [ck(0, ood=rng.random())]
+        for step in range(1, 12):
+            d = tmp_path / f"t{trial}-{step}"
+            d.mkdir()
+            cks.append(ck(step, rng.random(), path=str(d), ood=round(rng.random(), 1)))
+            prune_checkpoints(cks, 2, "ood")
+        best = select_checkpoint(cks, "ood")
+        assert best["path"] is not None and (tmp_path / f"t{trial}-{best['step']}").exists()
+        assert cks[-1]["path"] is not None
+        assert sum(1 for c in cks if c["path"]) <= 2
+
+
+def test_held_out_set_strings_and_mappings():
+    s = HeldOutSet.model_validate("multiarith,svamp,asdiv;limit=12;mode=icl_cot;seed=3")
+    assert s.datasets == ["multiarith", "svamp", "asdiv"] and s.limit == 12 and s.mode == "icl_cot" and s.seed == 3
+    s = HeldOutSet.model_validate("bbh@task=navigate,bbh@task=web_of_lies;limit=4")
+    assert s.datasets == ["bbh@task=navigate", "bbh@task=web_of_lies"]
+    assert parse_dataset_spec("bbh@task=navigate").params == (("task", "navigate"),)
+    assert parse_dataset_spec("gsm8k:dev").split == "dev"
+    assert HeldOutSet.model_validate("none").enabled is False
+    assert HeldOutSet.model_validate({"datasets": ["gsm8k:dev"], "limit": 5}).limit == 5
+    # the string form round-trips
+    s = HeldOutSet.model_validate("svamp;limit=7;mode=zs_answer;seed=1;max_new_tokens=32")
+    assert HeldOutSet.model_validate(s.as_string()) == s
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ("svamp;limit=0", "greater than or equal to 1"), ("svamp;mode=cot", "icl_cot"),
+    ("svamp;size=3", "unknown held-out set key 'size'"), ("limit=3", "starts with its datasets"),
+    ("gsm8k:dev:x", "expected name"), ("svamp;limit", "expected key=value"),
+])
+def test_bad_held_out_sets(bad, msg):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=msg):
+        HeldOutSet.model_validate(bad)
+
+
+def test_selection_options_defaults_are_small():
+    o = SelectionOptions()
+    assert o.select_by == "ood" and o.in_dist.datasets == ["auto"]
+    assert o.in_dist.limit + o.ood.limit + o.generic.limit <= 48
+    assert sorted(d.split("@")[0] for d in o.ood.datasets) == ["asdiv", "multiarith", "svamp"]
+    assert all(d.startswith("bbh@task=") for d in o.generic.datasets)
