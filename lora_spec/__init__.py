@@ -19,6 +19,9 @@ _API = {
     "Example": "lora_spec.records",
     "TeacherRequest": "lora_spec.records",
     "LoraspError": "lora_spec.errors",
+    "teach": "lora_spec.teach",
+    "load_run": "lora_spec.teach",
+    "TeachConfig": "lora_spec.teach",
 }
 
 __all__ = sorted(_API) + ["__version__"]

@@ -19,6 +19,7 @@ from .errors import LoraspError, one_line
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("lora_spec.cli_plugins:plugins", "List every installed plugin with its group and distribution."),
     "models": ("lora_spec.cli_plugins:models", "List the student presets and whether they are cached."),
+    "teach": ("lora_spec.cli_teach:teach_cmd", "Sample chain-of-thought from a teacher, filter by answer (resumable)."),
     "report": ("lora_spec.cli_report:report", "Re-render an artifact's specialization report (report.md, curves.png)."),
 }
 

@@ -1,0 +1,42 @@
+"""``lorasp teach``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .config import config_options
+from .teach import TeachConfig
+
+
+@click.command("teach")
+@config_options(TeachConfig)
+def teach_cmd(cfg: TeachConfig):
+    """Sample chain-of-thought solutions from a teacher, keep the correct ones (resumable).
+
+    \b
+    lorasp teach --dataset gsm8k --split train --teacher openai --model M --base-url URL \\
+                 --prompt gsm8k-complex-8shot --samples 8 --temperature 0.5 --top-logprobs 5 --out runs/teach/gsm8k
+
+    Every answer is committed to OUT/store.sqlite as it arrives: rerunning the same command after a crash,
+    Ctrl-C or kill -9 asks the teacher only for what is missing. OUT also gets problems.jsonl, samples.jsonl
+    (correct samples; --keep all keeps every one, marked) and manifest.json. The API key is read from the
+    environment variable named by --api-key-env and is never written anywhere.
+    """
+    from .teach import teach
+
+    out = teach(cfg)
+    m = json.loads((out / "manifest.json").read_text())
+    c, a = m["counts"], m["accuracy"]
+    fmt = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
+    click.echo(f"{out}: {c['received']}/{c['requested']} samples ({c['failed']} failed, "
+               f"{m['this_run']['resumed_from_store']} already stored), {c['correct']} correct; "
+               f"first-sample accuracy {fmt(a['first_sample'])}, majority vote {fmt(a['majority_vote'])}; "
+               f"{c['exported']} exported to samples.jsonl; {m['wall_time_s']:.1f}s")
+    if m["status"] != "complete":
+        click.echo(f"warning: run is {m['status']}: {c['requested'] - c['received']} samples missing"
+                   + (f" (e.g. {m['failure_examples'][0]})" if m.get("failure_examples") else "")
+                   + "; rerun the same command to retry them", err=True)
+        return 1
+    return 0

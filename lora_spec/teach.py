@@ -1,0 +1,469 @@
+"""Run a teacher over a dataset: prompts, sampling, answer filtering, a resumable store, export and manifest.
+
+``teach(cfg)`` is both the ``lorasp teach`` command and the Python API (``fit`` calls it in-process). The run
+directory holds:
+
+* ``store.sqlite``: the source of truth. Every sample is keyed by (teacher fingerprint, prompt_id, problem_id,
+  sample_index) and committed as it arrives, so a rerun after a crash, Ctrl-C or ``kill -9`` asks only for what
+  is missing. A different teacher or prompt in the same directory gets its own keys.
+* ``problems.jsonl``: the problems asked (with gold answers), ``samples.jsonl``: the correct samples
+  (``keep: all`` exports every sample, each marked ``correct``), ``manifest.json``: teacher, prompt, parameters,
+  counts, first-sample and majority-vote accuracy, token usage and wall time.
+
+``load_run(dir)`` reads a run back for ``fit``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import inspect
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+
+from . import __version__, registry
+from .config import RunConfig
+from .errors import ConfigError, DataError, LoraspError, one_line
+from .records import Problem, Sample, TeacherRequest, read_jsonl, write_jsonl
+from .store import SampleStore, request_usage
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+class TeachConfig(RunConfig):
+    """``lorasp teach``: sample chain-of-thought solutions from a teacher, keep the correct ones."""
+
+    dataset: str = Field("arith", description="Dataset plugin (lorasp plugins --group datasets).")
+    split: str = Field("train", description="Split of the dataset to teach on.")
+    limit: int | None = Field(None, ge=1, description="Only the first N problems of the split.")
+    dataset_opt: list[str] = Field(default_factory=list, description="Dataset plugin parameter KEY=VALUE.")
+    data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
+    teacher: str = Field("gold", description="Teacher plugin: openai, hf, file, gold, or a third-party one.")
+    model: str | None = Field(None, description="Teacher model: served model name (openai) or preset/dir/id (hf).")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server base URL (openai).")
+    api: Literal["completions", "chat"] = Field("completions", description="Endpoint the openai teacher calls.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable that holds the API key.")
+    prompt: str = Field("zero-shot-cot", description="Prompt name (see lora_spec.teach.PROMPTS) or file:PATH.")
+    samples: int = Field(4, ge=1, le=1000, description="Samples per problem.")
+    temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling top-p.")
+    max_tokens: int = Field(256, ge=1, description="Most tokens per sample.")
+    stop: list[str] = Field(default_factory=list, description="Stop string (default: the prompt's; \\n escapes ok).")
+    top_logprobs: int = Field(0, ge=0, le=20, description="Record the teacher's top-k logprobs per token.")
+    seed: int | None = Field(0, description="Sampling seed (each sample gets its own derived seed).")
+    concurrency: int = Field(8, ge=1, le=512, description="Requests in flight (openai).")
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one answer (openai).")
+    max_retries: int = Field(6, ge=0, le=50, description="Retries on 429/5xx/timeouts (openai).")
+    teacher_opt: list[str] = Field(default_factory=list, description="Teacher plugin parameter KEY=VALUE.")
+    keep: Literal["correct", "all"] = Field("correct", description="Export only correct samples, or all (marked).")
+    out: str | None = Field(None, description="Run directory (default: runs/teach/<dataset>-<split>).")
+    progress: bool = Field(True, description="Show a progress bar on a terminal.")
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    name: str
+    prefix: str  # exemplars (or empty), followed by the query template
+    query: str  # template with {question}
+    stop: tuple[str, ...]
+    mode: str  # "cot" or "answer"
+
+    def render(self, problem: Problem) -> str:
+        return self.prefix + self.query.format(question=problem.question.strip())
+
+
+# name -> (exemplar file under gsm8k_prompts/ or None, query template, default stops, mode)
+_FEWSHOT_STOP = ("\n\n", "\nQuestion:")
+PROMPTS: dict[str, tuple[str | None, str, tuple[str, ...], str]] = {
+    "gsm8k-complex-8shot": ("prompt_complex.txt", "Question: {question}\nLet's think step by step\n", _FEWSHOT_STOP, "cot"),
+    "gsm8k-original-8shot": ("prompt_original.txt", "Question: {question}\nLet's think step by step\n", _FEWSHOT_STOP, "cot"),
+    "gsm8k-simple-8shot": ("prompt_simple.txt", "Question: {question}\nLet's think step by step\n", _FEWSHOT_STOP, "cot"),
+    "gsm8k-random-8shot": ("prompt_random.txt", "Question: {question}\nLet's think step by step\n", _FEWSHOT_STOP, "cot"),
+    "gsm8k-mid-8shot": ("prompt_mid.txt", "Question: {question}\nLet's think step by step\n", _FEWSHOT_STOP, "cot"),
+    "gsm8k-simple-4shot": ("prompt_simple_4_cases.txt", "Q: {question}\nLet's think step by step\n", ("\n\n", "\nQ:"), "cot"),
+    "gsm8k-direct-8shot": ("prompt_direct.txt", "Question: {question}\nThe answer is", ("\n",), "answer"),
+    "zero-shot-cot": (None, "Question: {question}\nLet's think step by step\n", ("\n\n\n", "\nQuestion:"), "cot"),
+    "zero-shot": (None, "Question: {question}\nThe answer is", ("\n",), "answer"),
+}
+
+
+def resolve_prompt(name: str, data_dir: str | os.PathLike | None = None) -> PromptSpec:
+    """A prompt by name, or ``file:PATH`` (exemplars; a ``{question}`` placeholder makes it the whole template)."""
+    from .paths import data_dir as find_data_dir
+
+    if name.startswith("file:"):
+        p = Path(name[5:]).expanduser()
+        if not p.exists():
+            raise ConfigError(f"--prompt: prompt file {p} not found")
+        text = p.read_text(encoding="utf-8")
+        if "{question}" in text:
+            return PromptSpec(name, "", text, _FEWSHOT_STOP, "cot")
+        return PromptSpec(name, text.rstrip("\n") + "\n\n", "Question: {question}\nLet's think step by step\n",
+                          _FEWSHOT_STOP, "cot")
+    if name not in PROMPTS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(PROMPTS), n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"--prompt: unknown prompt {name!r}{hint} (known: {', '.join(PROMPTS)}, or file:PATH)")
+    fname, query, stop, mode = PROMPTS[name]
+    prefix = ""
+    if fname:
+        root = find_data_dir(data_dir)
+        p = root / "gsm8k_prompts" / fname if root else None
+        if p is None or not p.exists():
+            raise DataError(f"--prompt {name}: needs gsm8k_prompts/{fname} under the data directory "
+                            f"({root or 'unset'}); set --data-dir or LORASP_DATA_DIR")
+        prefix = p.read_text(encoding="utf-8").rstrip("\n") + "\n\n"
+    return PromptSpec(name, prefix, query, stop, mode)
+
+
+def prompt_id(prompt: str | list[dict[str, str]]) -> str:
+    """The hash of the exact prompt text (chat prompts: of their canonical JSON)."""
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------- plumbing
+
+
+def _kv(items: list[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"{flag}: expected KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            out[k.strip().replace("-", "_")] = v
+    return out
+
+
+def _unescape(s: str) -> str:
+    return codecs.decode(s, "unicode_escape") if "\\" in s else s
+
+
+def _accepts(factory: Any) -> tuple[set[str], bool]:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return set(), True
+    return {n for n in sig.parameters if n != "self"}, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _make_dataset(cfg: TeachConfig):
+    params = _kv(cfg.dataset_opt, "--dataset-opt")
+    factory = registry.resolve("datasets", cfg.dataset)
+    names, anykw = _accepts(factory)
+    if cfg.data_dir and "data_dir" not in params and ("data_dir" in names or anykw):
+        params["data_dir"] = cfg.data_dir
+    return registry.create("datasets", cfg.dataset, **params)
+
+
+def _make_teacher(cfg: TeachConfig, stop: list[str]):
+    factory = registry.resolve("teachers", cfg.teacher)
+    names, anykw = _accepts(factory)
+    offered = {"model": cfg.model, "base_url": cfg.base_url, "api": cfg.api, "api_key_env": cfg.api_key_env,
+               "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "stop": stop,
+               "top_logprobs": cfg.top_logprobs, "seed": cfg.seed, "concurrency": cfg.concurrency,
+               "timeout": cfg.timeout, "max_retries": cfg.max_retries}
+    params = {k: v for k, v in offered.items() if (k in names or anykw) and v is not None}
+    params.update(_kv(cfg.teacher_opt, "--teacher-opt"))
+    teacher = registry.create("teachers", cfg.teacher, **params)
+    if not callable(getattr(teacher, "fingerprint", None)) or not (
+            callable(getattr(teacher, "generate", None)) or callable(getattr(teacher, "stream", None))):
+        raise LoraspError(f"teacher {cfg.teacher!r} does not implement generate(requests) and fingerprint()")
+    return teacher
+
+
+def _missing_ranges(have: set[int], n: int) -> list[tuple[int, int]]:
+    """Contiguous (first, count) ranges of indices in range(n) that are not stored yet."""
+    out: list[tuple[int, int]] = []
+    for i in range(n):
+        if i in have:
+            continue
+        if out and out[-1][0] + out[-1][1] == i:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((i, 1))
+    return out
+
+
+def _answer_kind(problem: Problem) -> str:
+    from .answers import kind_for
+
+    return kind_for(problem)
+
+
+def _score(sample: Sample, problem: Problem) -> None:
+    from .answers import answers_match, extract_answer
+
+    kind = _answer_kind(problem)
+    sample.answer = extract_answer(sample.text, kind)
+    sample.correct = answers_match(sample.answer, problem.answer, kind)
+
+
+class _Progress:
+    """A rich progress bar with samples/s and running accuracy (quiet when not on a terminal)."""
+
+    def __init__(self, total: int, done: int, enabled: bool, label: str):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.t0 = time.time()
+        self.new = 0
+        self.correct = 0
+        self.received = 0
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]} samples/s"), TextColumn("acc {task.fields[acc]}"),
+                                TextColumn("[red]{task.fields[failed]}"), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=total, completed=done, rate="-", acc="-", failed="")
+
+    def update(self, stored: int, correct: int, failed: int) -> None:
+        self.new += stored
+        self.received += stored
+        self.correct += correct
+        if self.enabled:
+            el = max(time.time() - self.t0, 1e-6)
+            acc = f"{self.correct / self.received:.1%}" if self.received else "-"
+            self.bar.update(self.task, advance=stored + failed, rate=f"{self.new / el:.2f}", acc=acc,
+                            failed=f"{failed} failed" if failed else "")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+# ------------------------------------------------------------------------------------------------- teach
+
+
+def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
+    """Run (or resume) a teach run; returns the run directory. ``teach(dataset="arith", teacher="gold", out=...)``."""
+    if cfg is None:
+        try:
+            cfg = TeachConfig(**overrides)
+        except Exception as exc:  # pydantic ValidationError -> one line
+            raise ConfigError(f"teach: {one_line(exc)[:300]}") from None
+    elif overrides:
+        cfg = cfg.model_copy(update=overrides)
+    t0 = time.time()
+    out = Path(cfg.out or f"runs/teach/{cfg.dataset}-{cfg.split}")
+    spec = resolve_prompt(cfg.prompt, cfg.data_dir)
+    stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)
+    dataset = _make_dataset(cfg)
+    problems = list(dataset.load(cfg.split, limit=cfg.limit))
+    if not problems:
+        raise DataError(f"dataset {cfg.dataset!r} split {cfg.split!r} has no problems")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise DataError(f"dataset {cfg.dataset!r} yields problem id {dup!r} twice")
+    teacher = _make_teacher(cfg, stop)
+    n_samples = cfg.samples
+    cap = getattr(teacher, "max_samples", None)
+    if isinstance(cap, int) and cap < n_samples:
+        n_samples = cap
+    fp = teacher.fingerprint()
+
+    prompts: dict[str, tuple[str | list[dict[str, str]], str]] = {}
+    for p in problems:
+        text = spec.render(p)
+        prompt: str | list[dict[str, str]] = [{"role": "user", "content": text}] if cfg.api == "chat" and \
+            cfg.teacher == "openai" else text
+        prompts[p.id] = (prompt, prompt_id(prompt))
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "problems.jsonl", (Problem(p.id, p.question, p.answer, p.rationale,
+                                                 {**p.meta, "prompt_id": prompts[p.id][1]}) for p in problems))
+    store = SampleStore(out / "store.sqlite")
+    run = store.start_run(fp)
+    by_id = {p.id: p for p in problems}
+    requests: list[TeacherRequest] = []
+    already = 0
+    for p in problems:
+        prompt, pid = prompts[p.id]
+        have = {i for i in store.stored_indices(fp, pid, p.id) if i < n_samples}
+        already += len(have)
+        for first, n in _missing_ranges(have, n_samples):
+            requests.append(TeacherRequest(problem=p, prompt=prompt, prompt_id=pid, n=n, first_index=first))
+
+    total = len(problems) * n_samples
+    progress = _Progress(total, already, cfg.progress, f"teach {cfg.teacher}")
+    stop_event = threading.Event()
+    stored_now = failed_now = 0
+    status = "complete"
+    sent_before = getattr(teacher, "requests_sent", 0)
+
+    def consume(samples: list[Sample], request_id: str | None) -> None:
+        nonlocal stored_now, failed_now
+        ok = bad = good = 0
+        for s in samples:
+            s.teacher = fp
+            if s.error:
+                store.put_failure(s, run)
+                bad += 1
+                continue
+            _score(s, by_id[s.problem_id])
+            store.put(s, request_id)
+            ok += 1
+            good += int(bool(s.correct))
+        stored_now += ok
+        failed_now += bad
+        progress.update(ok, good, bad)
+
+    try:
+        if requests:
+            if callable(getattr(teacher, "stream", None)):
+                for res in teacher.stream(requests, stop_event):
+                    consume(res.samples, res.request_id)
+            else:
+                bs = max(1, int(getattr(teacher, "batch_size", 16) or 16))
+                for b in range(0, len(requests), bs):
+                    chunk = requests[b:b + bs]
+                    for req, row in zip(chunk, teacher.generate(chunk)):
+                        if len(row) != req.n:
+                            raise LoraspError(f"teacher {cfg.teacher!r} returned {len(row)} samples for a request "
+                                              f"of {req.n} (problem {req.problem.id})")
+                        consume(row, None)
+    except KeyboardInterrupt:
+        stop_event.set()
+        status = "interrupted"
+    finally:
+        progress.close()
+        if callable(getattr(teacher, "close", None)):
+            teacher.close()
+    sent = getattr(teacher, "requests_sent", None)
+    this_run = {"requests_sent": None if sent is None else sent - sent_before, "samples_stored": stored_now,
+                "failed": failed_now, "resumed_from_store": already, "wall_time_s": round(time.time() - t0, 3)}
+    manifest = _finish(out, cfg, store, run, fp, teacher, spec, stop, problems, prompts, n_samples, this_run,
+                       status)
+    store.close()
+    if status == "interrupted":
+        raise LoraspError(f"interrupted: {manifest['counts']['received']}/{manifest['counts']['requested']} samples "
+                          f"are stored in {out}; rerun the same command to resume", exit_code=130)
+    return out
+
+
+def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, teacher: Any, spec: PromptSpec,
+            stop: list[str], problems: list[Problem], prompts: dict, n_samples: int, this_run: dict,
+            status: str) -> dict:
+    keys = {(prompts[p.id][1], p.id, i) for p in problems for i in range(n_samples)}
+    samples = [s for s in store.samples(fp) if (s.prompt_id, s.problem_id, s.sample_index) in keys]
+    got = {(s.prompt_id, s.problem_id, s.sample_index) for s in samples}
+    failed_keys = (store.failed_keys(fp, run) & keys) - got
+    per_problem: dict[str, list[Sample]] = {}
+    for s in samples:
+        per_problem.setdefault(s.problem_id, []).append(s)
+    first_ok = vote_ok = any_ok = 0
+    for p in problems:
+        ss = sorted(per_problem.get(p.id, []), key=lambda s: s.sample_index)
+        if ss and ss[0].sample_index == 0 and ss[0].correct:
+            first_ok += 1
+        answers = [s.answer for s in ss if s.answer is not None]
+        if answers:
+            counts = Counter(answers)
+            best = max(counts.values())
+            winner = next(a for a in answers if counts[a] == best)  # ties: the earliest sample's answer
+            from .answers import answers_match
+
+            vote_ok += int(answers_match(winner, p.answer, _answer_kind(p)))
+        any_ok += int(any(s.correct for s in ss))
+    correct = sum(1 for s in samples if s.correct)
+    export = samples if cfg.keep == "all" else [s for s in samples if s.correct]
+    write_jsonl(out / "samples.jsonl", export)
+    if status == "complete" and len(samples) < len(keys):
+        status = "incomplete"
+    store.end_run(run, requests=this_run["requests_sent"] or 0, stored=this_run["samples_stored"],
+                  failed=this_run["failed"], status=status)
+    runs = store.runs(fp)
+    total_wall = sum((r["ended"] or r["started"]) - r["started"] for r in runs)
+    describe = teacher.describe() if callable(getattr(teacher, "describe", None)) else {}
+    n = len(problems)
+    errors = store.last_errors(fp, run) if failed_keys else []
+    manifest = {
+        "lorasp_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": status,
+        "dataset": {"name": cfg.dataset, "split": cfg.split, "limit": cfg.limit,
+                    "params": _kv(cfg.dataset_opt, "--dataset-opt"), "problems": n},
+        "teacher": {"name": cfg.teacher, "fingerprint": fp, "params": describe},
+        "prompt": {"name": spec.name, "mode": spec.mode, "stop": stop, "api": cfg.api,
+                   "template_sha256": hashlib.sha256((spec.prefix + spec.query).encode()).hexdigest()[:16],
+                   "example": next(iter(prompts.values()))[0] if n else None},
+        "parameters": {"samples": n_samples, "samples_asked": cfg.samples, "temperature": cfg.temperature,
+                       "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "top_logprobs": cfg.top_logprobs,
+                       "seed": cfg.seed, "keep": cfg.keep},
+        "counts": {"problems": n, "requested": len(keys), "received": len(samples), "failed": len(failed_keys),
+                   "correct": correct, "exported": len(export),
+                   "problems_with_correct_sample": any_ok},
+        "accuracy": {"first_sample": round(first_ok / n, 4) if n else None,
+                     "majority_vote": round(vote_ok / n, 4) if n else None,
+                     "any_correct": round(any_ok / n, 4) if n else None,
+                     "per_sample": round(correct / len(samples), 4) if samples else None},
+        "usage": request_usage(store, fp, keys),
+        "with_top_logprobs": sum(1 for s in samples if s.top_logprobs),
+        "this_run": this_run,
+        "wall_time_s": this_run["wall_time_s"],
+        "wall_time_total_s": round(total_wall, 3),
+        "runs": len(runs),
+        "failure_examples": errors,
+        "files": {"store": "store.sqlite", "problems": "problems.jsonl", "samples": "samples.jsonl"},
+    }
+    tmp = out / f".manifest.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "manifest.json")
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------------- reading
+
+
+def load_run(path: str | os.PathLike, *, include_incorrect: bool = False) -> tuple[dict[str, Problem], list[Sample]]:
+    """A teach run directory -> (problems by id, samples). Correct samples only unless ``include_incorrect``.
+
+    With ``include_incorrect`` the samples come from ``store.sqlite`` (every stored sample of the run's teacher
+    and prompts), since ``samples.jsonl`` may hold only the correct ones.
+    """
+    d = Path(path)
+    if not d.is_dir():
+        raise DataError(f"{d}: teach run directory not found")
+    for name in ("problems.jsonl", "samples.jsonl", "manifest.json"):
+        if not (d / name).exists():
+            raise DataError(f"{d}: not a teach run directory (no {name}; run 'lorasp teach --out {d}')")
+    problems = {p.id: p for p in read_jsonl(d / "problems.jsonl", Problem)}
+    try:
+        manifest = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{d / 'manifest.json'}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if include_incorrect and manifest.get("parameters", {}).get("keep") != "all" and (d / "store.sqlite").exists():
+        fp = manifest.get("teacher", {}).get("fingerprint")
+        n = int(manifest.get("parameters", {}).get("samples", 0))
+        with SampleStore(d / "store.sqlite") as st:
+            samples = [s for s in st.samples(fp) if s.problem_id in problems and s.sample_index < n
+                       and s.prompt_id == problems[s.problem_id].meta.get("prompt_id", s.prompt_id)]
+    else:
+        samples = read_jsonl(d / "samples.jsonl", Sample)
+        if not include_incorrect:
+            samples = [s for s in samples if s.correct]
+    for i, s in enumerate(samples, 1):
+        if s.problem_id not in problems:
+            raise DataError(f"{d / 'samples.jsonl'}:{i}: problem_id {s.problem_id!r} is not in problems.jsonl")
+    return problems, samples
