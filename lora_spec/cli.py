@@ -19,6 +19,10 @@ from .errors import LoraspError, one_line
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("lora_spec.cli_plugins:plugins", "List every installed plugin with its group and distribution."),
     "models": ("lora_spec.cli_plugins:models", "List the student presets and whether they are cached."),
+    "merge": ("lora_spec.cli_adapters:merge_cmd", "Merge an adapter into its base; writes a full model and checks parity."),
+    "generate": ("lora_spec.cli_adapters:generate_cmd", "Generate with a base and adapters (switch or mix per row)."),
+    "adapters": ("lora_spec.cli_adapters:adapters_group", "List the artifacts under a folder, or show one in full."),
+    "combine": ("lora_spec.cli_adapters:combine_cmd", "Weighted combination of adapters (linear|cat|svd) via peft."),
     "teach": ("lora_spec.cli_teach:teach_cmd", "Sample chain-of-thought from a teacher, filter by answer (resumable)."),
     "report": ("lora_spec.cli_report:report", "Re-render an artifact's specialization report (report.md, curves.png)."),
 }

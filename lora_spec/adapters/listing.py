@@ -1,0 +1,100 @@
+"""``lorasp adapters list DIR`` / ``lorasp adapters show ARTIFACT``: what lorasp artifacts a folder holds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from .artifact import MANIFEST, read_manifest
+
+MAX_DEPTH = 6
+
+
+def find_artifacts(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[Path]:
+    """Every directory under ``root`` (itself included) holding a ``lorasp.json``; temp/hidden dirs skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    found = []
+    base_depth = len(root.resolve().parts)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if len(Path(dirpath).resolve().parts) - base_depth >= max_depth:
+            dirnames[:] = []
+        if MANIFEST in filenames:
+            found.append(Path(dirpath))
+    return found
+
+
+def _chosen(m: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    sel = m.get("selection") or {}
+    step = sel.get("chosen_step")
+    cps = m.get("checkpoints") or []
+    scores: dict[str, Any] = {}
+    for cp in cps:
+        if isinstance(cp, dict) and cp.get("step") == step:
+            scores = cp.get("scores") or {}
+    if not scores and isinstance(sel.get("scores"), dict):
+        scores = sel["scores"]
+    return step, scores
+
+
+def _fmt_scores(scores: dict[str, Any], limit: int = 4) -> str:
+    parts = []
+    for k, v in list(scores.items())[:limit]:
+        if isinstance(v, dict):  # {"accuracy": 0.3, ...} per suite
+            v = v.get("accuracy", v.get("score", next(iter(v.values()), None)))
+        parts.append(f"{k}={v:.3f}" if isinstance(v, (int, float)) else f"{k}={v}")
+    if len(scores) > limit:
+        parts.append(f"+{len(scores) - limit}")
+    return " ".join(parts)
+
+
+def summarize(directory: str | os.PathLike, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """One row of ``lorasp adapters list``; an unreadable manifest becomes a row with ``error``."""
+    d = Path(directory)
+    rel = str(d.relative_to(root)) if root and d != Path(root) and d.is_relative_to(root) else str(d)
+    try:
+        m = read_manifest(d)
+    except DataError as exc:
+        return {"path": rel, "error": exc.message}
+    base = m.get("base") or {}
+    data = m.get("data") or {}
+    step, scores = _chosen(m)
+    cfg = {}
+    if (d / "adapter_config.json").exists():
+        try:
+            cfg = json.loads((d / "adapter_config.json").read_text())
+        except json.JSONDecodeError:
+            cfg = {}
+    method = m.get("method") or ("dora" if cfg.get("use_dora") else "lora" if cfg else "?")
+    rank = (m.get("peft") or {}).get("r") or cfg.get("r")
+    return {"path": rel, "kind": m.get("kind", "adapter"), "base": base.get("name"),
+            "base_id": (base.get("fingerprint") or {}).get("id"), "quant": m.get("quant", "none"),
+            "method": f"{method} r={rank}" if rank else method,
+            "data": data.get("source") or data.get("dataset") or ("+".join(
+                str(p.get("path", "?")).rsplit("/", 1)[-1] for p in m.get("parents") or []) or None),
+            "n_examples": data.get("n_examples"), "chosen_step": step, "scores": scores,
+            "created": m.get("created")}
+
+
+def listing(root: str | os.PathLike) -> list[dict[str, Any]]:
+    return [summarize(d, root) for d in find_artifacts(root)]
+
+
+def show(directory: str | os.PathLike) -> dict[str, Any]:
+    """Everything about one artifact: manifest, adapter config, vLLM check, files."""
+    from .swap import read_adapter_config, vllm_problems
+
+    d = Path(directory)
+    m = read_manifest(d)
+    out: dict[str, Any] = {"path": str(d), "manifest": m}
+    if (d / "adapter_config.json").exists():
+        cfg = read_adapter_config(d)
+        out["adapter_config"] = {k: v for k, v in cfg.items() if v not in (None, False, {}, [], "")}
+        out["vllm_problems"] = vllm_problems(cfg)
+    out["files"] = {f.name: f.stat().st_size for f in sorted(d.iterdir()) if f.is_file()}
+    return out

@@ -1,0 +1,279 @@
+"""``lorasp merge``: fold an adapter into its base and write a full model that ``AutoModel*.from_pretrained`` loads.
+
+Base weights to merge into (``base=``):
+
+- ``original``: the full-precision base weights.
+- ``dequantized``: the round-trip of the base weights through the quantization the adapter was trained against
+  (NF4 or int8, as bitsandbytes stores them, double-quantized absmax included). That is the weight a QLoRA adapter
+  was actually trained on top of, so the merged model reproduces the quantized base+adapter more closely than a
+  merge into the original weights. The quantized weights are taken from a real bitsandbytes load of the base and
+  de-quantized with ``bitsandbytes.functional``.
+- ``quantized``: merge into the still-quantized model and re-quantize (peft's ``merge_and_unload`` on a
+  bitsandbytes model). This rounds the adapter's update onto the quantization grid and loses part of it, so it is
+  refused unless ``force_quantized=True`` (``--force-quantized``), and then warned about.
+- ``auto`` (default): ``dequantized`` for an adapter trained on a quantized base, else ``original``.
+
+After the merge the written model is loaded back from disk and compared with base+adapter (same base weights, same
+dtype) on a few prompts: the maximum absolute logit difference over prompt and greedy continuation, and whether the
+greedy continuations are identical. ``safe=True`` refuses NaN/inf (peft's safe merge plus a check of every tensor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError, ModelError, one_line
+from .artifact import atomic_dir, versions, write_manifest
+from .swap import (adapter_digest, base_spec, check_fingerprint, greedy_generate, read_adapter,
+                   read_adapter_config, warn)
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+BASES = ("auto", "original", "dequantized", "quantized")
+PARITY_PROMPTS = (
+    "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?\nAnswer: Let's think step by step.",
+    "Question: A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total does it "
+    "take?\nAnswer:",
+    "Q: What is 17 + 25?\nA:",
+    "The capital of France is",
+)
+
+
+@dataclasses.dataclass
+class ParityRow:
+    prompt: str
+    max_logit_diff: float
+    greedy_equal: bool
+    reference: str
+    merged: str
+
+
+@dataclasses.dataclass
+class MergeReport:
+    out: str
+    base_mode: str
+    dtype: str
+    max_logit_diff: float
+    greedy_equal: int
+    n_prompts: int
+    rows: list[ParityRow]
+    max_logit_diff_vs_quantized: float | None = None  # dequantized merge vs the real bitsandbytes base+adapter
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rows"] = [dataclasses.asdict(r) for r in self.rows]
+        return d
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ConfigError(f"--dtype: {name!r} is not one of {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[name])
+
+
+def _auto_class(kind: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+
+
+def dequantized_weights(quant_model) -> dict[str, Any]:
+    """``{module name: fp32 weight}`` for every bitsandbytes-quantized Linear of a loaded model."""
+    import bitsandbytes as bnb
+    import torch
+
+    out = {}
+    for name, mod in quant_model.named_modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            w = mod.weight
+            out[name] = bnb.functional.dequantize_4bit(w.data, w.quant_state).to(torch.float32).cpu()
+        elif isinstance(mod, bnb.nn.Linear8bitLt):
+            w = mod.weight
+            if getattr(w, "SCB", None) is None:
+                raise ModelError(f"{name}: int8 weight has no scale statistics (SCB); cannot de-quantize it")
+            out[name] = (w.data.to(torch.float32) * w.SCB.to(torch.float32)[:, None] / 127.0).cpu()
+    return out
+
+
+def _logits_over(model, tokenizer, kind: str, prompt: str, continuation_ids: list[int]):
+    """Logits (fp32) of ``model`` over prompt + continuation (teacher-forced), one row."""
+    import torch
+
+    device = next(model.parameters()).device
+    enc = tokenizer(prompt, return_tensors="pt")
+    ids = enc["input_ids"].to(device)
+    with torch.inference_mode():
+        if kind == "seq2seq":
+            start = model.config.decoder_start_token_id
+            dec = torch.tensor([[start] + continuation_ids], device=device)
+            return model(input_ids=ids, decoder_input_ids=dec).logits[0].float()
+        full = torch.cat([ids, torch.tensor([continuation_ids], dtype=ids.dtype, device=device)], dim=1) \
+            if continuation_ids else ids
+        return model(input_ids=full).logits[0].float()
+
+
+def _reference(model, tokenizer, kind: str, prompts: Sequence[str], max_new_tokens: int):
+    """Greedy continuation ids and teacher-forced logits of the reference (base+adapter) for each prompt."""
+    refs = []
+    for p in prompts:
+        ids = greedy_generate(model, tokenizer, [p], kind=kind, max_new_tokens=max_new_tokens, return_ids=True)[0]
+        refs.append((ids, _logits_over(model, tokenizer, kind, p, ids)))
+    return refs
+
+
+def _compare(model, tokenizer, kind: str, prompts: Sequence[str], refs, max_new_tokens: int) -> list[ParityRow]:
+    rows = []
+    for p, (ref_ids, ref_logits) in zip(prompts, refs):
+        ids = greedy_generate(model, tokenizer, [p], kind=kind, max_new_tokens=max_new_tokens, return_ids=True)[0]
+        logits = _logits_over(model, tokenizer, kind, p, ref_ids)
+        diff = float((logits - ref_logits).abs().max())
+        rows.append(ParityRow(prompt=p, max_logit_diff=diff, greedy_equal=ids == ref_ids,
+                              reference=tokenizer.decode(ref_ids, skip_special_tokens=True),
+                              merged=tokenizer.decode(ids, skip_special_tokens=True)))
+    return rows
+
+
+def _all_finite(model) -> str | None:
+    import torch
+
+    for name, p in model.state_dict().items():
+        if torch.is_floating_point(p) and not torch.isfinite(p).all():
+            return name
+    return None
+
+
+def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "auto", dtype: str = "fp32",
+          safe: bool = False, force_quantized: bool = False, model: str | None = None,
+          ignore_fingerprint: bool = False, prompts: Sequence[str] | None = None, max_new_tokens: int = 16,
+          log: Callable[[str], None] | None = None) -> MergeReport:
+    """Merge ``adapter`` into its base and write the full model (safetensors + config + tokenizer) to ``out``.
+
+    ``model`` overrides the base recorded in the adapter's manifest (fingerprint-checked). Returns the parity
+    report (also recorded in the merged artifact's ``lorasp.json``).
+    """
+    import torch
+    from peft import PeftModel
+
+    from .. import __version__
+    from ..student import load_student
+
+    t0 = time.time()
+    log = log or (lambda s: None)
+    if base not in BASES:
+        raise ConfigError(f"--base: {base!r} is not one of {', '.join(BASES)}")
+    tdtype = _torch_dtype(dtype)
+    manifest = read_adapter(adapter)
+    if manifest and manifest.get("kind") in ("full", "merged"):
+        raise ConfigError(f"{adapter}: a {manifest.get('kind')} model has no adapter to merge")
+    cfg = read_adapter_config(adapter)
+    quant = (manifest or {}).get("quant") or "none"
+    mode = base
+    if mode == "auto":
+        mode = "quantized" if force_quantized else ("dequantized" if quant in ("nf4", "int8") else "original")
+    if mode == "quantized" and not force_quantized:
+        raise ConfigError("--base quantized re-quantizes the merged weights and rounds away part of the adapter's "
+                          "update; pass --force-quantized to do it anyway (or use --base dequantized)")
+    if mode in ("dequantized", "quantized") and quant not in ("nf4", "int8"):
+        raise ConfigError(f"--base {mode}: the adapter was trained on an unquantized base (quant={quant!r}); "
+                          f"use --base original")
+    if mode == "quantized" and dtype != "fp32":
+        raise ConfigError("--base quantized writes a bitsandbytes model; --dtype does not apply (leave it fp32)")
+    spec = model or base_spec(manifest, adapter)
+    prompts = list(prompts or PARITY_PROMPTS)
+
+    # 1. the base weights to merge into, in the target dtype
+    vs_quant = None
+    if mode == "quantized":
+        warn(f"merging into the {quant}-quantized base re-quantizes every adapted weight: the adapter's update is "
+             f"rounded onto the {quant} grid and part of it is lost (--force-quantized)")
+        student = load_student(spec, quant)
+    else:
+        student = load_student(spec, "none", dtype=torch.float32)
+    check_fingerprint(manifest, student, adapter, ignore=ignore_fingerprint)
+    tok, kind = student.tokenizer, student.kind
+    if mode == "dequantized":
+        log(f"de-quantizing the {quant} round-trip of the base weights")
+        qstudent = load_student(spec, quant, dtype=torch.float32)
+        deq = dequantized_weights(qstudent.model)
+        if not deq:
+            raise ModelError(f"{spec}: no bitsandbytes-quantized layers found after loading with quant={quant}")
+        # reference as training saw it: the real quantized base + adapter (fp32 compute)
+        qpeft = PeftModel.from_pretrained(qstudent.model, str(adapter)).eval()
+        qrefs = _reference(qpeft, tok, kind, prompts, max_new_tokens)
+        del qpeft, qstudent
+        mods = dict(student.model.named_modules())
+        with torch.no_grad():
+            for name, w in deq.items():
+                mods[name].weight.data.copy_(w.to(mods[name].weight.dtype))
+        del deq
+    if mode != "quantized":
+        student.model.to(tdtype)
+
+    # 2. base + adapter (the reference), then the merge
+    try:
+        peft_model = PeftModel.from_pretrained(student.model, str(adapter)).eval()
+    except Exception as exc:
+        raise ModelError(f"{adapter}: cannot load the adapter onto {spec} ({type(exc).__name__}: "
+                         f"{one_line(exc)[:300]})") from None
+    log(f"reference: base ({mode}, {dtype if mode != 'quantized' else quant}) + adapter on {len(prompts)} prompts")
+    refs = _reference(peft_model, tok, kind, prompts, max_new_tokens)
+    try:
+        merged = peft_model.merge_and_unload(safe_merge=safe)
+    except ValueError as exc:
+        raise ModelError(f"{adapter}: merge refused: {one_line(exc)[:300]} (--safe)") from None
+    if safe:
+        bad = _all_finite(merged)
+        if bad:
+            raise ModelError(f"{adapter}: merged weight {bad} holds NaN or inf (--safe)")
+
+    # 3. write, reload from disk, compare
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        if mode != "quantized":
+            merged.config.dtype = tdtype
+        merged.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        del merged, peft_model
+        reload_kw: dict[str, Any] = {"dtype": tdtype}
+        if mode == "quantized":
+            reload_kw = {"device_map": {"": "cpu" if not torch.cuda.is_available() else "cuda"}}
+        try:
+            loaded = _auto_class(kind).from_pretrained(str(tmp), **reload_kw).eval()
+        except Exception as exc:
+            raise ModelError(f"the merged model does not load back with from_pretrained ({type(exc).__name__}: "
+                             f"{one_line(exc)[:300]})") from None
+        rows = _compare(loaded, tok, kind, prompts, refs, max_new_tokens)
+        if mode == "dequantized":
+            vs_quant = max(r.max_logit_diff for r in _compare(loaded, tok, kind, prompts, qrefs, max_new_tokens))
+        report = MergeReport(out=str(out), base_mode=mode, dtype=dtype if mode != "quantized" else quant,
+                             max_logit_diff=max(r.max_logit_diff for r in rows),
+                             greedy_equal=sum(r.greedy_equal for r in rows), n_prompts=len(rows), rows=rows,
+                             max_logit_diff_vs_quantized=vs_quant, seconds=round(time.time() - t0, 2))
+        m = {"lorasp_version": __version__, "kind": "merged",
+             "base": dict((manifest or {}).get("base") or {"name": spec, "path": student.path, "kind": kind,
+                                                          "fingerprint": student.fingerprint}),
+             "quant": quant if mode == "quantized" else "none",
+             "method": (manifest or {}).get("method", "lora"),
+             "merge": {"base": mode, "dtype": report.dtype, "safe": safe, "trained_quant": quant,
+                       "parity": {k: v for k, v in report.as_dict().items() if k not in ("out", "rows")}},
+             "parents": [{"path": str(Path(adapter).resolve()), "digest": adapter_digest(adapter), "weight": 1.0,
+                          "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha")}],
+             "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        for k in ("formats", "loss", "data", "selection", "checkpoints"):
+            if manifest and k in manifest:
+                m[k] = manifest[k]
+        write_manifest(tmp, m)
+        (tmp / "README.md").write_text(
+            f"# lorasp merged model\n\n`{adapter}` merged into the {mode} weights of `{spec}` ({report.dtype}).\n\n"
+            f"Parity against base+adapter on {len(rows)} prompts: max logit difference "
+            f"{report.max_logit_diff:.3g}, identical greedy continuations {report.greedy_equal}/{len(rows)}.\n\n"
+            "```python\nfrom transformers import AutoModelForCausalLM\n"
+            "model = AutoModelForCausalLM.from_pretrained('THIS_DIR')\n```\n", encoding="utf-8")
+    return report
