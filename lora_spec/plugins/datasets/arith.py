@@ -121,6 +121,11 @@ class Arith(Dataset):
             raise ConfigError(f"arith: split sizes must be >= 0, got {self.sizes}")
         self._cache: dict[str, list[Problem]] = {}
 
+    def params(self) -> dict:
+        """The generator parameters (enough to rebuild every split)."""
+        return {"seed": self.seed, "n_train": self.sizes["train"], "n_dev": self.sizes["dev"],
+                "n_test": self.sizes["test"], "min_steps": self.min_steps, "max_steps": self.max_steps}
+
     def _generate(self, split: str, taken: set) -> list[Problem]:
         out: list[Problem] = []
         seen = set(taken)
@@ -136,8 +141,8 @@ class Arith(Dataset):
             seen.add(sig)
             out.append(Problem(id=f"arith/{split}/{len(out)}", question=qtext, answer=str(ans),
                                rationale=rationale,
-                               meta={"split": split, "steps": steps, "signature": list(sig), "seed": self.seed,
-                                     "answer_type": "number"}))
+                               meta={"dataset": "arith", "split": split, "steps": steps, "signature": list(sig),
+                                     "seed": self.seed, "answer_type": "number", "params": self.params()}))
             if i > 50 * self.sizes[split] + 1000:
                 raise ConfigError(f"arith: cannot draw {self.sizes[split]} distinct {split} problems with "
                                   f"{self.min_steps}-{self.max_steps} steps")

@@ -115,7 +115,7 @@ class GSM8K(Dataset):
             rationale, ans = clean_solution(sol)
         except ValueError as exc:
             raise DataError(f"{where}: field 'answer': {exc}") from None
-        meta = dict(meta, split=split, index=idx, answer_type="number")
+        meta = dict(meta, dataset="gsm8k", split=split, index=idx, answer_type="number")
         return Problem(id=f"gsm8k/{split}/{idx}", question=q.strip(), answer=ans, rationale=rationale, meta=meta)
 
     def _iter(self, split: str) -> Iterator[Problem]:
