@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "adapters": ("lora_spec.cli_adapters:adapters_group", "List the artifacts under a folder, or show one in full."),
     "combine": ("lora_spec.cli_adapters:combine_cmd", "Weighted combination of adapters (linear|cat|svd) via peft."),
     "teach": ("lora_spec.cli_teach:teach_cmd", "Sample chain-of-thought from a teacher, filter by answer (resumable)."),
+    "fit": ("lora_spec.cli_fit:fit_cmd", "Tune a student on teacher CoT in four formats (LoRA/DoRA/QLoRA/full)."),
     "report": ("lora_spec.cli_report:report", "Re-render an artifact's specialization report (report.md, curves.png)."),
 }
 

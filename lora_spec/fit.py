@@ -1,0 +1,390 @@
+"""``fit``: specialize a student on teacher CoT with the four-format mixture (LoRA / DoRA / full, on nf4/int8/none).
+
+``fit(cfg)`` is both ``lorasp fit`` and the Python API. The steps:
+
+1. data: a teach run directory (``--data runs/teach/X``), or a dataset + teacher run in-process
+   (``--dataset arith --teacher gold``; the teach run is written under ``<out>.teach``);
+2. formats: the correct samples become training rows of the four formats (``lora_spec.formats``);
+3. student: loaded (``lora_spec.student``), quantized, made trainable (``lora_spec.adapters.peft_setup``);
+4. training: ``lora_spec.trainer.train`` (checkpoints in ``<out>.checkpoints``, resumable with ``--resume``);
+5. artifact: the chosen checkpoint as a PEFT adapter (or a full model) + ``lorasp.json`` + model card at ``--out``.
+
+With no data source at all (``lorasp fit`` alone) this is the embedded default: SmolLM2-135M-Instruct on
+:data:`QUICKSTART_PROBLEMS` synthetic ``arith`` problems with the ``gold`` teacher, with before/after accuracy on
+held-out ``arith`` test problems.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import Field
+
+from .config import RunConfig
+from .errors import ConfigError, DataError, one_line
+from .selection import SelectionOptions
+
+QUICKSTART_PROBLEMS = 640
+
+
+class FitConfig(RunConfig, SelectionOptions):
+    """``lorasp fit``: tune a student on teacher chain-of-thought with the four-format mixture."""
+
+    student: str = Field("smollm2-135m", description="Student: preset (lorasp models), local directory or Hub id.")
+    data: str | None = Field(None, description="Teach run directory (lorasp teach --out DIR) to train on.")
+    dataset: str | None = Field(None, description="Dataset plugin to teach in-process when --data is not given "
+                                                  "(default: arith, the embedded quickstart).")
+    dataset_opt: list[str] = Field(default_factory=list, description="Dataset plugin parameter KEY=VALUE.")
+    split: str = Field("train", description="Split to train on (with --dataset).")
+    teacher: str = Field("gold", description="Teacher plugin for --dataset (gold: the reference rationales).")
+    teacher_opt: list[str] = Field(default_factory=list, description="Teacher plugin parameter KEY=VALUE.")
+    samples: int = Field(1, ge=1, le=64, description="Teacher samples per problem (with --dataset).")
+    limit: int | None = Field(None, ge=1, description="Train on the first N problems "
+                                                      f"(quickstart default: {QUICKSTART_PROBLEMS}).")
+    data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
+    quant: Literal["nf4", "int8", "none"] = Field("none", description="Quantize the frozen base (bitsandbytes).")
+    double_quant: bool = Field(True, description="nf4 double quantization.")
+    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Compute dtype of the base (auto: bf16 on GPU, fp32 on CPU).")
+    method: Literal["lora", "dora", "full"] = Field("lora", description="lora, dora, or full fine-tuning.")
+    rank: int = Field(16, ge=1, le=4096, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    targets: str = Field("all-linear", description="LoRA target modules: all-linear or e.g. q_proj,v_proj.")
+    formats: str = Field("zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1",
+                         description="Format mixture weights, e.g. in_context_cot=4,zero_shot_cot=2,"
+                                     "in_context_answer=1,zero_shot_answer=1.")
+    n_shots: int = Field(2, ge=1, le=16, description="Exemplars in the in-context formats.")
+    chat: bool | None = Field(None, description="Use the tokenizer's chat template (default: when it has one).")
+    loss: str = Field("sample", description="sample | distribution | mix:ALPHA.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training rows.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after N optimizer steps (overrides --epochs).")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 1e-3 lora/dora, 2e-5 full).")
+    batch_size: int = Field(8, ge=1, le=65536, description="Examples per device per micro-batch.")
+    grad_accum: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    max_length: int = Field(512, ge=8, le=131072, description="Longest training row in tokens.")
+    warmup: float = Field(0.05, ge=0, description="Warmup: a fraction of the steps (< 1) or a number of steps.")
+    schedule: Literal["cosine", "constant", "linear"] = Field("cosine", description="Learning-rate schedule.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: off).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    group_by_length: bool = Field(True, description="Batch rows of similar length together.")
+    seed: int = Field(0, description="Seed of the data order, the formats, exemplars and the adapter init.")
+    save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps (0: only evaluations and end).")
+    resume: bool = Field(False, description="Continue from the last checkpoint in <out>.checkpoints.")
+    out: str | None = Field(None, description="Artifact directory (default: adapters/<dataset>-<method>).")
+    before_after: int | None = Field(None, ge=0, description="Held-out test problems of the training dataset "
+                                                             "scored before and after (0: off; quickstart: 100).")
+    tracker: str = Field("auto", description="accelerate tracker: auto (tensorboard if installed), none, ...")
+    progress: bool = Field(True, description="Progress bars on a terminal.")
+
+
+@dataclass
+class FitResult:
+    out: Path
+    manifest: dict
+    model: Any = None
+    tokenizer: Any = None
+    kind: str = "causal"
+    before: dict | None = None
+    after: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def _kv(items: list[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"{flag}: expected KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _is_quickstart(cfg: FitConfig) -> bool:
+    return cfg.data is None and cfg.dataset is None
+
+
+def resolve_defaults(cfg: FitConfig) -> FitConfig:
+    """Fill the defaults that depend on other fields (quickstart, lr by method, out)."""
+    upd: dict[str, Any] = {}
+    if cfg.data is None and cfg.dataset is None:
+        upd["dataset"] = "arith"
+        if cfg.limit is None:
+            upd["limit"] = QUICKSTART_PROBLEMS
+        if cfg.before_after is None:
+            upd["before_after"] = 100
+    if cfg.lr is None:
+        upd["lr"] = 2e-5 if cfg.method == "full" else 1e-3
+    if cfg.out is None:
+        src = Path(cfg.data).name if cfg.data else (cfg.dataset or "arith")
+        upd["out"] = f"adapters/{src}-{cfg.method}" + (f"-{cfg.quant}" if cfg.quant != "none" else "")
+    if cfg.before_after is None:
+        upd["before_after"] = 0
+    if cfg.method == "full" and cfg.quant != "none":
+        raise ConfigError(f"--method full trains every weight and cannot train a {cfg.quant}-quantized base; "
+                          "use --quant none, or --method lora/dora for QLoRA")
+    return cfg.model_copy(update=upd) if upd else cfg
+
+
+def _load_items(cfg: FitConfig, out: Path, log: Callable[[str], None]):
+    from .formats import items_from_run
+    from .teach import load_run, teach
+
+    if cfg.data:
+        run_dir = Path(cfg.data)
+        problems, samples = load_run(run_dir)
+        source = {"kind": "teach_run", "path": str(run_dir)}
+        try:
+            m = json.loads((run_dir / "manifest.json").read_text())
+            source["dataset"] = m.get("dataset") if isinstance(m.get("dataset"), str) else \
+                (m.get("dataset") or {}).get("name")
+            source["teacher"] = (m.get("teacher") or {}).get("name") if isinstance(m.get("teacher"), dict) \
+                else m.get("teacher")
+        except (OSError, json.JSONDecodeError):
+            pass
+    else:
+        run_dir = out.with_name(out.name + ".teach")
+        log(f"teaching: dataset {cfg.dataset} ({cfg.split}"
+            f"{f', first {cfg.limit}' if cfg.limit else ''}) with teacher {cfg.teacher} -> {run_dir}")
+        teach(dataset=cfg.dataset, split=cfg.split, limit=cfg.limit, dataset_opt=list(cfg.dataset_opt),
+              data_dir=cfg.data_dir, teacher=cfg.teacher, teacher_opt=list(cfg.teacher_opt), samples=cfg.samples,
+              out=str(run_dir), progress=False)
+        problems, samples = load_run(run_dir)
+        source = {"kind": "dataset", "dataset": cfg.dataset, "split": cfg.split, "teacher": cfg.teacher,
+                  "teach_run": str(run_dir), "dataset_opt": list(cfg.dataset_opt)}
+    items = items_from_run(problems, samples)
+    if cfg.data and cfg.limit:
+        keep = set(list(problems)[:cfg.limit])
+        items = [it for it in items if it.problem.id in keep]
+    if not items:
+        raise DataError(f"{run_dir}: no correct teacher samples to train on")
+    return items, source
+
+
+def _before_after_tasks(cfg: FitConfig, source: dict):
+    from .records import EvalTask
+
+    ds = source.get("dataset")
+    if not cfg.before_after or not ds:
+        return []
+    params = _kv(list(cfg.dataset_opt), "--dataset-opt") if source.get("kind") == "dataset" else {}
+    return [EvalTask(name=f"{ds}:test", dataset=ds, split="test", dataset_params=params, mode="zs_cot",
+                     limit=cfg.before_after, max_new_tokens=160)]
+
+
+def _compute_dtype(name: str):
+    import torch
+
+    return {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log: Callable[[str], None] | None = None,
+        **overrides: Any) -> FitResult:
+    """Run (or resume) a fit; returns the artifact directory, its manifest and the trained model."""
+    import torch
+
+    from . import formats as F
+    from .adapters.artifact import atomic_dir, versions, write_manifest
+    from .adapters.peft_setup import MethodSpec, apply_method, count_params, parse_targets
+    from .student import load_student
+    from .trainer import TrainArgs, train
+
+    if cfg is None:
+        try:
+            cfg = FitConfig(**overrides)
+        except Exception as exc:
+            raise ConfigError(f"fit: {one_line(exc)[:300]}") from None
+    elif overrides:
+        cfg = cfg.model_copy(update=overrides)
+    quickstart = _is_quickstart(cfg)
+    cfg = resolve_defaults(cfg)
+    from accelerate import PartialState
+
+    state = PartialState()
+    main = state.is_main_process
+    if log is None:
+        def log(msg: str) -> None:
+            if main:
+                import click
+
+                click.echo(msg, err=True)
+    weights = F.parse_mixture(cfg.formats)
+    from .losses import LossSpec
+    from .prompts import uses_chat
+
+    loss_spec = LossSpec.parse(cfg.loss)
+    out = Path(cfg.out)
+    ckpt_dir = out.with_name(out.name + ".checkpoints")
+    if not cfg.resume and any(ckpt_dir.glob("step-*")):
+        raise ConfigError(f"{ckpt_dir} already holds checkpoints of an earlier fit: pass --resume to continue it, "
+                          f"or choose another --out")
+    t_start = time.time()
+
+    # 1-2. data and formats (teach runs on the main process only; the others wait and read the result)
+    if main:
+        items, source = _load_items(cfg, out, log)
+    state.wait_for_everyone()
+    if not main:
+        items, source = _load_items(cfg.model_copy(update={"data": cfg.data or str(out.with_name(out.name + ".teach"))}),
+                                    out, lambda m: None)
+        source = dict(source)
+
+    # 3. student (seeded: the adapter init is part of the run's determinism)
+    torch.manual_seed(cfg.seed)
+    student = load_student(cfg.student, cfg.quant, dtype=_compute_dtype(cfg.compute_dtype),
+                           double_quant=cfg.double_quant,
+                           device=str(state.device) if cfg.quant != "none" else None)
+    examples = F.build_examples(items, weights, student.tokenizer, n_shots=cfg.n_shots, seed=cfg.seed,
+                                chat=False if student.kind == "seq2seq" else cfg.chat)
+    data_fp = F.data_fingerprint(items, weights, n_shots=cfg.n_shots, seed=cfg.seed, chat=cfg.chat,
+                                 student=student.fingerprint.get("tokenizer"))
+    counts = F.format_counts(examples)
+    log(f"data: {len(items)} correct samples of {len({it.problem.id for it in items})} problems -> "
+        + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+
+    tasks = _before_after_tasks(cfg, source)
+    before = after = None
+    if tasks and main and not (cfg.resume and any(ckpt_dir.glob("step-*"))):
+        before = _score(student.model, student.tokenizer, student.kind, tasks, cfg)
+        log(f"before: {_fmt_scores(before)}")
+
+    torch.manual_seed(cfg.seed)
+    spec = MethodSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
+                      targets=parse_targets(cfg.targets), gradient_checkpointing=cfg.gradient_checkpointing)
+    model = apply_method(student, spec)
+    params = count_params(model)
+    log(f"student: {student.name} ({student.kind}, quant {student.quant}), method {cfg.method}: "
+        f"{params['trainable']:,} of {params['total']:,} parameters train")
+
+    # 4. train
+    from . import selection as sel
+
+    def select(checkpoints: list[dict]) -> dict:
+        return sel.select_checkpoint(checkpoints, cfg.select_by if evaluator is not None else "last")
+
+    def prune(checkpoints: list[dict]) -> None:
+        sel.prune_checkpoints(checkpoints, cfg.keep_checkpoints, cfg.select_by if evaluator is not None else "last")
+
+    args = TrainArgs(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                     warmup=cfg.warmup, schedule=cfg.schedule, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                     max_grad_norm=cfg.max_grad_norm or None, max_length=cfg.max_length, seed=cfg.seed,
+                     save_every=cfg.save_every, eval_every=cfg.eval_every, keep_checkpoints=cfg.keep_checkpoints,
+                     select_by=cfg.select_by, group_by_length=cfg.group_by_length,
+                     mixed_precision="auto" if cfg.compute_dtype == "auto" else
+                     ("no" if cfg.compute_dtype == "fp32" else cfg.compute_dtype),
+                     progress=cfg.progress, tracker=cfg.tracker, loss=loss_spec)
+    res = train(model, student.tokenizer, examples, kind=student.kind, args=args, ckpt_dir=ckpt_dir,
+                evaluator=evaluator, select=select, prune=prune, resume=cfg.resume, data_fingerprint=data_fp)
+    last = res.history[-1]["loss"] if res.history else float("nan")
+    log(f"trained {res.steps} steps in {res.train_seconds:.0f}s ({res.tokens_per_second:,.0f} tokens/s), "
+        f"final loss {last:.4f}" + (f", resumed from step {res.resumed_from}" if res.resumed_from else ""))
+
+    if tasks and main:
+        after = _score(model, student.tokenizer, student.kind, tasks, cfg)
+        log(f"after:  {_fmt_scores(after)}")
+
+    # 5. artifact
+    chosen = res.chosen or {}
+    manifest: dict[str, Any] = {
+        "kind": "full" if cfg.method == "full" else "adapter",
+        "base": {"name": student.name, "path": str(student.path), "kind": student.kind,
+                 "fingerprint": dict(student.fingerprint)},
+        "quant": cfg.quant, "method": cfg.method,
+        "peft": spec.peft_params() if cfg.method != "full" else None,
+        "formats": weights, "format_counts": counts, "n_shots": cfg.n_shots,
+        "chat": bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat)),
+        "loss": str(loss_spec),
+        "data": {**source, "fingerprint": data_fp, "n_examples": len(examples), "n_problems":
+                 len({it.problem.id for it in items}), "truncated": res.truncated},
+        "selection": {"rule": cfg.select_by if evaluator is not None else "last",
+                      "chosen_step": chosen.get("step")},
+        "checkpoints": res.checkpoints,
+        "train": {"steps": res.steps, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                  "grad_accum": cfg.grad_accum, "world_size": res.world_size, "schedule": cfg.schedule,
+                  "warmup": cfg.warmup, "max_length": cfg.max_length, "seed": cfg.seed,
+                  "train_seconds": round(res.train_seconds, 2), "eval_seconds": round(res.eval_seconds, 2),
+                  "tokens": res.tokens, "tokens_per_second": round(res.tokens_per_second, 1),
+                  "final_loss": last, "loss_history": [round(h["loss"], 6) for h in res.history],
+                  "resumed_from": res.resumed_from, "checkpoint_dir": str(ckpt_dir),
+                  "wall_seconds": round(time.time() - t_start, 1)},
+        "config": cfg.model_dump(mode="json"),
+        "versions": versions(),
+    }
+    if before is not None or after is not None:
+        manifest["before_after"] = {"before": _strip(before), "after": _strip(after)}
+    if main:
+        if cfg.method == "full":
+            _save_full(model, student, out, manifest, atomic_dir, write_manifest)
+        else:
+            from .adapters.swap import save_adapter
+
+            save_adapter(model, out, manifest)
+        log(f"wrote {out}")
+        if quickstart and before is not None and after is not None:
+            b, a = _acc(before), _acc(after)
+            log(f"held-out arith test accuracy: {b:.1%} before -> {a:.1%} after")
+    state.wait_for_everyone()
+    return FitResult(out=out, manifest=manifest, model=model, tokenizer=student.tokenizer, kind=student.kind,
+                     before=before, after=after, history=res.history)
+
+
+def _score(model, tokenizer, kind, tasks, cfg: FitConfig) -> dict:
+    from .evaluate import evaluate_tasks
+
+    was = model.training
+    model.eval()
+    try:
+        import torch
+
+        with torch.no_grad():
+            res = evaluate_tasks(model, tokenizer, tasks, kind=kind, batch_size=cfg.eval_batch_size,
+                                 data_dir=cfg.data_dir, progress=cfg.progress,
+                                 chat=False if kind == "seq2seq" else cfg.chat)
+    finally:
+        if was:
+            model.train()
+    return res
+
+
+def _acc(res: dict | None) -> float:
+    if not res:
+        return float("nan")
+    n = sum(r["n"] for r in res.values())
+    return sum(r["correct"] for r in res.values()) / n if n else float("nan")
+
+
+def _fmt_scores(res: dict) -> str:
+    return ", ".join(f"{k} {r['accuracy']:.1%} ({r['correct']}/{r['n']})" for k, r in res.items())
+
+
+def _strip(res: dict | None) -> dict | None:
+    if res is None:
+        return None
+    return {k: {kk: vv for kk, vv in r.items() if kk != "predictions"} for k, r in res.items()}
+
+
+def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_manifest) -> None:
+    from . import __version__
+
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        student.tokenizer.save_pretrained(str(tmp))
+        m = {"lorasp_version": __version__, **manifest,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_manifest(tmp, m)
+        (tmp / "README.md").write_text(
+            f"# lorasp full fine-tune\n\nFull fine-tune of `{student.name}` by lorasp (model specialization, Fu et "
+            f"al., ICML 2023).\n\n- formats: {manifest['formats']}\n- steps: {manifest['train']['steps']}\n\n"
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer  # or AutoModelForSeq2SeqLM\n"
+            "model = AutoModelForCausalLM.from_pretrained('THIS_DIR')\n```\n", encoding="utf-8")
+
+
+__all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROBLEMS"]

@@ -1,0 +1,616 @@
+"""The training loop: accelerate, gradient accumulation, clipping, warmup + cosine/constant schedule, length-grouped
+batches, atomic checkpoints, exact resume, NaN/inf guard, periodic evaluation and checkpoint selection.
+
+Determinism: the data order of every epoch is a pure function of ``(seed, epoch)``, and the torch RNG (dropout) is
+re-seeded from ``(seed, rank, step)`` at the start of every optimizer step. So a run resumed from a checkpoint
+sees exactly the batches and dropout masks of an uninterrupted run, and its loss trajectory is the same (on CPU,
+bit for bit). Nothing else needs to be stored besides the trainable weights, the optimizer and the scheduler.
+
+Speed: batches group examples of similar length (little padding); for decoder-only students the output head is
+applied only at target positions (prompt and padding positions never reach the ``vocab``-sized matmul nor the
+softmax), which is where most of the time of a small model's step goes.
+
+The loss of a micro-batch is computed by one function, :func:`batch_loss` (``(loss_sum, n_tokens)``, see
+``lora_spec.losses``); the window's sum is divided by the window's label-token count, so accumulation is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError, DataError, LoraspError
+from .records import Example
+
+IGNORE = -100
+STATE_FILE = "trainer_state.pt"
+WEIGHTS_FILE = "trainable.safetensors"
+LOG_FILE = "train_log.jsonl"
+
+
+class TrainingDiverged(LoraspError):
+    """The loss or the gradient norm became NaN/inf; training stopped and the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------------------------- arguments
+
+@dataclass
+class TrainArgs:
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: float = 0.05  # < 1: fraction of the total steps; >= 1: a number of steps
+    schedule: str = "cosine"  # cosine | constant | linear
+    batch_size: int = 8  # per device
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    max_length: int = 1024
+    seed: int = 0
+    save_every: int = 0  # 0: only at the end (and at every evaluation)
+    eval_every: int = 0  # 0: only at step 0 and at the end (when an evaluator is given)
+    keep_checkpoints: int | None = None
+    select_by: str = "last"
+    group_by_length: bool = True
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, no on CPU) | no | bf16 | fp16
+    progress: bool = True
+    tracker: str = "auto"  # auto (tensorboard when installed) | none | tensorboard | ...
+    loss: Any = "sample"  # a losses.LossSpec or its string
+    log_every: int = 1
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[dict]  # one row per optimizer step: step, loss, lr, grad_norm, tokens
+    checkpoints: list[dict]  # {step, loss, scores, path}
+    chosen: dict | None
+    train_seconds: float
+    eval_seconds: float
+    tokens: int  # non-padding tokens processed (this rank)
+    tokens_per_second: float
+    examples: int
+    truncated: int
+    resumed_from: int | None = None
+    world_size: int = 1
+
+
+# --------------------------------------------------------------------------------------------- tokenization
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # causal: same length as input_ids (IGNORE on the prompt); seq2seq: the decoder targets
+    n_target: int
+    topk: Any = None  # reserved for distribution matching (aligned teacher top-k)
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids) + (len(self.labels) if self.labels is not self.input_ids else 0)
+
+
+def encode_examples(examples: list[Example], tokenizer, kind: str, max_length: int) -> tuple[list[Encoded], int]:
+    """Tokenize prompt and target separately (the prompt exactly as eval tokenizes it; the target followed by EOS)
+    and mask the prompt out of the labels. Over-long rows lose prompt tokens from the left (the question's end
+    and the whole target stay); returns ``(encoded, n_truncated)``."""
+    if not examples:
+        raise DataError("no training examples (is the teach run empty, or were all samples wrong?)")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("the student's tokenizer has no EOS token; training targets need one")
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    if kind == "seq2seq":
+        targets = tokenizer([e.target for e in examples], add_special_tokens=True)["input_ids"]
+    else:
+        targets = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"]
+    out: list[Encoded] = []
+    truncated = 0
+    for p, t in zip(prompts, targets):
+        p, t = list(p), list(t)
+        if kind == "seq2seq":
+            if not t or t[-1] != eos:
+                t = t + [eos]
+            if len(p) > max_length:
+                p, truncated = p[-max_length:], truncated + 1
+            if len(t) > max_length:
+                t, truncated = t[:max_length - 1] + [eos], truncated + 1
+            out.append(Encoded(p, t, len(t)))
+            continue
+        t = t + [eos]
+        if len(p) + len(t) > max_length:
+            truncated += 1
+            keep_t = min(len(t), max_length - 1)
+            t = t[:keep_t]
+            p = p[-(max_length - keep_t):] if max_length - keep_t > 0 else []
+        ids = p + t
+        labels = [IGNORE] * len(p) + t
+        out.append(Encoded(ids, labels, len(t)))
+    return out, truncated
+
+
+# --------------------------------------------------------------------------------------------- batching
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
+                  megabatch: int = 64) -> list[list[int]]:
+    """The micro-batches of one epoch, a pure function of its arguments.
+
+    Length grouping: shuffle, cut into mega-batches of ``megabatch`` micro-batches, sort each by length, cut into
+    micro-batches, shuffle the batch order. Padding waste stays small and the order stays random.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    if group_by_length:
+        mb = batch_size * megabatch
+        chunks = [sorted(idx[i:i + mb], key=lambda j: -lengths[j]) for i in range(0, len(idx), mb)]
+        idx = [j for c in chunks for j in c]
+    batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(rows: list[Encoded], pad_id: int, kind: str):
+    """Right-padded tensors: ``input_ids``, ``attention_mask``, ``labels`` (+ ``n_tokens``, non-padding)."""
+    import torch
+
+    n = len(rows)
+    L = max(len(r.input_ids) for r in rows)
+    ids = torch.full((n, L), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, L), dtype=torch.long)
+    if kind == "seq2seq":
+        T = max(len(r.labels) for r in rows)
+        labels = torch.full((n, T), IGNORE, dtype=torch.long)
+    else:
+        labels = torch.full((n, L), IGNORE, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r.input_ids)] = torch.tensor(r.input_ids)
+        mask[i, :len(r.input_ids)] = 1
+        labels[i, :len(r.labels)] = torch.tensor(r.labels)
+    tokens = int(mask.sum()) + (sum(len(r.labels) for r in rows) if kind == "seq2seq" else 0)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "n_tokens": tokens}
+
+
+# --------------------------------------------------------------------------------------------- the loss
+
+def _fast_head_ok(model) -> bool:
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "is_encoder_decoder", False):
+        return False
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+        return False
+    try:
+        return model.get_decoder() is not None and model.get_output_embeddings() is not None
+    except Exception:
+        return False
+
+
+def batch_loss(model, batch: dict, *, kind: str, loss_spec: Any = "sample"):
+    """The loss of one micro-batch as ``(loss_sum, n_label_tokens)``: THE place where the training loss is made.
+
+    ``model`` is the unwrapped transformers model (peft's base model for adapters). Sample matching with a
+    decoder-only student applies the output head only at the label positions; other specs (distribution
+    matching, ``mix:A``) go through ``lora_spec.losses.compute_loss`` on full logits.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from . import losses
+
+    spec = losses.LossSpec.parse(loss_spec)
+    labels = batch["labels"]
+    if kind == "seq2seq":
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                    use_cache=False)
+        return losses.compute_loss(spec, out.logits, labels, batch.get("topk"), causal=False)
+    if spec.alpha == 0.0 and _fast_head_ok(model):
+        decoder = model.get_decoder()
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         use_cache=False).last_hidden_state
+        tgt = labels[:, 1:]
+        sel = tgt != IGNORE
+        h = hidden[:, :-1][sel]
+        logits = model.get_output_embeddings()(h).float()
+        y = tgt[sel]
+        return F.cross_entropy(logits, y, reduction="sum"), int(y.numel())
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return losses.compute_loss(spec, out.logits, labels, batch.get("topk"), causal=True)
+
+
+def _loss_module_class():
+    import torch
+
+    class LossModule(torch.nn.Module):
+        """Wraps the model so that DDP sees one forward call whose output is the loss of a micro-batch."""
+
+        def __init__(self, model, kind: str, loss_spec: Any):
+            super().__init__()
+            self.model = model
+            self.kind = kind
+            self.loss_spec = loss_spec
+
+        def forward(self, input_ids, attention_mask, labels, topk=None):
+            inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "topk": topk}
+            loss_sum, n = batch_loss(inner, batch, kind=self.kind, loss_spec=self.loss_spec)
+            return loss_sum, torch.tensor(n, dtype=torch.long, device=loss_sum.device)
+
+    return LossModule
+
+
+# --------------------------------------------------------------------------------------------- schedule
+
+def lr_factor(step: int, total: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_steps_of(warmup: float, total: int) -> int:
+    if warmup < 0:
+        raise ConfigError(f"--warmup: must be >= 0, got {warmup}")
+    return int(round(warmup * total)) if warmup < 1 else int(warmup)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+def _save_trainable(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(state, str(path))
+
+
+def load_trainable(model, path: str | os.PathLike) -> None:
+    """Load a checkpoint's trainable weights into ``model`` (same wrapping as when it was saved)."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise DataError(f"{path}: checkpoint weight {missing[0]!r} does not exist in this model "
+                        "(different method, rank or targets than the run that wrote it?)")
+    with torch.no_grad():
+        for n, t in state.items():
+            if params[n].shape != t.shape:
+                raise DataError(f"{path}: checkpoint weight {n!r} has shape {tuple(t.shape)}, "
+                                f"the model has {tuple(params[n].shape)} (different --rank?)")
+            params[n].copy_(t.to(params[n].dtype))
+
+
+def checkpoint_dirs(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``root`` (``step-NNNNNN`` with a state file), in step order."""
+    root = Path(root)
+    out = []
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.is_dir() and d.name.startswith("step-") and (d / STATE_FILE).exists() and (d / WEIGHTS_FILE).exists():
+                try:
+                    out.append((int(d.name[5:]), d))
+                except ValueError:
+                    continue
+    return sorted(out)
+
+
+def _signature(args: TrainArgs, n_examples: int, data_fp: str, world: int) -> dict:
+    return {"seed": args.seed, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+            "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr, "schedule": args.schedule,
+            "warmup": args.warmup, "max_length": args.max_length, "group_by_length": args.group_by_length,
+            "n_examples": n_examples, "data": data_fp, "world_size": world, "loss": str(args.loss)}
+
+
+# --------------------------------------------------------------------------------------------- progress
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int, start: int):
+        self.enabled = enabled
+        self.bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        console = Console(stderr=True)
+        self.bar = Progress(TextColumn("[bold]fit"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                            transient=False, disable=not console.is_terminal)
+        self.task = self.bar.add_task("fit", total=total, completed=start, loss="-", tps="-")
+        self.bar.start()
+
+    def update(self, step: int, loss: float, tps: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _trackers(name: str) -> list[str] | None:
+    if name in ("none", "", None):
+        return None
+    if name == "auto":
+        try:
+            import tensorboard  # noqa: F401
+
+            return ["tensorboard"]
+        except ImportError:
+            return None
+    return [name]
+
+
+# --------------------------------------------------------------------------------------------- train
+
+def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainArgs, ckpt_dir: str | os.PathLike,
+          evaluator: Callable[[Any, Any, int], dict[str, float]] | None = None,
+          select: Callable[[list[dict]], dict] | None = None,
+          prune: Callable[[list[dict]], Any] | None = None,
+          resume: bool = False, data_fingerprint: str = "", accelerator=None,
+          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` (already made trainable by ``adapters.peft_setup.apply_method``) on ``examples``.
+
+    ``evaluator(model, tokenizer, step) -> scores`` runs (main process only) at step 0, every ``eval_every`` steps
+    and at the end; every evaluation also writes a checkpoint. ``select(checkpoints) -> record`` picks the chosen
+    checkpoint (default: the last); ``prune(checkpoints)`` may delete checkpoint directories (setting ``path`` to
+    None). Returns a ``TrainResult``; the chosen weights are loaded into ``model`` on return.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if args.batch_size < 1 or args.grad_accum < 1:
+        raise ConfigError("--batch-size and --grad-accum must be >= 1")
+    if args.schedule not in ("cosine", "constant", "linear"):
+        raise ConfigError(f"--schedule: expected cosine, constant or linear, got {args.schedule!r}")
+    ckpt_root = Path(ckpt_dir).resolve()
+    mp = args.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    log_with = _trackers(args.tracker)
+    if accelerator is None:
+        accelerator = Accelerator(
+            mixed_precision=mp, log_with=log_with, project_dir=str(ckpt_root / "logs"),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+
+    encoded, truncated = encode_examples(examples, tokenizer, kind, args.max_length)
+    lengths = [e.length for e in encoded]
+    per_step = args.batch_size * args.grad_accum * world
+    batches_per_epoch = len(encoded) // args.batch_size
+    steps_per_epoch = batches_per_epoch // (args.grad_accum * world)
+    if steps_per_epoch < 1:
+        raise DataError(f"{len(encoded)} training examples are fewer than one optimizer step needs "
+                        f"(batch size {args.batch_size} x grad accum {args.grad_accum} x {world} processes = "
+                        f"{per_step}); lower --batch-size or add data")
+    total = int(args.max_steps) if args.max_steps else max(1, int(math.ceil(args.epochs * steps_per_epoch)))
+    warm = warmup_steps_of(args.warmup, total)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("the model has no trainable parameters")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warm, args.schedule))
+
+    LossModule = _loss_module_class()
+    wrapper = LossModule(model, kind, args.loss)
+    wrapper, optimizer = accelerator.prepare(wrapper, optimizer)
+    device = accelerator.device
+
+    signature = _signature(args, len(encoded), data_fingerprint, world)
+    history: list[dict] = []
+    checkpoints: list[dict] = []
+    start_step = 0
+    train_seconds = 0.0
+    eval_seconds = 0.0
+    tokens_total = 0
+    resumed_from = None
+    if resume:
+        found = checkpoint_dirs(ckpt_root)
+        if found:
+            step0, d = found[-1]
+            state = torch.load(str(d / STATE_FILE), map_location="cpu", weights_only=False)
+            old = state.get("signature", {})
+            diff = [k for k in signature if k != "max_steps" and k != "epochs" and old.get(k) != signature[k]]
+            if diff:
+                k = diff[0]
+                raise ConfigError(f"--resume: {d} was written with {k}={old.get(k)!r}, this run has "
+                                  f"{k}={signature[k]!r}; resume with the same settings or use a new --out")
+            load_trainable(model, d / WEIGHTS_FILE)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history = state["history"]
+            checkpoints = state["checkpoints"]
+            train_seconds = state.get("train_seconds", 0.0)
+            eval_seconds = state.get("eval_seconds", 0.0)
+            tokens_total = state.get("tokens", 0)
+            start_step = resumed_from = step0
+            if main:
+                accelerator.print(f"resuming from {d} (step {step0} of {total})")
+
+    def save_checkpoint(step: int, scores: dict | None) -> dict:
+        """Write ``step-NNNNNN`` atomically (main process), record it, prune."""
+        from .adapters.artifact import atomic_dir
+
+        d = ckpt_root / f"step-{step:06d}"
+        prev = max([c["step"] for c in checkpoints if c["step"] < step] or [0])
+        recent = [h["loss"] for h in history if prev < h["step"] <= step]
+        rec = {"step": step, "loss": (sum(recent) / len(recent)) if recent else None,
+               "scores": scores or {}, "path": str(d)}
+        checkpoints[:] = [c for c in checkpoints if c["step"] != step] + [rec]
+        checkpoints.sort(key=lambda c: c["step"])
+        if main:
+            if prune is not None:
+                prune(checkpoints)
+            with atomic_dir(d) as tmp:
+                _save_trainable(model, tmp / WEIGHTS_FILE)
+                torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "history": history, "checkpoints": checkpoints, "signature": signature,
+                            "train_seconds": train_seconds, "eval_seconds": eval_seconds, "tokens": tokens_total,
+                            "total_steps": total}, str(tmp / STATE_FILE))
+                (tmp / "checkpoint.json").write_text(json.dumps(
+                    {k: v for k, v in rec.items() if k != "path"}, indent=1))
+        accelerator.wait_for_everyone()
+        return rec
+
+    def run_eval(step: int) -> dict:
+        nonlocal eval_seconds
+        scores: dict = {}
+        if evaluator is not None and main:
+            t = time.perf_counter()
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                scores = dict(evaluator(model, tokenizer, step) or {})
+            if was_training:
+                model.train()
+            eval_seconds += time.perf_counter() - t
+        accelerator.wait_for_everyone()
+        return scores
+
+    if log_with and main:
+        accelerator.init_trackers("lorasp-fit", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                                                        for k, v in asdict(args).items()})
+
+    if start_step == 0 and evaluator is not None:
+        s0 = run_eval(0)
+        checkpoints.append({"step": 0, "loss": None, "scores": s0, "path": None})
+
+    progress = _Progress(args.progress and main, total, start_step)
+    model.train()
+    step = start_step
+    last_saved = start_step if resumed_from is not None else None
+    window_t = time.perf_counter()
+    window_tok = 0
+    current_epoch, epoch_b = -1, []
+    try:
+        while step < total:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            if epoch != current_epoch:
+                epoch_b = epoch_batches(lengths, args.batch_size, args.seed, epoch, args.group_by_length)
+                current_epoch = epoch
+            micro = []
+            for a in range(args.grad_accum):
+                g = (in_epoch * args.grad_accum + a) * world + rank
+                micro.append(collate([encoded[i] for i in epoch_b[g]], pad_id, kind))
+            window_n = sum(int((m["labels"][:, 1:] if kind == "causal" else m["labels"]).ne(IGNORE).sum())
+                           for m in micro)
+            torch.manual_seed(args.seed * 7919 + rank * 104_729 + step)
+            t0 = time.perf_counter()
+            loss_sum_total = torch.zeros((), device=device)
+            n_local = 0
+            for a, mb in enumerate(micro):
+                ctx = accelerator.no_sync(wrapper) if a < len(micro) - 1 else contextlib.nullcontext()
+                with ctx, accelerator.autocast():
+                    loss_sum, n = wrapper(mb["input_ids"].to(device), mb["attention_mask"].to(device),
+                                          mb["labels"].to(device))
+                    loss = loss_sum / max(1, window_n)
+                accelerator.backward(loss)
+                loss_sum_total += loss_sum.detach().float()
+                n_local += int(n)
+                window_tok += mb["n_tokens"]
+                tokens_total += mb["n_tokens"]
+            stats = torch.tensor([loss_sum_total.item(), float(n_local)], device=device)
+            stats = accelerator.reduce(stats, reduction="sum")
+            step_loss = float(stats[0] / max(stats[1], 1.0))
+            grad_norm = None
+            if args.max_grad_norm:
+                gn = accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                grad_norm = float(gn) if gn is not None else None
+            bad = not math.isfinite(step_loss) or (grad_norm is not None and not math.isfinite(grad_norm))
+            if bad:
+                optimizer.zero_grad(set_to_none=True)
+                what = "loss" if not math.isfinite(step_loss) else "gradient norm"
+                val = step_loss if what == "loss" else grad_norm
+                if last_saved is not None:
+                    keep = f"the last good checkpoint is step {last_saved} ({ckpt_root / f'step-{last_saved:06d}'})"
+                    hint = "; lower --lr and continue with --resume"
+                else:
+                    keep = "no checkpoint was written yet (set --save-every to keep intermediate ones)"
+                    hint = "; lower --lr"
+                raise TrainingDiverged(f"training stopped at step {step + 1}: the {what} became {val}; "
+                                       f"the update was not applied and {keep}{hint}")
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            row = {"step": step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                   "tokens": sum(m["n_tokens"] for m in micro), "seconds": round(dt, 4), "epoch": epoch}
+            history.append(row)
+            if on_step is not None:
+                on_step(row)
+            if log_with and main and step % max(1, args.log_every) == 0:
+                accelerator.log({"train/loss": step_loss, "train/lr": row["lr"],
+                                 "train/grad_norm": grad_norm or 0.0}, step=step)
+            now = time.perf_counter()
+            tps = window_tok / max(now - window_t, 1e-9)
+            progress.update(step, step_loss, tps)
+            is_eval = evaluator is not None and args.eval_every and step % args.eval_every == 0 and step < total
+            is_save = args.save_every and step % args.save_every == 0 and step < total
+            if is_eval or is_save:
+                scores = run_eval(step) if is_eval else {}
+                save_checkpoint(step, scores)
+                last_saved = step
+                window_t, window_tok = time.perf_counter(), 0
+    except KeyboardInterrupt:
+        # Ctrl-C between steps: keep what was trained so far (the state after ``step`` updates is consistent).
+        progress.close()
+        if step > start_step and step != last_saved:
+            save_checkpoint(step, {})
+            accelerator.print(f"interrupted: saved step {step} to {ckpt_root / f'step-{step:06d}'}; "
+                              f"continue with --resume")
+        raise
+    finally:
+        progress.close()
+
+    if last_saved != total:
+        scores = run_eval(total) if evaluator is not None else {}
+        save_checkpoint(total, scores)
+    chosen = None
+    if checkpoints:
+        chosen = select(checkpoints) if select is not None else [c for c in checkpoints if c["step"] > 0][-1]
+        if chosen and chosen.get("path") and int(chosen["step"]) != total:
+            load_trainable(model, Path(chosen["path"]) / WEIGHTS_FILE)
+    if log_with and main:
+        accelerator.end_training()
+    tokens_run = sum(h["tokens"] for h in history[(resumed_from or 0):]) if history else 0
+    run_secs = sum(h["seconds"] for h in history[(resumed_from or 0):]) if history else 0.0
+    if main:
+        with (ckpt_root / LOG_FILE).open("w") as fh:
+            for h in history:
+                fh.write(json.dumps(h) + "\n")
+    return TrainResult(steps=total, history=history, checkpoints=checkpoints, chosen=chosen,
+                       train_seconds=train_seconds, eval_seconds=eval_seconds, tokens=tokens_total,
+                       tokens_per_second=tokens_run / run_secs if run_secs else 0.0, examples=len(encoded),
+                       truncated=truncated, resumed_from=resumed_from, world_size=world)
+
+
+__all__ = ["TrainArgs", "TrainResult", "TrainingDiverged", "Encoded", "encode_examples", "epoch_batches", "collate",
+           "batch_loss", "lr_factor", "warmup_steps_of", "train", "load_trainable", "checkpoint_dirs"]
