@@ -1,0 +1,527 @@
+"""Teacher-token -> student-token alignment for distribution matching.
+
+A teacher returns, for each generated token, its string and its top-k candidates (string -> logprob). The student
+has another tokenizer. For every student token of the target text we want either the teacher's distribution
+(expressed in student token ids) or nothing (the loss then uses a one-hot on the student token, i.e. the NLL).
+
+How (linear in the text length, except where the two texts disagree):
+
+1. Both sides are turned into **byte strings**: each teacher token's bytes (plain text, ``bytes:\\xNN`` escapes,
+   or raw byte-level ``Ġ``/SentencePiece ``▁`` pieces, detected per sample), and each student token's surface
+   bytes (from its vocabulary entry: byte-level BPE bytes, SentencePiece ``▁`` -> space and ``<0xNN>`` byte
+   fallback; unknown tokens take the original text under their offsets). Multi-byte characters split over
+   several tokens are therefore exact.
+2. The two byte strings are merged with **character (byte) offsets**: while the bytes agree the spans advance in
+   lockstep (equal runs are found with memcmp-speed slice comparisons). Where they disagree (a SentencePiece
+   leading space, NFKC normalisation, a teacher's dropped partial UTF-8 bytes, a stripped target), the nearest
+   resynchronisation point is found (the first 4-byte anchor minimising skipped bytes on both sides), and an
+   **edit-distance DP runs on that disagreeing stretch only**, to recover the equal characters inside it.
+   The result is a monotone list of equal segments ``(teacher_offset, student_offset, length)``.
+3. **The paper's rule**: a student token gets the teacher's distribution only where it aligns one-to-one with a
+   teacher token of the identical string (both spans lie inside one equal segment and coincide). The teacher's
+   candidates are kept if they are single student tokens (exact surface match in the student vocabulary);
+   duplicates are merged; if no candidate survives, the position stays one-hot.
+4. **Direct-id fast path**: when teacher and student share a vocabulary (``same_vocab=True``), the teacher's own
+   tokens are the student ids; every position whose candidates map gets a distribution, no re-tokenisation.
+
+``Aligner.align`` returns an ``AlignedTarget``: the student ids of the target text, the positions that carry a
+teacher distribution, their ids ``int32 [m, k]`` and logprobs ``float16 [m, k]`` (``-inf`` in empty slots), and
+the aligned fraction (aligned student tokens / student tokens). ``AlignStats`` sums fractions over samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = ["Aligner", "AlignedTarget", "AlignStats", "StudentVocab", "teacher_token_bytes", "equal_segments",
+           "match_spans"]
+
+_ANCHOR = 4  # bytes of agreement that end a disagreeing stretch
+_MAX_WINDOW = 1 << 14  # give up resynchronising after this many bytes (the rest stays one-hot)
+_MAX_DP_CELLS = 1 << 14  # edit-distance DP on a disagreeing stretch up to this many cells
+
+
+# --------------------------------------------------------------------------------------------- byte surfaces
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The GPT-2 byte <-> printable-unicode table used by byte-level BPE vocabularies."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+_BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
+_BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+_ESCAPE = re.compile(rb"\\x([0-9A-Fa-f]{2})")
+
+
+def _byte_level(piece: str) -> bytes | None:
+    try:
+        return bytes(_BYTE_DECODER[c] for c in piece)
+    except KeyError:
+        return None
+
+
+def _sentencepiece(piece: str) -> bytes:
+    m = _BYTE_FALLBACK.match(piece)
+    if m:
+        return bytes([int(m.group(1), 16)])
+    return piece.replace("\u2581", " ").encode("utf-8")
+
+
+def teacher_token_bytes(token: str, encoding: str = "text") -> bytes:
+    """Bytes of one teacher token string.
+
+    ``encoding``: ``text`` (decoded text, the OpenAI/llama.cpp convention; ``bytes:\\xe2\\x80`` strings are
+    partial UTF-8), ``byte_level`` (raw GPT-2 style pieces with ``Ġ``), ``sentencepiece`` (raw pieces with ``▁``).
+    """
+    if token.startswith("bytes:"):
+        raw = token[6:].encode("latin-1", "backslashreplace")
+        return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
+    if encoding == "byte_level":
+        b = _byte_level(token)
+        return b if b is not None else token.encode("utf-8")
+    if encoding == "sentencepiece":
+        return _sentencepiece(token)
+    return token.encode("utf-8")
+
+
+def detect_teacher_encoding(tokens: Sequence[str]) -> str:
+    """``byte_level`` / ``sentencepiece`` when the tokens are raw vocabulary pieces, else ``text``."""
+    joined = "".join(tokens[:512])
+    if any(c in joined for c in " \n\t\r"):
+        return "text"  # raw vocabulary pieces never contain whitespace
+    if "\u2581" in joined:
+        return "sentencepiece"
+    # byte-level pieces spell whitespace/control bytes as U+0100..U+0143 (Ġ, Ċ, ĉ...) and use no other
+    # characters outside the byte table
+    if any("\u0100" <= c <= "\u0143" for c in joined) and all(c in _BYTE_DECODER for c in joined):
+        return "byte_level"
+    return "text"
+
+
+class StudentVocab:
+    """Surface bytes of every student token id, and the reverse map (surface -> id) for candidate lookup."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.kind = self._detect(tokenizer)
+        vocab = tokenizer.get_vocab()
+        size = max(max(vocab.values()) + 1, len(tokenizer))
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        special |= {int(i) for i, t in added.items() if getattr(t, "special", True)}
+        self.unk_id = getattr(tokenizer, "unk_token_id", None)
+        self.surfaces: list[bytes | None] = [None] * size
+        self.lookup: dict[bytes, int] = {}
+        for piece, i in vocab.items():
+            if i in special:
+                continue
+            if self.kind == "byte_level":
+                b = _byte_level(piece)
+            elif self.kind == "sentencepiece":
+                b = _sentencepiece(piece)
+            else:
+                b = tokenizer.convert_tokens_to_string([piece]).encode("utf-8")
+            if not b:
+                continue
+            self.surfaces[i] = b
+            prev = self.lookup.get(b)
+            if prev is None or i < prev:
+                self.lookup[b] = i
+        self.fingerprint = f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{size}"
+
+    @staticmethod
+    def _detect(tokenizer: Any) -> str:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            j = json.loads(backend.to_str())
+            dec = json.dumps(j.get("decoder"))
+            if '"ByteLevel"' in dec:
+                return "byte_level"
+            if "Metaspace" in dec or "\u2581" in dec or "\\u2581" in dec or "ByteFallback" in dec:
+                return "sentencepiece"
+            return "generic"
+        if hasattr(tokenizer, "sp_model"):
+            return "sentencepiece"
+        if hasattr(tokenizer, "byte_encoder"):
+            return "byte_level"
+        return "generic"
+
+    def encode(self, text: str) -> tuple[list[int], list[bytes]]:
+        """Student ids of ``text`` (no special tokens) and each token's surface bytes."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        offs = enc["offset_mapping"]
+        surf = []
+        for i, (a, b) in zip(ids, offs):
+            s = self.surfaces[i] if i < len(self.surfaces) else None
+            if s is None or i == self.unk_id:
+                s = text[a:b].encode("utf-8") if b > a else b"\xff"  # \xff never occurs in UTF-8 text
+            surf.append(s)
+        return ids, surf
+
+    def surfaces_of(self, ids: Sequence[int]) -> list[bytes]:
+        out = []
+        for i in ids:
+            s = self.surfaces[i] if 0 <= i < len(self.surfaces) else None
+            out.append(s if s is not None else b"\xff")
+        return out
+
+
+# --------------------------------------------------------------------------------------------- merge
+
+def _common_prefix(t: bytes, i: int, s: bytes, j: int) -> int:
+    """Length of the equal run starting at ``t[i]`` / ``s[j]`` (galloping memcmp on slices)."""
+    lim = min(len(t) - i, len(s) - j)
+    if lim <= 0 or t[i] != s[j]:
+        return 0
+    lo, step = 1, 64
+    while lo + step <= lim and t[i + lo:i + lo + step] == s[j + lo:j + lo + step]:
+        lo += step
+        step *= 2
+    hi = min(lo + step, lim)
+    # invariant: t[i:i+lo] == s[j:j+lo]; find the largest n in [lo, hi] with equality
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if t[i + lo:i + mid] == s[j + lo:j + mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _resync(t: bytes, i: int, s: bytes, j: int) -> tuple[int, int]:
+    """Bytes to skip on each side to the nearest anchor of ``_ANCHOR`` equal bytes (min total skip)."""
+    rt, rs = len(t) - i, len(s) - j
+    w = 32
+    while True:
+        tw, sw = t[i:i + w], s[j:j + w]
+        r = _ANCHOR
+        first: dict[bytes, int] = {}
+        for q in range(len(sw) - r + 1):
+            first.setdefault(sw[q:q + r], q)
+        best, cost = None, None
+        for p in range(len(tw) - r + 1):
+            if cost is not None and p >= cost:
+                break
+            q = first.get(tw[p:p + r])
+            if q is not None and (cost is None or p + q < cost):
+                best, cost = (p, q), p + q
+        if best is not None:
+            return best
+        if w >= max(rt, rs) or w >= _MAX_WINDOW:
+            return rt, rs  # no anchor: the rest disagrees
+        w *= 2
+
+
+def _dp_segments(t: bytes, i: int, p: int, s: bytes, j: int, q: int) -> list[tuple[int, int, int]]:
+    """Edit-distance DP (insert/delete 1, substitute 2, i.e. longest common subsequence) on ``t[i:i+p]`` vs
+    ``s[j:j+q]``; the equal runs of its optimal path, as segments."""
+    if p == 0 or q == 0 or p * q > _MAX_DP_CELLS:
+        return []
+    a, b = t[i:i + p], s[j:j + q]
+    prev = list(range(q + 1))
+    rows = [prev]
+    for x in range(1, p + 1):
+        cur = [x] + [0] * q
+        ax = a[x - 1]
+        for y in range(1, q + 1):
+            sub = prev[y - 1] + (0 if ax == b[y - 1] else 2)  # indel distance: maximises equal bytes
+            dl = prev[y] + 1
+            ins = cur[y - 1] + 1
+            cur[y] = sub if sub <= dl and sub <= ins else (dl if dl <= ins else ins)
+        rows.append(cur)
+        prev = cur
+    matches = []
+    x, y = p, q
+    while x > 0 and y > 0:
+        c = rows[x][y]
+        if a[x - 1] == b[y - 1] and c == rows[x - 1][y - 1]:
+            matches.append((x - 1, y - 1))
+            x, y = x - 1, y - 1
+        elif c == rows[x - 1][y - 1] + 2 and a[x - 1] != b[y - 1]:
+            x, y = x - 1, y - 1
+        elif c == rows[x - 1][y] + 1:
+            x -= 1
+        else:
+            y -= 1
+    matches.reverse()
+    segs: list[list[int]] = []
+    for x, y in matches:
+        if segs and segs[-1][0] + segs[-1][2] == i + x and segs[-1][1] + segs[-1][2] == j + y:
+            segs[-1][2] += 1
+        else:
+            segs.append([i + x, j + y, 1])
+    return [tuple(sg) for sg in segs]
+
+
+def equal_segments(t: bytes, s: bytes) -> list[tuple[int, int, int]]:
+    """Monotone equal runs ``(t_offset, s_offset, length)`` between two byte strings (see the module doc)."""
+    if t == s:
+        return [(0, 0, len(t))] if t else []
+    segs: list[tuple[int, int, int]] = []
+    i = j = 0
+    nt, ns = len(t), len(s)
+    while i < nt and j < ns:
+        n = _common_prefix(t, i, s, j)
+        if n:
+            segs.append((i, j, n))
+            i += n
+            j += n
+            continue
+        p, q = _resync(t, i, s, j)
+        segs.extend(_dp_segments(t, i, p, s, j, q))
+        i += p
+        j += q
+    return _slide_gaps(t, s, segs)
+
+
+def _slide_gaps(t: bytes, s: bytes, segs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Move one-sided gaps left as far as the bytes allow: an extra ``"😀 "`` after ``" "`` becomes an extra
+    ``" 😀"`` before ``" a"``, so that the space stays with the word after it (as BPE/SentencePiece tokens do)."""
+    out: list[list[int]] = [list(g) for g in segs]
+    for k in range(1, len(out)):
+        prev, nxt = out[k - 1], out[k]
+        if prev[2] == 0:
+            continue
+        if prev[0] + prev[2] == nxt[0] and nxt[1] > prev[1] + prev[2]:
+            side = s  # extra bytes on the student side only
+        elif prev[1] + prev[2] == nxt[1] and nxt[0] > prev[0] + prev[2]:
+            side = t
+        else:
+            continue
+        end = nxt[1] if side is s else nxt[0]
+        start = prev[1] + prev[2] if side is s else prev[0] + prev[2]
+        while prev[2] > 0 and side[end - 1] == side[start - 1]:
+            prev[2] -= 1
+            nxt[0] -= 1
+            nxt[1] -= 1
+            nxt[2] += 1
+            end -= 1
+            start -= 1
+    return [tuple(g) for g in out if g[2] > 0]
+
+
+def _starts(lengths: Iterable[int]) -> list[int]:
+    out, c = [], 0
+    for n in lengths:
+        out.append(c)
+        c += n
+    return out
+
+
+def match_spans(t_pieces: Sequence[bytes], s_pieces: Sequence[bytes],
+                segments: list[tuple[int, int, int]] | None = None) -> list[tuple[int, int]]:
+    """One-to-one identical matches ``(teacher_index, student_index)`` between two tokenisations."""
+    t_start = _starts(map(len, t_pieces))
+    s_start = _starts(map(len, s_pieces))
+    if segments is None:
+        segments = equal_segments(b"".join(t_pieces), b"".join(s_pieces))
+    by_start = {}
+    for jj, (st, pc) in enumerate(zip(s_start, s_pieces)):
+        if pc:
+            by_start[st] = jj
+    out = []
+    k = 0
+    ns = len(segments)
+    for ii, (a, pc) in enumerate(zip(t_start, t_pieces)):
+        n = len(pc)
+        if not n:
+            continue
+        while k < ns and segments[k][0] + segments[k][2] <= a:
+            k += 1
+        if k == ns:
+            break
+        t0, s0, ln = segments[k]
+        if t0 <= a and a + n <= t0 + ln:
+            jj = by_start.get(a - t0 + s0)
+            if jj is not None and len(s_pieces[jj]) == n:
+                out.append((ii, jj))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- results
+
+@dataclass
+class AlignedTarget:
+    """Student-side targets of one teacher sample."""
+
+    student_ids: np.ndarray  # int32 [n]: the student tokenisation of the target text
+    positions: np.ndarray  # int32 [m]: indices into student_ids that carry a teacher distribution
+    ids: np.ndarray  # int32 [m, k]: student ids of the teacher's candidates
+    logprobs: np.ndarray  # float16 [m, k]: their teacher logprobs, -inf in empty slots
+    n_teacher: int = 0  # teacher tokens
+    n_one_to_one: int = 0  # one-to-one identical spans (before dropping positions without usable candidates)
+    direct: bool = False  # direct-id fast path taken
+
+    @property
+    def n_student(self) -> int:
+        return int(len(self.student_ids))
+
+    @property
+    def n_aligned(self) -> int:
+        return int(len(self.positions))
+
+    @property
+    def aligned_fraction(self) -> float:
+        return self.n_aligned / self.n_student if self.n_student else 0.0
+
+    def rows(self, offset: int = 0):
+        """``(positions + offset, ids, logprobs)``, the row format of ``losses.collate_topk``."""
+        return self.positions.astype(np.int64) + offset, self.ids, self.logprobs
+
+
+@dataclass
+class AlignStats:
+    samples: int = 0
+    student_tokens: int = 0
+    aligned: int = 0
+    teacher_tokens: int = 0
+    direct: int = 0
+    per_sample: list[float] = field(default_factory=list)
+
+    def add(self, t: AlignedTarget) -> None:
+        self.samples += 1
+        self.student_tokens += t.n_student
+        self.aligned += t.n_aligned
+        self.teacher_tokens += t.n_teacher
+        self.direct += int(t.direct)
+        self.per_sample.append(t.aligned_fraction)
+
+    @property
+    def fraction(self) -> float:
+        return self.aligned / self.student_tokens if self.student_tokens else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"samples": self.samples, "student_tokens": self.student_tokens, "aligned_tokens": self.aligned,
+                "aligned_fraction": round(self.fraction, 4), "direct_id_samples": self.direct,
+                "min_sample_fraction": round(min(self.per_sample), 4) if self.per_sample else None}
+
+
+# --------------------------------------------------------------------------------------------- aligner
+
+_NEG_INF = np.float16(-np.inf)
+
+
+class Aligner:
+    """Align teacher top-k to one student tokenizer. Build once, call ``align`` per sample.
+
+    ``same_vocab``: the teacher uses the student's vocabulary (take the direct-id fast path).
+    ``top_k``: keep at most this many candidates per position (default: all that map).
+    ``teacher_encoding``: ``auto`` | ``text`` | ``byte_level`` | ``sentencepiece`` (how teacher token strings
+    are spelled; ``auto`` detects raw vocabulary pieces, else text).
+    """
+
+    def __init__(self, tokenizer: Any, *, same_vocab: bool = False, top_k: int | None = None,
+                 teacher_encoding: str = "auto"):
+        if teacher_encoding not in ("auto", "text", "byte_level", "sentencepiece"):
+            raise DataError(f"teacher_encoding: expected auto|text|byte_level|sentencepiece, got {teacher_encoding!r}")
+        self.vocab = tokenizer if isinstance(tokenizer, StudentVocab) else StudentVocab(tokenizer)
+        self.same_vocab = same_vocab
+        self.top_k = top_k
+        self.teacher_encoding = teacher_encoding
+
+    # -- candidates -----------------------------------------------------------------------------------
+    def _candidates(self, top: dict[str, float] | None, enc: str, own: tuple[bytes, int] | None):
+        if not top:
+            return None
+        lookup = self.vocab.lookup
+        got: dict[int, float] = {}
+        for cand, lp in top.items():
+            if lp is None:
+                continue
+            lp = float(lp)
+            if not math.isfinite(lp):
+                continue
+            cb = teacher_token_bytes(cand, enc)
+            sid = own[1] if own is not None and cb == own[0] else lookup.get(cb)
+            if sid is None:
+                continue
+            if sid in got:  # two spellings of one student token: merge their mass
+                hi, lo = max(got[sid], lp), min(got[sid], lp)
+                got[sid] = hi + math.log1p(math.exp(lo - hi))
+            else:
+                got[sid] = lp
+        if not got:
+            return None
+        items = sorted(got.items(), key=lambda kv: -kv[1])
+        if self.top_k:
+            items = items[: self.top_k]
+        return items
+
+    def _pack(self, student_ids, rows, n_teacher, n_pairs, direct) -> AlignedTarget:
+        k = max((len(r[1]) for r in rows), default=1)
+        if self.top_k:
+            k = max(k, 1)
+        m = len(rows)
+        pos = np.fromiter((r[0] for r in rows), dtype=np.int32, count=m)
+        ids = np.zeros((m, k), dtype=np.int32)
+        lps = np.full((m, k), _NEG_INF, dtype=np.float16)
+        for r, (_, items) in enumerate(rows):
+            for c, (sid, lp) in enumerate(items):
+                ids[r, c] = sid
+                lps[r, c] = lp
+        return AlignedTarget(np.asarray(student_ids, dtype=np.int32), pos, ids, lps, n_teacher, n_pairs, direct)
+
+    # -- main entry -----------------------------------------------------------------------------------
+    def align(self, text: str, tokens: Sequence[str] | None, top_logprobs: Sequence[dict[str, float]] | None,
+              student_ids: Sequence[int] | None = None) -> AlignedTarget:
+        """Align one teacher sample to the student tokenisation of ``text`` (the training target).
+
+        ``student_ids``: the trainer's own tokenisation of ``text`` (default: tokenise ``text`` here, without
+        special tokens). Without teacher tokens/top-k, every position is one-hot (an empty target set).
+        """
+        if not tokens or not top_logprobs:
+            ids = list(student_ids) if student_ids is not None else self.vocab.encode(text)[0]
+            return self._pack(ids, [], 0, 0, False)
+        if len(top_logprobs) != len(tokens):
+            raise DataError(f"teacher sample has {len(tokens)} tokens but {len(top_logprobs)} top-k entries")
+        enc = self.teacher_encoding if self.teacher_encoding != "auto" else detect_teacher_encoding(tokens)
+        t_pieces = [teacher_token_bytes(t, enc) for t in tokens]
+        lookup = self.vocab.lookup
+
+        if self.same_vocab and student_ids is None:
+            direct_ids = [lookup.get(b) for b in t_pieces]
+            if all(d is not None for d in direct_ids) and b"".join(t_pieces) == text.encode("utf-8"):
+                rows = []
+                for ii, (sid, top) in enumerate(zip(direct_ids, top_logprobs)):
+                    items = self._candidates(top, enc, (t_pieces[ii], sid))
+                    if items:
+                        rows.append((ii, items))
+                return self._pack(direct_ids, rows, len(tokens), len(tokens), True)
+
+        if student_ids is None:
+            s_ids, s_pieces = self.vocab.encode(text)
+        else:
+            s_ids = list(student_ids)
+            s_pieces = self.vocab.surfaces_of(s_ids)
+        pairs = match_spans(t_pieces, s_pieces)
+        rows = []
+        unk = self.vocab.unk_id
+        for ii, jj in pairs:
+            if s_ids[jj] == unk:  # an unknown student token has no distribution to learn
+                continue
+            items = self._candidates(top_logprobs[ii], enc, (s_pieces[jj], s_ids[jj]))
+            if items:
+                rows.append((jj, items))
+        return self._pack(s_ids, rows, len(tokens), len(pairs), False)
+
+    def align_sample(self, sample: Any, text: str | None = None,
+                     student_ids: Sequence[int] | None = None) -> AlignedTarget:
+        """Align a ``records.Sample`` (its ``tokens``/``top_logprobs``) to ``text`` (default: ``sample.text``)."""
+        return self.align(sample.text if text is None else text, sample.tokens, sample.top_logprobs, student_ids)
