@@ -62,7 +62,7 @@ class TeachConfig(RunConfig):
     top_logprobs: int = Field(0, ge=0, le=20, description="Record the teacher's top-k logprobs per token.")
     seed: int | None = Field(0, description="Sampling seed (each sample gets its own derived seed).")
     concurrency: int = Field(8, ge=1, le=512, description="Requests in flight (openai).")
-    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one answer (openai).")
+    timeout: float = Field(600.0, gt=0, description="Seconds to wait for one answer, queueing included (openai).")
     max_retries: int = Field(6, ge=0, le=50, description="Retries on 429/5xx/timeouts (openai).")
     teacher_opt: list[str] = Field(default_factory=list, description="Teacher plugin parameter KEY=VALUE.")
     keep: Literal["correct", "all"] = Field("correct", description="Export only correct samples, or all (marked).")
@@ -310,6 +310,7 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
     stop_event = threading.Event()
     stored_now = failed_now = 0
     status = "complete"
+    fatal: BaseException | None = None
     sent_before = getattr(teacher, "requests_sent", 0)
 
     def consume(samples: list[Sample], request_id: str | None) -> None:
@@ -346,6 +347,10 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
     except KeyboardInterrupt:
         stop_event.set()
         status = "interrupted"
+    except LoraspError:
+        stop_event.set()
+        status = "failed"
+        fatal = sys.exc_info()[1]
     finally:
         progress.close()
         if callable(getattr(teacher, "close", None)):
@@ -356,6 +361,8 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
     manifest = _finish(out, cfg, store, run, fp, teacher, spec, stop, problems, prompts, n_samples, this_run,
                        status)
     store.close()
+    if status == "failed" and fatal is not None:
+        raise fatal
     if status == "interrupted":
         raise LoraspError(f"interrupted: {manifest['counts']['received']}/{manifest['counts']['requested']} samples "
                           f"are stored in {out}; rerun the same command to resume", exit_code=130)
@@ -394,7 +401,8 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
     store.end_run(run, requests=this_run["requests_sent"] or 0, stored=this_run["samples_stored"],
                   failed=this_run["failed"], status=status)
     runs = store.runs(fp)
-    total_wall = sum((r["ended"] or r["started"]) - r["started"] for r in runs)
+    total_wall = this_run["wall_time_s"] + sum((r["ended"] or r["started"]) - r["started"] for r in runs
+                                               if r["id"] != run)
     describe = teacher.describe() if callable(getattr(teacher, "describe", None)) else {}
     n = len(problems)
     errors = store.last_errors(fp, run) if failed_keys else []

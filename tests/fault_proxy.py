@@ -2,7 +2,8 @@
 
 Every request is logged (``proxy.log``: arrival order, path, ``X-Lorasp-Request`` tag, the injected fault, the
 status sent and whether the response was delivered), so a test can count exactly what the server received.
-Faults are planned per arrival number (1-based): ``429`` (with ``Retry-After: 0``), ``500``, ``503``, ``timeout``
+Faults are planned per arrival number (1-based), or by a function ``(n, tag, body) -> fault | None``: an HTTP
+status such as ``429``, ``500``, ``503``, ``401`` (sent with ``Retry-After: 0``), ``timeout``
 (hold the connection longer than the client waits, never forward), ``truncate`` (forward, then send only half
 of the upstream JSON body with status 200) and ``garbage`` (200 with a non-JSON body).
 """
@@ -29,6 +30,7 @@ class Entry:
     status: int | None = None
     delivered: bool = False
     forwarded: bool = False
+    auth: str = ""
     body: dict = field(default_factory=dict)
 
 
@@ -73,14 +75,14 @@ class FaultProxy:
                 with proxy._lock:
                     n = len(proxy.log) + 1
                     fault = proxy.faults(n, tag, body) if callable(proxy.faults) else proxy.faults.get(n)
-                    entry = Entry(n, self.path, tag, fault, body=body)
+                    entry = Entry(n, self.path, tag, fault, auth=self.headers.get("Authorization", ""), body=body)
                     proxy.log.append(entry)
                 try:
                     if fault == "timeout":
                         time.sleep(proxy.hang)
                         self.close_connection = True
                         return
-                    if fault in ("429", "500", "503"):
+                    if fault and fault.isdigit():  # any HTTP status: 429, 500, 503, 401, ...
                         entry.status = int(fault)
                         self._send(int(fault), b'{"error": {"message": "injected fault"}}', {"Retry-After": "0"})
                         entry.delivered = True

@@ -70,7 +70,7 @@ class OpenAITeacher:
     def __init__(self, model: str = "", base_url: str = "https://api.openai.com/v1",
                  api_key_env: str = "OPENAI_API_KEY", api: str = "completions", temperature: float = 0.7,
                  top_p: float | None = None, max_tokens: int = 256, stop: list[str] | None = None,
-                 top_logprobs: int = 0, seed: int | None = 0, concurrency: int = 8, timeout: float = 120.0,
+                 top_logprobs: int = 0, seed: int | None = 0, concurrency: int = 8, timeout: float = 600.0,
                  max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
                  extra_body: dict[str, Any] | None = None):
         if not model:
