@@ -210,3 +210,29 @@ def test_openai_teacher_config_errors():
         OpenAITeacher(model="m", base_url="localhost:8000")
     with pytest.raises(Exception, match="top-logprobs"):
         OpenAITeacher(model="m", top_logprobs=50)
+
+
+def test_ctrl_c_stops_at_once_and_keeps_what_arrived(server, tmp_path):
+    """SIGINT while a request hangs: the run stops within seconds, stores what arrived, writes the manifest."""
+    out = tmp_path / "run"
+    hang = lambda n, tag, body: "timeout" if tag.startswith("gsm8k/train/1/") else None  # noqa: E731
+    with fault_proxy(server, hang, hang=60) as proxy:
+        exe = Path(sys.executable).with_name("lorasp")
+        proc = subprocess.Popen([str(exe), "teach", "--dataset", "gsm8k", "--teacher", "openai", "--model", "smollm2",
+                                 "--base-url", proxy.url, "--limit", "3", "--samples", "1", "--max-tokens", "4",
+                                 "--concurrency", "1", "--out", str(out), "--no-progress"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(e.tag.startswith("gsm8k/train/1/") for e in proxy.log):
+            time.sleep(0.05)
+        time.sleep(0.3)
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        elapsed = time.time() - t0
+    assert proc.returncode == 130, err
+    assert elapsed < 10
+    assert err.strip().startswith("error: interrupted: 1/3 samples are stored") and "rerun" in err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and m["counts"]["received"] == 1
+    assert list(_stored(out)) == [("gsm8k/train/0", 0)]

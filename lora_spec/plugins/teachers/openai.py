@@ -15,10 +15,10 @@ in the fingerprint, the manifest, the store or any log line.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
 import os
+import queue
 import random
 import threading
 import time
@@ -262,49 +262,69 @@ class OpenAITeacher:
     def stream(self, requests: list[TeacherRequest], stop: threading.Event | None = None) -> Iterator[TaskResult]:
         """Yield one ``TaskResult`` per finished HTTP exchange, as they arrive (not in order).
 
-        At most ``concurrency`` requests are in flight. When ``stop`` is set no new request is started and the
-        iterator ends after the in-flight ones return. 401/403/404 raise ``ModelError``.
+        At most ``concurrency`` requests are in flight, on daemon worker threads, so that Ctrl-C in the caller
+        returns at once: in-flight requests are abandoned (their results were never stored, so a rerun asks
+        again). When ``stop`` is set no new request starts. 401/403/404 raise ``ModelError``.
         """
+        stop = stop or threading.Event()
         todo: list[_Task] = []
         for r in reversed(requests):
             todo.extend(reversed(self._split(r)))
         # the first n>1 request is sent alone, to learn whether the server honours n before fanning out
         probing = any(t.n > 1 for t in todo) and self.native_n is None
-        pool = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="lorasp-teacher")
-        running: dict[cf.Future, _Task] = {}
+        tasks: queue.Queue = queue.Queue()
+        results: queue.Queue = queue.Queue()
+
+        def worker() -> None:
+            while True:
+                t = tasks.get()
+                if t is None:
+                    return
+                try:
+                    results.put((t, self._exchange(t, stop), None))
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+                    results.put((t, None, exc))
+
+        workers = [threading.Thread(target=worker, daemon=True, name=f"lorasp-teacher-{i}")
+                   for i in range(self.concurrency)]
+        for w in workers:
+            w.start()
+        running = 0
         try:
             while todo or running:
                 limit = 1 if probing else self.concurrency
-                while todo and len(running) < limit and not (stop is not None and stop.is_set()):
+                while todo and running < limit and not stop.is_set():
                     t = todo.pop()
                     if t.n > 1 and self.native_n is False:
                         todo.extend(reversed([_Task(t.req, t.first + i, 1) for i in range(t.n)]))
                         continue
-                    running[pool.submit(self._exchange, t, stop)] = t
+                    tasks.put(t)
+                    running += 1
                 if not running:
                     break
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    running.pop(fut)
-                    try:
-                        res = fut.result()
-                    except _Fatal as exc:
-                        if stop is not None:
-                            stop.set()
+                try:
+                    _t, res, exc = results.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
+                except queue.Empty:
+                    continue
+                running -= 1
+                if exc is not None:
+                    stop.set()
+                    if isinstance(exc, _Fatal):
                         raise ModelError(f"teacher request failed: {exc}") from None
-                    if self.native_n is not None:
-                        probing = False
-                    elif res.samples and res.samples[0].error:
-                        probing = False  # a failed probe tells nothing; do not serialise the run on it
-                    if res.leftover is not None:
-                        todo.extend(reversed(self._split(TeacherRequest(
-                            res.leftover.req.problem, res.leftover.req.prompt, res.leftover.req.prompt_id,
-                            n=res.leftover.n, first_index=res.leftover.first))))
-                    yield res
+                    raise exc
+                if self.native_n is not None:
+                    probing = False
+                elif res.samples and res.samples[0].error:
+                    probing = False  # a failed probe tells nothing; do not serialise the run on it
+                if res.leftover is not None:
+                    todo.extend(reversed(self._split(TeacherRequest(
+                        res.leftover.req.problem, res.leftover.req.prompt, res.leftover.req.prompt_id,
+                        n=res.leftover.n, first_index=res.leftover.first))))
+                yield res
         finally:
-            if stop is not None:
-                stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            stop.set()
+            for _ in workers:
+                tasks.put(None)
 
     def generate(self, requests: list[TeacherRequest]) -> list[list[Sample]]:
         """The plain plugin interface: every request's samples, in request order (failed ones carry ``error``)."""
