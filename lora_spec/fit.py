@@ -60,7 +60,11 @@ class FitConfig(RunConfig, SelectionOptions):
                                      "in_context_answer=1,zero_shot_answer=1.")
     n_shots: int = Field(2, ge=1, le=16, description="Exemplars in the in-context formats.")
     chat: bool | None = Field(None, description="Use the tokenizer's chat template (default: when it has one).")
-    loss: str = Field("sample", description="sample | distribution | mix:ALPHA.")
+    loss: str = Field("sample", description="sample | distribution | mix:ALPHA (ALPHA = weight of the "
+                      "distribution loss; distribution needs a teach run with --top-logprobs).")
+    loss_temperature: float = Field(1.0, gt=0, description="Distribution matching: softmax temperature of the KL.")
+    loss_renormalize: bool = Field(False, description="Distribution matching: renormalise the teacher's top-k "
+                                   "to sum to 1 (default: its missing mass is one 'other' bucket).")
     epochs: float = Field(1.0, gt=0, description="Passes over the training rows.")
     max_steps: int | None = Field(None, ge=1, description="Stop after N optimizer steps (overrides --epochs).")
     lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 1e-3 lora/dora, 2e-5 full).")
@@ -189,13 +193,7 @@ def _compute_dtype(name: str):
 def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log: Callable[[str], None] | None = None,
         **overrides: Any) -> FitResult:
     """Run (or resume) a fit; returns the artifact directory, its manifest and the trained model."""
-    import torch
-
     from . import formats as F
-    from .adapters.artifact import atomic_dir, versions, write_manifest
-    from .adapters.peft_setup import MethodSpec, apply_method, count_params, parse_targets
-    from .student import load_student
-    from .trainer import TrainArgs, train
 
     if cfg is None:
         try:
@@ -206,7 +204,23 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         cfg = cfg.model_copy(update=overrides)
     quickstart = _is_quickstart(cfg)
     cfg = resolve_defaults(cfg)
+    # cheap checks first: a bad flag is reported before torch is even imported
+    weights = F.parse_mixture(cfg.formats)
+    from .losses import LossSpec
+    from .prompts import uses_chat
+
+    loss_spec = LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
+    from .adapters.peft_setup import parse_targets
+
+    parse_targets(cfg.targets)
+
+    import torch
     from accelerate import PartialState
+
+    from .adapters.artifact import atomic_dir, versions, write_manifest
+    from .adapters.peft_setup import MethodSpec, apply_method, count_params
+    from .student import load_student
+    from .trainer import TrainArgs, train
 
     state = PartialState()
     main = state.is_main_process
@@ -216,16 +230,21 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
                 import click
 
                 click.echo(msg, err=True)
-    weights = F.parse_mixture(cfg.formats)
-    from .losses import LossSpec
-    from .prompts import uses_chat
-
-    loss_spec = LossSpec.parse(cfg.loss)
     out = Path(cfg.out)
     ckpt_dir = out.with_name(out.name + ".checkpoints")
     if not cfg.resume and any(ckpt_dir.glob("step-*")):
-        raise ConfigError(f"{ckpt_dir} already holds checkpoints of an earlier fit: pass --resume to continue it, "
-                          f"or choose another --out")
+        if _finished(out, ckpt_dir):
+            # the earlier fit finished and its artifact is at --out: a fresh run starts over (the artifact is
+            # replaced atomically only when this run finishes)
+            if main:
+                import shutil
+
+                for d in ckpt_dir.glob("step-*"):
+                    shutil.rmtree(d, ignore_errors=True)
+            state.wait_for_everyone()
+        else:
+            raise ConfigError(f"{ckpt_dir} holds checkpoints of an unfinished fit: pass --resume to continue it, "
+                              f"or choose another --out")
     t_start = time.time()
 
     # 1-2. data and formats (teach runs on the main process only; the others wait and read the result)
@@ -302,6 +321,8 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         "formats": weights, "format_counts": counts, "n_shots": cfg.n_shots,
         "chat": bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat)),
         "loss": str(loss_spec),
+        "distribution": None if res.align is None else {
+            "temperature": loss_spec.temperature, "renormalize": loss_spec.renormalize, **res.align},
         "data": {**source, "fingerprint": data_fp, "n_examples": len(examples), "n_problems":
                  len({it.problem.id for it in items}), "truncated": res.truncated},
         "selection": {"rule": cfg.select_by if evaluator is not None else "last",
@@ -313,7 +334,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
                   "train_seconds": round(res.train_seconds, 2), "eval_seconds": round(res.eval_seconds, 2),
                   "tokens": res.tokens, "tokens_per_second": round(res.tokens_per_second, 1),
                   "final_loss": last, "loss_history": [round(h["loss"], 6) for h in res.history],
-                  "resumed_from": res.resumed_from, "checkpoint_dir": str(ckpt_dir),
+                  "resumed_from": res.resumed_from, "checkpoint_dir": str(ckpt_dir.resolve()),
                   "wall_seconds": round(time.time() - t_start, 1)},
         "config": cfg.model_dump(mode="json"),
         "versions": versions(),
@@ -334,6 +355,14 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     state.wait_for_everyone()
     return FitResult(out=out, manifest=manifest, model=model, tokenizer=student.tokenizer, kind=student.kind,
                      before=before, after=after, history=res.history)
+
+
+def _finished(out: Path, ckpt_dir: Path) -> bool:
+    try:
+        m = json.loads((out / "lorasp.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return Path(str((m.get("train") or {}).get("checkpoint_dir", ""))).resolve() == ckpt_dir.resolve()
 
 
 def _score(model, tokenizer, kind, tasks, cfg: FitConfig) -> dict:

@@ -80,6 +80,7 @@ class TrainResult:
     truncated: int
     resumed_from: int | None = None
     world_size: int = 1
+    align: dict | None = None  # distribution matching: aligned fraction of the teacher top-k (align.attach_topk)
 
 
 # --------------------------------------------------------------------------------------------- tokenization
@@ -89,7 +90,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]  # causal: same length as input_ids (IGNORE on the prompt); seq2seq: the decoder targets
     n_target: int
-    topk: Any = None  # reserved for distribution matching (aligned teacher top-k)
+    topk: Any = None  # distribution matching: (positions in labels, ids, logprobs), see align.attach_topk
 
     @property
     def length(self) -> int:
@@ -175,7 +176,12 @@ def collate(rows: list[Encoded], pad_id: int, kind: str):
         mask[i, :len(r.input_ids)] = 1
         labels[i, :len(r.labels)] = torch.tensor(r.labels)
     tokens = int(mask.sum()) + (sum(len(r.labels) for r in rows) if kind == "seq2seq" else 0)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "n_tokens": tokens}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "n_tokens": tokens}
+    if any(r.topk is not None for r in rows):
+        from .losses import collate_topk
+
+        out["topk"] = collate_topk([r.topk for r in rows], labels.shape[1])
+    return out
 
 
 # --------------------------------------------------------------------------------------------- the loss
@@ -393,6 +399,18 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
     main = accelerator.is_main_process
 
     encoded, truncated = encode_examples(examples, tokenizer, kind, args.max_length)
+    align_summary = None
+    from .losses import LossSpec
+
+    if LossSpec.parse(args.loss).needs_teacher_topk:
+        from .align import attach_topk
+
+        align_summary = attach_topk(encoded, examples, tokenizer, kind)
+        if main:
+            accelerator.print(f"distribution matching: {align_summary['aligned_tokens']:,} of "
+                              f"{align_summary['student_tokens']:,} target tokens of "
+                              f"{align_summary['with_teacher_topk']} teacher samples carry the teacher's top-k "
+                              f"(aligned fraction {align_summary['aligned_fraction']:.3f}); the rest use the NLL")
     lengths = [e.length for e in encoded]
     per_step = args.batch_size * args.grad_accum * world
     batches_per_epoch = len(encoded) // args.batch_size
@@ -528,7 +546,8 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
                 ctx = accelerator.no_sync(wrapper) if a < len(micro) - 1 else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
                     loss_sum, n = wrapper(mb["input_ids"].to(device), mb["attention_mask"].to(device),
-                                          mb["labels"].to(device))
+                                          mb["labels"].to(device),
+                                          mb["topk"].to(device) if mb.get("topk") is not None else None)
                     loss = loss_sum / max(1, window_n)
                 accelerator.backward(loss)
                 loss_sum_total += loss_sum.detach().float()
@@ -609,7 +628,7 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
     return TrainResult(steps=total, history=history, checkpoints=checkpoints, chosen=chosen,
                        train_seconds=train_seconds, eval_seconds=eval_seconds, tokens=tokens_total,
                        tokens_per_second=tokens_run / run_secs if run_secs else 0.0, examples=len(encoded),
-                       truncated=truncated, resumed_from=resumed_from, world_size=world)
+                       truncated=truncated, resumed_from=resumed_from, world_size=world, align=align_summary)
 
 
 __all__ = ["TrainArgs", "TrainResult", "TrainingDiverged", "Encoded", "encode_examples", "epoch_batches", "collate",

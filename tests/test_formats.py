@@ -1,0 +1,84 @@
+"""The four formats and their mixture: exact prompt/target text shared with eval, seeded exemplars that never
+contain the question itself, exact proportions, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from lora_spec import prompts
+from lora_spec.errors import ConfigError, DataError
+from lora_spec.formats import (allocate, build_examples, data_fingerprint, format_counts, items_from_run,
+                               parse_mixture)
+from lora_spec.records import FORMATS, Problem, Sample
+
+
+def _items(n=12):
+    probs = {f"p{i}": Problem(f"p{i}", f"Tom has {i} apples and buys {i + 1} more. How many?", str(2 * i + 1),
+                              rationale=f"{i} + {i + 1} = {2 * i + 1}.") for i in range(n)}
+    samples = [Sample(f"p{i}", 0, "x", f"Tom has {i}. Then {i} + {i + 1} = {2 * i + 1}.\nThe answer is {2 * i + 1}.",
+                      answer=str(2 * i + 1), correct=True) for i in range(n)]
+    samples.append(Sample("p0", 1, "x", "wrong", answer="7", correct=False))
+    return items_from_run(probs, samples)
+
+
+def test_parse_mixture_and_errors():
+    w = parse_mixture("in_context_cot=4,zero_shot_cot=2,in_context_answer=1,zero_shot_answer=1")
+    assert w == {"in_context_cot": 4.0, "in_context_answer": 1.0, "zero_shot_cot": 2.0, "zero_shot_answer": 1.0}
+    assert parse_mixture("zs_cot=1")["zero_shot_cot"] == 1.0 and parse_mixture("zs_cot")["zero_shot_cot"] == 1.0
+    with pytest.raises(ConfigError, match="did you mean 'zero_shot_cot'"):
+        parse_mixture("zero_shot_cott=1")
+    with pytest.raises(ConfigError, match="weight of 'zero_shot_cot' must be a number"):
+        parse_mixture("zero_shot_cot=abc")
+    with pytest.raises(ConfigError, match="at least one format"):
+        parse_mixture("zero_shot_cot=0")
+    with pytest.raises(ConfigError, match=">= 0"):
+        parse_mixture("zero_shot_cot=-1")
+
+
+def test_allocate_is_exact():
+    c = allocate(80, parse_mixture("in_context_cot=4,zero_shot_cot=2,in_context_answer=1,zero_shot_answer=1"))
+    assert c == {"in_context_cot": 40, "in_context_answer": 10, "zero_shot_cot": 20, "zero_shot_answer": 10}
+    c = allocate(7, parse_mixture("zero_shot_cot=1,zero_shot_answer=1"))
+    assert sum(c.values()) == 7 and c["in_context_cot"] == 0
+
+
+def test_examples_match_eval_prompts_and_exemplars_exclude_question(smollm2):
+    tok = smollm2.tokenizer
+    items = _items(12)
+    assert len(items) == 12  # the wrong sample is dropped
+    w = parse_mixture("in_context_cot=1,in_context_answer=1,zero_shot_cot=1,zero_shot_answer=1")
+    ex = build_examples(items, w, tok, n_shots=3, seed=5)
+    assert format_counts(ex) == {f: 3 for f in FORMATS}
+    assert ex == build_examples(items, w, tok, n_shots=3, seed=5)  # seeded
+    assert ex != build_examples(items, w, tok, n_shots=3, seed=6)
+    by_id = {it.problem.id: it for it in items}
+    for e in ex:
+        p = by_id[e.problem_id].problem
+        mode = prompts.MODE_OF_FORMAT[e.format]
+        if mode.startswith("zs_"):
+            # exactly what evaluation asks the student
+            assert e.prompt == prompts.build_prompt(p, mode, tok)
+        else:
+            assert e.prompt.count("Question:") == 4  # 3 exemplars + the question
+            # the question appears once: it is never its own exemplar
+            assert e.prompt.count(p.question) == 1
+            assert e.prompt.rstrip().endswith(prompts.TRIGGER) == (mode == "icl_cot")
+        if mode.endswith("_cot"):
+            assert e.target == prompts.cot_target(by_id[e.problem_id].text, p.answer)
+            assert e.target.endswith(f"The answer is {p.answer}.") and e.target.count("The answer is") == 1
+        else:
+            assert e.target == prompts.answer_target(p.answer)
+
+
+def test_plain_text_for_seq2seq_and_errors(tiny_t5_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_t5_path))
+    items = _items(4)
+    ex = build_examples(items, parse_mixture("zero_shot_cot=1"), tok, chat=False)
+    assert all(e.prompt.startswith("Question: ") and e.prompt.endswith(prompts.TRIGGER + "\n") for e in ex)
+    with pytest.raises(DataError, match="need more than 4 distinct training problems"):
+        build_examples(items, parse_mixture("in_context_cot=1"), tok, n_shots=4)
+    with pytest.raises(DataError, match="no correct teacher samples"):
+        build_examples([], parse_mixture("zero_shot_cot=1"), tok)
+    assert data_fingerprint(items, {"a": 1}) != data_fingerprint(items[:3], {"a": 1})
