@@ -35,7 +35,7 @@ from typing import Any
 KINDS = ("number", "multi", "time", "option", "bool", "yesno", "validity", "free")
 
 # A number: thousands-separated, plain, decimal, or a fraction; optional sign glued to the digits.
-_NUM = r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:\s*/\s*\d+(?!\.\d))?|\.\d+)"
+_NUM = r"(?<![\w.])-?(?:\(\d+/\d+\)|\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:\s*/\s*\d+(?!\.\d))?|\.\d+)"
 _NUM_RE = re.compile(_NUM)
 _MARKER_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*:|####)\s*:?", re.IGNORECASE)
 _TIME_RE = re.compile(r"\d{1,2}(?::\d{1,2}){1,2}")
@@ -71,7 +71,7 @@ def parse_number(text: str | None) -> Fraction | None:
 
 
 def _to_fraction(tok: str) -> Fraction | None:
-    tok = tok.replace(",", "").replace(" ", "")
+    tok = tok.replace(",", "").replace(" ", "").replace("(", "").replace(")", "")
     try:
         if "/" in tok:
             a, b = tok.split("/", 1)
@@ -122,8 +122,9 @@ def _boxed(text: str) -> str | None:
     return text[j:k - 1] if depth == 0 else text[j:]
 
 
-def answer_span(text: str) -> tuple[str, bool]:
-    """The text after the last answer marker (to the end of that sentence/line) and whether a marker was found."""
+def answer_span(text: str, sentence: bool = True) -> tuple[str, bool]:
+    """The text after the last answer marker (to the end of that sentence, or of the line when ``sentence`` is
+    False) and whether a marker was found."""
     last = None
     for last in _MARKER_RE.finditer(text):
         pass
@@ -131,7 +132,7 @@ def answer_span(text: str) -> tuple[str, bool]:
         span = text[last.end():]
         span = span.split("\n", 1)[0] if span.strip() else span
         # cut at a sentence end: ". " / ".\n" / final "." (but not a decimal point)
-        m = re.search(r"\.(?=\s|$)", span)
+        m = re.search(r"\.(?=\s|$)", span) if sentence else None
         if m:
             span = span[:m.start()]
         return span.strip(), True
@@ -243,7 +244,7 @@ def _norm_free(s: str) -> str:
 
 
 def _extract_free(text: str) -> str | None:
-    span, marked = answer_span(text)
+    span, marked = answer_span(text, sentence=False)
     if not marked:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         span = lines[-1] if lines else ""

@@ -47,6 +47,8 @@ from lora_spec.records import Problem
     ("So the answer is ] ] >.", "free", "] ] >"),
     ("So the answer is apple banana cherry.", "free", "apple banana cherry"),
     ("So the answer is Monsters, Inc.", "free", "Monsters, Inc"),
+    ("The answer is Mrs. Doyle's class.", "free", "Mrs. Doyle's class"),
+    ("The answer is -(1/3).", "number", "-1/3"),
 ])
 def test_extract(text, kind, expected):
     assert extract_answer(text, kind) == expected

@@ -1,0 +1,241 @@
+"""Batched generation and scoring: the engine behind ``lorasp eval``, periodic eval in training and selection.
+
+``generate()`` sorts prompts by token length, runs them in batches (left padding for decoder-only models, right
+padding for encoder-decoders), greedy by default, with the KV cache, and stops each row at EOS or at the first
+stop sequence (a per-row stopping criterion, so a finished row does not hold the others back more than one step,
+and the batch ends as soon as every row is done). Outputs come back in the input order.
+
+``evaluate_tasks()`` loads each task's dataset, builds the prompts of its mode (prompts.py), generates, extracts
+and scores every answer (answers.py) and returns per-task accuracy with every prediction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import time
+from typing import Any, Sequence
+
+from .answers import answers_match, extract_answer, kind_for
+from .errors import ConfigError
+from .records import EvalTask, Problem
+
+
+# --------------------------------------------------------------------------------------------- generation
+
+def _stop_criteria(tokenizer: Any, stops: Sequence[str], prompt_len: int, window: int):
+    import torch
+    from transformers import StoppingCriteria
+
+    class _StopOnStrings(StoppingCriteria):
+        """Per-row: True once the row's generated tail contains a stop string."""
+
+        def __call__(self, input_ids, scores, **kwargs):
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            tail = input_ids[:, max(prompt_len, input_ids.shape[1] - window):]
+            texts = tokenizer.batch_decode(tail, skip_special_tokens=False)
+            for i, t in enumerate(texts):
+                if any(s in t for s in stops):
+                    done[i] = True
+            return done
+
+    return _StopOnStrings()
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if i >= 0:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+def _count_new_tokens(row, stop_ids: set[int]) -> int:
+    """Generated tokens up to and including the first EOS/pad (what the model really produced)."""
+    n = 0
+    for t in row.tolist():
+        n += 1
+        if t in stop_ids:
+            break
+    return n
+
+
+def _progress(enabled: bool, description: str, total: int):
+    if not enabled:
+        return None
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[tps]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+    prog.start()
+    prog.add_task(description, total=total, tps="")
+    return prog
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "causal", max_new_tokens: int = 256,
+             stop: Sequence[str] | None = None, batch_size: int = 16, progress: bool = True,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             stats: dict | None = None, description: str = "generating") -> list[str]:
+    """Generate a completion for each prompt (greedy by default); outputs in input order, stop strings cut off.
+
+    ``kind``: ``causal`` (decoder-only, left padding) or ``seq2seq`` (encoder-decoder). ``stats`` (optional dict)
+    receives ``generated_tokens``, ``seconds`` and ``batches``.
+    """
+    import torch
+
+    if kind not in ("causal", "seq2seq"):
+        raise ConfigError(f"unknown model kind {kind!r} (expected causal or seq2seq)")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    stops = [s for s in (stop or []) if s]
+    t0 = time.perf_counter()
+    outputs: list[str] = [""] * len(prompts)
+    total_tokens = 0
+    n_batches = 0
+    if not prompts:
+        if stats is not None:
+            stats.update(generated_tokens=0, seconds=0.0, batches=0)
+        return outputs
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left" if kind == "causal" else "right"
+    add_special = kind == "seq2seq"  # causal prompts are complete texts (chat template or plain)
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    eos = getattr(model, "generation_config", None)
+    eos_ids = getattr(eos, "eos_token_id", None) if eos is not None else None
+    if eos_ids is None:
+        eos_ids = tokenizer.eos_token_id
+    eos_list = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
+    stop_ids = set(eos_list) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
+    window = 4 + max((len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in stops), default=0) * 2
+    device = next(model.parameters()).device
+    was_training = getattr(model, "training", False)
+    model.eval()
+    prog = _progress(progress, description, len(prompts))
+    try:
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=add_special).to(device)
+            prompt_len = enc["input_ids"].shape[1] if kind == "causal" else 1
+            crit = [_stop_criteria(tokenizer, stops, prompt_len, window)] if stops else []
+            gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
+                                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_list or None)
+            if do_sample:
+                gen_kwargs.update(temperature=temperature, top_p=top_p)
+            else:
+                gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+            if crit:
+                from transformers import StoppingCriteriaList
+
+                gen_kwargs["stopping_criteria"] = StoppingCriteriaList(crit)
+            with torch.inference_mode():
+                out = model.generate(**enc, **gen_kwargs)
+            new = out[:, enc["input_ids"].shape[1]:] if kind == "causal" else out[:, 1:]
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            for j, i in enumerate(idx):
+                outputs[i] = _cut_at_stop(texts[j], stops).strip() if stops else texts[j].strip()
+                total_tokens += _count_new_tokens(new[j], stop_ids)
+            n_batches += 1
+            if prog is not None:
+                el = time.perf_counter() - t0
+                prog.update(prog.task_ids[0], advance=len(idx), tps=f"{total_tokens / max(el, 1e-9):.0f} tok/s")
+    finally:
+        if prog is not None:
+            prog.stop()
+        tokenizer.padding_side = old_side
+        if was_training:
+            model.train()
+    if stats is not None:
+        stats.update(generated_tokens=total_tokens, seconds=time.perf_counter() - t0, batches=n_batches)
+    return outputs
+
+
+# --------------------------------------------------------------------------------------------- tasks
+
+def make_dataset(name: str, params: dict | None = None, data_dir: str | os.PathLike | None = None):
+    """Create a dataset plugin, passing ``data_dir`` when the plugin accepts it."""
+    from . import registry
+
+    params = dict(params or {})
+    if data_dir is not None and "data_dir" not in params:
+        factory = registry.resolve("datasets", name)
+        try:
+            sig = inspect.signature(factory)
+            if "data_dir" in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+                params["data_dir"] = data_dir
+        except (TypeError, ValueError):
+            pass
+    return registry.create("datasets", name, **params)
+
+
+LIMIT_SEED = 0
+
+
+def task_problems(task: EvalTask, data_dir: str | os.PathLike | None = None) -> list[Problem]:
+    """The task's problems. ``task.limit`` keeps a seeded random sample of that many (seed :data:`LIMIT_SEED`,
+    in dataset order), not the first N: several sets are ordered by difficulty or type (ASDiv by grade)."""
+    import random
+
+    ds = make_dataset(task.dataset, task.dataset_params, data_dir)
+    problems = list(ds.load(task.split))
+    if task.limit is not None and len(problems) > task.limit:
+        keep = sorted(random.Random(LIMIT_SEED).sample(range(len(problems)), task.limit))
+        problems = [problems[i] for i in keep]
+    return problems
+
+
+def scorer_for(task: EvalTask, problem: Problem) -> str:
+    return kind_for(problem) if task.scorer in (None, "", "auto") else task.scorer
+
+
+def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: str = "causal", batch_size: int = 16,
+                   data_dir: str | os.PathLike | None = None, progress: bool = True,
+                   chat: bool | None = None) -> dict[str, dict]:
+    """Run every task; per task: accuracy, n, correct, mode, seconds, generated_tokens, predictions.
+
+    Each prediction is ``{id, question, gold, output, extracted, correct, scorer}``. ``chat``: None = use the
+    tokenizer's chat template when it has one (instruct students), False = plain text.
+    """
+    from .prompts import build_prompt, check_mode, stop_sequences, uses_chat
+
+    results: dict[str, dict] = {}
+    use_chat = uses_chat(tokenizer, chat) if kind == "causal" else False
+    for task in tasks:
+        mode = check_mode(task.mode)
+        problems = task_problems(task, data_dir)
+        prompts = [build_prompt(p, mode, tokenizer, chat=use_chat, data_dir=data_dir) for p in problems]
+        st: dict = {}
+        outs = generate(model, tokenizer, prompts, kind=kind, max_new_tokens=task.max_new_tokens,
+                        stop=stop_sequences(mode, use_chat), batch_size=batch_size, progress=progress, stats=st,
+                        description=task.name)
+        preds = []
+        correct = 0
+        for p, o in zip(problems, outs):
+            sc = scorer_for(task, p)
+            ext = extract_answer(o, sc)
+            ok = answers_match(ext, p.answer, sc)
+            correct += ok
+            preds.append({"id": p.id, "question": p.question, "gold": p.answer, "output": o, "extracted": ext,
+                          "correct": ok, "scorer": sc})
+        n = len(problems)
+        results[task.name] = {"accuracy": correct / n if n else 0.0, "n": n, "correct": correct, "mode": mode,
+                              "dataset": task.dataset, "split": task.split, "seconds": st.get("seconds", 0.0),
+                              "generated_tokens": st.get("generated_tokens", 0), "predictions": preds}
+    return results
+
+
+def with_mode(tasks: list[EvalTask], mode: str | None) -> list[EvalTask]:
+    """The tasks with their prompt mode replaced (``lorasp eval --mode``)."""
+    if not mode:
+        return tasks
+    from .prompts import check_mode
+
+    m = check_mode(mode)
+    return [dataclasses.replace(t, mode=m) for t in tasks]
