@@ -14,7 +14,17 @@ from .errors import ConfigError
 
 
 def _quiet_transformers() -> None:
-    """No download/loading progress bars on the console: the commands print their own one-line progress."""
+    """No progress bars, deprecation chatter or backend notices on the console: the commands print their own
+    progress, and stderr keeps only lorasp's ``warning:``/``error:`` lines (``LORASP_DEBUG=1`` keeps everything)."""
+    import logging
+    import os
+    import warnings
+
+    if os.environ.get("LORASP_DEBUG"):
+        return
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         from transformers.utils import logging as tlog
 
@@ -164,6 +174,10 @@ def generate_cmd(as_json, cfg: GenerateConfig):
                           f"prompts) or once per prompt (a mixed batch)")
     default = cfg.use[0] if len(cfg.use) == 1 else (adapters[0][0] if adapters else "base")
     rows = list(cfg.use) if len(cfg.use) > 1 else [n or default for n in file_names]
+    known = ["base"] + [n for n, _ in adapters]
+    for n in rows:
+        if n not in known:
+            raise ConfigError(f"unknown adapter {n!r} (loaded: {', '.join(known)})")
     _quiet_transformers()
     from .adapters.swap import AdapterSet
 

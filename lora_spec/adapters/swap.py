@@ -369,9 +369,9 @@ class AdapterSet:
         return self.student.tokenizer
 
     def _check_name(self, name: str) -> None:
-        if name in (BASE, _PEFT_BASE, "default") or not _NAME_RE.match(name) or "__" in name:
+        if name in (BASE, _PEFT_BASE, "default") or not _NAME_RE.match(name) or "__" in name or name in "lora_":
             raise ConfigError(f"adapter name {name!r}: use letters, digits, '_' or '-' (no '__'; 'base' and "
-                              f"'default' are reserved)")
+                              f"'default' are reserved, and peft cannot tell a part of 'lora_' from its prefix)")
 
     def _require(self, name: str) -> None:
         if name != BASE and name not in self.entries:
