@@ -2,7 +2,8 @@
 
 Each record holds a question (or a problem id) and one teacher output (or a list of outputs). Records are
 matched to the dataset's problems by ``id_field`` when given, else by the question text after Unicode (NFKC),
-whitespace and look-alike-letter normalisation (GSM8K train line 7422 starts with a Cyrillic "А"). Several files
+whitespace and look-alike-letter normalisation (GSM8K train line 7422 starts with a Cyrillic "А"), then, failing
+that, by its letters and digits alone (two staged records have edited spacing/quotes). Several files
 may be given (``path=a.json,b.json``): a question's samples are its outputs in file order, so
 ``--samples 2`` with a Gemini and a Llama file gives one sample of each.
 
@@ -33,6 +34,12 @@ _LOOKALIKE = str.maketrans({"А": "A", "В": "B", "Е": "E", "К": "K", "М": "M
 def normalize_question(q: str) -> str:
     q = unicodedata.normalize("NFKC", q).translate(_LOOKALIKE)
     return " ".join(q.split()).casefold()
+
+
+def loose_key(q: str) -> str:
+    """Letters and digits only: the fallback match for copies whose spacing or quotes were edited
+    (GSM8K train 204 "for$ 4" vs "for $4"; 5715 'Eat "N Go' vs "Eat 'N Go")."""
+    return "".join(ch for ch in normalize_question(q) if ch.isalnum())
 
 
 def _records(path: Path) -> list[tuple[str, object]]:
@@ -72,6 +79,7 @@ class FileTeacher:
         self.label = model or ",".join(p.name for p in self.paths)
         self.by_id: dict[str, list[str]] = {}
         self.by_question: dict[str, list[str]] = {}
+        self.by_loose: dict[str, list[str]] = {}
         self.records = 0
         digest = hashlib.sha256(json.dumps([question_field, text_field, id_field]).encode())
         for p in self.paths:
@@ -108,6 +116,7 @@ class FileTeacher:
                 if not isinstance(obj[qf], str):
                     raise DataError(f"{where}: field {qf!r} must be a string")
                 self.by_question.setdefault(normalize_question(obj[qf]), []).extend(outs)
+                self.by_loose.setdefault(loose_key(obj[qf]), []).extend(outs)
             self.records += 1
 
     def fingerprint(self) -> str:
@@ -120,7 +129,10 @@ class FileTeacher:
     def outputs(self, req: TeacherRequest) -> list[str]:
         if self.id_field:
             return self.by_id.get(req.problem.id, [])
-        return self.by_question.get(normalize_question(req.problem.question), [])
+        found = self.by_question.get(normalize_question(req.problem.question))
+        if found is None:
+            found = self.by_loose.get(loose_key(req.problem.question), [])
+        return found
 
     def generate(self, requests: list[TeacherRequest]) -> list[list[Sample]]:
         out = []

@@ -67,6 +67,7 @@ class HFTeacher:
         return [[done[(r.problem.id, r.first_index + i)] for i in range(r.n)] for r in requests]
 
     def _batch(self, items: list[tuple[TeacherRequest, int]]) -> list[Sample]:
+        import numpy as np
         import torch
 
         self.requests_sent += 1
@@ -120,10 +121,14 @@ class HFTeacher:
             if logps is not None:
                 top = []
                 for j in range(len(ids)):
-                    vals, idxs = logps[row, j].topk(self.top_logprobs)
+                    # several ids can decode to one string (e.g. partial UTF-8 bytes -> "\ufffd"): their
+                    # probabilities are summed, and the k most likely distinct strings are kept
+                    vals, idxs = logps[row, j].topk(min(self.top_logprobs + 8, logps.shape[-1]))
                     d: dict[str, float] = {}
                     for v, i in zip(vals.tolist(), idxs.tolist()):
-                        d.setdefault(self.tok.decode([int(i)]), float(v))
+                        key = self.tok.decode([int(i)])
+                        d[key] = float(np.logaddexp(d[key], v)) if key in d else float(v)
+                    d = dict(sorted(d.items(), key=lambda kv: -kv[1])[:self.top_logprobs])
                     d.setdefault(pieces[j], float(logps[row, j, ids[j]]))
                     top.append(d)
             samples.append(Sample(problem_id=req.problem.id, sample_index=idx, prompt_id=req.prompt_id, text=text,
