@@ -215,15 +215,18 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     parse_targets(cfg.targets)
 
     import torch
-    from accelerate import PartialState
 
     from .adapters.artifact import atomic_dir, versions, write_manifest
     from .adapters.peft_setup import MethodSpec, apply_method, count_params
     from .student import load_student
-    from .trainer import TrainArgs, train
+    from .trainer import TrainArgs, dist_state, train
 
-    state = PartialState()
+    state = dist_state()
     main = state.is_main_process
+    if not cfg.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     if log is None:
         def log(msg: str) -> None:
             if main:

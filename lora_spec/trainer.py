@@ -365,6 +365,23 @@ def _trackers(name: str) -> list[str] | None:
 
 # --------------------------------------------------------------------------------------------- train
 
+def dist_state():
+    """accelerate's process state. On a machine without a GPU (or with ``ACCELERATE_USE_CPU``) it is created with
+    ``cpu=True``, so that ``accelerate launch`` gives multi-process CPU DDP (gloo) rather than N lone processes."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def _say(msg: str) -> None:
+    """A status line on stderr (stdout stays clean for machine-readable output)."""
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
 def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainArgs, ckpt_dir: str | os.PathLike,
           evaluator: Callable[[Any, Any, int], dict[str, float]] | None = None,
           select: Callable[[list[dict]], dict] | None = None,
@@ -392,6 +409,7 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
         mp = "bf16" if torch.cuda.is_available() else "no"
     log_with = _trackers(args.tracker)
     if accelerator is None:
+        dist_state()
         accelerator = Accelerator(
             mixed_precision=mp, log_with=log_with, project_dir=str(ckpt_root / "logs"),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
@@ -469,7 +487,7 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
             tokens_total = state.get("tokens", 0)
             start_step = resumed_from = step0
             if main:
-                accelerator.print(f"resuming from {d} (step {step0} of {total})")
+                _say(f"resuming from {d} (step {step0} of {total})")
 
     def save_checkpoint(step: int, scores: dict | None) -> dict:
         """Write ``step-NNNNNN`` atomically (main process), record it, prune."""
@@ -603,7 +621,7 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
         progress.close()
         if step > start_step and step != last_saved:
             save_checkpoint(step, {})
-            accelerator.print(f"interrupted: saved step {step} to {ckpt_root / f'step-{step:06d}'}; "
+            _say(f"interrupted: saved step {step} to {ckpt_root / f'step-{step:06d}'}; "
                               f"continue with --resume")
         raise
     finally:

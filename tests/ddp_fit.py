@@ -15,13 +15,11 @@ from pathlib import Path
 
 
 def main() -> None:
-    import torch
-    from accelerate import PartialState
-
     from lora_spec.fit import FitConfig, fit
+    from lora_spec.trainer import dist_state
 
     teach_run, out = sys.argv[1], sys.argv[2]
-    state = PartialState()
+    state = dist_state()
     cfg = FitConfig(student="tiny-llama", data=teach_run, max_steps=4, batch_size=2, max_length=160,
                     save_every=2, dropout=0.1, formats="zero_shot_cot=3,zero_shot_answer=1", tracker="none",
                     progress=False, out=out)
