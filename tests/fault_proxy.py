@@ -36,7 +36,8 @@ class Entry:
 
 class FaultProxy:
     def __init__(self, upstream: str, faults: dict[int, str] | Callable[[int, str, dict], str | None] | None = None,
-                 hang: float = 5.0):
+                 hang: float = 5.0, fanout: bool = False):
+        self.fanout = fanout  # answer n>1 requests with n choices (as OpenAI/vLLM do), by fanning out upstream
         self.upstream = upstream.rstrip("/")
         self.faults = faults or {}
         self.hang = hang
@@ -92,6 +93,13 @@ class FaultProxy:
                         self._send(200, b"<html>Bad gateway</html>")
                         entry.delivered = True
                         return
+                    if proxy.fanout and int(body.get("n") or 1) > 1:
+                        r, content = proxy._fan_out(self.path, body)
+                        entry.forwarded = True
+                        entry.status = r.status_code
+                        self._send(r.status_code, content)
+                        entry.delivered = True
+                        return
                     r = proxy._client.post(proxy.upstream + self.path.removeprefix("/v1"), content=raw,
                                            headers={"Content-Type": "application/json"})
                     entry.forwarded = True
@@ -106,6 +114,26 @@ class FaultProxy:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _fan_out(self, path: str, body: dict) -> tuple[httpx.Response, bytes]:
+        """Emulate a server that honours ``n``: n upstream requests (n=1, seeds seed+i), merged into one answer."""
+        n = int(body["n"])
+        choices, usage, r = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, None
+        for i in range(n):
+            one = dict(body, n=1)
+            if "seed" in body:
+                one["seed"] = int(body["seed"]) + i
+            r = self._client.post(self.upstream + path.removeprefix("/v1"), json=one)
+            if r.status_code != 200:
+                return r, r.content
+            data = r.json()
+            ch = data["choices"][0]
+            ch["index"] = i
+            choices.append(ch)
+            for k in usage:
+                usage[k] += int(data.get("usage", {}).get(k, 0))
+        data["choices"], data["usage"] = choices, usage
+        return r, json.dumps(data).encode()
 
     def start(self) -> "FaultProxy":
         self._thread.start()
@@ -122,8 +150,8 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
-def fault_proxy(upstream: str, faults=None, hang: float = 5.0) -> Iterator[FaultProxy]:
-    p = FaultProxy(upstream, faults, hang).start()
+def fault_proxy(upstream: str, faults=None, hang: float = 5.0, fanout: bool = False) -> Iterator[FaultProxy]:
+    p = FaultProxy(upstream, faults, hang, fanout).start()
     try:
         yield p
     finally:

@@ -83,6 +83,20 @@ def test_completions_n_and_topk_logprobs(server, tmp_path, monkeypatch):
         assert proxy.log == []
 
 
+def test_server_that_honours_n_gets_one_request_per_problem(server, tmp_path):
+    with fault_proxy(server, fanout=True) as proxy:
+        out = teach(_cfg(tmp_path / "run", proxy.url, limit=2, samples=2, max_tokens=4, top_logprobs=2))
+        log = list(proxy.log)
+    assert sorted(e.tag for e in log) == ["gsm8k/train/0/0/2", "gsm8k/train/1/0/2"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["received"] == 4 and m["this_run"]["requests_sent"] == 2
+    # usage is counted once per request, not once per sample
+    _, samples = load_run(out, include_incorrect=True)
+    first = {s.problem_id: s.usage for s in samples if s.sample_index == 0}
+    assert m["usage"]["completion_tokens"] == sum(u["completion_tokens"] for u in first.values())
+    assert all(s.usage == {} for s in samples if s.sample_index == 1)
+
+
 def test_chat_completions_with_logprobs(server):
     from lora_spec.plugins.teachers.openai import OpenAITeacher
 
