@@ -130,7 +130,7 @@ def resolve_defaults(cfg: FitConfig) -> FitConfig:
     if cfg.out is None:
         src = Path(cfg.data).name if cfg.data else (cfg.dataset or "arith")
         upd["out"] = f"adapters/{src}-{cfg.method}" + (f"-{cfg.quant}" if cfg.quant != "none" else "")
-    if cfg.before_after is None:
+    if cfg.before_after is None and "before_after" not in upd:
         upd["before_after"] = 0
     if cfg.method == "full" and cfg.quant != "none":
         raise ConfigError(f"--method full trains every weight and cannot train a {cfg.quant}-quantized base; "
@@ -289,6 +289,12 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     # 4. train
     from . import selection as sel
 
+    eval_every = cfg.eval_every or 0
+    if evaluator is None:  # held-out sets from the config (lora_spec.selection)
+        evaluator, eval_every = sel.setup_fit_evaluation(cfg, quickstart=quickstart, source=source, items=items,
+                                                         kind=student.kind, n_examples=len(examples),
+                                                         world=state.num_processes, log=log)
+
     def select(checkpoints: list[dict]) -> dict:
         return sel.select_checkpoint(checkpoints, cfg.select_by if evaluator is not None else "last")
 
@@ -298,7 +304,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     args = TrainArgs(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                      warmup=cfg.warmup, schedule=cfg.schedule, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                      max_grad_norm=cfg.max_grad_norm or None, max_length=cfg.max_length, seed=cfg.seed,
-                     save_every=cfg.save_every, eval_every=cfg.eval_every, keep_checkpoints=cfg.keep_checkpoints,
+                     save_every=cfg.save_every, eval_every=eval_every, keep_checkpoints=cfg.keep_checkpoints,
                      select_by=cfg.select_by, group_by_length=cfg.group_by_length,
                      mixed_precision="auto" if cfg.compute_dtype == "auto" else
                      ("no" if cfg.compute_dtype == "fp32" else cfg.compute_dtype),
@@ -328,8 +334,8 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
             "temperature": loss_spec.temperature, "renormalize": loss_spec.renormalize, **res.align},
         "data": {**source, "fingerprint": data_fp, "n_examples": len(examples), "n_problems":
                  len({it.problem.id for it in items}), "truncated": res.truncated},
-        "selection": {"rule": cfg.select_by if evaluator is not None else "last",
-                      "chosen_step": chosen.get("step")},
+        "selection": sel.selection_manifest(cfg, evaluator, eval_every, res.chosen, res.train_seconds,
+                                            res.eval_seconds),
         "checkpoints": res.checkpoints,
         "train": {"steps": res.steps, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
                   "grad_accum": cfg.grad_accum, "world_size": res.world_size, "schedule": cfg.schedule,
@@ -345,12 +351,21 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     if before is not None or after is not None:
         manifest["before_after"] = {"before": _strip(before), "after": _strip(after)}
     if main:
+        import tempfile
+
+        from .report import render_files
+
+        scratch = tempfile.TemporaryDirectory(prefix="lorasp-report-")
+        report_files = render_files(manifest, out.name, scratch.name)  # report.md + curves.png, if evaluated
         if cfg.method == "full":
-            _save_full(model, student, out, manifest, atomic_dir, write_manifest)
+            _save_full(model, student, out, manifest, atomic_dir, write_manifest, extra_files=report_files)
         else:
             from .adapters.swap import save_adapter
 
-            save_adapter(model, out, manifest)
+            save_adapter(model, out, manifest, extra_files=report_files)
+        scratch.cleanup()
+        if report_files:
+            log(f"specialization report: {out / 'report.md'}, {out / 'curves.png'}")
         log(f"wrote {out}")
         if quickstart and before is not None and after is not None:
             b, a = _acc(before), _acc(after)
@@ -403,7 +418,7 @@ def _strip(res: dict | None) -> dict | None:
     return {k: {kk: vv for kk, vv in r.items() if kk != "predictions"} for k, r in res.items()}
 
 
-def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_manifest) -> None:
+def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_manifest, extra_files=None) -> None:
     from . import __version__
 
     with atomic_dir(out) as tmp:
@@ -412,6 +427,10 @@ def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_mani
         m = {"lorasp_version": __version__, **manifest,
              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_manifest(tmp, m)
+        for name, src in (extra_files or {}).items():  # report.md, curves.png
+            import shutil
+
+            shutil.copyfile(src, tmp / name)
         (tmp / "README.md").write_text(
             f"# lorasp full fine-tune\n\nFull fine-tune of `{student.name}` by lorasp (model specialization, Fu et "
             f"al., ICML 2023).\n\n- formats: {manifest['formats']}\n- steps: {manifest['train']['steps']}\n\n"

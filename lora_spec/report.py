@@ -363,3 +363,20 @@ def parse_report_table(md: str) -> list[dict[str, str]]:
         cells = [x.strip().replace("**", "") for x in ln.strip().strip("|").split("|")]
         rows.append(dict(zip(head, cells)))
     return rows
+
+
+def has_scores(manifest: dict) -> bool:
+    return any((c.get("scores") or {}) for c in (manifest.get("checkpoints") or []) if isinstance(c, dict))
+
+
+def render_files(manifest: dict, name: str, directory: str | os.PathLike) -> dict[str, Path]:
+    """For ``fit``: render both files into ``directory`` (a scratch dir) and return ``{file name: path}`` to be
+    copied into the artifact while it is written atomically; ``{}`` when no checkpoint has held-out scores."""
+    if not has_scores(manifest):
+        return {}
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    md = d / REPORT_MD
+    md.write_text(render_markdown(manifest, name), encoding="utf-8")
+    png = render_png(manifest, d / CURVES_PNG, name)
+    return {REPORT_MD: md, CURVES_PNG: png}

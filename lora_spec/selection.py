@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import ConfigError, DataError, one_line
+from .errors import ConfigError, DataError, LoraspError, one_line
 
 SETS = ("in_dist", "ood", "generic")
 MODES = ("icl_cot", "zs_cot", "icl_answer", "zs_answer")
@@ -195,8 +195,9 @@ def default_generic() -> HeldOutSet:
 class SelectionOptions(BaseModel):
     """Fields that ``fit``'s config embeds (by inheritance): periodic evaluation and checkpoint selection."""
 
-    eval_every: int = Field(0, ge=0, description="evaluate the held-out sets every N optimizer steps "
-                                                 "(also at step 0 and at the end); 0: only before and after")
+    eval_every: int | None = Field(None, ge=0, description="score the held-out sets at step 0, every N optimizer "
+                                   "steps and at the end, and export the checkpoint --select-by picks; 0: no "
+                                   "held-out evaluation, export the last step (default: 0, quickstart: steps/4)")
     select_by: str = Field("ood", description="which checkpoint to export: in_dist | ood | generic | loss | last, "
                                               "or weights such as ood=0.7,in_dist=0.3 (ties: earliest step)")
     keep_checkpoints: int | None = Field(None, ge=1, description="keep at most N checkpoint directories on disk "
@@ -421,3 +422,278 @@ class SetTasks:
 def _per_dataset(limit: int, n: int) -> list[int]:
     base, extra = divmod(limit, n)
     return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+def resolve_auto(specs: list[str], train_dataset: str | None, train_params: dict | None = None,
+                 splits: list[str] | None = None) -> tuple[list[str], str | None]:
+    """Replace ``auto`` by the training dataset's held-out split (``dev`` if it has one, else ``test``).
+
+    Returns ``(specs, warning)``; without a known training dataset ``auto`` is dropped with a warning.
+    """
+    out, warning = [], None
+    for s in specs:
+        if s.strip() != "auto":
+            out.append(s)
+            continue
+        if not train_dataset:
+            warning = ("in_dist 'auto' needs the training dataset, which this run does not name; the in-distribution "
+                       "set is off (set it with --in-dist DATASET:SPLIT, e.g. gsm8k:dev)")
+            continue
+        split = "dev" if (splits is None or "dev" in splits) else "test"
+        params = ",".join(f"{k}={v}" for k, v in (train_params or {}).items()
+                          if isinstance(v, (int, str, bool)) and k != "data_dir")
+        out.append(f"{train_dataset}:{split}" + (f"@{params}" if params else ""))
+    return out, warning
+
+
+def seeded_slice(problems: list[Any], n: int, seed: int, label: str) -> list[Any]:
+    """``n`` problems drawn without replacement with a seed that depends on the set's seed and the dataset label,
+    so every checkpoint (and every rerun) sees the same questions; kept in file order."""
+    if n >= len(problems):
+        return list(problems)
+    rng = random.Random(f"lorasp-heldout:{seed}:{label}")
+    idx = sorted(rng.sample(range(len(problems)), n))
+    return [problems[i] for i in idx]
+
+
+class HeldOutEvaluator:
+    """Scores a model on the held-out sets; an ``evaluator(model, tokenizer, step) -> scores`` for ``train``.
+
+    The problems are drawn once (seeded), here in ``__init__``. Every call generates with
+    ``lora_spec.evaluate.generate`` (length-sorted batches, left padding, KV cache, stop sequences, greedy) and
+    scores with ``answers.extract_answer``/``answers_match`` exactly like ``lorasp eval`` -- but all problems of
+    the same prompt mode and budget go through one batched generation, instead of one small batch per dataset.
+
+    The scores are flat floats: ``in_dist``, ``ood``, ``generic`` (micro-averaged accuracy of the set),
+    ``<set>/<task>`` per dataset or BBH task, and ``eval_seconds``. The ``generic`` set is the macro average over
+    its BBH tasks (standard BBH practice); ``ood`` is the micro average over its problems.
+    """
+
+    def __init__(self, options: SelectionOptions, *, train_dataset: str | None = None,
+                 train_params: dict | None = None, exclude_ids: Iterable[str] = (), kind: str = "causal",
+                 chat: bool | None = None, data_dir: str | None = None, batch_size: int | None = None,
+                 progress: bool = False, log: Callable[[str], None] | None = None):
+        from .evaluate import make_dataset
+
+        self.kind = kind
+        self.chat = chat
+        self.data_dir = data_dir
+        self.batch_size = batch_size or options.eval_batch_size
+        self.progress = progress
+        self.log = log or (lambda m: None)
+        self.sets: dict[str, SetTasks] = {}
+        self.history: list[dict] = []
+        self.warnings: list[str] = []
+        exclude = set(exclude_ids)
+        for name in SETS:
+            conf: HeldOutSet = getattr(options, name)
+            specs = list(conf.datasets)
+            if name == "in_dist" and "auto" in [s.strip() for s in specs]:
+                splits = None
+                if train_dataset:
+                    try:
+                        splits = make_dataset(train_dataset, train_params, data_dir).splits()
+                    except Exception:
+                        splits = None
+                specs, warn = resolve_auto(specs, train_dataset, train_params, splits)
+                if warn:
+                    self.warnings.append(warn)
+                    self.log(f"warning: {warn}")
+            elif "auto" in [s.strip() for s in specs]:
+                raise ConfigError(f"--{name.replace('_', '-')}: 'auto' is only for the in-distribution set")
+            if not specs:
+                continue
+            conf = conf.model_copy(update={"datasets": specs})
+            parsed = [parse_dataset_spec(s) for s in specs]
+            quotas = _per_dataset(conf.limit, len(parsed))
+            st = SetTasks(name, conf, [])
+            dropped = 0
+            for spec, quota in zip(parsed, quotas):
+                if quota <= 0:
+                    continue
+                params = dict(spec.params)
+                try:
+                    ds = make_dataset(spec.name, params, data_dir)
+                    split = spec.split or ("test" if "test" in ds.splits() else ds.splits()[-1])
+                    if split not in ds.splits():
+                        raise DataError(f"dataset {spec.name!r} has no split {split!r} "
+                                        f"(splits: {', '.join(ds.splits())})")
+                    pool = list(ds.load(split))
+                except LoraspError as exc:
+                    raise type(exc)(f"--{name.replace('_', '-')} {spec.label}: {exc.message}") from None
+                except Exception as exc:
+                    raise DataError(f"--{name.replace('_', '-')} {spec.label}: {type(exc).__name__}: "
+                                    f"{one_line(exc)}") from None
+                if exclude:
+                    n0 = len(pool)
+                    pool = [p for p in pool if p.id not in exclude]
+                    dropped += n0 - len(pool)
+                chosen = seeded_slice(pool, quota, conf.seed, spec.label)
+                if not chosen:
+                    raise DataError(f"--{name.replace('_', '-')} {spec.label}: split {split!r} has no problems")
+                task_name = spec.short
+                if task_name in st.problems:
+                    task_name = spec.label
+                st.problems[task_name] = chosen
+                st.tasks.append({"task": task_name, "dataset": spec.name, "split": split, "params": params,
+                                 "n": len(chosen)})
+            if dropped:
+                w = f"{name}: {dropped} held-out problems are also training problems and were left out"
+                self.warnings.append(w)
+                self.log(f"warning: {w}")
+            if st.problems:
+                self.sets[name] = st
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def n_problems(self) -> int:
+        return sum(len(v) for st in self.sets.values() for v in st.problems.values())
+
+    def describe(self) -> dict[str, Any]:
+        """What goes to ``lorasp.json`` ``selection.sets``: per set its datasets, mode, seed and task sizes."""
+        out: dict[str, Any] = {}
+        for name in SETS:
+            st = self.sets.get(name)
+            if st is None:
+                out[name] = {"datasets": []}
+                continue
+            c = st.config
+            out[name] = {"datasets": list(c.datasets), "limit": c.limit, "mode": c.mode, "seed": c.seed,
+                         "max_new_tokens": c.max_new_tokens,
+                         "tasks": {t["task"]: t["n"] for t in st.tasks},
+                         "splits": {t["task"]: t["split"] for t in st.tasks},
+                         "ids": {t: [p.id for p in ps] for t, ps in st.problems.items()}}
+        return out
+
+    # ------------------------------------------------------------------ scoring
+
+    def __call__(self, model: Any, tokenizer: Any, step: int) -> dict[str, float]:
+        from .answers import answers_match, extract_answer
+        from .evaluate import generate, scorer_for
+        from .prompts import build_prompt, check_mode, stop_sequences, uses_chat
+        from .records import EvalTask
+
+        t0 = time.perf_counter()
+        use_chat = uses_chat(tokenizer, self.chat) if self.kind == "causal" else False
+        # group every problem by (mode, max_new_tokens): one batched generation per group
+        groups: dict[tuple[str, int], list[tuple[str, str, Any, EvalTask]]] = {}
+        for name, st in self.sets.items():
+            mode = check_mode(st.config.mode)
+            for t in st.tasks:
+                task = EvalTask(name=t["task"], dataset=t["dataset"], split=t["split"], dataset_params=t["params"],
+                                mode=mode, scorer="auto")
+                budget = st.config.max_new_tokens or task.max_new_tokens
+                for p in st.problems[t["task"]]:
+                    groups.setdefault((mode, budget), []).append((name, t["task"], p, task))
+        correct: dict[tuple[str, str], list[bool]] = {}
+        preds: list[dict] = []
+        for (mode, budget), rows in groups.items():
+            prompts = [build_prompt(p, mode, tokenizer, chat=use_chat, data_dir=self.data_dir) for _, _, p, _ in rows]
+            outs = generate(model, tokenizer, prompts, kind=self.kind, max_new_tokens=budget,
+                            stop=stop_sequences(mode, use_chat), batch_size=self.batch_size,
+                            progress=self.progress, description=f"held-out eval, step {step}")
+            for (name, task_name, p, task), o in zip(rows, outs):
+                sc = scorer_for(task, p)
+                ext = extract_answer(o, sc)
+                ok = bool(answers_match(ext, p.answer, sc))
+                correct.setdefault((name, task_name), []).append(ok)
+                preds.append({"set": name, "task": task_name, "id": p.id, "gold": p.answer, "output": o,
+                              "extracted": ext, "correct": ok})
+        scores: dict[str, float] = {}
+        for name, st in self.sets.items():
+            per_task = {t["task"]: correct.get((name, t["task"]), []) for t in st.tasks}
+            for task_name, oks in per_task.items():
+                scores[f"{name}/{task_name}"] = sum(oks) / len(oks) if oks else 0.0
+            if name == "generic":  # BBH: macro average over tasks
+                accs = [sum(o) / len(o) for o in per_task.values() if o]
+                scores[name] = sum(accs) / len(accs) if accs else 0.0
+            else:
+                allo = [x for o in per_task.values() for x in o]
+                scores[name] = sum(allo) / len(allo) if allo else 0.0
+        scores[EVAL_SECONDS] = round(time.perf_counter() - t0, 3)
+        self.history.append({"step": step, "scores": dict(scores), "predictions": preds})
+        main = {k: scores[k] for k in SETS if k in scores}
+        self.log(f"held-out eval at step {step}: " + ", ".join(f"{k} {v:.1%}" for k, v in main.items())
+                 + f" ({scores[EVAL_SECONDS]:.1f}s)")
+        return scores
+
+
+# --------------------------------------------------------------------------------------------- fit wiring
+
+
+def total_steps(n_examples: int, batch_size: int, grad_accum: int = 1, world: int = 1, epochs: float = 1.0,
+                max_steps: int | None = None) -> int:
+    """The optimizer steps a fit will run (the trainer's own arithmetic)."""
+    if max_steps:
+        return int(max_steps)
+    per_epoch = (n_examples // max(1, batch_size)) // max(1, grad_accum * world)
+    return max(1, int(math.ceil(epochs * max(1, per_epoch))))
+
+
+QUICKSTART_EVALS = 4  # the quickstart evaluates at step 0 and 4 more times
+
+
+def resolve_eval_every(cfg: Any, *, quickstart: bool, total: int) -> int:
+    """``eval_every`` as the trainer needs it: an explicit value wins; unset means every ``total/4`` steps on the
+    quickstart and no held-out evaluation otherwise."""
+    if cfg.eval_every is not None:
+        return int(cfg.eval_every)
+    return max(1, int(math.ceil(total / QUICKSTART_EVALS))) if quickstart else 0
+
+
+def setup_fit_evaluation(cfg: Any, *, quickstart: bool, source: dict, items: list, kind: str, n_examples: int,
+                         world: int = 1, log: Callable[[str], None] | None = None
+                         ) -> tuple[HeldOutEvaluator | None, int]:
+    """For ``fit``: ``(evaluator or None, eval_every)``. No evaluator when ``eval_every`` resolves to 0 or every
+    held-out set is off; then the last checkpoint is exported (and ``--select-by`` other than last/loss is an
+    error, so that a rule is never silently ignored)."""
+    total = total_steps(n_examples, cfg.batch_size, cfg.grad_accum, world, cfg.epochs, cfg.max_steps)
+    every = resolve_eval_every(cfg, quickstart=quickstart, total=total)
+    sets_on = any(getattr(cfg, s).enabled for s in SETS)
+    rule = _rule(cfg.select_by)
+    explicit_rule = "select_by" in cfg.model_fields_set
+    if every <= 0 or not sets_on:
+        if rule.kind == "score" and explicit_rule:
+            why = "--eval-every is 0" if every <= 0 else "every held-out set is off"
+            raise ConfigError(f"--select-by {cfg.select_by} needs held-out scores, but {why}; set --eval-every N "
+                              f"(N >= 1) or use --select-by last|loss")
+        return None, 0
+    from .evaluate import make_dataset  # noqa: F401  (fail early if the eval engine is missing)
+
+    params: dict[str, Any] = {}
+    if source.get("kind") == "dataset":
+        for it in getattr(cfg, "dataset_opt", []) or []:
+            if "=" in it:
+                k, v = it.split("=", 1)
+                params[k.strip()] = _coerce(v.strip())
+    ev = HeldOutEvaluator(cfg, train_dataset=source.get("dataset"), train_params=params,
+                          exclude_ids={getattr(getattr(it, "problem", None), "id", None) for it in items} - {None},
+                          kind=kind, chat=getattr(cfg, "chat", None), data_dir=getattr(cfg, "data_dir", None),
+                          batch_size=cfg.eval_batch_size, progress=False, log=log)
+    if not ev.sets:
+        return None, 0
+    if log:
+        desc = "; ".join(f"{n} {sum(len(v) for v in st.problems.values())} ({', '.join(st.problems)})"
+                         for n, st in ev.sets.items())
+        log(f"held-out evaluation at step 0, every {every} steps and at the end: {desc}; "
+            f"select by {cfg.select_by}")
+    return ev, every
+
+
+def selection_manifest(cfg: Any, evaluator: Any, eval_every: int, chosen: dict | None,
+                       train_seconds: float | None = None, eval_seconds: float | None = None) -> dict:
+    """The ``selection`` block of ``lorasp.json``."""
+    rule = cfg.select_by if evaluator is not None else "last"
+    out: dict[str, Any] = {"rule": rule, "description": _rule(rule).describe(),
+                           "chosen_step": (chosen or {}).get("step"), "eval_every": eval_every,
+                           "keep_checkpoints": cfg.keep_checkpoints}
+    if evaluator is not None and hasattr(evaluator, "describe"):
+        out["sets"] = evaluator.describe()
+        if getattr(evaluator, "warnings", None):
+            out["warnings"] = list(evaluator.warnings)
+    if train_seconds is not None:
+        out["train_seconds"] = round(float(train_seconds), 2)
+    if eval_seconds is not None:
+        out["eval_seconds"] = round(float(eval_seconds), 2)
+    return out

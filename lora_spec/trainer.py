@@ -526,6 +526,9 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
             if was_training:
                 model.train()
             eval_seconds += time.perf_counter() - t
+            if log_with and scores:  # held-out scores to the trackers (eval/in_dist, eval/ood/svamp, ...)
+                accelerator.log({f"eval/{k}": float(v) for k, v in scores.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
         accelerator.wait_for_everyone()
         return scores
 
