@@ -8,8 +8,7 @@ setup:
 	bash scripts/setup.sh
 
 quickstart: setup
-	$(VENV)/bin/lorasp plugins
-	$(VENV)/bin/lorasp models
+	$(VENV)/bin/lorasp fit
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout 900 --durations 15
