@@ -21,8 +21,8 @@ How (linear in the text length, except where the two texts disagree):
    teacher token of the identical string (both spans lie inside one equal segment and coincide). The teacher's
    candidates are kept if they are single student tokens (exact surface match in the student vocabulary);
    duplicates are merged; if no candidate survives, the position stays one-hot.
-4. **Direct-id fast path**: when teacher and student share a vocabulary (``same_vocab=True``), the teacher's own
-   tokens are the student ids; every position whose candidates map gets a distribution, no re-tokenisation.
+4. **Direct-id fast path**: when teacher and student share a vocabulary, the teacher's own tokens are the student
+   ids; every position whose candidates map gets a distribution, with no merge (``same_vocab``).
 
 ``Aligner.align`` returns an ``AlignedTarget``: the student ids of the target text, the positions that carry a
 teacher distribution, their ids ``int32 [m, k]`` and logprobs ``float16 [m, k]`` (``-inf`` in empty slots), and
@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from itertools import accumulate
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -42,7 +43,7 @@ import numpy as np
 from .errors import DataError
 
 __all__ = ["Aligner", "AlignedTarget", "AlignStats", "StudentVocab", "teacher_token_bytes", "equal_segments",
-           "match_spans"]
+           "match_spans", "attach_topk"]
 
 _ANCHOR = 4  # bytes of agreement that end a disagreeing stretch
 _MAX_WINDOW = 1 << 14  # give up resynchronising after this many bytes (the rest stays one-hot)
@@ -128,6 +129,7 @@ class StudentVocab:
         self.unk_id = getattr(tokenizer, "unk_token_id", None)
         self.surfaces: list[bytes | None] = [None] * size
         self.lookup: dict[bytes, int] = {}
+        dup_surfaces: set[bytes] = set()
         for piece, i in vocab.items():
             if i in special:
                 continue
@@ -143,6 +145,10 @@ class StudentVocab:
             prev = self.lookup.get(b)
             if prev is None or i < prev:
                 self.lookup[b] = i
+            if prev is not None:
+                dup_surfaces.add(b)
+        # ids whose surface other ids share too (the lookup keeps the lowest id of such a surface)
+        self.dup_ids = {self.lookup[b] for b in dup_surfaces}
         self.fingerprint = f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{size}"
 
     @staticmethod
@@ -317,40 +323,40 @@ def _slide_gaps(t: bytes, s: bytes, segs: list[tuple[int, int, int]]) -> list[tu
     return [tuple(g) for g in out if g[2] > 0]
 
 
-def _starts(lengths: Iterable[int]) -> list[int]:
-    out, c = [], 0
-    for n in lengths:
-        out.append(c)
-        c += n
-    return out
-
-
 def match_spans(t_pieces: Sequence[bytes], s_pieces: Sequence[bytes],
                 segments: list[tuple[int, int, int]] | None = None) -> list[tuple[int, int]]:
     """One-to-one identical matches ``(teacher_index, student_index)`` between two tokenisations."""
-    t_start = _starts(map(len, t_pieces))
-    s_start = _starts(map(len, s_pieces))
+    t_start = list(accumulate(map(len, t_pieces), initial=0))
+    s_start = list(accumulate(map(len, s_pieces), initial=0))
+    # student token by start offset (empty pieces never match)
+    by_start = {st: jj for jj, st in enumerate(s_start[:-1]) if s_start[jj + 1] > st}
     if segments is None:
-        segments = equal_segments(b"".join(t_pieces), b"".join(s_pieces))
-    by_start = {}
-    for jj, (st, pc) in enumerate(zip(s_start, s_pieces)):
-        if pc:
-            by_start[st] = jj
+        t_all, s_all = b"".join(t_pieces), b"".join(s_pieces)
+        if t_all == s_all:  # the common case: one segment, spans match where both boundaries coincide
+            out = []
+            for ii in range(len(t_pieces)):
+                a, b = t_start[ii], t_start[ii + 1]
+                if b > a:
+                    jj = by_start.get(a)
+                    if jj is not None and s_start[jj + 1] == b:
+                        out.append((ii, jj))
+            return out
+        segments = equal_segments(t_all, s_all)
     out = []
     k = 0
     ns = len(segments)
-    for ii, (a, pc) in enumerate(zip(t_start, t_pieces)):
-        n = len(pc)
-        if not n:
+    for ii in range(len(t_pieces)):
+        a, b = t_start[ii], t_start[ii + 1]
+        if b == a:
             continue
         while k < ns and segments[k][0] + segments[k][2] <= a:
             k += 1
         if k == ns:
             break
         t0, s0, ln = segments[k]
-        if t0 <= a and a + n <= t0 + ln:
+        if t0 <= a and b <= t0 + ln:
             jj = by_start.get(a - t0 + s0)
-            if jj is not None and len(s_pieces[jj]) == n:
+            if jj is not None and s_start[jj + 1] - s_start[jj] == b - a:
                 out.append((ii, jj))
     return out
 
@@ -421,13 +427,16 @@ _NEG_INF = np.float16(-np.inf)
 class Aligner:
     """Align teacher top-k to one student tokenizer. Build once, call ``align`` per sample.
 
-    ``same_vocab``: the teacher uses the student's vocabulary (take the direct-id fast path).
+    ``same_vocab``: ``True``: the teacher uses the student's vocabulary: its tokens are the student ids (the
+    direct-id fast path, no re-tokenisation; with ``student_ids`` given they must agree). ``"auto"`` (default):
+    take the fast path whenever every teacher token is a student token and the sequence is the student's own
+    tokenisation of the text (no merge needed). ``False``: always merge.
     ``top_k``: keep at most this many candidates per position (default: all that map).
     ``teacher_encoding``: ``auto`` | ``text`` | ``byte_level`` | ``sentencepiece`` (how teacher token strings
     are spelled; ``auto`` detects raw vocabulary pieces, else text).
     """
 
-    def __init__(self, tokenizer: Any, *, same_vocab: bool = False, top_k: int | None = None,
+    def __init__(self, tokenizer: Any, *, same_vocab: bool | str = "auto", top_k: int | None = None,
                  teacher_encoding: str = "auto"):
         if teacher_encoding not in ("auto", "text", "byte_level", "sentencepiece"):
             raise DataError(f"teacher_encoding: expected auto|text|byte_level|sentencepiece, got {teacher_encoding!r}")
@@ -435,47 +444,60 @@ class Aligner:
         self.same_vocab = same_vocab
         self.top_k = top_k
         self.teacher_encoding = teacher_encoding
+        self._tb_cache: dict[str, dict[str, bytes]] = {}  # teacher token string -> bytes, per encoding
+        self._cid_cache: dict[str, dict[str, int]] = {}  # teacher candidate string -> student id (-1: none)
 
     # -- candidates -----------------------------------------------------------------------------------
+    def _bytes(self, token: str, enc: str) -> bytes:
+        cache = self._tb_cache.setdefault(enc, {})
+        b = cache.get(token)
+        if b is None:
+            b = cache[token] = teacher_token_bytes(token, enc)
+        return b
+
     def _candidates(self, top: dict[str, float] | None, enc: str, own: tuple[bytes, int] | None):
+        """The teacher's candidates that are single student tokens: ``[(student_id, logprob)]``, best first."""
         if not top:
             return None
+        cids = self._cid_cache.setdefault(enc, {})
         lookup = self.vocab.lookup
+        dups = self.vocab.dup_ids
         got: dict[int, float] = {}
         for cand, lp in top.items():
-            if lp is None:
+            if lp is None or not -math.inf < lp < math.inf:
                 continue
-            lp = float(lp)
-            if not math.isfinite(lp):
-                continue
-            cb = teacher_token_bytes(cand, enc)
-            sid = own[1] if own is not None and cb == own[0] else lookup.get(cb)
+            sid = cids.get(cand)
             if sid is None:
+                sid = cids[cand] = lookup.get(self._bytes(cand, enc), -1)
+            if sid in dups and own is not None and self._bytes(cand, enc) == own[0]:
+                sid = own[1]  # a surface shared by several ids: the student's own token is the one meant
+            if sid < 0:
                 continue
             if sid in got:  # two spellings of one student token: merge their mass
-                hi, lo = max(got[sid], lp), min(got[sid], lp)
+                hi, lo = (got[sid], lp) if got[sid] >= lp else (lp, got[sid])
                 got[sid] = hi + math.log1p(math.exp(lo - hi))
             else:
-                got[sid] = lp
+                got[sid] = float(lp)
         if not got:
             return None
-        items = sorted(got.items(), key=lambda kv: -kv[1])
+        items = sorted(got.items(), key=lambda kv: -kv[1]) if len(got) > 1 else list(got.items())
         if self.top_k:
             items = items[: self.top_k]
         return items
 
     def _pack(self, student_ids, rows, n_teacher, n_pairs, direct) -> AlignedTarget:
         k = max((len(r[1]) for r in rows), default=1)
-        if self.top_k:
-            k = max(k, 1)
         m = len(rows)
         pos = np.fromiter((r[0] for r in rows), dtype=np.int32, count=m)
-        ids = np.zeros((m, k), dtype=np.int32)
-        lps = np.full((m, k), _NEG_INF, dtype=np.float16)
+        flat_ids = [0] * (m * k)
+        flat_lp = [-math.inf] * (m * k)
         for r, (_, items) in enumerate(rows):
+            base = r * k
             for c, (sid, lp) in enumerate(items):
-                ids[r, c] = sid
-                lps[r, c] = lp
+                flat_ids[base + c] = sid
+                flat_lp[base + c] = lp
+        ids = np.array(flat_ids, dtype=np.int32).reshape(m, k)
+        lps = np.array(flat_lp, dtype=np.float16).reshape(m, k)
         return AlignedTarget(np.asarray(student_ids, dtype=np.int32), pos, ids, lps, n_teacher, n_pairs, direct)
 
     # -- main entry -----------------------------------------------------------------------------------
@@ -492,24 +514,31 @@ class Aligner:
         if len(top_logprobs) != len(tokens):
             raise DataError(f"teacher sample has {len(tokens)} tokens but {len(top_logprobs)} top-k entries")
         enc = self.teacher_encoding if self.teacher_encoding != "auto" else detect_teacher_encoding(tokens)
-        t_pieces = [teacher_token_bytes(t, enc) for t in tokens]
+        t_pieces = [self._bytes(t, enc) for t in tokens]
         lookup = self.vocab.lookup
 
-        if self.same_vocab and student_ids is None:
+        s_ids = s_pieces = None
+        if self.same_vocab:
             direct_ids = [lookup.get(b) for b in t_pieces]
-            if all(d is not None for d in direct_ids) and b"".join(t_pieces) == text.encode("utf-8"):
-                rows = []
-                for ii, (sid, top) in enumerate(zip(direct_ids, top_logprobs)):
-                    items = self._candidates(top, enc, (t_pieces[ii], sid))
-                    if items:
-                        rows.append((ii, items))
-                return self._pack(direct_ids, rows, len(tokens), len(tokens), True)
+            if all(d is not None for d in direct_ids):
+                if student_ids is None and self.same_vocab == "auto":
+                    s_ids, s_pieces = self.vocab.encode(text)
+                want = list(student_ids) if student_ids is not None else s_ids
+                if (want == direct_ids if want is not None
+                        else b"".join(t_pieces) == text.encode("utf-8")):
+                    rows = []
+                    for ii, (sid, top) in enumerate(zip(direct_ids, top_logprobs)):
+                        items = self._candidates(top, enc, (t_pieces[ii], sid))
+                        if items:
+                            rows.append((ii, items))
+                    return self._pack(direct_ids, rows, len(tokens), len(tokens), True)
 
-        if student_ids is None:
-            s_ids, s_pieces = self.vocab.encode(text)
-        else:
-            s_ids = list(student_ids)
-            s_pieces = self.vocab.surfaces_of(s_ids)
+        if s_ids is None:
+            if student_ids is None:
+                s_ids, s_pieces = self.vocab.encode(text)
+            else:
+                s_ids = list(student_ids)
+                s_pieces = self.vocab.surfaces_of(s_ids)
         pairs = match_spans(t_pieces, s_pieces)
         rows = []
         unk = self.vocab.unk_id
@@ -525,3 +554,44 @@ class Aligner:
                      student_ids: Sequence[int] | None = None) -> AlignedTarget:
         """Align a ``records.Sample`` (its ``tokens``/``top_logprobs``) to ``text`` (default: ``sample.text``)."""
         return self.align(sample.text if text is None else text, sample.tokens, sample.top_logprobs, student_ids)
+
+
+# --------------------------------------------------------------------------------------------- trainer glue
+
+def attach_topk(encoded: list, examples: list, tokenizer: Any, kind: str, *,
+                formats: Sequence[str] = ("in_context_cot", "zero_shot_cot"), top_k: int | None = None,
+                aligner: "Aligner | None" = None) -> dict[str, Any]:
+    """Align each training example's teacher top-k to its encoded target and set ``encoded[i].topk``.
+
+    ``encoded[i]`` is a ``trainer.Encoded`` (``labels``: IGNORE over the prompt, then the target ids, maybe an
+    EOS; seq2seq: the decoder targets). ``topk`` becomes ``(positions in labels, ids [m, k] int32, logprobs
+    [m, k] float16)``, the row format of ``losses.collate_topk``; rows without a teacher distribution keep
+    ``None`` (their loss is the NLL). Only chain-of-thought formats get distributions (an answer-only target is
+    not what the teacher's distributions were computed for). Returns the alignment summary (aligned fraction).
+    """
+    al = aligner or Aligner(tokenizer, top_k=top_k)
+    stats = AlignStats()
+    eligible = with_topk = 0
+    eos = getattr(tokenizer, "eos_token_id", None)
+    for enc, ex in zip(encoded, examples):
+        if ex.format not in formats:
+            continue
+        eligible += 1
+        if not ex.teacher_tokens or not ex.teacher_top_logprobs:
+            continue
+        with_topk += 1
+        labels = enc.labels
+        start = next((k for k, v in enumerate(labels) if v != -100), len(labels))
+        tgt = list(labels[start:])
+        if tgt and eos is not None and tgt[-1] == eos:
+            tgt = tgt[:-1]
+        t = al.align(ex.target, ex.teacher_tokens, ex.teacher_top_logprobs, student_ids=tgt)
+        stats.add(t)
+        if t.n_aligned:
+            enc.topk = t.rows(offset=start)
+    if eligible and not with_topk:
+        raise DataError(f"--loss needs the teacher's top-k logprobs, but none of the {eligible} chain-of-thought "
+                        "training samples has them: teach with --top-logprobs K (a teacher that reports logprobs)")
+    out = stats.summary()
+    out.update({"cot_examples": eligible, "with_teacher_topk": with_topk})
+    return out

