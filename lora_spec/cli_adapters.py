@@ -83,8 +83,9 @@ def merge_cmd(adapter, as_json, cfg: MergeConfig):
         p = r.prompt.replace("\n", " ")
         click.echo(f"  {r.max_logit_diff:12.3g}  {'same' if r.greedy_equal else 'DIFF':>6}  {p[:60]}")
     click.echo(f"max logit diff {rep.max_logit_diff:.3g}; identical greedy outputs {rep.greedy_equal}/{rep.n_prompts}")
+    click.echo(f"(for scale: the adapter itself moves the logits by up to {rep.adapter_effect:.3g})")
     if rep.max_logit_diff_vs_quantized is not None:
-        click.echo(f"max logit diff vs the quantized base+adapter (what training saw): "
+        click.echo(f"max logit diff vs the bitsandbytes-quantized base+adapter that training saw: "
                    f"{rep.max_logit_diff_vs_quantized:.3g}")
     return 0
 

@@ -61,7 +61,8 @@ class MergeReport:
     greedy_equal: int
     n_prompts: int
     rows: list[ParityRow]
-    max_logit_diff_vs_quantized: float | None = None  # dequantized merge vs the real bitsandbytes base+adapter
+    max_logit_diff_vs_quantized: float | None = None  # merged vs the real bitsandbytes base+adapter
+    adapter_effect: float = 0.0  # max logit difference between base+adapter and the bare base
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -128,6 +129,13 @@ def _reference(model, tokenizer, kind: str, prompts: Sequence[str], max_new_toke
     return refs
 
 
+def _adapter_effect(peft_model, tokenizer, kind: str, prompts: Sequence[str], refs) -> float:
+    """Max logit difference between base+adapter and the bare base: the scale against which parity is judged."""
+    with peft_model.disable_adapter():
+        return max(float((_logits_over(peft_model, tokenizer, kind, p, ids) - lg).abs().max())
+                   for p, (ids, lg) in zip(prompts, refs))
+
+
 def _compare(model, tokenizer, kind: str, prompts: Sequence[str], refs, max_new_tokens: int) -> list[ParityRow]:
     rows = []
     for p, (ref_ids, ref_logits) in zip(prompts, refs):
@@ -138,6 +146,21 @@ def _compare(model, tokenizer, kind: str, prompts: Sequence[str], refs, max_new_
                               reference=tokenizer.decode(ref_ids, skip_special_tokens=True),
                               merged=tokenizer.decode(ids, skip_special_tokens=True)))
     return rows
+
+
+def _nonfinite_adapter_tensor(adapter) -> str | None:
+    import torch
+    from safetensors import safe_open
+
+    f = Path(adapter) / "adapter_model.safetensors"
+    if not f.exists():
+        return None
+    with safe_open(str(f), "pt") as fh:
+        for k in fh.keys():
+            t = fh.get_tensor(k)
+            if torch.is_floating_point(t) and not torch.isfinite(t).all():
+                return k
+    return None
 
 
 def _all_finite(model) -> str | None:
@@ -187,6 +210,10 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
         raise ConfigError("--base quantized writes a bitsandbytes model; --dtype does not apply (leave it fp32)")
     spec = model or base_spec(manifest, adapter)
     prompts = list(prompts or PARITY_PROMPTS)
+    if safe:
+        bad = _nonfinite_adapter_tensor(adapter)
+        if bad:
+            raise ModelError(f"{adapter}: adapter tensor {bad} holds NaN or inf; refusing to merge (--safe)")
 
     # 1. the base weights to merge into, in the target dtype
     vs_quant = None
@@ -198,16 +225,18 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
         student = load_student(spec, "none", dtype=torch.float32)
     check_fingerprint(manifest, student, adapter, ignore=ignore_fingerprint)
     tok, kind = student.tokenizer, student.kind
-    if mode == "dequantized":
-        log(f"de-quantizing the {quant} round-trip of the base weights")
+    qrefs = None
+    if mode != "quantized" and quant in ("nf4", "int8"):
+        # what training saw: the real bitsandbytes-quantized base + adapter (fp32 compute)
         qstudent = load_student(spec, quant, dtype=torch.float32)
-        deq = dequantized_weights(qstudent.model)
-        if not deq:
+        deq = dequantized_weights(qstudent.model) if mode == "dequantized" else {}
+        if mode == "dequantized" and not deq:
             raise ModelError(f"{spec}: no bitsandbytes-quantized layers found after loading with quant={quant}")
-        # reference as training saw it: the real quantized base + adapter (fp32 compute)
         qpeft = PeftModel.from_pretrained(qstudent.model, str(adapter)).eval()
         qrefs = _reference(qpeft, tok, kind, prompts, max_new_tokens)
         del qpeft, qstudent
+    if mode == "dequantized":
+        log(f"merging into the de-quantized {quant} round-trip of the base weights")
         mods = dict(student.model.named_modules())
         with torch.no_grad():
             for name, w in deq.items():
@@ -224,6 +253,7 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
                          f"{one_line(exc)[:300]})") from None
     log(f"reference: base ({mode}, {dtype if mode != 'quantized' else quant}) + adapter on {len(prompts)} prompts")
     refs = _reference(peft_model, tok, kind, prompts, max_new_tokens)
+    effect = _adapter_effect(peft_model, tok, kind, prompts, refs)
     try:
         merged = peft_model.merge_and_unload(safe_merge=safe)
     except ValueError as exc:
@@ -250,12 +280,13 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
             raise ModelError(f"the merged model does not load back with from_pretrained ({type(exc).__name__}: "
                              f"{one_line(exc)[:300]})") from None
         rows = _compare(loaded, tok, kind, prompts, refs, max_new_tokens)
-        if mode == "dequantized":
+        if qrefs is not None:
             vs_quant = max(r.max_logit_diff for r in _compare(loaded, tok, kind, prompts, qrefs, max_new_tokens))
         report = MergeReport(out=str(out), base_mode=mode, dtype=dtype if mode != "quantized" else quant,
                              max_logit_diff=max(r.max_logit_diff for r in rows),
                              greedy_equal=sum(r.greedy_equal for r in rows), n_prompts=len(rows), rows=rows,
-                             max_logit_diff_vs_quantized=vs_quant, seconds=round(time.time() - t0, 2))
+                             max_logit_diff_vs_quantized=vs_quant, adapter_effect=effect,
+                             seconds=round(time.time() - t0, 2))
         m = {"lorasp_version": __version__, "kind": "merged",
              "base": dict((manifest or {}).get("base") or {"name": spec, "path": student.path, "kind": kind,
                                                           "fingerprint": student.fingerprint}),
