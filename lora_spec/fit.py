@@ -29,6 +29,7 @@ from .errors import ConfigError, DataError, one_line
 from .selection import SelectionOptions
 
 QUICKSTART_PROBLEMS = 640
+QUICKSTART_HELD_OUT = 50  # arith test problems scored before and after on the quickstart
 
 
 class FitConfig(RunConfig, SelectionOptions):
@@ -82,7 +83,7 @@ class FitConfig(RunConfig, SelectionOptions):
     resume: bool = Field(False, description="Continue from the last checkpoint in <out>.checkpoints.")
     out: str | None = Field(None, description="Artifact directory (default: adapters/<dataset>-<method>).")
     before_after: int | None = Field(None, ge=0, description="Held-out test problems of the training dataset "
-                                                             "scored before and after (0: off; quickstart: 100).")
+                                                             "scored before and after (0: off; quickstart: 50).")
     tracker: str = Field("auto", description="accelerate tracker: auto (tensorboard if installed), none, ...")
     progress: bool = Field(True, description="Progress bars on a terminal.")
 
@@ -124,7 +125,7 @@ def resolve_defaults(cfg: FitConfig) -> FitConfig:
         if cfg.limit is None:
             upd["limit"] = QUICKSTART_PROBLEMS
         if cfg.before_after is None:
-            upd["before_after"] = 100
+            upd["before_after"] = QUICKSTART_HELD_OUT
     if cfg.lr is None:
         upd["lr"] = 2e-5 if cfg.method == "full" else 1e-3
     if cfg.out is None:
@@ -181,7 +182,7 @@ def _before_after_tasks(cfg: FitConfig, source: dict):
         return []
     params = _kv(list(cfg.dataset_opt), "--dataset-opt") if source.get("kind") == "dataset" else {}
     return [EvalTask(name=f"{ds}:test", dataset=ds, split="test", dataset_params=params, mode="zs_cot",
-                     limit=cfg.before_after, max_new_tokens=160)]
+                     limit=cfg.before_after, max_new_tokens=128)]
 
 
 def _compute_dtype(name: str):
@@ -258,6 +259,9 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         items, source = _load_items(cfg.model_copy(update={"data": cfg.data or str(out.with_name(out.name + ".teach"))}),
                                     out, lambda m: None)
         source = dict(source)
+    if loss_spec.needs_teacher_topk and not any(it.sample is not None and it.sample.top_logprobs for it in items):
+        raise DataError(f"--loss {loss_spec} needs the teacher's top-k logprobs, but none of the {len(items)} "
+                        "training samples has them: teach with --top-logprobs K (a teacher that reports logprobs)")
 
     # 3. student (seeded: the adapter init is part of the run's determinism)
     torch.manual_seed(cfg.seed)
