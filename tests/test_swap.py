@@ -17,6 +17,21 @@ PROMPTS = [
 ]
 
 
+def main_cli(capsys, *args: str):
+    """The real CLI entry point (``lora_spec.cli.main``) in-process, for error paths that load no model:
+    returns (exit code, stdout, stderr)."""
+    from lora_spec.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def make_adapter(base: str | Path, out: Path, *, seed: int, r: int = 4, alpha: int = 8, quant: str = "none",
                  targets=("q_proj", "v_proj"), std: float = 0.05, dora: bool = False, method: str = "lora",
                  extra: dict | None = None, poison: bool = False) -> Path:
@@ -216,13 +231,20 @@ def test_load_adapter_api_checks_fingerprint(tiny_pair):
     assert isinstance(st.model, PeftModel) and not st.model.training
 
 
-def test_generate_cli_errors(tiny_pair, tmp_path):
+def test_generate_cli_errors(tiny_pair, tmp_path, capsys):
     adapter, _ = tiny_pair
-    r = run_cli("generate", "--adapter", f"math={adapter}", "--use", "nope", "--prompt", "x")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown adapter 'nope'" in r.stderr, r.stderr
-    r = run_cli("generate", "--adapter", f"math={adapter}", "--use", "math", "--use", "base", "--prompt", "x")
-    assert r.returncode == 2 and "--use given 2 times for 1 prompts" in r.stderr, r.stderr
-    r = run_cli("generate", "--adapter", str(adapter), "--prompt", "x")
-    assert r.returncode == 2 and "expected NAME=DIR" in r.stderr, r.stderr
-    r = run_cli("generate", "--adapter", f"m={tmp_path / 'missing'}", "--prompt", "x")
-    assert r.returncode == 1 and "adapter directory not found" in r.stderr, r.stderr
+    code, _, err = main_cli(capsys, "generate", "--adapter", f"math={adapter}", "--use", "nope", "--prompt", "x")
+    assert code == 2 and err.count("\n") == 1 and "unknown adapter 'nope' (loaded: base, math)" in err, err
+    code, _, err = main_cli(capsys, "generate", "--adapter", f"math={adapter}", "--use", "math", "--use", "base",
+                            "--prompt", "x")
+    assert code == 2 and "--use given 2 times for 1 prompts" in err, err
+    code, _, err = main_cli(capsys, "generate", "--adapter", str(adapter), "--prompt", "x")
+    assert code == 2 and "expected NAME=DIR" in err, err
+    code, _, err = main_cli(capsys, "generate", "--adapter", f"m={tmp_path / 'missing'}", "--prompt", "x")
+    assert code == 1 and "adapter directory not found" in err, err
+    code, _, err = main_cli(capsys, "generate", "--adapter", f"math={adapter}")
+    assert code == 2 and "no prompt" in err, err
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": 3}\n')
+    code, _, err = main_cli(capsys, "generate", "--adapter", f"math={adapter}", "--prompts-file",
+                            str(tmp_path / "p.jsonl"))
+    assert code == 1 and "p.jsonl:2: field 'prompt'" in err, err
