@@ -27,6 +27,12 @@ _API = {
     "teach": "lora_spec.teach",
     "load_run": "lora_spec.teach",
     "TeachConfig": "lora_spec.teach",
+    "run_eval": "lora_spec.evaluate",
+    "EvalConfig": "lora_spec.evaluate",
+    "evaluate_tasks": "lora_spec.evaluate",
+    "extract_answer": "lora_spec.answers",
+    "answers_match": "lora_spec.answers",
+    "build_prompt": "lora_spec.prompts",
 }
 
 __all__ = sorted(_API) + ["__version__"]

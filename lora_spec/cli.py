@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "combine": ("lora_spec.cli_adapters:combine_cmd", "Weighted combination of adapters (linear|cat|svd) via peft."),
     "teach": ("lora_spec.cli_teach:teach_cmd", "Sample chain-of-thought from a teacher, filter by answer (resumable)."),
     "fit": ("lora_spec.cli_fit:fit_cmd", "Tune a student on teacher CoT in four formats (LoRA/DoRA/QLoRA/full)."),
+    "eval": ("lora_spec.cli_eval:eval_cmd", "Evaluate a student (+ adapter) on math / BBH / arith suites, batched."),
     "report": ("lora_spec.cli_report:report", "Re-render an artifact's specialization report (report.md, curves.png)."),
 }
 

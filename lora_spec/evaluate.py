@@ -68,8 +68,11 @@ def _progress(enabled: bool, description: str, total: int):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
+    from rich.console import Console
+
     prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[tps]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+                    TextColumn("{task.fields[tps]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+                    console=Console(stderr=True))
     prog.start()
     prog.add_task(description, total=total, tps="")
     return prog
@@ -239,3 +242,191 @@ def with_mode(tasks: list[EvalTask], mode: str | None) -> list[EvalTask]:
 
     m = check_mode(mode)
     return [dataclasses.replace(t, mode=m) for t in tasks]
+
+
+# --------------------------------------------------------------------------------------------- lorasp eval
+
+from typing import Literal, Optional  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from .config import RunConfig  # noqa: E402
+
+
+class EvalConfig(RunConfig):
+    """``lorasp eval``: a student (+ optional adapter) on one or more eval suites."""
+
+    model: Optional[str] = Field(None, description="student: preset, local directory or Hub id "
+                                                   "(default: the adapter's base, else smollm2-135m)")
+    adapter: Optional[str] = Field(None, description="adapter artifact directory to load onto the student")
+    ignore_fingerprint: bool = Field(False, description="load an adapter onto a base with another fingerprint")
+    quant: Optional[Literal["none", "nf4", "int8"]] = Field(None, description="quantize the student "
+                                                            "(default: the adapter's, else none)")
+    suite: list[str] = Field(default_factory=lambda: ["math"], description="eval suite (lorasp.evals plugin)")
+    task: list[str] = Field(default_factory=list, description="only these tasks of the suites (e.g. gsm8k, "
+                                                              "bbh/navigate)")
+    mode: Optional[Literal["icl_cot", "zs_cot", "icl_answer", "zs_answer"]] = Field(
+        None, description="prompt mode for every task (default: each suite's, icl_cot)")
+    limit: Optional[int] = Field(None, ge=1, description="a seeded random sample of N problems per task")
+    max_new_tokens: Optional[int] = Field(None, ge=1, description="generation budget (default: 256 for CoT "
+                                                                  "modes, 32 for answer-only)")
+    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    chat: Optional[bool] = Field(None, description="use the tokenizer's chat template (default: when it has one)")
+    data_dir: Optional[str] = Field(None, description="directory in the layout of shared/data "
+                                                      "(default: $LORASP_DATA_DIR)")
+    out: Optional[str] = Field(None, description="output directory for results.json, report.md, predictions/")
+    progress: bool = Field(True, description="show a progress bar on stderr")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice; 1 is much "
+                                                           "faster on an oversubscribed CPU)")
+
+
+def _suite_tasks(name: str, cfg: EvalConfig) -> list[EvalTask]:
+    from . import registry
+
+    factory = registry.resolve("evals", name)
+    wanted = {"mode": cfg.mode, "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens}
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    try:
+        sig = inspect.signature(factory)
+        kwargs_ok = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        passed = {k: v for k, v in wanted.items() if kwargs_ok or k in sig.parameters}
+    except (TypeError, ValueError):
+        passed = {}
+    suite = registry.create("evals", name, **passed) if callable(factory) else factory
+    tasks = list(suite.tasks())
+    rest = {k: v for k, v in wanted.items() if k not in passed}
+    if rest:
+        tasks = [dataclasses.replace(t, **rest) for t in tasks]
+    from .prompts import check_mode
+
+    for t in tasks:
+        check_mode(t.mode)
+    return tasks
+
+
+def _fname(task: str) -> str:
+    return task.replace("/", "__").replace(" ", "_")
+
+
+def run_eval(cfg: EvalConfig) -> "os.PathLike":
+    """Evaluate a student (+ adapter) on the configured suites; write results.json, report.md, predictions/."""
+    import json
+    import sys
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from . import __version__
+    from .records import write_jsonl
+
+    if not cfg.out:
+        raise ConfigError("--out: an output directory is required (results.json, report.md, predictions/)")
+    if not cfg.suite:
+        raise ConfigError("--suite: at least one eval suite is required (e.g. math, bbh, arith)")
+    data_dir = cfg.data_dir
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise ConfigError(f"--data-dir: {data_dir} is not a directory")
+    # everything that can fail fast does so before the model is loaded
+    suites: dict[str, list[EvalTask]] = {}
+    for s in dict.fromkeys(cfg.suite):
+        suites[s] = _suite_tasks(s, cfg)
+    if cfg.task:
+        names = {t.name for ts in suites.values() for t in ts}
+        unknown = [t for t in cfg.task if t not in names]
+        if unknown:
+            raise ConfigError(f"--task: {unknown[0]!r} is not a task of suite(s) {', '.join(suites)} "
+                              f"(tasks: {', '.join(sorted(names))})")
+        suites = {s: [t for t in ts if t.name in cfg.task] for s, ts in suites.items()}
+        suites = {s: ts for s, ts in suites.items() if ts}
+    all_tasks = [t for ts in suites.values() for t in ts]
+    dup = {t.name for t in all_tasks if sum(u.name == t.name for u in all_tasks) > 1}
+    if dup:
+        raise ConfigError(f"--suite: task {sorted(dup)[0]!r} appears in two suites; evaluate them separately")
+    for t in all_tasks:
+        task_problems(dataclasses.replace(t, limit=1), data_dir)  # files exist and parse (first record)
+
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    from .student import load_student
+
+    adapter_info = None
+    if cfg.adapter:
+        from .adapters.swap import adapter_digest, load_adapter, read_adapter
+
+        if not Path(cfg.adapter).is_dir():
+            raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
+        student = load_adapter(cfg.adapter, cfg.model, quant=cfg.quant, ignore_fingerprint=cfg.ignore_fingerprint)
+        manifest = read_adapter(cfg.adapter) or {}
+        adapter_info = {"path": str(Path(cfg.adapter).resolve()), "digest": adapter_digest(cfg.adapter),
+                        "kind": manifest.get("kind"), "method": manifest.get("method"),
+                        "base_fingerprint": (manifest.get("base") or {}).get("fingerprint")}
+    else:
+        student = load_student(cfg.model or "smollm2-135m", cfg.quant or "none")
+
+    t0 = time.perf_counter()
+    results = evaluate_tasks(student.model, student.tokenizer, all_tasks, kind=student.kind,
+                             batch_size=cfg.batch_size, data_dir=data_dir, progress=cfg.progress, chat=cfg.chat)
+    wall = time.perf_counter() - t0
+
+    out = Path(cfg.out)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    tasks_json: dict[str, dict] = {}
+    for name, r in results.items():
+        pf = f"predictions/{_fname(name)}.jsonl"
+        write_jsonl(out / pf, r["predictions"])
+        row = {k: v for k, v in r.items() if k != "predictions"}
+        row["tokens_per_s"] = r["generated_tokens"] / r["seconds"] if r["seconds"] else None
+        row["predictions_file"] = pf
+        tasks_json[name] = row
+    summary = {}
+    for s, ts in suites.items():
+        rows = [tasks_json[t.name] for t in ts]
+        n = sum(r["n"] for r in rows)
+        summary[s] = {"tasks": [t.name for t in ts], "n": n,
+                      "macro_accuracy": sum(r["accuracy"] for r in rows) / len(rows) if rows else 0.0,
+                      "micro_accuracy": sum(r["correct"] for r in rows) / n if n else 0.0}
+    from .prompts import DEFAULT_SYSTEM, uses_chat
+
+    chat_used = uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False
+    doc = {
+        "lorasp_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["lorasp"] + sys.argv[1:]) if sys.argv and "lorasp" in sys.argv[0] else None,
+        "model": {"name": student.name, "path": student.path, "kind": student.kind, "quant": student.quant,
+                  "fingerprint": student.fingerprint},
+        "adapter": adapter_info,
+        "prompting": {"chat_template": chat_used, "system": DEFAULT_SYSTEM if chat_used else None,
+                      "greedy": True},
+        "limit": cfg.limit, "limit_seed": LIMIT_SEED,
+        "config": cfg.model_dump(mode="json"),
+        "wall_seconds": wall,
+        "suites": summary,
+        "tasks": tasks_json,
+    }
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
+    os.replace(tmp, out / "results.json")
+    (out / "report.md").write_text(render_report(doc))
+    return out
+
+
+def render_report(doc: dict) -> str:
+    """A short markdown report of a results.json document."""
+    m, a = doc["model"], doc.get("adapter")
+    lines = [f"# lorasp eval: {m['name']}" + (f" + adapter {a['path']}" if a else ""), "",
+             f"- model: `{m['name']}` ({m['kind']}, quant {m['quant']}), fingerprint `{m['fingerprint'].get('id')}`",
+             f"- adapter: `{a['path']}` (digest `{a['digest']}`)" if a else "- adapter: none",
+             f"- prompting: {'chat template' if doc['prompting']['chat_template'] else 'plain text'}, greedy"
+             + (f"; limit {doc['limit']} per task (seeded sample, seed {doc['limit_seed']})" if doc["limit"] else ""),
+             f"- wall time: {doc['wall_seconds']:.1f}s; created {doc['created']}", ""]
+    for s, summ in doc["suites"].items():
+        lines += [f"## {s}: macro accuracy {summ['macro_accuracy']:.1%} ({summ['n']} problems)", "",
+                  "| task | mode | n | correct | accuracy | tokens/s |", "|---|---|---:|---:|---:|---:|"]
+        for t in summ["tasks"]:
+            r = doc["tasks"][t]
+            tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
+            lines.append(f"| {t} | {r['mode']} | {r['n']} | {r['correct']} | {r['accuracy']:.1%} | {tps} |")
+        lines.append("")
+    lines.append("Every prediction (output, extracted answer, gold, correct) is in `predictions/<task>.jsonl`.")
+    return "\n".join(lines) + "\n"

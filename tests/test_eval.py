@@ -106,3 +106,69 @@ def test_scoring_uses_each_problems_answer_type(tiny, monkeypatch, data_dir):
     for name, r in res.items():
         bad = [p for p in r["predictions"] if not p["correct"]]
         assert not bad, (name, bad[:2])
+
+
+# --------------------------------------------------------------------------------------------- lorasp eval (CLI)
+
+def _run(*args, **kw):
+    from tests.conftest import run_cli
+
+    return run_cli("eval", *args, **kw)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = _run("--suite", "mth", "--out", str(tmp_path / "o"))
+    assert r.returncode != 0 and r.stderr.strip() == ("error: unknown eval 'mth'; did you mean 'math' or 'arith'?")
+    r = _run("--suite", "math")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --out: an output directory is required")
+    r = _run("--suite", "bbh", "--task", "bbh/navigat", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "error: --task: 'bbh/navigat' is not a task of suite(s) bbh" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _run("--suite", "math", "--data-dir", str(empty), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert f"{empty / 'gsm8k' / 'test.jsonl'} not found" in r.stderr and "LORASP_DATA_DIR" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_cli_with_an_adapter_on_a_tiny_student(tmp_path, tiny_llama_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    m = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_llama_path)),
+                       LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    m.save_pretrained(str(tmp_path / "ad"))
+    out = tmp_path / "ev"
+    r = _run("--model", "tiny-llama", "--adapter", str(tmp_path / "ad"), "--suite", "arith", "--suite", "bbh",
+             "--task", "arith", "--task", "bbh/web_of_lies", "--limit", "3", "--mode", "zs_cot",
+             "--max-new-tokens", "6", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert set(doc["tasks"]) == {"arith", "bbh/web_of_lies"}
+    assert doc["adapter"]["digest"] and doc["adapter"]["path"].endswith("ad")
+    assert doc["model"]["fingerprint"]["id"] and doc["tasks"]["arith"]["mode"] == "zs_cot"
+    preds = [json.loads(x) for x in (out / "predictions" / "bbh__web_of_lies.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 and all(p["scorer"] == "yesno" for p in preds)
+    assert "bbh/web_of_lies" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_cli_on_the_real_student(tmp_path, smollm2_path):
+    from lora_spec.student import base_fingerprint
+
+    out = tmp_path / "ev"
+    r = _run("--model", "smollm2-135m", "--suite", "math", "--suite", "arith", "--task", "gsm8k", "--task", "arith",
+             "--limit", "2", "--mode", "zs_cot", "--max-new-tokens", "48", "--threads", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "gsm8k" in r.stdout and "suite math" in r.stdout
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["model"]["fingerprint"]["id"] == base_fingerprint(smollm2_path)["id"]
+    assert doc["prompting"]["chat_template"] is True and doc["adapter"] is None
+    for name in ("gsm8k", "arith"):
+        t = doc["tasks"][name]
+        assert t["n"] == 2 and t["generated_tokens"] > 10
+        preds = [json.loads(x) for x in (out / t["predictions_file"]).read_text().splitlines()]
+        assert all(len(p["output"].split()) >= 3 for p in preds)  # real text, not noise or nothing
+        assert all(p["correct"] == (p["extracted"] is not None and p["extracted"] == p["gold"]) for p in preds)

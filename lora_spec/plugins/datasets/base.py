@@ -125,12 +125,15 @@ def json_array_with_lines(path: Path) -> list[tuple[int, Any]]:
     start = text.find("[", text.find('"examples"') if text.lstrip().startswith("{") else 0)
     i = start + 1
     n = len(text)
+    line, counted = 1, 0
     while len(lines) < len(data) and i < n:
         while i < n and text[i] in " \t\r\n,":
             i += 1
         if i >= n or text[i] == "]":
             break
-        lines.append(text.count("\n", 0, i) + 1)
+        line += text.count("\n", counted, i)
+        counted = i
+        lines.append(line)
         _, i = decoder.raw_decode(text, i)
     lines += [1] * (len(data) - len(lines))
     return list(zip(lines, data))

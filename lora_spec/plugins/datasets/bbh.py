@@ -61,7 +61,7 @@ class BBH(Dataset):
     def _iter(self, split: str) -> Iterator[Problem]:
         def local(path: Path):
             for i, (line, obj) in enumerate(json_array_with_lines(path)):
-                where = f"{path}:{line}"
+                where = f"{path}:{line}: record {i}"
                 yield self._problem(i, require(obj, "input", str, where), require(obj, "target", str, where),
                                     {"file": str(path), "line": line})
 

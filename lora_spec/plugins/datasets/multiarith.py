@@ -21,8 +21,8 @@ class MultiArith(Dataset):
 
     def _iter(self, split: str) -> Iterator[Problem]:
         def local(path: Path):
-            for line, obj in json_array_with_lines(path):
-                where = f"{path}:{line}"
+            for i, (line, obj) in enumerate(json_array_with_lines(path)):
+                where = f"{path}:{line}: record {i}"
                 sols = require(obj, "lSolutions", list, where)
                 if not sols:
                     raise DataError(f"{where}: field 'lSolutions' is empty")

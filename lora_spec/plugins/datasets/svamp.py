@@ -31,8 +31,8 @@ class SVAMP(Dataset):
 
     def _iter(self, split: str) -> Iterator[Problem]:
         def local(path: Path):
-            for line, obj in json_array_with_lines(path):
-                where = f"{path}:{line}"
+            for i, (line, obj) in enumerate(json_array_with_lines(path)):
+                where = f"{path}:{line}: record {i}"
                 yield self._problem(obj, where, {"file": str(path), "line": line})
 
         def hub(rows, src):
