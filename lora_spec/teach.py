@@ -53,7 +53,8 @@ class TeachConfig(RunConfig):
     base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server base URL (openai).")
     api: Literal["completions", "chat"] = Field("completions", description="Endpoint the openai teacher calls.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable that holds the API key.")
-    prompt: str = Field("zero-shot-cot", description="Prompt name (see lora_spec.teach.PROMPTS) or file:PATH.")
+    prompt: str = Field("zero-shot-cot", description="Prompt: gsm8k-{complex,original,simple,random,mid}-8shot, "
+                        "gsm8k-simple-4shot, gsm8k-direct-8shot, zero-shot-cot, zero-shot, or file:PATH.")
     samples: int = Field(4, ge=1, le=1000, description="Samples per problem.")
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="Sampling temperature.")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling top-p.")

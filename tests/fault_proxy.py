@@ -4,8 +4,9 @@ Every request is logged (``proxy.log``: arrival order, path, ``X-Lorasp-Request`
 status sent and whether the response was delivered), so a test can count exactly what the server received.
 Faults are planned per arrival number (1-based), or by a function ``(n, tag, body) -> fault | None``: an HTTP
 status such as ``429``, ``500``, ``503``, ``401`` (sent with ``Retry-After: 0``), ``timeout``
-(hold the connection longer than the client waits, never forward), ``truncate`` (forward, then send only half
-of the upstream JSON body with status 200) and ``garbage`` (200 with a non-JSON body).
+(hold the connection longer than the client waits, never forward), ``truncate`` (status 200 with half of a
+completion's JSON, at once), ``truncate-upstream`` (forward, then send half of the real answer) and
+``garbage`` (200 with a non-JSON body).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 import httpx
+
+
+_CANNED = json.dumps({"id": "cmpl-canned", "object": "text_completion", "model": "smollm2",
+                      "choices": [{"text": " 2 + 3 = 5. The answer is 5.", "index": 0, "logprobs": None,
+                                   "finish_reason": "stop"}],
+                      "usage": {"prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22}}).encode()
 
 
 @dataclass
@@ -88,6 +95,11 @@ class FaultProxy:
                         self._send(int(fault), b'{"error": {"message": "injected fault"}}', {"Retry-After": "0"})
                         entry.delivered = True
                         return
+                    if fault == "truncate":  # a completion answer cut off mid-JSON, without asking upstream
+                        entry.status = 200
+                        self._send(200, _CANNED[: len(_CANNED) // 2])
+                        entry.delivered = True
+                        return
                     if fault == "garbage":
                         entry.status = 200
                         self._send(200, b"<html>Bad gateway</html>")
@@ -103,7 +115,7 @@ class FaultProxy:
                     r = proxy._client.post(proxy.upstream + self.path.removeprefix("/v1"), content=raw,
                                            headers={"Content-Type": "application/json"})
                     entry.forwarded = True
-                    content = r.content[: len(r.content) // 2] if fault == "truncate" else r.content
+                    content = r.content[: len(r.content) // 2] if fault == "truncate-upstream" else r.content
                     entry.status = r.status_code
                     self._send(r.status_code, content)
                     entry.delivered = True

@@ -111,25 +111,19 @@ def test_chat_completions_with_logprobs(server):
 
 
 def test_faults_retry_and_malformed_is_recorded(server, tmp_path):
-    """429, 500 and a timeout are retried with backoff; truncated JSON is a recorded failure; a rerun retries it."""
-    faults = {1: "429", 2: "500", 3: "timeout", 4: "truncate"}
-    # the client timeout must exceed a real (3-token) answer on a loaded machine, and the hang must exceed it
-    cfg = _cfg(tmp_path / "run", "", limit=3, concurrency=1, timeout=20, max_retries=5, max_tokens=3)
-    with fault_proxy(server, faults, hang=21) as proxy:
-        t0 = time.time()
+    """429, 500 and 503 are retried with backoff; truncated JSON is a recorded failure; a rerun retries it."""
+    faults = {1: "429", 2: "500", 3: "503", 4: "truncate"}
+    cfg = _cfg(tmp_path / "run", "", limit=3, concurrency=1, max_retries=5, max_tokens=3)
+    with fault_proxy(server, faults) as proxy:
         out = teach(cfg.model_copy(update={"base_url": proxy.url}))
         log = list(proxy.log)
     m = json.loads((out / "manifest.json").read_text())
-    assert [e.fault for e in log[:4]] == ["429", "500", "timeout", "truncate"]
+    assert [e.fault for e in log] == ["429", "500", "503", "truncate", None, None]
     assert [e.tag for e in log[:4]] == ["gsm8k/train/0/0/1"] * 4  # the same request, retried
-    assert log[3].forwarded and log[3].delivered  # the server answered; the client got half of it
-    rest = log[4:]  # (a real answer slower than the client timeout on a loaded machine is retried, too)
-    assert not any(e.fault for e in rest)
-    assert {e.tag for e in rest} == {"gsm8k/train/1/0/1", "gsm8k/train/2/0/1"}
+    assert [e.tag for e in log[4:]] == ["gsm8k/train/1/0/1", "gsm8k/train/2/0/1"]
     assert m["status"] == "incomplete"
     assert m["counts"]["received"] == 2 and m["counts"]["failed"] == 1
     assert "malformed response" in m["failure_examples"][0]
-    assert time.time() - t0 < 300
     assert ("gsm8k/train/0", 0) not in _stored(out)
     # rerun: only the failed request is sent again
     with fault_proxy(server) as proxy:
@@ -138,6 +132,23 @@ def test_faults_retry_and_malformed_is_recorded(server, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "complete" and m["counts"]["received"] == 3 and m["counts"]["failed"] == 0
     assert m["runs"] == 2 and m["this_run"]["resumed_from_store"] == 2
+
+
+def test_timeouts_are_retried_with_backoff_then_recorded():
+    """A server that never answers: each try times out, is retried with growing delays, then recorded."""
+    from lora_spec.plugins.teachers.openai import OpenAITeacher
+
+    with fault_proxy("http://127.0.0.1:9/v1", lambda n, tag, body: "timeout", hang=5) as proxy:
+        t = OpenAITeacher(model="smollm2", base_url=proxy.url, timeout=0.5, max_retries=2, backoff=0.4)
+        t0 = time.time()
+        (row,) = t.generate([TeacherRequest(Problem("q1", "What is 2 + 3?", "5"), "Q: 2+3?\nA:", "pid")])
+        elapsed = time.time() - t0
+        t.close()
+        tags = [e.tag for e in proxy.log]
+    assert tags == ["q1/0/1"] * 3
+    assert row[0].error.startswith("gave up after 3 attempts: timeout after 0.5s")
+    # 3 timeouts of 0.5s plus backoff of 0.2-0.4s and 0.4-0.8s (equal jitter)
+    assert 2.0 <= elapsed < 4.5, elapsed
 
 
 def test_retries_exhausted_then_cli_reports_incomplete(server, tmp_path):
