@@ -182,10 +182,13 @@ class StudentVocab:
         return ids, surf
 
     def surfaces_of(self, ids: Sequence[int]) -> list[bytes]:
-        out = []
-        for i in ids:
-            s = self.surfaces[i] if 0 <= i < len(self.surfaces) else None
-            out.append(s if s is not None else b"\xff")
+        surf = self.surfaces
+        try:
+            out = [surf[i] for i in ids]
+        except IndexError:
+            out = [surf[i] if 0 <= i < len(surf) else None for i in ids]
+        if None in out:  # special/unknown ids: a byte that never occurs in UTF-8 text, so they never match
+            out = [b"\xff" if s is None else s for s in out]
         return out
 
 
@@ -328,20 +331,17 @@ def match_spans(t_pieces: Sequence[bytes], s_pieces: Sequence[bytes],
     """One-to-one identical matches ``(teacher_index, student_index)`` between two tokenisations."""
     t_start = list(accumulate(map(len, t_pieces), initial=0))
     s_start = list(accumulate(map(len, s_pieces), initial=0))
-    # student token by start offset (empty pieces never match)
-    by_start = {st: jj for jj, st in enumerate(s_start[:-1]) if s_start[jj + 1] > st}
     if segments is None:
         t_all, s_all = b"".join(t_pieces), b"".join(s_pieces)
-        if t_all == s_all:  # the common case: one segment, spans match where both boundaries coincide
-            out = []
-            for ii in range(len(t_pieces)):
-                a, b = t_start[ii], t_start[ii + 1]
-                if b > a:
-                    jj = by_start.get(a)
-                    if jj is not None and s_start[jj + 1] == b:
-                        out.append((ii, jj))
-            return out
+        if t_all == s_all:
+            # the common case, one equal segment: a pair wherever a (start, end) span occurs on both sides
+            s_span = dict(zip(zip(s_start, s_start[1:]), range(len(s_pieces))))
+            get = s_span.get
+            return [(ii, jj) for ii, jj in enumerate(map(get, zip(t_start, t_start[1:])))
+                    if jj is not None and t_start[ii + 1] > t_start[ii]]
         segments = equal_segments(t_all, s_all)
+    # student token by start offset (empty pieces never match)
+    by_start = {st: jj for jj, st in enumerate(s_start[:-1]) if s_start[jj + 1] > st}
     out = []
     k = 0
     ns = len(segments)
@@ -514,7 +514,10 @@ class Aligner:
         if len(top_logprobs) != len(tokens):
             raise DataError(f"teacher sample has {len(tokens)} tokens but {len(top_logprobs)} top-k entries")
         enc = self.teacher_encoding if self.teacher_encoding != "auto" else detect_teacher_encoding(tokens)
-        t_pieces = [self._bytes(t, enc) for t in tokens]
+        tb = self._tb_cache.setdefault(enc, {})
+        t_pieces = [tb.get(t) for t in tokens]
+        if None in t_pieces:
+            t_pieces = [self._bytes(t, enc) for t in tokens]
         lookup = self.vocab.lookup
 
         s_ids = s_pieces = None
