@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from . import __version__, registry
-from .config import RunConfig
+from .config import RunConfig, _describe_error
 from .errors import ConfigError, DataError, LoraspError, one_line
 from .records import Problem, Sample, TeacherRequest, read_jsonl, write_jsonl
 from .store import SampleStore, request_usage
@@ -258,13 +258,12 @@ class _Progress:
 
 def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
     """Run (or resume) a teach run; returns the run directory. ``teach(dataset="arith", teacher="gold", out=...)``."""
-    if cfg is None:
+    if cfg is None or overrides:
+        data = {**(cfg.model_dump() if cfg is not None else {}), **overrides}
         try:
-            cfg = TeachConfig(**overrides)
-        except Exception as exc:  # pydantic ValidationError -> one line
-            raise ConfigError(f"teach: {one_line(exc)[:300]}") from None
-    elif overrides:
-        cfg = cfg.model_copy(update=overrides)
+            cfg = TeachConfig(**data)
+        except ValidationError as exc:  # -> one line naming the field
+            raise ConfigError("teach " + _describe_error(exc.errors()[0], {})) from None
     t0 = time.time()
     out = Path(cfg.out or f"runs/teach/{cfg.dataset}-{cfg.split}")
     spec = resolve_prompt(cfg.prompt, cfg.data_dir)
