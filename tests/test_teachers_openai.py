@@ -28,7 +28,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("llama") / "server.log"
-    with llama_server(log=log) as base:
+    # one thread: llama.cpp's two spinning threads slow down 50x when other processes compete for the cores
+    with llama_server(log=log, extra=["--n_threads", "1"]) as base:
         yield base
 
 
