@@ -105,7 +105,8 @@ class GenerateConfig(RunConfig):
         "auto", description="Quantize the base; auto = what the first adapter was trained against.")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Greedy tokens per prompt.")
     batch_size: int = Field(8, ge=1, le=1024, description="Prompts per forward batch.")
-    chat: bool = Field(False, description="Wrap each prompt in the tokenizer's chat template.")
+    chat: Optional[bool] = Field(None, description="Wrap each prompt in the tokenizer's chat template; default: "
+                                                   "what the first adapter was trained with (lorasp.json 'chat').")
     stop: List[str] = Field(default_factory=list, description="Cut a completion at this string.")
     ignore_fingerprint: bool = Field(False, description="Load adapters even onto a base with another fingerprint.")
 
@@ -184,8 +185,12 @@ def generate_cmd(as_json, cfg: GenerateConfig):
 
     aset = AdapterSet(cfg.model, adapters, quant=None if cfg.quant == "auto" else cfg.quant,
                       ignore_fingerprint=cfg.ignore_fingerprint)
+    chat = cfg.chat
+    if chat is None:
+        first = next(iter(aset.entries.values()), None)
+        chat = bool(((first.manifest or {}).get("chat")) if first else False)
     outs = aset.generate(prompts, adapters=rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                         stop=cfg.stop or None, chat=cfg.chat)
+                         stop=cfg.stop or None, chat=chat)
     for p, name, o in zip(prompts, rows, outs):
         if as_json:
             click.echo(json.dumps({"adapter": name, "prompt": p, "completion": o}, ensure_ascii=False))

@@ -17,7 +17,8 @@ def tree(tmp_path_factory, tiny_llama_path):
            "checkpoints": [{"step": 100, "loss": 1.2, "scores": {"gsm8k_dev": 0.10, "ood_mean": 0.08}},
                            {"step": 200, "loss": 0.9, "scores": {"gsm8k_dev": 0.15, "ood_mean": 0.12,
                                                                  "bbh": 0.30}}],
-           "data": {"source": "runs/teach-gsm8k", "n_examples": 512}}
+           "data": {"kind": "dataset", "dataset": "gsm8k", "teacher": "gold", "n_examples": 512}}
+    sel["checkpoints"][1]["scores"]["eval_seconds"] = 12.5  # what fit records beside the scores
     make_adapter(tiny_llama_path, root / "math" / "adapter", seed=1, quant="nf4", extra=sel)
     make_adapter(tiny_llama_path, root / "dora", seed=2, dora=True, method="dora")
     (root / "broken").mkdir()
@@ -35,7 +36,7 @@ def test_list_json(tree):
     m = rows["math/adapter"]
     assert m["kind"] == "adapter" and m["quant"] == "nf4" and m["method"] == "lora r=4"
     assert m["chosen_step"] == 200 and m["scores"] == {"gsm8k_dev": 0.15, "ood_mean": 0.12, "bbh": 0.30}
-    assert m["data"] == "runs/teach-gsm8k" and m["n_examples"] == 512 and m["base_id"]
+    assert m["data"] == "gsm8k via gold" and m["n_examples"] == 512 and m["base_id"]
     assert rows["dora"]["method"] == "dora r=4" and rows["dora"]["chosen_step"] is None
     assert "invalid JSON" in rows["broken"]["error"] and "lorasp.json:1" in rows["broken"]["error"]
 

@@ -42,8 +42,12 @@ def _chosen(m: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     return step, scores
 
 
+NOT_SCORES = {"eval_seconds"}
+
+
 def _fmt_scores(scores: dict[str, Any], limit: int = 4) -> str:
     parts = []
+    scores = {k: v for k, v in scores.items() if k not in NOT_SCORES}
     for k, v in list(scores.items())[:limit]:
         if isinstance(v, dict):  # {"accuracy": 0.3, ...} per suite
             v = v.get("accuracy", v.get("score", next(iter(v.values()), None)))
@@ -51,6 +55,16 @@ def _fmt_scores(scores: dict[str, Any], limit: int = 4) -> str:
     if len(scores) > limit:
         parts.append(f"+{len(scores) - limit}")
     return " ".join(parts)
+
+
+def _data(data: dict[str, Any], parents: list[dict[str, Any]]) -> str | None:
+    """``gsm8k via gold``, a teach-run path, or the parents of a combined/merged artifact."""
+    what = data.get("source") or data.get("dataset") or data.get("path")
+    if what and data.get("teacher"):
+        what = f"{what} via {data['teacher']}"
+    if not what and parents:
+        what = "+".join(str(p.get("path", "?")).rstrip("/").rsplit("/", 1)[-1] for p in parents)
+    return str(what) if what else None
 
 
 def summarize(directory: str | os.PathLike, root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -75,9 +89,9 @@ def summarize(directory: str | os.PathLike, root: str | os.PathLike | None = Non
     return {"path": rel, "kind": m.get("kind", "adapter"), "base": base.get("name"),
             "base_id": (base.get("fingerprint") or {}).get("id"), "quant": m.get("quant", "none"),
             "method": f"{method} r={rank}" if rank else method,
-            "data": data.get("source") or data.get("dataset") or ("+".join(
-                str(p.get("path", "?")).rsplit("/", 1)[-1] for p in m.get("parents") or []) or None),
-            "n_examples": data.get("n_examples"), "chosen_step": step, "scores": scores,
+            "data": _data(data, m.get("parents") or []),
+            "n_examples": data.get("n_examples"), "chosen_step": step,
+            "scores": {k: v for k, v in scores.items() if k not in NOT_SCORES},
             "created": m.get("created")}
 
 
