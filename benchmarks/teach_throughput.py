@@ -13,7 +13,7 @@ teach's time is the whole call: dataset loading, prompts, SQLite commits, answer
 Each mode runs ``--repeats`` times in a fresh run directory (so nothing is resumed); medians are reported. The
 last line is ``RESULT name=teach_throughput ratio=<default/raw> ...`` (higher is better; the goal is >= 0.9).
 
-    python benchmarks/teach_throughput.py [--questions 32] [--max-tokens 32] [--repeats 3]
+    python benchmarks/teach_throughput.py [--questions 32] [--max-tokens 32] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--top-logprobs", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="llama.cpp threads (1: robust on a shared machine; 2 threads spin-wait badly under load)")
     args = ap.parse_args()
     default_conc = TeachConfig.model_fields["concurrency"].default
     problems = list(registry.create("datasets", "gsm8k").load("train", limit=args.questions))
@@ -91,7 +93,7 @@ def main() -> None:
         bodies.append(probe._body(_Task(TeacherRequest(p, spec.render(p), "x"), 0, 1)))
         assert bodies[-1]["seed"] == derive_seed(0, p.id, 0)
     res: dict[str, list[tuple[float, int, int]]] = {"c1": [], "default": [], "raw": []}
-    with llama_server() as base, tempfile.TemporaryDirectory() as td:
+    with llama_server(extra=["--n_threads", str(args.threads)]) as base, tempfile.TemporaryDirectory() as td:
         run_raw(base, args, bodies[:2], 2)  # warm-up: model pages, first prompt
         for r in range(args.repeats):
             res["raw"].append(run_raw(base, args, bodies, default_conc))
@@ -108,7 +110,7 @@ def main() -> None:
           f"lorasp_default_samples_per_s={rate['default']:.3f} lorasp_c1_samples_per_s={rate['c1']:.3f} "
           f"raw_samples_per_s={rate['raw']:.3f} ratio_c1={rate['c1'] / rate['raw']:.3f} "
           f"concurrency={default_conc} questions={args.questions} max_tokens={args.max_tokens} "
-          f"repeats={args.repeats}")
+          f"repeats={args.repeats} threads={args.threads}")
 
 
 if __name__ == "__main__":
