@@ -130,3 +130,38 @@ def test_fit_with_distribution_loss_on_smollm2(server, tmp_path):
     assert d["with_teacher_topk"] == 6 and d["temperature"] == 1.5
     assert d["aligned_fraction"] > 0.8  # same vocabulary; the rest: target text that the teacher did not write
     assert all(math.isfinite(x) for x in m["train"]["loss_history"]) and len(m["train"]["loss_history"]) == 2
+
+
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-t5"])
+def test_trainer_glue_places_teacher_topk_on_target_labels(preset):
+    """encode_examples + attach_topk + collate: distributions sit exactly on the target's label positions."""
+    import torch
+
+    from lora_spec.losses import IGNORE_INDEX, compute_loss
+    from lora_spec.records import Example
+    from lora_spec.student import load_student
+    from lora_spec.trainer import batch_loss, collate, encode_examples
+
+    from lora_spec.align import attach_topk
+
+    st = load_student(preset)
+    tok = st.tokenizer
+    target = "John buys 3 books and 2 pens, so 3 + 2 = 5. The answer is 5."
+    ids = tok(target, add_special_tokens=False).input_ids
+    pieces = [tok.decode([i]) for i in ids]
+    tops = [{p: -0.3, " the": -2.0} for p in pieces]
+    exs = [Example("zero_shot_cot", "Question: how many things does John buy?\nAnswer:", target, "p1", pieces, tops),
+           Example("zero_shot_answer", "Question: how many?\nAnswer:", "The answer is 5.", "p2", pieces, tops)]
+    enc, _ = encode_examples(exs, tok, st.kind, 256)
+    summary = attach_topk(enc, exs, tok, st.kind)
+    assert summary["cot_examples"] == 1 and summary["with_teacher_topk"] == 1 and enc[1].topk is None
+    pos, cid, _lp = enc[0].topk
+    labels = enc[0].labels
+    assert summary["aligned_fraction"] > 0.5
+    for p, c in zip(pos.tolist(), cid.tolist()):
+        assert labels[p] != IGNORE_INDEX and labels[p] in c  # the target token is one of the candidates
+    batch = collate(enc, tok.pad_token_id, st.kind)
+    assert batch["topk"].mask.sum() == len(pos) and batch["topk"].ids.shape[:2] == batch["labels"].shape
+    d, n = batch_loss(st.model, batch, kind=st.kind, loss_spec="distribution")
+    s, n2 = batch_loss(st.model, batch, kind=st.kind, loss_spec="sample")
+    assert n == n2 and torch.isfinite(d) and abs(float(d.detach()) - float(s.detach())) > 1e-3
