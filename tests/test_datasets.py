@@ -15,6 +15,17 @@ def _load(name, split, **kw):
     return list(registry.create("datasets", name, **kw).load(split))
 
 
+_CACHE: dict = {}
+
+
+def _cached(name, split="test", **kw):
+    """The real files are read once per session (the records are not modified by the tests)."""
+    key = (name, split, tuple(sorted(kw.items())))
+    if key not in _CACHE:
+        _CACHE[key] = _load(name, split, **kw)
+    return _CACHE[key]
+
+
 # --------------------------------------------------------------------------------------------- gsm8k
 
 def test_gsm8k_splits_and_dev_carving(data_dir):
@@ -121,8 +132,8 @@ def test_arith_limit_and_splits():
 # --------------------------------------------------------------------------------------------- real files
 
 def test_ood_and_bbh_plugins_read_the_canonical_files(data_dir):
-    svamp, multi = _load("svamp", "test"), _load("multiarith", "test")
-    asdiv_all, asdiv_a = _load("asdiv", "test"), _load("asdiv", "test", subset="asdiv-a")
+    svamp, multi = _cached("svamp"), _cached("multiarith")
+    asdiv_all, asdiv_a = _cached("asdiv"), _load("asdiv", "test", subset="asdiv-a")
     assert (len(svamp), len(multi), len(asdiv_all), len(asdiv_a)) == (1000, 600, 2305, 1218)
     assert svamp[0].id == "svamp/chal-1" and svamp[0].answer == "51"
     assert svamp[0].question.startswith("Each pack of dvds costs 76 dollars.") and svamp[0].question.endswith("?")
@@ -138,7 +149,7 @@ def test_ood_and_bbh_plugins_read_the_canonical_files(data_dir):
 
     total = 0
     for t in BBH_TASKS:
-        ps = _load("bbh", "test", task=t)
+        ps = _cached("bbh", task=t)
         total += len(ps)
         assert all(p.meta["task"] == t and p.meta["line"] >= 1 for p in ps)
     assert total == 6511
@@ -202,7 +213,7 @@ def test_self_consistency_over_the_real_files(data_dir):
                 failures.append((p.id, "cot_target", cot_target(p)[-60:], gold))
     # SVAMP / MultiArith / ASDiv: gold written as "The answer is X." (ASDiv: the verbatim <Answer>, units and all)
     for name in ("svamp", "multiarith", "asdiv"):
-        for p in _load(name, "test"):
+        for p in _cached(name):
             gold_text = p.meta.get("raw_answer", p.answer)
             k = kind_for(p)
             got = extract_answer(answer_target(gold_text), k)
@@ -214,7 +225,7 @@ def test_self_consistency_over_the_real_files(data_dir):
                     failures.append((p.id, "equation", p.meta["equation"], p.answer))
     # BBH: every target as "So the answer is <target>." and every CoT exemplar's own rationale
     for t in BBH_TASKS:
-        for p in _load("bbh", "test", task=t):
+        for p in _cached("bbh", task=t):
             k = kind_for(p)
             got = extract_answer(f"Let's think step by step. Some reasoning. So the answer is {p.answer}.", k)
             if not answers_match(got, p.answer, k):
