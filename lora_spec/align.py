@@ -35,6 +35,7 @@ import json
 import math
 import re
 from itertools import accumulate
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -483,6 +484,7 @@ class AlignStats:
 # --------------------------------------------------------------------------------------------- aligner
 
 _NEG_INF = np.float16(-np.inf)
+_second = itemgetter(1)
 
 
 class Aligner:
@@ -520,28 +522,36 @@ class Aligner:
         """The teacher's candidates that are single student tokens: ``[(student_id, logprob)]``, best first."""
         if not top:
             return None
-        cids = self._cid_cache.setdefault(enc, {})
-        lookup = self.vocab.lookup
+        cids = self._cid_cache.get(enc)
+        if cids is None:
+            cids = self._cid_cache[enc] = {}
+        try:
+            sids = [cids[c] for c in top]
+        except KeyError:
+            lookup = self.vocab.lookup
+            for c in top:
+                if c not in cids:
+                    cids[c] = lookup.get(self._bytes(c, enc), -1)
+            sids = [cids[c] for c in top]
         dups = self.vocab.dup_ids
-        got: dict[int, float] = {}
-        for cand, lp in top.items():
-            if lp is None or not -math.inf < lp < math.inf:
-                continue
-            sid = cids.get(cand)
-            if sid is None:
-                sid = cids[cand] = lookup.get(self._bytes(cand, enc), -1)
-            if sid in dups and own is not None and self._bytes(cand, enc) == own[0]:
-                sid = own[1]  # a surface shared by several ids: the student's own token is the one meant
-            if sid < 0:
-                continue
-            if sid in got:  # two spellings of one student token: merge their mass
-                hi, lo = (got[sid], lp) if got[sid] >= lp else (lp, got[sid])
-                got[sid] = hi + math.log1p(math.exp(lo - hi))
-            else:
-                got[sid] = float(lp)
-        if not got:
+        if own is not None and dups and not dups.isdisjoint(sids):
+            # a surface shared by several ids: where a candidate spells the student's own token, it is that id
+            sids = [own[1] if s in dups and self._bytes(c, enc) == own[0] else s for s, c in zip(sids, top)]
+        items = [(s, float(lp)) for s, lp in zip(sids, top.values())
+                 if s >= 0 and lp is not None and -math.inf < lp < math.inf]
+        if not items:
             return None
-        items = sorted(got.items(), key=lambda kv: -kv[1]) if len(got) > 1 else list(got.items())
+        if len(items) > 1:
+            if len({s for s, _ in items}) < len(items):  # two spellings of one student token: merge their mass
+                got: dict[int, float] = {}
+                for s, lp in items:
+                    if s in got:
+                        hi, lo = (got[s], lp) if got[s] >= lp else (lp, got[s])
+                        got[s] = hi + math.log1p(math.exp(lo - hi))
+                    else:
+                        got[s] = lp
+                items = list(got.items())
+            items.sort(key=_second, reverse=True)
         if self.top_k:
             items = items[: self.top_k]
         return items
