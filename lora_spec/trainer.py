@@ -201,9 +201,9 @@ def _fast_head_ok(model) -> bool:
 def batch_loss(model, batch: dict, *, kind: str, loss_spec: Any = "sample"):
     """The loss of one micro-batch as ``(loss_sum, n_label_tokens)``: THE place where the training loss is made.
 
-    ``model`` is the unwrapped transformers model (peft's base model for adapters). Sample matching with a
-    decoder-only student applies the output head only at the label positions; other specs (distribution
-    matching, ``mix:A``) go through ``lora_spec.losses.compute_loss`` on full logits.
+    ``model`` is the unwrapped transformers model (peft's base model for adapters). A decoder-only
+    student applies the output head only at the label positions, for every spec (distribution matching and
+    ``mix:A`` go through ``lora_spec.losses.compute_loss`` on those positions); seq2seq students use full logits.
     """
     import torch
     import torch.nn.functional as F
@@ -216,7 +216,7 @@ def batch_loss(model, batch: dict, *, kind: str, loss_spec: Any = "sample"):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
                     use_cache=False)
         return losses.compute_loss(spec, out.logits, labels, batch.get("topk"), causal=False)
-    if spec.alpha == 0.0 and _fast_head_ok(model):
+    if _fast_head_ok(model):
         decoder = model.get_decoder()
         hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          use_cache=False).last_hidden_state
@@ -225,7 +225,13 @@ def batch_loss(model, batch: dict, *, kind: str, loss_spec: Any = "sample"):
         h = hidden[:, :-1][sel]
         logits = model.get_output_embeddings()(h).float()
         y = tgt[sel]
-        return F.cross_entropy(logits, y, reduction="sum"), int(y.numel())
+        if spec.alpha == 0.0:
+            return F.cross_entropy(logits, y, reduction="sum"), int(y.numel())
+        # distribution matching on the selected target positions only (no [B, T, vocab] logits)
+        tk = batch.get("topk")
+        sub = None if tk is None else losses.TopKBatch(tk.ids[:, 1:][sel][None], tk.logprobs[:, 1:][sel][None],
+                                                       tk.mask[:, 1:][sel][None])
+        return losses.compute_loss(spec, logits[None], y[None], sub, causal=False)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     return losses.compute_loss(spec, out.logits, labels, batch.get("topk"), causal=True)
 

@@ -165,3 +165,8 @@ def test_trainer_glue_places_teacher_topk_on_target_labels(preset):
     d, n = batch_loss(st.model, batch, kind=st.kind, loss_spec="distribution")
     s, n2 = batch_loss(st.model, batch, kind=st.kind, loss_spec="sample")
     assert n == n2 and torch.isfinite(d) and abs(float(d.detach()) - float(s.detach())) > 1e-3
+    if st.kind == "causal":  # the head-on-targets-only path equals the loss on full [B, T, vocab] logits
+        full = st.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ref, n3 = compute_loss("mix:0.3", full, batch["labels"], batch["topk"], causal=True)
+        got, n4 = batch_loss(st.model, batch, kind=st.kind, loss_spec="mix:0.3")
+        assert n3 == n4 and abs(float(ref.detach()) - float(got.detach())) < 1e-3
