@@ -161,9 +161,16 @@ def render_markdown(manifest: dict, name: str = "artifact") -> str:
     if manifest.get("quant"):
         facts.append(f"quant {manifest['quant']}")
     data = manifest.get("data") or {}
-    if data.get("source"):
+    src = data.get("source") if isinstance(data.get("source"), str) else None
+    if not src and data.get("dataset"):
+        src = str(data["dataset"]) + (f":{data['split']}" if data.get("split") else "")
+        if data.get("teacher"):
+            src += f", teacher {data['teacher']}"
+    if not src and data.get("path"):
+        src = f"teach run {data['path']}"
+    if src:
         n = data.get("n_examples")
-        facts.append(f"data {data['source']}" + (f" ({n} examples)" if n else ""))
+        facts.append(f"data {src}" + (f" ({n} examples)" if n else ""))
     if facts:
         lines += [" · ".join(facts), ""]
     if chosen is not None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError, DataError, LoraspError, one_line
 
@@ -197,21 +197,36 @@ class SelectionOptions(BaseModel):
 
     eval_every: int | None = Field(None, ge=0, description="score the held-out sets at step 0, every N optimizer "
                                    "steps and at the end, and export the checkpoint --select-by picks; 0: no "
-                                   "held-out evaluation, export the last step (default: 0, quickstart: steps/4)")
-    select_by: str = Field("ood", description="which checkpoint to export: in_dist | ood | generic | loss | last, "
-                                              "or weights such as ood=0.7,in_dist=0.3 (ties: earliest step)")
+                                   "held-out evaluation, export the last step (default: steps/4 on the quickstart "
+                                   "or when --select-by is given, else 0)")
     keep_checkpoints: int | None = Field(None, ge=1, description="keep at most N checkpoint directories on disk "
                                                                   "(the chosen and the last are always kept)")
-    in_dist: HeldOutSet = Field(default_factory=default_in_dist,
-                                description="in-distribution held-out set ('auto' = the training dataset's dev split)")
-    ood: HeldOutSet = Field(default_factory=default_ood, description="out-of-distribution held-out set")
-    generic: HeldOutSet = Field(default_factory=default_generic, description="generic-ability held-out set (BBH)")
+    in_dist: HeldOutSet = Field(default_factory=default_in_dist, description=(
+        "in-distribution held-out set, 'DATASET[:SPLIT][@K=V],...;limit=N;mode=M;seed=S;max_new_tokens=T' or none "
+        f"('auto': the training dataset's dev split) [default: {default_in_dist().as_string()}]"))
+    ood: HeldOutSet = Field(default_factory=default_ood, description=(
+        f"out-of-distribution held-out set (same form) [default: {default_ood().as_string()}]"))
+    generic: HeldOutSet = Field(default_factory=default_generic, description=(
+        f"generic-ability held-out set (same form) [default: {default_generic().as_string()}]"))
     eval_batch_size: int = Field(16, ge=1, le=4096, description="generation batch size of the held-out evaluation")
+    # after the sets, so that its validator sees them
+    select_by: str = Field("ood", description="which checkpoint to export: in_dist | ood | generic | loss | last, "
+                                              "or weights such as ood=0.7,in_dist=0.3 (ties: earliest step)")
 
     @field_validator("select_by")
     @classmethod
-    def _check_rule(cls, value: str) -> str:
-        parse_rule(value)
+    def _check_rule(cls, value: str, info: ValidationInfo) -> str:
+        """Runs only for an explicit --select-by (defaults are not validated): it must be usable."""
+        rule = parse_rule(value)
+        if rule.kind != "score":
+            return value
+        if info.data.get("eval_every") == 0:
+            raise ValueError(f"{value!r} needs held-out scores, but --eval-every is 0 (set --eval-every N >= 1, "
+                             f"or use --select-by last|loss)")
+        for key, w in rule.weights:
+            st = info.data.get(key.split("/", 1)[0])
+            if w > 0 and isinstance(st, HeldOutSet) and not st.enabled:
+                raise ValueError(f"{value!r} needs the {key.split('/', 1)[0]} held-out set, which is off")
         return value
 
 
@@ -635,30 +650,24 @@ QUICKSTART_EVALS = 4  # the quickstart evaluates at step 0 and 4 more times
 
 
 def resolve_eval_every(cfg: Any, *, quickstart: bool, total: int) -> int:
-    """``eval_every`` as the trainer needs it: an explicit value wins; unset means every ``total/4`` steps on the
-    quickstart and no held-out evaluation otherwise."""
+    """``eval_every`` as the trainer needs it. An explicit value wins. Unset, it is ``ceil(total / 4)`` on the
+    quickstart and whenever ``--select-by`` names a held-out score explicitly (asking to select on OOD accuracy
+    asks for the evaluation), and 0 (no held-out evaluation, export the last step) otherwise."""
     if cfg.eval_every is not None:
         return int(cfg.eval_every)
-    return max(1, int(math.ceil(total / QUICKSTART_EVALS))) if quickstart else 0
+    explicit = "select_by" in cfg.model_fields_set and _rule(cfg.select_by).kind == "score"
+    return max(1, int(math.ceil(total / QUICKSTART_EVALS))) if (quickstart or explicit) else 0
 
 
 def setup_fit_evaluation(cfg: Any, *, quickstart: bool, source: dict, items: list, kind: str, n_examples: int,
                          world: int = 1, log: Callable[[str], None] | None = None
                          ) -> tuple[HeldOutEvaluator | None, int]:
     """For ``fit``: ``(evaluator or None, eval_every)``. No evaluator when ``eval_every`` resolves to 0 or every
-    held-out set is off; then the last checkpoint is exported (and ``--select-by`` other than last/loss is an
-    error, so that a rule is never silently ignored)."""
+    held-out set is off; then the last checkpoint is exported."""
     total = total_steps(n_examples, cfg.batch_size, cfg.grad_accum, world, cfg.epochs, cfg.max_steps)
     every = resolve_eval_every(cfg, quickstart=quickstart, total=total)
-    sets_on = any(getattr(cfg, s).enabled for s in SETS)
-    rule = _rule(cfg.select_by)
-    explicit_rule = "select_by" in cfg.model_fields_set
-    if every <= 0 or not sets_on:
-        if rule.kind == "score" and explicit_rule:
-            why = "--eval-every is 0" if every <= 0 else "every held-out set is off"
-            raise ConfigError(f"--select-by {cfg.select_by} needs held-out scores, but {why}; set --eval-every N "
-                              f"(N >= 1) or use --select-by last|loss")
-        return None, 0
+    if every <= 0 or not any(getattr(cfg, s).enabled for s in SETS):
+        return None, 0  # an explicit --select-by that needs scores was already refused by the config
     from .evaluate import make_dataset  # noqa: F401  (fail early if the eval engine is missing)
 
     params: dict[str, Any] = {}
