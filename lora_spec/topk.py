@@ -30,7 +30,7 @@ import numpy as np
 from .align import AlignedTarget, AlignStats
 from .errors import DataError
 
-__all__ = ["TopKStore", "TopKWriter", "sample_key"]
+__all__ = ["TopKStore", "TopKWriter", "build_store", "sample_key"]
 
 _FILES = {"student_ids": ("student_ids.i32", np.int32), "positions": ("positions.i32", np.int32),
           "ids": ("ids.i32", np.int32), "logprobs": ("logprobs.f16", np.float16)}
@@ -170,6 +170,47 @@ class TopKStore:
     def aligned_fraction(self) -> float:
         n = int(self.tok_off[-1])
         return int(self.row_off[-1]) / n if n else 0.0
+
+
+def build_store(samples: Iterable[Any], aligner: Any, path: str | os.PathLike | None = None, *, k: int = 5,
+                text_of: Any = None, chunk: int = 1024, meta: dict[str, Any] | None = None) -> "TopKStore":
+    """Align a stream of teacher ``Sample``s (with ``tokens``/``top_logprobs``) and store their student targets.
+
+    ``path``: write a directory store chunk by chunk (memory: one chunk of samples) and return it memory-mapped;
+    ``None``: keep it in memory. ``text_of(sample)`` gives the training target text (default ``sample.text``).
+    Samples are keyed ``problem_id#sample_index``.
+    """
+    writer = TopKWriter(path, k=k, meta=meta) if path is not None else None
+    items: list[tuple[str, AlignedTarget]] = []
+    buf: list[Any] = []
+
+    def flush() -> None:
+        if not buf:
+            return
+        texts = [text_of(s) if text_of else s.text for s in buf]
+        got = aligner.align_many(texts, [s.tokens for s in buf], [s.top_logprobs for s in buf])
+        for s, t in zip(buf, got):
+            key = sample_key(s.problem_id, s.sample_index)
+            if writer is not None:
+                writer.add(key, t)
+            else:
+                items.append((key, t))
+        buf.clear()
+
+    try:
+        for s in samples:
+            buf.append(s)
+            if len(buf) >= chunk:
+                flush()
+        flush()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
+        return TopKStore.open(path)
+    return TopKStore.from_targets(items, k=k, meta=meta)
 
 
 class TopKWriter:

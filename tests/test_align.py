@@ -250,3 +250,19 @@ def test_student_vocab_kinds(smol, t5):
     assert smol.vocab.lookup[b" the"] == smol.vocab.tokenizer.convert_tokens_to_ids("Ġthe")
     assert t5.vocab.surfaces[t5.vocab.tokenizer.convert_tokens_to_ids("▁")] == b" "
     assert isinstance(StudentVocab(smol.vocab.tokenizer).surfaces, list)
+
+
+def test_build_store_streams_samples_to_disk(tmp_path, smol, gsm8k_texts):
+    from lora_spec.records import Sample
+    from lora_spec.topk import build_store
+
+    samples = []
+    for i, text in enumerate(gsm8k_texts[:25]):
+        _ids, pieces, tops = _teacher_from(smol.vocab.tokenizer, text, seed=i, k=5)
+        samples.append(Sample(f"gsm8k/train/{i}", 0, "p", text, tokens=pieces, top_logprobs=tops))
+    disk = build_store(iter(samples), smol, tmp_path / "s", k=5, chunk=7, meta={"teacher": "test"})
+    mem = build_store(samples, smol, None, k=5)
+    assert len(disk) == len(mem) == 25 and disk.meta["teacher"] == "test" and disk.meta["samples"] == 25
+    for (k1, a), (k2, b) in zip(disk, mem):
+        assert k1 == k2 and (a.positions == b.positions).all() and (a.ids == b.ids).all()
+    assert disk.aligned_fraction > 0.9 and disk.meta["aligned_fraction"] > 0.9
