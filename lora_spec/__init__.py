@@ -36,6 +36,10 @@ _API = {
     "extract_answer": "lora_spec.answers",
     "answers_match": "lora_spec.answers",
     "build_prompt": "lora_spec.prompts",
+    "select_checkpoint": "lora_spec.selection",
+    "HeldOutEvaluator": "lora_spec.selection",
+    "HeldOutSet": "lora_spec.selection",
+    "write_report": "lora_spec.report",
 }
 
 __all__ = sorted(_API) + ["__version__"]

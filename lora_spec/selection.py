@@ -180,16 +180,17 @@ DEFAULT_BBH_TASKS = ("boolean_expressions", "date_understanding", "navigate", "o
 
 
 def default_in_dist() -> HeldOutSet:
-    return HeldOutSet(datasets=["auto"], limit=16, mode="zs_cot", max_new_tokens=160)
+    return HeldOutSet(datasets=["auto"], limit=12, mode="zs_cot", max_new_tokens=128)
 
 
 def default_ood() -> HeldOutSet:
-    return HeldOutSet(datasets=["multiarith", "svamp", "asdiv"], limit=12, mode="zs_cot", max_new_tokens=160)
+    return HeldOutSet(datasets=["multiarith", "svamp", "asdiv"], limit=9, mode="zs_cot", max_new_tokens=128)
 
 
 def default_generic() -> HeldOutSet:
-    return HeldOutSet(datasets=[f"bbh@task={t}" for t in DEFAULT_BBH_TASKS], limit=8, mode="zs_cot",
-                      max_new_tokens=128)
+    # answer-only: BBH answers are short (an option, True/False, a number), so this costs a few tokens per problem
+    return HeldOutSet(datasets=[f"bbh@task={t}" for t in DEFAULT_BBH_TASKS], limit=8, mode="zs_answer",
+                      max_new_tokens=16)
 
 
 class SelectionOptions(BaseModel):
