@@ -75,7 +75,7 @@ _TEXT = st.lists(st.sampled_from(list("abcdefxyz ABC 0123456789 .,$%*=+-\n'’é
 
 # --------------------------------------------------------------------------------------------- properties
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(text=_TEXT)
 def test_self_alignment_is_identity(smol_tok, smol, t5_tok, t5, text):
     for tok, al, enc in ((smol_tok, smol, "byte_level"), (t5_tok, t5, "sentencepiece")):
@@ -98,7 +98,7 @@ def test_self_alignment_is_identity(smol_tok, smol, t5_tok, t5, text):
     assert d.positions.tolist() == g.positions.tolist() and (d.ids == g.ids).all()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(text=_TEXT, seed=st.integers(0, 2 ** 16))
 def test_cross_tokenizer_spans_are_identical_and_distributions_sum_le_1(smol_tok, smol, t5, text, seed):
     _ids, pieces, tops = _teacher_from(smol_tok, text, seed=seed, k=4)
