@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -218,6 +219,10 @@ def _score(sample: Sample, problem: Problem) -> None:
     sample.correct = answers_match(sample.answer, problem.answer, kind)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 class _Progress:
     """A rich progress bar with samples/s and running accuracy (quiet when not on a terminal)."""
 
@@ -330,6 +335,9 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
         failed_now += bad
         progress.update(ok, good, bad)
 
+    prev_term = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (kill, schedulers) stops like Ctrl-C
+        prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         if requests:
             if callable(getattr(teacher, "stream", None)):
@@ -352,6 +360,8 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
         status = "failed"
         fatal = sys.exc_info()[1]
     finally:
+        if prev_term is not None:
+            signal.signal(signal.SIGTERM, prev_term)
         progress.close()
         if callable(getattr(teacher, "close", None)):
             teacher.close()

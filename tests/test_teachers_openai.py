@@ -238,8 +238,9 @@ def test_openai_teacher_config_errors():
         OpenAITeacher(model="m", top_logprobs=50)
 
 
-def test_ctrl_c_stops_at_once_and_keeps_what_arrived(server, tmp_path):
-    """SIGINT while a request hangs: the run stops within seconds, stores what arrived, writes the manifest."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_at_once_and_keeps_what_arrived(server, tmp_path, sig):
+    """SIGINT/SIGTERM while a request hangs: the run stops within seconds, keeps what arrived, writes the manifest."""
     out = tmp_path / "run"
     hang = lambda n, tag, body: "timeout" if tag.startswith("gsm8k/train/1/") else None  # noqa: E731
     with fault_proxy(server, hang, hang=60) as proxy:
@@ -253,7 +254,7 @@ def test_ctrl_c_stops_at_once_and_keeps_what_arrived(server, tmp_path):
             time.sleep(0.05)
         time.sleep(0.3)
         t0 = time.time()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
         elapsed = time.time() - t0
     assert proc.returncode == 130, err
