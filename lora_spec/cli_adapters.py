@@ -85,8 +85,8 @@ def merge_cmd(adapter, as_json, cfg: MergeConfig):
     click.echo(f"max logit diff {rep.max_logit_diff:.3g}; identical greedy outputs {rep.greedy_equal}/{rep.n_prompts}")
     click.echo(f"(for scale: the adapter itself moves the logits by up to {rep.adapter_effect:.3g})")
     if rep.max_logit_diff_vs_quantized is not None:
-        click.echo(f"max logit diff vs the bitsandbytes-quantized base+adapter that training saw: "
-                   f"{rep.max_logit_diff_vs_quantized:.3g}")
+        click.echo(f"max prompt-logit diff vs the bitsandbytes-quantized base+adapter that training saw: "
+                   f"{rep.max_logit_diff_vs_quantized:.3g} (includes bitsandbytes' own matmul rounding)")
     return 0
 
 

@@ -7,16 +7,16 @@ import json
 import pytest
 
 from tests.conftest import run_cli
-from tests.test_swap import make_adapter
+from tests.test_swap import main_cli, make_adapter
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _err_line(r) -> str:
+def _err_line(stderr: str) -> str:
     """The one ``error:`` line, which is the last line of stderr (progress lines may precede it)."""
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     errs = [ln for ln in lines if ln.startswith("error: ")]
-    assert len(errs) == 1 and lines[-1] == errs[0] and "Traceback" not in r.stderr, r.stderr
+    assert len(errs) == 1 and lines[-1] == errs[0] and "Traceback" not in stderr, stderr
     return errs[0]
 
 
@@ -29,7 +29,7 @@ def test_merge_smollm2_fp32_parity(tmp_path, smollm2_path):
 
     adapter = make_adapter(smollm2_path, tmp_path / "ad", seed=11, r=8, alpha=16, targets=ALL_LINEAR, std=0.03)
     out = tmp_path / "merged"
-    rep = merge(adapter, out, max_new_tokens=8)
+    rep = merge(adapter, out, max_new_tokens=6)
     assert rep.base_mode == "original" and rep.dtype == "fp32"
     assert rep.max_logit_diff <= 1e-4, rep
     assert rep.greedy_equal == rep.n_prompts == 4
@@ -76,10 +76,10 @@ def test_merge_dequantized_nf4(tmp_path, tiny_llama_path):
     assert rep.max_logit_diff_vs_quantized < rep_o.max_logit_diff_vs_quantized / 5, (rep, rep_o)
 
 
-def test_merge_quantized_needs_force(tmp_path, tiny_llama_path):
+def test_merge_quantized_needs_force(tmp_path, tiny_llama_path, capsys):
     adapter = make_adapter(tiny_llama_path, tmp_path / "q", seed=6, quant="nf4", std=0.2)
-    r = run_cli("merge", str(adapter), "--out", str(tmp_path / "mq"), "--base", "quantized")
-    assert r.returncode == 2 and "--force-quantized" in _err_line(r)
+    code, _, err = main_cli(capsys, "merge", str(adapter), "--out", str(tmp_path / "mq"), "--base", "quantized")
+    assert code == 2 and "--force-quantized" in _err_line(err)
     assert not (tmp_path / "mq").exists()
     r = run_cli("merge", str(adapter), "--out", str(tmp_path / "mq"), "--force-quantized", "--max-new-tokens", "4")
     assert r.returncode == 0, r.stderr
@@ -91,7 +91,7 @@ def test_merge_quantized_needs_force(tmp_path, tiny_llama_path):
     assert cfg["quantization_config"]["load_in_4bit"] is True
 
 
-def test_merge_errors(tmp_path, tiny_llama_path):
+def test_merge_errors(tmp_path, tiny_llama_path, capsys):
     import torch
 
     from lora_spec.adapters.merge import merge
@@ -102,8 +102,8 @@ def test_merge_errors(tmp_path, tiny_llama_path):
     with pytest.raises(ConfigError, match="unquantized base"):
         merge(plain, tmp_path / "x", base="dequantized")
     bad = make_adapter(tiny_llama_path, tmp_path / "nan", seed=2, poison=True)
-    r = run_cli("merge", str(bad), "--out", str(tmp_path / "nanm"), "--safe")
-    assert r.returncode == 1 and "NaN" in _err_line(r) and "--safe" in r.stderr
+    code, _, err = main_cli(capsys, "merge", str(bad), "--out", str(tmp_path / "nanm"), "--safe")
+    assert code == 1 and "NaN" in _err_line(err) and "--safe" in err
     assert not (tmp_path / "nanm").exists()
     # another base with the same architecture: the fingerprint check refuses it
     st = load_student(str(tiny_llama_path))

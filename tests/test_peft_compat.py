@@ -10,21 +10,21 @@ import textwrap
 from tests.test_swap import make_adapter
 
 
-def test_plain_peft_loads_a_lorasp_adapter(tmp_path, smollm2_path):
+def test_plain_peft_loads_a_lorasp_adapter(tmp_path, tiny_llama_path):
     """A separate interpreter with no lorasp import loads base + adapter with peft and gets lorasp's logits."""
     import torch
 
     from lora_spec import load_adapter
 
-    adapter = make_adapter(smollm2_path, tmp_path / "ad", seed=21, r=4, std=0.05)
-    prompt = "Question: What is 12 + 30?\nAnswer:"
+    adapter = make_adapter(tiny_llama_path, tmp_path / "ad", seed=21, r=4, std=0.3)
+    prompt = "Question: how many apples does John have? Answer:"
     script = textwrap.dedent(f"""
         import json, sys, torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from peft import PeftModel
-        base = AutoModelForCausalLM.from_pretrained({str(smollm2_path)!r}, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained({str(tiny_llama_path)!r}, dtype=torch.float32)
         model = PeftModel.from_pretrained(base, {str(adapter)!r}).eval()
-        tok = AutoTokenizer.from_pretrained({str(smollm2_path)!r})
+        tok = AutoTokenizer.from_pretrained({str(tiny_llama_path)!r})
         with torch.inference_mode():
             logits = model(**tok({prompt!r}, return_tensors="pt")).logits[0, -1]
         assert not any(m.startswith("lora_spec") for m in sys.modules), "lora_spec was imported"

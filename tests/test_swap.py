@@ -199,12 +199,12 @@ def tiny_pair(tmp_path_factory, tiny_llama_path):
     return a, other
 
 
-def test_fingerprint_mismatch_is_one_line_error_naming_both(tiny_pair, tiny_llama_path):
+def test_fingerprint_mismatch_is_one_line_error_naming_both(tiny_pair, tiny_llama_path, capsys):
     adapter, other = tiny_pair
-    r = run_cli("generate", "--model", str(other), "--adapter", f"math={adapter}", "--use", "math",
-                "--prompt", "how many apples", "--max-new-tokens", "4")
-    assert r.returncode == 1, r.stderr
-    lines = r.stderr.strip().splitlines()
+    code, _, err = main_cli(capsys, "generate", "--model", str(other), "--adapter", f"math={adapter}", "--use",
+                            "math", "--prompt", "how many apples", "--max-new-tokens", "4")
+    assert code == 1, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "base mismatch" in lines[0] and "tiny-llama" in lines[0] and str(other) in lines[0]
     assert "weights differ" in lines[0] and "--ignore-fingerprint" in lines[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, ModelError, one_line
-from .swap import (adapter_digest, base_info, base_spec, check_fingerprint, read_adapter, read_adapter_config,
+from .swap import (adapter_digest, base_info, base_spec, precheck_base, read_adapter, read_adapter_config,
                    save_adapter)
 
 HOWS = ("linear", "cat", "svd")
@@ -69,9 +69,10 @@ def combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, we
                           f"use --how cat or --how svd")
     quants = {(m or {}).get("quant", "none") for m in manifests}
     q = quant or (manifests[0] or {}).get("quant") or "none"
-    student = load_student(model or base_spec(manifests[0], adapters[0]), q)
-    for a, m in zip(adapters, manifests):
-        check_fingerprint(m, student, a, ignore=ignore_fingerprint)
+    spec = model or base_spec(manifests[0], adapters[0])
+    for a, m in zip(adapters, manifests):  # every parent on the same base, checked before loading weights
+        precheck_base(m, spec, a, ignore=ignore_fingerprint)
+    student = load_student(spec, q)
     names = [f"p{i}" for i in range(len(adapters))]
     try:
         pm = PeftModel.from_pretrained(student.model, str(adapters[0]), adapter_name=names[0])

@@ -226,6 +226,18 @@ def check_fingerprint(manifest: dict[str, Any] | None, student, adapter: str | o
     raise ModelError(msg + "; pass --ignore-fingerprint to load it anyway")
 
 
+def precheck_base(manifest: dict[str, Any] | None, spec: str, adapter: str | os.PathLike, *,
+                  ignore: bool = False) -> None:
+    """:func:`check_fingerprint` against the files of base ``spec`` before any weights are loaded."""
+    from types import SimpleNamespace
+
+    from ..student import base_fingerprint, resolve_path
+
+    path = resolve_path(spec)
+    check_fingerprint(manifest, SimpleNamespace(name=spec, path=str(path), fingerprint=base_fingerprint(path)),
+                      adapter, ignore=ignore)
+
+
 def _peft_error(adapter, exc: Exception) -> ModelError:
     return ModelError(f"{adapter}: cannot load the adapter onto the base ({type(exc).__name__}: "
                       f"{one_line(exc)[:300]})")
@@ -252,8 +264,11 @@ def load_adapter(adapter: str | os.PathLike, base: str | None = None, *, quant: 
         return load_student(str(adapter), quant or "none", dtype=dtype, device=device)
     if student is None:
         q = quant or (manifest or {}).get("quant") or "none"
-        student = load_student(base or base_spec(manifest, adapter), q, dtype=dtype, device=device)
-    check_fingerprint(manifest, student, adapter, ignore=ignore_fingerprint)
+        spec = base or base_spec(manifest, adapter)
+        precheck_base(manifest, spec, adapter, ignore=ignore_fingerprint)
+        student = load_student(spec, q, dtype=dtype, device=device)
+    else:
+        check_fingerprint(manifest, student, adapter, ignore=ignore_fingerprint)
     from peft import PeftModel
 
     try:
@@ -342,6 +357,7 @@ class AdapterSet:
         self.ignore_fingerprint = ignore_fingerprint
         self.entries: dict[str, _Entry] = {}
         self._serial = 0
+        self._checked: set[str] = set()
         if isinstance(base, Student):
             self.student = base
         else:
@@ -353,11 +369,27 @@ class AdapterSet:
             if quant is None and items:
                 m = read_adapter(items[0][1])
                 quant = (m or {}).get("quant") or "none"
+            self._precheck(str(base), items)  # fail on a base mismatch before loading any weights
             self.student = load_student(str(base), quant or "none", dtype=dtype, device=device)
         self.model = self.student.model  # becomes a PeftModel with the first adapter
         self.active: str = BASE
         for name, path in items:
             self.add(name, path)
+
+    def _precheck(self, base: str, items: list[tuple[str, Any]]) -> None:
+        """Compare every adapter's recorded base fingerprint with ``base``'s files (no weights loaded)."""
+        from types import SimpleNamespace
+
+        from ..student import base_fingerprint, resolve_path
+
+        path = resolve_path(base)
+        fake = SimpleNamespace(name=base, path=str(path), fingerprint=base_fingerprint(path))
+        for name, adapter in items:
+            self._check_name(name)
+            manifest = read_adapter(adapter)
+            if manifest is not None and not _is_full(manifest):
+                check_fingerprint(manifest, fake, adapter, ignore=self.ignore_fingerprint)
+                self._checked.add(str(adapter))
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -390,7 +422,8 @@ class AdapterSet:
         manifest = read_adapter(path)
         if _is_full(manifest):
             raise ConfigError(f"{path}: a {manifest.get('kind')} model, not an adapter; load it as --model")
-        check_fingerprint(manifest, self.student, path, ignore=self.ignore_fingerprint)
+        if str(path) not in self._checked:
+            check_fingerprint(manifest, self.student, path, ignore=self.ignore_fingerprint)
         cfg = read_adapter_config(path)
         from peft import PeftModel
 
