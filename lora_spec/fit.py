@@ -361,6 +361,9 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
 
         scratch = tempfile.TemporaryDirectory(prefix="lorasp-report-")
         report_files = render_files(manifest, out.name, scratch.name)  # report.md + curves.png, if evaluated
+        preds = sel.write_predictions(evaluator, Path(scratch.name) / sel.PREDICTIONS_FILE)
+        if preds is not None:
+            report_files[sel.PREDICTIONS_FILE] = preds
         if cfg.method == "full":
             _save_full(model, student, out, manifest, atomic_dir, write_manifest, extra_files=report_files)
         else:

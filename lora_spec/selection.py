@@ -480,9 +480,9 @@ class HeldOutEvaluator:
     scores with ``answers.extract_answer``/``answers_match`` exactly like ``lorasp eval`` -- but all problems of
     the same prompt mode and budget go through one batched generation, instead of one small batch per dataset.
 
-    The scores are flat floats: ``in_dist``, ``ood``, ``generic`` (micro-averaged accuracy of the set),
-    ``<set>/<task>`` per dataset or BBH task, and ``eval_seconds``. The ``generic`` set is the macro average over
-    its BBH tasks (standard BBH practice); ``ood`` is the micro average over its problems.
+    The scores are flat floats: ``in_dist``, ``ood``, ``generic`` (the set's accuracy), ``<set>/<task>`` per
+    dataset or BBH task, and ``eval_seconds``. ``generic`` is the macro average over its BBH tasks (standard BBH
+    practice); ``in_dist`` and ``ood`` are micro averages over their problems.
     """
 
     def __init__(self, options: SelectionOptions, *, train_dataset: str | None = None,
@@ -707,3 +707,19 @@ def selection_manifest(cfg: Any, evaluator: Any, eval_every: int, chosen: dict |
     if eval_seconds is not None:
         out["eval_seconds"] = round(float(eval_seconds), 2)
     return out
+
+
+PREDICTIONS_FILE = "heldout_predictions.jsonl"
+
+
+def write_predictions(evaluator: Any, path: str | Path) -> Path | None:
+    """Every held-out prediction of every evaluation (step, set, task, id, gold, output, extracted, correct), so that
+    any score in the report can be audited. None when there is nothing to write."""
+    hist = getattr(evaluator, "history", None)
+    if not hist:
+        return None
+    from .records import write_jsonl
+
+    rows = ({"step": h["step"], **p} for h in hist for p in h["predictions"])
+    write_jsonl(path, rows)
+    return Path(path)

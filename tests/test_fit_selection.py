@@ -72,6 +72,14 @@ def test_every_checkpoint_is_scored_on_all_three_sets(ood_run):
     # the held-out problems are the same at every checkpoint and never training problems
     assert all(i.startswith("arith/dev/") for i in sets["in_dist"]["ids"]["arith"])
     assert m["selection"]["eval_every"] == 2 and m["train"]["eval_seconds"] > 0
+    # every prediction is in the artifact, and it reproduces the scores
+    preds = [json.loads(x) for x in (out / "heldout_predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 4 * (6 + 3 + 2)
+    for c in cks:
+        for s in ("in_dist", "ood"):
+            rows = [p for p in preds if p["step"] == c["step"] and p["set"] == s]
+            assert c["scores"][s] == pytest.approx(sum(p["correct"] for p in rows) / len(rows))
+        assert all(set(p) >= {"id", "gold", "output", "extracted", "correct", "task"} for p in preds)
     assert "held-out eval at step 6" in r.stderr
 
 
