@@ -264,7 +264,11 @@ def render_markdown(manifest: dict, name: str = "artifact") -> str:
     # cost
     t, e = times(manifest, cks)
     n_evals = sum(1 for c in cks if (c.get("scores") or {}))
-    if t is not None or e is not None:
+    if not n_evals:
+        lines.append("No held-out evaluation ran (--eval-every 0): the last step was exported. "
+                     + (f"Training took {_secs(t)} s." if t is not None else ""))
+        lines.append("")
+    elif t is not None or e is not None:
         frac = f" = {100 * e / t:.0f}% of training time" if (t and e is not None) else ""
         lines.append(f"Cost: training {_secs(t)} s; held-out evaluation {_secs(e)} s over {n_evals} "
                      f"evaluations{frac}.")

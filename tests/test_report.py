@@ -136,3 +136,15 @@ def test_cli_not_an_artifact(tmp_path):
     assert r.returncode == 1 and "lorasp.json:1: invalid JSON" in r.stderr
     r = run_cli("report", str(tmp_path / "missing"))
     assert r.returncode == 1 and "not a directory" in r.stderr
+
+
+def test_without_evaluation_the_report_says_so(tmp_path):
+    m = {"kind": "adapter", "base": {"name": "x"}, "checkpoints": [{"step": 5, "loss": 1.0, "scores": {}}],
+         "selection": {"rule": "last", "chosen_step": 5, "eval_seconds": 0.0}, "train": {"train_seconds": 12.0}}
+    md = render_markdown(m, "a")
+    assert "No held-out evaluation ran" in md and "Training took 12.0 s." in md
+    art = tmp_path / "a"
+    art.mkdir()
+    write_manifest(art, m)
+    md_path, png_path = write_report(art)
+    assert md_path.read_text() == md and png_path.stat().st_size > 10_000
