@@ -300,10 +300,10 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
                                                          world=state.num_processes, log=log)
 
     def select(checkpoints: list[dict]) -> dict:
-        return sel.select_checkpoint(checkpoints, cfg.select_by if evaluator is not None else "last")
+        return sel.select_checkpoint(checkpoints, sel.effective_rule(cfg, evaluator))
 
     def prune(checkpoints: list[dict]) -> None:
-        sel.prune_checkpoints(checkpoints, cfg.keep_checkpoints, cfg.select_by if evaluator is not None else "last")
+        sel.prune_checkpoints(checkpoints, cfg.keep_checkpoints, sel.effective_rule(cfg, evaluator))
 
     args = TrainArgs(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                      warmup=cfg.warmup, schedule=cfg.schedule, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,

@@ -691,10 +691,20 @@ def setup_fit_evaluation(cfg: Any, *, quickstart: bool, source: dict, items: lis
     return ev, every
 
 
+def effective_rule(cfg: Any, evaluator: Any) -> str:
+    """The rule a fit applies: ``--select-by`` when there are held-out scores; without them an explicit ``loss`` or
+    ``last`` still applies (neither needs scores), and anything else falls back to ``last``."""
+    if evaluator is not None:
+        return cfg.select_by
+    if "select_by" in cfg.model_fields_set and _rule(cfg.select_by).kind in ("loss", "last"):
+        return cfg.select_by
+    return "last"
+
+
 def selection_manifest(cfg: Any, evaluator: Any, eval_every: int, chosen: dict | None,
                        train_seconds: float | None = None, eval_seconds: float | None = None) -> dict:
     """The ``selection`` block of ``lorasp.json``."""
-    rule = cfg.select_by if evaluator is not None else "last"
+    rule = effective_rule(cfg, evaluator)
     out: dict[str, Any] = {"rule": rule, "description": _rule(rule).describe(),
                            "chosen_step": (chosen or {}).get("step"), "eval_every": eval_every,
                            "keep_checkpoints": cfg.keep_checkpoints}

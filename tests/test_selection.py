@@ -159,3 +159,17 @@ def test_selection_options_defaults_are_small():
     assert o.in_dist.limit + o.ood.limit + o.generic.limit <= 48
     assert sorted(d.split("@")[0] for d in o.ood.datasets) == ["asdiv", "multiarith", "svamp"]
     assert all(d.startswith("bbh@task=") for d in o.generic.datasets)
+
+
+def test_when_fit_evaluates_and_which_rule_applies():
+    from lora_spec.fit import FitConfig
+    from lora_spec.selection import effective_rule, resolve_eval_every
+
+    assert resolve_eval_every(FitConfig(), quickstart=True, total=80) == 20  # the quickstart: 4 evaluations + step 0
+    assert resolve_eval_every(FitConfig(), quickstart=False, total=80) == 0  # opt-in elsewhere
+    assert resolve_eval_every(FitConfig(select_by="ood"), quickstart=False, total=10) == 3  # asking for ood turns it on
+    assert resolve_eval_every(FitConfig(select_by="loss"), quickstart=False, total=10) == 0
+    assert resolve_eval_every(FitConfig(eval_every=7), quickstart=True, total=80) == 7
+    assert effective_rule(FitConfig(), None) == "last"
+    assert effective_rule(FitConfig(select_by="loss", eval_every=0), None) == "loss"
+    assert effective_rule(FitConfig(select_by="ood=0.7,in_dist=0.3"), object()) == "ood=0.7,in_dist=0.3"
