@@ -26,13 +26,14 @@ def test_merge_smollm2_fp32_parity(tmp_path, smollm2_path):
     from safetensors import safe_open
 
     from lora_spec import merge
+    from lora_spec.adapters.merge import PARITY_PROMPTS
 
     adapter = make_adapter(smollm2_path, tmp_path / "ad", seed=11, r=8, alpha=16, targets=ALL_LINEAR, std=0.03)
     out = tmp_path / "merged"
-    rep = merge(adapter, out, max_new_tokens=6)
+    rep = merge(adapter, out, max_new_tokens=6, prompts=PARITY_PROMPTS[:2])
     assert rep.base_mode == "original" and rep.dtype == "fp32"
     assert rep.max_logit_diff <= 1e-4, rep
-    assert rep.greedy_equal == rep.n_prompts == 4
+    assert rep.greedy_equal == rep.n_prompts == 2
     assert rep.adapter_effect > 0.05  # the adapter does change the model, so parity means something
     m = json.loads((out / "lorasp.json").read_text())
     assert m["kind"] == "merged" and m["merge"]["base"] == "original" and m["parents"][0]["digest"]

@@ -100,16 +100,14 @@ def test_mixed_batch_equals_one_adapter_at_a_time(smol_adapters, smollm2_path):
     mixed = s.generate(PROMPTS, adapters=rows, max_new_tokens=8, return_ids=True)
     single = [s.generate([p], adapters=name, max_new_tokens=8, return_ids=True)[0] for p, name in zip(PROMPTS, rows)]
     assert mixed == single
-    # the adapters really differ from each other and from the base, so the comparison above can fail
-    others = [s.generate([PROMPTS[0]], adapters=n, max_new_tokens=8, return_ids=True)[0] for n in ("other", "base")]
-    assert len({tuple(single[0]), *map(tuple, others)}) == 3
     # logits too: each row of the mixed forward equals the single-adapter forward of the same padded batch
     lm = s.logits(PROMPTS, adapters=rows)
-    for name in ("math", "other", "base"):
-        li = s.logits(PROMPTS, adapters=name)
-        for i, r in enumerate(rows):
-            if r == name:
-                assert float((lm[i] - li[i]).abs().max()) <= 1e-4
+    per = {name: s.logits(PROMPTS, adapters=name) for name in ("math", "other", "base")}
+    for i, r in enumerate(rows):
+        assert float((lm[i] - per[r][i]).abs().max()) <= 1e-4
+    # the adapters really differ from each other and from the base, so the comparisons above can fail
+    for x, y in (("math", "other"), ("math", "base"), ("other", "base")):
+        assert float((per[x] - per[y]).abs().max()) > 0.1, (x, y)
 
 
 def test_use_switches_and_base_is_untouched(tiny_adapters, tiny_llama_path):
