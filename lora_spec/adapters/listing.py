@@ -47,7 +47,8 @@ NOT_SCORES = {"eval_seconds"}
 
 def _fmt_scores(scores: dict[str, Any], limit: int = 4) -> str:
     parts = []
-    scores = {k: v for k, v in scores.items() if k not in NOT_SCORES}
+    # headline first: aggregates (in_dist, ood, generic) before per-task keys (ood/svamp, ...)
+    scores = dict(sorted(((k, v) for k, v in scores.items() if k not in NOT_SCORES), key=lambda kv: "/" in kv[0]))
     for k, v in list(scores.items())[:limit]:
         if isinstance(v, dict):  # {"accuracy": 0.3, ...} per suite
             v = v.get("accuracy", v.get("score", next(iter(v.values()), None)))
