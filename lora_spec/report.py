@@ -312,7 +312,7 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact") 
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
     if sets:
-        ax.legend(loc="lower right", fontsize=10)
+        ax.legend(loc="best", fontsize=10, framealpha=0.9)
     title = f"{name}: held-out accuracy during specialization"
     if sel.get("rule"):
         title += f" (select by {sel['rule']})"
@@ -320,9 +320,17 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact") 
     ax.tick_params(labelbottom=False)
     lp = [(c["step"], _num(c.get("loss"))) for c in cks]
     lp = [(x, y) for x, y in lp if y is not None]
+    per_step = (manifest.get("train") or {}).get("loss_history")
+    if isinstance(per_step, list) and per_step:  # every optimizer step (step i+1), under the checkpoint means
+        ys = [_num(v) for v in per_step]
+        axl.plot([i + 1 for i, v in enumerate(ys) if v is not None], [v for v in ys if v is not None],
+                 color="0.7", lw=1.0, label="per step")
     if lp:
-        axl.plot([p[0] for p in lp], [p[1] for p in lp], marker=".", color="0.35", lw=1.5)
-    else:
+        axl.plot([p[0] for p in lp], [p[1] for p in lp], marker="o", ms=4, color="0.25", lw=1.5,
+                 label="mean since the previous checkpoint")
+        if per_step:
+            axl.legend(loc="upper right", fontsize=8)
+    if not lp and not per_step:
         axl.text(0.5, 0.5, "no training loss recorded", transform=axl.transAxes, ha="center", va="center",
                  color="0.5")
     axl.set_ylabel("train loss")
