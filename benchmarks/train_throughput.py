@@ -1,0 +1,166 @@
+"""LoRA fine-tune throughput: lorasp's trainer vs TRL ``SFTTrainer`` + peft, on the same data and settings.
+
+Both sides train SmolLM2-135M-Instruct (fp32, CPU) with LoRA r=16/alpha=32 on all linear layers, on the same 256
+GSM8K CoT examples (zero-shot CoT prompt -> reference rationale + "The answer is X."; loss on the completion
+only), with the same batch size, max length, steps, learning rate/schedule, no gradient checkpointing.
+Each side runs in a fresh child process (so that peak RSS is its own); sides alternate, ``--repeats`` times.
+
+Measured: non-padding tokens per second over the optimizer steps after the first (warm-up) one, from one
+end-of-step to the next (so both include batching/collation), and the child's peak RSS.
+
+    python benchmarks/train_throughput.py [--steps 6] [--batch-size 8] [--repeats 3]
+
+Last line: ``RESULT name=train_throughput ratio=<lorasp/TRL tokens/s> ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _data(n: int):
+    from lora_spec import registry
+    from lora_spec.prompts import build_prompt, cot_target
+
+    ds = registry.create("datasets", "gsm8k")
+    rows = []
+    for p in ds.load("train", limit=n):
+        rows.append({"prompt": build_prompt(p, "zs_cot", None, chat=False), "completion": cot_target(p),
+                     "id": p.id})
+    return rows
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_lorasp(a) -> dict:
+    import torch
+
+    from lora_spec.adapters.peft_setup import MethodSpec, apply_method
+    from lora_spec.records import Example
+    from lora_spec.student import load_student
+    from lora_spec.trainer import TrainArgs, train
+
+    rows = _data(a.examples)
+    torch.manual_seed(0)
+    st = load_student("smollm2-135m")
+    model = apply_method(st, MethodSpec("lora", rank=a.rank, alpha=2 * a.rank, dropout=0.0))
+    ex = [Example("zero_shot_cot", r["prompt"], r["completion"], r["id"]) for r in rows]
+    marks: list[tuple[float, int]] = []
+
+    def on_step(row):
+        marks.append((time.perf_counter(), row["tokens"]))
+
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        train(model, st.tokenizer, ex, kind="causal", ckpt_dir=d, on_step=on_step,
+              args=TrainArgs(max_steps=a.steps, batch_size=a.batch_size, lr=2e-4, warmup=0, schedule="cosine",
+                             max_length=a.max_length, save_every=0, progress=False, tracker="none"))
+        wall = time.perf_counter() - t0
+    return _summary(marks, wall)
+
+
+def run_trl(a) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from lora_spec.student import load_student
+
+    rows = _data(a.examples)
+    torch.manual_seed(0)
+    st = load_student("smollm2-135m")
+    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    marks: list[tuple[float, int]] = []
+    counted: list[int] = []
+
+    class Marks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append((time.perf_counter(), counted[len(marks)] if len(marks) < len(counted) else 0))
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg = SFTConfig(output_dir=d, per_device_train_batch_size=a.batch_size, max_steps=a.steps,
+                        learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
+                        report_to="none", save_strategy="no", gradient_checkpointing=False,
+                        max_length=a.max_length, use_cpu=True, bf16=False, fp16=False, packing=False,
+                        completion_only_loss=True, dataloader_num_workers=0, seed=0, disable_tqdm=True)
+        tr = SFTTrainer(model=st.model, args=cfg, train_dataset=ds, processing_class=st.tokenizer,
+                        peft_config=LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0,
+                                               target_modules="all-linear", task_type="CAUSAL_LM"),
+                        callbacks=[Marks()])
+        inner = tr.data_collator
+
+        def counting(features):
+            b = inner(features)
+            counted.append(int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["input_ids"].numel()))
+            return b
+
+        tr.data_collator = counting
+        t0 = time.perf_counter()
+        tr.train()
+        wall = time.perf_counter() - t0
+    return _summary(marks, wall)
+
+
+def _summary(marks, wall) -> dict:
+    # steps after the first: interval between consecutive end-of-step marks, tokens of the later step
+    secs = sum(marks[i][0] - marks[i - 1][0] for i in range(1, len(marks)))
+    toks = sum(marks[i][1] for i in range(1, len(marks)))
+    return {"tokens_per_s": toks / secs if secs else 0.0, "tokens": toks, "seconds": secs, "wall": wall,
+            "peak_rss_mb": _peak_rss_mb(), "steps": len(marks)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--side", choices=["lorasp", "trl"])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--examples", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if a.side:
+        res = run_lorasp(a) if a.side == "lorasp" else run_trl(a)
+        print("JSON " + json.dumps(res), flush=True)
+        return
+    results: dict[str, list[dict]] = {"lorasp": [], "trl": []}
+    for r in range(a.repeats):
+        for side in (("lorasp", "trl") if r % 2 == 0 else ("trl", "lorasp")):
+            cmd = [sys.executable, __file__, "--side", side, "--steps", str(a.steps), "--batch-size",
+                   str(a.batch_size), "--max-length", str(a.max_length), "--rank", str(a.rank), "--examples",
+                   str(a.examples)]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("JSON ")]
+            if p.returncode != 0 or not line:
+                sys.exit(f"{side} run failed:\n{p.stderr[-3000:]}")
+            res = json.loads(line[-1][5:])
+            results[side].append(res)
+            print(f"run {r + 1} {side:6s}: {res['tokens_per_s']:8.1f} tokens/s ({res['tokens']} tokens in "
+                  f"{res['seconds']:.1f}s after the first step), peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+    med = {s: {k: statistics.median(x[k] for x in v) for k in ("tokens_per_s", "peak_rss_mb")}
+           for s, v in results.items()}
+    ratio = med["lorasp"]["tokens_per_s"] / med["trl"]["tokens_per_s"]
+    mem = med["lorasp"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"]
+    print(f"median lorasp {med['lorasp']['tokens_per_s']:.1f} tokens/s, {med['lorasp']['peak_rss_mb']:.0f} MB; "
+          f"TRL {med['trl']['tokens_per_s']:.1f} tokens/s, {med['trl']['peak_rss_mb']:.0f} MB")
+    print(f"RESULT name=train_throughput ratio={ratio:.3f} lorasp_tokens_per_s={med['lorasp']['tokens_per_s']:.1f} "
+          f"trl_tokens_per_s={med['trl']['tokens_per_s']:.1f} lorasp_peak_rss_mb={med['lorasp']['peak_rss_mb']:.0f} "
+          f"trl_peak_rss_mb={med['trl']['peak_rss_mb']:.0f} rss_ratio={mem:.3f} steps={a.steps} "
+          f"batch_size={a.batch_size} max_length={a.max_length} rank={a.rank} repeats={a.repeats}")
+
+
+if __name__ == "__main__":
+    main()
