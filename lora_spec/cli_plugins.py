@@ -8,6 +8,7 @@ import json
 import click
 
 from . import registry
+from .config import parse_kv
 
 
 @click.group("plugins", invoke_without_command=True)
@@ -43,20 +44,6 @@ def plugins(ctx, groups, as_json):
     return 1 if bad else 0
 
 
-def _parse_params(params: tuple[str, ...]) -> dict:
-    import yaml
-
-    from .errors import ConfigError
-
-    out = {}
-    for item in params:
-        if "=" not in item:
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
-    return out
-
-
 @plugins.command("show")
 @click.argument("group", type=click.Choice(sorted(registry.GROUPS)))
 @click.argument("name")
@@ -66,7 +53,7 @@ def _parse_params(params: tuple[str, ...]) -> dict:
 def show(group, name, params, split, limit):
     """Load one plugin by name and show it: a dataset's splits and first problems, an eval suite's tasks."""
     p = registry.info(group, name)
-    obj = registry.create(group, name, **_parse_params(params))
+    obj = registry.create(group, name, **parse_kv(params, "--param"))
     click.echo(f"{p.group[:-1]} {p.name} from {p.dist} {p.dist_version} ({p.value})")
     desc = registry.describe(type(obj) if not isinstance(obj, type) else obj)
     if desc:

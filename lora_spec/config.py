@@ -159,3 +159,21 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
         return cmd
 
     return decorator
+
+
+def parse_kv(items: list[str] | tuple[str, ...], flag: str) -> dict[str, Any]:
+    """``["seed=3", "task=navigate"]`` -> ``{"seed": 3, "task": "navigate"}`` for plugin-parameter flags.
+
+    Values are read as YAML scalars (numbers, booleans, lists); keys may use ``-`` or ``_``. One parser serves
+    every ``--*-opt``/``--param`` flag, so the same text always means the same parameters.
+    """
+    out: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"{flag}: expected KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            out[k.strip().replace("-", "_")] = v
+    return out

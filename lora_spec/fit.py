@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field
 
-from .config import RunConfig
+from .config import RunConfig, parse_kv
 from .errors import ConfigError, DataError, one_line
 from .selection import SelectionOptions
 
@@ -100,19 +100,6 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _kv(items: list[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for it in items:
-        if "=" not in it:
-            raise ConfigError(f"{flag}: expected KEY=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
-
-
 def _is_quickstart(cfg: FitConfig) -> bool:
     return cfg.data is None and cfg.dataset is None
 
@@ -180,7 +167,7 @@ def _before_after_tasks(cfg: FitConfig, source: dict):
     ds = source.get("dataset")
     if not cfg.before_after or not ds:
         return []
-    params = _kv(list(cfg.dataset_opt), "--dataset-opt") if source.get("kind") == "dataset" else {}
+    params = parse_kv(cfg.dataset_opt, "--dataset-opt") if source.get("kind") == "dataset" else {}
     return [EvalTask(name=f"{ds}:test", dataset=ds, split="test", dataset_params=params, mode="zs_cot",
                      limit=cfg.before_after, max_new_tokens=128)]
 

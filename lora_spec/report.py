@@ -21,7 +21,7 @@ from typing import Any
 
 from .adapters.artifact import MANIFEST, read_manifest
 from .errors import DataError
-from .selection import EVAL_SECONDS, SETS, candidates, parse_rule, select_checkpoint
+from .selection import EVAL_SECONDS, SETS, _num, candidates, parse_rule, select_checkpoint
 
 REPORT_MD = "report.md"
 CURVES_PNG = "curves.png"
@@ -32,16 +32,6 @@ _COLORS = {"in_dist": "#1f77b4", "ood": "#d62728", "generic": "#2ca02c"}
 
 
 # --------------------------------------------------------------------------------------------- reading
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def checkpoints_of(manifest: dict, where: str = MANIFEST) -> list[dict]:

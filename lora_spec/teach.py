@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from . import __version__, registry
-from .config import RunConfig, _describe_error
+from .config import RunConfig, _describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError, one_line
 from .records import Problem, Sample, TeacherRequest, read_jsonl, write_jsonl
 from .store import SampleStore, request_usage
@@ -142,19 +141,6 @@ def prompt_id(prompt: str | list[dict[str, str]]) -> str:
 # ------------------------------------------------------------------------------------------------- plumbing
 
 
-def _kv(items: list[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for it in items:
-        if "=" not in it:
-            raise ConfigError(f"{flag}: expected KEY=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        try:
-            out[k.strip().replace("-", "_")] = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError:
-            out[k.strip().replace("-", "_")] = v
-    return out
-
-
 def _unescape(s: str) -> str:
     return codecs.decode(s, "unicode_escape") if "\\" in s else s
 
@@ -168,7 +154,7 @@ def _accepts(factory: Any) -> tuple[set[str], bool]:
 
 
 def _make_dataset(cfg: TeachConfig):
-    params = _kv(cfg.dataset_opt, "--dataset-opt")
+    params = parse_kv(cfg.dataset_opt, "--dataset-opt")
     factory = registry.resolve("datasets", cfg.dataset)
     names, anykw = _accepts(factory)
     if cfg.data_dir and "data_dir" not in params and ("data_dir" in names or anykw):
@@ -184,7 +170,7 @@ def _make_teacher(cfg: TeachConfig, stop: list[str]):
                "top_logprobs": cfg.top_logprobs, "seed": cfg.seed, "concurrency": cfg.concurrency,
                "timeout": cfg.timeout, "max_retries": cfg.max_retries}
     params = {k: v for k, v in offered.items() if (k in names or anykw) and v is not None}
-    params.update(_kv(cfg.teacher_opt, "--teacher-opt"))
+    params.update(parse_kv(cfg.teacher_opt, "--teacher-opt"))
     teacher = registry.create("teachers", cfg.teacher, **params)
     if not callable(getattr(teacher, "fingerprint", None)) or not (
             callable(getattr(teacher, "generate", None)) or callable(getattr(teacher, "stream", None))):
@@ -421,7 +407,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": status,
         "dataset": {"name": cfg.dataset, "split": cfg.split, "limit": cfg.limit,
-                    "params": _kv(cfg.dataset_opt, "--dataset-opt"), "problems": n},
+                    "params": parse_kv(cfg.dataset_opt, "--dataset-opt"), "problems": n},
         "teacher": {"name": cfg.teacher, "fingerprint": fp, "params": describe},
         "prompt": {"name": spec.name, "mode": spec.mode, "stop": stop, "api": cfg.api,
                    "template_sha256": hashlib.sha256((spec.prefix + spec.query).encode()).hexdigest()[:16],
