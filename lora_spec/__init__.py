@@ -27,10 +27,8 @@ _API = {
     "save_adapter": "lora_spec.adapters.swap",
     "merge": "lora_spec.adapters.merge",
     "combine": "lora_spec.adapters.combine",
-    "teach": "lora_spec.teach",
     "load_run": "lora_spec.teach",
     "TeachConfig": "lora_spec.teach",
-    "fit": "lora_spec.fit",
     "FitConfig": "lora_spec.fit",
     "FitResult": "lora_spec.fit",
     "run_eval": "lora_spec.evaluate",
@@ -45,10 +43,15 @@ _API = {
     "write_report": "lora_spec.report",
 }
 
-__all__ = sorted(_API) + ["__version__"]
+# Stages whose function shares its module's name: the module itself is callable (see lora_spec/_stage.py).
+_STAGES = {"teach": "lora_spec.teach", "fit": "lora_spec.fit", "evaluate": "lora_spec.evaluate"}
+
+__all__ = sorted(set(_API) | set(_STAGES)) + ["__version__"]
 
 
 def __getattr__(name: str):
+    if name in _STAGES:
+        return importlib.import_module(_STAGES[name])
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'lora_spec' has no attribute {name!r}")

@@ -430,3 +430,8 @@ def render_report(doc: dict) -> str:
         lines.append("")
     lines.append("Every prediction (output, extracted answer, gold, correct) is in `predictions/<task>.jsonl`.")
     return "\n".join(lines) + "\n"
+
+
+from ._stage import make_callable  # noqa: E402  (lora_spec.evaluate(...) calls run_eval)
+
+make_callable(__name__, "run_eval")

@@ -433,3 +433,8 @@ def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_mani
 
 
 __all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROBLEMS"]
+
+
+from ._stage import make_callable  # noqa: E402  (lora_spec.fit(...) calls fit)
+
+make_callable(__name__, "fit")

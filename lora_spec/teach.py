@@ -471,3 +471,8 @@ def load_run(path: str | os.PathLike, *, include_incorrect: bool = False) -> tup
         if s.problem_id not in problems:
             raise DataError(f"{d / 'samples.jsonl'}:{i}: problem_id {s.problem_id!r} is not in problems.jsonl")
     return problems, samples
+
+
+from ._stage import make_callable  # noqa: E402  (lora_spec.teach(...) calls teach)
+
+make_callable(__name__, "teach")
