@@ -3,12 +3,14 @@
 #   make test         set up .venv and run the whole test suite
 .PHONY: setup quickstart test
 VENV ?= .venv
+# the real data sets (layout of shared/data) for the held-out OOD/BBH curves; without them those sets are skipped
+DATA_DIR ?= $(if $(LORASP_DATA_DIR),$(LORASP_DATA_DIR),$(wildcard $(abspath ../shared/data)))
 
 setup:
 	bash scripts/setup.sh
 
 quickstart: setup
-	$(VENV)/bin/lorasp fit
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LORASP_DATA_DIR="$(DATA_DIR)" $(VENV)/bin/lorasp fit
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout 900 --durations 15

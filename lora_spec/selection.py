@@ -536,6 +536,15 @@ class HeldOutEvaluator:
                                         f"(splits: {', '.join(ds.splits())})")
                     pool = list(ds.load(split))
                 except LoraspError as exc:
+                    if name not in options.model_fields_set and isinstance(exc, DataError) \
+                            and "not found" in exc.message:
+                        # a *default* held-out set whose files are not here (e.g. the quickstart without
+                        # LORASP_DATA_DIR): say so and go on; a set the user asked for is an error
+                        w = (f"{name}: {spec.label} skipped, its data is not available here ({exc.message}); "
+                             f"set --{name.replace('_', '-')} or LORASP_DATA_DIR to include it")
+                        self.warnings.append(w)
+                        self.log(f"warning: {w}")
+                        continue
                     raise type(exc)(f"--{name.replace('_', '-')} {spec.label}: {exc.message}") from None
                 except Exception as exc:
                     raise DataError(f"--{name.replace('_', '-')} {spec.label}: {type(exc).__name__}: "
@@ -671,12 +680,11 @@ def setup_fit_evaluation(cfg: Any, *, quickstart: bool, source: dict, items: lis
         return None, 0  # an explicit --select-by that needs scores was already refused by the config
     from .evaluate import make_dataset  # noqa: F401  (fail early if the eval engine is missing)
 
-    params: dict[str, Any] = {}
-    if source.get("kind") == "dataset":
-        for it in getattr(cfg, "dataset_opt", []) or []:
-            if "=" in it:
-                k, v = it.split("=", 1)
-                params[k.strip()] = _coerce(v.strip())
+    from .config import parse_kv
+
+    # the training dataset's parameters, parsed exactly as teach parsed them (in_dist "auto" = its dev split)
+    params = parse_kv(getattr(cfg, "dataset_opt", []) or [], "--dataset-opt") if source.get("kind") == "dataset" \
+        else {}
     ev = HeldOutEvaluator(cfg, train_dataset=source.get("dataset"), train_params=params,
                           exclude_ids={getattr(getattr(it, "problem", None), "id", None) for it in items} - {None},
                           kind=kind, chat=getattr(cfg, "chat", None), data_dir=getattr(cfg, "data_dir", None),
@@ -693,8 +701,15 @@ def setup_fit_evaluation(cfg: Any, *, quickstart: bool, source: dict, items: lis
 
 def effective_rule(cfg: Any, evaluator: Any) -> str:
     """The rule a fit applies: ``--select-by`` when there are held-out scores; without them an explicit ``loss`` or
-    ``last`` still applies (neither needs scores), and anything else falls back to ``last``."""
+    ``last`` still applies (neither needs scores), and anything else falls back to ``last``. The *default* rule
+    falls back to the first scored set when the set it names was skipped for want of data."""
     if evaluator is not None:
+        r = _rule(cfg.select_by)
+        sets = getattr(evaluator, "sets", None)
+        if "select_by" not in cfg.model_fields_set and r.kind == "score" and sets is not None \
+                and not all(k.split("/")[0] in sets for k, _w in r.weights):
+            # the default rule names a default set that was skipped (its data is not here): use what was scored
+            return next((s for s in SETS if s in sets), "last")
         return cfg.select_by
     if "select_by" in cfg.model_fields_set and _rule(cfg.select_by).kind in ("loss", "last"):
         return cfg.select_by
