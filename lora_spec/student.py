@@ -54,15 +54,18 @@ class Student:
 
 # --------------------------------------------------------------------------------------------- atomic cache
 
-def _atomic_build(target: Path, build) -> Path:
-    """Build ``target`` once: under a file lock, into a temp sibling, then ``os.rename`` into place."""
+def _atomic_build(target: Path, build, marker: str = "config.json") -> Path:
+    """Build ``target`` once: under a file lock, into a temp sibling, then ``os.rename`` into place.
+
+    ``target/marker`` existing means the build is done (a half-built directory never has the final name).
+    """
     from filelock import FileLock
 
-    if (target / "config.json").exists():
+    if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists():  # another process finished while we waited
+        if (target / marker).exists():  # another process finished while we waited
             return target
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         if tmp.exists():

