@@ -68,17 +68,25 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> No
     os.replace(tmp, p)
 
 
+def read_json_object(p: Path) -> dict[str, Any]:
+    """A JSON file holding one object; bad JSON or another type is a ``DataError`` naming file:line."""
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{p}: expected a JSON object")
+    return data
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     p = Path(directory) / MANIFEST
     if not Path(directory).is_dir():
         raise DataError(f"{directory}: not a directory (expected a lorasp artifact)")
     if not p.exists():
         raise DataError(f"{directory}: not a lorasp artifact (no {MANIFEST})")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{p}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or "base" not in data:
+    data = read_json_object(p)
+    if "base" not in data:
         raise DataError(f"{p}: missing field 'base'")
     return data
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError, DataError, ModelError, one_line
-from .artifact import MANIFEST, atomic_dir, read_manifest, versions, write_manifest
+from .artifact import MANIFEST, atomic_dir, read_json_object, read_manifest, versions, write_manifest
 
 BASE = "base"  # the adapter name that means "the base model, no adapter" (peft calls it "__base__")
 _PEFT_BASE = "__base__"
@@ -63,13 +62,7 @@ def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     p = Path(directory) / "adapter_config.json"
     if not p.exists():
         raise DataError(f"{directory}: not a PEFT adapter (no adapter_config.json)")
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{p}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(cfg, dict):
-        raise DataError(f"{p}: expected a JSON object")
-    return cfg
+    return read_json_object(p)
 
 
 # What vLLM's LoRA loader reads from adapter_config.json (vllm/lora/peft_helper.py, ``PEFTHelper``): it keeps
