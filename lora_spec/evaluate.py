@@ -1,9 +1,10 @@
 """Batched generation and scoring: the engine behind ``lorasp eval``, periodic eval in training and selection.
 
-``generate()`` sorts prompts by token length, runs them in batches (left padding for decoder-only models, right
-padding for encoder-decoders), greedy by default, with the KV cache, and stops each row at EOS or at the first
-stop sequence (a per-row stopping criterion, so a finished row does not hold the others back more than one step,
-and the batch ends as soon as every row is done). Outputs come back in the input order.
+``generate()`` sorts prompts by token length and decodes them with the KV cache, greedy by default, stopping
+each row at EOS or at the first stop sequence. Decoder-only models get continuous batching (left padding; a
+finished row leaves the batch at once and waiting prompts are prefilled and joined into it, so no compute goes to
+finished rows); encoder-decoders run length-sorted batches through ``model.generate`` with a per-row stop
+criterion. Outputs come back in the input order.
 
 ``evaluate_tasks()`` loads each task's dataset, builds the prompts of its mode (prompts.py), generates, extracts
 and scores every answer (answers.py) and returns per-task accuracy with every prediction.
@@ -78,13 +79,182 @@ def _progress(enabled: bool, description: str, total: int):
     return prog
 
 
+def _forward_kwargs(model: Any) -> tuple[dict, str]:
+    """``logits_to_keep=1`` when the model's forward takes it (only the last position's logits are needed), and the
+    name of its KV-cache argument (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return {}, "past_key_values"
+    return ({"logits_to_keep": 1} if "logits_to_keep" in params else {}), (
+        "cache" if "cache" in params else "past_key_values")
+
+
+def _out_cache(out: Any) -> Any:
+    c = getattr(out, "cache", None)
+    return c if c is not None else out.past_key_values
+
+
+def _mergeable(cache: Any) -> bool:
+    """True when every layer of the KV cache is a plain growing layer (rows of different caches can be joined)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(l).__name__ == "DynamicLayer" and getattr(l, "is_initialized", False)
+                                for l in layers)
+
+
+def _pad_left(t: Any, n: int, dim: int) -> Any:
+    import torch
+
+    if n <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class _Rows:
+    """The decode state of the rows in flight: KV cache, attention mask, next positions, last logits."""
+
+    def __init__(self, cache, attn, pos, logits, ids):
+        self.cache, self.attn, self.pos, self.logits, self.ids = cache, attn, pos, logits, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, keep: Any) -> None:
+        self.cache.batch_select_indices(keep)
+        self.attn, self.pos, self.logits = self.attn[keep], self.pos[keep], self.logits[keep]
+        self.ids = [self.ids[k] for k in keep.tolist()]
+        self.trim()
+
+    def trim(self) -> None:
+        """Drop left columns that are padding in every remaining row (less attention work per step)."""
+        if not _mergeable(self.cache):
+            return
+        n = int(self.attn.long().cumsum(1).eq(0).all(0).sum())
+        if n > 0:
+            self.attn = self.attn[:, n:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, n:], layer.values[:, :, n:]
+
+    def join(self, other: "_Rows") -> None:
+        """Append ``other``'s rows, left-padding the narrower cache (padding is masked, so results are unchanged)."""
+        import torch
+
+        a, b = self.attn.shape[1], other.attn.shape[1]
+        width = max(a, b)
+        for l1, l2 in zip(self.cache.layers, other.cache.layers):
+            l1.keys = torch.cat([_pad_left(l1.keys, width - a, 2), _pad_left(l2.keys, width - b, 2)], 0)
+            l1.values = torch.cat([_pad_left(l1.values, width - a, 2), _pad_left(l2.values, width - b, 2)], 0)
+        self.attn = torch.cat([_pad_left(self.attn, width - a, 1), _pad_left(other.attn, width - b, 1)], 0)
+        self.pos = torch.cat([self.pos, other.pos])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.ids = self.ids + other.ids
+
+
+def _pick(logits: Any, do_sample: bool, temperature: float, top_p: float) -> Any:
+    import torch
+
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_p < 1.0:
+        srt, idx = logits.sort(-1, descending=True)
+        probs = srt.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p
+        srt = srt.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, srt)
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+
+
+def _decode_causal(model: Any, tokenizer: Any, prompts: list[str], order: list[int], *, batch_size: int,
+                   max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
+                   temperature: float, top_p: float, on_done: Any, stats: dict | None = None) -> dict[int, list[int]]:
+    """Continuous batching for decoder-only models: greedy (or sampled) decoding of every prompt with at most
+    ``batch_size`` rows in flight. A finished row (EOS, stop string or token budget) leaves the batch at once, and
+    waiting prompts are prefilled and joined into the running batch when a quarter of it is free, so no compute
+    is spent on finished rows. Returns the generated ids per prompt index (up to and including EOS); ``stats``
+    gets ``joins`` (prefills merged into a running batch) and ``steps`` (decode forward passes)."""
+    import torch
+
+    device = next(model.parameters()).device
+    extra, cache_kw = _forward_kwargs(model)
+    queue = list(order)
+    done: dict[int, list[int]] = {}
+    gen: dict[int, list[int]] = {}
+    rows: _Rows | None = None
+    refill_at = max(1, batch_size // 4)
+    can_join = True
+    joins = steps = 0
+
+    def prefill(idx: list[int]) -> _Rows:
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
+        attn = enc["attention_mask"]
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=enc["input_ids"], attention_mask=attn, position_ids=pos, use_cache=True, **extra)
+        return _Rows(_out_cache(out), attn, pos[:, -1] + 1, out.logits[:, -1, :], list(idx))
+
+    with torch.inference_mode():
+        while queue or rows is not None:
+            free = batch_size - (len(rows) if rows is not None else 0)
+            if queue and (rows is None or (can_join and (free >= refill_at or len(queue) <= free))):
+                take, queue = queue[:free], queue[free:]
+                new = prefill(take)
+                for i in take:
+                    gen[i] = []
+                if rows is None:
+                    rows = new
+                elif _mergeable(rows.cache) and _mergeable(new.cache):
+                    rows.join(new)
+                    joins += 1
+                else:  # a cache kind whose rows cannot be joined (sliding windows): finish batches whole
+                    queue = take + queue
+                    for i in take:
+                        del gen[i]
+                    can_join = False
+            nxt = _pick(rows.logits, do_sample, temperature, top_p)
+            finished = []
+            for j, (i, t) in enumerate(zip(rows.ids, nxt.tolist())):
+                g = gen[i]
+                g.append(t)
+                if (t in eos or len(g) >= max_new_tokens
+                        or (stops and any(s in tokenizer.decode(g[-window:]) for s in stops))):
+                    finished.append(j)
+            if finished:
+                for j in finished:
+                    i = rows.ids[j]
+                    done[i] = gen.pop(i)
+                    on_done(i, done[i])
+                if len(finished) == len(rows):
+                    rows = None
+                    can_join = True
+                    continue
+                gone = set(finished)
+                keep = torch.tensor([j for j in range(len(rows)) if j not in gone], device=device)
+                rows.select(keep)
+                nxt = nxt[keep]
+            rows.attn = torch.cat([rows.attn, rows.attn.new_ones(len(rows), 1)], 1)
+            out = model(input_ids=nxt[:, None], attention_mask=rows.attn, position_ids=rows.pos[:, None],
+                        use_cache=True, **{cache_kw: rows.cache}, **extra)
+            rows.cache = _out_cache(out)
+            rows.logits = out.logits[:, -1, :]
+            rows.pos = rows.pos + 1
+            steps += 1
+    if stats is not None:
+        stats.update(joins=joins, steps=steps)
+    return done
+
+
 def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "causal", max_new_tokens: int = 256,
              stop: Sequence[str] | None = None, batch_size: int = 16, progress: bool = True,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              stats: dict | None = None, description: str = "generating") -> list[str]:
     """Generate a completion for each prompt (greedy by default); outputs in input order, stop strings cut off.
 
-    ``kind``: ``causal`` (decoder-only, left padding) or ``seq2seq`` (encoder-decoder). ``stats`` (optional dict)
+    ``kind``: ``causal`` (decoder-only: continuous batching with left padding, see :func:`_decode_causal`) or
+    ``seq2seq`` (encoder-decoder: length-sorted batches through ``model.generate``). ``stats`` (optional dict)
     receives ``generated_tokens``, ``seconds`` and ``batches``.
     """
     import torch
@@ -121,34 +291,46 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "cau
     was_training = getattr(model, "training", False)
     model.eval()
     prog = _progress(progress, description, len(prompts))
-    try:
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=add_special).to(device)
-            prompt_len = enc["input_ids"].shape[1] if kind == "causal" else 1
-            crit = [_stop_criteria(tokenizer, stops, prompt_len, window)] if stops else []
-            gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
-                                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_list or None)
-            if do_sample:
-                gen_kwargs.update(temperature=temperature, top_p=top_p)
-            else:
-                gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-            if crit:
-                from transformers import StoppingCriteriaList
 
-                gen_kwargs["stopping_criteria"] = StoppingCriteriaList(crit)
-            with torch.inference_mode():
-                out = model.generate(**enc, **gen_kwargs)
-            new = out[:, enc["input_ids"].shape[1]:] if kind == "causal" else out[:, 1:]
-            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-            for j, i in enumerate(idx):
-                outputs[i] = _cut_at_stop(texts[j], stops).strip() if stops else texts[j].strip()
-                total_tokens += _count_new_tokens(new[j], stop_ids)
-            n_batches += 1
-            if prog is not None:
-                el = time.perf_counter() - t0
-                prog.update(prog.task_ids[0], advance=len(idx), tps=f"{total_tokens / max(el, 1e-9):.0f} tok/s")
+    def finish(i: int, text: str, n_tokens: int) -> None:
+        nonlocal total_tokens
+        outputs[i] = _cut_at_stop(text, stops).strip() if stops else text.strip()
+        total_tokens += n_tokens
+        if prog is not None:
+            el = time.perf_counter() - t0
+            prog.update(prog.task_ids[0], advance=1, tps=f"{total_tokens / max(el, 1e-9):.0f} tok/s")
+
+    try:
+        if kind == "causal":
+            _decode_causal(model, tokenizer, prompts, order, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           eos=set(eos_list), stops=stops, window=window, do_sample=do_sample,
+                           temperature=temperature, top_p=top_p, stats=stats,
+                           on_done=lambda i, g: finish(i, tokenizer.decode(g, skip_special_tokens=True), len(g)))
+            n_batches = -(-len(prompts) // batch_size)
+        else:
+            for b in range(0, len(order), batch_size):
+                idx = order[b:b + batch_size]
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                                add_special_tokens=add_special).to(device)
+                gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                                  use_cache=True, pad_token_id=tokenizer.pad_token_id,
+                                                  eos_token_id=eos_list or None)
+                if do_sample:
+                    gen_kwargs.update(temperature=temperature, top_p=top_p)
+                else:
+                    gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+                if stops:
+                    from transformers import StoppingCriteriaList
+
+                    gen_kwargs["stopping_criteria"] = StoppingCriteriaList([_stop_criteria(tokenizer, stops, 1,
+                                                                                           window)])
+                with torch.inference_mode():
+                    out = model.generate(**enc, **gen_kwargs)
+                new = out[:, 1:]
+                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+                for j, i in enumerate(idx):
+                    finish(i, texts[j], _count_new_tokens(new[j], stop_ids))
+                n_batches += 1
     finally:
         if prog is not None:
             prog.stop()

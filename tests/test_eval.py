@@ -172,3 +172,67 @@ def test_cli_on_the_real_student(tmp_path, smollm2_path):
         preds = [json.loads(x) for x in (out / t["predictions_file"]).read_text().splitlines()]
         assert all(len(p["output"].split()) >= 3 for p in preds)  # real text, not noise or nothing
         assert all(p["correct"] == (p["extracted"] is not None and p["extracted"] == p["gold"]) for p in preds)
+
+
+MORE = PROMPTS + ["one two three four five six seven eight nine ten", "7 * 8 =", "Q: 100 - 1?\nA:"]
+
+
+def _hf_greedy(model, tok, prompts, n):
+    """Reference: transformers' own generate, one prompt at a time (no padding, no batching)."""
+    import torch
+
+    outs, n_tokens = [], 0
+    for p in prompts:
+        enc = tok(p, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            ids = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+        new = ids[0, enc["input_ids"].shape[1]:]
+        n_tokens += len(new)
+        outs.append(tok.decode(new, skip_special_tokens=True).strip())
+    return outs, n_tokens
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 16])
+def test_continuous_batching_matches_transformers_generate(tiny, batch_size):
+    """Rows finish at different steps (a short token budget for some via stops), leave the batch and are replaced
+    by waiting prompts; every output must still equal transformers' unbatched greedy generate."""
+    ref, n_tokens = _hf_greedy(tiny.model, tiny.tokenizer, MORE, 12)
+    st: dict = {}
+    out = generate(tiny.model, tiny.tokenizer, MORE, max_new_tokens=12, batch_size=batch_size, progress=False,
+                   stats=st)
+    assert out == ref
+    assert st["generated_tokens"] == n_tokens
+    # stop strings taken from the reference outputs make rows finish early at different steps
+    stops = [r[4:7] for r in ref if len(r) > 8][:3]
+    st = {}
+    cut = generate(tiny.model, tiny.tokenizer, MORE, max_new_tokens=12, batch_size=batch_size, progress=False,
+                   stop=stops, stats=st)
+    if 1 < batch_size < len(MORE):
+        assert st["joins"] > 0  # waiting prompts really were joined into a running batch
+    for r, c in zip(ref, cut):
+        k = min([r.find(s) for s in stops if s in r], default=len(r))
+        assert c == r[:k].strip()
+
+
+def test_sliding_window_cache_falls_back_to_whole_batches(tiny):
+    """A model whose KV cache has sliding-window layers cannot have rows joined mid-flight; the output is still
+    exactly transformers' greedy generate."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=len(tiny.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                        max_position_embeddings=128, pad_token_id=tiny.tokenizer.pad_token_id,
+                        eos_token_id=tiny.tokenizer.eos_token_id)
+    model = MistralForCausalLM(cfg).eval()
+    model.generation_config.eos_token_id = tiny.tokenizer.eos_token_id
+    ref, _ = _hf_greedy(model, tiny.tokenizer, MORE, 10)
+    st: dict = {}
+    assert generate(model, tiny.tokenizer, MORE, max_new_tokens=10, batch_size=3, progress=False, stats=st) == ref
+    stops = [r[4:7] for r in ref if len(r) > 8][:3]  # rows finish at different steps
+    cut = generate(model, tiny.tokenizer, MORE, max_new_tokens=10, batch_size=3, progress=False, stop=stops,
+                   stats=st)
+    for r, c in zip(ref, cut):
+        assert c == r[:min([r.find(s) for s in stops if s in r], default=len(r))].strip()
+    assert st["joins"] == 0
