@@ -452,7 +452,7 @@ class EvalConfig(RunConfig):
     limit: Optional[int] = Field(None, ge=1, description="a seeded random sample of N problems per task")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="generation budget (default: 256 for CoT "
                                                                   "modes, 32 for answer-only)")
-    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    batch_size: int = Field(32, ge=1, description="rows in flight (continuous batching; seq2seq: batch size)")
     chat: Optional[bool] = Field(None, description="use the tokenizer's chat template (default: when it has one)")
     data_dir: Optional[str] = Field(None, description="directory in the layout of shared/data "
                                                       "(default: $LORASP_DATA_DIR)")

@@ -180,7 +180,7 @@ DEFAULT_BBH_TASKS = ("boolean_expressions", "date_understanding", "navigate", "o
 
 
 def default_in_dist() -> HeldOutSet:
-    return HeldOutSet(datasets=["auto"], limit=12, mode="zs_cot", max_new_tokens=128)
+    return HeldOutSet(datasets=["auto"], limit=20, mode="zs_cot", max_new_tokens=128)
 
 
 def default_ood() -> HeldOutSet:
@@ -209,10 +209,12 @@ class SelectionOptions(BaseModel):
         f"out-of-distribution held-out set (same form) [default: {default_ood().as_string()}]"))
     generic: HeldOutSet = Field(default_factory=default_generic, description=(
         f"generic-ability held-out set (same form) [default: {default_generic().as_string()}]"))
-    eval_batch_size: int = Field(16, ge=1, le=4096, description="generation batch size of the held-out evaluation")
+    eval_batch_size: int = Field(32, ge=1, le=4096, description="rows in flight in the held-out evaluation's "
+                                 "continuous batching")
     # after the sets, so that its validator sees them
     select_by: str = Field("ood", description="which checkpoint to export: in_dist | ood | generic | loss | last, "
-                                              "or weights such as ood=0.7,in_dist=0.3 (ties: earliest step)")
+                                              "or weights such as ood=0.7,in_dist=0.3 (ties: earliest step; "
+                                              "default ood, in_dist on the quickstart)")
 
     @field_validator("select_by")
     @classmethod

@@ -173,3 +173,11 @@ def test_when_fit_evaluates_and_which_rule_applies():
     assert effective_rule(FitConfig(), None) == "last"
     assert effective_rule(FitConfig(select_by="loss", eval_every=0), None) == "loss"
     assert effective_rule(FitConfig(select_by="ood=0.7,in_dist=0.3"), object()) == "ood=0.7,in_dist=0.3"
+
+
+def test_the_quickstart_selects_on_its_skill_unless_told_otherwise():
+    from lora_spec.fit import FitConfig, resolve_defaults
+
+    assert resolve_defaults(FitConfig()).select_by == "in_dist"  # no --data/--dataset: the arith quickstart
+    assert resolve_defaults(FitConfig(select_by="ood")).select_by == "ood"
+    assert resolve_defaults(FitConfig(dataset="arith")).select_by == "ood"  # any other run: the paper's OOD rule
