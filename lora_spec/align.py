@@ -34,10 +34,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from itertools import accumulate
-from operator import itemgetter
+from itertools import accumulate, chain
+from operator import itemgetter, methodcaller
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -150,6 +150,8 @@ class StudentVocab:
                 dup_surfaces.add(b)
         # ids whose surface other ids share too (the lookup keeps the lowest id of such a surface)
         self.dup_ids = {self.lookup[b] for b in dup_surfaces}
+        self._canon: np.ndarray | None = None
+        self._is_dup: np.ndarray | None = None
         self.fingerprint = f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{size}"
 
     @staticmethod
@@ -181,6 +183,20 @@ class StudentVocab:
                 s = text[a:b].encode("utf-8") if b > a else b"\xff"  # \xff never occurs in UTF-8 text
             surf.append(s)
         return ids, surf
+
+    def canon_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``canon[i]``: ``lookup.get(surfaces_of([i])[0], -1)`` (the lowest id spelling id ``i``'s surface; the
+        last entry stands for ids outside the table), and ``is_dup[i]``: ``i in dup_ids``. Built once."""
+        if self._canon is None:
+            get = self.lookup.get
+            ff = get(b"\xff", -1)
+            canon = np.fromiter((ff if b is None else get(b, -1) for b in self.surfaces), dtype=np.int64,
+                                count=len(self.surfaces))
+            self._canon = np.append(canon, ff)
+            is_dup = np.zeros(len(self.surfaces) + 1, dtype=bool)
+            is_dup[list(self.dup_ids)] = True
+            self._is_dup = is_dup
+        return self._canon, self._is_dup  # type: ignore[return-value]
 
     def surfaces_of(self, ids: Sequence[int]) -> list[bytes]:
         surf = self.surfaces
@@ -485,6 +501,7 @@ class AlignStats:
 
 _NEG_INF = np.float16(-np.inf)
 _second = itemgetter(1)
+_values = methodcaller("values")
 
 
 class Aligner:
@@ -556,6 +573,131 @@ class Aligner:
             items = items[: self.top_k]
         return items
 
+    def _cids(self, enc: str, keys: list) -> list[int]:
+        """Student ids of candidate strings (-1: not a single student token), memoized per candidate string."""
+        cids = self._cid_cache.get(enc)
+        if cids is None:
+            cids = self._cid_cache[enc] = {}
+        try:
+            return list(map(cids.__getitem__, keys))
+        except KeyError:
+            lookup = self.vocab.lookup
+            for c in keys:
+                if c not in cids:
+                    cids[c] = lookup.get(self._bytes(c, enc), -1)
+            return list(map(cids.__getitem__, keys))
+
+    def _targets_many(self, jobs: list) -> list[AlignedTarget]:
+        """``_candidates`` + ``_pack`` for many samples at once, vectorized over all their candidates.
+
+        ``jobs``: ``(enc, top_logprobs, t_idx, s_idx, student_ids, own_surfaces, own_canon, n_teacher, n_pairs,
+        direct)`` per sample: the pairs ``(t_idx[r], s_idx[r])`` whose teacher candidates become the targets of
+        student position ``s_idx[r]``; ``own_surfaces[s]`` is the surface of student token ``s``; ``own_canon``
+        (or ``None``: from the vocabulary) is ``lookup.get(own_surfaces[s_idx[r]], -1)`` per pair.
+        Same targets as ``_candidates`` row by row: a candidate string maps to a student id through a dict
+        memoized per string; filtering, the duplicate-surface rule, the best-first stable sort, ``top_k`` and
+        the packing run as numpy operations on the whole batch; the rare rows where two candidates spell one
+        student token (their mass is merged) go through ``_candidates`` itself.
+        """
+        canon, is_dup = self.vocab.canon_arrays()
+        nsurf = len(canon) - 1
+        sid_l: list = []
+        lp_l: list = []
+        len_l: list = []
+        own_l: list = []
+        pos_l: list = []
+        row0 = [0]
+        overrides = []
+        for enc, tops, ti, sj, sids, _surf, own_canon, *_ in jobs:
+            d = list(map(tops.__getitem__, ti))
+            try:
+                keys = list(chain.from_iterable(d))
+            except TypeError:  # a position without a top-k (None)
+                d = [x or {} for x in d]
+                keys = list(chain.from_iterable(d))
+            sid_l += self._cids(enc, keys)
+            lp_l.extend(chain.from_iterable(map(_values, d)))
+            len_l.extend(map(len, d))
+            own_l.extend(map(sids.__getitem__, sj))
+            pos_l.extend(sj)
+            if own_canon is not None:
+                overrides.append((row0[-1], own_canon))
+            row0.append(row0[-1] + len(ti))
+        nrows = row0[-1]
+        lens = np.fromiter(len_l, dtype=np.int64, count=nrows)
+        sid = np.fromiter(sid_l, dtype=np.int64, count=len(sid_l))
+        lp = np.array(lp_l, dtype=np.float64).reshape(-1)  # None -> nan, filtered below
+        row = np.repeat(np.arange(nrows, dtype=np.int64), lens)
+        own = np.fromiter(own_l, dtype=np.int64, count=nrows)
+        oc = canon[np.where((own >= 0) & (own < nsurf), own, nsurf)]
+        for r0, lst in overrides:
+            oc[r0:r0 + len(lst)] = lst
+        # a surface shared by several ids: where a candidate spells the student's own token, it is that id
+        ok = sid >= 0
+        rep = ok & is_dup[np.where(ok & (sid < nsurf), sid, nsurf)] & (sid == oc[row])
+        sid = np.where(rep, own[row], sid)
+        # one row per pair, its candidates in the teacher's order, padded to the widest row
+        width = int(lens.max()) if nrows else 0
+        if nrows and (lens == width).all():
+            S, L = sid.reshape(nrows, width), lp.reshape(nrows, width)
+        else:
+            col = np.arange(len(sid)) - np.repeat(np.cumsum(lens) - lens, lens)
+            S = np.full((nrows, width), -1, dtype=np.int64)
+            L = np.full((nrows, width), np.nan)
+            S[row, col], L[row, col] = sid, lp
+        valid = (S >= 0) & np.isfinite(L)
+        cnt = valid.sum(axis=1)
+        # best first, ties in the teacher's order (list.sort(reverse=True) is stable), unusable ones last
+        o = np.argsort(np.where(valid, -L, np.inf), axis=1, kind="stable")
+        S, L = np.take_along_axis(S, o, axis=1), np.take_along_axis(L, o, axis=1)
+        # rows where two candidates are one student token: merged one by one (exact arithmetic of _candidates)
+        dup_rows: list[int] = []
+        if width > 1:
+            inval = -1 - np.arange(width)  # distinct, so that unusable slots never look alike
+            Sd = np.sort(np.where(np.arange(width) < cnt[:, None], S, inval), axis=1)
+            dup_rows = np.flatnonzero((Sd[:, 1:] == Sd[:, :-1]).any(axis=1)).tolist()
+        if self.top_k:
+            cnt = np.minimum(cnt, self.top_k)
+        fb = {}
+        if dup_rows:
+            jrow = np.searchsorted(np.asarray(row0), dup_rows, side="right") - 1
+            for r, j in zip(dup_rows, jrow.tolist()):
+                enc, tops, ti, sj, sids, surf = jobs[j][:6]
+                x = r - row0[j]
+                fb[r] = self._candidates(tops[ti[x]], enc, (surf[sj[x]], sids[sj[x]]))
+                cnt[r] = len(fb[r])
+        kmax = max(1, int(cnt.max()) if nrows else 1)
+        if width < kmax:  # no candidates at all (width 0): one empty slot, as _pack
+            S = np.pad(S, ((0, 0), (0, kmax - width)))
+            L = np.pad(L, ((0, 0), (0, kmax - width)))
+        S, L = S[:, :kmax], L[:, :kmax]
+        slot = np.arange(kmax) < cnt[:, None]
+        ids = np.where(slot, S, 0).astype(np.int32)
+        lps = np.where(slot, L, -np.inf).astype(np.float16)
+        for r, items in fb.items():
+            ids[r] = 0
+            lps[r] = -np.inf
+            ids[r, :len(items)] = [a for a, _ in items]
+            lps[r, :len(items)] = np.array([b for _, b in items], dtype=np.float16)
+        kept = np.flatnonzero(cnt > 0)
+        pos = np.fromiter(pos_l, dtype=np.int32, count=nrows)[kept]
+        ids, lps = ids[kept], lps[kept]
+        cuts = np.searchsorted(kept, row0).tolist()
+        # K per sample: its longest row (1 without rows), as _pack
+        r0 = np.asarray(row0)
+        has = np.flatnonzero(np.diff(r0) > 0)
+        kj = np.ones(len(jobs), dtype=np.int64)
+        if len(has):
+            kj[has] = np.maximum(np.maximum.reduceat(cnt, r0[has]), 1)
+        out = []
+        for j, (job, k) in enumerate(zip(jobs, kj.tolist())):
+            a, b = cuts[j], cuts[j + 1]
+            ij, lj = ids[a:b, :k], lps[a:b, :k]
+            if k < kmax:
+                ij, lj = np.ascontiguousarray(ij), np.ascontiguousarray(lj)
+            out.append(AlignedTarget(np.asarray(job[4], dtype=np.int32), pos[a:b], ij, lj, job[7], job[8], job[9]))
+        return out
+
     def _pack(self, student_ids, rows, n_teacher, n_pairs, direct) -> AlignedTarget:
         k = max((len(r[1]) for r in rows), default=1)
         m = len(rows)
@@ -600,12 +742,9 @@ class Aligner:
                 want = list(student_ids) if student_ids is not None else s_ids
                 if (want == direct_ids if want is not None
                         else b"".join(t_pieces) == text.encode("utf-8")):
-                    rows = []
-                    for ii, (sid, top) in enumerate(zip(direct_ids, top_logprobs)):
-                        items = self._candidates(top, enc, (t_pieces[ii], sid))
-                        if items:
-                            rows.append((ii, items))
-                    return self._pack(direct_ids, rows, len(tokens), len(tokens), True)
+                    idx = list(range(len(tokens)))
+                    return self._targets_many([(enc, top_logprobs, idx, idx, direct_ids, t_pieces, direct_ids,
+                                                len(tokens), len(tokens), True)])[0]
 
         if s_ids is None:
             if student_ids is None:
@@ -614,15 +753,15 @@ class Aligner:
                 s_ids = list(student_ids)
                 s_pieces = self.vocab.surfaces_of(s_ids)
         pairs = match_spans(t_pieces, s_pieces)
-        rows = []
         unk = self.vocab.unk_id
-        for ii, jj in pairs:
-            if s_ids[jj] == unk:  # an unknown student token has no distribution to learn
-                continue
-            items = self._candidates(top_logprobs[ii], enc, (s_pieces[jj], s_ids[jj]))
-            if items:
-                rows.append((jj, items))
-        return self._pack(s_ids, rows, len(tokens), len(pairs), False)
+        # an unknown student token has no distribution to learn
+        use = [(ii, jj) for ii, jj in pairs if s_ids[jj] != unk]
+        ti = [ii for ii, _ in use]
+        sj = [jj for _, jj in use]
+        get = lookup.get
+        own_canon = [get(s_pieces[jj], -1) for jj in sj]
+        return self._targets_many([(enc, top_logprobs, ti, sj, s_ids, s_pieces, own_canon, len(tokens), len(pairs),
+                                    False)])[0]
 
     def align_many(self, texts: Sequence[str], tokens: Sequence[Sequence[str] | None],
                    top_logprobs: Sequence[Sequence[dict[str, float]] | None],
@@ -654,15 +793,13 @@ class Aligner:
             t_lists.append(tp)
             s_lists.append(self.vocab.surfaces_of(student_ids[k]))
             todo.append(k)
+        jobs = []
         for k, enc, sp, pairs in zip(todo, encs, s_lists, match_spans_many(t_lists, s_lists)):
-            sids = student_ids[k]
-            tops = top_logprobs[k]
-            rows = []
-            for ii, jj in pairs.tolist():
-                items = self._candidates(tops[ii], enc, (sp[jj], sids[jj]))
-                if items:
-                    rows.append((jj, items))
-            out[k] = self._pack(sids, rows, len(tokens[k]), len(pairs), False)
+            # own surfaces come from surfaces_of(student ids): their canonical ids come from the vocabulary
+            jobs.append((enc, top_logprobs[k], pairs[:, 0].tolist(), pairs[:, 1].tolist(), student_ids[k], sp, None,
+                         len(tokens[k]), len(pairs), False))
+        for k, t in zip(todo, self._targets_many(jobs)):
+            out[k] = t
         return out  # type: ignore[return-value]
 
     def align_sample(self, sample: Any, text: str | None = None,
