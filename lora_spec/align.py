@@ -150,6 +150,7 @@ class StudentVocab:
                 dup_surfaces.add(b)
         # ids whose surface other ids share too (the lookup keeps the lowest id of such a surface)
         self.dup_ids = {self.lookup[b] for b in dup_surfaces}
+        self._surf_ff = [b"\xff" if b is None else b for b in self.surfaces]  # surfaces_of's table
         self._canon: np.ndarray | None = None
         self._is_dup: np.ndarray | None = None
         self.fingerprint = f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{size}"
@@ -199,14 +200,12 @@ class StudentVocab:
         return self._canon, self._is_dup  # type: ignore[return-value]
 
     def surfaces_of(self, ids: Sequence[int]) -> list[bytes]:
-        surf = self.surfaces
+        # special/unknown ids: a byte that never occurs in UTF-8 text, so they never match
+        surf = self._surf_ff
         try:
-            out = list(map(surf.__getitem__, ids))
+            return list(map(surf.__getitem__, ids))
         except (IndexError, TypeError):
-            out = [surf[i] if 0 <= i < len(surf) else None for i in ids]
-        if None in out:  # special/unknown ids: a byte that never occurs in UTF-8 text, so they never match
-            out = [b"\xff" if s is None else s for s in out]
-        return out
+            return [surf[i] if 0 <= i < len(surf) else b"\xff" for i in ids]
 
 
 # --------------------------------------------------------------------------------------------- merge
@@ -429,9 +428,17 @@ def match_spans_many(t_lists: Sequence[Sequence[bytes]], s_lists: Sequence[Seque
         base_arr = np.asarray(base, dtype=np.int64)
         tk, t_sample, t_local = keys(t_len, t_cnt, 0)
         sk, _s_sample, s_local = keys(s_len, s_cnt, 1)
-        _common, ti, si = np.intersect1d(tk, sk, assume_unique=False, return_indices=True)
-        order = np.argsort(ti, kind="stable")
-        ti, si = ti[order], si[order]
+        # the keys of non-empty pieces increase strictly along each side (spans are disjoint and in order,
+        # samples are apart): a binary search of the teacher's keys in the student's, in teacher order
+        s_ne = np.flatnonzero(sk >= 0)
+        sk_ne = sk[s_ne]
+        at = np.searchsorted(sk_ne, tk)
+        at_c = np.minimum(at, max(len(sk_ne) - 1, 0))
+        hit = (tk >= 0) & (at < len(sk_ne))
+        if len(sk_ne):
+            hit &= sk_ne[at_c] == tk
+        ti = np.flatnonzero(hit)
+        si = s_ne[at_c[ti]]
         pairs = np.stack([t_local[ti], s_local[si]], axis=1).astype(np.int32)
         cuts = np.searchsorted(t_sample[ti], np.arange(len(fast) + 1)).tolist()
         for k, a, b in zip(fast, cuts, cuts[1:]):
