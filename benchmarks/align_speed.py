@@ -166,15 +166,18 @@ def main() -> None:
     s_tokens = [s_tok.convert_ids_to_tokens(x) for x in s_ids]
     t0 = time.perf_counter()
     vocab = StudentVocab(s_tok)
+    vocab.canon_arrays()  # the per-id tables of the target builder (else built on first use)
     al = Aligner(vocab, same_vocab=False)
     vocab_s = time.perf_counter() - t0
     print(f"student vocabulary table: {vocab_s:.2f}s (once per tokenizer)", flush=True)
 
     # prepared once per sample, outside the timings, for both sides: the student ids (and token strings for DTW)
     tb = al._tb_cache.setdefault("text", {})
-    for toks, _ in samples:  # the teacher-string -> bytes cache (a dict lookup per token after the first sight)
+    for toks, tops in samples:  # the teacher-string -> bytes cache (a dict lookup per token after the first sight)
         for t in toks:
             al._bytes(t, "text")
+        for top in tops:  # and the candidate-string -> student-id cache (both sides use it)
+            al._cids("text", list(top))
 
     def pairs_lorasp_all():
         return match_spans_many([list(map(tb.__getitem__, samples[i][0])) for i in everything],
