@@ -168,14 +168,43 @@ def _pick(logits: Any, do_sample: bool, temperature: float, top_p: float) -> Any
     return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
 
 
-def _decode_causal(model: Any, tokenizer: Any, prompts: list[str], order: list[int], *, batch_size: int,
+MIN_SHARED_PREFIX = 8  # tokens: a shorter common prompt prefix is not worth a separate forward pass
+
+
+def _common_prefix(token_ids: list[list[int]]) -> int:
+    """Length of the longest token prefix that every prompt shares, leaving each at least one token of its own."""
+    if not token_ids:
+        return 0
+    first = token_ids[0]
+    n = min(len(x) for x in token_ids) - 1
+    for ids in token_ids[1:]:
+        k = 0
+        while k < n and ids[k] == first[k]:
+            k += 1
+        n = k
+        if n == 0:
+            break
+    return max(n, 0)
+
+
+def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order: list[int], *, batch_size: int,
                    max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
-                   temperature: float, top_p: float, on_done: Any, stats: dict | None = None) -> dict[int, list[int]]:
+                   temperature: float, top_p: float, on_done: Any, pad_id: int, share_prefix: bool = True,
+                   stats: dict | None = None) -> dict[int, list[int]]:
     """Continuous batching for decoder-only models: greedy (or sampled) decoding of every prompt with at most
     ``batch_size`` rows in flight. A finished row (EOS, stop string or token budget) leaves the batch at once, and
     waiting prompts are prefilled and joined into the running batch when a quarter of it is free, so no compute
-    is spent on finished rows. Returns the generated ids per prompt index (up to and including EOS); ``stats``
-    gets ``joins`` (prefills merged into a running batch) and ``steps`` (decode forward passes)."""
+    is spent on finished rows.
+
+    Prefix sharing: the token prefix that all prompts share (a system message, few-shot exemplars) is run once;
+    each prefill copies its KV cache and runs only the prompts' own suffixes (left-padded between the prefix and the
+    suffix; padding is masked and positions skip it, so the result is unchanged).
+
+    Returns the generated ids per prompt index (up to and including EOS); ``stats`` gets ``joins`` (prefills merged
+    into a running batch), ``steps`` (decode forward passes), ``shared_prefix`` (tokens) and ``prefill_tokens``
+    (prompt tokens run through the model)."""
+    import copy
+
     import torch
 
     device = next(model.parameters()).device
@@ -186,14 +215,43 @@ def _decode_causal(model: Any, tokenizer: Any, prompts: list[str], order: list[i
     rows: _Rows | None = None
     refill_at = max(1, batch_size // 4)
     can_join = True
-    joins = steps = 0
+    joins = steps = prefill_tokens = 0
+
+    def padded(seqs: list[list[int]]) -> tuple[Any, Any]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            if s:
+                ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+                attn[r, width - len(s):] = 1
+        return ids.to(device), attn.to(device)
+
+    shared = _common_prefix([token_ids[i] for i in order]) if share_prefix and len(order) > 1 else 0
+    prefix_cache = None
+    if shared >= MIN_SHARED_PREFIX:
+        with torch.inference_mode():
+            ids = torch.tensor([token_ids[order[0]][:shared]], dtype=torch.long, device=device)
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **extra)
+        prefix_cache = _out_cache(out)
+        prefill_tokens += shared
+        if not _mergeable(prefix_cache):  # sliding-window layers: keep every prompt whole
+            prefix_cache, shared = None, 0
+    else:
+        shared = 0
 
     def prefill(idx: list[int]) -> _Rows:
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
-        attn = enc["attention_mask"]
-        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=enc["input_ids"], attention_mask=attn, position_ids=pos, use_cache=True, **extra)
+        nonlocal prefill_tokens
+        ids, attn = padded([token_ids[i][shared:] for i in idx])
+        prefill_tokens += int(attn.sum())
+        pos = attn.long().cumsum(-1) - 1 + shared
+        kw = dict(extra)
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(idx))
+            attn = torch.cat([attn.new_ones(len(idx), shared), attn], 1)
+            kw[cache_kw] = cache
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos.clamp(min=0), use_cache=True, **kw)
         return _Rows(_out_cache(out), attn, pos[:, -1] + 1, out.logits[:, -1, :], list(idx))
 
     with torch.inference_mode():
@@ -243,14 +301,14 @@ def _decode_causal(model: Any, tokenizer: Any, prompts: list[str], order: list[i
             rows.pos = rows.pos + 1
             steps += 1
     if stats is not None:
-        stats.update(joins=joins, steps=steps)
+        stats.update(joins=joins, steps=steps, shared_prefix=shared, prefill_tokens=prefill_tokens)
     return done
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "causal", max_new_tokens: int = 256,
              stop: Sequence[str] | None = None, batch_size: int = 16, progress: bool = True,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-             stats: dict | None = None, description: str = "generating") -> list[str]:
+             stats: dict | None = None, description: str = "generating", share_prefix: bool = True) -> list[str]:
     """Generate a completion for each prompt (greedy by default); outputs in input order, stop strings cut off.
 
     ``kind``: ``causal`` (decoder-only: continuous batching with left padding, see :func:`_decode_causal`) or
@@ -278,7 +336,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "cau
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left" if kind == "causal" else "right"
     add_special = kind == "seq2seq"  # causal prompts are complete texts (chat template or plain)
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]]
+    token_ids = tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
+    lengths = [len(ids) for ids in token_ids]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     eos = getattr(model, "generation_config", None)
     eos_ids = getattr(eos, "eos_token_id", None) if eos is not None else None
@@ -302,9 +361,10 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "cau
 
     try:
         if kind == "causal":
-            _decode_causal(model, tokenizer, prompts, order, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            _decode_causal(model, tokenizer, token_ids, order, batch_size=batch_size, max_new_tokens=max_new_tokens,
                            eos=set(eos_list), stops=stops, window=window, do_sample=do_sample,
-                           temperature=temperature, top_p=top_p, stats=stats,
+                           temperature=temperature, top_p=top_p, stats=stats, pad_id=tokenizer.pad_token_id,
+                           share_prefix=share_prefix,
                            on_done=lambda i, g: finish(i, tokenizer.decode(g, skip_special_tokens=True), len(g)))
             n_batches = -(-len(prompts) // batch_size)
         else:

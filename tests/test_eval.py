@@ -236,3 +236,20 @@ def test_sliding_window_cache_falls_back_to_whole_batches(tiny):
     for r, c in zip(ref, cut):
         assert c == r[:min([r.find(s) for s in stops if s in r], default=len(r))].strip()
     assert st["joins"] == 0
+
+
+def test_a_shared_prompt_prefix_runs_once_and_changes_nothing(tiny):
+    """Few-shot exemplars / a system message shared by every prompt are prefilled once and copied per row; the
+    outputs must still equal transformers' unbatched greedy generate, with fewer prompt tokens run."""
+    prefix = "Answer briefly. Example: 2 + 2 = 4. Example: 3 + 5 = 8. Now the question.\n"
+    prompts = [prefix + p for p in MORE]
+    ref, n_tokens = _hf_greedy(tiny.model, tiny.tokenizer, prompts, 10)
+    st: dict = {}
+    out = generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=10, batch_size=3, progress=False, stats=st)
+    assert out == ref and st["generated_tokens"] == n_tokens
+    assert st["shared_prefix"] >= 8
+    plain: dict = {}
+    assert generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=10, batch_size=3, progress=False,
+                    stats=plain, share_prefix=False) == ref
+    assert plain["shared_prefix"] == 0
+    assert st["prefill_tokens"] == plain["prefill_tokens"] - (len(prompts) - 1) * st["shared_prefix"]
