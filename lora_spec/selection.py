@@ -180,7 +180,7 @@ DEFAULT_BBH_TASKS = ("boolean_expressions", "date_understanding", "navigate", "o
 
 
 def default_in_dist() -> HeldOutSet:
-    return HeldOutSet(datasets=["auto"], limit=20, mode="zs_cot", max_new_tokens=128)
+    return HeldOutSet(datasets=["auto"], limit=16, mode="zs_cot", max_new_tokens=128)
 
 
 def default_ood() -> HeldOutSet:
@@ -658,7 +658,7 @@ def total_steps(n_examples: int, batch_size: int, grad_accum: int = 1, world: in
     return max(1, int(math.ceil(epochs * max(1, per_epoch))))
 
 
-QUICKSTART_EVALS = 4  # the quickstart evaluates at step 0 and 4 more times
+QUICKSTART_EVALS = 3  # the quickstart evaluates at step 0 and 3 more times (the last at the end)
 
 
 def resolve_eval_every(cfg: Any, *, quickstart: bool, total: int) -> int:

@@ -165,9 +165,9 @@ def test_when_fit_evaluates_and_which_rule_applies():
     from lora_spec.fit import FitConfig
     from lora_spec.selection import effective_rule, resolve_eval_every
 
-    assert resolve_eval_every(FitConfig(), quickstart=True, total=80) == 20  # the quickstart: 4 evaluations + step 0
+    assert resolve_eval_every(FitConfig(), quickstart=True, total=64) == 22  # the quickstart: step 0, 22, 44, end
     assert resolve_eval_every(FitConfig(), quickstart=False, total=80) == 0  # opt-in elsewhere
-    assert resolve_eval_every(FitConfig(select_by="ood"), quickstart=False, total=10) == 3  # asking for ood turns it on
+    assert resolve_eval_every(FitConfig(select_by="ood"), quickstart=False, total=10) == 4  # asking for ood turns it on
     assert resolve_eval_every(FitConfig(select_by="loss"), quickstart=False, total=10) == 0
     assert resolve_eval_every(FitConfig(eval_every=7), quickstart=True, total=80) == 7
     assert effective_rule(FitConfig(), None) == "last"
