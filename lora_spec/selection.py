@@ -198,8 +198,8 @@ class SelectionOptions(BaseModel):
 
     eval_every: int | None = Field(None, ge=0, description="score the held-out sets at step 0, every N optimizer "
                                    "steps and at the end, and export the checkpoint --select-by picks; 0: no "
-                                   "held-out evaluation, export the last step (default: ceil(steps/3) on the quickstart "
-                                   "or when --select-by is given, else 0)")
+                                   "held-out evaluation, export the last step (default: ceil(steps/3) on the "
+                                   "quickstart or when --select-by is given, else 0)")
     keep_checkpoints: int | None = Field(None, ge=1, description="keep at most N checkpoint directories on disk "
                                                                   "(the chosen and the last are always kept)")
     in_dist: HeldOutSet = Field(default_factory=default_in_dist, description=(
