@@ -190,7 +190,7 @@ def _common_prefix(token_ids: list[list[int]]) -> int:
 def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order: list[int], *, batch_size: int,
                    max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
                    temperature: float, top_p: float, on_done: Any, pad_id: int, share_prefix: bool = True,
-                   stats: dict | None = None) -> dict[int, list[int]]:
+                   stats: dict | None = None) -> None:
     """Continuous batching for decoder-only models: greedy (or sampled) decoding of every prompt with at most
     ``batch_size`` rows in flight. A finished row (EOS, stop string or token budget) leaves the batch at once, and
     waiting prompts are prefilled and joined into the running batch when a quarter of it is free, so no compute
@@ -200,9 +200,9 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
     each prefill copies its KV cache and runs only the prompts' own suffixes (left-padded between the prefix and the
     suffix; padding is masked and positions skip it, so the result is unchanged).
 
-    Returns the generated ids per prompt index (up to and including EOS); ``stats`` gets ``joins`` (prefills merged
-    into a running batch), ``steps`` (decode forward passes), ``shared_prefix`` (tokens) and ``prefill_tokens``
-    (prompt tokens run through the model)."""
+    ``on_done(i, ids)`` receives each prompt's generated ids (up to and including EOS) as it finishes; ``stats``
+    gets ``joins`` (prefills merged into a running batch), ``steps`` (decode forward passes), ``shared_prefix``
+    (tokens) and ``prefill_tokens`` (prompt tokens run through the model)."""
     import copy
 
     import torch
@@ -210,11 +210,10 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
     device = next(model.parameters()).device
     extra, cache_kw = _forward_kwargs(model)
     queue = list(order)
-    done: dict[int, list[int]] = {}
     gen: dict[int, list[int]] = {}
     rows: _Rows | None = None
     refill_at = max(1, batch_size // 4)
-    can_join = True
+    joinable: bool | None = None  # learned from the first KV cache: sliding-window layers cannot be joined
     joins = steps = prefill_tokens = 0
 
     def padded(seqs: list[list[int]]) -> tuple[Any, Any]:
@@ -257,21 +256,19 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
     with torch.inference_mode():
         while queue or rows is not None:
             free = batch_size - (len(rows) if rows is not None else 0)
-            if queue and (rows is None or (can_join and (free >= refill_at or len(queue) <= free))):
+            # join waiting prompts into a running batch only when its cache can be joined; else whole batches
+            if queue and (rows is None or (joinable and (free >= refill_at or len(queue) <= free))):
                 take, queue = queue[:free], queue[free:]
                 new = prefill(take)
                 for i in take:
                     gen[i] = []
+                if joinable is None:
+                    joinable = _mergeable(new.cache)
                 if rows is None:
                     rows = new
-                elif _mergeable(rows.cache) and _mergeable(new.cache):
+                else:
                     rows.join(new)
                     joins += 1
-                else:  # a cache kind whose rows cannot be joined (sliding windows): finish batches whole
-                    queue = take + queue
-                    for i in take:
-                        del gen[i]
-                    can_join = False
             nxt = _pick(rows.logits, do_sample, temperature, top_p)
             finished = []
             for j, (i, t) in enumerate(zip(rows.ids, nxt.tolist())):
@@ -283,11 +280,9 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
             if finished:
                 for j in finished:
                     i = rows.ids[j]
-                    done[i] = gen.pop(i)
-                    on_done(i, done[i])
+                    on_done(i, gen.pop(i))
                 if len(finished) == len(rows):
                     rows = None
-                    can_join = True
                     continue
                 gone = set(finished)
                 keep = torch.tensor([j for j in range(len(rows)) if j not in gone], device=device)
@@ -302,7 +297,6 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
             steps += 1
     if stats is not None:
         stats.update(joins=joins, steps=steps, shared_prefix=shared, prefill_tokens=prefill_tokens)
-    return done
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "causal", max_new_tokens: int = 256,

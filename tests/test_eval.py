@@ -236,6 +236,8 @@ def test_sliding_window_cache_falls_back_to_whole_batches(tiny):
     for r, c in zip(ref, cut):
         assert c == r[:min([r.find(s) for s in stops if s in r], default=len(r))].strip()
     assert st["joins"] == 0
+    # every prompt token is run exactly once: no prefill is made and then thrown away
+    assert st["prefill_tokens"] == sum(len(tiny.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in MORE)
 
 
 def test_a_shared_prompt_prefix_runs_once_and_changes_nothing(tiny):
