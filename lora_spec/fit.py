@@ -113,9 +113,10 @@ def resolve_defaults(cfg: FitConfig) -> FitConfig:
             upd["limit"] = QUICKSTART_PROBLEMS
         if cfg.before_after is None:
             upd["before_after"] = QUICKSTART_HELD_OUT
-        if "select_by" not in cfg.model_fields_set:
+        if "select_by" not in cfg.model_fields_set and cfg.in_dist.enabled:
             # the quickstart teaches one skill and reports it on held-out arith test problems: export the
-            # checkpoint that is best on that skill's dev split (OOD and BBH are still scored and reported)
+            # checkpoint that is best on that skill's dev split (OOD and BBH are still scored and reported);
+            # with --in-dist none the ordinary default rule (and its fallback to a scored set) applies
             upd["select_by"] = "in_dist"
     if cfg.lr is None:
         upd["lr"] = 2e-5 if cfg.method == "full" else 1e-3

@@ -181,3 +181,5 @@ def test_the_quickstart_selects_on_its_skill_unless_told_otherwise():
     assert resolve_defaults(FitConfig()).select_by == "in_dist"  # no --data/--dataset: the arith quickstart
     assert resolve_defaults(FitConfig(select_by="ood")).select_by == "ood"
     assert resolve_defaults(FitConfig(dataset="arith")).select_by == "ood"  # any other run: the paper's OOD rule
+    assert resolve_defaults(FitConfig(in_dist="none")).select_by == "ood"  # no in_dist set: the ordinary default
+    assert "select_by" not in resolve_defaults(FitConfig(in_dist="none")).model_fields_set
