@@ -91,3 +91,45 @@ def models(as_json):
         for r in rows:
             click.echo(f"{r['name']:14s} {'cached ' if r['cached'] else 'not yet'}  {r['description']}")
     return 0
+
+
+@click.group("recipes", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.pass_context
+def recipes(ctx, as_json):
+    """List the shipped fit recipes (tuned `lorasp fit --config` files).
+
+    Use one by name, overriding any field with a flag:
+
+      lorasp fit --config gsm8k-smollm2 --data runs/teach/gsm8k-l2 --out adapters/gsm8k
+
+    `lorasp recipes show NAME` prints a recipe's YAML (copy it to start your own).
+    """
+    if ctx.invoked_subcommand is not None:
+        return None
+    from .recipes import list_recipes
+
+    rows = list_recipes()
+    if as_json:
+        click.echo(json.dumps([{"name": r.name, "description": r.description, "path": str(r.path)} for r in rows],
+                              indent=2))
+        return None
+    width = max((len(r.name) for r in rows), default=4)
+    for r in rows:
+        click.echo(f"{r.name:<{width}}  {r.description}")
+    click.echo("\nnext: lorasp recipes show NAME, or lorasp fit --config NAME --data RUN --out DIR")
+    return None
+
+
+@recipes.command("show")
+@click.argument("name")
+def recipes_show(name):
+    """Print one recipe's YAML."""
+    from .errors import ConfigError
+    from .recipes import list_recipes
+
+    found = {r.name: r for r in list_recipes()}
+    r = found.get(name.removeprefix("recipe:").removesuffix(".yaml"))
+    if r is None:
+        raise ConfigError(f"recipes show: no recipe {name!r} (shipped: {', '.join(found) or 'none'})")
+    click.echo(r.path.read_text(encoding="utf-8"), nl=False)

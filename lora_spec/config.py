@@ -69,8 +69,13 @@ def build(cls: Type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
     source: dict[str, str] = {}
     if yaml_path:
         p = Path(yaml_path)
-        if not p.exists():
-            raise ConfigError(f"{p}: config file not found")
+        if not p.exists() or yaml_path.startswith("recipe:"):
+            from .recipes import find
+
+            recipe = find(yaml_path)  # a shipped recipe by name (lorasp recipes)
+            if recipe is None:
+                raise ConfigError(f"{p}: config file not found (nor a shipped recipe: see lorasp recipes)")
+            p = recipe
         text = p.read_text(encoding="utf-8")
         try:
             loaded = yaml.safe_load(text)
