@@ -1,0 +1,340 @@
+"""The paper's claims as rerunnable experiments: ``python experiments/run.py c1|c2|c3|c4|c5|all``.
+
+Each experiment runs the real ``lorasp`` commands (teach, fit, merge, eval) a user would run, in order, and
+writes ``experiments/results/<exp>.json``: the commands, the settings and, for every evaluation, the per-problem
+correctness (problem ids and a 0/1 string) so that ``experiments/page.py`` can compute intervals and paired tests.
+``docs/results.md`` is generated from those files (``python experiments/page.py``), never typed by hand.
+
+Every step is resumable: a finished step (an artifact's ``lorasp.json``, an eval's ``results.json``) is skipped, an
+unfinished fit is continued with ``--resume``, and the result file is rewritten after each step with
+``"complete": false`` until the experiment's last step, so a run cut by a session end loses at most one step.
+
+Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not committed). Real data comes from
+``$LORASP_DATA_DIR`` (default ``../shared/data`` beside the repository).
+
+| exp | claim (Fu et al. 2023) | what runs |
+|---|---|---|
+| c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems |
+| c2 | generic ability drops | BBH, 27 tasks x 10, icl_cot (3-shot) and zs_answer, base vs adapter |
+| c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot |
+| c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
+| c5 | in-distribution best != OOD best | the recipe run's held-out curves (>= 8 evaluated checkpoints), with intervals |
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+RECIPE = ROOT / "recipes" / "gsm8k-smollm2.yaml"
+TEACHER_FILES = ("gsm8k_llama_level2_ranked.json", "gsm8k_gemini_level2_ranked.json")
+TEACHER_NOTE = ("Teacher CoT: Llama-3-70B and Gemini-1.5-Flash level-2 outputs from EIT-NLP/Distilling-CoT-Reasoning "
+                "(Apache-2.0 repository). The text is model output: the Meta Llama 3 licence and Google's Gemini API "
+                "terms restrict using it to improve other models; ASDiv is CC BY-NC 4.0 and MultiArith has no licence "
+                "(see shared/data/SOURCES.md). Research use only.")
+
+
+def data_dir() -> Path:
+    d = os.environ.get("LORASP_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+    return Path(d)
+
+
+def work_dir() -> Path:
+    return Path(os.environ.get("LORASP_EXP_DIR") or ROOT / "runs" / "experiments")
+
+
+def lorasp_exe() -> list[str]:
+    exe = Path(sys.executable).with_name("lorasp")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "lora_spec.cli"]
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def run_lorasp(args: list[str], log: Path) -> float:
+    """Run one ``lorasp`` command (output appended to ``log``); returns wall seconds; raises on failure."""
+    env = dict(os.environ)
+    env.setdefault("LORASP_DATA_DIR", str(data_dir()))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = lorasp_exe() + args
+    t0 = time.time()
+    with log.open("a") as fh:
+        fh.write(f"\n$ lorasp {shlex.join(args)}\n")
+        fh.flush()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if rc != 0:
+        raise StepFailed(f"lorasp {shlex.join(args)} exited {rc}; see {log}")
+    return time.time() - t0
+
+
+# ---------------------------------------------------------------------------------------------- the steps
+
+
+@dataclass
+class Experiment:
+    name: str
+    title: str
+    command: str
+    record: dict = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return work_dir() / self.name
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "commands.log"
+
+    def __post_init__(self):
+        path = RESULTS / f"{self.name}.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        self.record = {"experiment": self.name, "title": self.title, "command": self.command,
+                       "teacher_note": TEACHER_NOTE, "fits": old.get("fits", {}), "evals": old.get("evals", {}),
+                       "extra": old.get("extra", {}), "complete": False}
+
+    def save(self, complete: bool = False) -> None:
+        self.record.update(complete=complete, updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                           git=_git_commit())
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        tmp = RESULTS / f".{self.name}.json.tmp"
+        tmp.write_text(json.dumps(self.record, indent=1) + "\n")
+        tmp.replace(RESULTS / f"{self.name}.json")
+
+    # -- teach
+    def teach_gsm8k(self) -> Path:
+        """The real teach run: every GSM8K train question outside the dev split, both teachers, level-2 CoT."""
+        out = work_dir() / "teach" / "gsm8k-l2"
+        # the file teacher is deterministic and local: a finished pass is final (samples missing from the files
+        # stay missing); only a missing or interrupted run is (re)started
+        man = out / "manifest.json"
+        if not man.exists() or json.loads(man.read_text()).get("status") == "interrupted":
+            paths = ",".join(str(data_dir() / "gsm8k_teacher_cot" / f) for f in TEACHER_FILES)
+            run_lorasp(["teach", "--dataset", "gsm8k", "--split", "train", "--teacher", "file",
+                        "--teacher-opt", f"path={paths}", "--samples", "2", "--no-progress", "--out", str(out)],
+                       self.log)
+        m = json.loads((out / "manifest.json").read_text())
+        self.record["extra"]["teach_gsm8k"] = {k: m.get(k) for k in ("status", "counts", "accuracy", "problems")}
+        return out
+
+    # -- fit
+    def fit(self, label: str, out: Path, args: list[str]) -> Path:
+        """``lorasp fit ARGS --out OUT``: skipped when finished, continued with --resume when cut."""
+        if not (out / "lorasp.json").exists():
+            resume = ["--resume"] if (Path(str(out) + ".checkpoints")).exists() else []
+            run_lorasp(["fit", *args, "--out", str(out), "--no-progress", *resume], self.log)
+        man = json.loads((out / "lorasp.json").read_text())
+        self.record["fits"][label] = {
+            "args": args, "out": str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out),
+            "selection": man.get("selection"), "checkpoints": man.get("checkpoints"),
+            "train_seconds": man.get("train_seconds"), "eval_seconds": man.get("eval_seconds"),
+            "steps": man.get("steps"), "rows": man.get("rows") or man.get("data", {}).get("rows"),
+        }
+        self.save()
+        return out
+
+    # -- eval
+    def eval(self, label: str, *, tasks: list[str], suites: list[str], mode: str, limit: int | None,
+             max_new_tokens: int, adapter: Path | None = None, model: str | None = None,
+             batch_size: int = 32) -> dict:
+        """``lorasp eval`` of one model on some tasks; the per-problem hits go into the result file."""
+        out = self.dir / "eval" / label
+        args = ["eval", "--mode", mode, "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size),
+                "--no-progress", "--out", str(out)]
+        for s in suites:
+            args += ["--suite", s]
+        for t in tasks:
+            args += ["--task", t]
+        if limit:
+            args += ["--limit", str(limit)]
+        if adapter is not None:
+            args += ["--adapter", str(adapter)]
+        if model is not None:
+            args += ["--model", model]
+        if not (out / "results.json").exists():
+            run_lorasp(args, self.log)
+        self.record["evals"][label] = collect_eval(out, args)
+        self.save()
+        return self.record["evals"][label]
+
+
+def collect_eval(out: Path, args: list[str]) -> dict:
+    """Per task: n, correct, and the hits as a 0/1 string in the order of the sorted problem ids."""
+    res = json.loads((out / "results.json").read_text())
+    tasks = {}
+    for name, t in res.get("tasks", {}).items():
+        pred = out / "predictions" / f"{name.replace('/', '__')}.jsonl"
+        if not pred.exists():
+            pred = out / "predictions" / f"{name}.jsonl"
+        rows = [json.loads(line) for line in pred.read_text().splitlines() if line.strip()] if pred.exists() else []
+        rows.sort(key=lambda r: str(r["id"]))
+        tasks[name] = {"n": t.get("n"), "correct": t.get("correct"), "accuracy": t.get("accuracy"),
+                       "mode": t.get("mode"), "seconds": t.get("seconds"),
+                       "ids": [str(r["id"]) for r in rows], "hits": "".join("1" if r.get("correct") else "0" for r in rows)}
+        for k in ("strict", "flexible", "accuracy_strict", "accuracy_flexible"):
+            if k in t:
+                tasks[name][k] = t[k]
+    return {"args": args, "tasks": tasks}
+
+
+# ---------------------------------------------------------------------------------------------- experiments
+
+C1_SETS = {"gsm8k": 500, "multiarith": 300, "asdiv": 300, "svamp": 300}
+C1_TOKENS = {"gsm8k": 192, "multiarith": 160, "asdiv": 160, "svamp": 160}
+
+
+def recipe_adapter(exp: Experiment) -> Path:
+    run = exp.teach_gsm8k()
+    return exp.fit("recipe", work_dir() / "recipe" / "adapter",
+                   ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run)])
+
+
+def c1(full: bool = False) -> None:
+    exp = Experiment("c1", "C1 lift: the GSM8K recipe's adapter vs the base model",
+                     "python experiments/run.py c1" + (" --full" if full else ""))
+    adapter = recipe_adapter(exp)
+    exp.record["extra"]["sets"] = C1_SETS
+    # the headline first (GSM8K zs_cot), then OOD, then the 8-shot mode, so a cut run has the most important part
+    for mode in ("zs_cot", "icl_cot"):
+        for task, n in C1_SETS.items():
+            for who, ad in (("base", None), ("adapter", adapter)):
+                exp.eval(f"{who}-{mode}-{task}", suites=["math"], tasks=[task], mode=mode, limit=n,
+                         max_new_tokens=C1_TOKENS[task], adapter=ad)
+    if full:
+        for who, ad in (("base", None), ("adapter", adapter)):
+            exp.eval(f"{who}-zs_cot-gsm8k-full", suites=["math"], tasks=["gsm8k"], mode="zs_cot", limit=None,
+                     max_new_tokens=C1_TOKENS["gsm8k"], adapter=ad)
+    exp.save(complete=True)
+
+
+def c2() -> None:
+    exp = Experiment("c2", "C2 generic ability: BIG-Bench Hard before and after", "python experiments/run.py c2")
+    adapter = recipe_adapter(exp)
+    for mode, tokens in (("zs_answer", 32), ("icl_cot", 128)):
+        for who, ad in (("base", None), ("adapter", adapter)):
+            exp.eval(f"{who}-{mode}-bbh", suites=["bbh"], tasks=[], mode=mode, limit=10, max_new_tokens=tokens,
+                     adapter=ad)
+    exp.save(complete=True)
+
+
+C3_MIXTURES = {"zs_cot_only": "zero_shot_cot=1", "icl_cot_only": "in_context_cot=1",
+               "paper_4211": "in_context_cot=4,zero_shot_cot=2,in_context_answer=1,zero_shot_answer=1"}
+
+
+def c3(steps: int = 240, n: int = 300) -> None:
+    exp = Experiment("c3", "C3 formats: three training mixtures, each evaluated in-context and zero-shot",
+                     f"python experiments/run.py c3 --steps {steps} --n {n}")
+    run = exp.teach_gsm8k()
+    exp.record["extra"].update(steps=steps, n=n, mixtures=C3_MIXTURES)
+    for name, mix in C3_MIXTURES.items():
+        ad = exp.fit(name, exp.dir / name, ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run),
+                                            "--formats", mix, "--max-steps", str(steps), "--eval-every", "0",
+                                            "--select-by", "last"])
+        for mode in ("icl_cot", "zs_cot"):
+            exp.eval(f"{name}-{mode}-gsm8k", suites=["math"], tasks=["gsm8k"], mode=mode, limit=n,
+                     max_new_tokens=192, adapter=ad)
+    for mode in ("icl_cot", "zs_cot"):
+        exp.eval(f"base-{mode}-gsm8k", suites=["math"], tasks=["gsm8k"], mode=mode, limit=n, max_new_tokens=192)
+    exp.save(complete=True)
+
+
+def c4(teacher_steps: int = 192, student_steps: int = 96, problems: int = 768, n: int = 300) -> None:
+    exp = Experiment("c4", "C4 distribution vs sample matching (a SmolLM2 arith teacher with top-5 logprobs)",
+                     f"python experiments/run.py c4 --teacher-steps {teacher_steps} --student-steps {student_steps} "
+                     f"--problems {problems} --n {n}")
+    d = exp.dir
+    exp.record["extra"].update(teacher_steps=teacher_steps, student_steps=student_steps, problems=problems, n=n)
+    # 1. the teacher: SmolLM2 specialized on gold arith rationales, merged into a plain model
+    t_ad = exp.fit("teacher", d / "teacher-adapter",
+                   ["--dataset", "arith", "--teacher", "gold", "--limit", str(problems), "--max-steps",
+                    str(teacher_steps), "--eval-every", "0", "--select-by", "last", "--lr", "1e-3"])
+    merged = d / "teacher-merged"
+    if not (merged / "config.json").exists():
+        run_lorasp(["merge", str(t_ad), "--out", str(merged)], exp.log)
+    # 2. its own samples (temperature 0.7) with top-5 logprobs on the same train problems, filtered by answer
+    teach = d / "teach"
+    if not (teach / "manifest.json").exists() or json.loads((teach / "manifest.json").read_text()).get("status") != "complete":
+        run_lorasp(["teach", "--dataset", "arith", "--split", "train", "--limit", str(problems), "--teacher", "hf", "--model", str(merged), "--prompt", "zero-shot-cot",
+                    "--samples", "1", "--temperature", "0.7", "--top-logprobs", "5", "--max-tokens", "160",
+                    "--no-progress", "--out", str(teach)], exp.log)
+    m = json.loads((teach / "manifest.json").read_text())
+    exp.record["extra"]["teach"] = {k: m.get(k) for k in ("status", "counts", "accuracy")}
+    exp.eval("teacher-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160,
+             model=str(merged))
+    exp.eval("base-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160)
+    # 3. fresh students, same data and steps, three losses
+    for loss in ("sample", "distribution", "mix:0.5"):
+        label = loss.replace(":", "")
+        ad = exp.fit(label, d / f"student-{label}",
+                     ["--data", str(teach), "--loss", loss, "--max-steps", str(student_steps), "--eval-every", "0",
+                      "--select-by", "last", "--formats", "zero_shot_cot=1", "--lr", "1e-3"])
+        exp.eval(f"{label}-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160,
+                 adapter=ad)
+    exp.save(complete=True)
+
+
+def c5() -> None:
+    exp = Experiment("c5", "C5 in-distribution best vs out-of-distribution best (the recipe run's curves)",
+                     "python experiments/run.py c5")
+    ad = recipe_adapter(exp)
+    rows = []
+    pred = ad / "heldout_predictions.jsonl"
+    for line in pred.read_text().splitlines():
+        r = json.loads(line)
+        rows.append({k: r.get(k) for k in ("step", "set", "task", "id", "correct")})
+    rows.sort(key=lambda r: (r["step"], r["set"], str(r["task"]), str(r["id"])))
+    exp.record["extra"]["heldout"] = rows
+    exp.save(complete=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c5", "all"])
+    ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
+    ap.add_argument("--steps", type=int, default=240, help="c3: optimizer steps per mixture")
+    ap.add_argument("--n", type=int, default=300, help="c3/c4: test problems per evaluation")
+    ap.add_argument("--teacher-steps", type=int, default=192)
+    ap.add_argument("--student-steps", type=int, default=96)
+    ap.add_argument("--problems", type=int, default=768, help="c4: arith problems for the teacher and the students")
+    a = ap.parse_args(argv)
+    todo = ["c1", "c5", "c2", "c3", "c4"] if a.experiment == "all" else [a.experiment]
+    try:
+        for e in todo:
+            if e == "c1":
+                c1(a.full)
+            elif e == "c2":
+                c2()
+            elif e == "c3":
+                c3(a.steps, a.n)
+            elif e == "c4":
+                c4(a.teacher_steps, a.student_steps, a.problems, a.n)
+            else:
+                c5()
+            print(f"{e}: done -> {RESULTS / (e + '.json')}")
+    except StepFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
