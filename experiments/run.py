@@ -145,9 +145,9 @@ class Experiment:
         man = json.loads((out / "lorasp.json").read_text())
         self.record["fits"][label] = {
             "args": args, "out": str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out),
-            "selection": man.get("selection"), "checkpoints": man.get("checkpoints"),
-            "train_seconds": man.get("train_seconds"), "eval_seconds": man.get("eval_seconds"),
-            "steps": man.get("steps"), "rows": man.get("rows") or man.get("data", {}).get("rows"),
+            "selection": man.get("selection"), "checkpoints": man.get("checkpoints"), "train": man.get("train"),
+            "train_seconds": (man.get("train") or {}).get("train_seconds"),
+            "eval_seconds": (man.get("train") or {}).get("eval_seconds"),
         }
         self.save()
         return out
