@@ -30,6 +30,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("lora_spec.cli_report:report", "Re-render an artifact's specialization report (report.md, curves.png)."),
 }
 
+# commands that load models, tokenizers or adapters get --allow-pickle and --trust-remote-code (lora_spec.safeload)
+SAFE_LOAD_COMMANDS = ("teach", "fit", "eval", "merge", "generate", "combine")
+
+
+def _add_load_policy_options(cmd: click.Command) -> None:
+    """The two opt-ins of :mod:`lora_spec.safeload` as flags of ``cmd`` (never config keys): each invocation sets
+    the process policy from its own flags, so it is off unless this command line asks for it."""
+    from .safeload import ALLOW_PICKLE_HELP, TRUST_REMOTE_CODE_HELP, set_policy
+
+    def setter(key: str):
+        def callback(ctx, param, value):
+            set_policy(**{key: bool(value)})
+            return value
+        return callback
+
+    cmd.params.append(click.Option(["--allow-pickle"], is_flag=True, default=False, expose_value=False,
+                                   is_eager=True, callback=setter("allow_pickle"), help=ALLOW_PICKLE_HELP))
+    cmd.params.append(click.Option(["--trust-remote-code"], is_flag=True, default=False, expose_value=False,
+                                   is_eager=True, callback=setter("trust_remote_code"), help=TRUST_REMOTE_CODE_HELP))
+
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
@@ -43,6 +63,8 @@ class LazyGroup(click.Group):
         target = COMMANDS[name][0]
         mod, attr = target.split(":")
         cmd = getattr(importlib.import_module(mod), attr)
+        if name in SAFE_LOAD_COMMANDS:
+            _add_load_policy_options(cmd)
         self.commands[name] = cmd
         return cmd
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from .errors import ModelError, one_line
 from .paths import cache_dir
+from .safeload import model_load_kwargs
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PRESETS = {
@@ -258,16 +259,18 @@ def load_student(spec: str, quant: str = "none", *, dtype=None, device: str | No
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     path = resolve_path(spec)
+    safe_kw = model_load_kwargs(path)  # safetensors only, no remote code, unless opted in (lora_spec.safeload)
+    remote = {"trust_remote_code": safe_kw["trust_remote_code"]}
     try:
-        config = AutoConfig.from_pretrained(str(path))
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path), **remote)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **remote)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load config/tokenizer ({type(exc).__name__}: {one_line(exc)[:200]})") from None
     kind = model_kind(config)
     dtype = dtype or default_compute_dtype(device)
     qcfg = quantization_config(quant, dtype, double_quant)
     cls = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, **safe_kw}
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
         kwargs["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}

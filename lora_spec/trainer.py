@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +31,9 @@ from .errors import ConfigError, DataError, LoraspError
 from .records import Example
 
 IGNORE = -100
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.json"  # everything but tensors, as JSON (see save_state)
+STATE_TENSORS = "trainer_state.safetensors"  # the optimizer's (and any other) tensors of the trainer state
+LEGACY_STATE_FILE = "trainer_state.pt"  # lorasp <= 0.x pickle; read only through torch's weights-only unpickler
 WEIGHTS_FILE = "trainable.safetensors"
 LOG_FILE = "train_log.jsonl"
 
@@ -306,13 +309,139 @@ def load_trainable(model, path: str | os.PathLike) -> None:
             params[n].copy_(t.to(params[n].dtype))
 
 
+_STATE_FORMAT = "lorasp-trainer-state/1"
+_TAGS = ("__tensor__", "__tuple__", "__items__")
+
+
+def _has_state(d: Path) -> bool:
+    return ((d / STATE_FILE).exists() and (d / STATE_TENSORS).exists()) or (d / LEGACY_STATE_FILE).exists()
+
+
+def save_state(state: dict, d: str | os.PathLike) -> None:
+    """Write the trainer state (optimizer and scheduler state dicts, history, ...) into directory ``d`` without
+    pickle: every tensor goes to ``trainer_state.safetensors`` (named by its path, e.g.
+    ``optimizer.state.0.exp_avg``), the rest to ``trainer_state.json``, where tuples and dicts with non-string
+    keys are tagged so that :func:`load_state` gives back exactly what was saved."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+
+    def enc(x, path: str):
+        sub = (lambda k: f"{path}.{k}" if path else str(k))  # noqa: E731 - the tensor's name in the file
+        if isinstance(x, torch.Tensor):
+            tensors[path] = x.detach().cpu().contiguous()
+            return {"__tensor__": path}
+        if isinstance(x, tuple):
+            return {"__tuple__": [enc(v, sub(i)) for i, v in enumerate(x)]}
+        if isinstance(x, list):
+            return [enc(v, sub(i)) for i, v in enumerate(x)]
+        if isinstance(x, dict):
+            if all(isinstance(k, str) for k in x) and not any(k in _TAGS for k in x):
+                return {k: enc(v, sub(k)) for k, v in x.items()}
+            return {"__items__": [[enc(k, sub(f"key{i}")), enc(v, sub(k))]
+                                  for i, (k, v) in enumerate(x.items())]}
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(f"trainer state: {path or 'the state'} is a {type(x).__name__}, which the checkpoint format cannot hold")
+
+    body = enc(state, "")
+    d = Path(d)
+    save_file(tensors, str(d / STATE_TENSORS))
+    (d / STATE_FILE).write_text(json.dumps({"format": _STATE_FORMAT, "state": body}), encoding="utf-8")
+
+
+def load_state(d: str | os.PathLike) -> dict:
+    """Read the trainer state of checkpoint directory ``d`` (see :func:`save_state`); nothing in it is unpickled.
+
+    A checkpoint written by an older lorasp (``trainer_state.pt``) is read only through torch's weights-only
+    unpickler (tensors and plain containers); one that names any other Python object is refused, so a crafted
+    file cannot run code. Any malformed state is a one-line :class:`DataError` naming the file."""
+    d = Path(d)
+    if not (d / STATE_FILE).exists() and (d / LEGACY_STATE_FILE).exists():
+        return _load_legacy_state(d / LEGACY_STATE_FILE)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    f = d / STATE_FILE
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{f}: unreadable trainer state ({type(exc).__name__}: {exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != _STATE_FORMAT:
+        raise DataError(f"{f}: not a lorasp trainer state (expected format {_STATE_FORMAT!r})")
+    try:
+        tensors = load_file(str(d / STATE_TENSORS))
+    except (OSError, SafetensorError) as exc:
+        raise DataError(f"{d / STATE_TENSORS}: unreadable ({type(exc).__name__}: {exc})") from None
+
+    def dec(x):
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        if isinstance(x, dict):
+            if len(x) == 1 and next(iter(x)) in _TAGS:
+                (tag, v), = x.items()
+                if tag == "__tensor__":
+                    if v not in tensors:
+                        raise DataError(f"{f}: tensor {v!r} is missing from {STATE_TENSORS}")
+                    return tensors[v]
+                if tag == "__tuple__" and isinstance(v, list):
+                    return tuple(dec(i) for i in v)
+                if tag == "__items__" and isinstance(v, list) and all(isinstance(i, list) and len(i) == 2 for i in v):
+                    return {dec(k): dec(val) for k, val in v}
+                raise DataError(f"{f}: malformed {tag} entry")
+            return {k: dec(v) for k, v in x.items()}
+        return x
+
+    try:
+        state = dec(doc.get("state"))
+    except TypeError as exc:  # e.g. an unhashable key
+        raise DataError(f"{f}: malformed trainer state ({exc})") from None
+    return _check_state(state, f)
+
+
+def _load_legacy_state(f: Path) -> dict:
+    import pickle
+
+    import torch
+
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(f))
+    except Exception:  # not a zip checkpoint: torch.load below still refuses every non-allow-listed global
+        unsafe = []
+    if unsafe:
+        raise DataError(f"{f}: refusing to load: this pickle names {unsafe[0]!r}, which a trainer state never "
+                        "holds (loading it could run code); resume from a checkpoint you trust or use a new --out")
+    try:
+        state = torch.load(str(f), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's own text suggests weights_only=False: not advice to pass on
+        what = re.search(r"Unsupported (global|operand)[^.\n]*", str(exc))
+        raise DataError(f"{f}: refusing to load: not a plain trainer state (torch's weights-only unpickler "
+                        f"rejected it{': ' + what.group(0) if what else ''}; loading it otherwise could run code); "
+                        "resume from a checkpoint you trust or use a new --out") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{f}: unreadable trainer state ({type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())[:200]})") from None
+    return _check_state(state, f)
+
+
+def _check_state(state: Any, f: Path) -> dict:
+    want = {"optimizer": dict, "scheduler": dict, "history": list, "checkpoints": list, "signature": dict}
+    if not isinstance(state, dict):
+        raise DataError(f"{f}: malformed trainer state (expected an object)")
+    for k, t in want.items():
+        if not isinstance(state.get(k), t):
+            raise DataError(f"{f}: malformed trainer state: field {k!r} should be a {t.__name__}")
+    return state
+
+
 def checkpoint_dirs(root: str | os.PathLike) -> list[tuple[int, Path]]:
     """Complete checkpoints under ``root`` (``step-NNNNNN`` with a state file), in step order."""
     root = Path(root)
     out = []
     if root.is_dir():
         for d in root.iterdir():
-            if d.is_dir() and d.name.startswith("step-") and (d / STATE_FILE).exists() and (d / WEIGHTS_FILE).exists():
+            if d.is_dir() and d.name.startswith("step-") and _has_state(d) and (d / WEIGHTS_FILE).exists():
                 try:
                     out.append((int(d.name[5:]), d))
                 except ValueError:
@@ -476,7 +605,7 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
         found = checkpoint_dirs(ckpt_root)
         if found:
             step0, d = found[-1]
-            state = torch.load(str(d / STATE_FILE), map_location="cpu", weights_only=False)
+            state = load_state(d)
             old = state.get("signature", {})
             diff = [k for k in signature if k != "max_steps" and k != "epochs" and old.get(k) != signature[k]]
             if diff:
@@ -511,10 +640,10 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
                 prune(checkpoints)
             with atomic_dir(d) as tmp:
                 _save_trainable(model, tmp / WEIGHTS_FILE)
-                torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                save_state({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "history": history, "checkpoints": checkpoints, "signature": signature,
                             "train_seconds": train_seconds, "eval_seconds": eval_seconds, "tokens": tokens_total,
-                            "total_steps": total}, str(tmp / STATE_FILE))
+                            "total_steps": total}, tmp)
                 (tmp / "checkpoint.json").write_text(json.dumps(
                     {k: v for k, v in rec.items() if k != "path"}, indent=1))
         accelerator.wait_for_everyone()
@@ -659,4 +788,5 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
 
 
 __all__ = ["TrainArgs", "TrainResult", "TrainingDiverged", "Encoded", "encode_examples", "epoch_batches", "collate",
-           "batch_loss", "lr_factor", "warmup_steps_of", "train", "load_trainable", "checkpoint_dirs"]
+           "batch_loss", "lr_factor", "warmup_steps_of", "train", "load_trainable", "checkpoint_dirs", "save_state",
+           "load_state"]

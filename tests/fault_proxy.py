@@ -6,7 +6,8 @@ Faults are planned per arrival number (1-based), or by a function ``(n, tag, bod
 status such as ``429``, ``500``, ``503``, ``401`` (sent with ``Retry-After: 0``), ``timeout``
 (hold the connection longer than the client waits, never forward), ``truncate`` (status 200 with half of a
 completion's JSON, at once), ``truncate-upstream`` (forward, then send half of the real answer) and
-``garbage`` (200 with a non-JSON body).
+``garbage`` (200 with a non-JSON body). ``echo_auth=True`` makes status faults echo the request's
+``Authorization`` header in their error body, as a careless server might (for the secrets tests).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Entry:
 
 class FaultProxy:
     def __init__(self, upstream: str, faults: dict[int, str] | Callable[[int, str, dict], str | None] | None = None,
-                 hang: float = 5.0, fanout: bool = False):
+                 hang: float = 5.0, fanout: bool = False, echo_auth: bool = False):
+        self.echo_auth = echo_auth
         self.fanout = fanout  # answer n>1 requests with n choices (as OpenAI/vLLM do), by fanning out upstream
         self.upstream = upstream.rstrip("/")
         self.faults = faults or {}
@@ -92,7 +94,8 @@ class FaultProxy:
                         return
                     if fault and fault.isdigit():  # any HTTP status: 429, 500, 503, 401, ...
                         entry.status = int(fault)
-                        self._send(int(fault), b'{"error": {"message": "injected fault"}}', {"Retry-After": "0"})
+                        msg = "injected fault" + (f" for Authorization: {entry.auth}" if proxy.echo_auth else "")
+                        self._send(int(fault), json.dumps({"error": {"message": msg}}).encode(), {"Retry-After": "0"})
                         entry.delivered = True
                         return
                     if fault == "truncate":  # a completion answer cut off mid-JSON, without asking upstream
@@ -162,8 +165,9 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
-def fault_proxy(upstream: str, faults=None, hang: float = 5.0, fanout: bool = False) -> Iterator[FaultProxy]:
-    p = FaultProxy(upstream, faults, hang, fanout).start()
+def fault_proxy(upstream: str, faults=None, hang: float = 5.0, fanout: bool = False,
+                echo_auth: bool = False) -> Iterator[FaultProxy]:
+    p = FaultProxy(upstream, faults, hang, fanout, echo_auth).start()
     try:
         yield p
     finally:

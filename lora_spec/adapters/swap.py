@@ -172,12 +172,18 @@ def save_adapter(peft_model, out: str | os.PathLike, manifest: dict[str, Any], *
 
 def read_adapter(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of an adapter directory, ``None`` for a plain PEFT adapter; an error for anything else."""
+    from ..safeload import check_adapter_dir
+
     d = Path(directory)
     if not d.is_dir():
         raise DataError(f"{d}: adapter directory not found")
     if (d / MANIFEST).exists():
-        return read_manifest(d)
+        manifest = read_manifest(d)
+        if not _is_full(manifest):  # a full/merged model is checked by load_student
+            check_adapter_dir(d)
+        return manifest
     if (d / "adapter_config.json").exists():
+        check_adapter_dir(d)
         return None
     raise DataError(f"{d}: neither a lorasp artifact ({MANIFEST}) nor a PEFT adapter (adapter_config.json)")
 

@@ -173,8 +173,15 @@ class OpenAITeacher:
         time.sleep(delay)
         return True
 
+    def _redact(self, text: str) -> str:
+        """``text`` with the API key's value replaced by ``***``: error text comes from the server (or the proxy in
+        between), which may echo the ``Authorization`` header; such text goes to the store, manifest and stderr."""
+        key = os.environ.get(self.api_key_env or "", "")
+        return text.replace(key, "***") if len(key) >= 6 else text
+
     def _fail(self, task: _Task, error: str) -> list[Sample]:
         req = task.req
+        error = self._redact(error)
         return [Sample(problem_id=req.problem.id, sample_index=task.first + i, prompt_id=req.prompt_id, text="",
                        teacher=self.fingerprint(), error=error) for i in range(task.n)]
 
@@ -196,17 +203,17 @@ class OpenAITeacher:
             except httpx.TimeoutException as exc:
                 last = f"timeout after {self.timeout:g}s ({type(exc).__name__})"
             except httpx.TransportError as exc:
-                last = f"connection error: {type(exc).__name__}: {one_line(exc)[:200]}"
+                last = f"connection error: {type(exc).__name__}: {one_line(self._redact(str(exc)))[:200]}"
             else:
                 status = resp.status_code
                 if status == 200:
                     return self._parse(task, resp, attempt)
-                detail = one_line(resp.text)[:200]
+                detail = one_line(self._redact(resp.text))[:200]
                 last = f"HTTP {status} from {self.base_url}{path}: {detail}"
                 if status in FATAL_STATUS:
                     hint = (f" (is ${self.api_key_env} set?)" if status in (401, 403)
                             else " (check --base-url and --model)")
-                    raise _Fatal(last + hint)
+                    raise _Fatal(self._redact(last + hint))
                 if status not in RETRY_STATUS and status < 500:
                     return TaskResult(self._fail(task, last), attempts=attempt)
                 ra = resp.headers.get("retry-after")
@@ -228,7 +235,8 @@ class OpenAITeacher:
                               attempts=attempt)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices:
-            return TaskResult(self._fail(task, f"malformed response: no 'choices' in {one_line(str(data))[:120]}"),
+            return TaskResult(self._fail(task, "malformed response: no 'choices' in "
+                                           f"{one_line(self._redact(str(data)))[:120]}"),
                               attempts=attempt)
         rid = str(data.get("id") or f"{req.prompt_id}/{req.problem.id}/{task.first}")
         usage = {k: int(v) for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
