@@ -414,7 +414,7 @@ def _load_legacy_state(f: Path) -> dict:
                         "holds (loading it could run code); resume from a checkpoint you trust or use a new --out")
     try:
         state = torch.load(str(f), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's own text suggests weights_only=False: not advice to pass on
+    except pickle.UnpicklingError as exc:  # torch's own text suggests the unsafe full load: not advice to pass on
         what = re.search(r"Unsupported (global|operand)[^.\n]*", str(exc))
         raise DataError(f"{f}: refusing to load: not a plain trainer state (torch's weights-only unpickler "
                         f"rejected it{': ' + what.group(0) if what else ''}; loading it otherwise could run code); "
