@@ -1,0 +1,139 @@
+"""Statistics for accuracies measured on a finite set of problems: intervals and paired comparisons.
+
+Every accuracy lorasp shows is a proportion ``k/n``; every comparison it makes (before vs after, one checkpoint vs
+another, one eval run vs another) is on the *same* problems, so it is paired. The API is small:
+
+- ``wilson(k, n) -> (lo, hi)``: the 95% Wilson score interval of ``k/n`` (scipy's
+  ``binomtest(k, n).proportion_ci(method="wilson")``). Unlike the normal ("Wald") interval it stays inside [0, 1]
+  and is not degenerate at 0/n or n/n.
+- ``mcnemar(a, b) -> p``: the exact McNemar test of two paired correct/incorrect vectors: a two-sided exact
+  binomial test (scipy ``binomtest``, p = 0.5) on the discordant pairs, the problems that exactly one side solved.
+- ``paired(a, b) -> dict``: the change from ``a`` to ``b`` in accuracy points with Newcombe's paired-difference
+  interval (Newcombe 1998, "Improved confidence intervals for the difference between binomial proportions based on
+  paired data", method 10: the two marginal Wilson intervals combined by square-and-add with the continuity-
+  corrected correlation of the pair), the McNemar p-value and a ``within_noise`` flag (p >= 0.05: the data do not
+  show a difference).
+
+``a`` and ``b`` are sequences of booleans in the same problem order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+ALPHA = 0.05  # two-sided; "within noise" means p >= ALPHA
+CONFIDENCE = 1 - ALPHA
+
+__all__ = ["ALPHA", "CONFIDENCE", "wilson", "mcnemar", "newcombe_paired", "paired", "fmt_interval",
+           "fmt_acc", "fmt_paired"]
+
+
+def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Wilson score interval of the proportion ``k/n`` as fractions ``(lo, hi)``; ``(0.0, 1.0)`` when ``n`` is 0
+    (no problems, no information)."""
+    k, n = int(k), int(n)
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"wilson: expected 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
+
+
+def _table(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, int, int]:
+    """(both right, only b right, only a right, both wrong) of two paired vectors."""
+    if len(a) != len(b):
+        raise ValueError(f"paired vectors differ in length: {len(a)} vs {len(b)}")
+    both = only_b = only_a = neither = 0
+    for x, y in zip(a, b):
+        x, y = bool(x), bool(y)
+        if x and y:
+            both += 1
+        elif y:
+            only_b += 1
+        elif x:
+            only_a += 1
+        else:
+            neither += 1
+    return both, only_b, only_a, neither
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Two-sided exact McNemar p-value of paired vectors ``a``, ``b`` (1.0 when no problem is discordant)."""
+    _both, only_b, only_a, _neither = _table(a, b)
+    d = only_a + only_b
+    if d == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(min(1.0, binomtest(only_b, d, 0.5).pvalue))
+
+
+def newcombe_paired(both: int, only_b: int, only_a: int, neither: int,
+                    confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Newcombe's (1998, method 10) interval for ``p_b - p_a`` from the paired 2x2 table, as fractions."""
+    n = both + only_b + only_a + neither
+    if n == 0:
+        return -1.0, 1.0
+    pb, pa = (both + only_b) / n, (both + only_a) / n
+    lb, ub = wilson(both + only_b, n, confidence)
+    la, ua = wilson(both + only_a, n, confidence)
+    # correlation of the pair, continuity-corrected as Newcombe does (0 for a degenerate margin)
+    margins = (both + only_b) * (only_a + neither) * (both + only_a) * (only_b + neither)
+    phi = 0.0
+    if margins > 0:
+        cross = both * neither - only_b * only_a
+        if cross > n / 2:
+            phi = (cross - n / 2) / math.sqrt(margins)
+        elif cross < 0:
+            phi = cross / math.sqrt(margins)
+    d = pb - pa
+    lo = d - math.sqrt(max(0.0, (pb - lb) ** 2 - 2 * phi * (pb - lb) * (ua - pa) + (ua - pa) ** 2))
+    hi = d + math.sqrt(max(0.0, (pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2))
+    return max(-1.0, lo), min(1.0, hi)
+
+
+def paired(a_correct: Sequence[bool], b_correct: Sequence[bool], confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Compare ``b`` with ``a`` on the same problems (same order).
+
+    Returns ``n``, ``a``/``b`` (accuracies as fractions) with their Wilson intervals ``a_ci``/``b_ci``, ``delta``
+    (b - a, in accuracy **points**), ``delta_ci`` (Newcombe's paired interval, points), ``only_a``/``only_b``
+    (problems only that side solved), ``p`` (exact McNemar) and ``within_noise`` (p >= 0.05).
+    """
+    both, only_b, only_a, neither = _table(a_correct, b_correct)
+    n = both + only_b + only_a + neither
+    ka, kb = both + only_a, both + only_b
+    lo, hi = newcombe_paired(both, only_b, only_a, neither, confidence)
+    p = mcnemar(a_correct, b_correct)
+    return {"n": n, "a": ka / n if n else 0.0, "b": kb / n if n else 0.0,
+            "a_ci": list(wilson(ka, n, confidence)), "b_ci": list(wilson(kb, n, confidence)),
+            "delta": 100.0 * (kb - ka) / n if n else 0.0, "delta_ci": [100.0 * lo, 100.0 * hi],
+            "only_a": only_a, "only_b": only_b, "p": p, "within_noise": bool(p >= 1 - confidence)}
+
+
+# --------------------------------------------------------------------------------------------- formatting
+
+
+def fmt_interval(lo: float, hi: float) -> str:
+    """``[lo, hi]`` of fractions as percentages with one decimal: ``[3.1, 12.0]``."""
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def fmt_acc(k: int, n: int) -> str:
+    """``7.0% [3.4, 13.7] (7/100)``: accuracy, 95% Wilson interval, counts."""
+    if not n:
+        return "– (0 problems)"
+    lo, hi = wilson(k, n)
+    return f"{100 * k / n:.1f}% {fmt_interval(lo, hi)} ({k}/{n})"
+
+
+def fmt_paired(r: dict) -> str:
+    """``+12.0 points [4.1, 19.6], p=0.003`` or ``... p=0.41, within noise``."""
+    lo, hi = r["delta_ci"]
+    p = r["p"]
+    ptxt = f"p={p:.3f}" if p >= 0.001 else "p<0.001"
+    return f"{r['delta']:+.1f} points [{lo:+.1f}, {hi:+.1f}], {ptxt}" + (", within noise" if r["within_noise"]
+                                                                            else "")
