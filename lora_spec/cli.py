@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("lora_spec.cli_fit:fit_cmd", "Tune a student on teacher CoT in four formats (LoRA/DoRA/QLoRA/full)."),
     "eval": ("lora_spec.cli_eval:eval_cmd", "Evaluate a student (+ adapter) on math / BBH / arith suites, batched."),
     "recipes": ("lora_spec.cli_plugins:recipes", "List the shipped fit recipes (lorasp fit --config NAME)."),
+    "compare": ("lora_spec.cli_eval:compare_cmd", "Paired comparison of two eval results on the same problems."),
     "report": ("lora_spec.cli_report:report", "Re-render an artifact's specialization report (report.md, curves.png)."),
 }
 

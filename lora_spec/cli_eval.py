@@ -18,9 +18,11 @@ def eval_cmd(cfg: EvalConfig):
                 [--mode icl_cot|zs_cot|icl_answer|zs_answer] [--limit N] --out DIR
 
     Suites: math (GSM8K test + MultiArith, ASDiv, SVAMP), bbh (27 BIG-Bench Hard tasks), arith (synthetic test
-    split); any lorasp.evals plugin. --limit N evaluates a seeded random sample of N problems per task. Writes
-    DIR/results.json (accuracy, n, mode, model and adapter fingerprints per task), DIR/report.md and every
-    prediction with its extracted answer in DIR/predictions/<task>.jsonl.
+    split); any lorasp.evals plugin. --limit N evaluates a seeded random sample of N problems per task (--seed S,
+    default 0: the same problems as a fit's held-out set of that size and seed). Writes DIR/results.json
+    (accuracy with its 95% Wilson interval, n, mode, model and adapter fingerprints per task), DIR/report.md and
+    every prediction with its extracted answer in DIR/predictions/<task>.jsonl. Compare two runs with
+    'lorasp compare A B'.
     """
     import json
 
@@ -28,9 +30,37 @@ def eval_cmd(cfg: EvalConfig):
 
     out = run_eval(cfg)
     doc = json.loads((out / "results.json").read_text())
+    from .evaluate import _ci_txt
+
     for name, r in doc["tasks"].items():
-        click.echo(f"{name:45s} {r['mode']:10s} n={r['n']:<5d} accuracy={r['accuracy']:.1%}")
+        click.echo(f"{name:45s} {r['mode']:10s} n={r['n']:<5d} accuracy={r['accuracy']:.1%} "
+                   f"95% CI {_ci_txt(r.get('ci'))}")
     for s, summ in doc["suites"].items():
-        click.echo(f"suite {s}: macro accuracy {summ['macro_accuracy']:.1%} over {len(summ['tasks'])} task(s)")
+        click.echo(f"suite {s}: macro accuracy {summ['macro_accuracy']:.1%} 95% CI {_ci_txt(summ.get('macro_ci'))} "
+                   f"over {len(summ['tasks'])} task(s), {summ['n']} problems")
     click.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'predictions'}/")
+    return 0
+
+
+@click.command("compare")
+@click.argument("a", type=str)
+@click.argument("b", type=str)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare_cmd(a: str, b: str, as_json: bool):
+    """Compare two eval results (lorasp eval --out dirs or their results.json) on the same problems.
+
+    \b
+    lorasp compare runs/base runs/adapter
+
+    Per task both ran: accuracy of A and B with 95% Wilson intervals, the change B - A in points with Newcombe's
+    paired 95% interval, the exact McNemar p-value and "within noise" (p >= 0.05); per suite a macro summary.
+    The two runs must have evaluated the same problems (same split, --limit and --seed): otherwise a one-line
+    error names the task.
+    """
+    import json
+
+    from .compare import compare, render
+
+    res = compare(a, b)
+    click.echo(json.dumps(res, indent=1) if as_json else render(res), nl=as_json)
     return 0

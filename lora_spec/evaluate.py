@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from .answers import answers_match, extract_answer, kind_for
 from .errors import ConfigError
 from .records import EvalTask, Problem
+from .stats import wilson
 
 
 # --------------------------------------------------------------------------------------------- generation
@@ -417,17 +418,27 @@ def make_dataset(name: str, params: dict | None = None, data_dir: str | os.PathL
 LIMIT_SEED = 0
 
 
-def task_problems(task: EvalTask, data_dir: str | os.PathLike | None = None) -> list[Problem]:
-    """The task's problems. ``task.limit`` keeps a seeded random sample of that many (seed :data:`LIMIT_SEED`,
-    in dataset order), not the first N: several sets are ordered by difficulty or type (ASDiv by grade)."""
+def seeded_sample(items: Sequence[Any], n: int | None, seed: int = LIMIT_SEED) -> list[Any]:
+    """"``n`` of ``items`` with seed ``seed``": a seeded random sample without replacement, kept in the items' order.
+
+    The one sampler of lorasp: ``lorasp eval --limit N --seed S`` and a fit's held-out sets (``limit``/``seed``,
+    per dataset) both draw with it, so the same size and seed give the same problems of the same split.
+    ``n`` None or >= len(items): all of them.
+    """
     import random
 
+    items = list(items)
+    if n is None or n >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
+
+
+def task_problems(task: EvalTask, data_dir: str | os.PathLike | None = None, seed: int = LIMIT_SEED) -> list[Problem]:
+    """The task's problems. ``task.limit`` keeps a seeded random sample of that many (:func:`seeded_sample`, in
+    dataset order), not the first N: several sets are ordered by difficulty or type (ASDiv by grade)."""
     ds = make_dataset(task.dataset, task.dataset_params, data_dir)
-    problems = list(ds.load(task.split))
-    if task.limit is not None and len(problems) > task.limit:
-        keep = sorted(random.Random(LIMIT_SEED).sample(range(len(problems)), task.limit))
-        problems = [problems[i] for i in keep]
-    return problems
+    return seeded_sample(list(ds.load(task.split)), task.limit, seed)
 
 
 def scorer_for(task: EvalTask, problem: Problem) -> str:
@@ -436,8 +447,9 @@ def scorer_for(task: EvalTask, problem: Problem) -> str:
 
 def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: str = "causal", batch_size: int = 16,
                    data_dir: str | os.PathLike | None = None, progress: bool = True,
-                   chat: bool | None = None) -> dict[str, dict]:
-    """Run every task; per task: accuracy, n, correct, mode, seconds, generated_tokens, predictions.
+                   chat: bool | None = None, seed: int = LIMIT_SEED) -> dict[str, dict]:
+    """Run every task; per task: accuracy, its 95% Wilson interval ``ci`` ([lo, hi]), n, correct, mode, seconds,
+    generated_tokens, predictions. ``seed``: of the ``task.limit`` sample (:func:`seeded_sample`).
 
     Each prediction is ``{id, question, gold, output, extracted, correct, scorer}``. ``chat``: None = use the
     tokenizer's chat template when it has one (instruct students), False = plain text.
@@ -448,7 +460,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
     use_chat = uses_chat(tokenizer, chat) if kind == "causal" else False
     for task in tasks:
         mode = check_mode(task.mode)
-        problems = task_problems(task, data_dir)
+        problems = task_problems(task, data_dir, seed)
         prompts = [build_prompt(p, mode, tokenizer, chat=use_chat, data_dir=data_dir) for p in problems]
         st: dict = {}
         outs = generate(model, tokenizer, prompts, kind=kind, max_new_tokens=task.max_new_tokens,
@@ -464,7 +476,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
             preds.append({"id": p.id, "question": p.question, "gold": p.answer, "output": o, "extracted": ext,
                           "correct": ok, "scorer": sc})
         n = len(problems)
-        results[task.name] = {"accuracy": correct / n if n else 0.0, "n": n, "correct": correct, "mode": mode,
+        results[task.name] = {"accuracy": correct / n if n else 0.0, "ci": list(wilson(correct, n)), "n": n,
+                              "correct": correct, "mode": mode,
                               "dataset": task.dataset, "split": task.split, "seconds": st.get("seconds", 0.0),
                               "generated_tokens": st.get("generated_tokens", 0), "predictions": preds}
     return results
@@ -504,6 +517,8 @@ class EvalConfig(RunConfig):
     mode: Optional[Literal["icl_cot", "zs_cot", "icl_answer", "zs_answer"]] = Field(
         None, description="prompt mode for every task (default: each suite's, icl_cot)")
     limit: Optional[int] = Field(None, ge=1, description="a seeded random sample of N problems per task")
+    seed: int = Field(LIMIT_SEED, description="seed of the --limit sample (a fit's held-out set with the same "
+                                              "size per dataset and seed has the same problems)")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="generation budget (default: 256 for CoT "
                                                                   "modes, 32 for answer-only)")
     batch_size: int = Field(32, ge=1, description="rows in flight (continuous batching; seq2seq: batch size)")
@@ -547,6 +562,8 @@ def _fname(task: str) -> str:
 def run_eval(cfg: EvalConfig) -> "os.PathLike":
     """Evaluate a student (+ adapter) on the configured suites; write results.json, report.md, predictions/."""
     import json
+
+    from .stats import macro
     import sys
     from datetime import datetime, timezone
     from pathlib import Path
@@ -602,7 +619,8 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
 
     t0 = time.perf_counter()
     results = evaluate_tasks(student.model, student.tokenizer, all_tasks, kind=student.kind,
-                             batch_size=cfg.batch_size, data_dir=data_dir, progress=cfg.progress, chat=cfg.chat)
+                             batch_size=cfg.batch_size, data_dir=data_dir, progress=cfg.progress, chat=cfg.chat,
+                             seed=cfg.seed)
     wall = time.perf_counter() - t0
 
     out = Path(cfg.out)
@@ -619,9 +637,12 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
     for s, ts in suites.items():
         rows = [tasks_json[t.name] for t in ts]
         n = sum(r["n"] for r in rows)
+        k = sum(r["correct"] for r in rows)
+        _m, mlo, mhi = macro([r["correct"] for r in rows], [r["n"] for r in rows]) if rows else (0.0, 0.0, 1.0)
         summary[s] = {"tasks": [t.name for t in ts], "n": n,
                       "macro_accuracy": sum(r["accuracy"] for r in rows) / len(rows) if rows else 0.0,
-                      "micro_accuracy": sum(r["correct"] for r in rows) / n if n else 0.0}
+                      "macro_ci": [mlo, mhi],
+                      "micro_accuracy": k / n if n else 0.0, "micro_ci": list(wilson(k, n))}
     from .prompts import DEFAULT_SYSTEM, uses_chat
 
     chat_used = uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False
@@ -634,7 +655,8 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
         "adapter": adapter_info,
         "prompting": {"chat_template": chat_used, "system": DEFAULT_SYSTEM if chat_used else None,
                       "greedy": True},
-        "limit": cfg.limit, "limit_seed": LIMIT_SEED,
+        "limit": cfg.limit, "limit_seed": cfg.seed,
+        "intervals": INTERVALS,
         "config": cfg.model_dump(mode="json"),
         "wall_seconds": wall,
         "suites": summary,
@@ -647,6 +669,17 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
     return out
 
 
+INTERVALS = ("95% intervals: Wilson score interval per task and for micro averages; macro averages: MOVER "
+             "combination of the per-task Wilson intervals (lora_spec.stats)")
+
+
+def _ci_txt(ci: Any) -> str:
+    """``[3.4, 13.7]`` from a [lo, hi] of fractions (results.json written before intervals: ``–``)."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return "–"
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 def render_report(doc: dict) -> str:
     """A short markdown report of a results.json document."""
     m, a = doc["model"], doc.get("adapter")
@@ -657,13 +690,17 @@ def render_report(doc: dict) -> str:
              + (f"; limit {doc['limit']} per task (seeded sample, seed {doc['limit_seed']})" if doc["limit"] else ""),
              f"- wall time: {doc['wall_seconds']:.1f}s; created {doc['created']}", ""]
     for s, summ in doc["suites"].items():
-        lines += [f"## {s}: macro accuracy {summ['macro_accuracy']:.1%} ({summ['n']} problems)", "",
-                  "| task | mode | n | correct | accuracy | tokens/s |", "|---|---|---:|---:|---:|---:|"]
+        lines += [f"## {s}: macro accuracy {summ['macro_accuracy']:.1%} {_ci_txt(summ.get('macro_ci'))} "
+                  f"({summ['n']} problems; micro {summ['micro_accuracy']:.1%} {_ci_txt(summ.get('micro_ci'))})", "",
+                  "| task | mode | n | correct | accuracy | 95% CI | tokens/s |", "|---|---|---:|---:|---:|---:|---:|"]
         for t in summ["tasks"]:
             r = doc["tasks"][t]
             tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
-            lines.append(f"| {t} | {r['mode']} | {r['n']} | {r['correct']} | {r['accuracy']:.1%} | {tps} |")
+            lines.append(f"| {t} | {r['mode']} | {r['n']} | {r['correct']} | {r['accuracy']:.1%} | "
+                         f"{_ci_txt(r.get('ci'))} | {tps} |")
         lines.append("")
+    lines.append(doc.get("intervals") or INTERVALS)
+    lines.append("")
     lines.append("Every prediction (output, extracted answer, gold, correct) is in `predictions/<task>.jsonl`.")
     return "\n".join(lines) + "\n"
 

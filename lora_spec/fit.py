@@ -292,10 +292,11 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
                                                          world=state.num_processes, log=log)
 
     def select(checkpoints: list[dict]) -> dict:
-        return sel.select_checkpoint(checkpoints, sel.effective_rule(cfg, evaluator))
+        return sel.select_checkpoint(checkpoints, sel.effective_rule(cfg, evaluator), cfg.prefer_earliest)
 
     def prune(checkpoints: list[dict]) -> None:
-        sel.prune_checkpoints(checkpoints, cfg.keep_checkpoints, sel.effective_rule(cfg, evaluator))
+        sel.prune_checkpoints(checkpoints, cfg.keep_checkpoints, sel.effective_rule(cfg, evaluator),
+                              prefer_earliest=cfg.prefer_earliest)
 
     args = TrainArgs(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
                      warmup=cfg.warmup, schedule=cfg.schedule, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,

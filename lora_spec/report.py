@@ -8,8 +8,11 @@ The manifest fields used (all written by ``fit``)::
     checkpoints [{step, loss, scores {in_dist, ood, generic, eval_seconds, "<set>/<task>": acc}, path, pruned}],
     train {seconds | train_seconds, steps}
 
-Accuracies are fractions in [0, 1] in the manifest and percentages in the report. ``lorasp report ARTIFACT``
-re-renders both files; nothing else is read, so a report can be rebuilt anywhere the manifest is.
+Accuracies are fractions in [0, 1] in the manifest and percentages in the report, each with its 95% interval
+(Wilson; the generic set's macro average: MOVER over its tasks, ``lora_spec.stats``) and its n. Checkpoints are
+compared paired, problem by problem, from ``checkpoints[*].correct`` (per-problem results; older artifacts: the
+artifact's ``heldout_predictions.jsonl``): change in points, Newcombe's interval, exact McNemar p, "within noise".
+``lorasp report ARTIFACT`` re-renders both files from the artifact alone.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 
 from .adapters.artifact import MANIFEST, read_manifest
 from .errors import DataError
-from .selection import EVAL_SECONDS, SETS, _num, candidates, parse_rule, select_checkpoint
+from .selection import (CORRECT, EVAL_SECONDS, PREDICTIONS_FILE, SETS, _num, candidates, correct_vector,
+                        parse_rule, select_checkpoint)
+from .stats import fmt_paired, macro, paired, wilson
 
 REPORT_MD = "report.md"
 CURVES_PNG = "curves.png"
@@ -54,6 +59,8 @@ def checkpoints_of(manifest: dict, where: str = MANIFEST) -> list[dict]:
         if not isinstance(scores, dict):
             raise DataError(f"{where}: checkpoints[{i}].scores: expected an object, got {type(scores).__name__}")
         for k, v in scores.items():
+            if k == CORRECT:
+                continue
             if v is not None and _num(v) is None:
                 raise DataError(f"{where}: checkpoints[{i}].scores.{k}: expected a number, got {v!r}")
         if c.get("loss") is not None and _num(c.get("loss")) is None and not (
@@ -96,6 +103,113 @@ def _task_keys(checkpoints: list[dict]) -> list[str]:
     return sorted(keys, key=lambda k: (order.get(k.split("/", 1)[0], 9), keys.index(k)))
 
 
+def task_sizes(manifest: dict) -> dict[str, int]:
+    """``{"<set>/<task>": n}`` from ``selection.sets`` (the held-out problems per task)."""
+    out: dict[str, int] = {}
+    for s, d in ((manifest.get("selection") or {}).get("sets") or {}).items():
+        for t, n in ((d or {}).get("tasks") or {}).items():
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                out[f"{s}/{t}"] = n
+    return out
+
+
+def _set_keys(key: str, sizes: dict[str, int]) -> list[str]:
+    return [k for k in sizes if k.split("/", 1)[0] == key] if "/" not in key else ([key] if key in sizes else [])
+
+
+def counts(ck: dict, key: str, sizes: dict[str, int], vectors: dict | None = None) -> list[tuple[int, int]] | None:
+    """Per task (k correct, n) behind a score key (a set: each of its tasks; a task: itself), from the per-problem
+    results when there are any, else from the accuracy and the recorded task size; None when unknown."""
+    keys = _set_keys(key, sizes)
+    if not keys:
+        return None
+    out = []
+    for k in keys:
+        vec = (vectors or {}).get(k)
+        if vec is not None:
+            out.append((sum(vec), len(vec)))
+            continue
+        acc = _num((ck.get("scores") or {}).get(k))
+        if acc is None and len(keys) == 1:
+            acc = _num((ck.get("scores") or {}).get(key))
+        if acc is None:
+            return None
+        out.append((int(round(acc * sizes[k])), sizes[k]))
+    return out
+
+
+def interval(ck: dict, key: str, sizes: dict[str, int], vectors: dict | None = None) -> tuple[float, float] | None:
+    """The 95% interval of a score: Wilson for a task, in_dist and ood (micro over problems); for generic, the
+    macro average over BBH tasks, MOVER over their Wilson intervals."""
+    c = counts(ck, key, sizes, vectors)
+    if not c:
+        return None
+    if key == "generic":
+        _m, lo, hi = macro([k for k, _ in c], [n for _, n in c])
+        return lo, hi
+    return wilson(sum(k for k, _ in c), sum(n for _, n in c))
+
+
+def _ci(iv: tuple[float, float] | None) -> str:
+    return "–" if iv is None else f"[{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]"
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict]:
+    """The rows of ``heldout_predictions.jsonl``; a bad line is a one-line error naming file:line."""
+    import json
+
+    rows = []
+    p = Path(path)
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}:{i}: not valid JSON ({exc.msg})") from None
+        if not isinstance(r, dict) or not isinstance(r.get("step"), int) or not isinstance(r.get("correct"), bool) \
+                or not isinstance(r.get("set"), str) or not isinstance(r.get("task"), str):
+            raise DataError(f"{p}:{i}: expected an object with integer 'step', 'set', 'task' and boolean 'correct'")
+        rows.append(r)
+    return rows
+
+
+def correct_vectors(manifest: dict, checkpoints: list[dict],
+                    predictions: list[dict] | None = None) -> dict[int, dict[str, list[bool]]]:
+    """Per step, per score key (``<set>/<task>`` and the set names): the per-problem results, in the problem order
+    of ``selection.sets``. From ``checkpoints[*].correct``, else from held-out prediction rows."""
+    out: dict[int, dict[str, list[bool]]] = {}
+    for c in checkpoints:
+        bits = c.get(CORRECT)
+        if isinstance(bits, dict):
+            vecs = {k: [ch == "1" for ch in v] for k, v in bits.items() if isinstance(v, str)}
+            for s in SETS:
+                v = correct_vector(c, s)
+                if v is not None:
+                    vecs[s] = v
+            out[int(c["step"])] = vecs
+    if predictions:
+        ids = {s: (d or {}).get("ids") or {} for s, d in ((manifest.get("selection") or {}).get("sets") or {}).items()}
+        grouped: dict[int, dict[str, dict[str, bool]]] = {}
+        for r in predictions:
+            grouped.setdefault(r["step"], {}).setdefault(f"{r['set']}/{r['task']}", {})[str(r.get("id"))] = r["correct"]
+        for step, per in grouped.items():
+            if step in out:
+                continue
+            vecs = {}
+            for k, m in per.items():
+                s, t = k.split("/", 1)
+                order = [str(i) for i in (ids.get(s) or {}).get(t) or []] or list(m)
+                if set(order) == set(m):
+                    vecs[k] = [m[i] for i in order]
+            for s in SETS:
+                parts = [v for k, v in vecs.items() if k.split("/", 1)[0] == s]
+                if parts:
+                    vecs[s] = [x for v in parts for x in v]
+            out[step] = vecs
+    return out
+
+
 def pct(x: Any) -> str:
     v = _num(x)
     return "–" if v is None else f"{100 * v:.1f}"
@@ -127,10 +241,15 @@ def times(manifest: dict, checkpoints: list[dict]) -> tuple[float | None, float 
 # --------------------------------------------------------------------------------------------- markdown
 
 
-def render_markdown(manifest: dict, name: str = "artifact") -> str:
+def render_markdown(manifest: dict, name: str = "artifact", predictions: list[dict] | None = None) -> str:
+    """``report.md``. ``predictions``: the rows of ``heldout_predictions.jsonl`` (for the paired comparisons of
+    artifacts whose checkpoints do not record ``correct``)."""
     cks = checkpoints_of(manifest)
     chosen = chosen_step(manifest, cks)
     sets = _set_names(cks)
+    sizes = task_sizes(manifest)
+    vectors = correct_vectors(manifest, cks, predictions)
+    set_n = {s: sum(n for k, n in sizes.items() if k.split("/", 1)[0] == s) for s in sets}
     sel = manifest.get("selection") or {}
     rule = sel.get("rule") or "last"
     try:
@@ -171,7 +290,9 @@ def render_markdown(manifest: dict, name: str = "artifact") -> str:
     lines.append("")
 
     # the main table
-    head = ["step", "train loss"] + [SET_TITLES.get(s, s) + " %" for s in sets] + ["eval s", ""]
+    head = ["step", "train loss"] + [h for s in sets for h in (SET_TITLES.get(s, s) + " %",
+                                                              f"{s} 95% CI" + (f" (n={set_n[s]})" if set_n[s] else ""))]
+    head += ["eval s", ""]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---:"] * (len(head) - 1) + ["---"]) + "|")
     for c in cks:
@@ -186,8 +307,10 @@ def render_markdown(manifest: dict, name: str = "artifact") -> str:
         if c.get("pruned"):
             notes.append("pruned from disk")
         loss = _num(c.get("loss"))
-        row = [str(c["step"]), "–" if loss is None else f"{loss:.4f}"] + [pct(sc.get(s)) for s in sets] + \
-              [_secs(sc.get(EVAL_SECONDS)), ", ".join(notes)]
+        row = [str(c["step"]), "–" if loss is None else f"{loss:.4f}"]
+        for s in sets:
+            row += [pct(sc.get(s)), _ci(interval(c, s, sizes, vectors.get(c["step"])) if s in sc else None)]
+        row += [_secs(sc.get(EVAL_SECONDS)), ", ".join(notes)]
         if c["step"] == chosen:
             row = [f"**{x}**" if i < len(row) - 1 and x != "–" else x for i, x in enumerate(row)]
         lines.append("| " + " | ".join(row) + " |")
@@ -220,17 +343,22 @@ def render_markdown(manifest: dict, name: str = "artifact") -> str:
                              f"`{rule}`; training did not help on this criterion.")
                 lines.append("")
 
+    lines += _paired_section(cks, chosen, last, sets, vectors, sizes, rule)
+
     # per-task table
     tkeys = _task_keys(cks)
     if tkeys:
-        lines.append("Per task (accuracy %):")
+        lines.append("Per task (accuracy % [95% Wilson interval]):")
         lines.append("")
-        lines.append("| step | " + " | ".join(f"{k}" for k in tkeys) + " |")
+        lines.append("| step | " + " | ".join(f"{k}" + (f" (n={sizes[k]})" if k in sizes else "") for k in tkeys)
+                     + " |")
         lines.append("|" + "|".join(["---:"] * (len(tkeys) + 1)) + "|")
         for c in cks:
             sc = c.get("scores") or {}
             mark = " ✓" if c["step"] == chosen else ""
-            lines.append(f"| {c['step']}{mark} | " + " | ".join(pct(sc.get(k)) for k in tkeys) + " |")
+            cells = [pct(sc.get(k)) + ("" if sc.get(k) is None or k not in sizes else
+                                       " " + _ci(interval(c, k, sizes, vectors.get(c["step"])))) for k in tkeys]
+            lines.append(f"| {c['step']}{mark} | " + " | ".join(cells) + " |")
         lines.append("")
 
     # the held-out sets
@@ -267,11 +395,71 @@ def render_markdown(manifest: dict, name: str = "artifact") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _paired_section(cks: list[dict], chosen: int | None, last: int, sets: list[str],
+                    vectors: dict[int, dict[str, list[bool]]], sizes: dict[str, int], rule: str) -> list[str]:
+    """Before vs chosen/after and chosen vs every other checkpoint, paired on the same problems, per set."""
+    if chosen is None or not sets:
+        return []
+    have = [s for s in sets if s in vectors.get(chosen, {})]
+    if not have:
+        return ["Paired comparisons: not available (this artifact records no per-problem held-out results).", ""]
+    pairs: list[tuple[str, int, int]] = []  # (label, step x, step y): change from x to y
+    if 0 in vectors:
+        pairs.append((f"before (0) → chosen ({chosen})", 0, chosen))
+        if last != chosen:
+            pairs.append((f"before (0) → after ({last})", 0, last))
+    for c in cks:
+        st = int(c["step"])
+        if st not in (0, chosen) and st in vectors:
+            pairs.append((f"step {st} → chosen ({chosen})", st, chosen))
+    if not pairs:
+        return []
+    lines = ["Paired comparisons (the same held-out problems at every checkpoint): change in accuracy points "
+             "[Newcombe's 95% interval], exact McNemar p; *within noise* = p ≥ 0.05, the data do not show a "
+             "difference (the flag follows the exact test; near p = 0.05 the interval, a separate method, can "
+             "just exclude 0).", "",
+             "| comparison | " + " | ".join(SET_TITLES.get(s, s) for s in have) + " |",
+             "|---|" + "|".join(["---"] * len(have)) + "|"]
+    noise: dict[str, list[int]] = {s: [] for s in have}
+    for label, x, y in pairs:
+        cells = []
+        for s in have:
+            vx, vy = vectors.get(x, {}).get(s), vectors.get(y, {}).get(s)
+            if vx is None or vy is None or len(vx) != len(vy):
+                cells.append("–")
+                continue
+            r = paired(vx, vy)
+            cells.append(fmt_paired(r))
+            if r["within_noise"] and x != 0:
+                noise[s].append(x)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    try:
+        r = parse_rule(rule)
+        key = r.weights[0][0] if r.kind == "score" and len(r.weights) == 1 else None
+    except ValueError:
+        key = None
+    if key in noise:
+        others = sorted(noise[key])
+        lines.append(f"On `{key}`, the selection score, "
+                     + (f"steps {', '.join(map(str, others))} are within noise of the chosen step {chosen}: the "
+                        f"held-out set cannot tell them apart." if others else
+                        f"every other evaluated checkpoint differs significantly from the chosen step {chosen}."))
+        lines.append("")
+    if "generic" in have and len({n for k, n in sizes.items() if k.startswith("generic/")}) > 1:
+        lines.append("(generic: the paired test pools the BBH problems; its tasks differ in size, so the pooled "
+                     "change can differ from the change of the macro average.)")
+        lines.append("")
+    return lines
+
+
 # --------------------------------------------------------------------------------------------- plot
 
 
-def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact") -> Path:
-    """Three accuracy curves against steps (chosen step marked) above the training loss; ``PNG_SIZE`` pixels."""
+def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
+               predictions: list[dict] | None = None) -> Path:
+    """Three accuracy curves against steps with their 95% intervals as shaded bands (chosen step marked) above the
+    training loss; ``PNG_SIZE`` pixels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -279,6 +467,8 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact") 
     chosen = chosen_step(manifest, cks)
     sets = _set_names(cks)
     sel = manifest.get("selection") or {}
+    sizes = task_sizes(manifest)
+    vectors = correct_vectors(manifest, cks, predictions)
     fig = Figure(figsize=(PNG_SIZE[0] / _DPI, PNG_SIZE[1] / _DPI), dpi=_DPI)
     FigureCanvasAgg(fig)
     gs = fig.add_gridspec(2, 1, height_ratios=(3, 1.2), hspace=0.08)
@@ -288,8 +478,14 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact") 
         pts = [(c["step"], _num((c.get("scores") or {}).get(s))) for c in cks]
         pts = [(x, 100 * y) for x, y in pts if y is not None]
         if pts:
+            band = [(c["step"], interval(c, s, sizes, vectors.get(c["step"]))) for c in cks
+                    if _num((c.get("scores") or {}).get(s)) is not None]
+            band = [(x, iv) for x, iv in band if iv is not None]
+            if band:
+                ax.fill_between([x for x, _ in band], [100 * iv[0] for _, iv in band], [100 * iv[1] for _, iv in band],
+                                color=_COLORS.get(s), alpha=0.15, lw=0)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2, color=_COLORS.get(s),
-                    label=SET_TITLES.get(s, s))
+                    label=SET_TITLES.get(s, s) + (" (95% band)" if band else ""))
             at = [p for p in pts if p[0] == chosen]
             if at:
                 ax.plot([at[0][0]], [at[0][1]], marker="*", ms=16, color=_COLORS.get(s), mec="black", zorder=5)
@@ -346,15 +542,19 @@ def write_report(artifact: str | os.PathLike, manifest: dict | None = None,
     where = str(artifact / MANIFEST)
     checkpoints_of(manifest, where)  # validate with the file's name in the message
     chosen_step(manifest, checkpoints_of(manifest, where), where)
+    preds = None
+    if (artifact / PREDICTIONS_FILE).is_file() and not all(
+            isinstance(c.get(CORRECT), dict) for c in checkpoints_of(manifest, where) if c.get("scores")):
+        preds = read_predictions(artifact / PREDICTIONS_FILE)  # an artifact from before checkpoints kept `correct`
     out = Path(out) if out else artifact
     out.mkdir(parents=True, exist_ok=True)
     name = artifact.name or "artifact"
-    md = render_markdown(manifest, name)
+    md = render_markdown(manifest, name, preds)
     md_path = out / REPORT_MD
     tmp = md_path.with_name(f".{REPORT_MD}.tmp-{os.getpid()}")
     tmp.write_text(md, encoding="utf-8")
     os.replace(tmp, md_path)
-    png_path = render_png(manifest, out / CURVES_PNG, name)
+    png_path = render_png(manifest, out / CURVES_PNG, name, preds)
     return md_path, png_path
 
 

@@ -23,7 +23,6 @@ always a trained checkpoint. The report says so when the base model beats the ch
 from __future__ import annotations
 
 import math
-import random
 import re
 import shutil
 import time
@@ -39,6 +38,11 @@ SETS = ("in_dist", "ood", "generic")
 MODES = ("icl_cot", "zs_cot", "icl_answer", "zs_answer")
 SIMPLE_RULES = ("in_dist", "ood", "generic", "loss", "last")
 EVAL_SECONDS = "eval_seconds"
+# the reserved key of an evaluator's result that carries per-problem correctness, ``{"<set>/<task>": "0110..."}``
+# (one character per problem, in the order of ``selection.sets[set].ids[task]``); the trainer moves it from the
+# scores to the checkpoint record (``checkpoints[*].correct``), so paired tests survive --resume
+CORRECT = "correct"
+ALPHA = 0.05  # "significantly worse": exact McNemar two-sided p < ALPHA (lora_spec.stats)
 
 # --------------------------------------------------------------------------------------------- config
 
@@ -211,6 +215,9 @@ class SelectionOptions(BaseModel):
         f"generic-ability held-out set (same form) [default: {default_generic().as_string()}]"))
     eval_batch_size: int = Field(32, ge=1, le=4096, description="rows in flight in the held-out evaluation's "
                                  "continuous batching")
+    prefer_earliest: bool = Field(False, description="export the earliest trained checkpoint that is not "
+                                  "significantly worse than the best by --select-by (paired exact McNemar test on "
+                                  "the same held-out problems, p >= 0.05); needs a rule on one score")
     # after the sets, so that its validator sees them
     select_by: str = Field("ood", description="which checkpoint to export: in_dist | ood | generic | loss | last, "
                                               "or weights such as ood=0.7,in_dist=0.3 (ties: earliest step; "
@@ -221,6 +228,9 @@ class SelectionOptions(BaseModel):
     def _check_rule(cls, value: str, info: ValidationInfo) -> str:
         """Runs only for an explicit --select-by (defaults are not validated): it must be usable."""
         rule = parse_rule(value)
+        if info.data.get("prefer_earliest") and (rule.kind != "score" or len(rule.weights) != 1):
+            raise ValueError(f"--prefer-earliest compares checkpoints on one held-out score (in_dist, ood, generic "
+                             f"or a per-task score such as ood/svamp), not on {value!r}")
         if rule.kind != "score":
             return value
         if info.data.get("eval_every") == 0:
@@ -347,8 +357,47 @@ def candidates(checkpoints: Iterable[dict]) -> list[dict]:
     return sorted((c for c in checkpoints if int(c.get("step", 0)) > 0), key=lambda c: int(c["step"]))
 
 
-def select_checkpoint(checkpoints: list[dict], rule: str | Rule = "last") -> dict:
+def correct_vector(ckpt: dict, key: str) -> list[bool] | None:
+    """A checkpoint's per-problem correctness on a score key: ``in_dist``/``ood``/``generic`` (every task of the
+    set, in task order) or ``<set>/<task>``; None when the record has none (older artifacts, custom evaluators)."""
+    bits = ckpt.get(CORRECT)
+    if not isinstance(bits, dict):
+        return None
+    parts = [v for k, v in bits.items() if k == key or k.split("/", 1)[0] == key and "/" not in key]
+    if not parts or not all(isinstance(v, str) for v in parts):
+        return None
+    return [ch == "1" for v in parts for ch in v]
+
+
+def earliest_within_noise(cands: list[dict], best: dict, r: Rule) -> tuple[dict, float | None]:
+    """The earliest checkpoint (not pruned from disk) whose paired held-out results on the rule's single score are not
+    significantly worse than ``best``'s (exact McNemar p >= ALPHA), with its p-value; ``(best, None)`` when there is
+    nothing to compare (no per-problem results, or no earlier checkpoint)."""
+    from .stats import mcnemar
+
+    key = r.weights[0][0]
+    vb = correct_vector(best, key)
+    if vb is None:
+        return best, None
+    for c in cands:
+        if int(c["step"]) >= int(best["step"]):
+            break
+        if c.get("pruned") or checkpoint_value(c, r) is None:
+            continue
+        vc = correct_vector(c, key)
+        if vc is None or len(vc) != len(vb):
+            continue
+        p = mcnemar(vb, vc)
+        if p >= ALPHA:
+            return c, p
+    return best, None
+
+
+def select_checkpoint(checkpoints: list[dict], rule: str | Rule = "last", prefer_earliest: bool = False) -> dict:
     """The checkpoint the rule picks among the trained ones (step > 0). Ties go to the earliest step.
+
+    ``prefer_earliest`` (a rule on one score): the earliest checkpoint, still on disk, that is not significantly
+    worse than the best one (:func:`earliest_within_noise`), since fewer updates mean less drift from the base.
 
     Raises ``DataError`` when no checkpoint can be scored by the rule (e.g. ``--select-by ood`` with the OOD set
     switched off), naming the score keys that are present.
@@ -371,10 +420,13 @@ def select_checkpoint(checkpoints: list[dict], rule: str | Rule = "last") -> dic
         what = "a training loss" if r.kind == "loss" else f"the score(s) {', '.join(r.metrics)}"
         raise DataError(f"--select-by {r.text}: no checkpoint has {what} "
                         f"(scores present: {', '.join(have) or 'none'}; is that held-out set switched off?)")
+    if prefer_earliest and r.kind == "score" and len(r.weights) == 1:
+        return earliest_within_noise(cands, best, r)[0]
     return best
 
 
-def keep_set(checkpoints: list[dict], keep: int | None, rule: str | Rule = "last") -> set[int]:
+def keep_set(checkpoints: list[dict], keep: int | None, rule: str | Rule = "last",
+             prefer_earliest: bool = False) -> set[int]:
     """Steps whose checkpoint directories to keep: the current choice, the last, then the next best by the rule.
 
     Pruning can run while training goes on: the checkpoint the rule would choose now is always kept, and a pruned
@@ -388,6 +440,9 @@ def keep_set(checkpoints: list[dict], keep: int | None, rule: str | Rule = "last
     kept: list[int] = []
     try:
         kept.append(int(select_checkpoint(cands, r)["step"]))
+        if prefer_earliest:  # the best stays too: later choices are measured against it
+            kept.insert(0, int(select_checkpoint(cands, r, prefer_earliest=True)["step"]))
+            kept = list(dict.fromkeys(kept))
     except DataError:
         pass
     if steps[-1] not in kept:
@@ -405,12 +460,12 @@ def keep_set(checkpoints: list[dict], keep: int | None, rule: str | Rule = "last
 
 
 def prune_checkpoints(checkpoints: list[dict], keep: int | None, rule: str | Rule = "last", *,
-                      delete: bool = True) -> list[int]:
+                      delete: bool = True, prefer_earliest: bool = False) -> list[int]:
     """Delete checkpoint directories beyond ``keep`` (see ``keep_set``); their records (scores) stay.
 
     A pruned record gets ``path: None`` and ``pruned: True``. Returns the pruned steps.
     """
-    keep_steps = keep_set(checkpoints, keep, rule)
+    keep_steps = keep_set(checkpoints, keep, rule, prefer_earliest)
     pruned = []
     for c in checkpoints:
         step = int(c.get("step", 0))
@@ -464,14 +519,13 @@ def resolve_auto(specs: list[str], train_dataset: str | None, train_params: dict
     return out, warning
 
 
-def seeded_slice(problems: list[Any], n: int, seed: int, label: str) -> list[Any]:
-    """``n`` problems drawn without replacement with a seed that depends on the set's seed and the dataset label,
-    so every checkpoint (and every rerun) sees the same questions; kept in file order."""
-    if n >= len(problems):
-        return list(problems)
-    rng = random.Random(f"lorasp-heldout:{seed}:{label}")
-    idx = sorted(rng.sample(range(len(problems)), n))
-    return [problems[i] for i in idx]
+def seeded_slice(problems: list[Any], n: int, seed: int) -> list[Any]:
+    """``n`` problems drawn without replacement with the set's seed, kept in file order: the same problems at every
+    checkpoint and every rerun, and the same as ``lorasp eval --limit n --seed seed`` on that split (both use
+    ``evaluate.seeded_sample``)."""
+    from .evaluate import seeded_sample
+
+    return seeded_sample(problems, n, seed)
 
 
 class HeldOutEvaluator:
@@ -555,7 +609,7 @@ class HeldOutEvaluator:
                     n0 = len(pool)
                     pool = [p for p in pool if p.id not in exclude]
                     dropped += n0 - len(pool)
-                chosen = seeded_slice(pool, quota, conf.seed, spec.label)
+                chosen = seeded_slice(pool, quota, conf.seed)
                 if not chosen:
                     raise DataError(f"--{name.replace('_', '-')} {spec.label}: split {split!r} has no problems")
                 task_name = spec.short
@@ -640,6 +694,8 @@ class HeldOutEvaluator:
                 scores[name] = sum(allo) / len(allo) if allo else 0.0
         scores[EVAL_SECONDS] = round(time.perf_counter() - t0, 3)
         self.history.append({"step": step, "scores": dict(scores), "predictions": preds})
+        scores[CORRECT] = {f"{name}/{t['task']}": "".join("1" if ok else "0" for ok in correct.get((name, t["task"]), []))
+                           for name, st in self.sets.items() for t in st.tasks}
         main = {k: scores[k] for k in SETS if k in scores}
         self.log(f"held-out eval at step {step}: " + ", ".join(f"{k} {v:.1%}" for k, v in main.items())
                  + f" ({scores[EVAL_SECONDS]:.1f}s)")
@@ -725,6 +781,11 @@ def selection_manifest(cfg: Any, evaluator: Any, eval_every: int, chosen: dict |
     out: dict[str, Any] = {"rule": rule, "description": _rule(rule).describe(),
                            "chosen_step": (chosen or {}).get("step"), "eval_every": eval_every,
                            "keep_checkpoints": cfg.keep_checkpoints}
+    r = _rule(rule)
+    if getattr(cfg, "prefer_earliest", False) and r.kind == "score" and len(r.weights) == 1:
+        out["prefer_earliest"] = True
+        out["description"] = (f"the earliest checkpoint not significantly worse than the one with the highest "
+                              f"{r.weights[0][0]} accuracy (paired exact McNemar test, p >= {ALPHA:g})")
     if evaluator is not None and hasattr(evaluator, "describe"):
         out["sets"] = evaluator.describe()
         if getattr(evaluator, "warnings", None):

@@ -13,6 +13,8 @@ another, one eval run vs another) is on the *same* problems, so it is paired. Th
   paired data", method 10: the two marginal Wilson intervals combined by square-and-add with the continuity-
   corrected correlation of the pair), the McNemar p-value and a ``within_noise`` flag (p >= 0.05: the data do not
   show a difference).
+- ``macro(ks, ns)`` / ``macro_paired(results)``: the same for a macro average over tasks (MOVER combination of the
+  per-task intervals).
 
 ``a`` and ``b`` are sequences of booleans in the same problem order.
 """
@@ -25,8 +27,8 @@ from typing import Any, Sequence
 ALPHA = 0.05  # two-sided; "within noise" means p >= ALPHA
 CONFIDENCE = 1 - ALPHA
 
-__all__ = ["ALPHA", "CONFIDENCE", "wilson", "mcnemar", "newcombe_paired", "paired", "fmt_interval",
-           "fmt_acc", "fmt_paired"]
+__all__ = ["ALPHA", "CONFIDENCE", "wilson", "mcnemar", "newcombe_paired", "paired", "macro", "macro_paired",
+           "fmt_interval", "fmt_acc", "fmt_paired"]
 
 
 def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -112,6 +114,45 @@ def paired(a_correct: Sequence[bool], b_correct: Sequence[bool], confidence: flo
             "a_ci": list(wilson(ka, n, confidence)), "b_ci": list(wilson(kb, n, confidence)),
             "delta": 100.0 * (kb - ka) / n if n else 0.0, "delta_ci": [100.0 * lo, 100.0 * hi],
             "only_a": only_a, "only_b": only_b, "p": p, "within_noise": bool(p >= 1 - confidence)}
+
+
+def macro(ks: Sequence[int], ns: Sequence[int], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """The macro average of the per-task accuracies ``k_t/n_t`` and its interval: ``(mean, lo, hi)``.
+
+    The interval combines the per-task Wilson intervals by MOVER (Zou & Donner 2008, "Construction of confidence
+    limits about effect measures": square-and-add of the distances to each task's limits, weight 1/T each), the
+    same construction as Newcombe's difference interval; the tasks are independent samples.
+    """
+    if len(ks) != len(ns) or not ks:
+        raise ValueError("macro: expected one (k, n) per task, at least one task")
+    t = len(ks)
+    ps = [k / n if n else 0.0 for k, n in zip(ks, ns)]
+    cis = [wilson(k, n, confidence) for k, n in zip(ks, ns)]
+    mean = sum(ps) / t
+    lo = mean - math.sqrt(sum((p - l) ** 2 for p, (l, _h) in zip(ps, cis))) / t
+    hi = mean + math.sqrt(sum((h - p) ** 2 for p, (_l, h) in zip(ps, cis))) / t
+    return mean, max(0.0, lo), min(1.0, hi)
+
+
+def macro_paired(per_task: Sequence[dict], pooled_p: float | None = None,
+                 confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """Combine per-task ``paired`` results into a macro summary: the mean change in points, its MOVER interval (the
+    per-task Newcombe intervals, weight 1/T), and ``p`` = the exact McNemar test on all problems pooled (pass it as
+    ``pooled_p``; under "no difference" every discordant problem is a fair coin, whatever its task)."""
+    if not per_task:
+        raise ValueError("macro_paired: no tasks")
+    t = len(per_task)
+    ds = [r["delta"] for r in per_task]
+    mean = sum(ds) / t
+    lo = mean - math.sqrt(sum((d - r["delta_ci"][0]) ** 2 for d, r in zip(ds, per_task))) / t
+    hi = mean + math.sqrt(sum((r["delta_ci"][1] - d) ** 2 for d, r in zip(ds, per_task))) / t
+    out: dict[str, Any] = {"tasks": t, "delta": mean, "delta_ci": [lo, hi],
+                           "better": sum(1 for r in per_task if not r["within_noise"] and r["delta"] > 0),
+                           "worse": sum(1 for r in per_task if not r["within_noise"] and r["delta"] < 0)}
+    if pooled_p is not None:
+        out["p"] = float(pooled_p)
+        out["within_noise"] = bool(pooled_p >= 1 - confidence)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- formatting

@@ -631,8 +631,12 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
         d = ckpt_root / f"step-{step:06d}"
         prev = max([c["step"] for c in checkpoints if c["step"] < step] or [0])
         recent = [h["loss"] for h in history if prev < h["step"] <= step]
+        scores = dict(scores or {})
+        correct = scores.pop("correct", None)  # per-problem results (selection.CORRECT), kept beside the scores
         rec = {"step": step, "loss": (sum(recent) / len(recent)) if recent else None,
-               "scores": scores or {}, "path": str(d)}
+               "scores": scores, "path": str(d)}
+        if correct:
+            rec["correct"] = correct
         checkpoints[:] = [c for c in checkpoints if c["step"] != step] + [rec]
         checkpoints.sort(key=lambda c: c["step"])
         if main:
@@ -673,7 +677,8 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
 
     if start_step == 0 and evaluator is not None:
         s0 = run_eval(0)
-        checkpoints.append({"step": 0, "loss": None, "scores": s0, "path": None})
+        c0 = s0.pop("correct", None)
+        checkpoints.append({"step": 0, "loss": None, "scores": s0, "path": None, **({"correct": c0} if c0 else {})})
 
     progress = _Progress(args.progress and main, total, start_step)
     model.train()

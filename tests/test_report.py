@@ -59,7 +59,11 @@ def test_report_agrees_with_the_manifest(tmp_path):
     assert "out-of-distribution: 25.0 → 50.0 (+25.0) → 43.8 (+18.8)" in md
     # cost: 46 s of eval against 184 s of training = 25%
     assert "training 184.0 s; held-out evaluation 46.0 s over 4 evaluations = 25% of training time" in md
-    assert "| step | ood/svamp | generic/navigate |" in md
+    assert "| step | ood/svamp (n=4) | generic/navigate |" in md
+    assert "| 20 ✓ | 75.0 [30.1, 95.4] | 25.0 |" in md  # 3/4 with its Wilson interval; navigate's n is unknown
+    # every set accuracy has its n and 95% interval (here from the accuracy and the recorded set size)
+    assert rows[2]["in_dist 95% CI (n=8)"] == "[30.6, 86.3]" and rows[0]["ood 95% CI (n=4)"] == "[4.6, 69.9]"
+    assert "Paired comparisons: not available" in md  # no per-problem results recorded
     assert "- generic: off" in md and "- ood: 4 problems (svamp 4); prompt mode zs_cot, seed 0" in md
 
     from matplotlib.image import imread
@@ -148,3 +152,73 @@ def test_without_evaluation_the_report_says_so(tmp_path):
     write_manifest(art, m)
     md_path, png_path = write_report(art)
     assert md_path.read_text() == md and png_path.stat().st_size > 10_000
+
+
+def _bits_manifest():
+    """A manifest with per-problem results (``checkpoints[*].correct``) consistent with its scores."""
+    bits = {0: ("0" * 18 + "11", "0000000001"),
+            10: ("1111100000" + "0" * 8 + "11", "1100000001"),
+            20: ("1111111111" + "1" * 4 + "000011", "1111100001"),
+            30: ("1111111111" + "1" * 5 + "00011", "1110000001")}
+    cks = []
+    for step, (a, b) in bits.items():
+        cks.append({"step": step, "loss": None if step == 0 else 1.0 / step, "path": None if step == 0 else f"/x/{step}",
+                    "correct": {"in_dist/arith": a, "ood/svamp": b},
+                    "scores": {"in_dist": a.count("1") / 20, "ood": b.count("1") / 10, "ood/svamp": b.count("1") / 10,
+                               "in_dist/arith": a.count("1") / 20, "eval_seconds": 1.0}})
+    return {"kind": "adapter", "base": {"name": "smollm2-135m"}, "checkpoints": cks,
+            "selection": {"rule": "ood", "chosen_step": 20, "eval_every": 10,
+                          "sets": {"in_dist": {"datasets": ["arith:dev"], "mode": "zs_cot", "seed": 0,
+                                               "tasks": {"arith": 20}},
+                                   "ood": {"datasets": ["svamp"], "mode": "zs_cot", "seed": 0,
+                                           "tasks": {"svamp": 10}}}},
+            "train": {"train_seconds": 100.0}}, bits
+
+
+def test_paired_comparisons_and_intervals_from_per_problem_results(tmp_path):
+    from lora_spec import stats
+
+    m, bits = _bits_manifest()
+    md = render_markdown(m, "a")
+    rows = parse_report_table(md)
+    for r, c in zip(rows, m["checkpoints"]):
+        k = bits[c["step"]][0].count("1")
+        lo, hi = stats.wilson(k, 20)
+        assert r["in_dist 95% CI (n=20)"] == f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+    vec = {s: ([ch == "1" for ch in a], [ch == "1" for ch in b]) for s, (a, b) in bits.items()}
+    before_chosen = stats.paired(vec[0][0], vec[20][0])
+    assert before_chosen["within_noise"] is False
+    line = next(ln for ln in md.splitlines() if ln.startswith("| before (0) → chosen (20) |"))
+    assert stats.fmt_paired(before_chosen) in line
+    assert stats.fmt_paired(stats.paired(vec[0][1], vec[20][1])) in line
+    assert "| step 10 → chosen (20) |" in md and "| before (0) → after (30) |" in md
+    # on ood (the selection score, 10 problems) step 30 is within noise of step 20, and so is step 10
+    assert stats.paired(vec[30][1], vec[20][1])["within_noise"]
+    assert "On `ood`, the selection score, steps 10, 30 are within noise of the chosen step 20" in md
+
+
+def test_report_cli_uses_heldout_predictions_of_older_artifacts(tmp_path):
+    """An artifact whose checkpoints lack `correct` still gets its paired comparisons from heldout_predictions.jsonl."""
+    m, bits = _bits_manifest()
+    preds = []
+    for c in m["checkpoints"]:
+        corr = c.pop("correct")
+        for key, b in corr.items():
+            s, t = key.split("/")
+            preds += [{"step": c["step"], "set": s, "task": t, "id": f"{t}-{i}", "correct": ch == "1"}
+                      for i, ch in enumerate(b)]
+    art = tmp_path / "old"
+    art.mkdir()
+    write_manifest(art, m)
+    r = run_cli("report", str(art), "--no-print")
+    assert r.returncode == 0, r.stderr
+    assert "Paired comparisons: not available" in (art / "report.md").read_text()
+    (art / "heldout_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    r = run_cli("report", str(art))
+    assert r.returncode == 0, r.stderr
+    assert "| before (0) → chosen (20) |" in r.stdout and "within noise of the chosen step 20" in r.stdout
+    m2, _ = _bits_manifest()
+    assert r.stdout == render_markdown(m2, "old")  # the same report as from the recorded `correct`
+    (art / "heldout_predictions.jsonl").write_text('{"step": 0}\n')
+    r = run_cli("report", str(art))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "heldout_predictions.jsonl:1: expected" in r.stderr

@@ -91,3 +91,28 @@ def test_formatting():
     assert stats.fmt_acc(0, 0) == "– (0 problems)"
     a, b = _vectors(59, 16, 6, 80)
     assert stats.fmt_paired(stats.paired(a, b)) == "+6.2 points [+0.5, +11.9], p=0.052, within noise"
+
+
+def test_macro_interval():
+    # one task: the macro interval is that task's Wilson interval
+    m, lo, hi = stats.macro([7], [100])
+    assert m == pytest.approx(0.07) and (lo, hi) == pytest.approx(stats.wilson(7, 100))
+    # T equal tasks: the same mean, an interval 1/sqrt(T) as wide around it
+    m4, lo4, hi4 = stats.macro([7] * 4, [100] * 4)
+    assert m4 == pytest.approx(0.07)
+    assert (m4 - lo4) == pytest.approx((0.07 - lo) / 2) and (hi4 - m4) == pytest.approx((hi - 0.07) / 2)
+    with pytest.raises(ValueError):
+        stats.macro([], [])
+
+
+def test_macro_paired_combines_tasks():
+    a, b = _vectors(59, 16, 6, 80)
+    r = stats.paired(a, b)
+    one = stats.macro_paired([r], pooled_p=r["p"])
+    assert one["delta"] == pytest.approx(r["delta"]) and one["delta_ci"] == pytest.approx(r["delta_ci"])
+    assert one["within_noise"] is True and one["better"] == 0 and one["worse"] == 0
+    a1, b1 = [False] * 100, [True] * 30 + [False] * 70
+    clear = stats.paired(a1, b1)
+    two = stats.macro_paired([clear, stats.paired(b, b)], pooled_p=stats.mcnemar(a1 + b, b1 + b))
+    assert two["delta"] == pytest.approx(15.0) and two["better"] == 1 and two["worse"] == 0
+    assert two["within_noise"] is False
