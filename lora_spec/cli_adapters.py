@@ -264,7 +264,8 @@ def adapters_list(directory, as_json):
         if r.get("n_examples"):
             data += f" ({r['n_examples']})"
         table.add_row(r["path"], r["kind"], f"{r['base']} [{r['base_id']}]", str(r["quant"]), str(r["method"]),
-                      data, "" if r["chosen_step"] is None else str(r["chosen_step"]), _fmt_scores(r["scores"]))
+                      data, "" if r["chosen_step"] is None else str(r["chosen_step"]),
+                      _fmt_scores(r["scores"], intervals=r.get("intervals")))
     Console(width=160, file=sys.stdout).print(table)
     return 1 if any(r.get("error") for r in rows) else 0
 
@@ -283,6 +284,19 @@ def adapters_show(artifact, as_json):
     import yaml
 
     click.echo(f"# {info['path']}")
+    if info.get("headline"):
+        step = (info["manifest"].get("selection") or {}).get("chosen_step")
+        click.echo(f"held-out scores of the chosen checkpoint (step {step}; 95% intervals):")
+        for k, h in info["headline"].items():
+            click.echo(f"  {k}: {100 * h['accuracy']:.1f}% [{100 * h['ci'][0]:.1f}, {100 * h['ci'][1]:.1f}] "
+                       f"(n={h['n']})")
+    for when, res in ((info["manifest"].get("before_after") or {}).items()):
+        if when in ("before", "after") and isinstance(res, dict):
+            from .stats import fmt_acc
+
+            click.echo(f"{when}: " + ", ".join(f"{t} {fmt_acc(r['correct'], r['n'])}" for t, r in res.items()
+                                               if isinstance(r, dict) and isinstance(r.get("n"), int)
+                                               and isinstance(r.get("correct"), int)))
     click.echo(yaml.safe_dump(info["manifest"], sort_keys=False, allow_unicode=True).rstrip())
     if "adapter_config" in info:
         click.echo("adapter_config (non-default fields):")

@@ -113,6 +113,10 @@ def resolve_defaults(cfg: FitConfig) -> FitConfig:
             upd["limit"] = QUICKSTART_PROBLEMS
         if cfg.before_after is None:
             upd["before_after"] = QUICKSTART_HELD_OUT
+        from .selection import quickstart_sets
+
+        injected = quickstart_sets(cfg)  # small and fast; real runs get the larger default sets
+        upd.update(injected)
         if "select_by" not in cfg.model_fields_set and cfg.in_dist.enabled:
             # the quickstart teaches one skill and reports it on held-out arith test problems: export the
             # checkpoint that is best on that skill's dev split (OOD and BBH are still scored and reported);
@@ -128,7 +132,13 @@ def resolve_defaults(cfg: FitConfig) -> FitConfig:
     if cfg.method == "full" and cfg.quant != "none":
         raise ConfigError(f"--method full trains every weight and cannot train a {cfg.quant}-quantized base; "
                           "use --quant none, or --method lora/dora for QLoRA")
-    return cfg.model_copy(update=upd) if upd else cfg
+    if not upd:
+        return cfg
+    new = cfg.model_copy(update=upd)
+    if cfg.data is None and cfg.dataset is None:
+        # the quickstart's sets are still defaults (not the user's): a default set whose data is missing is skipped
+        new.model_fields_set.difference_update(injected)
+    return new
 
 
 def _load_items(cfg: FitConfig, out: Path, log: Callable[[str], None]):
@@ -347,6 +357,9 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     }
     if before is not None or after is not None:
         manifest["before_after"] = {"before": _strip(before), "after": _strip(after)}
+        ba = _paired_before_after(before, after)
+        if ba is not None:
+            manifest["before_after"]["paired"] = ba
     if main:
         import tempfile
 
@@ -368,8 +381,13 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
             log(f"specialization report: {out / 'report.md'}, {out / 'curves.png'}")
         log(f"wrote {out}")
         if quickstart and before is not None and after is not None:
-            b, a = _acc(before), _acc(after)
-            log(f"held-out arith test accuracy: {b:.1%} before -> {a:.1%} after")
+            from .stats import fmt_acc, fmt_paired
+
+            kb, ka, n = (sum(r["correct"] for r in before.values()), sum(r["correct"] for r in after.values()),
+                         sum(r["n"] for r in before.values()))
+            ba = manifest["before_after"].get("paired")
+            log(f"held-out arith test accuracy: {fmt_acc(kb, n)} before -> {fmt_acc(ka, n)} after"
+                + (f"; paired change {fmt_paired(ba)}" if ba else "") + " (95% intervals)")
     state.wait_for_everyone()
     return FitResult(out=out, manifest=manifest, model=model, tokenizer=student.tokenizer, kind=student.kind,
                      before=before, after=after, history=res.history)
@@ -401,15 +419,27 @@ def _score(model, tokenizer, kind, tasks, cfg: FitConfig) -> dict:
     return res
 
 
-def _acc(res: dict | None) -> float:
-    if not res:
-        return float("nan")
-    n = sum(r["n"] for r in res.values())
-    return sum(r["correct"] for r in res.values()) / n if n else float("nan")
-
-
 def _fmt_scores(res: dict) -> str:
-    return ", ".join(f"{k} {r['accuracy']:.1%} ({r['correct']}/{r['n']})" for k, r in res.items())
+    from .stats import fmt_acc
+
+    return ", ".join(f"{k} {fmt_acc(r['correct'], r['n'])}" for k, r in res.items())
+
+
+def _paired_before_after(before: dict | None, after: dict | None) -> dict | None:
+    """Before vs after on the same test problems (all tasks pooled, paired by id): ``stats.paired`` (B = after)."""
+    if not before or not after or set(before) != set(after):
+        return None
+    a, b = [], []
+    for t in before:
+        pa = {str(p["id"]): bool(p["correct"]) for p in before[t].get("predictions", [])}
+        pb = {str(p["id"]): bool(p["correct"]) for p in after[t].get("predictions", [])}
+        if not pa or set(pa) != set(pb):
+            return None
+        a += [pa[i] for i in pa]
+        b += [pb[i] for i in pa]
+    from .stats import paired
+
+    return paired(a, b)
 
 
 def _strip(res: dict | None) -> dict | None:

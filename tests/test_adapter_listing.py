@@ -57,3 +57,23 @@ def test_list_and_show_cli(tree, capsys):
     assert code == 1 and "not a directory" in err
     code, out, _ = main_cli(capsys, "adapters", "list", str(tree / "dora"), "--json")
     assert code == 0 and [r["path"] for r in json.loads(out)] == [str(tree / "dora")]
+
+
+def test_headline_scores_have_their_n_and_interval():
+    from lora_spec.adapters.listing import _fmt_scores, headline
+    from lora_spec.stats import macro, wilson
+
+    m = {"selection": {"chosen_step": 20, "sets": {
+            "in_dist": {"datasets": ["gsm8k:dev"], "tasks": {"gsm8k": 150}},
+            "generic": {"datasets": ["bbh@task=a", "bbh@task=b"], "tasks": {"a": 10, "b": 10}}}},
+         "checkpoints": [{"step": 20, "scores": {"in_dist": 0.2, "gsm8k_alias": 0.5, "generic": 0.45,
+                                                 "generic/a": 0.3, "generic/b": 0.6, "eval_seconds": 3.0},
+                          "correct": {"in_dist/gsm8k": "1" * 30 + "0" * 120, "generic/a": "1110000000",
+                                      "generic/b": "1111110000"}}]}
+    h = headline(m)
+    assert h["in_dist"] == {"accuracy": 0.2, "n": 150, "ci": list(wilson(30, 150))}
+    assert h["generic"]["n"] == 20 and h["generic"]["ci"] == list(macro([3, 6], [10, 10])[1:])
+    assert h["generic/a"]["ci"] == list(wilson(3, 10)) and "gsm8k_alias" not in h  # no recorded size: no interval
+    lo, hi = wilson(30, 150)
+    txt = _fmt_scores({"in_dist": 0.2, "gsm8k_alias": 0.5}, intervals=h)
+    assert txt == f"in_dist=20.0% [{100 * lo:.1f}, {100 * hi:.1f}] n=150 gsm8k_alias=0.500"

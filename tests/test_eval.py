@@ -152,6 +152,22 @@ def test_cli_with_an_adapter_on_a_tiny_student(tmp_path, tiny_llama_path):
     preds = [json.loads(x) for x in (out / "predictions" / "bbh__web_of_lies.jsonl").read_text().splitlines()]
     assert len(preds) == 3 and all(p["scorer"] == "yesno" for p in preds)
     assert "bbh/web_of_lies" in (out / "report.md").read_text()
+    # every accuracy has its n and 95% Wilson interval: results.json, report.md and the terminal
+    from lora_spec.stats import wilson
+
+    t = doc["tasks"]["arith"]
+    assert t["ci"] == pytest.approx(list(wilson(t["correct"], t["n"])))
+    assert doc["suites"]["arith"]["micro_ci"] == pytest.approx(t["ci"]) and doc["limit_seed"] == 0
+    lo, hi = t["ci"]
+    assert f"| arith | zs_cot | 3 | {t['correct']} | {t['accuracy']:.1%} | [{100 * lo:.1f}, {100 * hi:.1f}] |" in \
+        (out / "report.md").read_text()
+    assert f"n=3     accuracy={t['accuracy']:.1%} 95% CI [{100 * lo:.1f}, {100 * hi:.1f}]" in r.stdout
+    # a run compared with itself: no change, within noise
+    from tests.conftest import run_cli
+
+    r = run_cli("compare", str(out), str(out / "results.json"))
+    assert r.returncode == 0, r.stderr
+    assert "| arith | 3 |" in r.stdout and "+0.0 [" in r.stdout and "within noise" in r.stdout
 
 
 @pytest.mark.slow

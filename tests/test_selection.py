@@ -153,12 +153,34 @@ def test_bad_held_out_sets(bad, msg):
         HeldOutSet.model_validate(bad)
 
 
-def test_selection_options_defaults_are_small():
+def test_default_sets_can_tell_checkpoints_apart_and_the_quickstart_stays_small():
+    from lora_spec import stats
+    from lora_spec.fit import FitConfig, resolve_defaults
+
     o = SelectionOptions()
     assert o.select_by == "ood" and o.in_dist.datasets == ["auto"]
-    assert o.in_dist.limit + o.ood.limit + o.generic.limit <= 48
     assert sorted(d.split("@")[0] for d in o.ood.datasets) == ["asdiv", "multiarith", "svamp"]
     assert all(d.startswith("bbh@task=") for d in o.generic.datasets)
+    # real runs: >= 100 problems per score, and a 95% half-width <= 8 points at any accuracy (worst case 50%)
+    for s in (o.in_dist, o.ood):
+        assert s.limit >= 100
+        lo, hi = stats.wilson(s.limit // 2, s.limit)
+        assert (hi - lo) / 2 <= 0.08
+    per_task = o.generic.limit // len(o.generic.datasets)
+    _m, lo, hi = stats.macro([per_task // 2] * len(o.generic.datasets), [per_task] * len(o.generic.datasets))
+    assert o.generic.limit >= 100 and (hi - lo) / 2 <= 0.08
+    # short answers get short budgets
+    assert o.generic.max_new_tokens <= 16 and o.ood.max_new_tokens < o.in_dist.max_new_tokens
+    # the quickstart keeps its small, fast sets unless the user gives one
+    q = resolve_defaults(FitConfig())
+    assert (q.in_dist.limit, q.ood.limit, q.generic.limit) == (16, 9, 8)
+    assert q.in_dist.max_new_tokens == q.ood.max_new_tokens == 128
+    assert not {"in_dist", "ood", "generic"} & q.model_fields_set  # still defaults: skipped when data is missing
+    q2 = resolve_defaults(FitConfig(ood="svamp;limit=30"))
+    assert q2.ood.limit == 30 and q2.in_dist.limit == 16
+    real = resolve_defaults(FitConfig(dataset="gsm8k"))
+    assert (real.in_dist.limit, real.ood.limit, real.generic.limit) == (o.in_dist.limit, o.ood.limit,
+                                                                        o.generic.limit)
 
 
 def test_when_fit_evaluates_and_which_rule_applies():
@@ -183,3 +205,86 @@ def test_the_quickstart_selects_on_its_skill_unless_told_otherwise():
     assert resolve_defaults(FitConfig(dataset="arith")).select_by == "ood"  # any other run: the paper's OOD rule
     assert resolve_defaults(FitConfig(in_dist="none")).select_by == "ood"  # no in_dist set: the ordinary default
     assert "select_by" not in resolve_defaults(FitConfig(in_dist="none")).model_fields_set
+
+
+def _bits(step, path=None, **vecs):
+    """A checkpoint whose scores come from per-problem results (``correct``), as the evaluator records them."""
+    c = ck(step, 1.0 / max(step, 1), path, **{k: v.count("1") / len(v) for k, v in vecs.items()})
+    c["scores"].update({f"{k}/t": v.count("1") / len(v) for k, v in vecs.items()})
+    c["correct"] = {f"{k}/t": v for k, v in vecs.items()}
+    return c
+
+
+def test_prefer_earliest_takes_the_earliest_checkpoint_not_significantly_worse():
+    from lora_spec import stats
+
+    n = 100
+    cks = [_bits(0, ood="0" * n),
+           _bits(10, "/x/10", ood="1" * 30 + "0" * 70),  # 30%: significantly worse than 50%
+           _bits(20, "/x/20", ood="0" * 10 + "1" * 44 + "0" * 46),  # 44%: within noise of 50%
+           _bits(30, "/x/30", ood="1" * 50 + "0" * 50),  # the best
+           _bits(40, "/x/40", ood="1" * 46 + "0" * 54)]
+    best = select_checkpoint(cks, "ood")
+    assert best["step"] == 30
+    vb = [ch == "1" for ch in cks[3]["correct"]["ood/t"]]
+    assert stats.mcnemar(vb, [ch == "1" for ch in cks[1]["correct"]["ood/t"]]) < 0.05
+    assert stats.mcnemar(vb, [ch == "1" for ch in cks[2]["correct"]["ood/t"]]) >= 0.05
+    assert select_checkpoint(cks, "ood", prefer_earliest=True)["step"] == 20
+    assert select_checkpoint(cks, "ood/t", prefer_earliest=True)["step"] == 20  # a per-task score works too
+    # a pruned checkpoint is never chosen; without per-problem results the rule is the plain argmax
+    cks[2]["pruned"], cks[2]["path"] = True, None
+    assert select_checkpoint(cks, "ood", prefer_earliest=True)["step"] == 30
+    plain = [{k: v for k, v in c.items() if k != "correct"} for c in cks]
+    assert select_checkpoint(plain, "ood", prefer_earliest=True)["step"] == 30
+    # pruning keeps the earliest-within-noise choice, the best and the last
+    cks[2]["pruned"], cks[2]["path"] = False, "/x/20"
+    assert keep_set(cks, 1, "ood", prefer_earliest=True) == {20, 30, 40}
+
+
+def test_prefer_earliest_needs_one_score():
+    from pydantic import ValidationError
+
+    SelectionOptions(prefer_earliest=True, select_by="in_dist")
+    with pytest.raises(ValidationError, match="--prefer-earliest compares checkpoints on one held-out score"):
+        SelectionOptions(prefer_earliest=True, select_by="ood=0.5,in_dist=0.5")
+    with pytest.raises(ValidationError, match="not on 'loss'"):
+        SelectionOptions(prefer_earliest=True, select_by="loss")
+
+
+def test_online_pruning_with_prefer_earliest_never_loses_the_final_choice(tmp_path):
+    import random
+
+    rng = random.Random(5)
+    for trial in range(30):
+        cks = [_bits(0, ood="".join(rng.choice("01") for _ in range(40)))]
+        for step in range(1, 10):
+            d = tmp_path / f"t{trial}-{step}"
+            d.mkdir()
+            p1 = rng.random()
+            cks.append(_bits(step, str(d), ood="".join("1" if rng.random() < p1 else "0" for _ in range(40))))
+            prune_checkpoints(cks, 1, "ood", prefer_earliest=True)
+        chosen = select_checkpoint(cks, "ood", prefer_earliest=True)
+        assert chosen["path"] is not None and (tmp_path / f"t{trial}-{chosen['step']}").exists()
+        assert chosen["step"] <= select_checkpoint(cks, "ood")["step"]
+
+
+def test_held_out_sets_and_eval_limit_draw_the_same_problems(data_dir):
+    """Item 4 of issue 13: "N problems with seed S" is one sampler for held-out sets and lorasp eval --limit."""
+    from lora_spec.evaluate import task_problems
+    from lora_spec.records import EvalTask
+    from lora_spec.selection import HeldOutEvaluator
+
+    opts = SelectionOptions(in_dist="none", ood="multiarith,svamp,asdiv;limit=30;seed=3",
+                            generic="bbh@task=navigate,bbh@task=web_of_lies;limit=10;mode=zs_answer")
+    ev = HeldOutEvaluator(opts, data_dir=data_dir)
+    for name, params in (("multiarith", {}), ("svamp", {}), ("asdiv", {})):
+        held = [p.id for p in ev.sets["ood"].problems[name]]
+        evald = [p.id for p in task_problems(EvalTask(name=name, dataset=name, dataset_params=params, limit=10),
+                                             data_dir, seed=3)]
+        assert held == evald and len(held) == 10
+        assert evald != [p.id for p in task_problems(EvalTask(name=name, dataset=name, limit=10), data_dir, seed=0)]
+    for task in ("navigate", "web_of_lies"):
+        held = [p.id for p in ev.sets["generic"].problems[task]]
+        evald = [p.id for p in task_problems(EvalTask(name=f"bbh/{task}", dataset="bbh",
+                                                      dataset_params={"task": task}, limit=5), data_dir)]
+        assert held == evald and len(held) == 5

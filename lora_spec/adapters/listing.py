@@ -29,6 +29,30 @@ def find_artifacts(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[
     return found
 
 
+def headline(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The chosen checkpoint's held-out scores with their n and 95% interval (``lora_spec.report.interval``):
+    ``{key: {"accuracy", "n", "ci": [lo, hi]}}`` for every score whose held-out set size is recorded."""
+    from ..report import counts, interval, task_sizes
+
+    sel = m.get("selection") or {}
+    step = sel.get("chosen_step")
+    ck = next((c for c in (m.get("checkpoints") or []) if isinstance(c, dict) and c.get("step") == step), None)
+    if ck is None:
+        return {}
+    sizes = task_sizes(m)
+    bits = ck.get("correct") if isinstance(ck.get("correct"), dict) else {}
+    vectors = {k: [ch == "1" for ch in v] for k, v in bits.items() if isinstance(v, str)}
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in (ck.get("scores") or {}).items():
+        if k in NOT_SCORES or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        c = counts(ck, k, sizes, vectors)
+        iv = interval(ck, k, sizes, vectors)
+        if c and iv:
+            out[k] = {"accuracy": float(v), "n": sum(n for _, n in c), "ci": [iv[0], iv[1]]}
+    return out
+
+
 def _chosen(m: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     sel = m.get("selection") or {}
     step = sel.get("chosen_step")
@@ -45,13 +69,18 @@ def _chosen(m: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 NOT_SCORES = {"eval_seconds"}
 
 
-def _fmt_scores(scores: dict[str, Any], limit: int = 4) -> str:
+def _fmt_scores(scores: dict[str, Any], limit: int = 4, intervals: dict[str, dict] | None = None) -> str:
+    """``ood=12.0% [8.1, 17.3] n=150`` where the n is known (``headline``), else ``key=0.120``."""
     parts = []
     # headline first: aggregates (in_dist, ood, generic) before per-task keys (ood/svamp, ...)
     scores = dict(sorted(((k, v) for k, v in scores.items() if k not in NOT_SCORES), key=lambda kv: "/" in kv[0]))
     for k, v in list(scores.items())[:limit]:
         if isinstance(v, dict):  # {"accuracy": 0.3, ...} per suite
             v = v.get("accuracy", v.get("score", next(iter(v.values()), None)))
+        iv = (intervals or {}).get(k)
+        if iv and isinstance(v, (int, float)):
+            parts.append(f"{k}={100 * v:.1f}% [{100 * iv['ci'][0]:.1f}, {100 * iv['ci'][1]:.1f}] n={iv['n']}")
+            continue
         parts.append(f"{k}={v:.3f}" if isinstance(v, (int, float)) else f"{k}={v}")
     if len(scores) > limit:
         parts.append(f"+{len(scores) - limit}")
@@ -93,6 +122,7 @@ def summarize(directory: str | os.PathLike, root: str | os.PathLike | None = Non
             "data": _data(data, m.get("parents") or []),
             "n_examples": data.get("n_examples"), "chosen_step": step,
             "scores": {k: v for k, v in scores.items() if k not in NOT_SCORES},
+            "intervals": headline(m),
             "created": m.get("created")}
 
 
@@ -106,7 +136,7 @@ def show(directory: str | os.PathLike) -> dict[str, Any]:
 
     d = Path(directory)
     m = read_manifest(d)
-    out: dict[str, Any] = {"path": str(d), "manifest": m}
+    out: dict[str, Any] = {"path": str(d), "manifest": m, "headline": headline(m)}
     if (d / "adapter_config.json").exists():
         cfg = read_adapter_config(d)
         out["adapter_config"] = {k: v for k, v in cfg.items() if v not in (None, False, {}, [], "")}
