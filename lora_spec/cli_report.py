@@ -10,11 +10,14 @@ import click
 @click.option("--out", type=str, default=None, help="Write the two files here instead of into the artifact.")
 @click.option("--print/--no-print", "show", default=True, help="Print report.md to stdout. [default: print]")
 def report(artifact: str, out: str | None, show: bool):
-    """Re-render ARTIFACT's specialization report from its lorasp.json alone.
+    """Re-render ARTIFACT's specialization report from the artifact alone (lorasp.json; for older artifacts the
+    per-problem results come from heldout_predictions.jsonl).
 
-    report.md holds the table of held-out scores per checkpoint (step 0 = the base model, "before"; the last =
-    "after"; the chosen checkpoint marked) and the evaluation time next to the training time; curves.png plots
-    the in-distribution, out-of-distribution and generic accuracies against steps, with the chosen step marked.
+    report.md holds the table of held-out scores per checkpoint with n and 95% intervals (step 0 = the base model,
+    "before"; the last = "after"; the chosen checkpoint marked), paired comparisons on the same problems (before vs
+    chosen/after, every checkpoint vs chosen: change in points, 95% interval, exact McNemar p, "within noise") and
+    the evaluation time next to the training time; curves.png plots the in-distribution, out-of-distribution and
+    generic accuracies against steps with shaded 95% bands, the chosen step marked.
     """
     from .report import write_report
 

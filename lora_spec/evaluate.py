@@ -669,8 +669,9 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
     return out
 
 
-INTERVALS = ("95% intervals: Wilson score interval per task and for micro averages; macro averages: MOVER "
-             "combination of the per-task Wilson intervals (lora_spec.stats)")
+INTERVALS = ("95% intervals: Wilson score interval per task and for micro averages; macro averages: the pooled "
+             "Wilson interval when the tasks have equal n, else the MOVER combination of the per-task Wilson "
+             "intervals (lora_spec.stats)")
 
 
 def _ci_txt(ci: Any) -> str:

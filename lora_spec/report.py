@@ -9,7 +9,7 @@ The manifest fields used (all written by ``fit``)::
     train {seconds | train_seconds, steps}
 
 Accuracies are fractions in [0, 1] in the manifest and percentages in the report, each with its 95% interval
-(Wilson; the generic set's macro average: MOVER over its tasks, ``lora_spec.stats``) and its n. Checkpoints are
+(Wilson; the generic set's macro average: ``lora_spec.stats.macro``) and its n. Checkpoints are
 compared paired, problem by problem, from ``checkpoints[*].correct`` (per-problem results; older artifacts: the
 artifact's ``heldout_predictions.jsonl``): change in points, Newcombe's interval, exact McNemar p, "within noise".
 ``lorasp report ARTIFACT`` re-renders both files from the artifact alone.
@@ -113,6 +113,17 @@ def task_sizes(manifest: dict) -> dict[str, int]:
     return out
 
 
+def _sizes(manifest: dict, vectors: dict[int, dict[str, list[bool]]]) -> dict[str, int]:
+    """Task sizes from ``selection.sets``, else from the per-problem results (a fit with its own evaluator)."""
+    sizes = task_sizes(manifest)
+    if not sizes:
+        for vecs in vectors.values():
+            for k, v in vecs.items():
+                if "/" in k and v:
+                    sizes.setdefault(k, len(v))
+    return sizes
+
+
 def _set_keys(key: str, sizes: dict[str, int]) -> list[str]:
     return [k for k in sizes if k.split("/", 1)[0] == key] if "/" not in key else ([key] if key in sizes else [])
 
@@ -133,6 +144,10 @@ def counts(ck: dict, key: str, sizes: dict[str, int], vectors: dict | None = Non
         if acc is None and len(keys) == 1:
             acc = _num((ck.get("scores") or {}).get(key))
         if acc is None:
+            total = _num((ck.get("scores") or {}).get(key))
+            if key in ("in_dist", "ood") and total is not None:  # micro averages: the set's own count will do
+                n = sum(sizes[x] for x in keys)
+                return [(int(round(total * n)), n)]
             return None
         out.append((int(round(acc * sizes[k])), sizes[k]))
     return out
@@ -140,7 +155,7 @@ def counts(ck: dict, key: str, sizes: dict[str, int], vectors: dict | None = Non
 
 def interval(ck: dict, key: str, sizes: dict[str, int], vectors: dict | None = None) -> tuple[float, float] | None:
     """The 95% interval of a score: Wilson for a task, in_dist and ood (micro over problems); for generic, the
-    macro average over BBH tasks, MOVER over their Wilson intervals."""
+    macro average over BBH tasks (``stats.macro``: the pooled Wilson interval for equal task sizes, else MOVER)."""
     c = counts(ck, key, sizes, vectors)
     if not c:
         return None
@@ -247,8 +262,8 @@ def render_markdown(manifest: dict, name: str = "artifact", predictions: list[di
     cks = checkpoints_of(manifest)
     chosen = chosen_step(manifest, cks)
     sets = _set_names(cks)
-    sizes = task_sizes(manifest)
     vectors = correct_vectors(manifest, cks, predictions)
+    sizes = _sizes(manifest, vectors)
     set_n = {s: sum(n for k, n in sizes.items() if k.split("/", 1)[0] == s) for s in sets}
     sel = manifest.get("selection") or {}
     rule = sel.get("rule") or "last"
@@ -442,8 +457,9 @@ def _paired_section(cks: list[dict], chosen: int | None, last: int, sets: list[s
     if key in noise:
         others = sorted(noise[key])
         lines.append(f"On `{key}`, the selection score, "
-                     + (f"steps {', '.join(map(str, others))} are within noise of the chosen step {chosen}: the "
-                        f"held-out set cannot tell them apart." if others else
+                     + (("step " if len(others) == 1 else "steps ") + ", ".join(map(str, others))
+                        + (" is" if len(others) == 1 else " are") + f" within noise of the chosen step {chosen}: "
+                        f"the held-out set cannot tell them apart." if others else
                         f"every other evaluated checkpoint differs significantly from the chosen step {chosen}."))
         lines.append("")
     if "generic" in have and len({n for k, n in sizes.items() if k.startswith("generic/")}) > 1:
@@ -467,8 +483,8 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
     chosen = chosen_step(manifest, cks)
     sets = _set_names(cks)
     sel = manifest.get("selection") or {}
-    sizes = task_sizes(manifest)
     vectors = correct_vectors(manifest, cks, predictions)
+    sizes = _sizes(manifest, vectors)
     fig = Figure(figsize=(PNG_SIZE[0] / _DPI, PNG_SIZE[1] / _DPI), dpi=_DPI)
     FigureCanvasAgg(fig)
     gs = fig.add_gridspec(2, 1, height_ratios=(3, 1.2), hspace=0.08)

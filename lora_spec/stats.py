@@ -13,8 +13,8 @@ another, one eval run vs another) is on the *same* problems, so it is paired. Th
   paired data", method 10: the two marginal Wilson intervals combined by square-and-add with the continuity-
   corrected correlation of the pair), the McNemar p-value and a ``within_noise`` flag (p >= 0.05: the data do not
   show a difference).
-- ``macro(ks, ns)`` / ``macro_paired(results)``: the same for a macro average over tasks (MOVER combination of the
-  per-task intervals).
+- ``macro(ks, ns)`` / ``macro_paired(results)``: the same for a macro average over tasks (equal task sizes: the
+  pooled Wilson interval; otherwise the MOVER combination of the per-task intervals).
 
 ``a`` and ``b`` are sequences of booleans in the same problem order.
 """
@@ -119,13 +119,17 @@ def paired(a_correct: Sequence[bool], b_correct: Sequence[bool], confidence: flo
 def macro(ks: Sequence[int], ns: Sequence[int], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
     """The macro average of the per-task accuracies ``k_t/n_t`` and its interval: ``(mean, lo, hi)``.
 
-    The interval combines the per-task Wilson intervals by MOVER (Zou & Donner 2008, "Construction of confidence
-    limits about effect measures": square-and-add of the distances to each task's limits, weight 1/T each), the
-    same construction as Newcombe's difference interval; the tasks are independent samples.
+    When every task has the same n, the macro average *is* the pooled accuracy, and its interval is the Wilson
+    interval of the pool. Otherwise the per-task Wilson intervals are combined by MOVER (Zou & Donner 2008,
+    "Construction of confidence limits about effect measures": square-and-add of the distances to each task's
+    limits, weight 1/T each), the same construction as Newcombe's difference interval; the tasks are independent.
     """
     if len(ks) != len(ns) or not ks:
         raise ValueError("macro: expected one (k, n) per task, at least one task")
     t = len(ks)
+    if len(set(ns)) == 1:
+        lo, hi = wilson(sum(ks), sum(ns), confidence)
+        return (sum(ks) / sum(ns) if ns[0] else 0.0), lo, hi
     ps = [k / n if n else 0.0 for k, n in zip(ks, ns)]
     cis = [wilson(k, n, confidence) for k, n in zip(ks, ns)]
     mean = sum(ps) / t

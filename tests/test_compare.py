@@ -54,29 +54,30 @@ def test_compare_pairs_by_id_and_matches_stats(tmp_path, capsys):
     assert "B better" in md and "within noise" in md and "Suite math (2 task(s), 150 problems)" in md
 
 
-def test_compare_cli_and_errors(tmp_path):
+def test_compare_cli_and_errors(tmp_path, capsys):
     from tests.conftest import run_cli
+    from tests.test_swap import main_cli
 
     a = _write(tmp_path / "a", {"gsm8k": _rows("g", [1, 0, 0, 1]), "bbh/navigate": _rows("n", [1, 1])})
     b = _write(tmp_path / "b", {"gsm8k": _rows("g", [1, 1, 0, 1])})
-    r = run_cli("compare", str(a), str(b))
+    r = run_cli("compare", str(a), str(b))  # one real subprocess: the console script end to end
     assert r.returncode == 0, r.stderr
     assert "| gsm8k | 4 |" in r.stdout and "Not compared (in one run only): A: bbh/navigate." in r.stdout
-    r = run_cli("compare", str(a), str(b), "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["tasks"]["gsm8k"]["only_b"] == 1
+    code, out, _ = main_cli(capsys, "compare", str(a), str(b), "--json")
+    assert code == 0 and json.loads(out)["tasks"]["gsm8k"]["only_b"] == 1
 
     other = _write(tmp_path / "c", {"gsm8k": _rows("g", [1, 0, 0])})  # 3 problems, not 4
-    r = run_cli("compare", str(a), str(other))
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    assert "task 'gsm8k': not the same problems (4 in" in r.stderr and "same --limit and --seed" in r.stderr
+    code, _, err = main_cli(capsys, "compare", str(a), str(other))
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: ")
+    assert "task 'gsm8k': not the same problems (4 in" in err and "same --limit and --seed" in err
 
-    r = run_cli("compare", str(a), str(tmp_path / "nowhere"))
-    assert r.returncode == 1 and "nowhere: no results.json there" in r.stderr
+    code, _, err = main_cli(capsys, "compare", str(a), str(tmp_path / "nowhere"))
+    assert code == 1 and "nowhere: no results.json there" in err
 
     bad = _write(tmp_path / "d", {"gsm8k": _rows("g", [1, 0, 0, 1])})
     (bad / "predictions" / "gsm8k.jsonl").write_text('{"id": "g-0", "correct": true}\nnot json\n')
-    r = run_cli("compare", str(a), str(bad))
-    assert r.returncode == 1 and "gsm8k.jsonl:2: not valid JSON" in r.stderr
+    code, _, err = main_cli(capsys, "compare", str(a), str(bad))
+    assert code == 1 and "gsm8k.jsonl:2: not valid JSON" in err
 
     nocommon = _write(tmp_path / "e", {"svamp": _rows("s", [1])})
     with pytest.raises(DataError, match="no task in common"):

@@ -80,7 +80,15 @@ def test_every_checkpoint_is_scored_on_all_three_sets(ood_run):
             rows = [p for p in preds if p["step"] == c["step"] and p["set"] == s]
             assert c["scores"][s] == pytest.approx(sum(p["correct"] for p in rows) / len(rows))
         assert all(set(p) >= {"id", "gold", "output", "extracted", "correct", "task"} for p in preds)
+        # the per-problem results kept in the record (for paired tests) are the predictions, in the sets' id order
+        for key, b in c["correct"].items():
+            s, t = key.split("/", 1)
+            by_id = {p["id"]: p["correct"] for p in preds if p["step"] == c["step"] and p["set"] == s
+                     and p["task"] == t}
+            assert b == "".join("1" if by_id[i] else "0" for i in sets[s]["ids"][t])
     assert "held-out eval at step 6" in r.stderr
+    md = (out / "report.md").read_text()
+    assert "| before (0) → chosen (" in md and "in_dist 95% CI (n=6)" in md
 
 
 @pytest.mark.slow
@@ -206,3 +214,37 @@ def test_unknown_held_out_dataset_is_one_line(tmp_path, tiny_llama_path):
                 "--tracker", "none", "--out", str(tmp_path / "y"))
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: --ood svmap: unknown dataset")
     assert "did you mean 'svamp'" in r.stderr
+
+
+def test_prefer_earliest_through_fit_exports_that_checkpoint(tmp_path, tiny_llama_path):
+    """--prefer-earliest end to end (tiny model, an evaluator with fixed per-problem results): the best in_dist is
+    step 4 (the last), step 2 is within noise of it; the artifact holds step 2's weights."""
+    from safetensors.torch import load_file
+
+    from lora_spec.fit import FitConfig, fit
+
+    bits = {0: "0" * 40, 2: "0" * 4 + "1" * 16 + "0" * 20, 4: "1" * 20 + "0" * 20}
+
+    def evaluator(model, tokenizer, step):
+        b = bits[step]
+        return {"in_dist": b.count("1") / len(b), "in_dist/arith": b.count("1") / len(b), "eval_seconds": 0.01,
+                "correct": {"in_dist/arith": b}}
+
+    cfg = FitConfig(student="tiny-llama", dataset="arith", limit=16, max_steps=4, eval_every=2, batch_size=4,
+                    save_every=0, select_by="in_dist", prefer_earliest=True, tracker="none", progress=False,
+                    before_after=0, out=str(tmp_path / "pe"))
+    res = fit(cfg, evaluator=evaluator)
+    m = res.manifest
+    assert [c["step"] for c in m["checkpoints"]] == [0, 2, 4]
+    assert all(c["correct"] == {"in_dist/arith": bits[c["step"]]} and "correct" not in c["scores"]
+               for c in m["checkpoints"])
+    assert m["selection"]["chosen_step"] == 2 and m["selection"]["prefer_earliest"] is True
+    assert "not significantly worse" in m["selection"]["description"]
+    ck = load_file(str(Path(m["train"]["checkpoint_dir"]) / "step-000002" / "trainable.safetensors"))
+    ad = load_file(str(res.out / "adapter_model.safetensors"))
+    ck = {k.replace(".default", ""): v for k, v in ck.items()}
+    assert set(ad) == set(ck) and all((ad[k] == ck[k]).all() for k in ad)
+    md = (res.out / "report.md").read_text()
+    assert "**Chosen: step 2**" in md and "| step 4 → chosen (2) |" in md
+    assert "On `in_dist`, the selection score, step 4 is within noise of the chosen step 2" in md
+    assert "in_dist 95% CI (n=40)" in md

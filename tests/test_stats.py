@@ -97,10 +97,18 @@ def test_macro_interval():
     # one task: the macro interval is that task's Wilson interval
     m, lo, hi = stats.macro([7], [100])
     assert m == pytest.approx(0.07) and (lo, hi) == pytest.approx(stats.wilson(7, 100))
-    # T equal tasks: the same mean, an interval 1/sqrt(T) as wide around it
-    m4, lo4, hi4 = stats.macro([7] * 4, [100] * 4)
-    assert m4 == pytest.approx(0.07)
-    assert (m4 - lo4) == pytest.approx((0.07 - lo) / 2) and (hi4 - m4) == pytest.approx((hi - 0.07) / 2)
+    # tasks of equal size: the macro average is the pooled accuracy, with the pool's Wilson interval
+    m8, lo8, hi8 = stats.macro([1, 1, 1, 0, 0, 0, 0, 0], [1] * 8)
+    assert m8 == pytest.approx(3 / 8) and (lo8, hi8) == pytest.approx(stats.wilson(3, 8))
+    # unequal sizes: MOVER, square-and-add of the distances to each task's Wilson limits, weight 1/T
+    ks, ns = [7, 30], [100, 50]
+    m2, lo2, hi2 = stats.macro(ks, ns)
+    ps = [0.07, 0.6]
+    cis = [stats.wilson(7, 100), stats.wilson(30, 50)]
+    assert m2 == pytest.approx(0.335)
+    assert lo2 == pytest.approx(0.335 - math.sqrt(sum((p - c[0]) ** 2 for p, c in zip(ps, cis))) / 2)
+    assert hi2 == pytest.approx(0.335 + math.sqrt(sum((c[1] - p) ** 2 for p, c in zip(ps, cis))) / 2)
+    assert lo2 < m2 < hi2
     with pytest.raises(ValueError):
         stats.macro([], [])
 
