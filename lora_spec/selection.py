@@ -720,7 +720,8 @@ class HeldOutEvaluator:
                 scores[name] = sum(allo) / len(allo) if allo else 0.0
         scores[EVAL_SECONDS] = round(time.perf_counter() - t0, 3)
         self.history.append({"step": step, "scores": dict(scores), "predictions": preds})
-        scores[CORRECT] = {f"{name}/{t['task']}": "".join("1" if ok else "0" for ok in correct.get((name, t["task"]), []))
+        scores[CORRECT] = {f"{name}/{t['task']}": "".join("1" if ok else "0"
+                                                           for ok in correct.get((name, t["task"]), []))
                            for name, st in self.sets.items() for t in st.tasks}
         from .stats import fmt_acc, macro
 

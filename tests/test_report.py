@@ -162,7 +162,8 @@ def _bits_manifest():
             30: ("1111111111" + "1" * 5 + "00011", "1110000001")}
     cks = []
     for step, (a, b) in bits.items():
-        cks.append({"step": step, "loss": None if step == 0 else 1.0 / step, "path": None if step == 0 else f"/x/{step}",
+        cks.append({"step": step, "loss": None if step == 0 else 1.0 / step,
+                    "path": None if step == 0 else f"/x/{step}",
                     "correct": {"in_dist/arith": a, "ood/svamp": b},
                     "scores": {"in_dist": a.count("1") / 20, "ood": b.count("1") / 10, "ood/svamp": b.count("1") / 10,
                                "in_dist/arith": a.count("1") / 20, "eval_seconds": 1.0}})
