@@ -15,7 +15,7 @@ def eval_cmd(cfg: EvalConfig):
 
     \b
     lorasp eval --model smollm2-135m [--adapter DIR] --suite math --suite bbh \\
-                [--mode icl_cot|zs_cot|icl_answer|zs_answer] [--limit N] --out DIR
+                [--mode icl_cot|zs_cot|icl_answer|zs_answer] [--limit N [--seed S]] --out DIR
 
     Suites: math (GSM8K test + MultiArith, ASDiv, SVAMP), bbh (27 BIG-Bench Hard tasks), arith (synthetic test
     split); any lorasp.evals plugin. --limit N evaluates a seeded random sample of N problems per task (--seed S,

@@ -1,7 +1,7 @@
 """Checkpoint selection: held-out sets, the periodic evaluator and the rules that pick the exported checkpoint.
 
 Specialization trades generic ability for the target skill, and the best in-distribution checkpoint is often not
-the best out-of-distribution one (Fu et al., 2023). So ``fit`` scores the model on three small held-out sets at
+the best out-of-distribution one (Fu et al., 2023). So ``fit`` scores the model on three held-out sets at
 step 0 (the base model, "before"), every ``eval_every`` steps and at the end:
 
 - ``in_dist``: the training distribution's dev split (``gsm8k:dev`` or ``arith:dev``; ``auto`` follows the
@@ -18,6 +18,11 @@ checkpoint by a rule: ``in_dist``, ``ood``, ``generic`` (highest accuracy), ``lo
 drifted less from the base model, which is what keeps generic ability (the paper's trade-off), and the rule is
 deterministic. Step 0 (the untouched base model) is the "before" reference, never a candidate: an artifact is
 always a trained checkpoint. The report says so when the base model beats the chosen checkpoint.
+
+**Telling checkpoints apart.** Each checkpoint record also keeps its per-problem results (``correct``), so
+checkpoints are compared paired, on the same problems (``lora_spec.stats``). ``prefer_earliest`` exports the
+earliest checkpoint that is not significantly worse than the best (exact McNemar p >= 0.05). Real runs score 150 /
+150 / 160 problems (a 95% half-width of at most 8 points); the quickstart keeps its 16 / 9 / 8.
 """
 
 from __future__ import annotations
