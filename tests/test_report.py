@@ -198,7 +198,7 @@ def test_paired_comparisons_and_intervals_from_per_problem_results(tmp_path):
     assert "On `ood`, the selection score, steps 10, 30 are within noise of the chosen step 20" in md
 
 
-def test_report_cli_uses_heldout_predictions_of_older_artifacts(tmp_path):
+def test_report_cli_uses_heldout_predictions_of_older_artifacts(tmp_path, capsys):
     """An artifact whose checkpoints lack `correct` still gets its paired comparisons from heldout_predictions.jsonl."""
     m, bits = _bits_manifest()
     preds = []
@@ -211,15 +211,17 @@ def test_report_cli_uses_heldout_predictions_of_older_artifacts(tmp_path):
     art = tmp_path / "old"
     art.mkdir()
     write_manifest(art, m)
-    r = run_cli("report", str(art), "--no-print")
-    assert r.returncode == 0, r.stderr
+    from tests.test_swap import main_cli
+
+    code, _, err = main_cli(capsys, "report", str(art), "--no-print")
+    assert code == 0, err
     assert "Paired comparisons: not available" in (art / "report.md").read_text()
     (art / "heldout_predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
-    r = run_cli("report", str(art))
+    r = run_cli("report", str(art))  # the console script end to end
     assert r.returncode == 0, r.stderr
     assert "| before (0) → chosen (20) |" in r.stdout and "within noise of the chosen step 20" in r.stdout
     m2, _ = _bits_manifest()
     assert r.stdout == render_markdown(m2, "old")  # the same report as from the recorded `correct`
     (art / "heldout_predictions.jsonl").write_text('{"step": 0}\n')
-    r = run_cli("report", str(art))
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "heldout_predictions.jsonl:1: expected" in r.stderr
+    code, _, err = main_cli(capsys, "report", str(art))
+    assert code == 1 and err.count("\n") == 1 and "heldout_predictions.jsonl:1: expected" in err
