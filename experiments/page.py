@@ -242,6 +242,8 @@ def section_c5(rec: dict | None, fig_dir: Path) -> list[str]:
     if rec is None:
         return L
     rows = rec.get("extra", {}).get("heldout", [])
+    if not rows and rec.get("extra", {}).get("checkpoint_scores"):
+        return L + c5_from_scores(rec["extra"], fig_dir)
     by: dict[tuple[int, str], dict[str, bool]] = {}
     for r in rows:
         by.setdefault((int(r["step"]), r["set"]), {})[f"{r['task']}:{r['id']}"] = bool(r["correct"])
@@ -280,6 +282,33 @@ def section_c5(rec: dict | None, fig_dir: Path) -> list[str]:
             L.append(f"- {name}: step {bo} minus step {bi}: {fmt_paired(r)}")
         L.append("The argmaxes differ beyond noise only where a paired difference above is not within noise.")
     L.append("")
+    png = plot_c5(curves, fig_dir)
+    if png:
+        L += [f"![C5 curves]({png.relative_to(fig_dir.parent).as_posix()})", ""]
+    return L
+
+
+def c5_from_scores(extra: dict, fig_dir: Path) -> list[str]:
+    """C5 while the recipe run still trains: per-checkpoint counts (no per-problem results yet, so no paired tests)."""
+    rows = extra["checkpoint_scores"]
+    L = [f"Snapshot of the unfinished run at its checkpoint `{extra.get('snapshot_of', '?')}`: {len(rows)} evaluations "
+         "so far (step 0 = the base model). Accuracy % [95% CI]:", "",
+         "| step | train loss | in-distribution (GSM8K dev) | out-of-distribution (MultiArith+SVAMP+ASDiv) | eval s |",
+         "|---:|---:|---:|---:|---:|"]
+    curves: dict[str, list[tuple[int, float, float, float]]] = {"in_dist": [], "ood": []}
+    for r in rows:
+        cells = []
+        for key in ("in_dist", "ood"):
+            d = r.get(key) or {}
+            k, n = int(d.get("correct", 0)), int(d.get("n", 0))
+            cells.append(pct(k, n))
+            if n:
+                lo, hi = wilson(k, n)
+                curves[key].append((int(r["step"]), 100 * k / n, 100 * lo, 100 * hi))
+        loss = f"{r['loss']:.3f}" if r.get("loss") is not None else "–"
+        L.append(f"| {r['step']} | {loss} | {cells[0]} | {cells[1]} | {r.get('eval_seconds') or 0:.0f} |")
+    L += ["", "The paired comparison of the two argmaxes needs every problem's result, which the run records when it "
+          "ends (`python experiments/run.py c5` then fills this section in).", ""]
     png = plot_c5(curves, fig_dir)
     if png:
         L += [f"![C5 curves]({png.relative_to(fig_dir.parent).as_posix()})", ""]

@@ -292,9 +292,34 @@ def c4(teacher_steps: int = 192, student_steps: int = 96, problems: int = 768, n
     exp.save(complete=True)
 
 
-def c5() -> None:
+def c5_snapshot(exp: Experiment) -> None:
+    """While the recipe run trains: the scores of its checkpoints so far (from the newest checkpoint's state), as
+    correct counts per set; the result stays partial until the run ends and ``c5`` records every problem."""
+    ckpts = work_dir() / "recipe" / "adapter.checkpoints"
+    states = sorted(ckpts.glob("step-*/trainer_state.json"))
+    if not states:
+        raise StepFailed(f"no checkpoint of the recipe run under {ckpts} yet")
+    state = json.loads(states[-1].read_text()).get("state", {})
+    import yaml
+
+    recipe = yaml.safe_load(RECIPE.read_text())
+    sizes = {key: int(str(recipe[key]).split("limit=")[1].split(";")[0]) for key in ("in_dist", "ood")}
+    rows = []
+    for c in state.get("checkpoints", []):
+        sc = c.get("scores") or {}
+        if "in_dist" in sc:
+            rows.append({"step": c["step"], "loss": c.get("loss"), "eval_seconds": sc.get("eval_seconds"),
+                         **{key: {"n": n, "correct": round(sc[key] * n)} for key, n in sizes.items() if key in sc}})
+    exp.record["extra"]["checkpoint_scores"] = rows
+    exp.record["extra"]["snapshot_of"] = str(states[-1].parent.name)
+    exp.save(complete=False)
+
+
+def c5(snapshot: bool = False) -> None:
     exp = Experiment("c5", "C5 in-distribution best vs out-of-distribution best (the recipe run's curves)",
                      "python experiments/run.py c5")
+    if snapshot:
+        return c5_snapshot(exp)
     ad = recipe_adapter(exp)
     rows = []
     pred = ad / "heldout_predictions.jsonl"
@@ -310,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
+    ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "
+                    "(while it trains) without running anything")
     ap.add_argument("--steps", type=int, default=240, help="c3: optimizer steps per mixture")
     ap.add_argument("--n", type=int, default=300, help="c3/c4: test problems per evaluation")
     ap.add_argument("--teacher-steps", type=int, default=192)
@@ -328,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             elif e == "c4":
                 c4(a.teacher_steps, a.student_steps, a.problems, a.n)
             else:
-                c5()
-            print(f"{e}: done -> {RESULTS / (e + '.json')}")
+                c5(a.snapshot)
+            print(f"{e}: {'snapshot' if a.snapshot and e == 'c5' else 'done'} -> {RESULTS / (e + '.json')}")
     except StepFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -75,3 +75,17 @@ def test_page_names_a_broken_result_file(results, tmp_path):
     with pytest.raises(SystemExit) as e:
         page.main(["--results", str(results), "--docs", str(tmp_path / "d")])
     assert "c2.json" in str(e.value) and "not valid JSON" in str(e.value)
+
+
+def test_c5_snapshot_of_an_unfinished_run_shows_counts_and_intervals(results, tmp_path):
+    snap = {"step": 30, "loss": 0.8, "eval_seconds": 12.0, "in_dist": {"n": 100, "correct": 7},
+            "ood": {"n": 99, "correct": 5}}
+    rec = json.loads((results / "c5.json").read_text())
+    rec["extra"] = {"checkpoint_scores": [snap], "snapshot_of": "step-000030"}
+    (results / "c5.json").write_text(json.dumps(rec))
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    c5 = (docs / "results.md").read_text().split("## C5")[1]
+    ci = binomtest(7, 100).proportion_ci(method="wilson")
+    assert f"| 30 | 0.800 | 7.0 [{100 * ci.low:.1f}, {100 * ci.high:.1f}]" in c5
+    assert "step-000030" in c5 and "needs every problem's result" in c5
