@@ -210,7 +210,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     # cheap checks first: a bad flag is reported before torch is even imported
     weights = F.parse_mixture(cfg.formats)
     from .losses import LossSpec
-    from .prompts import uses_chat
+    from .prompts import DEFAULT_SYSTEM, uses_chat
 
     loss_spec = LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
     from .adapters.peft_setup import parse_targets
@@ -336,6 +336,9 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         "peft": spec.peft_params() if cfg.method != "full" else None,
         "formats": weights, "format_counts": counts, "n_shots": cfg.n_shots,
         "chat": bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat)),
+        # the chat system message of every training prompt (prompts.build_prompt's default), for the model card
+        # and the Ollama Modelfile of `lorasp export`
+        "system": DEFAULT_SYSTEM if student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat) else None,
         "loss": str(loss_spec),
         "distribution": None if res.align is None else {
             "temperature": loss_spec.temperature, "renormalize": loss_spec.renormalize, **res.align},
@@ -461,11 +464,9 @@ def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_mani
             import shutil
 
             shutil.copyfile(src, tmp / name)
-        (tmp / "README.md").write_text(
-            f"# lorasp full fine-tune\n\nFull fine-tune of `{student.name}` by lorasp (model specialization, Fu et "
-            f"al., ICML 2023).\n\n- formats: {manifest['formats']}\n- steps: {manifest['train']['steps']}\n\n"
-            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer  # or AutoModelForSeq2SeqLM\n"
-            "model = AutoModelForCausalLM.from_pretrained('THIS_DIR')\n```\n", encoding="utf-8")
+        from .adapters.card import model_card
+
+        (tmp / "README.md").write_text(model_card(m, None, out.name), encoding="utf-8")
 
 
 __all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROBLEMS"]
