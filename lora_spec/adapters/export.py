@@ -95,7 +95,7 @@ def _arch(config: dict[str, Any], where: str) -> tuple[Any, bool, str]:
 
 def _rope_rows(w, n_head: int):
     """Reorder the rows of a q/k projection (or of its LoRA B) the way llama.cpp's converter does: within each
-    head, the two interleaved halves of the rotary dimensions become two contiguous halves."""
+    head, HF's two halves of the rotary dimensions (rows i and hd/2 + i) become interleaved pairs (2i, 2i + 1)."""
     rows = w.shape[0]
     if rows % (2 * n_head):
         raise ModelError(f"cannot reorder {rows} rows into {n_head} heads for RoPE")
