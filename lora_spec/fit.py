@@ -221,7 +221,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
 
     from .adapters.artifact import atomic_dir, versions, write_manifest
     from .adapters.peft_setup import MethodSpec, apply_method, count_params
-    from .student import load_student
+    from .student import hub_id, load_student
     from .trainer import TrainArgs, dist_state, train
 
     state = dist_state()
@@ -331,7 +331,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     manifest: dict[str, Any] = {
         "kind": "full" if cfg.method == "full" else "adapter",
         "base": {"name": student.name, "path": str(student.path), "kind": student.kind,
-                 "fingerprint": dict(student.fingerprint)},
+                 "fingerprint": dict(student.fingerprint), "hub_id": hub_id(student.name)},
         "quant": cfg.quant, "method": cfg.method,
         "peft": spec.peft_params() if cfg.method != "full" else None,
         "formats": weights, "format_counts": counts, "n_shots": cfg.n_shots,

@@ -302,10 +302,23 @@ def test_lora_and_model_gguf_match_peft_on_f32(smol_lora, smollm2_path, tmp_path
     from lora_spec.student import load_student, smollm2_gguf
 
     E.export(smol_lora, tmp_path / "lora")
-    cfg = json.loads((smollm2_path / "config.json").read_text())
-    arch, permute, _ = E._arch(cfg, "x")
-    f32 = tmp_path / "base-f32.gguf"
-    E.write_model_gguf(smollm2_path, f32, cfg, arch, permute, _reader(smollm2_gguf()), "f32")
+    # a full-model artifact holding the base's own weights, exported as an F32 model GGUF (tokenizer and
+    # hyper-parameters copied from the preset's Q4_1 GGUF)
+    full = tmp_path / "full"
+    full.mkdir()
+    for f in smollm2_path.iterdir():
+        if f.is_file() and not f.name.startswith("lorasp"):
+            (full / f.name).symlink_to(f)
+    (full / "lorasp.json").write_text(json.dumps({"kind": "full", "chat": True, "formats": {"zero_shot_cot": 1},
+                                                  "base": json.loads((smol_lora / "lorasp.json").read_text())["base"]}))
+    rep = E.export(full, tmp_path / "model", outtype="f32")
+    f32 = tmp_path / "model" / "model.gguf"
+    assert rep.kind == "model" and rep.permuted == 60 and rep.base_gguf == str(smollm2_gguf())
+    mf = (tmp_path / "model" / "Modelfile").read_text()
+    assert "FROM ./model.gguf" in mf and "\nADAPTER " not in mf
+    r = _reader(f32)
+    assert _field(r, "general.type") == "model" and _field(r, "tokenizer.ggml.pre") == "smollm"
+    assert len(r.fields["tokenizer.ggml.tokens"].data) == 49152
     st = load_student("smollm2-135m")
     pm = PeftModel.from_pretrained(st.model, str(smol_lora)).eval()
     ids = st.tokenizer("Question: Tom has 3 apples and buys 5 more. How many apples does he have?\n"
@@ -345,7 +358,7 @@ def test_llama_server_runs_the_exported_lora(smol_lora, tmp_path):
 
     from tests.gguf_compare import compare
 
-    r = compare(smol_lora, tmp_path, n=4, max_new_tokens=40, log=lambda s: None)
+    r = compare(smol_lora, tmp_path, n=4, max_new_tokens=40, threads=1, log=lambda s: None)
     assert r["n"] == 4 and r["texts_changed_by_lora"] >= 2, r
 
     def sim(a, b):

@@ -25,7 +25,9 @@ def base_hub_id(manifest: dict[str, Any]) -> str | None:
     from ..student import hub_id
 
     base = manifest.get("base") or {}
-    return base.get("hub_id") or hub_id(base.get("name"))
+    if "hub_id" in base:  # recorded when the base was loaded (a relative local path cannot pass for a Hub id later)
+        return base["hub_id"]
+    return hub_id(base.get("name"))
 
 
 def base_license(manifest: dict[str, Any]) -> str | None:

@@ -54,8 +54,10 @@ def adapter_digest(directory: str | os.PathLike) -> str:
 
 def base_info(student) -> dict[str, Any]:
     """The ``base`` block of a manifest for a loaded :class:`lora_spec.student.Student`."""
+    from ..student import hub_id
+
     return {"name": student.name, "path": str(student.path), "kind": student.kind,
-            "fingerprint": dict(student.fingerprint)}
+            "fingerprint": dict(student.fingerprint), "hub_id": hub_id(student.name)}
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
