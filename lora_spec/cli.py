@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lora_spec.cli_adapters:generate_cmd", "Generate with a base and adapters (switch or mix per row)."),
     "adapters": ("lora_spec.cli_adapters:adapters_group", "List the artifacts under a folder, or show one in full."),
     "combine": ("lora_spec.cli_adapters:combine_cmd", "Weighted combination of adapters (linear|cat|svd) via peft."),
+    "export": ("lora_spec.cli_export:export_cmd", "Export for llama.cpp/Ollama: LoRA or model GGUF + Modelfile."),
+    "push": ("lora_spec.cli_export:push_cmd", "Upload an artifact to the Hugging Face Hub (Hub-ready copy)."),
     "teach": ("lora_spec.cli_teach:teach_cmd", "Sample chain-of-thought from a teacher, filter by answer (resumable)."),
     "fit": ("lora_spec.cli_fit:fit_cmd", "Tune a student on teacher CoT in four formats (LoRA/DoRA/QLoRA/full)."),
     "eval": ("lora_spec.cli_eval:eval_cmd", "Evaluate a student (+ adapter) on math / BBH / arith suites, batched."),

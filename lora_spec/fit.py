@@ -210,7 +210,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     # cheap checks first: a bad flag is reported before torch is even imported
     weights = F.parse_mixture(cfg.formats)
     from .losses import LossSpec
-    from .prompts import uses_chat
+    from .prompts import DEFAULT_SYSTEM, uses_chat
 
     loss_spec = LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
     from .adapters.peft_setup import parse_targets
@@ -221,7 +221,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
 
     from .adapters.artifact import atomic_dir, versions, write_manifest
     from .adapters.peft_setup import MethodSpec, apply_method, count_params
-    from .student import load_student
+    from .student import hub_id, load_student
     from .trainer import TrainArgs, dist_state, train
 
     state = dist_state()
@@ -331,11 +331,14 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     manifest: dict[str, Any] = {
         "kind": "full" if cfg.method == "full" else "adapter",
         "base": {"name": student.name, "path": str(student.path), "kind": student.kind,
-                 "fingerprint": dict(student.fingerprint)},
+                 "fingerprint": dict(student.fingerprint), "hub_id": hub_id(student.name)},
         "quant": cfg.quant, "method": cfg.method,
         "peft": spec.peft_params() if cfg.method != "full" else None,
         "formats": weights, "format_counts": counts, "n_shots": cfg.n_shots,
         "chat": bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat)),
+        # the chat system message of every training prompt (prompts.build_prompt's default), for the model card
+        # and the Ollama Modelfile of `lorasp export`
+        "system": DEFAULT_SYSTEM if student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat) else None,
         "loss": str(loss_spec),
         "distribution": None if res.align is None else {
             "temperature": loss_spec.temperature, "renormalize": loss_spec.renormalize, **res.align},
@@ -461,11 +464,9 @@ def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_mani
             import shutil
 
             shutil.copyfile(src, tmp / name)
-        (tmp / "README.md").write_text(
-            f"# lorasp full fine-tune\n\nFull fine-tune of `{student.name}` by lorasp (model specialization, Fu et "
-            f"al., ICML 2023).\n\n- formats: {manifest['formats']}\n- steps: {manifest['train']['steps']}\n\n"
-            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer  # or AutoModelForSeq2SeqLM\n"
-            "model = AutoModelForCausalLM.from_pretrained('THIS_DIR')\n```\n", encoding="utf-8")
+        from .adapters.card import model_card
+
+        (tmp / "README.md").write_text(model_card(m, None, out.name), encoding="utf-8")
 
 
 __all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROBLEMS"]

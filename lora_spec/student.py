@@ -32,6 +32,11 @@ PRESETS = {
     "tiny-llama": "random-weight 2-layer Llama with a locally trained byte-level BPE tokenizer (test fixture)",
     "tiny-t5": "random-weight 2-layer T5 with a locally trained SentencePiece-style tokenizer (test fixture)",
 }
+# The Hugging Face Hub id of each real preset: what an artifact records as ``base_model_name_or_path`` (so plain
+# PEFT/transformers load it anywhere), and what lorasp resolves back to the preset's local cache when loading.
+# Licences for the model card's metadata header.
+PRESET_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+PRESET_LICENSES = {"smollm2-135m": "apache-2.0"}
 # Bump when the way a preset is built changes, so that stale caches are not reused.
 _PRESET_VERSION = {"smollm2-135m": 1, "tiny-llama": 2, "tiny-t5": 2}
 
@@ -204,10 +209,39 @@ def preset_path(name: str) -> Path:
 
 # --------------------------------------------------------------------------------------------- resolution
 
+def preset_of(spec: str) -> str | None:
+    """The preset that ``spec`` names: a preset name, or the Hub id of a real preset (``PRESET_HUB_IDS``)."""
+    if spec in PRESETS:
+        return spec
+    return next((name for name, hub in PRESET_HUB_IDS.items() if hub == spec), None)
+
+
+def hub_id(spec: str | None) -> str | None:
+    """The Hub id of a base given as ``spec`` (preset, Hub id or directory), or None when it has none.
+
+    A preset gives its ``PRESET_HUB_IDS`` entry; a spec that is not a local directory and looks like
+    ``org/name`` is taken as the Hub id it was loaded by; a local directory has none (its path is private).
+    """
+    if not spec:
+        return None
+    preset = preset_of(spec)
+    if preset is not None:
+        return PRESET_HUB_IDS.get(preset)
+    if Path(spec).expanduser().exists():
+        return None
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return spec
+    return None
+
+
 def resolve_path(spec: str) -> Path:
-    """A preset name, a local directory, or a Hub id (downloaded by transformers when online)."""
+    """A preset name, a preset's Hub id (resolved to the preset's cache, offline), a local directory, or a Hub id
+    (downloaded by transformers when online)."""
     if spec in PRESETS:
         return preset_path(spec)
+    preset = preset_of(spec)
+    if preset is not None and not Path(spec).expanduser().exists():
+        return preset_path(preset)
     p = Path(spec).expanduser()
     if p.exists():
         if not (p / "config.json").exists():

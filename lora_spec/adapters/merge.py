@@ -301,14 +301,15 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
              "parents": [{"path": str(Path(adapter).resolve()), "digest": adapter_digest(adapter), "weight": 1.0,
                           "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha")}],
              "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        for k in ("formats", "loss", "data", "selection", "checkpoints"):
+        for k in ("formats", "loss", "data", "selection", "checkpoints", "chat", "system", "before_after"):
             if manifest and k in manifest:
                 m[k] = manifest[k]
         write_manifest(tmp, m)
+        from .card import model_card
+
         (tmp / "README.md").write_text(
-            f"# lorasp merged model\n\n`{adapter}` merged into the {mode} weights of `{spec}` ({report.dtype}).\n\n"
-            f"Parity against base+adapter on {len(rows)} prompts: max logit difference "
-            f"{report.max_logit_diff:.3g}, identical greedy continuations {report.greedy_equal}/{len(rows)}.\n\n"
-            "```python\nfrom transformers import AutoModelForCausalLM\n"
-            "model = AutoModelForCausalLM.from_pretrained('THIS_DIR')\n```\n", encoding="utf-8")
+            model_card(m, None, out.name) + f"\n## Merge\n\n`{adapter}` merged into the {mode} weights of `{spec}` "
+            f"({report.dtype}). Parity against base+adapter on {len(rows)} prompts: max logit difference "
+            f"{report.max_logit_diff:.3g}, identical greedy continuations {report.greedy_equal}/{len(rows)}.\n",
+            encoding="utf-8")
     return report

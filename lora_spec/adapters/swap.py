@@ -54,8 +54,10 @@ def adapter_digest(directory: str | os.PathLike) -> str:
 
 def base_info(student) -> dict[str, Any]:
     """The ``base`` block of a manifest for a loaded :class:`lora_spec.student.Student`."""
+    from ..student import hub_id
+
     return {"name": student.name, "path": str(student.path), "kind": student.kind,
-            "fingerprint": dict(student.fingerprint)}
+            "fingerprint": dict(student.fingerprint), "hub_id": hub_id(student.name)}
 
 
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -112,29 +114,29 @@ def vllm_problems(cfg: dict[str, Any]) -> list[str]:
     return probs
 
 
-def _model_card(manifest: dict[str, Any], adapter_cfg: dict[str, Any] | None) -> str:
-    base = manifest.get("base", {})
-    lines = [f"# lorasp {manifest.get('kind', 'adapter')}", "",
-             "A reasoning adapter written by [lorasp](https://github.com/) (model specialization, Fu et al., "
-             "ICML 2023).", "",
-             f"- base: `{base.get('name')}` (fingerprint `{base.get('fingerprint', {}).get('id')}`)",
-             f"- quantization trained against: `{manifest.get('quant', 'none')}`",
-             f"- method: `{manifest.get('method', '?')}`"]
-    if adapter_cfg:
-        lines.append(f"- LoRA: r={adapter_cfg.get('r')}, alpha={adapter_cfg.get('lora_alpha')}, "
-                     f"targets={adapter_cfg.get('target_modules')}, dora={bool(adapter_cfg.get('use_dora'))}")
-    if manifest.get("parents"):
-        lines.append("- parents: " + ", ".join(f"`{p.get('path')}` x {p.get('weight', 1)}"
-                                               for p in manifest["parents"]))
-    sel = manifest.get("selection") or {}
-    if sel:
-        lines.append(f"- selection: {sel.get('rule')} -> step {sel.get('chosen_step')}")
-    lines += ["", "## Use", "", "```python",
-              "from lora_spec import load_adapter", "student = load_adapter('THIS_DIR')  # checks the base fingerprint",
-              "# or plain PEFT:", "from peft import PeftModel", "model = PeftModel.from_pretrained(base_model, 'THIS_DIR')",
-              "```", "", "```bash", "lorasp generate --adapter math=THIS_DIR --use math --prompt '...'",
-              "lorasp merge THIS_DIR --out merged/", "```", ""]
-    return "\n".join(lines)
+def _model_card(manifest: dict[str, Any], adapter_cfg: dict[str, Any] | None, name: str = "lorasp-adapter") -> str:
+    from .card import model_card
+
+    return model_card(manifest, adapter_cfg, name)
+
+
+def set_base_hub_id(directory: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Point ``adapter_config.json``'s ``base_model_name_or_path`` at the base's Hub id (presets and Hub-loaded
+    bases), so that plain PEFT (``AutoPeftModelForCausalLM``) finds the base on any machine; the local path and
+    the fingerprint stay in ``lorasp.json``. A base loaded from a local directory keeps PEFT's value."""
+    import json
+
+    from .card import base_hub_id
+
+    cfg = read_adapter_config(directory)
+    hub = base_hub_id(manifest)
+    if hub and cfg.get("base_model_name_or_path") != hub:
+        cfg["base_model_name_or_path"] = hub
+        p = Path(directory) / "adapter_config.json"
+        tmp = p.with_name(f".adapter_config.json.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+    return cfg
 
 
 def save_adapter(peft_model, out: str | os.PathLike, manifest: dict[str, Any], *, adapter_name: str = "default",
@@ -157,14 +159,15 @@ def save_adapter(peft_model, out: str | os.PathLike, manifest: dict[str, Any], *
             for f in sub.iterdir():
                 os.replace(f, tmp / f.name)
             sub.rmdir()
-        cfg = read_adapter_config(tmp)
         m = {"lorasp_version": __version__, "kind": "adapter"}
         m.update(manifest)
+        cfg = set_base_hub_id(tmp, m)
         m["adapter"] = {"digest": adapter_digest(tmp), "vllm_problems": vllm_problems(cfg)}
         m.setdefault("versions", versions())
         m.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         write_manifest(tmp, m)
-        (tmp / "README.md").write_text(readme if readme is not None else _model_card(m, cfg), encoding="utf-8")
+        (tmp / "README.md").write_text(readme if readme is not None else _model_card(m, cfg, out.name),
+                                         encoding="utf-8")
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
     return out
@@ -191,6 +194,9 @@ def read_adapter(directory: str | os.PathLike) -> dict[str, Any] | None:
 def base_spec(manifest: dict[str, Any] | None, adapter: str | os.PathLike) -> str:
     """Where the base of an adapter can be loaded from: its recorded path if it exists, else its name."""
     if manifest is None:
+        recorded = read_adapter_config(adapter).get("base_model_name_or_path")
+        if isinstance(recorded, str) and recorded:
+            return recorded  # a preset's Hub id resolves to the preset's local cache (student.resolve_path)
         raise ConfigError(f"{adapter}: a plain PEFT adapter (no {MANIFEST}) needs the base model: pass --model")
     base = manifest.get("base") or {}
     path, name = base.get("path"), base.get("name")
