@@ -32,7 +32,10 @@ def test_merge_smollm2_fp32_parity(tmp_path, smollm2_path):
     out = tmp_path / "merged"
     rep = merge(adapter, out, max_new_tokens=6, prompts=PARITY_PROMPTS[:2])
     assert rep.base_mode == "original" and rep.dtype == "fp32"
-    assert rep.max_logit_diff <= 1e-4, rep
+    # fp32 round-off of (W + s*B@A) x versus W x + s*B(A x) through 30 layers: measured 1.07e-4 with 1 torch thread
+    # and 1.30e-4 with 2 (transformers 5.24, torch 2.13), about 1e-5 of SmolLM2's logit range; a wrong merge (a
+    # missing layer, a transposed B, a wrong scale) moves logits by >= 1e-2, and the adapter's own effect is ~5
+    assert rep.max_logit_diff <= 2.5e-4, rep
     assert rep.greedy_equal == rep.n_prompts == 2
     assert rep.adapter_effect > 0.05  # the adapter does change the model, so parity means something
     m = json.loads((out / "lorasp.json").read_text())
