@@ -105,9 +105,17 @@ class GenerateConfig(RunConfig):
         "auto", description="Quantize the base; auto = what the first adapter was trained against.")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Greedy tokens per prompt.")
     batch_size: int = Field(8, ge=1, le=1024, description="Prompts per forward batch.")
-    chat: Optional[bool] = Field(None, description="Wrap each prompt in the tokenizer's chat template; default: "
-                                                   "what the first adapter was trained with (lorasp.json 'chat').")
-    stop: List[str] = Field(default_factory=list, description="Cut a completion at this string.")
+    mode: Literal["auto", "zs_cot", "icl_cot", "zs_answer", "icl_answer", "raw"] = Field(
+        "auto", description="How a prompt (a question) becomes the model's input: auto = as the adapter was "
+                            "trained (its main format in lorasp.json; raw without one); zs_cot/icl_cot/zs_answer/"
+                            "icl_answer = the training prompt of that format (chat template, system message, "
+                            "'Let's think step by step' pre-filled in the answer); raw = the text as given.")
+    chat: Optional[bool] = Field(None, description="Use the tokenizer's chat template; default: what the adapter "
+                                                   "was trained with (lorasp.json).")
+    stop: List[str] = Field(default_factory=list, description="Cut a completion at this string (default: the "
+                                                              "mode's stop strings; none for raw).")
+    data_dir: Optional[str] = Field(None, description="Data directory for the exemplars of the icl_* modes "
+                                                      "(default: $LORASP_DATA_DIR).")
     ignore_fingerprint: bool = Field(False, description="Load adapters even onto a base with another fingerprint.")
 
 
@@ -156,9 +164,15 @@ def _read_prompts(path: str) -> tuple[list[str], list[str | None]]:
 def generate_cmd(as_json, cfg: GenerateConfig):
     """Greedy generation with a base model and any number of adapters on it.
 
+    Each prompt is a question; by default it is put into the prompt format the adapter was trained on (its
+    main format in lorasp.json, e.g. zs_cot: chat template, system message, "Let's think step by step" at the
+    start of the answer), so the adapter sees what it learned to continue. --mode raw sends the text as given.
+
     \b
+    lorasp generate --adapter math=adapters/arith-lora --prompt "Tom has 12 marbles ..."
     lorasp generate --adapter math=adapters/a --adapter other=adapters/b --use math --prompt "..."
     lorasp generate --adapter math=a --prompt P1 --prompt P2 --use math --use base   # mixed batch
+    lorasp generate --model smollm2-135m --mode raw --prompt "The capital of France is"
     """
     adapters = _parse_adapters(cfg.adapter)
     prompts = list(cfg.prompt)
@@ -185,15 +199,16 @@ def generate_cmd(as_json, cfg: GenerateConfig):
 
     aset = AdapterSet(cfg.model, adapters, quant=None if cfg.quant == "auto" else cfg.quant,
                       ignore_fingerprint=cfg.ignore_fingerprint)
-    chat = cfg.chat
-    if chat is None:
-        first = next(iter(aset.entries.values()), None)
-        chat = bool(((first.manifest or {}).get("chat")) if first else False)
+    prepared = aset.prepare(prompts, adapters=rows, mode=cfg.mode, chat=cfg.chat, data_dir=cfg.data_dir)
+    modes = sorted({p.mode for p in prepared})
+    if cfg.mode == "auto" and not as_json:
+        _say(f"mode: {', '.join(modes)} (as the adapter was trained; --mode raw sends the prompt as given)")
     outs = aset.generate(prompts, adapters=rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                         stop=cfg.stop or None, chat=chat)
-    for p, name, o in zip(prompts, rows, outs):
+                         stop=cfg.stop or None, chat=cfg.chat, mode=cfg.mode, data_dir=cfg.data_dir)
+    for p, name, o, prep in zip(prompts, rows, outs, prepared):
         if as_json:
-            click.echo(json.dumps({"adapter": name, "prompt": p, "completion": o}, ensure_ascii=False))
+            click.echo(json.dumps({"adapter": name, "mode": prep.mode, "prompt": p, "input": prep.text,
+                                   "completion": o}, ensure_ascii=False))
         elif len(prompts) == 1:
             click.echo(o)
         else:

@@ -336,6 +336,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         "peft": spec.peft_params() if cfg.method != "full" else None,
         "formats": weights, "format_counts": counts, "n_shots": cfg.n_shots,
         "chat": bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat)),
+        "prompting": _prompting(weights, student, cfg),
         "loss": str(loss_spec),
         "distribution": None if res.align is None else {
             "temperature": loss_spec.temperature, "renormalize": loss_spec.renormalize, **res.align},
@@ -391,6 +392,16 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     state.wait_for_everyone()
     return FitResult(out=out, manifest=manifest, model=model, tokenizer=student.tokenizer, kind=student.kind,
                      before=before, after=after, history=res.history)
+
+
+def _prompting(weights: dict, student, cfg: FitConfig) -> dict:
+    """How the training rows were prompted (what ``generate``, ``eval`` and ``merge`` reproduce): the main CoT
+    format, the chat template and the system message that ``formats.build_examples`` put in every prompt."""
+    from .prompts import DEFAULT_SYSTEM, main_mode, uses_chat
+
+    chat = bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat))
+    return {"mode": main_mode(weights), "chat": chat, "system": DEFAULT_SYSTEM if chat else None,
+            "n_shots": cfg.n_shots}
 
 
 def _finished(out: Path, ckpt_dir: Path) -> bool:

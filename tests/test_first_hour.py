@@ -1,0 +1,137 @@
+"""Issue 18, the first hour with lorasp: generate and eval prompt as training did, strict/flexible scores,
+defaults that show the truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_swap import main_cli
+
+QUESTION = "Tom has 12 marbles. He buys 3 bags with 5 marbles each and then gives away 7. How many marbles does he have?"
+
+
+@pytest.fixture(scope="module")
+def tiny_fit(tmp_path_factory):
+    """A real (one-step) fit of tiny-llama on arith: its lorasp.json is what `lorasp fit` writes."""
+    import lora_spec
+
+    d = tmp_path_factory.mktemp("tiny_fit")
+    lora_spec.fit(student="tiny-llama", dataset="arith", teacher="gold", limit=12, max_steps=1, batch_size=4,
+                  before_after=0, eval_every=0, tracker="none", progress=False, out=str(d / "arith-lora"))
+    return d / "arith-lora"
+
+
+def _training_prompt(question: str, fmt: str, tokenizer, **kw) -> str:
+    """The prompt that training (formats.build_examples) builds for ``question`` in format ``fmt``."""
+    from lora_spec.formats import TrainingItem, build_examples
+    from lora_spec.records import Problem
+
+    item = TrainingItem(Problem("arith/q", question, "20", meta={"dataset": "arith"}), "3 * 5 = 15.\nThe answer is 20.")
+    weights = {f: 1.0 if f == fmt else 0.0 for f in ("in_context_cot", "in_context_answer", "zero_shot_cot",
+                                                     "zero_shot_answer")}
+    (ex,) = build_examples([item], weights, tokenizer, **kw)
+    assert ex.format == fmt
+    return ex.prompt
+
+
+def test_generate_prompts_as_training_did(tiny_fit, capsys):
+    """`lorasp generate` on a fitted adapter: the model's input is the training prompt of the same question (the
+    adapter's main format, zs_cot, from lorasp.json); a trigger the user typed is not doubled."""
+    from transformers import AutoTokenizer
+
+    m = json.loads((tiny_fit / "lorasp.json").read_text())
+    assert m["prompting"]["mode"] == "zs_cot" and m["prompting"]["chat"] is False
+    tok = AutoTokenizer.from_pretrained(m["base"]["path"])
+    code, out, err = main_cli(capsys, "generate", "--adapter", f"math={tiny_fit}", "--prompt",
+                              QUESTION + " Let's think step by step.", "--prompt", QUESTION, "--max-new-tokens", "3",
+                              "--json")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    want = _training_prompt(QUESTION, "zero_shot_cot", tok)
+    assert want.endswith("Let's think step by step\n")
+    assert [r["mode"] for r in rows] == ["zs_cot", "zs_cot"]
+    assert rows[0]["input"] == want and rows[1]["input"] == want
+    code, out, err = main_cli(capsys, "generate", "--adapter", f"math={tiny_fit}", "--prompt", QUESTION, "--mode",
+                              "zs_answer", "--max-new-tokens", "2", "--json")
+    assert code == 0 and json.loads(out)["input"] == _training_prompt(QUESTION, "zero_shot_answer", tok), err
+    code, out, err = main_cli(capsys, "generate", "--adapter", f"math={tiny_fit}", "--prompt", QUESTION, "--mode",
+                              "raw", "--max-new-tokens", "2", "--json")
+    assert code == 0 and json.loads(out)["input"] == QUESTION, err
+    code, _, err = main_cli(capsys, "generate", "--adapter", f"math={tiny_fit}", "--prompt", "x", "--mode", "cot")
+    assert code == 2 and err.count("\n") == 1 and "--mode" in err, err
+
+
+def test_chat_prompt_equals_training_prompt(smollm2_path):
+    """With a chat template (SmolLM2): system message, template and pre-filled trigger are those of training, for
+    a manifest written by fit and for one written before `prompting` was recorded."""
+    from transformers import AutoTokenizer
+
+    from lora_spec.prompts import DEFAULT_SYSTEM, artifact_prompting, question_prompt
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    new = {"formats": {"zero_shot_cot": 8.0, "in_context_cot": 1.0, "zero_shot_answer": 1.0}, "chat": True,
+           "prompting": {"mode": "zs_cot", "chat": True, "system": DEFAULT_SYSTEM, "n_shots": 2}}
+    old = {"formats": {"in_context_cot": 4, "zero_shot_cot": 2, "zero_shot_answer": 1}, "chat": True}
+    for manifest in (new, old):
+        pr = artifact_prompting(manifest)
+        assert pr["chat"] is True and pr["system"] == DEFAULT_SYSTEM
+        assert pr["mode"] == ("zs_cot" if manifest is new else "icl_cot")
+        for mode, fmt in (("zs_cot", "zero_shot_cot"), ("zs_answer", "zero_shot_answer")):
+            got = question_prompt(QUESTION, mode, tok, chat=pr["chat"], system=pr["system"])
+            assert got == _training_prompt(QUESTION, fmt, tok, chat=None)
+            assert DEFAULT_SYSTEM in got and "Question: Tom has 12" in got
+    assert artifact_prompting(None)["mode"] is None
+
+
+def test_eval_defaults_to_the_adapters_mode_and_out(tiny_fit, tmp_path, monkeypatch, capsys):
+    """`lorasp eval --adapter A` scores in A's training mode (zs_cot; the arith suite's own is icl_cot), says so,
+    and writes to runs/eval/<adapter name> without --out; results carry strict and flexible accuracy."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = main_cli(capsys, "eval", "--adapter", str(tiny_fit), "--suite", "arith", "--limit", "2",
+                              "--max-new-tokens", "4", "--no-progress")
+    assert code == 0, err
+    assert "mode zs_cot for every task: the adapter's main training format" in err
+    doc = json.loads((tmp_path / "runs" / "eval" / "arith-lora" / "results.json").read_text())
+    r = doc["tasks"]["arith"]
+    assert r["mode"] == "zs_cot" and doc["prompting"]["mode_from"] == "adapter"
+    assert {"accuracy", "correct", "flexible_accuracy", "flexible_correct"} <= set(r)
+    assert "flexible" in out and "strict" in (tmp_path / "runs" / "eval" / "arith-lora" / "report.md").read_text()
+    code, _, err = main_cli(capsys, "eval", "--adapter", str(tiny_fit), "--suite", "arith", "--limit", "1",
+                            "--max-new-tokens", "2", "--mode", "icl_answer", "--no-progress", "--out", "e2")
+    assert code == 0 and "main training format" not in err, err
+    assert json.loads(Path("e2/results.json").read_text())["tasks"]["arith"]["mode"] == "icl_answer"
+
+
+def test_strict_and_flexible_scores():
+    """Strict needs the answer sentence; flexible falls back to the last number (lm-eval's two filters)."""
+    from lora_spec.answers import answers_match, extract_answer
+
+    degenerate = "3 bags of 5 is 15. 12 + 15 = 27. 27 - 7 = 20. 20 20 20 20"
+    assert extract_answer(degenerate) == "20" and extract_answer(degenerate, strict=True) is None
+    stated = "12 + 15 - 7 = 20.\nThe answer is 20."
+    assert extract_answer(stated, strict=True) == "20" == extract_answer(stated)
+    assert extract_answer("The answer is (C).", "option", strict=True) == "(C)"
+    assert extract_answer("I think (C) fits", "option", strict=True) is None
+    assert extract_answer("I think (C) fits", "option") == "(C)"
+    assert extract_answer("it is True", "bool", strict=True) is None and extract_answer("it is True", "bool")
+    assert extract_answer("So the answer is No.", "yesno", strict=True) == "No"
+    assert extract_answer("#### 1,080", strict=True) == "1080" and answers_match("1080", "1,080")
+
+
+def test_eval_tasks_report_strict_headline_and_flexible(monkeypatch):
+    """evaluate_tasks: accuracy counts only stated answers; flexible_accuracy also the last-number fallback."""
+    from lora_spec import evaluate as ev
+    from lora_spec.records import EvalTask, Problem
+
+    problems = [Problem(f"arith/{i}", f"q{i}", "20", meta={"dataset": "arith"}) for i in range(3)]
+    outs = ["The answer is 20.", "12 + 15 - 7 = 20. 20 20 20", "The answer is 19."]
+    monkeypatch.setattr(ev, "task_problems", lambda task, data_dir=None: problems)
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: list(outs))
+    res = ev.evaluate_tasks(None, None, [EvalTask("t", "arith", mode="zs_cot")], chat=False, progress=False)["t"]
+    assert (res["correct"], res["flexible_correct"]) == (1, 2)
+    assert res["accuracy"] == pytest.approx(1 / 3) and res["flexible_accuracy"] == pytest.approx(2 / 3)
+    p = res["predictions"][1]
+    assert p["extracted"] is None and not p["correct"] and p["extracted_flexible"] == "20" and p["correct_flexible"]
