@@ -30,6 +30,11 @@ class RunConfig(BaseModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
+    def resolved(self) -> "RunConfig":
+        """The config with the defaults that depend on other fields filled in (what will run); commands whose
+        defaults depend on nothing return themselves. ``--print-config`` prints this."""
+        return self
+
 
 def _yaml_lines(text: str) -> dict[str, int]:
     """Top-level key -> 1-based line number, for error messages."""
@@ -57,6 +62,9 @@ def _describe_error(err: dict, source: dict[str, str]) -> str:
     typ = err.get("type", "")
     if typ == "extra_forbidden":
         return f"{where}: unknown key {path!r}"
+    if typ == "missing" and len(loc) == 1:
+        desc = f" ({desc.rstrip('.')})" if (desc := source.get(f"?{key}")) else ""
+        return f"missing required option {_flag(key)}{desc}"
     got = err.get("input")
     msg = err.get("msg", "invalid value")
     msg = msg[0].lower() + msg[1:] if msg else msg
@@ -95,6 +103,9 @@ def build(cls: Type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
     for k, v in overrides.items():
         data[k] = v
         source[k] = _flag(k)
+    for name, f in cls.model_fields.items():  # descriptions for a "missing required option" message
+        if f.description:
+            source[f"?{name}"] = f.description
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -136,7 +147,7 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
                 overrides[n] = list(v) if isinstance(v, tuple) else v
             cfg = build(cls, config, overrides)
             if print_config:
-                click.echo(cfg.to_yaml(), nl=False)
+                click.echo(cfg.resolved().to_yaml(), nl=False)
                 return None
             return fn(*args, cfg=cfg, **kwargs)
 
@@ -158,7 +169,8 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
             else:
                 opt = click.option(_flag(n), n, default=None, type=str, help=help_text)
             cmd = opt(cmd)
-        cmd = click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")(cmd)
+        cmd = click.option("--print-config", is_flag=True, help="Print the resolved config (every default filled "
+                                                                "in: the values that will run) as YAML and exit.")(cmd)
         cmd = click.option("--config", "config", type=str, default=None,
                            help="YAML file with any of this command's fields; flags override it.")(cmd)
         return cmd

@@ -541,6 +541,9 @@ class EvalConfig(RunConfig):
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice; 1 is much "
                                                            "faster on an oversubscribed CPU)")
 
+    def resolved(self) -> "EvalConfig":
+        return resolve_eval_defaults(self)[0]
+
 
 def _suite_tasks(name: str, cfg: EvalConfig) -> list[EvalTask]:
     from . import registry
@@ -594,29 +597,16 @@ def _fname(task: str) -> str:
     return task.replace("/", "__").replace(" ", "_")
 
 
-def run_eval(cfg: EvalConfig) -> "os.PathLike":
-    """Evaluate a student (+ adapter) on the configured suites; write results.json, report.md, predictions/."""
-    import json
-
-    from .stats import macro
-    import sys
-    from datetime import datetime, timezone
+def _plan_suites(cfg: EvalConfig) -> dict[str, list[EvalTask]]:
+    """The tasks of every suite, filtered by ``--task``; everything that can fail fast does so here, before a
+    model is loaded (unknown suite or task, missing data files)."""
     from pathlib import Path
 
-    from . import __version__
-    from .records import write_jsonl
-
-    if cfg.adapter and not Path(cfg.adapter).is_dir():
-        raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
-    cfg, notes = resolve_eval_defaults(cfg)
-    for note in notes:
-        print(f"eval: {note}", file=sys.stderr, flush=True)
     if not cfg.suite:
         raise ConfigError("--suite: at least one eval suite is required (e.g. math, bbh, arith)")
     data_dir = cfg.data_dir
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ConfigError(f"--data-dir: {data_dir} is not a directory")
-    # everything that can fail fast does so before the model is loaded
     suites: dict[str, list[EvalTask]] = {}
     for s in dict.fromkeys(cfg.suite):
         suites[s] = _suite_tasks(s, cfg)
@@ -634,6 +624,45 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
         raise ConfigError(f"--suite: task {sorted(dup)[0]!r} appears in two suites; evaluate them separately")
     for t in all_tasks:
         task_problems(dataclasses.replace(t, limit=1), data_dir)  # files exist and parse (first record)
+    return suites
+
+
+def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
+    """What ``run_eval(cfg)`` would do, without loading a model (``lorasp eval --dry-run``): per task its mode,
+    problems and generation budget; the output directory; the defaults taken from the adapter."""
+    from pathlib import Path
+
+    if cfg.adapter and not Path(cfg.adapter).is_dir():
+        raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
+    cfg, notes = resolve_eval_defaults(cfg)
+    tasks = []
+    for s, ts in _plan_suites(cfg).items():
+        for t in ts:
+            tasks.append({"suite": s, "task": t.name, "mode": t.mode, "problems": len(task_problems(t, cfg.data_dir)),
+                          "max_new_tokens": t.max_new_tokens})
+    return {"model": cfg.model or ("the adapter's base" if cfg.adapter else "smollm2-135m"), "adapter": cfg.adapter,
+            "tasks": tasks, "problems": sum(t["problems"] for t in tasks), "out": cfg.out, "notes": notes}
+
+
+def run_eval(cfg: EvalConfig) -> "os.PathLike":
+    """Evaluate a student (+ adapter) on the configured suites; write results.json, report.md, predictions/."""
+    import json
+    import sys
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from . import __version__
+    from .records import write_jsonl
+    from .stats import macro
+
+    if cfg.adapter and not Path(cfg.adapter).is_dir():
+        raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
+    cfg, notes = resolve_eval_defaults(cfg)
+    for note in notes:
+        print(f"eval: {note}", file=sys.stderr, flush=True)
+    suites = _plan_suites(cfg)
+    data_dir = cfg.data_dir
+    all_tasks = [t for ts in suites.values() for t in ts]
 
     if cfg.threads:
         import torch

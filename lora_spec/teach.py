@@ -70,6 +70,9 @@ class TeachConfig(RunConfig):
     out: str | None = Field(None, description="Run directory (default: runs/teach/<dataset>-<split>).")
     progress: bool = Field(True, description="Show a progress bar on a terminal.")
 
+    def resolved(self) -> "TeachConfig":
+        return self if self.out else self.model_copy(update={"out": f"runs/teach/{self.dataset}-{self.split}"})
+
 
 # ------------------------------------------------------------------------------------------------- prompts
 
@@ -245,6 +248,20 @@ class _Progress:
 
 
 # ------------------------------------------------------------------------------------------------- teach
+
+
+def plan(cfg: TeachConfig) -> dict[str, Any]:
+    """What ``teach(cfg)`` would do, without asking the teacher anything (``lorasp teach --dry-run``)."""
+    cfg = cfg.resolved()
+    spec = resolve_prompt(cfg.prompt, cfg.data_dir)
+    factory = registry.resolve("teachers", cfg.teacher)  # an unknown teacher fails here
+    cap = getattr(factory, "max_samples", None)  # a class attribute (gold: one reference per problem)
+    samples = min(cfg.samples, cap) if isinstance(cap, int) else cfg.samples
+    n = sum(1 for _ in _make_dataset(cfg).load(cfg.split, limit=cfg.limit))
+    out = Path(cfg.out)
+    return {"dataset": cfg.dataset, "split": cfg.split, "problems": n, "limit": cfg.limit, "teacher": cfg.teacher,
+            "model": cfg.model, "prompt": spec.name, "samples": samples, "requested": n * samples,
+            "out": str(out), "resumes": (out / "store.sqlite").exists()}
 
 
 def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:

@@ -135,3 +135,70 @@ def test_eval_tasks_report_strict_headline_and_flexible(monkeypatch):
     assert res["accuracy"] == pytest.approx(1 / 3) and res["flexible_accuracy"] == pytest.approx(2 / 3)
     p = res["predictions"][1]
     assert p["extracted"] is None and not p["correct"] and p["extracted_flexible"] == "20" and p["correct_flexible"]
+
+
+def test_readme_python_api_block_runs(tmp_path, monkeypatch, capsys):
+    """The README's Python API block, exactly as written except its first line's sizes (tiny-llama, 2 steps, 2
+    problems), runs start to end: teach, fit, evaluate (default out), AdapterSet.generate, merge."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"\n## Python API\n.*?```python\n(.*?)```", text, re.S).group(1)
+    line = 'model, steps, n = "smollm2-135m", 40, 50'
+    assert block.count(line) == 1 and "smollm2-135m" not in block.replace(line, "")
+    block = block.replace(line, 'model, steps, n = "tiny-llama", 2, 2')
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md (Python API)", "exec"), {"__name__": "readme"})
+    doc = json.loads((tmp_path / "runs" / "eval" / "arith" / "results.json").read_text())
+    assert doc["tasks"]["arith"]["n"] == 2 and doc["tasks"]["arith"]["mode"] == "zs_cot"
+    assert (tmp_path / "adapters" / "arith" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "merged" / "arith" / "config.json").exists()
+    printed = capsys.readouterr().out
+    assert printed.startswith("['") or printed.startswith('["'), printed
+
+
+def test_print_config_shows_the_values_that_run(capsys):
+    """`lorasp fit --print-config` on the quickstart prints the resolved values, not the unresolved defaults."""
+    import yaml
+
+    code, out, err = main_cli(capsys, "fit", "--print-config")
+    assert code == 0, err
+    cfg = yaml.safe_load(out)
+    assert (cfg["select_by"], cfg["limit"], cfg["out"], cfg["lr"], cfg["dataset"], cfg["before_after"]) == \
+        ("in_dist", 512, "adapters/arith-lora", 1e-3, "arith", 50)
+    code, out, _ = main_cli(capsys, "teach", "--print-config", "--dataset", "arith", "--split", "dev")
+    assert code == 0 and yaml.safe_load(out)["out"] == "runs/teach/arith-dev"
+    code, out, _ = main_cli(capsys, "eval", "--print-config", "--model", "tiny-llama")
+    assert code == 0 and yaml.safe_load(out)["out"] == "runs/eval/tiny-llama"
+
+
+def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
+    """--dry-run of teach, fit and eval says what would run and writes nothing; fit's estimate comes from the
+    seconds per step that an earlier fit with the same settings recorded."""
+    from lora_spec.fit import FitConfig, record_calibration
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LORASP_CACHE", str(tmp_path / "cache"))
+    args = ["fit", "--dry-run", "--dataset", "arith", "--teacher", "gold", "--student", "tiny-llama", "--limit",
+            "40", "--batch-size", "4", "--eval-every", "5", "--out", "adapters/x"]
+    code, out, err = main_cli(capsys, *args)
+    assert code == 0, err
+    assert "40 problems -> 40 training rows (in_context_cot 4, zero_shot_cot 32, zero_shot_answer 4)" in out
+    assert "10 optimizer steps" in out and "evaluations: 3 (step 0, every 5 steps, the end)" in out
+    assert "no measurement yet" in out
+    record_calibration(FitConfig(student="tiny-llama", batch_size=4), steps=4, train_seconds=10.0,
+                       tokens_per_second=100.0)
+    code, out, err = main_cli(capsys, *args)
+    assert code == 0 and "time:        ~0m 25s of training (2.5 s/step" in out, out
+    code, out, err = main_cli(capsys, "teach", "--dry-run", "--limit", "7", "--samples", "3", "--out", "t")
+    assert code == 0 and "7 problems (the first 7)" in out and "1 sample(s) per problem: 7 samples" in out, err
+    code, out, err = main_cli(capsys, "eval", "--dry-run", "--model", "tiny-llama", "--suite", "arith", "--limit", "5")
+    assert code == 0 and "arith" in out and "5 problems" in out and "runs/eval/tiny-llama/results.json" in out, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no adapters/, runs/ or t/
+
+
+def test_required_options_are_named(capsys):
+    code, _, err = main_cli(capsys, "merge", "some/adapter")
+    assert code == 2 and err.startswith("error: missing required option --out (Directory to write the merged"), err
+    code, _, err = main_cli(capsys, "combine", "a", "b")
+    assert code == 2 and "missing required option --out" in err and "got {}" not in err, err
