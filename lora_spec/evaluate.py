@@ -65,19 +65,12 @@ def _count_new_tokens(row, stop_ids: set[int]) -> int:
 
 
 def _progress(enabled: bool, description: str, total: int):
+    """Generation progress (lora_spec.progress: a bar on a terminal, else a line every LORASP_PROGRESS_EVERY s)."""
     if not enabled:
         return None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from .progress import Progress
 
-    from rich.console import Console
-
-    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[tps]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-                    console=Console(stderr=True))
-    prog.start()
-    prog.add_task(description, total=total, tps="")
-    return prog
+    return Progress(description, total, columns=("tok/s",))
 
 
 def _forward_kwargs(model: Any) -> tuple[dict, str]:
@@ -352,7 +345,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "cau
         total_tokens += n_tokens
         if prog is not None:
             el = time.perf_counter() - t0
-            prog.update(prog.task_ids[0], advance=1, tps=f"{total_tokens / max(el, 1e-9):.0f} tok/s")
+            prog.update(advance=1, **{"tok/s": f"{total_tokens / max(el, 1e-9):.0f}"})
 
     try:
         if kind == "causal":
@@ -388,7 +381,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "cau
                 n_batches += 1
     finally:
         if prog is not None:
-            prog.stop()
+            prog.close()
         tokenizer.padding_side = old_side
         if was_training:
             model.train()

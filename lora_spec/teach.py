@@ -213,38 +213,32 @@ def _raise_interrupt(signum, frame):
 
 
 class _Progress:
-    """A rich progress bar with samples/s and running accuracy (quiet when not on a terminal)."""
+    """Samples/s, running accuracy and failures (lora_spec.progress: a bar on a terminal, else a line every
+    LORASP_PROGRESS_EVERY seconds)."""
 
     def __init__(self, total: int, done: int, enabled: bool, label: str):
-        self.enabled = enabled and sys.stderr.isatty()
+        from .progress import Progress
+
         self.t0 = time.time()
         self.new = 0
         self.correct = 0
         self.received = 0
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]} samples/s"), TextColumn("acc {task.fields[acc]}"),
-                                TextColumn("[red]{task.fields[failed]}"), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=total, completed=done, rate="-", acc="-", failed="")
+        self.failed = 0
+        self.p = Progress(label, total, completed=done, enabled=enabled,
+                          columns=("samples/s", "correct", "failed"))
 
     def update(self, stored: int, correct: int, failed: int) -> None:
         self.new += stored
         self.received += stored
         self.correct += correct
-        if self.enabled:
-            el = max(time.time() - self.t0, 1e-6)
-            acc = f"{self.correct / self.received:.1%}" if self.received else "-"
-            self.bar.update(self.task, advance=stored + failed, rate=f"{self.new / el:.2f}", acc=acc,
-                            failed=f"{failed} failed" if failed else "")
+        self.failed += failed
+        el = max(time.time() - self.t0, 1e-6)
+        acc = f"{self.correct / self.received:.1%}" if self.received else "-"
+        self.p.update(advance=stored + failed, correct=acc, failed=str(self.failed),
+                      **{"samples/s": f"{self.new / el:.2f}"})
 
     def close(self) -> None:
-        if self.enabled:
-            self.bar.stop()
+        self.p.close()
 
 
 # ------------------------------------------------------------------------------------------------- teach

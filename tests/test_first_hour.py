@@ -202,3 +202,43 @@ def test_required_options_are_named(capsys):
     assert code == 2 and err.startswith("error: missing required option --out (Directory to write the merged"), err
     code, _, err = main_cli(capsys, "combine", "a", "b")
     assert code == 2 and "missing required option --out" in err and "got {}" not in err, err
+
+
+def test_progress_lines_when_not_on_a_terminal():
+    """Not on a terminal: one line every N seconds with count, percent, figures, elapsed and ETA; nothing when
+    disabled; a bar (no plain lines) on a terminal."""
+    import io
+
+    from lora_spec.progress import Progress
+
+    now = [0.0]
+    buf = io.StringIO()
+    p = Progress("fit", 10, stream=buf, every=30, columns=("loss", "tok/s"), clock=lambda: now[0])
+    for step in range(1, 11):
+        now[0] += 10
+        p.update(step, loss=f"{1 / step:.4f}", **{"tok/s": "1,000"})
+    p.close()
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "fit: 3/10 (30%), loss 0.3333, tok/s 1,000, elapsed 0m30s, ETA 1m10s", lines
+    assert len(lines) == 4 and lines[-1].startswith("fit: 10/10 (100%)") and "ETA" not in lines[-1]
+    quiet = io.StringIO()
+    q = Progress("x", 5, stream=quiet, every=0, enabled=False)
+    q.update(advance=5)
+    q.close()
+    assert quiet.getvalue() == ""
+    tty = io.StringIO()
+    t = Progress("gen", 2, stream=tty, every=0, terminal=True, columns=("tok/s",))
+    t.update(advance=2, **{"tok/s": "50"})
+    t.close()
+    assert "gen" in tty.getvalue() and "2/2" in tty.getvalue() and "elapsed" not in tty.getvalue()
+
+
+def test_fit_writing_to_a_file_prints_progress_lines(tmp_path, monkeypatch, capfd):
+    """A fit whose stderr is not a terminal still reports its steps (here every 0 s: each step)."""
+    import lora_spec
+
+    monkeypatch.setenv("LORASP_PROGRESS_EVERY", "0")
+    lora_spec.fit(student="tiny-llama", dataset="arith", teacher="gold", limit=8, max_steps=2, batch_size=4,
+                  before_after=0, eval_every=0, tracker="none", progress=True, out=str(tmp_path / "a"))
+    err = capfd.readouterr().err
+    assert "fit: 1/2 (50%), loss " in err and "fit: 2/2 (100%)" in err and "tok/s" in err, err
