@@ -373,7 +373,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         from .report import render_files
 
         scratch = tempfile.TemporaryDirectory(prefix="lorasp-report-")
-        report_files = render_files(manifest, out.name, scratch.name)  # report.md + curves.png, if evaluated
+        report_files = render_files(manifest, out.name, scratch.name)  # report.md + curves.png
         preds = sel.write_predictions(evaluator, Path(scratch.name) / sel.PREDICTIONS_FILE)
         if preds is not None:
             report_files[sel.PREDICTIONS_FILE] = preds

@@ -370,3 +370,18 @@ def question_prompt(question: str, mode: str, tokenizer: Any = None, *, chat: bo
     p = question_problem(question, index, dataset=dataset)
     return build_prompt(p, mode, tokenizer, chat=chat, system=system,
                         n_shots=n_shots if check_mode(mode).startswith("icl_") else None, data_dir=data_dir)
+
+
+def chat_template_with_system(template: str, system: str | None) -> str:
+    """``template`` (a tokenizer's Jinja chat template) with ``system`` as the system message of any conversation
+    that brings none -- the system message training used -- instead of the template's own default (SmolLM2's
+    injects "You are a helpful AI assistant named SmolLM..."). A conversation with its own system message is
+    rendered unchanged. For a merged model, whose users call ``apply_chat_template`` without lorasp."""
+    import json
+
+    if not system or not template:
+        return template
+    guard = ("{%- if messages and messages[0]['role'] != 'system' -%}"
+             "{%- set messages = [{'role': 'system', 'content': " + json.dumps(system) + "}] + messages -%}"
+             "{%- endif -%}")
+    return guard + template

@@ -242,3 +242,42 @@ def test_fit_writing_to_a_file_prints_progress_lines(tmp_path, monkeypatch, capf
                   before_after=0, eval_every=0, tracker="none", progress=True, out=str(tmp_path / "a"))
     err = capfd.readouterr().err
     assert "fit: 1/2 (50%), loss " in err and "fit: 2/2 (100%)" in err and "tok/s" in err, err
+
+
+def test_artifact_files_are_readable_by_others(tiny_fit):
+    """Weights are written 0644 (umask 022), not safetensors' 0600; so is everything else in the artifact."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tiny_fit.iterdir()}
+    assert "adapter_model.safetensors" in modes and set(modes.values()) == {0o666 & ~mask}, modes
+    assert tiny_fit.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_merged_tokenizer_uses_the_training_system_message(smollm2_path, tmp_path):
+    """A merged model's chat template, used by anyone through apply_chat_template, renders the system message
+    training used (not SmolLM2's default one); a conversation with its own system message is unchanged."""
+    from transformers import AutoTokenizer
+
+    from lora_spec.adapters.merge import _save_tokenizer
+    from lora_spec.prompts import DEFAULT_SYSTEM, question_prompt
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    original = tok.chat_template
+    _save_tokenizer(tok, tmp_path, {"formats": {"zero_shot_cot": 1}, "chat": True})
+    assert tok.chat_template == original  # the in-memory tokenizer is left as it was
+    merged = AutoTokenizer.from_pretrained(tmp_path)
+    msgs = [{"role": "user", "content": "Question: " + QUESTION}]
+    text = merged.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert text + "Let's think step by step\n" == question_prompt(QUESTION, "zs_cot", tok, chat=True)
+    assert DEFAULT_SYSTEM in text and "SmolLM" not in text
+    own = [{"role": "system", "content": "Be brief."}] + msgs
+    assert merged.apply_chat_template(own, tokenize=False) == tok.apply_chat_template(own, tokenize=False)
+
+
+def test_report_is_written_without_held_out_evaluation(tiny_fit):
+    """Every fit writes report.md and curves.png, held-out evaluation or not; the table says what its loss is."""
+    md = (tiny_fit / "report.md").read_text()
+    assert (tiny_fit / "curves.png").stat().st_size > 1000
+    assert "No held-out evaluation ran" in md and "train loss: the mean over the optimizer steps since" in md
