@@ -52,9 +52,17 @@ def _add_load_policy_options(cmd: click.Command) -> None:
                                    is_eager=True, callback=setter("trust_remote_code"), help=TRUST_REMOTE_CODE_HELP))
 
 
+# ``lorasp --help`` lists the commands in the order of the workflow, not alphabetically
+WORKFLOW = ("teach", "fit", "eval", "generate", "report", "adapters", "merge", "combine", "models", "plugins")
+
+
+def _workflow_order(names) -> list[str]:
+    return sorted(names, key=lambda n: (WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW), n))
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted(set(COMMANDS) | set(self.commands))
+        return _workflow_order(set(COMMANDS) | set(self.commands))
 
     def get_command(self, ctx, name):
         if name in self.commands:
@@ -70,7 +78,7 @@ class LazyGroup(click.Group):
         return cmd
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        rows = [(name, COMMANDS[name][1]) for name in _workflow_order(COMMANDS)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
@@ -85,6 +93,10 @@ def cli():
     mixture with LoRA/DoRA or full fine-tuning (`fit`), checkpoints are chosen on in-distribution,
     out-of-distribution and generic held-out sets, and the result is a swappable reasoning adapter
     (`eval`, `merge`, `generate`, `adapters`).
+
+    \b
+    lorasp fit --dry-run       # what the quickstart would do, then `lorasp fit` does it
+    lorasp teach ...  ->  lorasp fit --data RUN  ->  lorasp eval --adapter OUT  ->  lorasp generate / merge
     """
 
 

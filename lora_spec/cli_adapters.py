@@ -65,7 +65,14 @@ def merge_cmd(adapter, as_json, cfg: MergeConfig):
     """Merge ADAPTER into its base and write a full model that AutoModel*.from_pretrained loads.
 
     After merging, the written model is loaded back and compared with base+adapter (same base weights, same dtype)
-    on a few prompts: the max logit difference and whether the greedy outputs are identical are printed.
+    on a few prompts: the max logit difference and whether the greedy outputs are identical are printed. An
+    adapter trained with the chat template gets a template whose default system message is training's.
+
+    \b
+    lorasp merge adapters/arith-lora --out merged/arith
+    lorasp merge adapters/gsm8k-qlora --out merged/gsm8k --base dequantized --dtype bf16 --safe
+
+    next: AutoModelForCausalLM.from_pretrained("OUT") anywhere, or lorasp eval --model OUT
     """
     _quiet_transformers()
     from .adapters.merge import merge
@@ -233,7 +240,14 @@ class CombineConfig(RunConfig):
 @click.argument("adapters", nargs=-1, required=True, type=click.Path())
 @config_options(CombineConfig)
 def combine_cmd(adapters, cfg: CombineConfig):
-    """Weighted combination of ADAPTERS (same base) through peft; the manifest records the parents."""
+    """Weighted combination of ADAPTERS (same base) through peft; the manifest records the parents.
+
+    \b
+    lorasp combine adapters/arith adapters/gsm8k --weights 0.7,0.3 --how cat --out adapters/mix
+    lorasp combine adapters/a adapters/b --how svd --svd-rank 16 --out adapters/ab16
+
+    next: lorasp eval --adapter OUT
+    """
     _quiet_transformers()
     from .adapters.combine import combine
 
@@ -248,14 +262,25 @@ def combine_cmd(adapters, cfg: CombineConfig):
 
 @click.group("adapters")
 def adapters_group():
-    """Inspect lorasp artifacts (adapters, merged and combined models)."""
+    """Inspect lorasp artifacts (adapters, merged and combined models).
+
+    \b
+    lorasp adapters list adapters/
+    lorasp adapters show adapters/arith-lora
+    """
 
 
 @adapters_group.command("list")
 @click.argument("directory", type=click.Path(), default=".")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def adapters_list(directory, as_json):
-    """The artifacts under DIRECTORY: base, method, data, chosen checkpoint and headline scores."""
+    """The artifacts under DIRECTORY: base, method, data, chosen checkpoint and headline scores.
+
+    \b
+    lorasp adapters list adapters/ [--json]
+
+    next: lorasp adapters show PATH
+    """
     from .adapters.listing import _fmt_scores, listing
 
     rows = listing(directory)

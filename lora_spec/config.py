@@ -128,6 +128,23 @@ def _is_bool(tp: Any) -> bool:
     return _unwrap_optional(tp) is bool
 
 
+def _metavar(tp: Any) -> str:
+    """What ``--help`` shows for a value: INTEGER, FLOAT, [a|b|c] or TEXT."""
+    if get_origin(tp) is Literal:
+        return "[" + "|".join(map(str, get_args(tp))) + "]"
+    if tp is bool:
+        return "BOOLEAN"
+    if tp is int:
+        return "INTEGER"
+    if tp is float:
+        return "FLOAT"
+    if get_origin(tp) is typing.Union or str(get_origin(tp)) == "<class 'types.UnionType'>":
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if args and all(a in (int, float) for a in args):
+            return "FLOAT" if float in args else "INTEGER"
+    return "TEXT"
+
+
 def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Callable:
     """Decorate a click command with ``--config``, ``--print-config`` and one flag per field of ``cls``.
 
@@ -135,7 +152,9 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
     """
 
     def decorator(fn: Callable) -> Callable:
-        field_names = [n for n in cls.model_fields if n not in skip]
+        # the command's own fields first (fit's --student, --data ...), then inherited ones (held-out options)
+        own = [n for n in cls.model_fields if n in cls.__dict__.get("__annotations__", {})]
+        field_names = [n for n in own + [n for n in cls.model_fields if n not in own] if n not in skip]
 
         @functools.wraps(fn)
         def wrapper(*args, config: str | None = None, print_config: bool = False, **kwargs):
@@ -157,8 +176,6 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
             ann = f.annotation
             help_text = f.description or ""
             base = _unwrap_optional(ann)
-            if get_origin(base) is Literal:
-                help_text += f" [one of: {', '.join(map(str, get_args(base)))}]"
             default = f.default
             if default is not None and not callable(default) and str(default) != "PydanticUndefined":
                 help_text += f" [default: {default}]"
@@ -166,8 +183,8 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
                 opt = click.option(f"{_flag(n)}/--no-{n.replace('_', '-')}", n, default=None, help=help_text)
             elif _is_list(ann):
                 opt = click.option(_flag(n), n, multiple=True, default=None, help=help_text + " (repeatable)")
-            else:
-                opt = click.option(_flag(n), n, default=None, type=str, help=help_text)
+            else:  # parsed by pydantic (one error style for flags and YAML); the metavar shows the type
+                opt = click.option(_flag(n), n, default=None, type=str, help=help_text, metavar=_metavar(base))
             cmd = opt(cmd)
         cmd = click.option("--print-config", is_flag=True, help="Print the resolved config (every default filled "
                                                                 "in: the values that will run) as YAML and exit.")(cmd)

@@ -519,7 +519,9 @@ class EvalConfig(RunConfig):
     mode: Optional[Literal["icl_cot", "zs_cot", "icl_answer", "zs_answer"]] = Field(
         None, description="prompt mode for every task (default: the adapter's main training format from its "
                           "lorasp.json; without an adapter, each suite's own, icl_cot)")
-    limit: Optional[int] = Field(None, ge=1, description="a seeded random sample of N problems per task")
+    limit: Optional[int] = Field(None, ge=1, description="a seeded random sample of N problems per task (--seed), "
+                                                         "not the first N as in teach/fit: some sets are ordered "
+                                                         "by difficulty")
     seed: int = Field(LIMIT_SEED, description="seed of the --limit sample (a fit's held-out set with the same "
                                               "size per dataset and seed has the same problems)")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="generation budget (default: 256 for CoT "

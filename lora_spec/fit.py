@@ -45,7 +45,7 @@ class FitConfig(RunConfig, SelectionOptions):
     teacher: str = Field("gold", description="Teacher plugin for --dataset (gold: the reference rationales).")
     teacher_opt: list[str] = Field(default_factory=list, description="Teacher plugin parameter KEY=VALUE.")
     samples: int = Field(1, ge=1, le=64, description="Teacher samples per problem (with --dataset).")
-    limit: int | None = Field(None, ge=1, description="Train on the first N problems "
+    limit: int | None = Field(None, ge=1, description="Train on the first N problems, in file order "
                                                       f"(quickstart default: {QUICKSTART_PROBLEMS}).")
     data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
     quant: Literal["nf4", "int8", "none"] = Field("none", description="Quantize the frozen base (bitsandbytes).")

@@ -45,7 +45,8 @@ class TeachConfig(RunConfig):
 
     dataset: str = Field("arith", description="Dataset plugin (lorasp plugins --group datasets).")
     split: str = Field("train", description="Split of the dataset to teach on.")
-    limit: int | None = Field(None, ge=1, description="Only the first N problems of the split.")
+    limit: int | None = Field(None, ge=1, description="Only the first N problems of the split, in file order "
+                                                      "(eval's --limit is a seeded sample instead).")
     dataset_opt: list[str] = Field(default_factory=list, description="Dataset plugin parameter KEY=VALUE.")
     data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
     teacher: str = Field("gold", description="Teacher plugin: openai, hf, file, gold, or a third-party one.")

@@ -281,3 +281,25 @@ def test_report_is_written_without_held_out_evaluation(tiny_fit):
     md = (tiny_fit / "report.md").read_text()
     assert (tiny_fit / "curves.png").stat().st_size > 1000
     assert "No held-out evaluation ran" in md and "train loss: the mean over the optimizer steps since" in md
+
+
+def test_help_types_order_examples_and_next_steps(capsys):
+    """Numeric options show their type; a command's own options come before inherited ones; commands are listed
+    in workflow order; every command has an example; the main ones say what to run next."""
+    import re
+
+    code, out, _ = main_cli(capsys, "fit", "--help")
+    assert code == 0
+    assert re.search(r"--rank INTEGER", out) and re.search(r"--lr FLOAT", out) and "--method [lora|dora|full]" in out
+    assert not re.search(r"--(rank|lr|epochs|max-steps|batch-size|eval-every|limit) TEXT", out)
+    opts = out.split("Options:")[1]
+    assert opts.index("--student") < opts.index("--data ") < opts.index("--in-dist")
+    code, out, _ = main_cli(capsys, "--help")
+    names = re.findall(r"^  (\w+) ", out.split("Commands:")[1], re.M)
+    assert names[:5] == ["teach", "fit", "eval", "generate", "report"] and names[-2:] == ["models", "plugins"]
+    for cmd in (["teach"], ["fit"], ["eval"], ["generate"], ["report"], ["merge"], ["combine"], ["adapters"],
+                ["adapters", "list"], ["adapters", "show"]):
+        code, out, _ = main_cli(capsys, *cmd, "--help")
+        assert code == 0 and f"lorasp {' '.join(cmd)} " in out, (cmd, out)
+        if cmd[0] in ("teach", "fit", "eval", "merge", "combine", "report"):
+            assert "next: " in out, cmd
