@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("lora_spec.cli_plugins:models", "List the student presets and whether they are cached."),
     "merge": ("lora_spec.cli_adapters:merge_cmd", "Merge an adapter into its base; writes a full model and checks parity."),
     "generate": ("lora_spec.cli_adapters:generate_cmd", "Generate with a base and adapters (switch or mix per row)."),
-    "adapters": ("lora_spec.cli_adapters:adapters_group", "List the artifacts under a folder, or show one in full."),
+    "adapters": ("lora_spec.cli_adapters:adapters_group", "List the artifacts under a folder, or show one."),
+    "runs": ("lora_spec.cli_adapters:runs_cmd", "List teach runs, fits and evals under a folder, with headlines."),
     "combine": ("lora_spec.cli_adapters:combine_cmd", "Weighted combination of adapters (linear|cat|svd) via peft."),
     "teach": ("lora_spec.cli_teach:teach_cmd", "Sample chain-of-thought from a teacher, filter by answer (resumable)."),
     "fit": ("lora_spec.cli_fit:fit_cmd", "Tune a student on teacher CoT in four formats (LoRA/DoRA/QLoRA/full)."),
@@ -53,7 +54,8 @@ def _add_load_policy_options(cmd: click.Command) -> None:
 
 
 # ``lorasp --help`` lists the commands in the order of the workflow, not alphabetically
-WORKFLOW = ("teach", "fit", "eval", "generate", "report", "adapters", "merge", "combine", "models", "plugins")
+WORKFLOW = ("teach", "fit", "eval", "generate", "report", "runs", "adapters", "merge", "combine", "models",
+            "plugins")
 
 
 def _workflow_order(names) -> list[str]:

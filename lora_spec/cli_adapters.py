@@ -294,17 +294,17 @@ def adapters_list(directory, as_json):
     from rich.table import Table
 
     table = Table(show_lines=False)
-    for col in ("path", "kind", "base", "quant", "method", "data", "step", "scores"):
+    for col in ("path", "kind", "base", "quant", "method", "data", "step", "before -> after", "scores"):
         table.add_column(col, overflow="fold")
     for r in rows:
         if r.get("error"):
-            table.add_row(r["path"], "[red]error[/red]", r["error"], "", "", "", "", "")
+            table.add_row(r["path"], "[red]error[/red]", r["error"], "", "", "", "", "", "")
             continue
         data = str(r.get("data") or "")
         if r.get("n_examples"):
             data += f" ({r['n_examples']})"
         table.add_row(r["path"], r["kind"], f"{r['base']} [{r['base_id']}]", str(r["quant"]), str(r["method"]),
-                      data, "" if r["chosen_step"] is None else str(r["chosen_step"]),
+                      data, "" if r["chosen_step"] is None else str(r["chosen_step"]), r.get("before_after") or "",
                       _fmt_scores(r["scores"], intervals=r.get("intervals")))
     Console(width=160, file=sys.stdout).print(table)
     return 1 if any(r.get("error") for r in rows) else 0
@@ -312,14 +312,27 @@ def adapters_list(directory, as_json):
 
 @adapters_group.command("show")
 @click.argument("artifact", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def adapters_show(artifact, as_json):
-    """Everything about one artifact: its manifest, adapter config, vLLM check and files."""
-    from .adapters.listing import show
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@click.option("--full", is_flag=True, help="Print the whole manifest (loss history, held-out ids, ...) as YAML.")
+def adapters_show(artifact, as_json, full):
+    """One artifact on one screen: base, method, before -> after, data, formats, training, selection, vLLM check,
+    files. --full prints the whole manifest, --json everything as JSON.
+
+    \b
+    lorasp adapters show adapters/arith-lora [--full | --json]
+
+    next: lorasp eval --adapter ARTIFACT; lorasp report ARTIFACT
+    """
+    from .adapters.listing import show, summary_lines
 
     info = show(artifact)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
+        return 0
+    if not full:
+        for line in summary_lines(info):
+            click.echo(line)
+        click.echo("(--full: the whole manifest; --json: everything as JSON)")
         return 0
     import yaml
 
@@ -346,3 +359,41 @@ def adapters_show(artifact, as_json):
         click.echo("vLLM: " + ("loads unchanged" if not probs else "PROBLEMS: " + "; ".join(probs)))
     click.echo("files: " + ", ".join(f"{k} ({v:,} B)" for k, v in info["files"].items()))
     return 0
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+@click.command("runs")
+@click.argument("directory", type=click.Path(), default=".")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def runs_cmd(directory, as_json):
+    """Every teach run, fit and eval run under DIRECTORY (default: here), each with its headline figure.
+
+    \b
+    lorasp runs              # teach runs (samples, correct, accuracy), fits (before -> after), evals (accuracy)
+    lorasp runs runs/ --json
+
+    next: lorasp adapters show PATH (a fit); the eval's report.md; lorasp fit --data PATH (a teach run)
+    """
+    from .runs import find_runs
+
+    rows = find_runs(directory)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        click.echo(f"no teach runs, fits or evals under {directory}")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for col in ("path", "kind", "what", "headline", "created"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        kind = "[red]error[/red]" if r["kind"] == "error" else r["kind"]
+        if r.get("status") not in (None, "complete", "error"):
+            kind += f" ({r['status']})"
+        table.add_row(r["path"], kind, r["what"], r["headline"], str(r.get("created") or ""))
+    Console(width=160, file=sys.stdout).print(table)
+    return 1 if any(r["kind"] == "error" for r in rows) else 0

@@ -297,9 +297,37 @@ def test_help_types_order_examples_and_next_steps(capsys):
     code, out, _ = main_cli(capsys, "--help")
     names = re.findall(r"^  (\w+) ", out.split("Commands:")[1], re.M)
     assert names[:5] == ["teach", "fit", "eval", "generate", "report"] and names[-2:] == ["models", "plugins"]
-    for cmd in (["teach"], ["fit"], ["eval"], ["generate"], ["report"], ["merge"], ["combine"], ["adapters"],
+    for cmd in (["teach"], ["fit"], ["eval"], ["generate"], ["report"], ["runs"], ["merge"], ["combine"], ["adapters"],
                 ["adapters", "list"], ["adapters", "show"]):
         code, out, _ = main_cli(capsys, *cmd, "--help")
         assert code == 0 and f"lorasp {' '.join(cmd)} " in out, (cmd, out)
         if cmd[0] in ("teach", "fit", "eval", "merge", "combine", "report"):
             assert "next: " in out, cmd
+
+
+def test_runs_lists_teach_fit_and_eval_with_headlines(tiny_fit, tmp_path, capsys):
+    """`lorasp runs DIR`: the teach run, the fit and an eval run under a folder, percents everywhere."""
+    import shutil
+
+    from lora_spec.adapters.listing import before_after_line
+
+    root = tmp_path / "work"
+    shutil.copytree(tiny_fit.parent, root, ignore=shutil.ignore_patterns("*.checkpoints"))
+    ev = root / "eval"
+    ev.mkdir()
+    (ev / "results.json").write_text(json.dumps({
+        "model": {"name": "tiny-llama"}, "adapter": {"path": str(tiny_fit)}, "created": "2026-01-01T00:00:00",
+        "suites": {"arith": {"tasks": ["arith"], "n": 8, "macro_accuracy": 0.25, "flexible_macro_accuracy": 0.375}},
+        "tasks": {"arith": {"mode": "zs_cot"}}}))
+    code, out, err = main_cli(capsys, "runs", str(root), "--json")
+    assert code == 0, err
+    rows = {r["path"]: r for r in json.loads(out)}
+    assert [rows[p]["kind"] for p in ("arith-lora.teach", "arith-lora", "eval")] == ["teach", "fit", "eval"]
+    assert rows["arith-lora.teach"]["headline"].startswith("12/12 samples, 12 correct; first-sample 100.0%")
+    assert rows["eval"]["headline"] == "arith 25.0% (flexible 37.5%) zs_cot, n=8"
+    assert rows["eval"]["what"] == "tiny-llama + arith-lora"
+    m = {"before_after": {"before": {"arith:test": {"accuracy": 0.04}}, "after": {"arith:test": {"accuracy": 0.38}}}}
+    assert before_after_line(m) == "arith:test 4.0% -> 38.0%"
+    m = {"selection": {"rule": "ood", "chosen_step": 20},
+         "checkpoints": [{"step": 0, "scores": {"ood": 0.1}}, {"step": 20, "scores": {"ood": 0.25}}]}
+    assert before_after_line(m) == "ood 10.0% -> 25.0% (step 20)"
