@@ -67,6 +67,9 @@ def fit_cmd(dry_run, cfg: FitConfig):
     from .fit import fit
 
     res = fit(cfg)
-    click.echo(f"next: lorasp eval --adapter {res.out}   |   lorasp generate --adapter math={res.out} --prompt "
-               f"\"...\"   |   lorasp adapters show {res.out}", err=True)
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # once under accelerate launch
+        click.echo(f"next: lorasp eval --adapter {res.out}   |   lorasp generate --adapter math={res.out} "
+                   f"--prompt \"...\"   |   lorasp adapters show {res.out}", err=True)
     return 0

@@ -542,7 +542,9 @@ def _score(model, tokenizer, kind, tasks, cfg: FitConfig) -> dict:
 def _fmt_scores(res: dict) -> str:
     from .stats import fmt_acc
 
-    return ", ".join(f"{k} {fmt_acc(r['correct'], r['n'])}" for k, r in res.items())
+    return ", ".join(f"{k} {fmt_acc(r['correct'], r['n'])}"
+                     + (f", flexible {r['flexible_accuracy']:.1%}" if "flexible_accuracy" in r else "")
+                     for k, r in res.items())
 
 
 def _paired_before_after(before: dict | None, after: dict | None) -> dict | None:

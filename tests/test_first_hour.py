@@ -13,14 +13,33 @@ from tests.test_swap import main_cli
 QUESTION = "Tom has 12 marbles. He buys 3 bags with 5 marbles each and then gives away 7. How many marbles does he have?"
 
 
+FIT_STDERR: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def tiny_fit(tmp_path_factory):
-    """A real (one-step) fit of tiny-llama on arith: its lorasp.json is what `lorasp fit` writes."""
+    """A real (two-step) fit of tiny-llama on arith: its lorasp.json is what `lorasp fit` writes. Its stderr (not a
+    terminal; progress lines every 0 s) is kept in FIT_STDERR."""
+    import contextlib
+    import io
+    import os
+
     import lora_spec
 
     d = tmp_path_factory.mktemp("tiny_fit")
-    lora_spec.fit(student="tiny-llama", dataset="arith", teacher="gold", limit=12, max_steps=1, batch_size=4,
-                  before_after=0, eval_every=0, tracker="none", progress=False, out=str(d / "arith-lora"))
+    buf = io.StringIO()
+    old = os.environ.get("LORASP_PROGRESS_EVERY")
+    os.environ["LORASP_PROGRESS_EVERY"] = "0"
+    try:
+        with contextlib.redirect_stderr(buf):
+            lora_spec.fit(student="tiny-llama", dataset="arith", teacher="gold", limit=12, max_steps=2, batch_size=4,
+                          before_after=0, eval_every=0, tracker="none", progress=True, out=str(d / "arith-lora"))
+    finally:
+        if old is None:
+            os.environ.pop("LORASP_PROGRESS_EVERY", None)
+        else:
+            os.environ["LORASP_PROGRESS_EVERY"] = old
+    FIT_STDERR.append(buf.getvalue())
     return d / "arith-lora"
 
 
@@ -155,6 +174,11 @@ def test_readme_python_api_block_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "merged" / "arith" / "config.json").exists()
     printed = capsys.readouterr().out
     assert printed.startswith("['") or printed.startswith('["'), printed
+    # the merged model keeps the adapter's prompting: generate --model MERGED prompts as training did
+    code, out, err = main_cli(capsys, "generate", "--model", "merged/arith", "--prompt", QUESTION, "--json",
+                              "--max-new-tokens", "2")
+    assert code == 0 and json.loads(out)["mode"] == "zs_cot", err
+    assert json.loads(out)["input"] == f"Question: {QUESTION}\nLet's think step by step\n"
 
 
 def test_print_config_shows_the_values_that_run(capsys):
@@ -233,14 +257,9 @@ def test_progress_lines_when_not_on_a_terminal():
     assert "gen" in tty.getvalue() and "2/2" in tty.getvalue() and "elapsed" not in tty.getvalue()
 
 
-def test_fit_writing_to_a_file_prints_progress_lines(tmp_path, monkeypatch, capfd):
+def test_fit_writing_to_a_file_prints_progress_lines(tiny_fit):
     """A fit whose stderr is not a terminal still reports its steps (here every 0 s: each step)."""
-    import lora_spec
-
-    monkeypatch.setenv("LORASP_PROGRESS_EVERY", "0")
-    lora_spec.fit(student="tiny-llama", dataset="arith", teacher="gold", limit=8, max_steps=2, batch_size=4,
-                  before_after=0, eval_every=0, tracker="none", progress=True, out=str(tmp_path / "a"))
-    err = capfd.readouterr().err
+    err = FIT_STDERR[0]
     assert "fit: 1/2 (50%), loss " in err and "fit: 2/2 (100%)" in err and "tok/s" in err, err
 
 

@@ -318,7 +318,7 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
              "parents": [{"path": str(Path(adapter).resolve()), "digest": adapter_digest(adapter), "weight": 1.0,
                           "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha")}],
              "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        for k in ("formats", "loss", "data", "selection", "checkpoints"):
+        for k in ("formats", "loss", "data", "selection", "checkpoints", "chat", "prompting", "n_shots"):
             if manifest and k in manifest:
                 m[k] = manifest[k]
         write_manifest(tmp, m)

@@ -382,6 +382,12 @@ class AdapterSet:
             self._precheck(str(base), items)  # fail on a base mismatch before loading any weights
             self.student = load_student(str(base), quant or "none", dtype=dtype, device=device)
         self.model = self.student.model  # becomes a PeftModel with the first adapter
+        # a lorasp full fine-tune or merged model as the base: its lorasp.json says how it was trained to be prompted
+        bm = Path(str(self.student.path)) / MANIFEST
+        try:
+            self.base_manifest = read_manifest(bm.parent) if bm.is_file() else None
+        except DataError:
+            self.base_manifest = None
         self.active: str = BASE
         for name, path in items:
             self.add(name, path)
@@ -541,7 +547,7 @@ class AdapterSet:
         from ..prompts import artifact_prompting
 
         if name in (None, BASE):
-            m = next((e.manifest for e in self.entries.values() if e.manifest), None)
+            m = next((e.manifest for e in self.entries.values() if e.manifest), self.base_manifest)
         else:
             self._require(name)
             m = self.entries[name].manifest
