@@ -54,7 +54,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _describe_error(err: dict, source: dict[str, str]) -> str:
+def _describe_error(err: dict, source: dict[str, str], descriptions: dict[str, str] | None = None) -> str:
     loc = err.get("loc") or ()
     key = str(loc[0]) if loc else "?"
     where = source.get(key, "config")
@@ -63,8 +63,8 @@ def _describe_error(err: dict, source: dict[str, str]) -> str:
     if typ == "extra_forbidden":
         return f"{where}: unknown key {path!r}"
     if typ == "missing" and len(loc) == 1:
-        desc = f" ({desc.rstrip('.')})" if (desc := source.get(f"?{key}")) else ""
-        return f"missing required option {_flag(key)}{desc}"
+        desc = (descriptions or {}).get(key)
+        return f"missing required option {_flag(key)}" + (f" ({desc.rstrip('.')})" if desc else "")
     got = err.get("input")
     msg = err.get("msg", "invalid value")
     msg = msg[0].lower() + msg[1:] if msg else msg
@@ -103,13 +103,11 @@ def build(cls: Type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
     for k, v in overrides.items():
         data[k] = v
         source[k] = _flag(k)
-    for name, f in cls.model_fields.items():  # descriptions for a "missing required option" message
-        if f.description:
-            source[f"?{name}"] = f.description
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe_error(exc.errors()[0], source)) from None
+        descriptions = {n: f.description for n, f in cls.model_fields.items() if f.description}
+        raise ConfigError(_describe_error(exc.errors()[0], source, descriptions)) from None
 
 
 def _unwrap_optional(tp: Any) -> Any:
