@@ -43,7 +43,14 @@ def eval_cmd(dry_run, cfg: EvalConfig):
         for t in p["tasks"]:
             click.echo(f"  {t['task']:45s} {t['mode']:10s} {t['problems']:5d} problems, up to {t['max_new_tokens']} "
                        f"new tokens each")
-        click.echo(f"{p['problems']} problems in all; writes {p['out']}/results.json, report.md, predictions/")
+        click.echo(f"{p['problems']} problems in all, at most {p['max_new_tokens']:,} new tokens; writes "
+                   f"{p['out']}/results.json, report.md, predictions/")
+        est = p.get("estimate")
+        if est:
+            click.echo(f"time: at most ~{est['max_seconds'] / 60:.1f} min ({est['tokens_per_second']} generated "
+                       f"tokens/s measured {est['measured']} for this model here; most outputs stop earlier)")
+        else:
+            click.echo("time: no measurement yet for this model here (every eval records its tokens/s)")
         return 0
 
     out = run_eval(cfg)

@@ -635,8 +635,35 @@ def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
         for t in ts:
             tasks.append({"suite": s, "task": t.name, "mode": t.mode, "problems": len(task_problems(t, cfg.data_dir)),
                           "max_new_tokens": t.max_new_tokens})
-    return {"model": cfg.model or ("the adapter's base" if cfg.adapter else "smollm2-135m"), "adapter": cfg.adapter,
-            "tasks": tasks, "problems": sum(t["problems"] for t in tasks), "out": cfg.out, "notes": notes}
+    from .calibration import lookup
+
+    model, quant = _model_and_quant(cfg)
+    cal = lookup(_calibration_key(model, quant))
+    budget = sum(t["problems"] * t["max_new_tokens"] for t in tasks)
+    est = None
+    if cal and isinstance(cal.get("tokens_per_second"), (int, float)) and cal["tokens_per_second"] > 0:
+        est = {"max_seconds": round(budget / cal["tokens_per_second"], 1), "tokens_per_second":
+               cal["tokens_per_second"], "measured": cal.get("measured")}
+    return {"model": model, "adapter": cfg.adapter, "tasks": tasks, "problems": sum(t["problems"] for t in tasks),
+            "max_new_tokens": budget, "estimate": est, "out": cfg.out, "notes": notes}
+
+
+def _model_and_quant(cfg: EvalConfig) -> tuple[str, str]:
+    """The model (by name) and quantization an eval runs: --model/--quant, else the adapter's recorded base and
+    quant, else smollm2-135m unquantized."""
+    m: dict = {}
+    if cfg.adapter:
+        from .adapters.swap import read_adapter
+
+        m = read_adapter(cfg.adapter) or {}
+    return (cfg.model or (m.get("base") or {}).get("name") or "smollm2-135m",
+            cfg.quant or m.get("quant") or "none")
+
+
+def _calibration_key(model: str, quant: str) -> str:
+    from .calibration import device
+
+    return f"eval|{model}|{quant}|{device()}"
 
 
 def run_eval(cfg: EvalConfig) -> "os.PathLike":
@@ -684,6 +711,12 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
                              batch_size=cfg.batch_size, data_dir=data_dir, progress=cfg.progress, chat=cfg.chat,
                              seed=cfg.seed)
     wall = time.perf_counter() - t0
+    gen = sum(r["generated_tokens"] for r in results.values())
+    if gen and wall > 0:  # for --dry-run estimates (lora_spec.calibration)
+        from .calibration import record
+
+        record(_calibration_key(*_model_and_quant(cfg)), tokens_per_second=round(gen / wall, 1),
+               batch_size=cfg.batch_size)
 
     out = Path(cfg.out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)

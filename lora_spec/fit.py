@@ -17,7 +17,6 @@ held-out ``arith`` test problems.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,35 +411,20 @@ def _prompting(weights: dict, student, cfg: FitConfig) -> dict:
 
 # --------------------------------------------------------------------------------------------- dry run
 
-CALIBRATION_FILE = "calibration.json"
-
-
 def _calibration_key(student: str, quant: str, method: str, batch_size: int, grad_accum: int) -> str:
-    import torch
+    from .calibration import device
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return f"{student}|{quant}|{method}|{device}|batch={batch_size}x{grad_accum}"
+    return f"fit|{student}|{quant}|{method}|{device()}|batch={batch_size}x{grad_accum}"
 
 
 def record_calibration(cfg: "FitConfig", steps: int, train_seconds: float, tokens_per_second: float) -> None:
     """Store this fit's measured seconds per optimizer step (for ``--dry-run`` estimates); never fails a fit."""
-    if steps <= 0 or train_seconds <= 0:
-        return
-    try:
-        from .paths import cache_dir
+    from .calibration import record
 
-        path = cache_dir() / CALIBRATION_FILE
-        data = json.loads(path.read_text()) if path.exists() else {}
-        if not isinstance(data, dict):
-            data = {}
-        data[_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum)] = {
-            "seconds_per_step": round(train_seconds / steps, 3), "tokens_per_second": round(tokens_per_second, 1),
-            "steps": steps, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        tmp = path.with_name(f".{CALIBRATION_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    except (OSError, ValueError):
-        pass
+    if steps > 0 and train_seconds > 0:
+        record(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum),
+               seconds_per_step=round(train_seconds / steps, 3), tokens_per_second=round(tokens_per_second, 1),
+               steps=steps)
 
 
 def plan(cfg: "FitConfig") -> dict[str, Any]:
@@ -489,19 +473,13 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
             sets[name] = f"{hs.limit} problems ({ds}; {hs.mode})"
     evals = (1 + len(set(range(every, steps + 1, every)) | {steps})) if sets else 0
     ckpt = out.with_name(out.name + ".checkpoints")
-    est = None
-    try:
-        from .paths import cache_dir
+    from .calibration import lookup
 
-        path = cache_dir() / CALIBRATION_FILE
-        cal = json.loads(path.read_text()).get(
-            _calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum)) \
-            if path.exists() else None
-        if isinstance(cal, dict) and cal.get("seconds_per_step"):
-            est = {"train_seconds": round(float(cal["seconds_per_step"]) * steps, 1),
-                   "seconds_per_step": cal["seconds_per_step"], "measured": cal.get("measured")}
-    except (OSError, ValueError, AttributeError):
-        est = None
+    est = None
+    cal = lookup(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum))
+    if cal and isinstance(cal.get("seconds_per_step"), (int, float)):
+        est = {"train_seconds": round(float(cal["seconds_per_step"]) * steps, 1),
+               "seconds_per_step": cal["seconds_per_step"], "measured": cal.get("measured")}
     return {"source": source, "problems": n_problems, "rows": n_rows,
             "rows_per_format": {k: v for k, v in counts.items() if v},
             "steps": steps, "batch": f"{cfg.batch_size} x {cfg.grad_accum} accumulation",

@@ -218,6 +218,12 @@ def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
     assert code == 0 and "7 problems (the first 7)" in out and "1 sample(s) per problem: 7 samples" in out, err
     code, out, err = main_cli(capsys, "eval", "--dry-run", "--model", "tiny-llama", "--suite", "arith", "--limit", "5")
     assert code == 0 and "arith" in out and "5 problems" in out and "runs/eval/tiny-llama/results.json" in out, err
+    assert "at most 800 new tokens" in out and "no measurement yet" in out
+    from lora_spec.calibration import device, record
+
+    record(f"eval|tiny-llama|none|{device()}", tokens_per_second=40.0)
+    code, out, err = main_cli(capsys, "eval", "--dry-run", "--model", "tiny-llama", "--suite", "arith", "--limit", "5")
+    assert code == 0 and "time: at most ~0.3 min (40.0 generated tokens/s" in out, out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no adapters/, runs/ or t/
 
 
