@@ -18,7 +18,8 @@ Kinds (``problem.meta["answer_type"]``, read by :func:`kind_for`):
 
 Where the final answer is: the span after the last "the answer is" (also "answer:", GSM8K's "####" and LaTeX
 ``\\boxed{}``), else the whole text. For numbers, the first number of that span, or the number after its last
-``=`` ("The answer is 60 + 18 = 78" gives 78); with no marker at all, the last number in the text.
+``=`` ("The answer is 60 + 18 = 78" gives 78); with no marker at all, the last number in the text -- unless
+``strict=True`` (lm-eval's strict-match, ``lorasp eval``'s headline accuracy): then no marker means no answer.
 
 Why hand rules and not only ``math-verify``: the data here is plain-text arithmetic; hand rules are exact on
 thousands separators, units, negative numbers next to ``-`` operators, "answer is" markers and BBH letters, and
