@@ -54,8 +54,8 @@ def _add_load_policy_options(cmd: click.Command) -> None:
 
 
 # ``lorasp --help`` lists the commands in the order of the workflow, not alphabetically
-WORKFLOW = ("teach", "fit", "eval", "generate", "report", "runs", "adapters", "merge", "combine", "recipes",
-            "models", "plugins")
+WORKFLOW = ("teach", "fit", "eval", "compare", "generate", "report", "runs", "adapters", "merge", "combine",
+            "recipes", "models", "plugins")
 
 
 def _workflow_order(names) -> list[str]:

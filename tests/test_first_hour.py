@@ -147,7 +147,7 @@ def test_eval_tasks_report_strict_headline_and_flexible(monkeypatch):
 
     problems = [Problem(f"arith/{i}", f"q{i}", "20", meta={"dataset": "arith"}) for i in range(3)]
     outs = ["The answer is 20.", "12 + 15 - 7 = 20. 20 20 20", "The answer is 19."]
-    monkeypatch.setattr(ev, "task_problems", lambda task, data_dir=None: problems)
+    monkeypatch.setattr(ev, "task_problems", lambda task, data_dir=None, seed=0: problems)
     monkeypatch.setattr(ev, "generate", lambda *a, **k: list(outs))
     res = ev.evaluate_tasks(None, None, [EvalTask("t", "arith", mode="zs_cot")], chat=False, progress=False)["t"]
     assert (res["correct"], res["flexible_correct"]) == (1, 2)
@@ -321,7 +321,8 @@ def test_help_types_order_examples_and_next_steps(capsys):
     assert opts.index("--student") < opts.index("--data ") < opts.index("--in-dist")
     code, out, _ = main_cli(capsys, "--help")
     names = re.findall(r"^  (\w+) ", out.split("Commands:")[1], re.M)
-    assert names[:5] == ["teach", "fit", "eval", "generate", "report"] and names[-2:] == ["models", "plugins"]
+    assert names[:6] == ["teach", "fit", "eval", "compare", "generate", "report"]
+    assert names[-2:] == ["models", "plugins"]
     for cmd in (["teach"], ["fit"], ["eval"], ["generate"], ["report"], ["runs"], ["merge"], ["combine"], ["adapters"],
                 ["adapters", "list"], ["adapters", "show"]):
         code, out, _ = main_cli(capsys, *cmd, "--help")
