@@ -18,7 +18,8 @@ Kinds (``problem.meta["answer_type"]``, read by :func:`kind_for`):
 
 Where the final answer is: the span after the last "the answer is" (also "answer:", GSM8K's "####" and LaTeX
 ``\\boxed{}``), else the whole text. For numbers, the first number of that span, or the number after its last
-``=`` ("The answer is 60 + 18 = 78" gives 78); with no marker at all, the last number in the text.
+``=`` ("The answer is 60 + 18 = 78" gives 78); with no marker at all, the last number in the text -- unless
+``strict=True`` (lm-eval's strict-match, ``lorasp eval``'s headline accuracy): then no marker means no answer.
 
 Why hand rules and not only ``math-verify``: the data here is plain-text arithmetic; hand rules are exact on
 thousands separators, units, negative numbers next to ``-`` operators, "answer is" markers and BBH letters, and
@@ -163,8 +164,10 @@ def _latex_number(span: str) -> Fraction | None:
     return None
 
 
-def _extract_number(text: str) -> str | None:
+def _extract_number(text: str, strict: bool = False) -> str | None:
     span, marked = answer_span(text)
+    if strict and not marked:
+        return None
     if marked:
         lat = _latex_number(span)
         if lat is not None:
@@ -176,6 +179,8 @@ def _extract_number(text: str) -> str | None:
         if m:
             v = _to_fraction(m.group(0))
             return format_number(v) if v is not None else None
+        if strict:
+            return None
         # a marker with no number after it ("the answer is unknown"): fall back to the whole text
     boxed = _boxed(text)
     if boxed is not None:
@@ -190,10 +195,10 @@ def _extract_number(text: str) -> str | None:
     return None
 
 
-def _extract_multi(text: str) -> str | None:
+def _extract_multi(text: str, strict: bool = False) -> str | None:
     span, marked = answer_span(text)
     if not marked:
-        return _extract_number(text)
+        return None if strict else _extract_number(text)
     vals = [_to_fraction(t) for t in _NUM_RE.findall(span)]
     vals = [v for v in vals if v is not None]
     if not vals:
@@ -201,27 +206,31 @@ def _extract_multi(text: str) -> str | None:
     return "; ".join(format_number(v) for v in vals)
 
 
-def _extract_time(text: str) -> str | None:
+def _extract_time(text: str, strict: bool = False) -> str | None:
     span, marked = answer_span(text)
     found = _TIME_RE.findall(span) if marked else []
     if found:
         return found[0]
+    if strict:
+        return None
     found = _TIME_RE.findall(text)
     return found[-1] if found else None
 
 
-def _extract_choice(text: str, pattern: str, canon: dict[str, str]) -> str | None:
+def _extract_choice(text: str, pattern: str, canon: dict[str, str], strict: bool = False) -> str | None:
     span, marked = answer_span(text)
     rx = re.compile(pattern, re.IGNORECASE)
     if marked:
         m = rx.search(span)
         if m:
             return canon[m.group(1).lower()]
+    if strict:
+        return None
     found = rx.findall(text)
     return canon[found[-1].lower()] if found else None
 
 
-def _extract_option(text: str) -> str | None:
+def _extract_option(text: str, strict: bool = False) -> str | None:
     span, marked = answer_span(text)
     if marked:
         m = _OPTION_RE.search(span)
@@ -230,6 +239,8 @@ def _extract_option(text: str) -> str | None:
         m = re.fullmatch(r"\s*(?:option\s+)?([A-R])\s*[.)]?\s*", span, re.IGNORECASE)
         if m and (m.group(1).isupper() or len(span.strip()) == 1):
             return f"({m.group(1).upper()})"
+    if strict:
+        return None
     found = _OPTION_RE.findall(text)
     return f"({found[-1]})" if found else None
 
@@ -243,8 +254,10 @@ def _norm_free(s: str) -> str:
     return s
 
 
-def _extract_free(text: str) -> str | None:
+def _extract_free(text: str, strict: bool = False) -> str | None:
     span, marked = answer_span(text, sentence=False)
+    if strict and not marked:
+        return None
     if not marked:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         span = lines[-1] if lines else ""
@@ -252,27 +265,32 @@ def _extract_free(text: str) -> str | None:
     return span or None
 
 
-def extract_answer(text: str | None, kind: str = "number") -> str | None:
-    """The final answer in ``text`` for an answer ``kind``, canonicalised; ``None`` when there is none."""
+def extract_answer(text: str | None, kind: str = "number", strict: bool = False) -> str | None:
+    """The final answer in ``text`` for an answer ``kind``, canonicalised; ``None`` when there is none.
+
+    ``strict``: only an answer stated in an answer sentence ("The answer is X", "Answer:", "####", ``\\boxed{}``)
+    counts (lm-eval's ``strict-match``); otherwise (``flexible-extract``) an output without one falls back to its
+    last number / option / word of the answer kind, which can credit a lucky number in a text that never answered.
+    """
     if text is None:
         return None
     text = str(text)
     if kind == "number":
-        return _extract_number(text)
+        return _extract_number(text, strict)
     if kind == "multi":
-        return _extract_multi(text)
+        return _extract_multi(text, strict)
     if kind == "time":
-        return _extract_time(text)
+        return _extract_time(text, strict)
     if kind == "option":
-        return _extract_option(text)
+        return _extract_option(text, strict)
     if kind == "bool":
-        return _extract_choice(text, r"\b(true|false)\b", {"true": "True", "false": "False"})
+        return _extract_choice(text, r"\b(true|false)\b", {"true": "True", "false": "False"}, strict)
     if kind == "yesno":
-        return _extract_choice(text, r"\b(yes|no)\b", {"yes": "Yes", "no": "No"})
+        return _extract_choice(text, r"\b(yes|no)\b", {"yes": "Yes", "no": "No"}, strict)
     if kind == "validity":
-        return _extract_choice(text, r"\b(valid|invalid)\b", {"valid": "valid", "invalid": "invalid"})
+        return _extract_choice(text, r"\b(valid|invalid)\b", {"valid": "valid", "invalid": "invalid"}, strict)
     if kind == "free":
-        return _extract_free(text)
+        return _extract_free(text, strict)
     raise ValueError(f"unknown answer kind {kind!r} (expected one of {', '.join(KINDS)})")
 
 

@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("lora_spec.cli_plugins:models", "List the student presets and whether they are cached."),
     "merge": ("lora_spec.cli_adapters:merge_cmd", "Merge an adapter into its base; writes a full model and checks parity."),
     "generate": ("lora_spec.cli_adapters:generate_cmd", "Generate with a base and adapters (switch or mix per row)."),
-    "adapters": ("lora_spec.cli_adapters:adapters_group", "List the artifacts under a folder, or show one in full."),
+    "adapters": ("lora_spec.cli_adapters:adapters_group", "List the artifacts under a folder, or show one."),
+    "runs": ("lora_spec.cli_adapters:runs_cmd", "List teach runs, fits and evals under a folder, with headlines."),
     "combine": ("lora_spec.cli_adapters:combine_cmd", "Weighted combination of adapters (linear|cat|svd) via peft."),
     "export": ("lora_spec.cli_export:export_cmd", "Export for llama.cpp/Ollama: LoRA or model GGUF + Modelfile."),
     "push": ("lora_spec.cli_export:push_cmd", "Upload an artifact to the Hugging Face Hub (Hub-ready copy)."),
@@ -54,9 +55,18 @@ def _add_load_policy_options(cmd: click.Command) -> None:
                                    is_eager=True, callback=setter("trust_remote_code"), help=TRUST_REMOTE_CODE_HELP))
 
 
+# ``lorasp --help`` lists the commands in the order of the workflow, not alphabetically
+WORKFLOW = ("teach", "fit", "eval", "compare", "generate", "report", "runs", "adapters", "merge", "combine",
+            "export", "push", "recipes", "models", "plugins")
+
+
+def _workflow_order(names) -> list[str]:
+    return sorted(names, key=lambda n: (WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW), n))
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted(set(COMMANDS) | set(self.commands))
+        return _workflow_order(set(COMMANDS) | set(self.commands))
 
     def get_command(self, ctx, name):
         if name in self.commands:
@@ -72,7 +82,7 @@ class LazyGroup(click.Group):
         return cmd
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        rows = [(name, COMMANDS[name][1]) for name in _workflow_order(COMMANDS)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
@@ -87,6 +97,10 @@ def cli():
     mixture with LoRA/DoRA or full fine-tuning (`fit`), checkpoints are chosen on in-distribution,
     out-of-distribution and generic held-out sets, and the result is a swappable reasoning adapter
     (`eval`, `merge`, `generate`, `adapters`).
+
+    \b
+    lorasp fit --dry-run       # what the quickstart would do, then `lorasp fit` does it
+    lorasp teach ...  ->  lorasp fit --data RUN  ->  lorasp eval --adapter OUT  ->  lorasp generate / merge
     """
 
 

@@ -65,7 +65,14 @@ def merge_cmd(adapter, as_json, cfg: MergeConfig):
     """Merge ADAPTER into its base and write a full model that AutoModel*.from_pretrained loads.
 
     After merging, the written model is loaded back and compared with base+adapter (same base weights, same dtype)
-    on a few prompts: the max logit difference and whether the greedy outputs are identical are printed.
+    on a few prompts: the max logit difference and whether the greedy outputs are identical are printed. An
+    adapter trained with the chat template gets a template whose default system message is training's.
+
+    \b
+    lorasp merge adapters/arith-lora --out merged/arith
+    lorasp merge adapters/gsm8k-qlora --out merged/gsm8k --base dequantized --dtype bf16 --safe
+
+    next: AutoModelForCausalLM.from_pretrained("OUT") anywhere, or lorasp eval --model OUT
     """
     _quiet_transformers()
     from .adapters.merge import merge
@@ -105,9 +112,17 @@ class GenerateConfig(RunConfig):
         "auto", description="Quantize the base; auto = what the first adapter was trained against.")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Greedy tokens per prompt.")
     batch_size: int = Field(8, ge=1, le=1024, description="Prompts per forward batch.")
-    chat: Optional[bool] = Field(None, description="Wrap each prompt in the tokenizer's chat template; default: "
-                                                   "what the first adapter was trained with (lorasp.json 'chat').")
-    stop: List[str] = Field(default_factory=list, description="Cut a completion at this string.")
+    mode: Literal["auto", "zs_cot", "icl_cot", "zs_answer", "icl_answer", "raw"] = Field(
+        "auto", description="How a prompt (a question) becomes the model's input: auto = as the adapter was "
+                            "trained (its main format in lorasp.json; raw without one); zs_cot/icl_cot/zs_answer/"
+                            "icl_answer = the training prompt of that format (chat template, system message, "
+                            "'Let's think step by step' pre-filled in the answer); raw = the text as given.")
+    chat: Optional[bool] = Field(None, description="Use the tokenizer's chat template; default: what the adapter "
+                                                   "was trained with (lorasp.json).")
+    stop: List[str] = Field(default_factory=list, description="Cut a completion at this string (default: the "
+                                                              "mode's stop strings; none for raw).")
+    data_dir: Optional[str] = Field(None, description="Data directory for the exemplars of the icl_* modes "
+                                                      "(default: $LORASP_DATA_DIR).")
     ignore_fingerprint: bool = Field(False, description="Load adapters even onto a base with another fingerprint.")
 
 
@@ -156,9 +171,15 @@ def _read_prompts(path: str) -> tuple[list[str], list[str | None]]:
 def generate_cmd(as_json, cfg: GenerateConfig):
     """Greedy generation with a base model and any number of adapters on it.
 
+    Each prompt is a question; by default it is put into the prompt format the adapter was trained on (its
+    main format in lorasp.json, e.g. zs_cot: chat template, system message, "Let's think step by step" at the
+    start of the answer), so the adapter sees what it learned to continue. --mode raw sends the text as given.
+
     \b
+    lorasp generate --adapter math=adapters/arith-lora --prompt "Tom has 12 marbles ..."
     lorasp generate --adapter math=adapters/a --adapter other=adapters/b --use math --prompt "..."
     lorasp generate --adapter math=a --prompt P1 --prompt P2 --use math --use base   # mixed batch
+    lorasp generate --model smollm2-135m --mode raw --prompt "The capital of France is"
     """
     adapters = _parse_adapters(cfg.adapter)
     prompts = list(cfg.prompt)
@@ -185,15 +206,16 @@ def generate_cmd(as_json, cfg: GenerateConfig):
 
     aset = AdapterSet(cfg.model, adapters, quant=None if cfg.quant == "auto" else cfg.quant,
                       ignore_fingerprint=cfg.ignore_fingerprint)
-    chat = cfg.chat
-    if chat is None:
-        first = next(iter(aset.entries.values()), None)
-        chat = bool(((first.manifest or {}).get("chat")) if first else False)
+    prepared = aset.prepare(prompts, adapters=rows, mode=cfg.mode, chat=cfg.chat, data_dir=cfg.data_dir)
+    modes = sorted({p.mode for p in prepared})
+    if cfg.mode == "auto" and not as_json:
+        _say(f"mode: {', '.join(modes)} (as the adapter was trained; --mode raw sends the prompt as given)")
     outs = aset.generate(prompts, adapters=rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                         stop=cfg.stop or None, chat=chat)
-    for p, name, o in zip(prompts, rows, outs):
+                         stop=cfg.stop or None, chat=cfg.chat, mode=cfg.mode, data_dir=cfg.data_dir)
+    for p, name, o, prep in zip(prompts, rows, outs, prepared):
         if as_json:
-            click.echo(json.dumps({"adapter": name, "prompt": p, "completion": o}, ensure_ascii=False))
+            click.echo(json.dumps({"adapter": name, "mode": prep.mode, "prompt": p, "input": prep.text,
+                                   "completion": o}, ensure_ascii=False))
         elif len(prompts) == 1:
             click.echo(o)
         else:
@@ -218,7 +240,14 @@ class CombineConfig(RunConfig):
 @click.argument("adapters", nargs=-1, required=True, type=click.Path())
 @config_options(CombineConfig)
 def combine_cmd(adapters, cfg: CombineConfig):
-    """Weighted combination of ADAPTERS (same base) through peft; the manifest records the parents."""
+    """Weighted combination of ADAPTERS (same base) through peft; the manifest records the parents.
+
+    \b
+    lorasp combine adapters/arith adapters/gsm8k --weights 0.7,0.3 --how cat --out adapters/mix
+    lorasp combine adapters/a adapters/b --how svd --svd-rank 16 --out adapters/ab16
+
+    next: lorasp eval --adapter OUT
+    """
     _quiet_transformers()
     from .adapters.combine import combine
 
@@ -233,14 +262,25 @@ def combine_cmd(adapters, cfg: CombineConfig):
 
 @click.group("adapters")
 def adapters_group():
-    """Inspect lorasp artifacts (adapters, merged and combined models)."""
+    """Inspect lorasp artifacts (adapters, merged and combined models).
+
+    \b
+    lorasp adapters list adapters/
+    lorasp adapters show adapters/arith-lora
+    """
 
 
 @adapters_group.command("list")
 @click.argument("directory", type=click.Path(), default=".")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def adapters_list(directory, as_json):
-    """The artifacts under DIRECTORY: base, method, data, chosen checkpoint and headline scores."""
+    """The artifacts under DIRECTORY: base, method, data, chosen checkpoint and headline scores.
+
+    \b
+    lorasp adapters list adapters/ [--json]
+
+    next: lorasp adapters show PATH
+    """
     from .adapters.listing import _fmt_scores, listing
 
     rows = listing(directory)
@@ -254,17 +294,17 @@ def adapters_list(directory, as_json):
     from rich.table import Table
 
     table = Table(show_lines=False)
-    for col in ("path", "kind", "base", "quant", "method", "data", "step", "scores"):
+    for col in ("path", "kind", "base", "quant", "method", "data", "step", "before -> after", "scores"):
         table.add_column(col, overflow="fold")
     for r in rows:
         if r.get("error"):
-            table.add_row(r["path"], "[red]error[/red]", r["error"], "", "", "", "", "")
+            table.add_row(r["path"], "[red]error[/red]", r["error"], "", "", "", "", "", "")
             continue
         data = str(r.get("data") or "")
         if r.get("n_examples"):
             data += f" ({r['n_examples']})"
         table.add_row(r["path"], r["kind"], f"{r['base']} [{r['base_id']}]", str(r["quant"]), str(r["method"]),
-                      data, "" if r["chosen_step"] is None else str(r["chosen_step"]),
+                      data, "" if r["chosen_step"] is None else str(r["chosen_step"]), r.get("before_after") or "",
                       _fmt_scores(r["scores"], intervals=r.get("intervals")))
     Console(width=160, file=sys.stdout).print(table)
     return 1 if any(r.get("error") for r in rows) else 0
@@ -272,14 +312,27 @@ def adapters_list(directory, as_json):
 
 @adapters_group.command("show")
 @click.argument("artifact", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def adapters_show(artifact, as_json):
-    """Everything about one artifact: its manifest, adapter config, vLLM check and files."""
-    from .adapters.listing import show
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@click.option("--full", is_flag=True, help="Print the whole manifest (loss history, held-out ids, ...) as YAML.")
+def adapters_show(artifact, as_json, full):
+    """One artifact on one screen: base, method, before -> after, data, formats, training, selection, vLLM check,
+    files. --full prints the whole manifest, --json everything as JSON.
+
+    \b
+    lorasp adapters show adapters/arith-lora [--full | --json]
+
+    next: lorasp eval --adapter ARTIFACT; lorasp report ARTIFACT
+    """
+    from .adapters.listing import show, summary_lines
 
     info = show(artifact)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
+        return 0
+    if not full:
+        for line in summary_lines(info):
+            click.echo(line)
+        click.echo("(--full: the whole manifest; --json: everything as JSON)")
         return 0
     import yaml
 
@@ -306,3 +359,41 @@ def adapters_show(artifact, as_json):
         click.echo("vLLM: " + ("loads unchanged" if not probs else "PROBLEMS: " + "; ".join(probs)))
     click.echo("files: " + ", ".join(f"{k} ({v:,} B)" for k, v in info["files"].items()))
     return 0
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+@click.command("runs")
+@click.argument("directory", type=click.Path(), default=".")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def runs_cmd(directory, as_json):
+    """Every teach run, fit and eval run under DIRECTORY (default: here), each with its headline figure.
+
+    \b
+    lorasp runs              # teach runs (samples, correct, accuracy), fits (before -> after), evals (accuracy)
+    lorasp runs runs/ --json
+
+    next: lorasp adapters show PATH (a fit); the eval's report.md; lorasp fit --data PATH (a teach run)
+    """
+    from .runs import find_runs
+
+    rows = find_runs(directory)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        click.echo(f"no teach runs, fits or evals under {directory}")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for col in ("path", "kind", "what", "headline", "created"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        kind = "[red]error[/red]" if r["kind"] == "error" else r["kind"]
+        if r.get("status") not in (None, "complete", "error"):
+            kind += f" ({r['status']})"
+        table.add_row(r["path"], kind, r["what"], r["headline"], str(r.get("created") or ""))
+    Console(width=160, file=sys.stdout).print(table)
+    return 1 if any(r["kind"] == "error" for r in rows) else 0

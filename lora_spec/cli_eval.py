@@ -9,8 +9,10 @@ from .evaluate import EvalConfig
 
 
 @click.command("eval")
+@click.option("--dry-run", is_flag=True, help="Say what would run (tasks, modes, problems, output directory) "
+                                              "and exit; no model is loaded.")
 @config_options(EvalConfig)
-def eval_cmd(cfg: EvalConfig):
+def eval_cmd(dry_run, cfg: EvalConfig):
     """Evaluate a student (optionally with an adapter) on eval suites; batched greedy generation.
 
     \b
@@ -22,11 +24,34 @@ def eval_cmd(cfg: EvalConfig):
     default 0: the same problems as a fit's held-out set of that size and seed). Writes DIR/results.json
     (accuracy with its 95% Wilson interval, n, mode, model and adapter fingerprints per task), DIR/report.md and
     every prediction with its extracted answer in DIR/predictions/<task>.jsonl. Compare two runs with
-    'lorasp compare A B'.
+    'lorasp compare A B'. With --adapter, every task is prompted in the adapter's main training format
+    (lorasp.json) unless --mode says otherwise; --out defaults to runs/eval/<adapter or model name>. Accuracy is
+    strict (the answer stated as "The answer is X"); the flexible score (else the last number) is printed beside it.
+
+    next: lorasp report ADAPTER (its specialization report); lorasp generate --adapter NAME=ADAPTER --prompt ...
     """
     import json
 
-    from .evaluate import run_eval
+    from .evaluate import eval_plan, run_eval
+
+    if dry_run:
+        p = eval_plan(cfg)
+        click.echo("dry run: no model is loaded, nothing is written")
+        for n in p["notes"]:
+            click.echo(f"note: {n}")
+        click.echo(f"model: {p['model']}" + (f" + adapter {p['adapter']}" if p["adapter"] else ""))
+        for t in p["tasks"]:
+            click.echo(f"  {t['task']:45s} {t['mode']:10s} {t['problems']:5d} problems, up to {t['max_new_tokens']} "
+                       f"new tokens each")
+        click.echo(f"{p['problems']} problems in all, at most {p['max_new_tokens']:,} new tokens; writes "
+                   f"{p['out']}/results.json, report.md, predictions/")
+        est = p.get("estimate")
+        if est:
+            click.echo(f"time: at most ~{est['max_seconds'] / 60:.1f} min ({est['tokens_per_second']} generated "
+                       f"tokens/s measured {est['measured']} for this model here; most outputs stop earlier)")
+        else:
+            click.echo("time: no measurement yet for this model here (every eval records its tokens/s)")
+        return 0
 
     out = run_eval(cfg)
     doc = json.loads((out / "results.json").read_text())
@@ -34,11 +59,16 @@ def eval_cmd(cfg: EvalConfig):
 
     for name, r in doc["tasks"].items():
         click.echo(f"{name:45s} {r['mode']:10s} n={r['n']:<5d} accuracy={r['accuracy']:.1%} "
-                   f"95% CI {_ci_txt(r.get('ci'))}")
+                   f"95% CI {_ci_txt(r.get('ci'))} (flexible {r['flexible_accuracy']:.1%})")
     for s, summ in doc["suites"].items():
         click.echo(f"suite {s}: macro accuracy {summ['macro_accuracy']:.1%} 95% CI {_ci_txt(summ.get('macro_ci'))} "
-                   f"over {len(summ['tasks'])} task(s), {summ['n']} problems")
+                   f"over {len(summ['tasks'])} task(s), {summ['n']} problems "
+                   f"(flexible {summ['flexible_macro_accuracy']:.1%})")
+    click.echo("accuracy is strict (the answer stated as 'The answer is X'); flexible also takes the last number")
     click.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'predictions'}/")
+    if cfg.adapter:
+        click.echo(f"next: lorasp generate --adapter math={cfg.adapter} --prompt \"...\"   |   lorasp merge "
+                   f"{cfg.adapter} --out DIR", err=True)
     return 0
 
 

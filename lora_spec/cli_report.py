@@ -18,6 +18,12 @@ def report(artifact: str, out: str | None, show: bool):
     chosen/after, every checkpoint vs chosen: change in points, 95% interval, exact McNemar p, "within noise") and
     the evaluation time next to the training time; curves.png plots the in-distribution, out-of-distribution and
     generic accuracies against steps with shaded 95% bands, the chosen step marked.
+
+    \b
+    lorasp report adapters/arith-lora
+    lorasp report adapters/arith-lora --out /tmp/report --no-print
+
+    next: lorasp eval --adapter ARTIFACT (a full evaluation in its training prompt mode)
     """
     from .report import write_report
 

@@ -11,8 +11,10 @@ from .teach import TeachConfig
 
 
 @click.command("teach")
+@click.option("--dry-run", is_flag=True, help="Say what would run (problems, samples, output) and exit; the "
+                                              "teacher is not asked anything.")
 @config_options(TeachConfig)
-def teach_cmd(cfg: TeachConfig):
+def teach_cmd(dry_run, cfg: TeachConfig):
     """Sample chain-of-thought solutions from a teacher, keep the correct ones (resumable).
 
     \b
@@ -22,9 +24,23 @@ def teach_cmd(cfg: TeachConfig):
     Every answer is committed to OUT/store.sqlite as it arrives: rerunning the same command after a crash,
     Ctrl-C or kill -9 asks the teacher only for what is missing. OUT also gets problems.jsonl, samples.jsonl
     (correct samples; --keep all keeps every one, marked) and manifest.json. The API key is read from the
-    environment variable named by --api-key-env and is never written anywhere.
+    environment variable named by --api-key-env and is never written anywhere. --limit N takes the first N
+    problems of the split (in file order).
+
+    next: lorasp fit --data OUT (tune a student on the correct samples)
     """
-    from .teach import teach
+    from .teach import plan, teach
+
+    if dry_run:
+        p = plan(cfg)
+        click.echo("dry run: the teacher is not asked anything, nothing is written")
+        click.echo(f"data:    {p['dataset']} ({p['split']}): {p['problems']} problems"
+                   + (f" (the first {p['limit']})" if p["limit"] else ""))
+        click.echo(f"teacher: {p['teacher']}" + (f" ({p['model']})" if p["model"] else "")
+                   + f", prompt {p['prompt']}, {p['samples']} sample(s) per problem: {p['requested']} samples")
+        click.echo(f"writes:  {p['out']}" + (" (a run is there: samples already stored are not asked again)"
+                                             if p["resumes"] else ""))
+        return 0
 
     out = teach(cfg)
     m = json.loads((out / "manifest.json").read_text())
@@ -39,4 +55,5 @@ def teach_cmd(cfg: TeachConfig):
                    + (f" (e.g. {m['failure_examples'][0]})" if m.get("failure_examples") else "")
                    + "; rerun the same command to retry them", err=True)
         return 1
+    click.echo(f"next: lorasp fit --data {out}", err=True)
     return 0

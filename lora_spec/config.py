@@ -30,6 +30,11 @@ class RunConfig(BaseModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
+    def resolved(self) -> "RunConfig":
+        """The config with the defaults that depend on other fields filled in (what will run); commands whose
+        defaults depend on nothing return themselves. ``--print-config`` prints this."""
+        return self
+
 
 def _yaml_lines(text: str) -> dict[str, int]:
     """Top-level key -> 1-based line number, for error messages."""
@@ -49,7 +54,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _describe_error(err: dict, source: dict[str, str]) -> str:
+def _describe_error(err: dict, source: dict[str, str], descriptions: dict[str, str] | None = None) -> str:
     loc = err.get("loc") or ()
     key = str(loc[0]) if loc else "?"
     where = source.get(key, "config")
@@ -57,6 +62,9 @@ def _describe_error(err: dict, source: dict[str, str]) -> str:
     typ = err.get("type", "")
     if typ == "extra_forbidden":
         return f"{where}: unknown key {path!r}"
+    if typ == "missing" and len(loc) == 1:
+        desc = (descriptions or {}).get(key)
+        return f"missing required option {_flag(key)}" + (f" ({desc.rstrip('.')})" if desc else "")
     got = err.get("input")
     msg = err.get("msg", "invalid value")
     msg = msg[0].lower() + msg[1:] if msg else msg
@@ -98,7 +106,8 @@ def build(cls: Type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe_error(exc.errors()[0], source)) from None
+        descriptions = {n: f.description for n, f in cls.model_fields.items() if f.description}
+        raise ConfigError(_describe_error(exc.errors()[0], source, descriptions)) from None
 
 
 def _unwrap_optional(tp: Any) -> Any:
@@ -117,6 +126,23 @@ def _is_bool(tp: Any) -> bool:
     return _unwrap_optional(tp) is bool
 
 
+def _metavar(tp: Any) -> str:
+    """What ``--help`` shows for a value: INTEGER, FLOAT, [a|b|c] or TEXT."""
+    if get_origin(tp) is Literal:
+        return "[" + "|".join(map(str, get_args(tp))) + "]"
+    if tp is bool:
+        return "BOOLEAN"
+    if tp is int:
+        return "INTEGER"
+    if tp is float:
+        return "FLOAT"
+    if get_origin(tp) is typing.Union or str(get_origin(tp)) == "<class 'types.UnionType'>":
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if args and all(a in (int, float) for a in args):
+            return "FLOAT" if float in args else "INTEGER"
+    return "TEXT"
+
+
 def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Callable:
     """Decorate a click command with ``--config``, ``--print-config`` and one flag per field of ``cls``.
 
@@ -124,7 +150,9 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
     """
 
     def decorator(fn: Callable) -> Callable:
-        field_names = [n for n in cls.model_fields if n not in skip]
+        # the command's own fields first (fit's --student, --data ...), then inherited ones (held-out options)
+        own = [n for n in cls.model_fields if n in cls.__dict__.get("__annotations__", {})]
+        field_names = [n for n in own + [n for n in cls.model_fields if n not in own] if n not in skip]
 
         @functools.wraps(fn)
         def wrapper(*args, config: str | None = None, print_config: bool = False, **kwargs):
@@ -136,7 +164,7 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
                 overrides[n] = list(v) if isinstance(v, tuple) else v
             cfg = build(cls, config, overrides)
             if print_config:
-                click.echo(cfg.to_yaml(), nl=False)
+                click.echo(cfg.resolved().to_yaml(), nl=False)
                 return None
             return fn(*args, cfg=cfg, **kwargs)
 
@@ -146,8 +174,6 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
             ann = f.annotation
             help_text = f.description or ""
             base = _unwrap_optional(ann)
-            if get_origin(base) is Literal:
-                help_text += f" [one of: {', '.join(map(str, get_args(base)))}]"
             default = f.default
             if default is not None and not callable(default) and str(default) != "PydanticUndefined":
                 help_text += f" [default: {default}]"
@@ -155,10 +181,11 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
                 opt = click.option(f"{_flag(n)}/--no-{n.replace('_', '-')}", n, default=None, help=help_text)
             elif _is_list(ann):
                 opt = click.option(_flag(n), n, multiple=True, default=None, help=help_text + " (repeatable)")
-            else:
-                opt = click.option(_flag(n), n, default=None, type=str, help=help_text)
+            else:  # parsed by pydantic (one error style for flags and YAML); the metavar shows the type
+                opt = click.option(_flag(n), n, default=None, type=str, help=help_text, metavar=_metavar(base))
             cmd = opt(cmd)
-        cmd = click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")(cmd)
+        cmd = click.option("--print-config", is_flag=True, help="Print the resolved config (every default filled "
+                                                                "in: the values that will run) as YAML and exit.")(cmd)
         cmd = click.option("--config", "config", type=str, default=None,
                            help="YAML file with any of this command's fields; flags override it.")(cmd)
         return cmd

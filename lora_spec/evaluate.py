@@ -65,19 +65,12 @@ def _count_new_tokens(row, stop_ids: set[int]) -> int:
 
 
 def _progress(enabled: bool, description: str, total: int):
+    """Generation progress (lora_spec.progress: a bar on a terminal, else a line every LORASP_PROGRESS_EVERY s)."""
     if not enabled:
         return None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from .progress import Progress
 
-    from rich.console import Console
-
-    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[tps]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-                    console=Console(stderr=True))
-    prog.start()
-    prog.add_task(description, total=total, tps="")
-    return prog
+    return Progress(description, total, columns=("tok/s",))
 
 
 def _forward_kwargs(model: Any) -> tuple[dict, str]:
@@ -352,7 +345,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "cau
         total_tokens += n_tokens
         if prog is not None:
             el = time.perf_counter() - t0
-            prog.update(prog.task_ids[0], advance=1, tps=f"{total_tokens / max(el, 1e-9):.0f} tok/s")
+            prog.update(advance=1, **{"tok/s": f"{total_tokens / max(el, 1e-9):.0f}"})
 
     try:
         if kind == "causal":
@@ -388,7 +381,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], *, kind: str = "cau
                 n_batches += 1
     finally:
         if prog is not None:
-            prog.stop()
+            prog.close()
         tokenizer.padding_side = old_side
         if was_training:
             model.train()
@@ -448,10 +441,14 @@ def scorer_for(task: EvalTask, problem: Problem) -> str:
 def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: str = "causal", batch_size: int = 16,
                    data_dir: str | os.PathLike | None = None, progress: bool = True,
                    chat: bool | None = None, seed: int = LIMIT_SEED) -> dict[str, dict]:
-    """Run every task; per task: accuracy, its 95% Wilson interval ``ci`` ([lo, hi]), n, correct, mode, seconds,
-    generated_tokens, predictions. ``seed``: of the ``task.limit`` sample (:func:`seeded_sample`).
+    """Run every task; per task: accuracy, its 95% Wilson interval ``ci`` ([lo, hi]), n, correct,
+    flexible_accuracy, flexible_correct, mode, seconds, generated_tokens, predictions. ``seed``: of the
+    ``task.limit`` sample (:func:`seeded_sample`).
 
-    Each prediction is ``{id, question, gold, output, extracted, correct, scorer}``. ``chat``: None = use the
+    ``accuracy``/``correct`` are strict (lm-eval's ``strict-match``): the answer must be stated in an answer
+    sentence ("The answer is X"); ``flexible_*`` (``flexible-extract``) also take the last number of an output
+    that never states one. Each prediction is ``{id, question, gold, output, extracted, correct,
+    extracted_flexible, correct_flexible, scorer}``. ``chat``: None = use the
     tokenizer's chat template when it has one (instruct students), False = plain text.
     """
     from .prompts import build_prompt, check_mode, stop_sequences, uses_chat
@@ -467,17 +464,22 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
                         stop=stop_sequences(mode, use_chat), batch_size=batch_size, progress=progress, stats=st,
                         description=task.name)
         preds = []
-        correct = 0
+        correct = flexible = 0
         for p, o in zip(problems, outs):
             sc = scorer_for(task, p)
-            ext = extract_answer(o, sc)
+            ext = extract_answer(o, sc, strict=True)
             ok = answers_match(ext, p.answer, sc)
+            ext_f = extract_answer(o, sc)
+            ok_f = answers_match(ext_f, p.answer, sc)
             correct += ok
+            flexible += ok_f
             preds.append({"id": p.id, "question": p.question, "gold": p.answer, "output": o, "extracted": ext,
-                          "correct": ok, "scorer": sc})
+                          "correct": ok, "extracted_flexible": ext_f, "correct_flexible": ok_f, "scorer": sc})
         n = len(problems)
         results[task.name] = {"accuracy": correct / n if n else 0.0, "ci": list(wilson(correct, n)), "n": n,
-                              "correct": correct, "mode": mode,
+                              "correct": correct,
+                              "flexible_accuracy": flexible / n if n else 0.0, "flexible_correct": flexible,
+                              "mode": mode,
                               "dataset": task.dataset, "split": task.split, "seconds": st.get("seconds", 0.0),
                               "generated_tokens": st.get("generated_tokens", 0), "predictions": preds}
     return results
@@ -515,8 +517,11 @@ class EvalConfig(RunConfig):
     task: list[str] = Field(default_factory=list, description="only these tasks of the suites (e.g. gsm8k, "
                                                               "bbh/navigate)")
     mode: Optional[Literal["icl_cot", "zs_cot", "icl_answer", "zs_answer"]] = Field(
-        None, description="prompt mode for every task (default: each suite's, icl_cot)")
-    limit: Optional[int] = Field(None, ge=1, description="a seeded random sample of N problems per task")
+        None, description="prompt mode for every task (default: the adapter's main training format from its "
+                          "lorasp.json; without an adapter, each suite's own, icl_cot)")
+    limit: Optional[int] = Field(None, ge=1, description="a seeded random sample of N problems per task (--seed), "
+                                                         "not the first N as in teach/fit: some sets are ordered "
+                                                         "by difficulty")
     seed: int = Field(LIMIT_SEED, description="seed of the --limit sample (a fit's held-out set with the same "
                                               "size per dataset and seed has the same problems)")
     max_new_tokens: Optional[int] = Field(None, ge=1, description="generation budget (default: 256 for CoT "
@@ -525,10 +530,14 @@ class EvalConfig(RunConfig):
     chat: Optional[bool] = Field(None, description="use the tokenizer's chat template (default: when it has one)")
     data_dir: Optional[str] = Field(None, description="directory in the layout of shared/data "
                                                       "(default: $LORASP_DATA_DIR)")
-    out: Optional[str] = Field(None, description="output directory for results.json, report.md, predictions/")
+    out: Optional[str] = Field(None, description="output directory for results.json, report.md, predictions/ "
+                                                 "(default: runs/eval/<adapter directory name, else model name>)")
     progress: bool = Field(True, description="show a progress bar on stderr")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice; 1 is much "
                                                            "faster on an oversubscribed CPU)")
+
+    def resolved(self) -> "EvalConfig":
+        return resolve_eval_defaults(self)[0]
 
 
 def _suite_tasks(name: str, cfg: EvalConfig) -> list[EvalTask]:
@@ -555,30 +564,44 @@ def _suite_tasks(name: str, cfg: EvalConfig) -> list[EvalTask]:
     return tasks
 
 
+def resolve_eval_defaults(cfg: EvalConfig) -> tuple[EvalConfig, list[str]]:
+    """Fill the defaults that depend on other fields: with an adapter, the prompt mode and chat template it was
+    trained with (its ``lorasp.json``), so its score means what its training meant; the output directory.
+    Returns the resolved config and one note per default taken from the adapter (for the user)."""
+    from pathlib import Path
+
+    upd: dict[str, Any] = {}
+    notes: list[str] = []
+    if cfg.adapter and Path(cfg.adapter).is_dir():
+        from .adapters.swap import read_adapter
+        from .prompts import artifact_prompting
+
+        pr = artifact_prompting(read_adapter(cfg.adapter))
+        if cfg.mode is None and pr["mode"]:
+            upd["mode"] = pr["mode"]
+            notes.append(f"mode {pr['mode']} for every task: the adapter's main training format (--mode to change)")
+        if cfg.chat is None and pr["chat"] is not None:
+            upd["chat"] = pr["chat"]
+    if not cfg.out:
+        name = Path(cfg.adapter).resolve().name if cfg.adapter else (cfg.model or "smollm2-135m")
+        upd["out"] = str(Path("runs") / "eval" / _fname(name.strip("/").replace("/", "_")))
+    return (cfg.model_copy(update=upd) if upd else cfg), notes
+
+
 def _fname(task: str) -> str:
     return task.replace("/", "__").replace(" ", "_")
 
 
-def run_eval(cfg: EvalConfig) -> "os.PathLike":
-    """Evaluate a student (+ adapter) on the configured suites; write results.json, report.md, predictions/."""
-    import json
-
-    from .stats import macro
-    import sys
-    from datetime import datetime, timezone
+def _plan_suites(cfg: EvalConfig) -> dict[str, list[EvalTask]]:
+    """The tasks of every suite, filtered by ``--task``; everything that can fail fast does so here, before a
+    model is loaded (unknown suite or task, missing data files)."""
     from pathlib import Path
 
-    from . import __version__
-    from .records import write_jsonl
-
-    if not cfg.out:
-        raise ConfigError("--out: an output directory is required (results.json, report.md, predictions/)")
     if not cfg.suite:
         raise ConfigError("--suite: at least one eval suite is required (e.g. math, bbh, arith)")
     data_dir = cfg.data_dir
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ConfigError(f"--data-dir: {data_dir} is not a directory")
-    # everything that can fail fast does so before the model is loaded
     suites: dict[str, list[EvalTask]] = {}
     for s in dict.fromkeys(cfg.suite):
         suites[s] = _suite_tasks(s, cfg)
@@ -596,6 +619,72 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
         raise ConfigError(f"--suite: task {sorted(dup)[0]!r} appears in two suites; evaluate them separately")
     for t in all_tasks:
         task_problems(dataclasses.replace(t, limit=1), data_dir)  # files exist and parse (first record)
+    return suites
+
+
+def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
+    """What ``run_eval(cfg)`` would do, without loading a model (``lorasp eval --dry-run``): per task its mode,
+    problems and generation budget; the output directory; the defaults taken from the adapter."""
+    from pathlib import Path
+
+    if cfg.adapter and not Path(cfg.adapter).is_dir():
+        raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
+    cfg, notes = resolve_eval_defaults(cfg)
+    tasks = []
+    for s, ts in _plan_suites(cfg).items():
+        for t in ts:
+            tasks.append({"suite": s, "task": t.name, "mode": t.mode, "problems": len(task_problems(t, cfg.data_dir)),
+                          "max_new_tokens": t.max_new_tokens})
+    from .calibration import lookup
+
+    model, quant = _model_and_quant(cfg)
+    cal = lookup(_calibration_key(model, quant))
+    budget = sum(t["problems"] * t["max_new_tokens"] for t in tasks)
+    est = None
+    if cal and isinstance(cal.get("tokens_per_second"), (int, float)) and cal["tokens_per_second"] > 0:
+        est = {"max_seconds": round(budget / cal["tokens_per_second"], 1), "tokens_per_second":
+               cal["tokens_per_second"], "measured": cal.get("measured")}
+    return {"model": model, "adapter": cfg.adapter, "tasks": tasks, "problems": sum(t["problems"] for t in tasks),
+            "max_new_tokens": budget, "estimate": est, "out": cfg.out, "notes": notes}
+
+
+def _model_and_quant(cfg: EvalConfig) -> tuple[str, str]:
+    """The model (by name) and quantization an eval runs: --model/--quant, else the adapter's recorded base and
+    quant, else smollm2-135m unquantized."""
+    m: dict = {}
+    if cfg.adapter:
+        from .adapters.swap import read_adapter
+
+        m = read_adapter(cfg.adapter) or {}
+    return (cfg.model or (m.get("base") or {}).get("name") or "smollm2-135m",
+            cfg.quant or m.get("quant") or "none")
+
+
+def _calibration_key(model: str, quant: str) -> str:
+    from .calibration import device
+
+    return f"eval|{model}|{quant}|{device()}"
+
+
+def run_eval(cfg: EvalConfig) -> "os.PathLike":
+    """Evaluate a student (+ adapter) on the configured suites; write results.json, report.md, predictions/."""
+    import json
+    import sys
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from . import __version__
+    from .records import write_jsonl
+    from .stats import macro
+
+    if cfg.adapter and not Path(cfg.adapter).is_dir():
+        raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
+    cfg, notes = resolve_eval_defaults(cfg)
+    for note in notes:
+        print(f"eval: {note}", file=sys.stderr, flush=True)
+    suites = _plan_suites(cfg)
+    data_dir = cfg.data_dir
+    all_tasks = [t for ts in suites.values() for t in ts]
 
     if cfg.threads:
         import torch
@@ -622,6 +711,12 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
                              batch_size=cfg.batch_size, data_dir=data_dir, progress=cfg.progress, chat=cfg.chat,
                              seed=cfg.seed)
     wall = time.perf_counter() - t0
+    gen = sum(r["generated_tokens"] for r in results.values())
+    if gen and wall > 0:  # for --dry-run estimates (lora_spec.calibration)
+        from .calibration import record
+
+        record(_calibration_key(*_model_and_quant(cfg)), tokens_per_second=round(gen / wall, 1),
+               batch_size=cfg.batch_size)
 
     out = Path(cfg.out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
@@ -642,7 +737,9 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
         summary[s] = {"tasks": [t.name for t in ts], "n": n,
                       "macro_accuracy": sum(r["accuracy"] for r in rows) / len(rows) if rows else 0.0,
                       "macro_ci": [mlo, mhi],
-                      "micro_accuracy": k / n if n else 0.0, "micro_ci": list(wilson(k, n))}
+                      "micro_accuracy": k / n if n else 0.0, "micro_ci": list(wilson(k, n)),
+                      "flexible_macro_accuracy":
+                          sum(r["flexible_accuracy"] for r in rows) / len(rows) if rows else 0.0}
     from .prompts import DEFAULT_SYSTEM, uses_chat
 
     chat_used = uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False
@@ -654,7 +751,10 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
                   "fingerprint": student.fingerprint},
         "adapter": adapter_info,
         "prompting": {"chat_template": chat_used, "system": DEFAULT_SYSTEM if chat_used else None,
-                      "greedy": True},
+                      "greedy": True, "mode": cfg.mode or "suite default",
+                      "mode_from": "adapter" if notes and cfg.mode else ("--mode" if cfg.mode else "suite")},
+        "scoring": {"accuracy": "strict: the answer stated in an answer sentence ('The answer is X')",
+                    "flexible_accuracy": "flexible: else the last number (option, word) of the output"},
         "limit": cfg.limit, "limit_seed": cfg.seed,
         "intervals": INTERVALS,
         "config": cfg.model_dump(mode="json"),
@@ -691,18 +791,27 @@ def render_report(doc: dict) -> str:
              + (f"; limit {doc['limit']} per task (seeded sample, seed {doc['limit_seed']})" if doc["limit"] else ""),
              f"- wall time: {doc['wall_seconds']:.1f}s; created {doc['created']}", ""]
     for s, summ in doc["suites"].items():
+        flex = summ.get("flexible_macro_accuracy")
         lines += [f"## {s}: macro accuracy {summ['macro_accuracy']:.1%} {_ci_txt(summ.get('macro_ci'))} "
-                  f"({summ['n']} problems; micro {summ['micro_accuracy']:.1%} {_ci_txt(summ.get('micro_ci'))})", "",
-                  "| task | mode | n | correct | accuracy | 95% CI | tokens/s |", "|---|---|---:|---:|---:|---:|---:|"]
+                  f"({summ['n']} problems; micro {summ['micro_accuracy']:.1%} {_ci_txt(summ.get('micro_ci'))})"
+                  + (f"; flexible {flex:.1%}" if flex is not None else ""), "",
+                  "| task | mode | n | correct | accuracy (strict) | 95% CI | flexible | tokens/s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for t in summ["tasks"]:
             r = doc["tasks"][t]
             tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
+            fa = f"{r['flexible_accuracy']:.1%}" if r.get("flexible_accuracy") is not None else "-"
             lines.append(f"| {t} | {r['mode']} | {r['n']} | {r['correct']} | {r['accuracy']:.1%} | "
-                         f"{_ci_txt(r.get('ci'))} | {tps} |")
+                         f"{_ci_txt(r.get('ci'))} | {fa} | {tps} |")
         lines.append("")
     lines.append(doc.get("intervals") or INTERVALS)
     lines.append("")
-    lines.append("Every prediction (output, extracted answer, gold, correct) is in `predictions/<task>.jsonl`.")
+    lines.append("Accuracy is strict: an answer counts only when the output states it in an answer sentence "
+                 "(\"The answer is X\", lm-eval's strict-match). Flexible also takes the last number (option, word) "
+                 "of an output that never states one (flexible-extract), which can credit a lucky number.")
+    lines.append("")
+    lines.append("Every prediction (output, extracted answer, gold, correct; strict and flexible) is in "
+                 "`predictions/<task>.jsonl`.")
     return "\n".join(lines) + "\n"
 
 

@@ -44,7 +44,7 @@ class FitConfig(RunConfig, SelectionOptions):
     teacher: str = Field("gold", description="Teacher plugin for --dataset (gold: the reference rationales).")
     teacher_opt: list[str] = Field(default_factory=list, description="Teacher plugin parameter KEY=VALUE.")
     samples: int = Field(1, ge=1, le=64, description="Teacher samples per problem (with --dataset).")
-    limit: int | None = Field(None, ge=1, description="Train on the first N problems "
+    limit: int | None = Field(None, ge=1, description="Train on the first N problems, in file order "
                                                       f"(quickstart default: {QUICKSTART_PROBLEMS}).")
     data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
     quant: Literal["nf4", "int8", "none"] = Field("none", description="Quantize the frozen base (bitsandbytes).")
@@ -86,6 +86,9 @@ class FitConfig(RunConfig, SelectionOptions):
                                                              "scored before and after (0: off; quickstart: 50).")
     tracker: str = Field("auto", description="accelerate tracker: auto (tensorboard if installed), none, ...")
     progress: bool = Field(True, description="Progress bars on a terminal.")
+
+    def resolved(self) -> "FitConfig":
+        return resolve_defaults(self)
 
 
 @dataclass
@@ -210,7 +213,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     # cheap checks first: a bad flag is reported before torch is even imported
     weights = F.parse_mixture(cfg.formats)
     from .losses import LossSpec
-    from .prompts import DEFAULT_SYSTEM, uses_chat
+    from .prompts import uses_chat
 
     loss_spec = LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
     from .adapters.peft_setup import parse_targets
@@ -319,6 +322,8 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     res = train(model, student.tokenizer, examples, kind=student.kind, args=args, ckpt_dir=ckpt_dir,
                 evaluator=evaluator, select=select, prune=prune, resume=cfg.resume, data_fingerprint=data_fp)
     last = res.history[-1]["loss"] if res.history else float("nan")
+    if main:  # the trainer's seconds and steps are both totals over resumes
+        record_calibration(cfg, res.steps, res.train_seconds, res.tokens_per_second)
     log(f"trained {res.steps} steps in {res.train_seconds:.0f}s ({res.tokens_per_second:,.0f} tokens/s), "
         f"final loss {last:.4f}" + (f", resumed from step {res.resumed_from}" if res.resumed_from else ""))
 
@@ -336,9 +341,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         "peft": spec.peft_params() if cfg.method != "full" else None,
         "formats": weights, "format_counts": counts, "n_shots": cfg.n_shots,
         "chat": bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat)),
-        # the chat system message of every training prompt (prompts.build_prompt's default), for the model card
-        # and the Ollama Modelfile of `lorasp export`
-        "system": DEFAULT_SYSTEM if student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat) else None,
+        "prompting": _prompting(weights, student, cfg),
         "loss": str(loss_spec),
         "distribution": None if res.align is None else {
             "temperature": loss_spec.temperature, "renormalize": loss_spec.renormalize, **res.align},
@@ -369,7 +372,7 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         from .report import render_files
 
         scratch = tempfile.TemporaryDirectory(prefix="lorasp-report-")
-        report_files = render_files(manifest, out.name, scratch.name)  # report.md + curves.png, if evaluated
+        report_files = render_files(manifest, out.name, scratch.name)  # report.md + curves.png
         preds = sel.write_predictions(evaluator, Path(scratch.name) / sel.PREDICTIONS_FILE)
         if preds is not None:
             report_files[sel.PREDICTIONS_FILE] = preds
@@ -394,6 +397,98 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     state.wait_for_everyone()
     return FitResult(out=out, manifest=manifest, model=model, tokenizer=student.tokenizer, kind=student.kind,
                      before=before, after=after, history=res.history)
+
+
+def _prompting(weights: dict, student, cfg: FitConfig) -> dict:
+    """How the training rows were prompted (what ``generate``, ``eval`` and ``merge`` reproduce): the main CoT
+    format, the chat template and the system message that ``formats.build_examples`` put in every prompt."""
+    from .prompts import DEFAULT_SYSTEM, main_mode, uses_chat
+
+    chat = bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat))
+    return {"mode": main_mode(weights), "chat": chat, "system": DEFAULT_SYSTEM if chat else None,
+            "n_shots": cfg.n_shots}
+
+
+# --------------------------------------------------------------------------------------------- dry run
+
+def _calibration_key(student: str, quant: str, method: str, batch_size: int, grad_accum: int) -> str:
+    from .calibration import device
+
+    return f"fit|{student}|{quant}|{method}|{device()}|batch={batch_size}x{grad_accum}"
+
+
+def record_calibration(cfg: "FitConfig", steps: int, train_seconds: float, tokens_per_second: float) -> None:
+    """Store this fit's measured seconds per optimizer step (for ``--dry-run`` estimates); never fails a fit."""
+    from .calibration import record
+
+    if steps > 0 and train_seconds > 0:
+        record(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum),
+               seconds_per_step=round(train_seconds / steps, 3), tokens_per_second=round(tokens_per_second, 1),
+               steps=steps)
+
+
+def plan(cfg: "FitConfig") -> dict[str, Any]:
+    """What ``fit(cfg)`` would do, without loading a model or training (``lorasp fit --dry-run``): training rows
+    per format, optimizer steps, held-out evaluations, output paths and a time estimate from the seconds per step
+    of an earlier fit with the same student, quant, method and batch on this machine (if one was recorded)."""
+    from . import formats as F
+    from . import selection as sel
+    from .formats import items_from_run
+    from .teach import load_run
+
+    quickstart = _is_quickstart(cfg)
+    cfg = resolve_defaults(cfg)
+    weights = F.parse_mixture(cfg.formats)
+    out = Path(cfg.out)
+    notes: list[str] = []
+    if cfg.data:
+        problems, samples = load_run(Path(cfg.data))
+        items = items_from_run(problems, samples)
+        if cfg.limit:
+            keep = set(list(problems)[:cfg.limit])
+            items = [it for it in items if it.problem.id in keep]
+        n_rows, n_problems = len(items), len({it.problem.id for it in items})
+        source = f"teach run {cfg.data}"
+    else:
+        from .evaluate import make_dataset
+
+        params = parse_kv(cfg.dataset_opt, "--dataset-opt")
+        n_problems = sum(1 for _ in make_dataset(cfg.dataset, params, cfg.data_dir).load(cfg.split, limit=cfg.limit))
+        from . import registry
+
+        cap = getattr(registry.resolve("teachers", cfg.teacher), "max_samples", None)  # gold: one per problem
+        n_rows = n_problems * (min(cfg.samples, cap) if isinstance(cap, int) else cfg.samples)
+        source = f"dataset {cfg.dataset} ({cfg.split}), teacher {cfg.teacher}"
+        if cfg.teacher != "gold":
+            notes.append(f"rows: at most {n_rows} (samples x {n_problems} problems); only the teacher's correct "
+                         "samples train, so there may be fewer")
+    counts = F.allocate(n_rows, weights)
+    steps = sel.total_steps(n_rows, cfg.batch_size, cfg.grad_accum, 1, cfg.epochs, cfg.max_steps)
+    every = sel.resolve_eval_every(cfg, quickstart=quickstart, total=steps)
+    sets = {}
+    for name in (sel.SETS if every > 0 else ()):
+        hs = getattr(cfg, name)
+        if hs.enabled:
+            ds = ", ".join(hs.datasets) if len(hs.datasets) <= 3 else f"{len(hs.datasets)} data sets"
+            sets[name] = f"{hs.limit} problems ({ds}; {hs.mode})"
+    evals = (1 + len(set(range(every, steps + 1, every)) | {steps})) if sets else 0
+    ckpt = out.with_name(out.name + ".checkpoints")
+    from .calibration import lookup
+
+    est = None
+    cal = lookup(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum))
+    if cal and isinstance(cal.get("seconds_per_step"), (int, float)):
+        est = {"train_seconds": round(float(cal["seconds_per_step"]) * steps, 1),
+               "seconds_per_step": cal["seconds_per_step"], "measured": cal.get("measured")}
+    return {"source": source, "problems": n_problems, "rows": n_rows,
+            "rows_per_format": {k: v for k, v in counts.items() if v},
+            "steps": steps, "batch": f"{cfg.batch_size} x {cfg.grad_accum} accumulation",
+            "epochs": cfg.epochs if not cfg.max_steps else None,
+            "held_out_evaluations": evals, "eval_every": every, "held_out_sets": sets, "select_by": cfg.select_by,
+            "before_after": cfg.before_after,
+            "out": str(out), "checkpoints": str(ckpt),
+            "teach_run": None if cfg.data else str(out.with_name(out.name + ".teach")),
+            "estimate": est, "notes": notes, "config": cfg}
 
 
 def _finished(out: Path, ckpt_dir: Path) -> bool:
@@ -425,7 +520,9 @@ def _score(model, tokenizer, kind, tasks, cfg: FitConfig) -> dict:
 def _fmt_scores(res: dict) -> str:
     from .stats import fmt_acc
 
-    return ", ".join(f"{k} {fmt_acc(r['correct'], r['n'])}" for k, r in res.items())
+    return ", ".join(f"{k} {fmt_acc(r['correct'], r['n'])}"
+                     + (f", flexible {r['flexible_accuracy']:.1%}" if "flexible_accuracy" in r else "")
+                     for k, r in res.items())
 
 
 def _paired_before_after(before: dict | None, after: dict | None) -> dict | None:

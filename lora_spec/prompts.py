@@ -311,3 +311,77 @@ def stop_sequences(mode: str, chat: bool) -> list[str]:
 
 def uses_chat(tokenizer: Any, chat: bool | None = None) -> bool:
     return _has_chat_template(tokenizer) if chat is None else bool(chat)
+
+
+# --------------------------------------------------------------------------------------------- an artifact's prompting
+
+def main_mode(formats: Any) -> str | None:
+    """The main prompt mode of a training mixture (``lorasp.json`` ``formats``): its highest-weight CoT format
+    (ties: zero-shot first), else its highest-weight format; None when there are no weights."""
+    if not isinstance(formats, dict):
+        return None
+    weights = {}
+    for k, v in formats.items():
+        mode = MODE_OF_FORMAT.get(str(k), str(k))
+        if mode in MODES and isinstance(v, (int, float)) and v > 0:
+            weights[mode] = float(v)
+    if not weights:
+        return None
+    order = ("zs_cot", "icl_cot", "zs_answer", "icl_answer")
+    cot = {m: w for m, w in weights.items() if is_cot(m)}
+    pool = cot or weights
+    return max(pool, key=lambda m: (pool[m], -order.index(m)))
+
+
+def artifact_prompting(manifest: dict | None) -> dict[str, Any]:
+    """How an artifact's student was prompted in training, from its ``lorasp.json``: ``mode`` (the main CoT
+    format, None when unknown), ``chat`` (None when unknown), ``system`` (the chat system message training used;
+    manifests written before it was recorded used :data:`DEFAULT_SYSTEM`), ``n_shots`` and ``dataset``."""
+    m = manifest or {}
+    recorded = m.get("prompting") if isinstance(m.get("prompting"), dict) else {}
+    mode = recorded.get("mode") or main_mode(m.get("formats"))
+    chat = recorded.get("chat", m.get("chat"))
+    system = recorded["system"] if "system" in recorded else DEFAULT_SYSTEM
+    data = m.get("data") if isinstance(m.get("data"), dict) else {}
+    n_shots = recorded.get("n_shots", m.get("n_shots"))
+    return {"mode": mode, "chat": None if chat is None else bool(chat), "system": system,
+            "n_shots": int(n_shots) if isinstance(n_shots, int) and n_shots > 0 else None,
+            "dataset": recorded.get("dataset") or data.get("dataset")}
+
+
+def question_problem(question: str, index: int = 0, *, dataset: str | None = None) -> Problem:
+    """A user's question as a Problem (no gold answer), for :func:`build_prompt`. A trailing CoT trigger the user
+    typed ("... Let's think step by step.") is dropped: the CoT modes add it where training put it."""
+    q = str(question).strip()
+    if q.lower().endswith(TRIGGER.lower()) or q.lower().endswith(TRIGGER.lower() + "."):
+        q = q[:q.lower().rfind(TRIGGER.lower())].rstrip()
+    if q.startswith("Question:"):
+        q = q[len("Question:"):].strip()
+    meta = {"dataset": dataset} if dataset else {}
+    return Problem(id=f"{dataset or 'prompt'}/{index}", question=q, answer="", meta=meta)
+
+
+def question_prompt(question: str, mode: str, tokenizer: Any = None, *, chat: bool | None = None,
+                    system: str | None = _SENTINEL, n_shots: int | None = None, dataset: str | None = None,
+                    data_dir: str | os.PathLike | None = None, index: int = 0) -> str:
+    """The prompt for a free-text question in ``mode``, built by :func:`build_prompt` exactly as training built
+    the prompt of a training question (``lorasp generate``, ``AdapterSet.generate(mode=...)``). In-context modes
+    use the standard exemplars of ``dataset`` (GSM8K's when unknown), ``n_shots`` of them."""
+    p = question_problem(question, index, dataset=dataset)
+    return build_prompt(p, mode, tokenizer, chat=chat, system=system,
+                        n_shots=n_shots if check_mode(mode).startswith("icl_") else None, data_dir=data_dir)
+
+
+def chat_template_with_system(template: str, system: str | None) -> str:
+    """``template`` (a tokenizer's Jinja chat template) with ``system`` as the system message of any conversation
+    that brings none -- the system message training used -- instead of the template's own default (SmolLM2's
+    injects "You are a helpful AI assistant named SmolLM..."). A conversation with its own system message is
+    rendered unchanged. For a merged model, whose users call ``apply_chat_template`` without lorasp."""
+    import json
+
+    if not system or not template:
+        return template
+    guard = ("{%- if messages and messages[0]['role'] != 'system' -%}"
+             "{%- set messages = [{'role': 'system', 'content': " + json.dumps(system) + "}] + messages -%}"
+             "{%- endif -%}")
+    return guard + template

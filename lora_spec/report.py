@@ -330,6 +330,19 @@ def render_markdown(manifest: dict, name: str = "artifact", predictions: list[di
             row = [f"**{x}**" if i < len(row) - 1 and x != "–" else x for i, x in enumerate(row)]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    lines.append("train loss: the mean over the optimizer steps since the previous checkpoint (every step's loss "
+                 "is in the lower panel of the curves).")
+    lines.append("")
+    ba = manifest.get("before_after") or {}
+    if isinstance(ba, dict) and ba.get("before") and ba.get("after"):
+        lines.append("Held-out test problems, scored before training and after (the exported weights):")
+        lines.append("")
+        for task, b in ba["before"].items():
+            a = (ba.get("after") or {}).get(task) or {}
+            if isinstance(b, dict) and a:
+                lines.append(f"- {task}: {pct(b.get('accuracy'))} ({b.get('correct')}/{b.get('n')}) → "
+                             f"{pct(a.get('accuracy'))} ({a.get('correct')}/{a.get('n')}), {b.get('mode')}")
+        lines.append("")
 
     # before -> chosen -> after
     by_step = {c["step"]: c for c in cks}
@@ -490,7 +503,8 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
     gs = fig.add_gridspec(2, 1, height_ratios=(3, 1.2), hspace=0.08)
     ax = fig.add_subplot(gs[0])
     axl = fig.add_subplot(gs[1], sharex=ax)
-    for s in sets:
+    styles = [("-", "o", 7), ("--", "s", 6), (":", "^", 8)]  # a line lying on another (both 0%) stays visible
+    for k, s in enumerate(sets):
         pts = [(c["step"], _num((c.get("scores") or {}).get(s))) for c in cks]
         pts = [(x, 100 * y) for x, y in pts if y is not None]
         if pts:
@@ -500,16 +514,20 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
             if band:
                 ax.fill_between([x for x, _ in band], [100 * iv[0] for _, iv in band], [100 * iv[1] for _, iv in band],
                                 color=_COLORS.get(s), alpha=0.15, lw=0)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=2, color=_COLORS.get(s),
-                    label=SET_TITLES.get(s, s) + (" (95% band)" if band else ""))
+            ls, mk, ms = styles[k % len(styles)]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=mk, ms=ms, ls=ls, lw=2, color=_COLORS.get(s),
+                    mfc="none" if k else _COLORS.get(s), label=SET_TITLES.get(s, s) + (" (95% band)" if band else ""),
+                    zorder=3 + k)
             at = [p for p in pts if p[0] == chosen]
             if at:
                 ax.plot([at[0][0]], [at[0][1]], marker="*", ms=16, color=_COLORS.get(s), mec="black", zorder=5)
     if chosen is not None:
         for a in (ax, axl):
             a.axvline(chosen, color="0.3", ls="--", lw=1.2)
+        right = chosen > (cks[0]["step"] + cks[-1]["step"]) / 2  # label on the inner side: never clipped
         ax.annotate(f"chosen: step {chosen}", xy=(chosen, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(4, -14), textcoords="offset points", fontsize=10, color="0.2")
+                    xytext=(-4 if right else 4, -14), textcoords="offset points", fontsize=10, color="0.2",
+                    ha="right" if right else "left")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
@@ -537,6 +555,9 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
                  color="0.5")
     axl.set_ylabel("train loss")
     axl.set_xlabel("optimizer step")
+    from matplotlib.ticker import MaxNLocator
+
+    axl.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     axl.grid(alpha=0.3)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.94, bottom=0.09)
     path = Path(path)
@@ -596,9 +617,8 @@ def has_scores(manifest: dict) -> bool:
 
 def render_files(manifest: dict, name: str, directory: str | os.PathLike) -> dict[str, Path]:
     """For ``fit``: render both files into ``directory`` (a scratch dir) and return ``{file name: path}`` to be
-    copied into the artifact while it is written atomically; ``{}`` when no checkpoint has held-out scores."""
-    if not has_scores(manifest):
-        return {}
+    copied into the artifact while it is written atomically. Written for every fit, with or without held-out
+    scores (without them: the loss, the selection and the before/after test scores)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     md = d / REPORT_MD

@@ -564,7 +564,8 @@ class HeldOutEvaluator:
 
     The problems are drawn once (seeded), here in ``__init__``. Every call generates with
     ``lora_spec.evaluate.generate`` (length-sorted batches, left padding, KV cache, stop sequences, greedy) and
-    scores with ``answers.extract_answer``/``answers_match`` exactly like ``lorasp eval`` -- but all problems of
+    scores with ``answers.extract_answer``/``answers_match`` exactly like ``lorasp eval`` (strict: the answer must
+    be stated in an answer sentence, so a lucky number in a degenerate output earns nothing) -- but all problems of
     the same prompt mode and budget go through one batched generation, instead of one small batch per dataset.
 
     The scores are flat floats: ``in_dist``, ``ood``, ``generic`` (the set's accuracy), ``<set>/<task>`` per
@@ -707,7 +708,7 @@ class HeldOutEvaluator:
                             progress=self.progress, description=f"held-out eval, step {step}")
             for (name, task_name, p, task), o in zip(rows, outs):
                 sc = scorer_for(task, p)
-                ext = extract_answer(o, sc)
+                ext = extract_answer(o, sc, strict=True)
                 ok = bool(answers_match(ext, p.answer, sc))
                 correct.setdefault((name, task_name), []).append(ok)
                 preds.append({"set": name, "task": task_name, "id": p.id, "gold": p.answer, "output": o,

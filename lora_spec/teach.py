@@ -45,7 +45,8 @@ class TeachConfig(RunConfig):
 
     dataset: str = Field("arith", description="Dataset plugin (lorasp plugins --group datasets).")
     split: str = Field("train", description="Split of the dataset to teach on.")
-    limit: int | None = Field(None, ge=1, description="Only the first N problems of the split.")
+    limit: int | None = Field(None, ge=1, description="Only the first N problems of the split, in file order "
+                                                      "(eval's --limit is a seeded sample instead).")
     dataset_opt: list[str] = Field(default_factory=list, description="Dataset plugin parameter KEY=VALUE.")
     data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
     teacher: str = Field("gold", description="Teacher plugin: openai, hf, file, gold, or a third-party one.")
@@ -69,6 +70,9 @@ class TeachConfig(RunConfig):
     keep: Literal["correct", "all"] = Field("correct", description="Export only correct samples, or all (marked).")
     out: str | None = Field(None, description="Run directory (default: runs/teach/<dataset>-<split>).")
     progress: bool = Field(True, description="Show a progress bar on a terminal.")
+
+    def resolved(self) -> "TeachConfig":
+        return self if self.out else self.model_copy(update={"out": f"runs/teach/{self.dataset}-{self.split}"})
 
 
 # ------------------------------------------------------------------------------------------------- prompts
@@ -210,41 +214,49 @@ def _raise_interrupt(signum, frame):
 
 
 class _Progress:
-    """A rich progress bar with samples/s and running accuracy (quiet when not on a terminal)."""
+    """Samples/s, running accuracy and failures (lora_spec.progress: a bar on a terminal, else a line every
+    LORASP_PROGRESS_EVERY seconds)."""
 
     def __init__(self, total: int, done: int, enabled: bool, label: str):
-        self.enabled = enabled and sys.stderr.isatty()
+        from .progress import Progress
+
         self.t0 = time.time()
         self.new = 0
         self.correct = 0
         self.received = 0
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]} samples/s"), TextColumn("acc {task.fields[acc]}"),
-                                TextColumn("[red]{task.fields[failed]}"), TimeElapsedColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.bar.start()
-            self.task = self.bar.add_task(label, total=total, completed=done, rate="-", acc="-", failed="")
+        self.failed = 0
+        self.p = Progress(label, total, completed=done, enabled=enabled,
+                          columns=("samples/s", "correct", "failed"))
 
     def update(self, stored: int, correct: int, failed: int) -> None:
         self.new += stored
         self.received += stored
         self.correct += correct
-        if self.enabled:
-            el = max(time.time() - self.t0, 1e-6)
-            acc = f"{self.correct / self.received:.1%}" if self.received else "-"
-            self.bar.update(self.task, advance=stored + failed, rate=f"{self.new / el:.2f}", acc=acc,
-                            failed=f"{failed} failed" if failed else "")
+        self.failed += failed
+        el = max(time.time() - self.t0, 1e-6)
+        acc = f"{self.correct / self.received:.1%}" if self.received else "-"
+        self.p.update(advance=stored + failed, correct=acc, failed=str(self.failed),
+                      **{"samples/s": f"{self.new / el:.2f}"})
 
     def close(self) -> None:
-        if self.enabled:
-            self.bar.stop()
+        self.p.close()
 
 
 # ------------------------------------------------------------------------------------------------- teach
+
+
+def plan(cfg: TeachConfig) -> dict[str, Any]:
+    """What ``teach(cfg)`` would do, without asking the teacher anything (``lorasp teach --dry-run``)."""
+    cfg = cfg.resolved()
+    spec = resolve_prompt(cfg.prompt, cfg.data_dir)
+    factory = registry.resolve("teachers", cfg.teacher)  # an unknown teacher fails here
+    cap = getattr(factory, "max_samples", None)  # a class attribute (gold: one reference per problem)
+    samples = min(cfg.samples, cap) if isinstance(cap, int) else cfg.samples
+    n = sum(1 for _ in _make_dataset(cfg).load(cfg.split, limit=cfg.limit))
+    out = Path(cfg.out)
+    return {"dataset": cfg.dataset, "split": cfg.split, "problems": n, "limit": cfg.limit, "teacher": cfg.teacher,
+            "model": cfg.model, "prompt": spec.name, "samples": samples, "requested": n * samples,
+            "out": str(out), "resumes": (out / "store.sqlite").exists()}
 
 
 def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:

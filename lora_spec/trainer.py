@@ -459,30 +459,18 @@ def _signature(args: TrainArgs, n_examples: int, data_fp: str, world: int) -> di
 # --------------------------------------------------------------------------------------------- progress
 
 class _Progress:
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.enabled = enabled
-        self.bar = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+    """The fit's progress (lora_spec.progress: a bar on a terminal, else a line every LORASP_PROGRESS_EVERY s)."""
 
-        console = Console(stderr=True)
-        self.bar = Progress(TextColumn("[bold]fit"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                            transient=False, disable=not console.is_terminal)
-        self.task = self.bar.add_task("fit", total=total, completed=start, loss="-", tps="-")
-        self.bar.start()
+    def __init__(self, enabled: bool, total: int, start: int):
+        from .progress import Progress
+
+        self.p = Progress("fit", total, completed=start, enabled=enabled, columns=("loss", "tok/s"))
 
     def update(self, step: int, loss: float, tps: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}")
+        self.p.update(step, loss=f"{loss:.4f}", **{"tok/s": f"{tps:,.0f}"})
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        self.p.close()
 
 
 def _trackers(name: str) -> list[str] | None:

@@ -44,8 +44,12 @@ def test_list_json(tree):
 def test_list_and_show_cli(tree, capsys):
     r = run_cli("adapters", "list", str(tree))  # one real subprocess: the console script end to end
     assert r.returncode == 1  # the broken artifact is listed with its error, and the exit code says so
-    assert "math/adapter" in r.stdout and "ood_mean=0.120" in r.stdout and "invalid JSON" in r.stdout
+    assert "math/adapter" in r.stdout and "ood_mean=12.0%" in r.stdout and "invalid JSON" in r.stdout
     code, out, err = main_cli(capsys, "adapters", "show", str(tree / "math" / "adapter"))
+    assert code == 0, err  # one screen: the headline first, then the rest in one line each
+    assert len(out.splitlines()) <= 15 and "selection:        ood_mean -> step 200 (gsm8k_dev=15.0% ood_mean=12.0%" \
+        in out and "vLLM:             loads unchanged" in out and "adapter_model.safetensors" in out, out
+    code, out, err = main_cli(capsys, "adapters", "show", str(tree / "math" / "adapter"), "--full")
     assert code == 0, err
     assert "chosen_step: 200" in out and "vLLM: loads unchanged" in out and "adapter_model.safetensors" in out
     code, out, _ = main_cli(capsys, "adapters", "show", str(tree / "dora"), "--json")
@@ -76,4 +80,4 @@ def test_headline_scores_have_their_n_and_interval():
     assert h["generic/a"]["ci"] == list(wilson(3, 10)) and "gsm8k_alias" not in h  # no recorded size: no interval
     lo, hi = wilson(30, 150)
     txt = _fmt_scores({"in_dist": 0.2, "gsm8k_alias": 0.5}, intervals=h)
-    assert txt == f"in_dist=20.0% [{100 * lo:.1f}, {100 * hi:.1f}] n=150 gsm8k_alias=0.500"
+    assert txt == f"in_dist=20.0% [{100 * lo:.1f}, {100 * hi:.1f}] n=150 gsm8k_alias=50.0%"

@@ -119,8 +119,11 @@ def _run(*args, **kw):
 def test_cli_errors_are_one_line(tmp_path):
     r = _run("--suite", "mth", "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and r.stderr.strip() == ("error: unknown eval 'mth'; did you mean 'math' or 'arith'?")
-    r = _run("--suite", "math")
-    assert r.returncode == 2 and r.stderr.strip().startswith("error: --out: an output directory is required")
+    r = _run("--suite", "math", "--limit", "3", "--dry-run", cwd=tmp_path)  # no --out: runs/eval/<model name>
+    assert r.returncode == 0 and "writes runs/eval/smollm2-135m/results.json" in r.stdout, r.stderr
+    assert not (tmp_path / "runs").exists()
+    r = _run("--suite", "math", "--adapter", str(tmp_path / "nope"))
+    assert r.returncode == 2 and r.stderr.strip() == f"error: --adapter: {tmp_path / 'nope'} is not a directory"
     r = _run("--suite", "bbh", "--task", "bbh/navigat", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "error: --task: 'bbh/navigat' is not a task of suite(s) bbh" in r.stderr
     empty = tmp_path / "empty"

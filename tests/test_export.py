@@ -187,7 +187,7 @@ def test_auto_peft_loads_by_hub_id_offline(smollm2_path, tmp_path):
 
 def _fit_like_manifest(base: dict) -> dict:
     return {"kind": "adapter", "base": base, "quant": "none", "method": "lora", "chat": True,
-            "system": "Be brief.", "formats": {"zero_shot_cot": 8, "zero_shot_answer": 1},
+            "prompting": {"mode": "zs_cot", "chat": True, "system": "Be brief.", "n_shots": 2}, "formats": {"zero_shot_cot": 8, "zero_shot_answer": 1},
             "data": {"kind": "dataset", "dataset": "gsm8k", "split": "train", "teacher": "gold", "n_examples": 64},
             "selection": {"rule": "in_dist", "chosen_step": 20,
                           "sets": {"in_dist": {"datasets": ["gsm8k:dev"], "limit": 16, "mode": "zs_cot", "seed": 0,

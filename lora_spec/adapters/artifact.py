@@ -37,6 +37,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        readable_modes(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.rename(final, old)
@@ -47,6 +48,20 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def readable_modes(directory: str | os.PathLike) -> None:
+    """Give every file and folder under ``directory`` the modes the user's umask gives a new file (0644 / 0755
+    under the usual 022): some writers (safetensors) create their files 0600, which other users and services
+    (an inference server) then cannot read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    d = Path(directory)
+    os.chmod(d, 0o777 & ~mask)
+    for p in d.rglob("*"):
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def versions() -> dict[str, str]:

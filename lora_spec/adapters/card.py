@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..prompts import DEFAULT_SYSTEM, TRIGGER
+from ..prompts import TRIGGER
 
 TAGS = ["lorasp", "model-specialization", "chain-of-thought", "math-reasoning"]
 SET_NAMES = {"in_dist": "in-distribution", "ood": "out-of-distribution", "generic": "generic (BBH)"}
@@ -40,11 +40,10 @@ def base_license(manifest: dict[str, Any]) -> str | None:
 
 def training_system(manifest: dict[str, Any]) -> str | None:
     """The chat system message the artifact was trained with (None: plain-text prompts, or no system message)."""
-    if not manifest.get("chat"):
-        return None
-    if "system" in manifest:
-        return manifest["system"]
-    return DEFAULT_SYSTEM  # every fit before the field was recorded used lorasp's default system message
+    from ..prompts import artifact_prompting  # the one home of "how training prompted" (lorasp.json "prompting")
+
+    p = artifact_prompting(manifest)
+    return p["system"] if p["chat"] else None
 
 
 def _dataset_hub_ids(manifest: dict[str, Any]) -> list[str]:

@@ -70,7 +70,7 @@ NOT_SCORES = {"eval_seconds"}
 
 
 def _fmt_scores(scores: dict[str, Any], limit: int = 4, intervals: dict[str, dict] | None = None) -> str:
-    """``ood=12.0% [8.1, 17.3] n=150`` where the n is known (``headline``), else ``key=0.120``."""
+    """``ood=12.0% [8.1, 17.3] n=150`` where the n is known (``headline``), else ``key=12.0%``."""
     parts = []
     # headline first: aggregates (in_dist, ood, generic) before per-task keys (ood/svamp, ...)
     scores = dict(sorted(((k, v) for k, v in scores.items() if k not in NOT_SCORES), key=lambda kv: "/" in kv[0]))
@@ -81,7 +81,7 @@ def _fmt_scores(scores: dict[str, Any], limit: int = 4, intervals: dict[str, dic
         if iv and isinstance(v, (int, float)):
             parts.append(f"{k}={100 * v:.1f}% [{100 * iv['ci'][0]:.1f}, {100 * iv['ci'][1]:.1f}] n={iv['n']}")
             continue
-        parts.append(f"{k}={v:.3f}" if isinstance(v, (int, float)) else f"{k}={v}")
+        parts.append(f"{k}={100 * v:.1f}%" if isinstance(v, (int, float)) else f"{k}={v}")
     if len(scores) > limit:
         parts.append(f"+{len(scores) - limit}")
     return " ".join(parts)
@@ -95,6 +95,30 @@ def _data(data: dict[str, Any], parents: list[dict[str, Any]]) -> str | None:
     if not what and parents:
         what = "+".join(str(p.get("path", "?")).rstrip("/").rsplit("/", 1)[-1] for p in parents)
     return str(what) if what else None
+
+
+def before_after_line(m: dict[str, Any]) -> str | None:
+    """Before -> after in one line: the fit's held-out test scores when it measured them (the quickstart), else
+    the selection score of the base model (step 0) and of the chosen checkpoint."""
+    ba = m.get("before_after") or {}
+    if isinstance(ba, dict) and isinstance(ba.get("before"), dict) and isinstance(ba.get("after"), dict):
+        parts = []
+        for task, b in ba["before"].items():
+            a = ba["after"].get(task)
+            if isinstance(b, dict) and isinstance(a, dict) and "accuracy" in b and "accuracy" in a:
+                parts.append(f"{task} {100 * b['accuracy']:.1f}% -> {100 * a['accuracy']:.1f}%")
+        if parts:
+            return "; ".join(parts)
+    step, scores = _chosen(m)
+    rule = str((m.get("selection") or {}).get("rule") or "")
+    before = next((cp.get("scores") or {} for cp in m.get("checkpoints") or []
+                   if isinstance(cp, dict) and cp.get("step") == 0), {})
+    key = rule if rule in scores else next((k for k in ("in_dist", "ood", "generic") if k in scores), None)
+    if key and isinstance(scores.get(key), (int, float)):
+        b = before.get(key)
+        return (f"{key} {100 * b:.1f}% -> " if isinstance(b, (int, float)) else f"{key} ") + \
+            f"{100 * scores[key]:.1f}% (step {step})"
+    return None
 
 
 def summarize(directory: str | os.PathLike, root: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -122,7 +146,7 @@ def summarize(directory: str | os.PathLike, root: str | os.PathLike | None = Non
             "data": _data(data, m.get("parents") or []),
             "n_examples": data.get("n_examples"), "chosen_step": step,
             "scores": {k: v for k, v in scores.items() if k not in NOT_SCORES},
-            "intervals": headline(m),
+            "intervals": headline(m), "before_after": before_after_line(m),
             "created": m.get("created")}
 
 
@@ -143,3 +167,51 @@ def show(directory: str | os.PathLike) -> dict[str, Any]:
         out["vllm_problems"] = vllm_problems(cfg)
     out["files"] = {f.name: f.stat().st_size for f in sorted(d.iterdir()) if f.is_file()}
     return out
+
+
+def summary_lines(info: dict[str, Any]) -> list[str]:
+    """``lorasp adapters show``: one screen with the headline first (``--full`` prints the whole manifest)."""
+    m = info["manifest"]
+    row = summarize(Path(info["path"]))
+    base = m.get("base") or {}
+    lines = [f"{info['path']}: {m.get('kind', 'adapter')} on {base.get('name')} "
+             f"[{(base.get('fingerprint') or {}).get('id')}], quant {m.get('quant', 'none')}, {row.get('method')}"]
+    if row.get("before_after"):
+        lines.append(f"  before -> after:  {row['before_after']}")
+    data = m.get("data") or {}
+    if row.get("data"):
+        lines.append(f"  data:             {row['data']}" + (f", {data['n_examples']} training rows"
+                                                             if data.get("n_examples") else ""))
+    pr = m.get("prompting") or {}
+    fm = m.get("formats") or {}
+    if fm:
+        mix = ", ".join(f"{k}={v:g}" for k, v in fm.items() if isinstance(v, (int, float)) and v > 0)
+        from ..prompts import artifact_prompting
+
+        ap = artifact_prompting(m)
+        lines.append(f"  formats:          {mix}; main mode {ap['mode']}"
+                     + (", chat template" if ap["chat"] else "") + (f", loss {m['loss']}" if m.get("loss") else ""))
+    tr = m.get("train") or {}
+    if tr:
+        fl = tr.get("final_loss")
+        lines.append(f"  training:         {tr.get('steps')} steps, lr {tr.get('lr')}, batch {tr.get('batch_size')}"
+                     + (f", final loss {fl:.4f}" if isinstance(fl, (int, float)) else "")
+                     + (f", {tr['train_seconds']:.0f} s" if isinstance(tr.get("train_seconds"), (int, float)) else ""))
+    sel = m.get("selection") or {}
+    if sel:
+        sc = _fmt_scores({k: v for k, v in (row.get("scores") or {}).items() if "/" not in k},
+                         intervals=row.get("intervals"))
+        lines.append(f"  selection:        {sel.get('rule')} -> step {sel.get('chosen_step')}"
+                     + (f" ({sc})" if sc else ""))
+    if m.get("parents"):
+        lines.append("  parents:          " + ", ".join(f"{p.get('path')} x {p.get('weight', 1)}"
+                                                       for p in m["parents"]))
+    if "adapter_config" in info:
+        probs = info["vllm_problems"]
+        lines.append("  vLLM:             " + ("loads unchanged" if not probs else "PROBLEMS: " + "; ".join(probs)))
+    files = info.get("files") or {}
+    total = sum(files.values())
+    lines.append(f"  files:            {len(files)} ({total / 1e6:.1f} MB): " + ", ".join(files))
+    if m.get("created"):
+        lines.append(f"  created:          {m['created']}")
+    return lines

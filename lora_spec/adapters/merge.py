@@ -105,6 +105,23 @@ def dequantized_weights(quant_model) -> dict[str, Any]:
     return out
 
 
+def _save_tokenizer(tok, directory, manifest: dict[str, Any] | None) -> None:
+    """Save the tokenizer; for an adapter trained with the chat template, that template with training's system
+    message as the default one, so the merged model, prompted through ``apply_chat_template`` by anyone, sees the
+    system message it was trained under rather than the base template's own default."""
+    from ..prompts import artifact_prompting, chat_template_with_system
+
+    pr = artifact_prompting(manifest)
+    original = getattr(tok, "chat_template", None)
+    if pr["chat"] and isinstance(original, str) and pr["system"]:
+        tok.chat_template = chat_template_with_system(original, pr["system"])
+    try:
+        tok.save_pretrained(str(directory))
+    finally:
+        if pr["chat"] and isinstance(original, str):
+            tok.chat_template = original
+
+
 def _logits_over(model, tokenizer, kind: str, prompt: str, continuation_ids: list[int]):
     """Logits (fp32) of ``model`` over prompt + continuation (teacher-forced), one row."""
     import torch
@@ -272,7 +289,7 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
         if mode != "quantized":
             merged.config.dtype = tdtype
         merged.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+        _save_tokenizer(tok, tmp, manifest)
         del merged, peft_model
         reload_kw: dict[str, Any] = {"dtype": tdtype}
         if mode == "quantized":
@@ -301,7 +318,8 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
              "parents": [{"path": str(Path(adapter).resolve()), "digest": adapter_digest(adapter), "weight": 1.0,
                           "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha")}],
              "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        for k in ("formats", "loss", "data", "selection", "checkpoints", "chat", "system", "before_after"):
+        for k in ("formats", "loss", "data", "selection", "checkpoints", "chat", "before_after", "prompting",
+                  "n_shots"):
             if manifest and k in manifest:
                 m[k] = manifest[k]
         write_manifest(tmp, m)

@@ -332,6 +332,17 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], *, kind: str = "ca
 # --------------------------------------------------------------------------------------------- AdapterSet
 
 @dataclasses.dataclass
+class Prepared:
+    """One row of :meth:`AdapterSet.prepare`: the exact model input, its adapter, mode, chat flag, stop strings."""
+
+    text: str
+    adapter: str
+    mode: str
+    chat: bool
+    stop: list[str]
+
+
+@dataclasses.dataclass
 class _Entry:
     name: str
     path: str
@@ -377,6 +388,12 @@ class AdapterSet:
             self._precheck(str(base), items)  # fail on a base mismatch before loading any weights
             self.student = load_student(str(base), quant or "none", dtype=dtype, device=device)
         self.model = self.student.model  # becomes a PeftModel with the first adapter
+        # a lorasp full fine-tune or merged model as the base: its lorasp.json says how it was trained to be prompted
+        bm = Path(str(self.student.path)) / MANIFEST
+        try:
+            self.base_manifest = read_manifest(bm.parent) if bm.is_file() else None
+        except DataError:
+            self.base_manifest = None
         self.active: str = BASE
         for name, path in items:
             self.add(name, path)
@@ -529,15 +546,87 @@ class AdapterSet:
     def _mixable(self, rows: Sequence[str]) -> bool:
         return not any(self.entries[r].config.get("use_dora") for r in set(rows) if r != BASE)
 
-    def generate(self, prompts: Sequence[str], *, adapters: str | Sequence[str] | None = None,
-                 max_new_tokens: int = 64, batch_size: int = 8, stop: Sequence[str] | None = None,
-                 chat: bool = False, return_ids: bool = False) -> list:
-        """Greedy completions. ``adapters``: one name for all rows (default: the active one) or one per row
-        (``"base"`` for no adapter) -- a mixed-adapter batch."""
+    def prompting(self, name: str | None = None) -> dict[str, Any]:
+        """How adapter ``name`` was prompted in training (:func:`lora_spec.prompts.artifact_prompting` of its
+        ``lorasp.json``); the base (``None``/``"base"``) gets the first adapter's that has one, so base and adapter
+        rows of one batch see the same prompt."""
+        from ..prompts import artifact_prompting
+
+        if name in (None, BASE):
+            m = next((e.manifest for e in self.entries.values() if e.manifest), self.base_manifest)
+        else:
+            self._require(name)
+            m = self.entries[name].manifest
+        return artifact_prompting(m)
+
+    def prepare(self, prompts: Sequence[str], *, adapters: str | Sequence[str] | None = None,
+                mode: str | None = "auto", chat: bool | None = None, system: Any = "auto",
+                data_dir: str | os.PathLike | None = None) -> list[Prepared]:
+        """The exact text each row's model sees, with its mode and stop strings.
+
+        ``mode``: ``"auto"`` (default) = the row adapter's main training format (``lorasp.json``; ``raw`` for an
+        adapter without one), one of the four prompt modes, or ``"raw"``/None (the prompt as given). A mode
+        builds the prompt with :func:`lora_spec.prompts.question_prompt`, the function training built its rows
+        with (chat template, system message, pre-filled CoT trigger, exemplars), so the adapter continues exactly
+        the text it was trained to continue. ``chat``/``system``: default what training used (``raw``: the chat
+        template only when the adapter was trained with it)."""
+        from ..prompts import check_mode, question_prompt, stop_sequences
+
         prompts = list(prompts)
         rows = self._rows(prompts, adapters)
-        kw = dict(kind=self.student.kind, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
-                  chat=chat, return_ids=return_ids)
+        if mode not in (None, "auto", "raw"):
+            mode = check_mode(mode)
+        out: list[Prepared] = []
+        for i, (p, name) in enumerate(zip(prompts, rows)):
+            pr = self.prompting(name)
+            m = (pr["mode"] or "raw") if mode == "auto" else (mode or "raw")
+            c = pr["chat"] if chat is None else chat
+            sys_msg = pr["system"] if system == "auto" else system
+            if self.student.kind == "seq2seq":
+                c = False
+            if m == "raw":
+                c = bool(c)
+                text = p
+                if c:
+                    if not getattr(self.tokenizer, "chat_template", None):
+                        raise ConfigError("--chat: this tokenizer has no chat template")
+                    msgs = ([{"role": "system", "content": sys_msg}] if sys_msg else []) + \
+                        [{"role": "user", "content": p}]
+                    text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+                out.append(Prepared(text, name, "raw", c, []))
+                continue
+            text = question_prompt(p, m, self.tokenizer, chat=c, index=i, n_shots=pr["n_shots"],
+                                   dataset=pr["dataset"], data_dir=data_dir, system=sys_msg)
+            used_chat = bool(getattr(self.tokenizer, "chat_template", None)) if c is None else bool(c)
+            out.append(Prepared(text, name, m, used_chat, stop_sequences(m, used_chat)))
+        return out
+
+    def generate(self, prompts: Sequence[str], *, adapters: str | Sequence[str] | None = None,
+                 max_new_tokens: int = 64, batch_size: int = 8, stop: Sequence[str] | None = None,
+                 chat: bool | None = None, return_ids: bool = False, mode: str | None = "auto",
+                 system: Any = "auto", data_dir: str | os.PathLike | None = None) -> list:
+        """Greedy completions. ``adapters``: one name for all rows (default: the active one) or one per row
+        (``"base"`` for no adapter) -- a mixed-adapter batch. ``mode``/``chat``/``system``: how each prompt is
+        turned into the model's input (see :meth:`prepare`; default: as the row's adapter was trained).
+        ``stop``: cut completions there (default: the mode's stop strings, none for ``raw``)."""
+        prompts = list(prompts)
+        rows = self._rows(prompts, adapters)
+        prepared = self.prepare(prompts, adapters=rows, mode=mode, chat=chat, system=system, data_dir=data_dir)
+        texts = [p.text for p in prepared]
+        outs = self._generate(texts, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              return_ids=return_ids)
+        if return_ids:
+            return outs
+        res = []
+        for o, p in zip(outs, prepared):
+            cut = _cut(o, stop if stop else p.stop)
+            res.append(cut.strip() if p.mode != "raw" else cut)
+        return res
+
+    def _generate(self, prompts: list[str], rows: list[str], *, max_new_tokens: int, batch_size: int,
+                  return_ids: bool) -> list:
+        kw = dict(kind=self.student.kind, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=None,
+                  chat=False, return_ids=return_ids)
         if not self.entries:
             return greedy_generate(self.model, self.tokenizer, prompts, **kw)
         if len(set(rows)) == 1:
