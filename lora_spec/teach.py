@@ -255,8 +255,22 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
             cfg = TeachConfig(**data)
         except ValidationError as exc:  # -> one line naming the field
             raise ConfigError("teach " + _describe_error(exc.errors()[0], {})) from None
-    t0 = time.time()
+    from .outputs import RunLock, check_output
+
     out = Path(cfg.out or f"runs/teach/{cfg.dataset}-{cfg.split}")
+    # an existing teach run is resumed; anything else that is there is never written into
+    check_output(out, "teach", inputs=[(f"--teacher-opt {kv.split('=', 1)[0]}", f) for kv in cfg.teacher_opt
+                                       if "=" in kv for f in kv.split("=", 1)[1].split(",")]
+                 + [("--prompt", cfg.prompt[5:] if cfg.prompt.startswith("file:") else None),
+                    ("--data-dir", cfg.data_dir)])
+    import contextlib
+
+    with contextlib.ExitStack() as stack:  # holds the run lock, taken once the cheap checks passed
+        return _teach(cfg, out, stack, RunLock)
+
+
+def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
+    t0 = time.time()
     spec = resolve_prompt(cfg.prompt, cfg.data_dir)
     stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)
     dataset = _make_dataset(cfg)
@@ -281,7 +295,8 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
             cfg.teacher == "openai" else text
         prompts[p.id] = (prompt, prompt_id(prompt))
 
-    out.mkdir(parents=True, exist_ok=True)
+    # a second process on the same run would pay for every sample again: one process per run directory
+    stack.enter_context(lock_cls(out, "teach run"))
     write_jsonl(out / "problems.jsonl", (Problem(p.id, p.question, p.answer, p.rationale,
                                                  {**p.meta, "prompt_id": prompts[p.id][1]}) for p in problems))
     store = SampleStore(out / "store.sqlite")

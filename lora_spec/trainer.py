@@ -601,8 +601,16 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
     eval_seconds = 0.0
     tokens_total = 0
     resumed_from = None
+    if main:
+        from .ckpt_files import remove_stale_tmp
+
+        remove_stale_tmp(ckpt_root, warn=lambda m: _say(f"warning: {m}"))
     if resume:
-        found = checkpoint_dirs(ckpt_root)
+        from .ckpt_files import usable
+
+        found = usable(checkpoint_dirs(ckpt_root), warn=lambda m: _say(f"warning: {m}") if main else None)
+        if not found and main:
+            _say(f"--resume: no complete checkpoint in {ckpt_root}; starting from step 0")
         if found:
             step0, d = found[-1]
             state = load_state(d)
@@ -650,6 +658,9 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
                             "total_steps": total}, tmp)
                 (tmp / "checkpoint.json").write_text(json.dumps(
                     {k: v for k, v in rec.items() if k != "path"}, indent=1))
+                from .ckpt_files import seal
+
+                seal(tmp)  # sizes + checksums of every file: --resume skips a checkpoint that does not match
         accelerator.wait_for_everyone()
         return rec
 

@@ -43,8 +43,14 @@ def parse_weights(text: str | Sequence[float] | None, n: int) -> list[float]:
 
 def combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, weights=None, how: str = "cat",
             svd_rank: int | None = None, model: str | None = None, quant: str | None = None,
-            ignore_fingerprint: bool = False) -> dict[str, Any]:
+            ignore_fingerprint: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Combine ``adapters`` with ``weights`` into one adapter at ``out``; returns its manifest."""
+    from ..outputs import check_output
+
+    # before anything is loaded: never into a file, a foreign directory, a parent or a folder holding one
+    check_output(out, "combine", overwrite=overwrite, inputs=[("ADAPTER", a) for a in adapters]
+                 + [("--model", model)])
+
     from peft import PeftModel
 
     from ..student import load_student
