@@ -284,8 +284,12 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
     teacher = _make_teacher(cfg, stop)
     n_samples = cfg.samples
     cap = getattr(teacher, "max_samples", None)
-    if isinstance(cap, int) and cap < n_samples:
+    if isinstance(cap, int) and 0 < cap < n_samples:
         n_samples = cap
+        src = getattr(teacher, "source", cfg.teacher)
+        print(f"note: --samples {cfg.samples}: teacher {cfg.teacher!r} ({src}) holds at most {cap} output"
+              f"{'s' if cap > 1 else ''} per problem; asking for {cap}", file=sys.stderr, flush=True)
+    final_missing = bool(getattr(teacher, "missing_is_final", False))
     fp = teacher.fingerprint()
 
     prompts: dict[str, tuple[str | list[dict[str, str]], str]] = {}
@@ -315,6 +319,7 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
     progress = _Progress(total, already, cfg.progress, f"teach {cfg.teacher}")
     stop_event = threading.Event()
     stored_now = failed_now = 0
+    unavailable: dict[tuple[str, str, int], str] = {}  # key -> why (a teacher whose missing outputs are final)
     status = "complete"
     fatal: BaseException | None = None
     sent_before = getattr(teacher, "requests_sent", 0)
@@ -324,6 +329,9 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
         ok = bad = good = 0
         for s in samples:
             s.teacher = fp
+            if s.error and final_missing:
+                unavailable[(s.prompt_id, s.problem_id, s.sample_index)] = s.error
+                continue
             if s.error:
                 store.put_failure(s, run)
                 bad += 1
@@ -370,8 +378,13 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
     this_run = {"requests_sent": None if sent is None else sent - sent_before, "samples_stored": stored_now,
                 "failed": failed_now, "resumed_from_store": already, "wall_time_s": round(time.time() - t0, 3)}
     manifest = _finish(out, cfg, store, run, fp, teacher, spec, stop, problems, prompts, n_samples, this_run,
-                       status)
+                       status, unavailable)
     store.close()
+    c = manifest["counts"]
+    if status == "complete" and c["unavailable"] and not c["received"]:
+        raise DataError(f"{getattr(teacher, 'source', cfg.teacher)}: no teacher output for any of the {c['problems']} "
+                        f"problems of {cfg.dataset} {cfg.split} (e.g. {next(iter(unavailable.values()))}); check "
+                        f"the dataset/split and the field mapping (--teacher-opt question_field=, id_field=)")
     if status == "failed" and fatal is not None:
         raise fatal
     if status == "interrupted":
@@ -382,11 +395,12 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
 
 def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, teacher: Any, spec: PromptSpec,
             stop: list[str], problems: list[Problem], prompts: dict, n_samples: int, this_run: dict,
-            status: str) -> dict:
+            status: str, unavailable: dict | None = None) -> dict:
     keys = {(prompts[p.id][1], p.id, i) for p in problems for i in range(n_samples)}
     samples = [s for s in store.samples(fp) if (s.prompt_id, s.problem_id, s.sample_index) in keys]
     got = {(s.prompt_id, s.problem_id, s.sample_index) for s in samples}
-    failed_keys = (store.failed_keys(fp, run) & keys) - got
+    gone = (set(unavailable or {}) & keys) - got  # not in the teacher's source: never asked again, not failed
+    failed_keys = (store.failed_keys(fp, run) & keys) - got - gone
     per_problem: dict[str, list[Sample]] = {}
     for s in samples:
         per_problem.setdefault(s.problem_id, []).append(s)
@@ -407,7 +421,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
     correct = sum(1 for s in samples if s.correct)
     export = samples if cfg.keep == "all" else [s for s in samples if s.correct]
     write_jsonl(out / "samples.jsonl", export)
-    if status == "complete" and len(samples) < len(keys):
+    if status == "complete" and len(samples) + len(gone) < len(keys):
         status = "incomplete"
     store.end_run(run, requests=this_run["requests_sent"] or 0, stored=this_run["samples_stored"],
                   failed=this_run["failed"], status=status)
@@ -431,6 +445,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
                        "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "top_logprobs": cfg.top_logprobs,
                        "seed": cfg.seed, "keep": cfg.keep},
         "counts": {"problems": n, "requested": len(keys), "received": len(samples), "failed": len(failed_keys),
+                   "unavailable": len(gone),
                    "correct": correct, "exported": len(export),
                    "problems_with_correct_sample": any_ok},
         "accuracy": {"first_sample": round(first_ok / n, 4) if n else None,
@@ -444,6 +459,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
         "wall_time_total_s": round(total_wall, 3),
         "runs": len(runs),
         "failure_examples": errors,
+        "unavailable_example": next((unavailable[k] for k in sorted(gone)), None),
         "files": {"store": "store.sqlite", "problems": "problems.jsonl", "samples": "samples.jsonl"},
     }
     tmp = out / f".manifest.json.tmp-{os.getpid()}"

@@ -114,7 +114,7 @@ def json_array_with_lines(path: Path) -> list[tuple[int, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
     if isinstance(data, dict) and "examples" in data:
         data = data["examples"]
     if not isinstance(data, list):
