@@ -134,7 +134,9 @@ def _read_prompts(path: str) -> tuple[list[str], list[str | None]]:
     if not p.exists():
         raise DataError(f"{p}: prompts file not found")
     prompts, names = [], []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    from .records import read_text
+
+    for i, line in enumerate(read_text(p, "prompts, one per line or JSONL").splitlines(), 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
@@ -223,8 +225,11 @@ class CombineConfig(RunConfig):
 @config_options(CombineConfig)
 def combine_cmd(adapters, cfg: CombineConfig):
     """Weighted combination of ADAPTERS (same base) through peft; the manifest records the parents."""
+    from .adapters.combine import combine, parse_weights
+
+    if len(adapters) >= 2:
+        parse_weights(cfg.weights, len(adapters))  # a bad --weights is reported before anything is imported
     _quiet_transformers()
-    from .adapters.combine import combine
 
     m = combine(list(adapters), cfg.out, weights=cfg.weights, how=cfg.how, svd_rank=cfg.svd_rank,
                 model=cfg.model, ignore_fingerprint=cfg.ignore_fingerprint, overwrite=cfg.overwrite)

@@ -34,7 +34,7 @@ from pydantic import Field, ValidationError
 from . import __version__, registry
 from .config import RunConfig, _describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError, one_line
-from .records import Problem, Sample, TeacherRequest, read_jsonl, write_jsonl
+from .records import Problem, Sample, TeacherRequest, read_jsonl, read_text, write_jsonl
 from .store import SampleStore, request_usage
 
 # ------------------------------------------------------------------------------------------------- config
@@ -109,7 +109,7 @@ def resolve_prompt(name: str, data_dir: str | os.PathLike | None = None) -> Prom
         p = Path(name[5:]).expanduser()
         if not p.exists():
             raise ConfigError(f"--prompt: prompt file {p} not found")
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p, "a prompt file")
         if "{question}" in text:
             return PromptSpec(name, "", text, _FEWSHOT_STOP, "cot")
         return PromptSpec(name, text.rstrip("\n") + "\n\n", "Question: {question}\nLet's think step by step\n",
@@ -128,7 +128,7 @@ def resolve_prompt(name: str, data_dir: str | os.PathLike | None = None) -> Prom
         if p is None or not p.exists():
             raise DataError(f"--prompt {name}: needs gsm8k_prompts/{fname} under the data directory "
                             f"({root or 'unset'}); set --data-dir or LORASP_DATA_DIR")
-        prefix = p.read_text(encoding="utf-8").rstrip("\n") + "\n\n"
+        prefix = read_text(p, "exemplars").rstrip("\n") + "\n\n"
     return PromptSpec(name, prefix, query, stop, mode)
 
 

@@ -51,15 +51,15 @@ def combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, we
     check_output(out, "combine", overwrite=overwrite, inputs=[("ADAPTER", a) for a in adapters]
                  + [("--model", model)])
 
-    from peft import PeftModel
-
-    from ..student import load_student
-
     if len(adapters) < 2:
         raise ConfigError("combine needs at least two adapters")
     if how not in HOWS:
         raise ConfigError(f"--how: {how!r} is not one of {', '.join(HOWS)}")
     ws = parse_weights(weights, len(adapters))
+    from peft import PeftModel
+
+    from ..student import load_student
+
     manifests = [read_adapter(a) for a in adapters]
     configs = [read_adapter_config(a) for a in adapters]
     for a, m in zip(adapters, manifests):
