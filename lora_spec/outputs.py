@@ -81,11 +81,10 @@ def output_kind(path: str | os.PathLike) -> str | None:
         return "eval"
     if re.fullmatch(r"step-\d+", p.name):  # a checkpoint of lora_spec.trainer (complete or not)
         return "checkpoint"
-    if any(n.startswith("step-") for n in names) and all(
-            n.startswith(("step-", ".step-", "logs", "train_log", ".lorasp")) for n in names):
-        return "checkpoints"
     if names <= {LOCK_FILE}:
         return "empty"
+    if all(n.startswith(("step-", ".step-", "logs", "train_log", ".lorasp")) for n in names):
+        return "checkpoints"  # fit's <out>.checkpoints (possibly of a run that stopped before its first save)
     return "foreign"
 
 

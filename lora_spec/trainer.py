@@ -295,7 +295,10 @@ def load_trainable(model, path: str | os.PathLike) -> None:
     import torch
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # a truncated or corrupted file (SafetensorError, OSError): name it
+        raise DataError(f"{path}: unreadable checkpoint weights ({type(exc).__name__}: {str(exc)[:200]})") from None
     params = dict(model.named_parameters())
     missing = [n for n in state if n not in params]
     if missing:

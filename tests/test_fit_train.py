@@ -145,7 +145,8 @@ def test_kill9_resume_matches_uninterrupted(teach_run, tmp_path, tiny_llama_path
     wb = load_file(str(out / "adapter_model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     # resuming with different settings is refused with a clear message
-    bad = run_cli(*_fit_args(teach_run, tmp_path / "ref"), "--resume", "--batch-size", "4", env=_env())
+    bad = run_cli(*_fit_args(teach_run, tmp_path / "ref"), "--resume", "--batch-size", "4", "--overwrite",
+                  env=_env())
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --resume: ") and "batch_size=2" in bad.stderr
 

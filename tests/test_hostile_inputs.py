@@ -162,6 +162,8 @@ CASES = [
     ("adapters-show-bad-manifest", "adapters show {w}/badmanifest", 1, ["badmanifest/lorasp.json:1",
                                                                          "invalid JSON"]),
     ("report-foreign", "report {w}/notes", 1, ["notes"]),
+    ("report-out-foreign", "report {w}/ad --out {w}/notes", 2, ["--out", "notes", "not a lorasp artifact"]),
+    ("report-out-file", "report {w}/ad --out {w}/afile", 2, ["--out", "afile", "not a directory"]),
 ]
 
 

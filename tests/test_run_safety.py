@@ -205,7 +205,7 @@ def test_file_teacher_default_samples_one_file_exits_0(tmp_path, capsys):
     f = tmp_path / "one.json"
     f.write_text(json.dumps([{"question": p.question, "output": f"The answer is {p.answer}."} for p in probs[:2]]))
     code, out, err = main_cli(capsys, "teach", "--dataset", "arith", "--limit", "3", "--teacher", "file",
-                              "--teacher-opt", f"path={f}", "--out", str(tmp_path / "run"), "--no-progress")
+                              "--teacher-opt", f"path={f}", "--out", str(tmp_path / "run"))
     assert code == 0, err
     assert "2/3 samples (0 failed" in out
     assert f"note: --samples 4: teacher 'file' ({f}) holds at most 1 output per problem; asking for 1" in err
@@ -222,7 +222,7 @@ def test_unreachable_server_trips_the_circuit_breaker(tmp_path, capsys):
     t0 = time.time()
     code, _, err = main_cli(capsys, "teach", "--dataset", "arith", "--limit", "32", "--samples", "1", "--teacher",
                             "openai", "--model", "m", "--base-url", url, "--concurrency", "1", "--out",
-                            str(tmp_path / "run"), "--no-progress")
+                            str(tmp_path / "run"))
     elapsed = time.time() - t0
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 1 and len(lines) == 1, err
