@@ -287,3 +287,15 @@ def test_library_filters_are_targeted():
         warnings.warn_explicit("a real problem", UserWarning, "x.py", 1, module="transformers.modeling_utils")
     # only transformers'/peft's FutureWarnings are dropped; lorasp's, the user's and other categories still show
     assert sorted(str(w.message) for w in seen) == ["a real problem", "from lora_spec.fit", "from user_code"]
+
+
+def test_eval_no_progress_prints_no_loading_bars_and_keeps_earlier_results(tmp_path):
+    """``eval --no-progress``: no "Loading weights" bar; a second eval into the same --out needs --overwrite."""
+    args = ["eval", "--model", "tiny-llama", "--suite", "arith", "--limit", "1", "--max-new-tokens", "2",
+            "--no-progress", "--out", str(tmp_path / "ev")]
+    r = run_cli(*args, env={"LORASP_DEBUG": ""})
+    assert r.returncode == 0 and "Loading weights" not in r.stderr and "%|" not in r.stderr, r.stderr
+    first = (tmp_path / "ev" / "results.json").read_bytes()
+    again = run_cli(*args, env={"LORASP_DEBUG": ""})
+    assert again.returncode == 2 and again.stderr.strip().endswith("or choose another --out"), again.stderr
+    assert "--overwrite" in again.stderr and (tmp_path / "ev" / "results.json").read_bytes() == first
