@@ -69,6 +69,10 @@ def merge_cmd(adapter, as_json, cfg: MergeConfig):
     After merging, the written model is loaded back and compared with base+adapter (same base weights, same dtype)
     on a few prompts: the max logit difference and whether the greedy outputs are identical are printed.
     """
+    from .outputs import check_output
+
+    # refused before transformers is even imported (merge() checks again for Python callers)
+    check_output(cfg.out, "merge", overwrite=cfg.overwrite, inputs=[("ADAPTER", adapter), ("--model", cfg.model)])
     _quiet_transformers()
     from .adapters.merge import merge
 
@@ -227,6 +231,10 @@ def combine_cmd(adapters, cfg: CombineConfig):
     """Weighted combination of ADAPTERS (same base) through peft; the manifest records the parents."""
     from .adapters.combine import combine, parse_weights
 
+    from .outputs import check_output
+
+    check_output(cfg.out, "combine", overwrite=cfg.overwrite, inputs=[("ADAPTER", a) for a in adapters]
+                 + [("--model", cfg.model)])  # before transformers is even imported (combine() checks again)
     if len(adapters) >= 2:
         parse_weights(cfg.weights, len(adapters))  # a bad --weights is reported before anything is imported
     _quiet_transformers()
