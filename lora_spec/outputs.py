@@ -41,11 +41,12 @@ WRITES = {
     "eval": ("eval",),
     "teach": ("teach",),
     "checkpoints": ("checkpoints",),  # fit's <out>.checkpoints
+    "export": ("export",),
 }
 _DESCRIBE = {"adapter": "a lorasp adapter artifact", "full": "a lorasp full fine-tune artifact",
              "merged": "a lorasp merged model", "combined": "a lorasp combined adapter",
              "eval": "lorasp eval results", "teach": "a lorasp teach run", "checkpoints": "lorasp fit checkpoints",
-             "checkpoint": "a lorasp fit checkpoint"}
+             "checkpoint": "a lorasp fit checkpoint", "export": "a lorasp export"}
 
 
 class OutputError(LoraspError):
@@ -75,6 +76,8 @@ def output_kind(path: str | os.PathLike) -> str | None:
         except (OSError, ValueError, AttributeError):
             return "foreign"
         return kind if kind in ("adapter", "full", "merged", "combined") else "foreign"
+    if "export.json" in names:  # lorasp export (GGUF + Modelfile)
+        return "export"
     if "store.sqlite" in names or {"manifest.json", "problems.jsonl"} <= names:
         return "teach"
     if "results.json" in names and ("predictions" in names or "report.md" in names):

@@ -157,6 +157,9 @@ CASES = [
      ["prompts.bin:1", "not UTF-8"]),
     ("generate-no-prompt", "generate --adapter x={w}/ad", 2, ["--prompt"]),
     ("generate-unknown-use", "generate --adapter x={w}/ad --use y --prompt hi", 2, ["'y'"]),
+    # --- export
+    ("export-out-foreign", "export {w}/ad --out {w}/notes", 2, ["--out", "notes", "not a lorasp output"]),
+    ("export-out-is-artifact", "export {w}/ad --out {w}/ad", 2, ["--out", "input ARTIFACT"]),
     # --- adapters / report
     ("adapters-show-foreign", "adapters show {w}/notes", 1, ["notes", "lorasp"]),
     ("adapters-show-bad-manifest", "adapters show {w}/badmanifest", 1, ["badmanifest/lorasp.json:1",
