@@ -10,7 +10,7 @@ setup:
 	bash scripts/setup.sh
 
 quickstart: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LORASP_DATA_DIR="$(DATA_DIR)" $(VENV)/bin/lorasp fit
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LORASP_DATA_DIR="$(DATA_DIR)" $(VENV)/bin/lorasp fit --overwrite
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout 900 --durations 15

@@ -104,8 +104,33 @@ def cli():
     """
 
 
+def quiet_libraries(argv: list[str]) -> None:
+    """Keep the terminal to lorasp's own lines: silence the library notices users cannot act on, at their source.
+
+    Only named ones: bitsandbytes' CPU-kernel notice ("Failed to load CPU gemm_4bit_forward ... kernels", logged
+    on import when the optional ``kernels`` package is absent), transformers' deprecation FutureWarnings raised
+    from inside transformers/peft (e.g. ``is_gradient_checkpointing``), and, under ``--no-progress``, the
+    Hugging Face progress bars ("Loading weights"). ``LORASP_DEBUG=1`` keeps everything.
+    """
+    import logging
+    import warnings
+
+    if os.environ.get("LORASP_DEBUG"):
+        return
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    for mod in (r"transformers(\..*)?", r"peft(\..*)?"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=mod)
+    if "--no-progress" in argv:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        if "transformers" in sys.modules:  # pragma: no cover - only when lorasp is driven in-process
+            from transformers.utils import logging as tlog
+
+            tlog.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("LORASP_DEBUG"))
+    quiet_libraries(list(sys.argv[1:] if argv is None else argv))
     try:
         rv = cli.main(args=argv, prog_name="lorasp", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -128,6 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # a file lorasp could not read or write: name it, no traceback
+        if debug:
+            raise
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "?"
+        click.echo(f"error: {where}: {exc.strerror or one_line(exc)} ({type(exc).__name__})", err=True)
+        sys.exit(1)
     except Exception as exc:  # never a traceback for users; LORASP_DEBUG=1 shows it
         if debug:
             raise

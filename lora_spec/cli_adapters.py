@@ -55,6 +55,8 @@ class MergeConfig(RunConfig):
     ignore_fingerprint: bool = Field(False, description="Merge even if the base's fingerprint differs from the "
                                                         "adapter's.")
     max_new_tokens: int = Field(16, ge=1, le=512, description="Greedy tokens per parity prompt.")
+    overwrite: bool = Field(False, description="Replace an earlier merged model at --out (only a lorasp merged "
+                                               "model; removed once the new one is complete).")
 
 
 @click.command("merge")
@@ -74,12 +76,16 @@ def merge_cmd(adapter, as_json, cfg: MergeConfig):
 
     next: AutoModelForCausalLM.from_pretrained("OUT") anywhere, or lorasp eval --model OUT
     """
+    from .outputs import check_output
+
+    # refused before transformers is even imported (merge() checks again for Python callers)
+    check_output(cfg.out, "merge", overwrite=cfg.overwrite, inputs=[("ADAPTER", adapter), ("--model", cfg.model)])
     _quiet_transformers()
     from .adapters.merge import merge
 
     rep = merge(adapter, cfg.out, base=cfg.base, dtype=cfg.dtype, safe=cfg.safe,
                 force_quantized=cfg.force_quantized, model=cfg.model, ignore_fingerprint=cfg.ignore_fingerprint,
-                max_new_tokens=cfg.max_new_tokens, log=_say)
+                max_new_tokens=cfg.max_new_tokens, log=_say, overwrite=cfg.overwrite)
     if as_json:
         click.echo(json.dumps(rep.as_dict(), indent=2))
         return 0
@@ -147,7 +153,9 @@ def _read_prompts(path: str) -> tuple[list[str], list[str | None]]:
     if not p.exists():
         raise DataError(f"{p}: prompts file not found")
     prompts, names = [], []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    from .records import read_text
+
+    for i, line in enumerate(read_text(p, "prompts, one per line or JSONL").splitlines(), 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
@@ -234,6 +242,8 @@ class CombineConfig(RunConfig):
     svd_rank: Optional[int] = Field(None, ge=1, description="Rank of an svd combination (default: largest parent).")
     model: Optional[str] = Field(None, description="Base model; default: the first adapter's recorded base.")
     ignore_fingerprint: bool = Field(False, description="Combine even if a parent's base fingerprint differs.")
+    overwrite: bool = Field(False, description="Replace an earlier combined adapter at --out (only a lorasp "
+                                               "combined adapter; removed once the new one is complete).")
 
 
 @click.command("combine")
@@ -248,11 +258,18 @@ def combine_cmd(adapters, cfg: CombineConfig):
 
     next: lorasp eval --adapter OUT
     """
+    from .adapters.combine import combine, parse_weights
+
+    from .outputs import check_output
+
+    check_output(cfg.out, "combine", overwrite=cfg.overwrite, inputs=[("ADAPTER", a) for a in adapters]
+                 + [("--model", cfg.model)])  # before transformers is even imported (combine() checks again)
+    if len(adapters) >= 2:
+        parse_weights(cfg.weights, len(adapters))  # a bad --weights is reported before anything is imported
     _quiet_transformers()
-    from .adapters.combine import combine
 
     m = combine(list(adapters), cfg.out, weights=cfg.weights, how=cfg.how, svd_rank=cfg.svd_rank,
-                model=cfg.model, ignore_fingerprint=cfg.ignore_fingerprint)
+                model=cfg.model, ignore_fingerprint=cfg.ignore_fingerprint, overwrite=cfg.overwrite)
     parents = ", ".join(f"{p['path']} x {p['weight']:g}" for p in m["parents"])
     click.echo(f"combined ({cfg.how}, r={m['peft']['r']}) {parents} -> {cfg.out}")
     return 0

@@ -27,8 +27,26 @@ def report(artifact: str, out: str | None, show: bool):
     """
     from .report import write_report
 
+    if out is not None:
+        _check_report_out(out)
     md_path, png_path = write_report(artifact, out=out)
     if show:
         click.echo(md_path.read_text(encoding="utf-8"), nl=False)
     click.echo(f"wrote {md_path} and {png_path}", err=True)
     return 0
+
+
+def _check_report_out(out: str) -> None:
+    """``--out`` may be new, empty, an artifact (its report is re-rendered) or an earlier ``report --out``."""
+    from pathlib import Path
+
+    from .outputs import OutputError, output_kind
+
+    p = Path(out)
+    kind = output_kind(p)
+    if kind == "file":
+        raise OutputError(f"--out {out}: exists and is not a directory; lorasp does not replace it")
+    if kind not in (None, "empty", "adapter", "full", "merged", "combined") and \
+            not {c.name for c in p.iterdir()} <= {"report.md", "curves.png"}:
+        raise OutputError(f"--out {out}: a directory that is not a lorasp artifact or report; lorasp never writes "
+                          f"into it (choose a new or empty directory)")

@@ -50,8 +50,12 @@ def teach_cmd(dry_run, cfg: TeachConfig):
                f"{m['this_run']['resumed_from_store']} already stored), {c['correct']} correct; "
                f"first-sample accuracy {fmt(a['first_sample'])}, majority vote {fmt(a['majority_vote'])}; "
                f"{c['exported']} exported to samples.jsonl; {m['wall_time_s']:.1f}s")
+    if c.get("unavailable"):
+        click.echo(f"note: {c['unavailable']} of {c['requested']} samples are not available from the teacher "
+                   f"(e.g. {m.get('unavailable_example')}); they are skipped, not retried", err=True)
     if m["status"] != "complete":
-        click.echo(f"warning: run is {m['status']}: {c['requested'] - c['received']} samples missing"
+        click.echo(f"warning: run is {m['status']}: {c['requested'] - c['received'] - c.get('unavailable', 0)} "
+                   f"samples missing"
                    + (f" (e.g. {m['failure_examples'][0]})" if m.get("failure_examples") else "")
                    + "; rerun the same command to retry them", err=True)
         return 1

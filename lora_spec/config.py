@@ -84,7 +84,9 @@ def build(cls: Type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
             if recipe is None:
                 raise ConfigError(f"{p}: config file not found (nor a shipped recipe: see lorasp recipes)")
             p = recipe
-        text = p.read_text(encoding="utf-8")
+        from .records import read_text
+
+        text = read_text(p, "a YAML config file")
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -535,6 +535,7 @@ class EvalConfig(RunConfig):
     progress: bool = Field(True, description="show a progress bar on stderr")
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice; 1 is much "
                                                            "faster on an oversubscribed CPU)")
+    overwrite: bool = Field(False, description="write over earlier eval results in --out")
 
     def resolved(self) -> "EvalConfig":
         return resolve_eval_defaults(self)[0]
@@ -599,6 +600,11 @@ def _plan_suites(cfg: EvalConfig) -> dict[str, list[EvalTask]]:
 
     if not cfg.suite:
         raise ConfigError("--suite: at least one eval suite is required (e.g. math, bbh, arith)")
+    from .outputs import check_output
+
+    # before any work: never into a file, a foreign directory or an input, nor over earlier results unasked
+    check_output(cfg.out, "eval", overwrite=cfg.overwrite, inputs=[("--adapter", cfg.adapter),
+                                                                  ("--model", cfg.model)])
     data_dir = cfg.data_dir
     if data_dir is not None and not Path(data_dir).is_dir():
         raise ConfigError(f"--data-dir: {data_dir} is not a directory")

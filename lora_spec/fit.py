@@ -86,6 +86,8 @@ class FitConfig(RunConfig, SelectionOptions):
                                                              "scored before and after (0: off; quickstart: 50).")
     tracker: str = Field("auto", description="accelerate tracker: auto (tensorboard if installed), none, ...")
     progress: bool = Field(True, description="Progress bars on a terminal.")
+    overwrite: bool = Field(False, description="Replace an earlier fit's artifact at --out (only a lorasp "
+                                               "adapter/full artifact; removed once the new one is complete).")
 
     def resolved(self) -> "FitConfig":
         return resolve_defaults(self)
@@ -198,16 +200,57 @@ def _compute_dtype(name: str):
 
 def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log: Callable[[str], None] | None = None,
         **overrides: Any) -> FitResult:
-    """Run (or resume) a fit; returns the artifact directory, its manifest and the trained model."""
-    from . import formats as F
+    """Run (or resume) a fit; returns the artifact directory, its manifest and the trained model.
 
+    Before anything is loaded, ``--out`` (and its ``.checkpoints`` / ``.teach`` siblings) are checked against the
+    output policy (``lora_spec.outputs``), and the checkpoint directory is locked for this process.
+    """
+    import os
+
+    from .outputs import RunLock, check_output
+
+    cfg = _make_cfg(cfg, overrides)
+    res = resolve_defaults(cfg)
+    _cheap_checks(res)  # a bad flag is reported before any file is written or torch is imported
+    inputs = [("--data", res.data), ("--student", res.student)]
+    out = check_output(res.out, "fit", overwrite=res.overwrite, inputs=inputs)
+    ckpt_dir = out.with_name(out.name + ".checkpoints")
+    check_output(ckpt_dir, "checkpoints", flag="--out (its checkpoint directory)", inputs=inputs)
+    if not res.data:
+        check_output(out.with_name(out.name + ".teach"), "teach", flag="--out (its teach run directory)",
+                     inputs=inputs)
+    if Path(res.out).name in ("", ".", ".."):
+        cfg = cfg.model_copy(update={"out": str(out)})
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # DDP: the main process holds the lock
+        return _fit(cfg, evaluator=evaluator, log=log)
+    with RunLock(ckpt_dir, "fit checkpoint directory"):
+        return _fit(cfg, evaluator=evaluator, log=log)
+
+
+def _cheap_checks(cfg: FitConfig) -> None:
+    from . import formats as F
+    from .adapters.peft_setup import parse_targets
+    from .losses import LossSpec
+
+    F.parse_mixture(cfg.formats)
+    LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
+    parse_targets(cfg.targets)
+    if cfg.data and not Path(cfg.data).is_dir():
+        raise DataError(f"--data {cfg.data}: teach run directory not found")
+
+
+def _make_cfg(cfg: FitConfig | None, overrides: dict) -> FitConfig:
     if cfg is None:
         try:
-            cfg = FitConfig(**overrides)
+            return FitConfig(**overrides)
         except Exception as exc:
             raise ConfigError(f"fit: {one_line(exc)[:300]}") from None
-    elif overrides:
-        cfg = cfg.model_copy(update=overrides)
+    return cfg.model_copy(update=overrides) if overrides else cfg
+
+
+def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[str], None] | None = None) -> FitResult:
+    from . import formats as F
+
     quickstart = _is_quickstart(cfg)
     cfg = resolve_defaults(cfg)
     # cheap checks first: a bad flag is reported before torch is even imported

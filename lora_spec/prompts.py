@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 from .errors import ConfigError, DataError
 from .paths import data_dir as _env_data_dir
-from .records import Problem
+from .records import Problem, read_text
 
 MODES = ("icl_cot", "zs_cot", "icl_answer", "zs_answer")
 # mode -> Example.format name (records.FORMATS)
@@ -124,7 +124,7 @@ def _gsm8k_set(path: str) -> tuple[Problem, ...]:
     if not p.exists():
         raise DataError(f"{p}: exemplar file not found; set --data-dir or LORASP_DATA_DIR to a directory in "
                         f"the layout of shared/data")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p, "GSM8K exemplars")
     out = []
     line_of = 1
     for block in re.split(r"\n\s*\n(?=Q(?:uestion)?:)", text.strip()):
@@ -165,7 +165,7 @@ def _bbh_set(path: str) -> tuple[Problem, ...]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: BBH CoT prompt file not found; set --data-dir or LORASP_DATA_DIR")
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p, "a BBH CoT prompt file")
     if "-----\n" not in text:
         raise DataError(f"{p}:2: expected the '-----' separator line after the canary")
     head, body = text.split("-----\n", 1)

@@ -86,19 +86,56 @@ def _check_fields(cls: Type[T], obj: Any, where: str) -> T:
     return cls(**obj)
 
 
+def read_text(path: str | os.PathLike, what: str = "a text file") -> str:
+    """A UTF-8 file's text; a missing, binary or unreadable file is a ``DataError`` naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: a directory; expected {what}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                        f"expected {what}") from None
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, object)``; a bad line raises ``DataError`` naming file:line."""
+    """Yield ``(line_number, object)``; a bad line raises ``DataError`` naming file:line.
+
+    Blank lines are skipped with one warning per file (a record may have been lost when the file was edited)."""
+    import sys
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    if path.is_dir():
+        raise DataError(f"{path}: a directory; expected a JSONL file (one JSON object per line)")
+    blank: list[int] = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); expected a JSONL "
+                                f"file (one JSON object per line)") from None
             if not line.strip():
+                blank.append(lineno)
                 continue
             try:
-                yield lineno, json.loads(line)
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+            yield lineno, obj
+    if blank:
+        print(f"warning: {path}: skipped {len(blank)} blank line{'s' if len(blank) > 1 else ''} "
+              f"(line {', '.join(map(str, blank[:5]))}{', ...' if len(blank) > 5 else ''})", file=sys.stderr,
+              flush=True)
 
 
 def read_jsonl(path: str | os.PathLike, cls: Type[T]) -> list[T]:

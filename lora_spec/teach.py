@@ -34,7 +34,7 @@ from pydantic import Field, ValidationError
 from . import __version__, registry
 from .config import RunConfig, _describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError, one_line
-from .records import Problem, Sample, TeacherRequest, read_jsonl, write_jsonl
+from .records import Problem, Sample, TeacherRequest, read_jsonl, read_text, write_jsonl
 from .store import SampleStore, request_usage
 
 # ------------------------------------------------------------------------------------------------- config
@@ -113,7 +113,7 @@ def resolve_prompt(name: str, data_dir: str | os.PathLike | None = None) -> Prom
         p = Path(name[5:]).expanduser()
         if not p.exists():
             raise ConfigError(f"--prompt: prompt file {p} not found")
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p, "a prompt file")
         if "{question}" in text:
             return PromptSpec(name, "", text, _FEWSHOT_STOP, "cot")
         return PromptSpec(name, text.rstrip("\n") + "\n\n", "Question: {question}\nLet's think step by step\n",
@@ -132,7 +132,7 @@ def resolve_prompt(name: str, data_dir: str | os.PathLike | None = None) -> Prom
         if p is None or not p.exists():
             raise DataError(f"--prompt {name}: needs gsm8k_prompts/{fname} under the data directory "
                             f"({root or 'unset'}); set --data-dir or LORASP_DATA_DIR")
-        prefix = p.read_text(encoding="utf-8").rstrip("\n") + "\n\n"
+        prefix = read_text(p, "exemplars").rstrip("\n") + "\n\n"
     return PromptSpec(name, prefix, query, stop, mode)
 
 
@@ -267,8 +267,22 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
             cfg = TeachConfig(**data)
         except ValidationError as exc:  # -> one line naming the field
             raise ConfigError("teach " + _describe_error(exc.errors()[0], {})) from None
-    t0 = time.time()
+    from .outputs import RunLock, check_output
+
     out = Path(cfg.out or f"runs/teach/{cfg.dataset}-{cfg.split}")
+    # an existing teach run is resumed; anything else that is there is never written into
+    check_output(out, "teach", inputs=[(f"--teacher-opt {kv.split('=', 1)[0]}", f) for kv in cfg.teacher_opt
+                                       if "=" in kv for f in kv.split("=", 1)[1].split(",")]
+                 + [("--prompt", cfg.prompt[5:] if cfg.prompt.startswith("file:") else None),
+                    ("--data-dir", cfg.data_dir)])
+    import contextlib
+
+    with contextlib.ExitStack() as stack:  # holds the run lock, taken once the cheap checks passed
+        return _teach(cfg, out, stack, RunLock)
+
+
+def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
+    t0 = time.time()
     spec = resolve_prompt(cfg.prompt, cfg.data_dir)
     stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)
     dataset = _make_dataset(cfg)
@@ -282,8 +296,12 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
     teacher = _make_teacher(cfg, stop)
     n_samples = cfg.samples
     cap = getattr(teacher, "max_samples", None)
-    if isinstance(cap, int) and cap < n_samples:
+    if isinstance(cap, int) and 0 < cap < n_samples:
         n_samples = cap
+        src = getattr(teacher, "source", cfg.teacher)
+        print(f"note: --samples {cfg.samples}: teacher {cfg.teacher!r} ({src}) holds at most {cap} output"
+              f"{'s' if cap > 1 else ''} per problem; asking for {cap}", file=sys.stderr, flush=True)
+    final_missing = bool(getattr(teacher, "missing_is_final", False))
     fp = teacher.fingerprint()
 
     prompts: dict[str, tuple[str | list[dict[str, str]], str]] = {}
@@ -293,7 +311,8 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
             cfg.teacher == "openai" else text
         prompts[p.id] = (prompt, prompt_id(prompt))
 
-    out.mkdir(parents=True, exist_ok=True)
+    # a second process on the same run would pay for every sample again: one process per run directory
+    stack.enter_context(lock_cls(out, "teach run"))
     write_jsonl(out / "problems.jsonl", (Problem(p.id, p.question, p.answer, p.rationale,
                                                  {**p.meta, "prompt_id": prompts[p.id][1]}) for p in problems))
     store = SampleStore(out / "store.sqlite")
@@ -312,6 +331,7 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
     progress = _Progress(total, already, cfg.progress, f"teach {cfg.teacher}")
     stop_event = threading.Event()
     stored_now = failed_now = 0
+    unavailable: dict[tuple[str, str, int], str] = {}  # key -> why (a teacher whose missing outputs are final)
     status = "complete"
     fatal: BaseException | None = None
     sent_before = getattr(teacher, "requests_sent", 0)
@@ -321,6 +341,9 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
         ok = bad = good = 0
         for s in samples:
             s.teacher = fp
+            if s.error and final_missing:
+                unavailable[(s.prompt_id, s.problem_id, s.sample_index)] = s.error
+                continue
             if s.error:
                 store.put_failure(s, run)
                 bad += 1
@@ -367,8 +390,13 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
     this_run = {"requests_sent": None if sent is None else sent - sent_before, "samples_stored": stored_now,
                 "failed": failed_now, "resumed_from_store": already, "wall_time_s": round(time.time() - t0, 3)}
     manifest = _finish(out, cfg, store, run, fp, teacher, spec, stop, problems, prompts, n_samples, this_run,
-                       status)
+                       status, unavailable)
     store.close()
+    c = manifest["counts"]
+    if status == "complete" and c["unavailable"] and not c["received"]:
+        raise DataError(f"{getattr(teacher, 'source', cfg.teacher)}: no teacher output for any of the {c['problems']} "
+                        f"problems of {cfg.dataset} {cfg.split} (e.g. {next(iter(unavailable.values()))}); check "
+                        f"the dataset/split and the field mapping (--teacher-opt question_field=, id_field=)")
     if status == "failed" and fatal is not None:
         raise fatal
     if status == "interrupted":
@@ -379,11 +407,12 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
 
 def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, teacher: Any, spec: PromptSpec,
             stop: list[str], problems: list[Problem], prompts: dict, n_samples: int, this_run: dict,
-            status: str) -> dict:
+            status: str, unavailable: dict | None = None) -> dict:
     keys = {(prompts[p.id][1], p.id, i) for p in problems for i in range(n_samples)}
     samples = [s for s in store.samples(fp) if (s.prompt_id, s.problem_id, s.sample_index) in keys]
     got = {(s.prompt_id, s.problem_id, s.sample_index) for s in samples}
-    failed_keys = (store.failed_keys(fp, run) & keys) - got
+    gone = (set(unavailable or {}) & keys) - got  # not in the teacher's source: never asked again, not failed
+    failed_keys = (store.failed_keys(fp, run) & keys) - got - gone
     per_problem: dict[str, list[Sample]] = {}
     for s in samples:
         per_problem.setdefault(s.problem_id, []).append(s)
@@ -404,7 +433,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
     correct = sum(1 for s in samples if s.correct)
     export = samples if cfg.keep == "all" else [s for s in samples if s.correct]
     write_jsonl(out / "samples.jsonl", export)
-    if status == "complete" and len(samples) < len(keys):
+    if status == "complete" and len(samples) + len(gone) < len(keys):
         status = "incomplete"
     store.end_run(run, requests=this_run["requests_sent"] or 0, stored=this_run["samples_stored"],
                   failed=this_run["failed"], status=status)
@@ -428,6 +457,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
                        "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "top_logprobs": cfg.top_logprobs,
                        "seed": cfg.seed, "keep": cfg.keep},
         "counts": {"problems": n, "requested": len(keys), "received": len(samples), "failed": len(failed_keys),
+                   "unavailable": len(gone),
                    "correct": correct, "exported": len(export),
                    "problems_with_correct_sample": any_ok},
         "accuracy": {"first_sample": round(first_ok / n, 4) if n else None,
@@ -441,6 +471,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
         "wall_time_total_s": round(total_wall, 3),
         "runs": len(runs),
         "failure_examples": errors,
+        "unavailable_example": next((unavailable[k] for k in sorted(gone)), None),
         "files": {"store": "store.sqlite", "problems": "problems.jsonl", "samples": "samples.jsonl"},
     }
     tmp = out / f".manifest.json.tmp-{os.getpid()}"

@@ -295,7 +295,10 @@ def load_trainable(model, path: str | os.PathLike) -> None:
     import torch
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # a truncated or corrupted file (SafetensorError, OSError): name it
+        raise DataError(f"{path}: unreadable checkpoint weights ({type(exc).__name__}: {str(exc)[:200]})") from None
     params = dict(model.named_parameters())
     missing = [n for n in state if n not in params]
     if missing:
@@ -589,8 +592,16 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
     eval_seconds = 0.0
     tokens_total = 0
     resumed_from = None
+    if main:
+        from .ckpt_files import remove_stale_tmp
+
+        remove_stale_tmp(ckpt_root, warn=lambda m: _say(f"warning: {m}"))
     if resume:
-        found = checkpoint_dirs(ckpt_root)
+        from .ckpt_files import usable
+
+        found = usable(checkpoint_dirs(ckpt_root), warn=lambda m: _say(f"warning: {m}") if main else None)
+        if not found and main:
+            _say(f"--resume: no complete checkpoint in {ckpt_root}; starting from step 0")
         if found:
             step0, d = found[-1]
             state = load_state(d)
@@ -638,6 +649,9 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
                             "total_steps": total}, tmp)
                 (tmp / "checkpoint.json").write_text(json.dumps(
                     {k: v for k, v in rec.items() if k != "path"}, indent=1))
+                from .ckpt_files import seal
+
+                seal(tmp)  # sizes + checksums of every file: --resume skips a checkpoint that does not match
         accelerator.wait_for_everyone()
         return rec
 

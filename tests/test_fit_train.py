@@ -128,9 +128,11 @@ def test_kill9_resume_matches_uninterrupted(teach_run, tmp_path, tiny_llama_path
     assert not out.exists()  # no half-written artifact under the final name
     steps = sorted(int(d.name[5:]) for d in ck.glob("step-*"))
     assert 10 <= steps[-1] < 40
-    # a fresh run without --resume refuses to clobber the unfinished one
+    # a fresh run without --resume refuses to clobber the unfinished one (after taking over the killed run's lock)
     again = run_cli(*_fit_args(teach_run, out), env=_env())
-    assert again.returncode == 2 and "pass --resume" in again.stderr and again.stderr.count("\n") == 1
+    lines = again.stderr.strip().splitlines()
+    assert again.returncode == 2 and len(lines) == 2 and "pass --resume" in lines[1], again.stderr
+    assert lines[0].startswith("warning: ") and f"taking over the stale lock of pid {proc.pid}" in lines[0]
     res = run_cli(*_fit_args(teach_run, out), "--resume", env=_env())
     assert res.returncode == 0, res.stderr
     assert f"resuming from" in res.stderr
@@ -145,7 +147,8 @@ def test_kill9_resume_matches_uninterrupted(teach_run, tmp_path, tiny_llama_path
     wb = load_file(str(out / "adapter_model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     # resuming with different settings is refused with a clear message
-    bad = run_cli(*_fit_args(teach_run, tmp_path / "ref"), "--resume", "--batch-size", "4", env=_env())
+    bad = run_cli(*_fit_args(teach_run, tmp_path / "ref"), "--resume", "--batch-size", "4", "--overwrite",
+                  env=_env())
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --resume: ") and "batch_size=2" in bad.stderr
 

@@ -29,16 +29,36 @@ MANIFEST = "lorasp.json"
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp sibling of ``final``; on success it replaces ``final`` in one rename, on error it is removed."""
+def atomic_dir(final: str | os.PathLike, replace: tuple[str, ...] | None = None) -> Iterator[Path]:
+    """Yield a temp sibling of ``final``; on success it replaces ``final`` in one rename, on error it is removed.
+
+    An existing ``final`` is replaced only if it is empty or a lorasp output of a kind in ``replace`` (default: any
+    lorasp artifact or checkpoint, see :func:`lora_spec.outputs.output_kind`), and it is removed only after the new
+    directory is complete. Anything else (a regular file, a directory lorasp did not write) is never touched: the
+    commands refuse such an ``--out`` up front (``lora_spec.outputs.check_output``); this is the last line of defence.
+    """
+    from ..outputs import OutputError, output_kind
+
     final = Path(final)
+    if not final.name or final.name in (".", ".."):
+        raise OutputError(f"{final}: not a usable directory name for an output")
     final.parent.mkdir(parents=True, exist_ok=True)
+
+    def check() -> str | None:
+        kind = output_kind(final)
+        ok = replace or ("adapter", "full", "merged", "combined", "checkpoint")
+        if kind not in (None, "empty") and kind not in ok:
+            what = "a regular file" if kind == "file" else f"a {kind} directory"
+            raise OutputError(f"{final}: exists and is {what}; lorasp does not replace it")
+        return kind
+
+    check()
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}")
     tmp.mkdir()
     try:
         yield tmp
         readable_modes(tmp)
-        if final.exists():
+        if check() is not None:
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.rename(final, old)
             os.rename(tmp, final)

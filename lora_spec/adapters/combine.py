@@ -43,17 +43,23 @@ def parse_weights(text: str | Sequence[float] | None, n: int) -> list[float]:
 
 def combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, weights=None, how: str = "cat",
             svd_rank: int | None = None, model: str | None = None, quant: str | None = None,
-            ignore_fingerprint: bool = False) -> dict[str, Any]:
+            ignore_fingerprint: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Combine ``adapters`` with ``weights`` into one adapter at ``out``; returns its manifest."""
-    from peft import PeftModel
+    from ..outputs import check_output
 
-    from ..student import load_student
+    # before anything is loaded: never into a file, a foreign directory, a parent or a folder holding one
+    check_output(out, "combine", overwrite=overwrite, inputs=[("ADAPTER", a) for a in adapters]
+                 + [("--model", model)])
 
     if len(adapters) < 2:
         raise ConfigError("combine needs at least two adapters")
     if how not in HOWS:
         raise ConfigError(f"--how: {how!r} is not one of {', '.join(HOWS)}")
     ws = parse_weights(weights, len(adapters))
+    from peft import PeftModel
+
+    from ..student import load_student
+
     manifests = [read_adapter(a) for a in adapters]
     configs = [read_adapter_config(a) for a in adapters]
     for a, m in zip(adapters, manifests):

@@ -433,9 +433,13 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
     """Export ``artifact`` for llama.cpp / Ollama into the directory ``out`` (written atomically)."""
     import gguf
 
+    from ..outputs import check_output
     from .swap import precheck_base, read_adapter, read_adapter_config
 
     log = log or (lambda s: None)
+    # before any work: never into a file, a foreign directory, the artifact or a folder holding it; an earlier
+    # export is replaced (atomically) as before
+    check_output(out, "export", overwrite=True, inputs=[("ARTIFACT", artifact), ("--base-gguf", base_gguf)])
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     if outtype not in OUTTYPES:
@@ -482,7 +486,7 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
         _check_base_gguf(reader, config, arch, base_file)
 
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=("export",)) as tmp:
         if not full and fmt == "gguf":
             rep = write_lora_gguf(src, tmp / ADAPTER_FILE, manifest, cfg, config, arch, permute, reader)
             log(f"LoRA GGUF: {rep.tensors} tensors ({rep.permuted} q/k B matrices reordered for llama.cpp's RoPE "

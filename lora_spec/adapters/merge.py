@@ -194,7 +194,7 @@ def _all_finite(model) -> str | None:
 def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "auto", dtype: str = "fp32",
           safe: bool = False, force_quantized: bool = False, model: str | None = None,
           ignore_fingerprint: bool = False, prompts: Sequence[str] | None = None, max_new_tokens: int = 16,
-          log: Callable[[str], None] | None = None) -> MergeReport:
+          log: Callable[[str], None] | None = None, overwrite: bool = False) -> MergeReport:
     """Merge ``adapter`` into its base and write the full model (safetensors + config + tokenizer) to ``out``.
 
     ``model`` overrides the base recorded in the adapter's manifest (fingerprint-checked). Returns the parity
@@ -206,8 +206,12 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
     from .. import __version__
     from ..student import load_student
 
+    from ..outputs import check_output
+
     t0 = time.time()
     log = log or (lambda s: None)
+    # before anything is loaded: never into a file, a foreign directory or the adapter itself
+    check_output(out, "merge", overwrite=overwrite, inputs=[("ADAPTER", adapter), ("--model", model)])
     if base not in BASES:
         raise ConfigError(f"--base: {base!r} is not one of {', '.join(BASES)}")
     tdtype = _torch_dtype(dtype)
@@ -285,7 +289,7 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
 
     # 3. write, reload from disk, compare
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=("merged",)) as tmp:
         if mode != "quantized":
             merged.config.dtype = tdtype
         merged.save_pretrained(str(tmp))

@@ -423,9 +423,18 @@ class AdapterSet:
         return self.student.tokenizer
 
     def _check_name(self, name: str) -> None:
-        if name in (BASE, _PEFT_BASE, "default") or not _NAME_RE.match(name) or "__" in name or name in "lora_":
-            raise ConfigError(f"adapter name {name!r}: use letters, digits, '_' or '-' (no '__'; 'base' and "
-                              f"'default' are reserved, and peft cannot tell a part of 'lora_' from its prefix)")
+        if name in (BASE, _PEFT_BASE, "default"):
+            raise ConfigError(f"adapter name {name!r} is reserved ('base' means no adapter, 'default' is peft's "
+                              f"own); choose another name")
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"adapter name {name!r}: use letters, digits, '_' or '-', starting with a letter or "
+                              f"'_' (at most 64 characters)")
+        if "__" in name:
+            raise ConfigError(f"adapter name {name!r}: no '__' (peft uses it in its own names); choose another name")
+        if name in "lora_":
+            raise ConfigError(f"adapter name {name!r}: peft finds an adapter's weights by looking for its name "
+                              f"inside the weight names ('...lora_A.NAME.weight'), and {name!r} is part of "
+                              f"'lora_', so it would match every adapter; choose a longer name")
 
     def _require(self, name: str) -> None:
         if name != BASE and name not in self.entries:

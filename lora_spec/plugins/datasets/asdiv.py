@@ -77,7 +77,9 @@ class ASDiv(Dataset):
         ids = self._subset_ids()
 
         def local(path: Path):
-            text = path.read_text(encoding="utf-8")
+            from ...records import read_text
+
+            text = read_text(path, "ASDiv XML")
             try:
                 root = ET.fromstring(text)
             except ET.ParseError as exc:

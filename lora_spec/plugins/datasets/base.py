@@ -110,11 +110,13 @@ def json_array_with_lines(path: Path) -> list[tuple[int, Any]]:
     """Parse a file holding one JSON array; return ``(line, element)`` pairs so errors can name file:line."""
     import json
 
-    text = path.read_text(encoding="utf-8")
+    from ...records import read_text
+
+    text = read_text(path, "a JSON file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
     if isinstance(data, dict) and "examples" in data:
         data = data["examples"]
     if not isinstance(data, list):

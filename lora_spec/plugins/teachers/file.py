@@ -21,7 +21,7 @@ import unicodedata
 from pathlib import Path
 
 from ...errors import ConfigError, DataError
-from ...records import Sample, TeacherRequest, iter_jsonl
+from ...records import Sample, TeacherRequest, iter_jsonl, read_text
 
 _QUESTION_FIELDS = ("instruction", "question", "input", "prompt", "query")
 _TEXT_FIELDS = ("output", "response", "completion", "rationale", "cot", "text", "answer")
@@ -46,13 +46,17 @@ def _records(path: Path) -> list[tuple[str, object]]:
     """(where, record) for a JSON array/object-of-list file or a JSONL file."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    text_start = path.read_text(encoding="utf-8")[:1].lstrip() if path.stat().st_size else ""
-    if path.suffix == ".jsonl" or (text_start == "{" and path.suffix != ".json"):
+    if path.is_dir():
+        raise DataError(f"{path}: a directory; expected a JSON or JSONL file of teacher outputs")
+    text = read_text(path, "a JSON or JSONL file of teacher outputs")
+    if not text.strip():
+        raise DataError(f"{path}: empty file; expected teacher outputs (a JSON array or JSONL records)")
+    if path.suffix == ".jsonl" or (text.lstrip()[:1] == "{" and path.suffix != ".json"):
         return [(f"{path}:{ln}", obj) for ln, obj in iter_jsonl(path)]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -68,6 +72,9 @@ class FileTeacher:
 
     name = "file"
     batch_size = 1024
+    # an output missing from the files is "not available": asking again can never produce it, so a run is not
+    # incomplete because of it (lora_spec.teach reports the count once)
+    missing_is_final = True
 
     def __init__(self, path: str | list[str] | None = None, question_field: str | None = None,
                  text_field: str | None = None, id_field: str | None = None, model: str | None = None):
@@ -83,7 +90,10 @@ class FileTeacher:
         self.records = 0
         digest = hashlib.sha256(json.dumps([question_field, text_field, id_field]).encode())
         for p in self.paths:
+            before = self.records
             self._load(p)
+            if self.records == before:
+                raise DataError(f"{p}: holds no teacher output records")
             digest.update(hashlib.sha256(p.read_bytes()).digest())
         self._fp = f"file:{self.label}:{digest.hexdigest()[:12]}"
 
@@ -122,6 +132,16 @@ class FileTeacher:
     def fingerprint(self) -> str:
         return self._fp
 
+    @property
+    def max_samples(self) -> int:
+        """The most outputs any question has in the files: more samples than that are never available."""
+        lists = self.by_id.values() if self.id_field else self.by_question.values()
+        return max((len(v) for v in lists), default=0)
+
+    @property
+    def source(self) -> str:
+        return ", ".join(str(p) for p in self.paths)
+
     def describe(self) -> dict:
         return {"teacher": "file", "paths": [str(p) for p in self.paths], "records": self.records,
                 "question_field": self.question_field, "text_field": self.text_field, "id_field": self.id_field}
@@ -142,7 +162,7 @@ class FileTeacher:
             for i in range(req.first_index, req.first_index + req.n):
                 ok = i < len(outs)
                 err = None if ok else (f"no teacher output #{i} for problem {req.problem.id} in "
-                                       f"{', '.join(p.name for p in self.paths)} ({len(outs)} found)")
+                                       f"{self.source} ({len(outs)} found)")
                 row.append(Sample(problem_id=req.problem.id, sample_index=i, prompt_id=req.prompt_id,
                                   text=outs[i] if ok else "", finish_reason="stop" if ok else None,
                                   teacher=self._fp, error=err))

@@ -72,7 +72,7 @@ class OpenAITeacher:
                  top_p: float | None = None, max_tokens: int = 256, stop: list[str] | None = None,
                  top_logprobs: int = 0, seed: int | None = 0, concurrency: int = 8, timeout: float = 600.0,
                  max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
-                 extra_body: dict[str, Any] | None = None):
+                 extra_body: dict[str, Any] | None = None, max_connect_failures: int = 5):
         if not model:
             raise ConfigError("teacher 'openai' needs --model (the model name the server serves)")
         if api not in ("completions", "chat"):
@@ -101,6 +101,10 @@ class OpenAITeacher:
         self.extra_body = dict(extra_body or {})
         self.native_n: bool | None = None  # learned from the first n>1 answer
         self.requests_sent = 0  # HTTP requests actually sent, retries included
+        # circuit breaker: this many connection failures in a row (no answer of any kind in between) stop the run;
+        # a server that cannot be reached fails every sample the same way, so retrying each one only costs time
+        self.max_connect_failures = max(1, int(max_connect_failures))
+        self._connect_failures = 0
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
 
@@ -200,11 +204,21 @@ class OpenAITeacher:
                 self.requests_sent += 1
             try:
                 resp = self._http().post(path, json=body, headers={"X-Lorasp-Request": tag})
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                last = f"connection error: {type(exc).__name__}: {one_line(exc)[:200]}"
+                with self._lock:
+                    self._connect_failures += 1
+                    tripped = self._connect_failures >= self.max_connect_failures
+                if tripped:
+                    raise _Fatal(f"cannot reach the teacher server at {self.base_url}: {self.max_connect_failures} "
+                                 f"connection attempts in a row failed ({last}); is it running? (check --base-url)")
             except httpx.TimeoutException as exc:
                 last = f"timeout after {self.timeout:g}s ({type(exc).__name__})"
             except httpx.TransportError as exc:
                 last = f"connection error: {type(exc).__name__}: {one_line(self._redact(str(exc)))[:200]}"
             else:
+                with self._lock:
+                    self._connect_failures = 0
                 status = resp.status_code
                 if status == 200:
                     return self._parse(task, resp, attempt)
