@@ -375,7 +375,6 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
         log(f"after:  {_fmt_scores(after)}")
 
     # 5. artifact
-    chosen = res.chosen or {}
     manifest: dict[str, Any] = {
         "kind": "full" if cfg.method == "full" else "adapter",
         "base": {"name": student.name, "path": str(student.path), "kind": student.kind,

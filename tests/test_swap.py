@@ -203,7 +203,7 @@ def test_fingerprint_mismatch_is_one_line_error_naming_both(tiny_pair, tiny_llam
                             "math", "--prompt", "how many apples", "--max-new-tokens", "4")
     assert code == 1, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "base mismatch" in lines[0] and "tiny-llama" in lines[0] and str(other) in lines[0]
     assert "weights differ" in lines[0] and "--ignore-fingerprint" in lines[0]
     # --ignore-fingerprint overrides it, with a warning; the mixed batch runs through the CLI

@@ -182,7 +182,6 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
     if row.get("data"):
         lines.append(f"  data:             {row['data']}" + (f", {data['n_examples']} training rows"
                                                              if data.get("n_examples") else ""))
-    pr = m.get("prompting") or {}
     fm = m.get("formats") or {}
     if fm:
         mix = ", ".join(f"{k}={v:g}" for k, v in fm.items() if isinstance(v, (int, float)) and v > 0)
