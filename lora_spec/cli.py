@@ -131,6 +131,9 @@ def quiet_libraries(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("LORASP_DEBUG"))
     quiet_libraries(list(sys.argv[1:] if argv is None else argv))
+    from .memory import tune_allocator
+
+    tune_allocator()  # a fixed glibc mmap threshold: a third less peak RSS in training (lora_spec/memory.py)
     try:
         rv = cli.main(args=argv, prog_name="lorasp", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -77,6 +77,12 @@ class FitConfig(RunConfig, SelectionOptions):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: off).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    micro_batch_tokens: int = Field(1024, ge=0, le=16_777_216,
+                                    description="Padded tokens per forward/backward pass: a batch runs in passes "
+                                                "of at most this many tokens (same update, less memory; "
+                                                "0: the whole batch in one pass).")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice; 1 is much "
+                                                        "faster on an oversubscribed CPU).")
     group_by_length: bool = Field(True, description="Batch rows of similar length together.")
     seed: int = Field(0, description="Seed of the data order, the formats, exemplars and the adapter init.")
     save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps (0: only evaluations and end).")
@@ -265,6 +271,8 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
 
     import torch
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     from .adapters.artifact import atomic_dir, versions, write_manifest
     from .adapters.peft_setup import MethodSpec, apply_method, count_params
     from .student import hub_id, load_student
@@ -361,7 +369,8 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
                      select_by=cfg.select_by, group_by_length=cfg.group_by_length,
                      mixed_precision="auto" if cfg.compute_dtype == "auto" else
                      ("no" if cfg.compute_dtype == "fp32" else cfg.compute_dtype),
-                     progress=cfg.progress, tracker=cfg.tracker, loss=loss_spec)
+                     progress=cfg.progress, tracker=cfg.tracker, loss=loss_spec,
+                     micro_batch_tokens=cfg.micro_batch_tokens)
     res = train(model, student.tokenizer, examples, kind=student.kind, args=args, ckpt_dir=ckpt_dir,
                 evaluator=evaluator, select=select, prune=prune, resume=cfg.resume, data_fingerprint=data_fp)
     last = res.history[-1]["loss"] if res.history else float("nan")

@@ -67,6 +67,7 @@ class TrainArgs:
     tracker: str = "auto"  # auto (tensorboard when installed) | none | tensorboard | ...
     loss: Any = "sample"  # a losses.LossSpec or its string
     log_every: int = 1
+    micro_batch_tokens: int = 1024  # padded tokens per forward/backward pass (0: the whole batch at once)
 
 
 @dataclass
@@ -159,6 +160,29 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     if group_by_length:
         rng.shuffle(batches)
     return batches
+
+
+def split_by_tokens(rows: list[Encoded], budget: int, kind: str = "causal") -> list[list[Encoded]]:
+    """Cut one batch into passes of at most ``budget`` padded tokens (rows x longest row, encoder + decoder tokens
+    for seq2seq; a row longer than the budget goes alone).
+
+    Activation memory grows with the tokens of one forward pass, not with the batch: the trainer runs the passes
+    of a batch one after another and divides the summed loss by the batch's label-token count, so the update is
+    that of the whole batch (to float rounding). ``budget`` 0: the batch in one pass."""
+    if budget <= 0 or len(rows) <= 1:
+        return [rows]
+
+    def size(r: Encoded) -> int:
+        return len(r.input_ids) + (len(r.labels) if kind == "seq2seq" else 0)
+
+    rows = sorted(rows, key=lambda r: -size(r))  # longest first: a pass's padded size is rows x its first row
+    out: list[list[Encoded]] = []
+    for r in rows:
+        if out and (len(out[-1]) + 1) * size(out[-1][0]) <= budget:
+            out[-1].append(r)
+        else:
+            out.append([r])
+    return out
 
 
 def collate(rows: list[Encoded], pad_id: int, kind: str):
@@ -527,6 +551,8 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
 
     if args.batch_size < 1 or args.grad_accum < 1:
         raise ConfigError("--batch-size and --grad-accum must be >= 1")
+    if args.micro_batch_tokens < 0:
+        raise ConfigError(f"--micro-batch-tokens: must be >= 0 (0: whole batches), got {args.micro_batch_tokens}")
     if args.schedule not in ("cosine", "constant", "linear"):
         raise ConfigError(f"--schedule: expected cosine, constant or linear, got {args.schedule!r}")
     ckpt_root = Path(ckpt_dir).resolve()
@@ -698,7 +724,8 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
             micro = []
             for a in range(args.grad_accum):
                 g = (in_epoch * args.grad_accum + a) * world + rank
-                micro.append(collate([encoded[i] for i in epoch_b[g]], pad_id, kind))
+                micro.extend(collate(part, pad_id, kind)
+                             for part in split_by_tokens([encoded[i] for i in epoch_b[g]], args.micro_batch_tokens, kind))
             window_n = sum(int((m["labels"][:, 1:] if kind == "causal" else m["labels"]).ne(IGNORE).sum())
                            for m in micro)
             torch.manual_seed(args.seed * 7919 + rank * 104_729 + step)
@@ -796,4 +823,4 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
 
 __all__ = ["TrainArgs", "TrainResult", "TrainingDiverged", "Encoded", "encode_examples", "epoch_batches", "collate",
            "batch_loss", "lr_factor", "warmup_steps_of", "train", "load_trainable", "checkpoint_dirs", "save_state",
-           "load_state"]
+           "load_state", "split_by_tokens"]
