@@ -46,14 +46,17 @@ def run_lorasp(a) -> dict:
     import torch
 
     from lora_spec.adapters.peft_setup import MethodSpec, apply_method
+    from lora_spec.memory import tune_allocator
     from lora_spec.records import Example
     from lora_spec.student import load_student
     from lora_spec.trainer import TrainArgs, train
 
+    tune_allocator()  # as the `lorasp` entry point does
     rows = _data(a.examples)
     torch.manual_seed(0)
     st = load_student("smollm2-135m")
-    model = apply_method(st, MethodSpec("lora", rank=a.rank, alpha=2 * a.rank, dropout=0.0))
+    model = apply_method(st, MethodSpec("lora", rank=a.rank, alpha=2 * a.rank, dropout=0.0,
+                                        gradient_checkpointing=getattr(a, "gradient_checkpointing", False)))
     ex = [Example("zero_shot_cot", r["prompt"], r["completion"], r["id"]) for r in rows]
     marks: list[tuple[float, int]] = []
 
@@ -92,7 +95,8 @@ def run_trl(a) -> dict:
     with tempfile.TemporaryDirectory() as d:
         cfg = SFTConfig(output_dir=d, per_device_train_batch_size=a.batch_size, max_steps=a.steps,
                         learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
-                        report_to="none", save_strategy="no", gradient_checkpointing=False,
+                        report_to="none", save_strategy="no",
+                        gradient_checkpointing=getattr(a, "gradient_checkpointing", False),
                         max_length=a.max_length, use_cpu=True, bf16=False, fp16=False, packing=False,
                         completion_only_loss=True, dataloader_num_workers=0, seed=0, disable_tqdm=True)
         tr = SFTTrainer(model=st.model, args=cfg, train_dataset=ds, processing_class=st.tokenizer,
