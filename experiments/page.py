@@ -83,7 +83,9 @@ def status_line(rec: dict | None, name: str, command: str) -> str:
     if rec is None:
         return f"**Not run yet.** Command: `{command}`."
     state = "complete" if rec.get("complete") else "**partial** (the run was cut; rerunning the command continues it)"
-    return f"Command: `{rec['command']}` · status: {state} · updated {rec.get('updated', '?')} at commit `{rec.get('git', '?')}`."
+    line = f"Command: `{rec['command']}` · status: {state} · updated {rec.get('updated', '?')} at commit `{rec.get('git', '?')}`."
+    notes = (rec.get("extra") or {}).get("notes") or []
+    return line + "".join(f"\n\nNote: {n}" for n in notes)
 
 
 def macro(vals: list[float]) -> float:

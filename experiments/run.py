@@ -315,9 +315,11 @@ def c5_snapshot(exp: Experiment) -> None:
     exp.save(complete=False)
 
 
-def c5(snapshot: bool = False) -> None:
+def c5(snapshot: bool = False, notes: list[str] | None = None) -> None:
     exp = Experiment("c5", "C5 in-distribution best vs out-of-distribution best (the recipe run's curves)",
                      "python experiments/run.py c5")
+    if notes:
+        exp.record["extra"]["notes"] = list(notes)
     if snapshot:
         return c5_snapshot(exp)
     ad = recipe_adapter(exp)
@@ -335,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
+    ap.add_argument("--note", action="append", default=[], help="a provenance note to keep with the experiment's "
+                    "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "
                     "(while it trains) without running anything")
     ap.add_argument("--steps", type=int, default=240, help="c3: optimizer steps per mixture")
@@ -355,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             elif e == "c4":
                 c4(a.teacher_steps, a.student_steps, a.problems, a.n)
             else:
-                c5(a.snapshot)
+                c5(a.snapshot, a.note)
             print(f"{e}: {'snapshot' if a.snapshot and e == 'c5' else 'done'} -> {RESULTS / (e + '.json')}")
     except StepFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
