@@ -532,6 +532,31 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+class _StopOnTerm:
+    """While the training loop runs, SIGTERM asks it to stop after the current optimizer step (the step is then saved
+    as a checkpoint, as on Ctrl-C). A flag rather than an exception: raising inside ``optimizer.step()`` could leave
+    half-updated weights that would be saved as a finished step."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._prev = None
+        if threading.current_thread() is threading.main_thread():
+            self._prev = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._prev is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self._prev)
+            self._prev = None
+
+
 def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainArgs, ckpt_dir: str | os.PathLike,
           evaluator: Callable[[Any, Any, int], dict[str, float]] | None = None,
           select: Callable[[list[dict]], dict] | None = None,
@@ -715,6 +740,7 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
     window_t = time.perf_counter()
     window_tok = 0
     current_epoch, epoch_b = -1, []
+    stop = _StopOnTerm()  # SIGTERM (kill, a scheduler's preemption): finish the step, save it, stop like Ctrl-C
     try:
         while step < total:
             epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -788,6 +814,8 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
                 save_checkpoint(step, scores)
                 last_saved = step
                 window_t, window_tok = time.perf_counter(), 0
+            if stop.requested:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         # Ctrl-C between steps: keep what was trained so far (the state after ``step`` updates is consistent).
         progress.close()
@@ -798,6 +826,7 @@ def train(model, tokenizer, examples: list[Example], *, kind: str, args: TrainAr
         raise
     finally:
         progress.close()
+        stop.restore()
 
     if last_saved != total:
         scores = run_eval(total) if evaluator is not None else {}

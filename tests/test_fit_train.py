@@ -153,6 +153,32 @@ def test_kill9_resume_matches_uninterrupted(teach_run, tmp_path, tiny_llama_path
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --resume: ") and "batch_size=2" in bad.stderr
 
 
+def test_sigterm_saves_the_current_step_and_resume_finishes(teach_run, tmp_path, tiny_llama_path):
+    """SIGTERM (kill, a scheduler's preemption; also what reaches a background job whose SIGINT is ignored) stops
+    the fit after the step in progress and saves that step, so nothing trained since the last checkpoint is lost."""
+    out, ck = tmp_path / "run", tmp_path / "run.checkpoints"
+    args = _fit_args(teach_run, out, steps=400)
+    args[args.index("--save-every") + 1] = "1000"  # no periodic checkpoint: only the SIGTERM one can exist
+    exe = Path(sys.executable).with_name("lorasp")
+    proc = subprocess.Popen([str(exe), *args, "--tracker", "tensorboard"], env=dict(os.environ, **_env()),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(ck.glob("logs/**/events*")):  # the tracker's first write: training has started
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    steps = [int(d.name[5:]) for d in ck.glob("step-*")]
+    assert len(steps) == 1 and 0 < steps[0] < 400, (steps, err)
+    assert f"interrupted: saved step {steps[0]}" in err and "Traceback" not in err
+    res = run_cli(*args, "--resume", "--max-steps", str(steps[0] + 2), env=_env())
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "lorasp.json").read_text())["train"]["resumed_from"] == steps[0]
+
+
 # --------------------------------------------------------------------------------------------- NaN guard
 
 def test_nan_guard_keeps_last_good_checkpoint(teach_run, tmp_path, monkeypatch, capsys, tiny_llama_path):
