@@ -132,7 +132,7 @@ CASES = [
     ("eval-out-foreign", "eval --suite arith --limit 2 --out {w}/notes", 2, ["--out", "notes"]),
     ("eval-out-is-adapter", "eval --adapter {w}/ad --suite arith --out {w}/ad", 2, ["--out", "input --adapter"]),
     ("eval-unknown-suite", "eval --suite nosuchsuite --out {w}/new", 1, ["nosuchsuite"]),
-    ("eval-no-out", "eval --suite arith", 2, ["--out"]),
+    ("eval-bad-mode", "eval --suite arith --mode nosuchmode --out {w}/new", 2, ["--mode", "nosuchmode"]),
     # --- merge
     ("merge-out-is-adapter", "merge {w}/ad --out {w}/ad", 2, ["--out", "input ADAPTER"]),
     ("merge-out-foreign", "merge {w}/ad --out {w}/notes", 2, ["--out", "notes", "not a lorasp output"]),
