@@ -123,7 +123,8 @@ def test_resume_skips_a_corrupt_newest_checkpoint_on_a_quiet_terminal(tmp_path):
     assert problem(ckpts / "step-000003") is None  # whole again
     for bad in ("gemm_4bit", "kernels", "FutureWarning", "Warning:", "Loading weights", "warnings.warn", "%|"):
         assert bad not in err, err
-    own = ("teaching: ", "data: ", "student: ", "warning: ", "resuming from ", "trained ", "wrote ")
+    own = ("teaching: ", "data: ", "student: ", "warning: ", "resuming from ", "trained ", "wrote ",
+           "specialization report: ", "next: ")  # the last two: issue 18 (report for every fit, next steps)
     assert all(ln.startswith(own) for ln in err.splitlines() if ln.strip()), err
 
 
