@@ -356,9 +356,12 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
         failed_now += bad
         progress.update(ok, good, bad)
 
-    prev_term = None
+    prev_term = prev_int = None
     if threading.current_thread() is threading.main_thread():  # SIGTERM (kill, schedulers) stops like Ctrl-C
         prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # SIGINT too, even when the process inherited it ignored (a background job): Python then installs no
+        # KeyboardInterrupt handler, and an explicit `kill -INT` would do nothing
+        prev_int = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         if requests:
             if callable(getattr(teacher, "stream", None)):
@@ -383,6 +386,8 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
     finally:
         if prev_term is not None:
             signal.signal(signal.SIGTERM, prev_term)
+        if prev_int is not None:
+            signal.signal(signal.SIGINT, prev_int)
         progress.close()
         if callable(getattr(teacher, "close", None)):
             teacher.close()
