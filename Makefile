@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make quickstart   set up .venv and specialize the bundled SmolLM2-135M on `arith` (lorasp fit)
 #   make test         set up .venv and run the whole test suite
-.PHONY: setup quickstart test
+#   make readme-api   run the README's Python API block verbatim (real SmolLM2; CI runs it after the tests)
+.PHONY: setup quickstart test readme-api
 VENV ?= .venv
 # the real data sets (layout of shared/data) for the held-out OOD/BBH curves; without them those sets are skipped
 DATA_DIR ?= $(if $(LORASP_DATA_DIR),$(LORASP_DATA_DIR),$(wildcard $(abspath ../shared/data)))
@@ -14,3 +15,6 @@ quickstart: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout 900 --durations 15
+
+readme-api: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python scripts/readme_api.py

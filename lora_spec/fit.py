@@ -354,6 +354,9 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
         evaluator, eval_every = sel.setup_fit_evaluation(cfg, quickstart=quickstart, source=source, items=items,
                                                          kind=student.kind, n_examples=len(examples),
                                                          world=state.num_processes, log=log)
+        if evaluator is not None and main:  # predictions survive a cut: journaled beside the checkpoints
+            evaluator.keep_journal(ckpt_dir / sel.PREDICTIONS_FILE,
+                                   resume=bool(cfg.resume and any(ckpt_dir.glob("step-*"))))
 
     def select(checkpoints: list[dict]) -> dict:
         return sel.select_checkpoint(checkpoints, sel.effective_rule(cfg, evaluator), cfg.prefer_earliest)

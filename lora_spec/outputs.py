@@ -86,7 +86,8 @@ def output_kind(path: str | os.PathLike) -> str | None:
         return "checkpoint"
     if names <= {LOCK_FILE}:
         return "empty"
-    if all(n.startswith(("step-", ".step-", "logs", "train_log", ".lorasp")) for n in names):
+    if all(n.startswith(("step-", ".step-", "logs", "train_log", ".lorasp", "heldout_predictions.jsonl",
+                         ".heldout_predictions.jsonl")) for n in names):
         return "checkpoints"  # fit's <out>.checkpoints (possibly of a run that stopped before its first save)
     return "foreign"
 

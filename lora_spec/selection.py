@@ -27,7 +27,9 @@ earliest checkpoint that is not significantly worse than the best (exact McNemar
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import shutil
 import time
@@ -587,6 +589,8 @@ class HeldOutEvaluator:
         self.log = log or (lambda m: None)
         self.sets: dict[str, SetTasks] = {}
         self.history: list[dict] = []
+        self.journal: Path | None = None  # see keep_journal
+        self._restored = True
         self.warnings: list[str] = []
         exclude = set(exclude_ids)
         for name in SETS:
@@ -681,6 +685,47 @@ class HeldOutEvaluator:
 
     # ------------------------------------------------------------------ scoring
 
+    def keep_journal(self, path: str | Path, *, resume: bool) -> None:
+        """Append every evaluation's predictions to ``path`` (fsynced) as it happens, so that a cut and resumed fit
+        still writes the predictions of the evaluations before the cut. A fresh run starts the journal empty; a
+        resumed one reads it back at its next evaluation (or when the predictions are written), keeping only the
+        steps before that evaluation (a later step's rows come from a run that was cut before its checkpoint)."""
+        self.journal = Path(path)
+        self._restored = not resume
+        if not resume:
+            self.journal.unlink(missing_ok=True)
+
+    def restore_journal(self, before_step: int | None = None) -> None:
+        """Load the journal's evaluations of steps < ``before_step`` (all when None) into ``history``, once."""
+        if self._restored or self.journal is None:
+            return
+        self._restored = True
+        if not self.journal.exists():
+            return
+        from .records import iter_jsonl, write_jsonl
+
+        by_step: dict[int, list[dict]] = {}
+        for _line, row in iter_jsonl(self.journal):
+            st = int(row.get("step", -1))
+            if before_step is None or st < before_step:
+                by_step.setdefault(st, []).append(row)
+        known = {h["step"] for h in self.history}
+        restored = [{"step": st, "scores": None, "predictions": [{k: v for k, v in r.items() if k != "step"}
+                                                                 for r in rows]}
+                    for st, rows in sorted(by_step.items()) if st not in known]
+        self.history[:0] = restored
+        write_jsonl(self.journal, ({"step": h["step"], **p} for h in self.history for p in h["predictions"]))
+
+    def _journal_append(self, step: int, preds: list[dict]) -> None:
+        if self.journal is None:
+            return
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with self.journal.open("a", encoding="utf-8") as fh:
+            for p in preds:
+                fh.write(json.dumps({"step": step, **p}, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
     def __call__(self, model: Any, tokenizer: Any, step: int) -> dict[str, float]:
         from .answers import answers_match, extract_answer
         from .evaluate import generate, scorer_for
@@ -725,7 +770,9 @@ class HeldOutEvaluator:
                 allo = [x for o in per_task.values() for x in o]
                 scores[name] = sum(allo) / len(allo) if allo else 0.0
         scores[EVAL_SECONDS] = round(time.perf_counter() - t0, 3)
+        self.restore_journal(before_step=step)
         self.history.append({"step": step, "scores": dict(scores), "predictions": preds})
+        self._journal_append(step, preds)
         scores[CORRECT] = {f"{name}/{t['task']}": "".join("1" if ok else "0"
                                                            for ok in correct.get((name, t["task"]), []))
                            for name, st in self.sets.items() for t in st.tasks}
@@ -845,6 +892,8 @@ PREDICTIONS_FILE = "heldout_predictions.jsonl"
 def write_predictions(evaluator: Any, path: str | Path) -> Path | None:
     """Every held-out prediction of every evaluation (step, set, task, id, gold, output, extracted, correct), so that
     any score in the report can be audited. None when there is nothing to write."""
+    if hasattr(evaluator, "restore_journal"):  # a resumed fit: the evaluations before the cut
+        evaluator.restore_journal()
     hist = getattr(evaluator, "history", None)
     if not hist:
         return None

@@ -179,6 +179,36 @@ def test_sigterm_saves_the_current_step_and_resume_finishes(teach_run, tmp_path,
     assert json.loads((out / "lorasp.json").read_text())["train"]["resumed_from"] == steps[0]
 
 
+def test_resumed_fit_keeps_the_heldout_predictions_of_before_the_cut(teach_run, tmp_path, tiny_llama_path):
+    """The held-out predictions are journaled beside the checkpoints as each evaluation ends: a fit cut after its
+    step-2 evaluation and resumed writes the predictions of steps 0, 2 and 4 (each once), not only the steps after
+    the resume; a stale row of an evaluation whose checkpoint was never saved is dropped."""
+    out, ck = tmp_path / "run", tmp_path / "run.checkpoints"
+    args = _fit_args(teach_run, out, steps=4)
+    args[args.index("--save-every") + 1] = "2"
+    args += ["--eval-every", "2", "--in-dist", "auto;limit=3;mode=zs_answer;max_new_tokens=3",
+             "--ood", "none", "--generic", "none", "--select-by", "in_dist"]
+    first = run_cli(*args, env=_env())
+    assert first.returncode == 0, first.stderr
+    journal = ck / "heldout_predictions.jsonl"
+    rows = [json.loads(x) for x in journal.read_text().splitlines()]
+    assert sorted({r["step"] for r in rows}) == [0, 2, 4] and len(rows) == 9
+    # cut "after the step-4 evaluation, before its checkpoint": the artifact and step 4 are gone, the rows stay
+    import shutil
+
+    shutil.rmtree(out)
+    shutil.rmtree(ck / "step-000004")
+    with journal.open("a") as fh:  # a second step-4 row, as if that evaluation ran twice before a cut
+        fh.write(json.dumps({**rows[-1], "output": "stale"}) + "\n")
+    res = run_cli(*args, "--resume", env=_env())
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "lorasp.json").read_text())["train"]["resumed_from"] == 2
+    preds = [json.loads(x) for x in (out / "heldout_predictions.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in preds] == [0] * 3 + [2] * 3 + [4] * 3
+    assert all(p["output"] != "stale" for p in preds)
+    assert [p["output"] for p in preds[:6]] == [r["output"] for r in rows[:6]]
+
+
 # --------------------------------------------------------------------------------------------- NaN guard
 
 def test_nan_guard_keeps_last_good_checkpoint(teach_run, tmp_path, monkeypatch, capsys, tiny_llama_path):
