@@ -208,22 +208,24 @@ def recipe_adapter(exp: Experiment) -> Path:
                    ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run)])
 
 
-def c1(full: bool = False) -> None:
+def c1(full: bool = False, base_only: bool = False) -> None:
     exp = Experiment("c1", "C1 lift: the GSM8K recipe's adapter vs the base model",
                      "python experiments/run.py c1" + (" --full" if full else ""))
-    adapter = recipe_adapter(exp)
+    # --base-only: the base model's evaluations alone (they need no adapter), e.g. while the recipe still trains
+    adapter = None if base_only else recipe_adapter(exp)
+    models = (("base", None),) if base_only else (("base", None), ("adapter", adapter))
     exp.record["extra"]["sets"] = C1_SETS
     # the headline first (GSM8K zs_cot), then OOD, then the 8-shot mode, so a cut run has the most important part
     for mode in ("zs_cot", "icl_cot"):
         for task, n in C1_SETS.items():
-            for who, ad in (("base", None), ("adapter", adapter)):
+            for who, ad in models:
                 exp.eval(f"{who}-{mode}-{task}", suites=["math"], tasks=[task], mode=mode, limit=n,
                          max_new_tokens=C1_TOKENS[task], adapter=ad)
     if full:
-        for who, ad in (("base", None), ("adapter", adapter)):
+        for who, ad in models:
             exp.eval(f"{who}-zs_cot-gsm8k-full", suites=["math"], tasks=["gsm8k"], mode="zs_cot", limit=None,
                      max_new_tokens=C1_TOKENS["gsm8k"], adapter=ad)
-    exp.save(complete=True)
+    exp.save(complete=not base_only)
 
 
 def c2() -> None:
@@ -337,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
+    ap.add_argument("--base-only", action="store_true", help="c1: only the base model's evaluations (no adapter "
+                    "needed: they can run while the recipe trains)")
     ap.add_argument("--note", action="append", default=[], help="a provenance note to keep with the experiment's "
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "
@@ -351,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for e in todo:
             if e == "c1":
-                c1(a.full)
+                c1(a.full, a.base_only)
             elif e == "c2":
                 c2()
             elif e == "c3":
