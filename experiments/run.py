@@ -18,7 +18,7 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 | c2 | generic ability drops | BBH, 27 tasks x 10, icl_cot (3-shot) and zs_answer, base vs adapter |
 | c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot |
 | c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
-| c5 | in-distribution best != OOD best | the recipe run's held-out curves (>= 8 evaluated checkpoints), with intervals |
+| c5 | in-distribution best != OOD best | the recipe run again with its held-out sets scored every 30 steps (9 evaluations), with intervals |
 """
 
 from __future__ import annotations
@@ -208,12 +208,13 @@ def recipe_adapter(exp: Experiment) -> Path:
                    ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run)])
 
 
-def c1(full: bool = False, base_only: bool = False) -> None:
+def c1(full: bool = False, only: str | None = None) -> None:
     exp = Experiment("c1", "C1 lift: the GSM8K recipe's adapter vs the base model",
                      "python experiments/run.py c1" + (" --full" if full else ""))
-    # --base-only: the base model's evaluations alone (they need no adapter), e.g. while the recipe still trains
-    adapter = None if base_only else recipe_adapter(exp)
-    models = (("base", None),) if base_only else (("base", None), ("adapter", adapter))
+    # --only base: the base model's evaluations alone (they need no adapter), e.g. while the recipe still trains;
+    # --only adapter: the rest, in a second process (rerun `c1` once both ended to gather both into the record)
+    adapter = None if only == "base" else recipe_adapter(exp)
+    models = tuple(m for m in (("base", None), ("adapter", adapter)) if only in (None, m[0]))
     exp.record["extra"]["sets"] = C1_SETS
     # the headline first (GSM8K zs_cot), then OOD, then the 8-shot mode, so a cut run has the most important part
     for mode in ("zs_cot", "icl_cot"):
@@ -225,7 +226,7 @@ def c1(full: bool = False, base_only: bool = False) -> None:
         for who, ad in models:
             exp.eval(f"{who}-zs_cot-gsm8k-full", suites=["math"], tasks=["gsm8k"], mode="zs_cot", limit=None,
                      max_new_tokens=C1_TOKENS["gsm8k"], adapter=ad)
-    exp.save(complete=not base_only)
+    exp.save(complete=only is None)
 
 
 def c2() -> None:
@@ -294,10 +295,20 @@ def c4(teacher_steps: int = 192, student_steps: int = 96, problems: int = 768, n
     exp.save(complete=True)
 
 
+C5_EVAL_EVERY = 30  # the recipe evaluates at step 0 and the end only; C5 scores every 30th step: 9 evaluations
+
+
+def curves_adapter(exp: Experiment) -> Path:
+    """The recipe run again, with its held-out sets scored every ``C5_EVAL_EVERY`` steps (the curves)."""
+    run = exp.teach_gsm8k()
+    return exp.fit("curves", exp.dir / "adapter", ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run),
+                                                   "--eval-every", str(C5_EVAL_EVERY)])
+
+
 def c5_snapshot(exp: Experiment) -> None:
-    """While the recipe run trains: the scores of its checkpoints so far (from the newest checkpoint's state), as
+    """While the curves run trains: the scores of its checkpoints so far (from the newest checkpoint's state), as
     correct counts per set; the result stays partial until the run ends and ``c5`` records every problem."""
-    ckpts = work_dir() / "recipe" / "adapter.checkpoints"
+    ckpts = exp.dir / "adapter.checkpoints"
     states = sorted(ckpts.glob("step-*/trainer_state.json"))
     if not states:
         raise StepFailed(f"no checkpoint of the recipe run under {ckpts} yet")
@@ -324,7 +335,7 @@ def c5(snapshot: bool = False, notes: list[str] | None = None) -> None:
         exp.record["extra"]["notes"] = list(notes)
     if snapshot:
         return c5_snapshot(exp)
-    ad = recipe_adapter(exp)
+    ad = curves_adapter(exp)
     rows = []
     pred = ad / "heldout_predictions.jsonl"
     for line in pred.read_text().splitlines():
@@ -339,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
-    ap.add_argument("--base-only", action="store_true", help="c1: only the base model's evaluations (no adapter "
-                    "needed: they can run while the recipe trains)")
+    ap.add_argument("--only", choices=["base", "adapter"], help="c1: only the base model's evaluations (they need "
+                    "no adapter: they can run while the recipe trains) or only the adapter's")
     ap.add_argument("--note", action="append", default=[], help="a provenance note to keep with the experiment's "
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "
@@ -355,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for e in todo:
             if e == "c1":
-                c1(a.full, a.base_only)
+                c1(a.full, a.only)
             elif e == "c2":
                 c2()
             elif e == "c3":
