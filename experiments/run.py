@@ -202,10 +202,13 @@ C1_SETS = {"gsm8k": 500, "multiarith": 300, "asdiv": 300, "svamp": 300}
 C1_TOKENS = {"gsm8k": 192, "multiarith": 160, "asdiv": 160, "svamp": 160}
 
 
+FIT_EXTRA: list[str] = []  # --fit-arg: extra `lorasp fit` arguments for the recipe run (recorded with the fit)
+
+
 def recipe_adapter(exp: Experiment) -> Path:
     run = exp.teach_gsm8k()
     return exp.fit("recipe", work_dir() / "recipe" / "adapter",
-                   ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run)])
+                   ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), *FIT_EXTRA])
 
 
 def c1(full: bool = False, only: str | None = None) -> None:
@@ -361,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher-steps", type=int, default=192)
     ap.add_argument("--student-steps", type=int, default=96)
     ap.add_argument("--problems", type=int, default=768, help="c4: arith problems for the teacher and the students")
+    ap.add_argument("--fit-arg", action="append", default=[], help="an extra `lorasp fit` argument for the recipe "
+                    "run (repeatable; kept in the result file), e.g. --fit-arg=--select-by --fit-arg=last")
     a = ap.parse_args(argv)
+    FIT_EXTRA[:] = a.fit_arg
     todo = ["c1", "c5", "c2", "c3", "c4"] if a.experiment == "all" else [a.experiment]
     try:
         for e in todo:
