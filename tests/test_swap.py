@@ -39,7 +39,7 @@ def make_adapter(base: str | Path, out: Path, *, seed: int, r: int = 4, alpha: i
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from lora_spec.adapters.swap import base_info, save_adapter
+    from lora_spec.adapters.artifact import base_info, save_adapter
     from lora_spec.student import load_student
 
     st = load_student(str(base), quant)
@@ -111,7 +111,8 @@ def test_mixed_batch_equals_one_adapter_at_a_time(smol_adapters, smollm2_path):
 
 
 def test_use_switches_and_base_is_untouched(tiny_adapters, tiny_llama_path):
-    from lora_spec.adapters.swap import AdapterSet, greedy_generate
+    from lora_spec.adapters.swap import AdapterSet
+    from lora_spec.generation import generate
     from lora_spec.student import load_student
 
     s = AdapterSet(str(tiny_llama_path), {"math": tiny_adapters["a"], "other": tiny_adapters["b"]})
@@ -121,8 +122,9 @@ def test_use_switches_and_base_is_untouched(tiny_adapters, tiny_llama_path):
     assert s.generate(TINY_PROMPTS, max_new_tokens=6) != s.generate(TINY_PROMPTS, adapters="math", max_new_tokens=6)
     s.use("base")
     plain = load_student(str(tiny_llama_path))
-    assert s.generate(TINY_PROMPTS, max_new_tokens=6) == greedy_generate(plain.model, plain.tokenizer, TINY_PROMPTS,
-                                                                         max_new_tokens=6)
+    assert s.generate(TINY_PROMPTS, max_new_tokens=6) == generate(plain.model, plain.tokenizer, TINY_PROMPTS,
+                                                                  max_new_tokens=6, add_special_tokens=True,
+                                                                  strip=False, progress=False)
     from lora_spec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown adapter 'nope'"):

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, ModelError, one_line
-from .swap import (adapter_digest, base_info, base_spec, precheck_base, read_adapter, read_adapter_config,
-                   save_adapter)
+from .artifact import (adapter_digest, base_info, base_spec, precheck_base, read_adapter, read_adapter_config,
+                       save_adapter)
 
 HOWS = ("linear", "cat", "svd")
 

@@ -156,7 +156,7 @@ def listing(root: str | os.PathLike) -> list[dict[str, Any]]:
 
 def show(directory: str | os.PathLike) -> dict[str, Any]:
     """Everything about one artifact: manifest, adapter config, vLLM check, files."""
-    from .swap import read_adapter_config, vllm_problems
+    from .artifact import read_adapter_config, vllm_problems
 
     d = Path(directory)
     m = read_manifest(d)
