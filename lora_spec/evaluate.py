@@ -9,7 +9,6 @@ predictions/ and returns an :class:`EvalResult`.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import time
 from typing import Any, Sequence
@@ -27,16 +26,7 @@ def make_dataset(name: str, params: dict | None = None, data_dir: str | os.PathL
     """Create a dataset plugin, passing ``data_dir`` when the plugin accepts it."""
     from . import registry
 
-    params = dict(params or {})
-    if data_dir is not None and "data_dir" not in params:
-        factory = registry.resolve("datasets", name)
-        try:
-            sig = inspect.signature(factory)
-            if "data_dir" in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-                params["data_dir"] = data_dir
-        except (TypeError, ValueError):
-            pass
-    return registry.create("datasets", name, **params)
+    return registry.create("datasets", name, offered={"data_dir": data_dir}, **dict(params or {}))
 
 
 LIMIT_SEED = 0
@@ -175,16 +165,10 @@ class EvalConfig(RunConfig):
 def _suite_tasks(name: str, cfg: EvalConfig) -> list[EvalTask]:
     from . import registry
 
-    factory = registry.resolve("evals", name)
     wanted = {"mode": cfg.mode, "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens}
     wanted = {k: v for k, v in wanted.items() if v is not None}
-    try:
-        sig = inspect.signature(factory)
-        kwargs_ok = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-        passed = {k: v for k, v in wanted.items() if kwargs_ok or k in sig.parameters}
-    except (TypeError, ValueError):
-        passed = {}
-    suite = registry.create("evals", name, **passed) if callable(factory) else factory
+    passed = registry.offered_to("evals", name, wanted)  # the rest is set on each task below
+    suite = registry.create("evals", name, **passed)
     tasks = list(suite.tasks())
     rest = {k: v for k, v in wanted.items() if k not in passed}
     if rest:

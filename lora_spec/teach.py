@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import inspect
 import json
 import os
 import signal
@@ -149,37 +148,17 @@ def _unescape(s: str) -> str:
     return codecs.decode(s, "unicode_escape") if "\\" in s else s
 
 
-def _accepts(factory: Any) -> tuple[set[str], bool]:
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return set(), True
-    return {n for n in sig.parameters if n != "self"}, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-
-
 def _make_dataset(cfg: TeachConfig):
-    params = parse_kv(cfg.dataset_opt, "--dataset-opt")
-    factory = registry.resolve("datasets", cfg.dataset)
-    names, anykw = _accepts(factory)
-    if cfg.data_dir and "data_dir" not in params and ("data_dir" in names or anykw):
-        params["data_dir"] = cfg.data_dir
-    return registry.create("datasets", cfg.dataset, **params)
+    return registry.create("datasets", cfg.dataset, offered={"data_dir": cfg.data_dir},
+                           **parse_kv(cfg.dataset_opt, "--dataset-opt"))
 
 
 def _make_teacher(cfg: TeachConfig, stop: list[str]):
-    factory = registry.resolve("teachers", cfg.teacher)
-    names, anykw = _accepts(factory)
     offered = {"model": cfg.model, "base_url": cfg.base_url, "api": cfg.api, "api_key_env": cfg.api_key_env,
                "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "stop": stop,
                "top_logprobs": cfg.top_logprobs, "seed": cfg.seed, "concurrency": cfg.concurrency,
                "timeout": cfg.timeout, "max_retries": cfg.max_retries}
-    params = {k: v for k, v in offered.items() if (k in names or anykw) and v is not None}
-    params.update(parse_kv(cfg.teacher_opt, "--teacher-opt"))
-    teacher = registry.create("teachers", cfg.teacher, **params)
-    if not callable(getattr(teacher, "fingerprint", None)) or not (
-            callable(getattr(teacher, "generate", None)) or callable(getattr(teacher, "stream", None))):
-        raise LoraspError(f"teacher {cfg.teacher!r} does not implement generate(requests) and fingerprint()")
-    return teacher
+    return registry.create("teachers", cfg.teacher, offered=offered, **parse_kv(cfg.teacher_opt, "--teacher-opt"))
 
 
 def _missing_ranges(have: set[int], n: int) -> list[tuple[int, int]]:
