@@ -9,8 +9,8 @@ from typing import List, Literal, Optional
 import click
 from pydantic import Field
 
-from .config import RunConfig, config_options
-from .errors import ConfigError
+from ..config import RunConfig, config_options
+from ..errors import ConfigError
 
 
 def _quiet_transformers() -> None:
@@ -76,12 +76,12 @@ def merge_cmd(adapter, as_json, cfg: MergeConfig):
 
     next: AutoModelForCausalLM.from_pretrained("OUT") anywhere, or lorasp eval --model OUT
     """
-    from .outputs import check_output
+    from ..outputs import check_output
 
     # refused before transformers is even imported (merge() checks again for Python callers)
     check_output(cfg.out, "merge", overwrite=cfg.overwrite, inputs=[("ADAPTER", adapter), ("--model", cfg.model)])
     _quiet_transformers()
-    from .adapters.merge import merge
+    from ..adapters.merge import merge
 
     rep = merge(adapter, cfg.out, base=cfg.base, dtype=cfg.dtype, safe=cfg.safe,
                 force_quantized=cfg.force_quantized, model=cfg.model, ignore_fingerprint=cfg.ignore_fingerprint,
@@ -147,13 +147,13 @@ def _parse_adapters(specs: list[str]) -> list[tuple[str, str]]:
 def _read_prompts(path: str) -> tuple[list[str], list[str | None]]:
     from pathlib import Path
 
-    from .errors import DataError
+    from ..errors import DataError
 
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: prompts file not found")
     prompts, names = [], []
-    from .records import read_text
+    from ..records import read_text
 
     for i, line in enumerate(read_text(p, "prompts, one per line or JSONL").splitlines(), 1):
         if not line.strip():
@@ -210,7 +210,7 @@ def generate_cmd(as_json, cfg: GenerateConfig):
         if n not in known:
             raise ConfigError(f"unknown adapter {n!r} (loaded: {', '.join(known)})")
     _quiet_transformers()
-    from .adapters.swap import AdapterSet
+    from ..adapters.swap import AdapterSet
 
     aset = AdapterSet(cfg.model, adapters, quant=None if cfg.quant == "auto" else cfg.quant,
                       ignore_fingerprint=cfg.ignore_fingerprint)
@@ -258,9 +258,9 @@ def combine_cmd(adapters, cfg: CombineConfig):
 
     next: lorasp eval --adapter OUT
     """
-    from .adapters.combine import combine, parse_weights
+    from ..adapters.combine import combine, parse_weights
 
-    from .outputs import check_output
+    from ..outputs import check_output
 
     check_output(cfg.out, "combine", overwrite=cfg.overwrite, inputs=[("ADAPTER", a) for a in adapters]
                  + [("--model", cfg.model)])  # before transformers is even imported (combine() checks again)
@@ -298,7 +298,7 @@ def adapters_list(directory, as_json):
 
     next: lorasp adapters show PATH
     """
-    from .adapters.listing import _fmt_scores, listing
+    from ..adapters.listing import _fmt_scores, listing
 
     rows = listing(directory)
     if as_json:
@@ -340,7 +340,7 @@ def adapters_show(artifact, as_json, full):
 
     next: lorasp eval --adapter ARTIFACT; lorasp report ARTIFACT
     """
-    from .adapters.listing import show, summary_lines
+    from ..adapters.listing import show, summary_lines
 
     info = show(artifact)
     if as_json:
@@ -362,7 +362,7 @@ def adapters_show(artifact, as_json, full):
                        f"(n={h['n']})")
     for when, res in ((info["manifest"].get("before_after") or {}).items()):
         if when in ("before", "after") and isinstance(res, dict):
-            from .stats import fmt_acc
+            from ..stats import fmt_acc
 
             click.echo(f"{when}: " + ", ".join(f"{t} {fmt_acc(r['correct'], r['n'])}" for t, r in res.items()
                                                if isinstance(r, dict) and isinstance(r.get("n"), int)
@@ -392,7 +392,7 @@ def runs_cmd(directory, as_json):
 
     next: lorasp adapters show PATH (a fit); the eval's report.md; lorasp fit --data PATH (a teach run)
     """
-    from .runs import find_runs
+    from ..runs import find_runs
 
     rows = find_runs(directory)
     if as_json:

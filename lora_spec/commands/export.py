@@ -8,8 +8,8 @@ from typing import Literal, Optional
 import click
 from pydantic import Field
 
-from .cli_adapters import _quiet_transformers, _say
-from .config import RunConfig, config_options
+from .adapters import _quiet_transformers, _say
+from ..config import RunConfig, config_options
 
 
 class ExportConfig(RunConfig):
@@ -41,7 +41,7 @@ def export_cmd(artifact, as_json, cfg: ExportConfig):
     ollama create arith -f gguf/arith/Modelfile
     """
     _quiet_transformers()
-    from .adapters.export import export
+    from ..adapters.export import export
 
     rep = export(artifact, cfg.out, fmt=cfg.format, base_gguf=cfg.base_gguf, model=cfg.model,
                  outtype=cfg.outtype, ignore_fingerprint=cfg.ignore_fingerprint, log=_say)
@@ -80,7 +80,7 @@ def push_cmd(artifact, repo, cfg: PushConfig):
     The upload is a Hub-ready copy: adapter_config.json names the base by its Hub id and the model card carries
     the Hub's metadata header; the artifact itself is not changed.
     """
-    from .adapters.push import push
+    from ..adapters.push import push
 
     url = push(artifact, repo, private=cfg.private, revision=cfg.revision, commit_message=cfg.commit_message,
                base_model=cfg.base_model, token_env=cfg.token_env, endpoint=cfg.endpoint, log=_say)

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from .config import config_options
-from .teach import TeachConfig
+from ..config import config_options
+from ..teach import TeachConfig
 
 
 @click.command("teach")
@@ -29,7 +29,7 @@ def teach_cmd(dry_run, cfg: TeachConfig):
 
     next: lorasp fit --data OUT (tune a student on the correct samples)
     """
-    from .teach import plan, teach
+    from ..teach import plan, teach
 
     if dry_run:
         p = plan(cfg)
