@@ -287,8 +287,25 @@ def _calibration_key(model: str, quant: str) -> str:
     return f"eval|{model}|{quant}|{device()}"
 
 
+@dataclasses.dataclass
+class EvalResult:
+    """What an eval wrote: its output directory and the results.json document (what ``lorasp eval`` prints)."""
+
+    out: "os.PathLike"
+    doc: dict[str, Any]
+
+
 def run_eval(cfg: EvalConfig) -> "os.PathLike":
-    """Evaluate a student (+ adapter) on the configured suites; write results.json, report.md, predictions/."""
+    """Evaluate a student (+ adapter) on the configured suites; write results.json, report.md, predictions/ and
+    return the output directory (:func:`eval_result` also returns the results document)."""
+    return eval_result(cfg).out
+
+
+def eval_result(cfg: EvalConfig) -> EvalResult:
+    """:func:`run_eval`, returning the output directory and the results.json document it wrote.
+
+    Over 80 lines: the steps of one eval in the order they run (defaults, plan, load, score, the results
+    document); each is a call, and the document's fields are listed where they are computed."""
     import json
     import sys
     from datetime import datetime, timezone
@@ -387,7 +404,7 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
     tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
     os.replace(tmp, out / "results.json")
     (out / "report.md").write_text(render_report(doc))
-    return out
+    return EvalResult(out, doc)
 
 
 INTERVALS = ("95% intervals: Wilson score interval per task and for micro averages; macro averages: the pooled "

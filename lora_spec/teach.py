@@ -15,6 +15,7 @@ directory holds:
 
 from __future__ import annotations
 
+import dataclasses
 import codecs
 import hashlib
 import json
@@ -238,8 +239,21 @@ def plan(cfg: TeachConfig) -> dict[str, Any]:
             "out": str(out), "resumes": (out / "store.sqlite").exists()}
 
 
+@dataclasses.dataclass
+class TeachResult:
+    """What a teach run wrote: its directory and its manifest.json document (what ``lorasp teach`` prints)."""
+
+    out: Path
+    manifest: dict[str, Any]
+
+
 def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
     """Run (or resume) a teach run; returns the run directory. ``teach(dataset="arith", teacher="gold", out=...)``."""
+    return teach_result(cfg, **overrides).out
+
+
+def teach_result(cfg: TeachConfig | None = None, **overrides: Any) -> TeachResult:
+    """:func:`teach`, returning the run directory and the manifest it wrote."""
     if cfg is None or overrides:
         data = {**(cfg.model_dump() if cfg is not None else {}), **overrides}
         try:
@@ -260,7 +274,7 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
         return _teach(cfg, out, stack, RunLock)
 
 
-def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
+def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
     t0 = time.time()
     spec = resolve_prompt(cfg.prompt, cfg.data_dir)
     stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)
@@ -386,7 +400,7 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
     if status == "interrupted":
         raise LoraspError(f"interrupted: {manifest['counts']['received']}/{manifest['counts']['requested']} samples "
                           f"are stored in {out}; rerun the same command to resume", exit_code=130)
-    return out
+    return TeachResult(out, manifest)
 
 
 def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, teacher: Any, spec: PromptSpec,

@@ -336,3 +336,34 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
             f"base+adapter on {len(rows)} prompts: max logit difference {report.max_logit_diff:.3g}, identical "
             f"greedy continuations {report.greedy_equal}/{len(rows)}.\n"))
     return report
+
+
+# --------------------------------------------------------------------------------------------- lorasp merge
+
+from typing import Literal, Optional  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from ..config import RunConfig  # noqa: E402
+
+
+class MergeConfig(RunConfig):
+    """``lorasp merge``: its flags (``lora_spec.commands``) and config-file keys."""
+
+    out: str = Field(description="Directory to write the merged model to (safetensors + config + tokenizer).")
+    base: Literal["auto", "original", "dequantized", "quantized"] = Field(
+        "auto", description="Base weights to merge into: original (full precision), dequantized (the NF4/int8 "
+                            "round-trip the adapter was trained against), quantized (re-quantize; needs "
+                            "--force-quantized); auto = dequantized for a quantized-trained adapter, else original.")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the merged weights.")
+    safe: bool = Field(False, description="Refuse NaN/inf in the merged weights.")
+    force_quantized: bool = Field(False, description="Allow merging into the still-quantized model (rounds the "
+                                                     "adapter's update onto the quantization grid).")
+    model: Optional[str] = Field(None, description="Base model (preset, directory, Hub id); default: the one "
+                                                   "recorded in the adapter's lorasp.json.")
+    ignore_fingerprint: bool = Field(False, description="Merge even if the base's fingerprint differs from the "
+                                                        "adapter's.")
+    max_new_tokens: int = Field(16, ge=1, le=512, description="Greedy tokens per parity prompt.")
+    overwrite: bool = Field(False, description="Replace an earlier merged model at --out (only a lorasp merged "
+                                               "model; removed once the new one is complete).")
+

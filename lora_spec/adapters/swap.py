@@ -370,3 +370,42 @@ class AdapterSet:
             if not self._mixable(rows):
                 raise ConfigError("mixed-adapter logits are not available for DoRA adapters (peft limitation)")
             return self.model(**enc, adapter_names=self._peft_names(rows)).logits
+
+
+# --------------------------------------------------------------------------------------------- lorasp generate
+
+from typing import List, Literal, Optional  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from ..config import RunConfig  # noqa: E402
+
+
+class GenerateConfig(RunConfig):
+    """``lorasp generate``: its flags (``lora_spec.commands``) and config-file keys."""
+
+    model: Optional[str] = Field(None, description="Base model (preset, directory, Hub id); default: the base of "
+                                                   "the first --adapter.")
+    adapter: List[str] = Field(default_factory=list, description="NAME=DIR: load the adapter at DIR as NAME.")
+    use: List[str] = Field(default_factory=list, description="Adapter to use ('base' for none): once for all "
+                                                             "prompts, or once per prompt for a mixed batch.")
+    prompt: List[str] = Field(default_factory=list, description="A prompt.")
+    prompts_file: Optional[str] = Field(None, description="A file with one prompt per line (or JSONL with a "
+                                                          "'prompt' and optional 'adapter' field).")
+    quant: Literal["auto", "nf4", "int8", "none"] = Field(
+        "auto", description="Quantize the base; auto = what the first adapter was trained against.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Greedy tokens per prompt.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Prompts per forward batch.")
+    mode: Literal["auto", "zs_cot", "icl_cot", "zs_answer", "icl_answer", "raw"] = Field(
+        "auto", description="How a prompt (a question) becomes the model's input: auto = as the adapter was "
+                            "trained (its main format in lorasp.json; raw without one); zs_cot/icl_cot/zs_answer/"
+                            "icl_answer = the training prompt of that format (chat template, system message, "
+                            "'Let's think step by step' pre-filled in the answer); raw = the text as given.")
+    chat: Optional[bool] = Field(None, description="Use the tokenizer's chat template; default: what the adapter "
+                                                   "was trained with (lorasp.json).")
+    stop: List[str] = Field(default_factory=list, description="Cut a completion at this string (default: the "
+                                                              "mode's stop strings; none for raw).")
+    data_dir: Optional[str] = Field(None, description="Data directory for the exemplars of the icl_* modes "
+                                                      "(default: $LORASP_DATA_DIR).")
+    ignore_fingerprint: bool = Field(False, description="Load adapters even onto a base with another fingerprint.")
+

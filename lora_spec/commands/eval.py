@@ -30,9 +30,7 @@ def eval_cmd(dry_run, cfg: EvalConfig):
 
     next: lorasp report ADAPTER (its specialization report); lorasp generate --adapter NAME=ADAPTER --prompt ...
     """
-    import json
-
-    from ..evaluate import eval_plan, run_eval
+    from ..evaluate import eval_plan, eval_result
 
     if dry_run:
         p = eval_plan(cfg)
@@ -53,8 +51,8 @@ def eval_cmd(dry_run, cfg: EvalConfig):
             click.echo("time: no measurement yet for this model here (every eval records its tokens/s)")
         return 0
 
-    out = run_eval(cfg)
-    doc = json.loads((out / "results.json").read_text())
+    res = eval_result(cfg)
+    out, doc = res.out, res.doc
     from ..evaluate import _ci_txt
 
     for name, r in doc["tasks"].items():

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import click
 from pydantic import Field
 
-from .adapters import _quiet_transformers, _say
+from . import quiet_transformers, say
 from ..config import RunConfig, config_options
 
 
@@ -40,11 +40,11 @@ def export_cmd(artifact, as_json, cfg: ExportConfig):
     llama-server -m SmolLM2-135M-Instruct.Q4_1.gguf --lora gguf/arith/adapter.gguf
     ollama create arith -f gguf/arith/Modelfile
     """
-    _quiet_transformers()
+    quiet_transformers()
     from ..adapters.export import export
 
     rep = export(artifact, cfg.out, fmt=cfg.format, base_gguf=cfg.base_gguf, model=cfg.model,
-                 outtype=cfg.outtype, ignore_fingerprint=cfg.ignore_fingerprint, log=_say)
+                 outtype=cfg.outtype, ignore_fingerprint=cfg.ignore_fingerprint, log=say)
     if as_json:
         click.echo(json.dumps(rep.__dict__, indent=2))
         return 0
@@ -83,6 +83,6 @@ def push_cmd(artifact, repo, cfg: PushConfig):
     from ..adapters.push import push
 
     url = push(artifact, repo, private=cfg.private, revision=cfg.revision, commit_message=cfg.commit_message,
-               base_model=cfg.base_model, token_env=cfg.token_env, endpoint=cfg.endpoint, log=_say)
+               base_model=cfg.base_model, token_env=cfg.token_env, endpoint=cfg.endpoint, log=say)
     click.echo(f"pushed {artifact} -> {url}")
     return 0
