@@ -171,17 +171,11 @@ def _ci(iv: tuple[float, float] | None) -> str:
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:
     """The rows of ``heldout_predictions.jsonl``; a bad line is a one-line error naming file:line."""
-    import json
+    from .records import iter_jsonl
 
     rows = []
     p = Path(path)
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{p}:{i}: not valid JSON ({exc.msg})") from None
+    for i, r in iter_jsonl(p, invalid="not valid JSON"):
         if not isinstance(r, dict) or not isinstance(r.get("step"), int) or not isinstance(r.get("correct"), bool) \
                 or not isinstance(r.get("set"), str) or not isinstance(r.get("task"), str):
             raise DataError(f"{p}:{i}: expected an object with integer 'step', 'set', 'task' and boolean 'correct'")
