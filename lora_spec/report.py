@@ -13,6 +13,9 @@ Accuracies are fractions in [0, 1] in the manifest and percentages in the report
 compared paired, problem by problem, from ``checkpoints[*].correct`` (per-problem results; older artifacts: the
 artifact's ``heldout_predictions.jsonl``): change in points, Newcombe's interval, exact McNemar p, "within noise".
 ``lorasp report ARTIFACT`` re-renders both files from the artifact alone.
+
+Over 500 lines: the report is one document (markdown tables, the paired comparisons behind them and the curves
+figure) read from one manifest; the readers of the manifest fields above are shared by all of its parts.
 """
 
 from __future__ import annotations
@@ -253,6 +256,7 @@ def times(manifest: dict, checkpoints: list[dict]) -> tuple[float | None, float 
 def render_markdown(manifest: dict, name: str = "artifact", predictions: list[dict] | None = None) -> str:
     """``report.md``. ``predictions``: the rows of ``heldout_predictions.jsonl`` (for the paired comparisons of
     artifacts whose checkpoints do not record ``correct``)."""
+    # Over 80 lines: the report's sections in the order they appear in report.md, each a few lines of table rows.
     cks = checkpoints_of(manifest)
     chosen = chosen_step(manifest, cks)
     sets = _set_names(cks)

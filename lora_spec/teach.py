@@ -11,12 +11,16 @@ directory holds:
   counts, first-sample and majority-vote accuracy, token usage and wall time.
 
 ``load_run(dir)`` reads a run back for ``fit``.
+
+Over 500 lines: the run is one resumable loop over one store, and its parts (prompt specs, plugin creation, the
+loop with its signal handling, the manifest, reading a run back) share the store's keys and the run directory's
+layout; apart, each would import the others.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import codecs
+import dataclasses
 import hashlib
 import json
 import os
@@ -275,6 +279,8 @@ def teach_result(cfg: TeachConfig | None = None, **overrides: Any) -> TeachResul
 
 
 def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
+    # Over 80 lines: one teach run from top to bottom (plan, store, ask, store each answer as it arrives, signals,
+    # manifest); the loop's closures share the store and the counters that the manifest reports.
     t0 = time.time()
     spec = resolve_prompt(cfg.prompt, cfg.data_dir)
     stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)

@@ -248,3 +248,32 @@ def test_generate_cli_errors(tiny_pair, tmp_path, capsys):
     code, _, err = main_cli(capsys, "generate", "--adapter", f"math={adapter}", "--prompts-file",
                             str(tmp_path / "p.jsonl"))
     assert code == 1 and "p.jsonl:2: field 'prompt'" in err, err
+
+
+def test_generate_chat_sends_the_training_prompt(smol_adapters, smollm2_path, capsys):
+    """`lorasp generate --chat` on the real SmolLM2 (a chat template with its own default system message): the
+    model's input is the prompt training built for the same question (prompts.DEFAULT_SYSTEM, template,
+    pre-filled trigger), and a raw prompt is wrapped with training's system message, not the template's."""
+    from transformers import AutoTokenizer
+
+    from lora_spec.prompts import DEFAULT_SYSTEM
+    from tests.test_first_hour import QUESTION, _training_prompt
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    a = smol_adapters["a"]
+    for mode, fmt in (("zs_cot", "zero_shot_cot"), ("zs_answer", "zero_shot_answer")):
+        code, out, err = main_cli(capsys, "generate", "--adapter", f"math={a}", "--prompt", QUESTION, "--mode", mode,
+                                  "--chat", "--max-new-tokens", "1", "--json")
+        assert code == 0, err
+        sent = json.loads(out)["input"]
+        assert sent == _training_prompt(QUESTION, fmt, tok, chat=True)
+        assert DEFAULT_SYSTEM in sent and "SmolLM" not in sent
+    code, out, err = main_cli(capsys, "generate", "--adapter", f"math={a}", "--prompt", QUESTION, "--mode", "raw",
+                              "--chat", "--max-new-tokens", "1", "--json")
+    assert code == 0, err
+    sent = json.loads(out)["input"]
+    assert sent == tok.apply_chat_template([{"role": "system", "content": DEFAULT_SYSTEM},
+                                            {"role": "user", "content": QUESTION}], tokenize=False,
+                                           add_generation_prompt=True)
+    assert "SmolLM" not in sent
+

@@ -206,6 +206,8 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
     ``model`` overrides the base recorded in the adapter's manifest (fingerprint-checked). Returns the parity
     report (also recorded in the merged artifact's ``lorasp.json``).
     """
+    # Over 80 lines: the numbered steps of one merge in the order they run (checks before any weights load, the
+    # base weights, reference and merge, write/reload/compare); each holds tensors the next one frees.
     import torch
     from peft import PeftModel
 
