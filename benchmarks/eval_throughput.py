@@ -36,7 +36,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from lora_spec.answers import extract_answer
-    from lora_spec.evaluate import generate, task_problems
+    from lora_spec.evaluate import task_problems
+    from lora_spec.generation import generate
     from lora_spec.prompts import build_prompt, stop_sequences, uses_chat
     from lora_spec.records import EvalTask
     from lora_spec.student import load_student

@@ -17,21 +17,21 @@ from .errors import LoraspError, one_line
 
 # command name -> "module:attribute" of a click.Command, imported on first use
 COMMANDS: dict[str, tuple[str, str]] = {
-    "plugins": ("lora_spec.cli_plugins:plugins", "List every installed plugin with its group and distribution."),
-    "models": ("lora_spec.cli_plugins:models", "List the student presets and whether they are cached."),
-    "merge": ("lora_spec.cli_adapters:merge_cmd", "Merge an adapter into its base; writes a full model and checks parity."),
-    "generate": ("lora_spec.cli_adapters:generate_cmd", "Generate with a base and adapters (switch or mix per row)."),
-    "adapters": ("lora_spec.cli_adapters:adapters_group", "List the artifacts under a folder, or show one."),
-    "runs": ("lora_spec.cli_adapters:runs_cmd", "List teach runs, fits and evals under a folder, with headlines."),
-    "combine": ("lora_spec.cli_adapters:combine_cmd", "Weighted combination of adapters (linear|cat|svd) via peft."),
-    "export": ("lora_spec.cli_export:export_cmd", "Export for llama.cpp/Ollama: LoRA or model GGUF + Modelfile."),
-    "push": ("lora_spec.cli_export:push_cmd", "Upload an artifact to the Hugging Face Hub (Hub-ready copy)."),
-    "teach": ("lora_spec.cli_teach:teach_cmd", "Sample chain-of-thought from a teacher, filter by answer (resumable)."),
-    "fit": ("lora_spec.cli_fit:fit_cmd", "Tune a student on teacher CoT in four formats (LoRA/DoRA/QLoRA/full)."),
-    "eval": ("lora_spec.cli_eval:eval_cmd", "Evaluate a student (+ adapter) on math / BBH / arith suites, batched."),
-    "recipes": ("lora_spec.cli_plugins:recipes", "List the shipped fit recipes (lorasp fit --config NAME)."),
-    "compare": ("lora_spec.cli_eval:compare_cmd", "Paired comparison of two eval results on the same problems."),
-    "report": ("lora_spec.cli_report:report", "Re-render an artifact's specialization report (report.md, curves.png)."),
+    "plugins": ("lora_spec.commands.plugins:plugins", "List every installed plugin with its group and distribution."),
+    "models": ("lora_spec.commands.plugins:models", "List the student presets and whether they are cached."),
+    "merge": ("lora_spec.commands.merge:merge_cmd", "Merge an adapter into its base; writes a full model and checks parity."),
+    "generate": ("lora_spec.commands.generate:generate_cmd", "Generate with a base and adapters (switch or mix per row)."),
+    "adapters": ("lora_spec.commands.adapters:adapters_group", "List the artifacts under a folder, or show one."),
+    "runs": ("lora_spec.commands.runs:runs_cmd", "List teach runs, fits and evals under a folder, with headlines."),
+    "combine": ("lora_spec.commands.combine:combine_cmd", "Weighted combination of adapters (linear|cat|svd) via peft."),
+    "export": ("lora_spec.commands.export:export_cmd", "Export for llama.cpp/Ollama: LoRA or model GGUF + Modelfile."),
+    "push": ("lora_spec.commands.export:push_cmd", "Upload an artifact to the Hugging Face Hub (Hub-ready copy)."),
+    "teach": ("lora_spec.commands.teach:teach_cmd", "Sample chain-of-thought from a teacher, filter by answer (resumable)."),
+    "fit": ("lora_spec.commands.fit:fit_cmd", "Tune a student on teacher CoT in four formats (LoRA/DoRA/QLoRA/full)."),
+    "eval": ("lora_spec.commands.eval:eval_cmd", "Evaluate a student (+ adapter) on math / BBH / arith suites, batched."),
+    "recipes": ("lora_spec.commands.plugins:recipes", "List the shipped fit recipes (lorasp fit --config NAME)."),
+    "compare": ("lora_spec.commands.eval:compare_cmd", "Paired comparison of two eval results on the same problems."),
+    "report": ("lora_spec.commands.report:report", "Re-render an artifact's specialization report (report.md, curves.png)."),
 }
 
 # commands that load models, tokenizers or adapters get --allow-pickle and --trust-remote-code (lora_spec.safeload)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .records import iter_jsonl
 from .stats import fmt_acc, macro, macro_paired, mcnemar, paired
 
 
@@ -43,17 +44,9 @@ def load_results(where: str) -> tuple[Path, dict, dict[str, dict[str, bool]]]:
                             f"records where each task's predictions are)")
         pf = path.parent / row["predictions_file"]
         correct: dict[str, bool] = {}
-        try:
-            lines = pf.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise DataError(f"{pf}: cannot read the predictions of task {name!r} ({exc.strerror or exc})") from None
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{pf}:{i}: not valid JSON ({exc.msg})") from None
+        if not pf.is_file():
+            raise DataError(f"{pf}: cannot read the predictions of task {name!r} (no such file)")
+        for i, rec in iter_jsonl(pf, invalid="not valid JSON"):
             if not isinstance(rec, dict) or "id" not in rec or not isinstance(rec.get("correct"), bool):
                 raise DataError(f"{pf}:{i}: expected an object with 'id' and a boolean 'correct'")
             pid = str(rec["id"])

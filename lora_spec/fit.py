@@ -603,21 +603,11 @@ def _strip(res: dict | None) -> dict | None:
 
 
 def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_manifest, extra_files=None) -> None:
-    from . import __version__
+    """A full fine-tune's artifact, through the one artifact writer (``atomic_dir``/``write_manifest``: unused,
+    kept for the caller's signature)."""
+    from .adapters.artifact import save_full
 
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        student.tokenizer.save_pretrained(str(tmp))
-        m = {"lorasp_version": __version__, **manifest,
-             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_manifest(tmp, m)
-        for name, src in (extra_files or {}).items():  # report.md, curves.png
-            import shutil
-
-            shutil.copyfile(src, tmp / name)
-        from .adapters.card import model_card
-
-        (tmp / "README.md").write_text(model_card(m, None, out.name), encoding="utf-8")
+    save_full(model, student.tokenizer, out, manifest, extra_files=extra_files)
 
 
 __all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROBLEMS"]

@@ -105,8 +105,9 @@ def read_text(path: str | os.PathLike, what: str = "a text file") -> str:
                         f"expected {what}") from None
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, object)``; a bad line raises ``DataError`` naming file:line.
+def iter_jsonl(path: str | os.PathLike, *, invalid: str = "invalid JSON") -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, object)``; a bad line raises ``DataError`` naming file:line (``invalid``: how a line
+    that does not parse is called; ``lorasp compare`` and the report say "not valid JSON").
 
     Blank lines are skipped with one warning per file (a record may have been lost when the file was edited)."""
     import sys
@@ -130,7 +131,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             try:
                 obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+                raise DataError(f"{path}:{lineno}: {invalid} ({exc.msg}, column {exc.colno})") from None
             yield lineno, obj
     if blank:
         print(f"warning: {path}: skipped {len(blank)} blank line{'s' if len(blank) > 1 else ''} "

@@ -102,23 +102,49 @@ def resolve(group: str, name: str) -> Any:
         raise PluginError(f"{p.label} failed to import: {type(exc).__name__}: {one_line(exc)}") from exc
 
 
-def create(group: str, name: str, **params: Any) -> Any:
-    """Resolve and instantiate a plugin with ``params``; bad parameters are a one-line error."""
+def accepts(factory: Any) -> tuple[list[str], bool]:
+    """The keyword parameters ``factory`` takes, and whether it takes ``**kwargs``; a factory whose signature
+    cannot be read (a builtin) is taken to accept everything, so that nothing is checked against it."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return [], True
+    return ([n for n in sig.parameters if n != "self"],
+            any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()))
+
+
+def offered_to(group: str, name: str, offered: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``offered`` (settings lorasp offers a plugin: ``data_dir``, a teacher's ``model`` and
+    ``temperature``, an eval's ``limit``) that plugin ``name``'s factory takes; ``None`` values are not offered."""
+    factory = resolve(group, name)
+    if not callable(factory):
+        return {}
+    names, anykw = accepts(factory)
+    return {k: v for k, v in offered.items() if v is not None and (anykw or k in names)}
+
+
+def create(group: str, name: str, offered: dict[str, Any] | None = None, **params: Any) -> Any:
+    """Resolve and instantiate a plugin: the one place that passes plugin arguments.
+
+    ``params``: the user's own parameters (``--dataset-opt``, ``--teacher-opt``, a YAML ``params`` block); one the
+    factory does not take is a one-line error naming the accepted ones. ``offered``: settings lorasp passes only
+    when the factory's signature takes them (:func:`offered_to`); ``params`` win over them. The object created is
+    checked against its group's contract (:mod:`lora_spec.plugins.contracts`)."""
     factory = resolve(group, name)
     if not callable(factory):
         return factory
-    try:
-        sig = inspect.signature(factory)
-        accepts_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-        if not accepts_kwargs:
-            unknown = sorted(set(params) - set(sig.parameters))
-            if unknown:
-                allowed = [k for k in sig.parameters if k != "self"]
-                raise PluginError(f"{_short(group)[:-1]} {name!r} has no parameter {unknown[0]!r} "
-                                  f"(accepted: {', '.join(allowed) or 'none'})")
-    except (TypeError, ValueError):
-        pass
-    return factory(**params)
+    names, anykw = accepts(factory)
+    if not anykw:
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise PluginError(f"{_short(group)[:-1]} {name!r} has no parameter {unknown[0]!r} "
+                              f"(accepted: {', '.join(names) or 'none'})")
+    obj = factory(**{**offered_to(group, name, offered or {}), **params})
+    from .plugins.contracts import MISSING, satisfies
+
+    if not satisfies(_short(group), obj):
+        raise PluginError(f"{_short(group)[:-1]} {name!r} {MISSING[_short(group)]}")
+    return obj
 
 
 def describe(obj: Any) -> str:

@@ -13,6 +13,9 @@ Accuracies are fractions in [0, 1] in the manifest and percentages in the report
 compared paired, problem by problem, from ``checkpoints[*].correct`` (per-problem results; older artifacts: the
 artifact's ``heldout_predictions.jsonl``): change in points, Newcombe's interval, exact McNemar p, "within noise".
 ``lorasp report ARTIFACT`` re-renders both files from the artifact alone.
+
+Over 500 lines: the report is one document (markdown tables, the paired comparisons behind them and the curves
+figure) read from one manifest; the readers of the manifest fields above are shared by all of its parts.
 """
 
 from __future__ import annotations
@@ -171,17 +174,11 @@ def _ci(iv: tuple[float, float] | None) -> str:
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:
     """The rows of ``heldout_predictions.jsonl``; a bad line is a one-line error naming file:line."""
-    import json
+    from .records import iter_jsonl
 
     rows = []
     p = Path(path)
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{p}:{i}: not valid JSON ({exc.msg})") from None
+    for i, r in iter_jsonl(p, invalid="not valid JSON"):
         if not isinstance(r, dict) or not isinstance(r.get("step"), int) or not isinstance(r.get("correct"), bool) \
                 or not isinstance(r.get("set"), str) or not isinstance(r.get("task"), str):
             raise DataError(f"{p}:{i}: expected an object with integer 'step', 'set', 'task' and boolean 'correct'")
@@ -259,6 +256,7 @@ def times(manifest: dict, checkpoints: list[dict]) -> tuple[float | None, float 
 def render_markdown(manifest: dict, name: str = "artifact", predictions: list[dict] | None = None) -> str:
     """``report.md``. ``predictions``: the rows of ``heldout_predictions.jsonl`` (for the paired comparisons of
     artifacts whose checkpoints do not record ``correct``)."""
+    # Over 80 lines: the report's sections in the order they appear in report.md, each a few lines of table rows.
     cks = checkpoints_of(manifest)
     chosen = chosen_step(manifest, cks)
     sets = _set_names(cks)

@@ -69,17 +69,12 @@ def _read(p: Path) -> dict[str, Any] | None:
 def find_runs(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[dict[str, Any]]:
     """One row per run under ``root`` (itself included): path, kind (teach|fit|merged|combined|eval), what,
     headline, status, created. An unreadable file is a row of kind ``error``."""
+    from .paths import walk_dirs
+
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory")
     rows = []
-    base_depth = len(root.resolve().parts)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "predictions"
-                             and not d.startswith("step-"))
-        if len(Path(dirpath).resolve().parts) - base_depth >= max_depth:
-            dirnames[:] = []
-        d = Path(dirpath)
+    # an eval's predictions/ and a fit's checkpoints (step-*) hold no runs of their own
+    for d, filenames in walk_dirs(root, max_depth, skip=lambda n: n == "predictions" or n.startswith("step-")):
         rel = str(d.relative_to(root)) if d != root else str(d)
         try:
             if "lorasp.json" in filenames:

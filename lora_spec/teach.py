@@ -11,13 +11,17 @@ directory holds:
   counts, first-sample and majority-vote accuracy, token usage and wall time.
 
 ``load_run(dir)`` reads a run back for ``fit``.
+
+Over 500 lines: the run is one resumable loop over one store, and its parts (prompt specs, plugin creation, the
+loop with its signal handling, the manifest, reading a run back) share the store's keys and the run directory's
+layout; apart, each would import the others.
 """
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import signal
@@ -149,37 +153,17 @@ def _unescape(s: str) -> str:
     return codecs.decode(s, "unicode_escape") if "\\" in s else s
 
 
-def _accepts(factory: Any) -> tuple[set[str], bool]:
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return set(), True
-    return {n for n in sig.parameters if n != "self"}, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-
-
 def _make_dataset(cfg: TeachConfig):
-    params = parse_kv(cfg.dataset_opt, "--dataset-opt")
-    factory = registry.resolve("datasets", cfg.dataset)
-    names, anykw = _accepts(factory)
-    if cfg.data_dir and "data_dir" not in params and ("data_dir" in names or anykw):
-        params["data_dir"] = cfg.data_dir
-    return registry.create("datasets", cfg.dataset, **params)
+    return registry.create("datasets", cfg.dataset, offered={"data_dir": cfg.data_dir},
+                           **parse_kv(cfg.dataset_opt, "--dataset-opt"))
 
 
 def _make_teacher(cfg: TeachConfig, stop: list[str]):
-    factory = registry.resolve("teachers", cfg.teacher)
-    names, anykw = _accepts(factory)
     offered = {"model": cfg.model, "base_url": cfg.base_url, "api": cfg.api, "api_key_env": cfg.api_key_env,
                "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "stop": stop,
                "top_logprobs": cfg.top_logprobs, "seed": cfg.seed, "concurrency": cfg.concurrency,
                "timeout": cfg.timeout, "max_retries": cfg.max_retries}
-    params = {k: v for k, v in offered.items() if (k in names or anykw) and v is not None}
-    params.update(parse_kv(cfg.teacher_opt, "--teacher-opt"))
-    teacher = registry.create("teachers", cfg.teacher, **params)
-    if not callable(getattr(teacher, "fingerprint", None)) or not (
-            callable(getattr(teacher, "generate", None)) or callable(getattr(teacher, "stream", None))):
-        raise LoraspError(f"teacher {cfg.teacher!r} does not implement generate(requests) and fingerprint()")
-    return teacher
+    return registry.create("teachers", cfg.teacher, offered=offered, **parse_kv(cfg.teacher_opt, "--teacher-opt"))
 
 
 def _missing_ranges(have: set[int], n: int) -> list[tuple[int, int]]:
@@ -259,8 +243,21 @@ def plan(cfg: TeachConfig) -> dict[str, Any]:
             "out": str(out), "resumes": (out / "store.sqlite").exists()}
 
 
+@dataclasses.dataclass
+class TeachResult:
+    """What a teach run wrote: its directory and its manifest.json document (what ``lorasp teach`` prints)."""
+
+    out: Path
+    manifest: dict[str, Any]
+
+
 def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
     """Run (or resume) a teach run; returns the run directory. ``teach(dataset="arith", teacher="gold", out=...)``."""
+    return teach_result(cfg, **overrides).out
+
+
+def teach_result(cfg: TeachConfig | None = None, **overrides: Any) -> TeachResult:
+    """:func:`teach`, returning the run directory and the manifest it wrote."""
     if cfg is None or overrides:
         data = {**(cfg.model_dump() if cfg is not None else {}), **overrides}
         try:
@@ -281,7 +278,9 @@ def teach(cfg: TeachConfig | None = None, **overrides: Any) -> Path:
         return _teach(cfg, out, stack, RunLock)
 
 
-def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
+def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
+    # Over 80 lines: one teach run from top to bottom (plan, store, ask, store each answer as it arrives, signals,
+    # manifest); the loop's closures share the store and the counters that the manifest reports.
     t0 = time.time()
     spec = resolve_prompt(cfg.prompt, cfg.data_dir)
     stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)
@@ -407,7 +406,7 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> Path:
     if status == "interrupted":
         raise LoraspError(f"interrupted: {manifest['counts']['received']}/{manifest['counts']['requested']} samples "
                           f"are stored in {out}; rerun the same command to resume", exit_code=130)
-    return out
+    return TeachResult(out, manifest)
 
 
 def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, teacher: Any, spec: PromptSpec,

@@ -39,7 +39,7 @@ def compare(adapter: str | Path, workdir: str | Path, *, n: int, max_new_tokens:
     from transformers import AutoTokenizer
 
     from lora_spec.adapters.export import export
-    from lora_spec.adapters.swap import base_spec, read_adapter
+    from lora_spec.adapters.artifact import base_spec, read_adapter
     from lora_spec.answers import answers_match, extract_answer
     from lora_spec.evaluate import EvalConfig, _suite_tasks, run_eval, scorer_for, task_problems
     from lora_spec.prompts import build_prompt, stop_sequences

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from lora_spec import registry
-from lora_spec.evaluate import evaluate_tasks, generate, task_problems
+from lora_spec.evaluate import evaluate_tasks, task_problems
+from lora_spec.generation import generate
 from lora_spec.records import EvalTask
 
 PROMPTS = ["Question: a b c 12 + 3\n", "x", "Question: how many apples does John have if 3 + 4 = 7 and more\n",

@@ -85,7 +85,7 @@ def test_rslora_scale_folded_into_b(tiny_llama_path, tmp_path):
     from safetensors.numpy import load_file
 
     from lora_spec.adapters.export import export
-    from lora_spec.adapters.swap import base_info, save_adapter
+    from lora_spec.adapters.artifact import base_info, save_adapter
     from lora_spec.student import load_student
 
     st = load_student(str(tiny_llama_path))
@@ -144,7 +144,7 @@ def test_modelfile_template_is_the_training_prompt(smollm2_path):
 
 
 def test_hub_id_in_adapter_config_and_resolution(smollm2_path, tmp_path):
-    from lora_spec.adapters.swap import base_spec, read_adapter_config
+    from lora_spec.adapters.artifact import base_spec, read_adapter_config
     from lora_spec.student import PRESET_HUB_IDS, hub_id, preset_path, resolve_path
 
     hub = PRESET_HUB_IDS["smollm2-135m"]

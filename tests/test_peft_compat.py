@@ -43,7 +43,7 @@ def test_plain_peft_loads_a_lorasp_adapter(tmp_path, tiny_llama_path):
 
 
 def test_vllm_field_check():
-    from lora_spec.adapters.swap import vllm_problems
+    from lora_spec.adapters.artifact import vllm_problems
 
     base = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
             "target_modules": ["q_proj", "v_proj"], "bias": "none", "modules_to_save": None, "use_rslora": False,
@@ -61,7 +61,7 @@ def test_vllm_field_check():
 
 def test_saved_adapters_are_vllm_clean(tmp_path, tiny_llama_path):
     """What lorasp writes (peft's own adapter_config.json) passes the check; a DoRA adapter is flagged."""
-    from lora_spec.adapters.swap import read_adapter_config, vllm_problems
+    from lora_spec.adapters.artifact import read_adapter_config, vllm_problems
 
     a = make_adapter(tiny_llama_path, tmp_path / "a", seed=1)
     assert vllm_problems(read_adapter_config(a)) == []

@@ -145,3 +145,34 @@ def test_registry_is_lazy():
             "mods = [m for m in sys.modules if m.startswith('lora_spec.plugins.') or m == 'torch']; print(mods)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
+def test_create_offers_settings_by_signature_and_checks_the_contract(tmp_path, monkeypatch):
+    """registry.create is the one place plugin arguments are passed: settings lorasp offers go only to a factory
+    that takes them, a user's parameter the factory lacks is an error, and the object must meet its Protocol."""
+    code = '''
+        class Data:
+            name = "sized"
+            def __init__(self, size=3): self.size = size
+            def splits(self): return ["test"]
+            def load(self, split="test", limit=None): return iter(())
+        class NoFingerprint:
+            def generate(self, requests): return []
+    '''
+    _fake_dist(tmp_path, "gamma-plugins", "1.0",
+               "[lorasp.datasets]\nsized = gamma_mod:Data\n[lorasp.teachers]\nnofp = gamma_mod:NoFingerprint\n",
+               "gamma_mod", code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from lora_spec import registry
+    from lora_spec.errors import PluginError
+    from lora_spec.plugins.contracts import Dataset, Teacher
+
+    d = registry.create("datasets", "sized", offered={"data_dir": str(tmp_path), "size": 4}, size=5)
+    assert d.size == 5 and isinstance(d, Dataset)  # data_dir is not taken, so not passed; the user's size wins
+    assert registry.create("datasets", "sized", offered={"size": 4}).size == 4
+    with pytest.raises(PluginError, match=r"^dataset 'sized' has no parameter 'data_dir' \(accepted: size\)$"):
+        registry.create("datasets", "sized", data_dir=str(tmp_path))
+    with pytest.raises(PluginError, match=r"^teacher 'nofp' does not implement generate\(requests\) and "
+                                          r"fingerprint\(\)$"):
+        registry.create("teachers", "nofp")
+    assert not isinstance(registry.resolve("teachers", "nofp")(), Teacher)

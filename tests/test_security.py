@@ -210,7 +210,7 @@ def bin_adapter(tmp_path_factory, tiny_llama_path):
 def test_adapter_with_only_bin_is_refused(bin_adapter, tmp_path):
     from lora_spec.adapters.combine import combine
     from lora_spec.adapters.merge import merge
-    from lora_spec.adapters.swap import load_adapter
+    from lora_spec.adapters.artifact import load_adapter
     from lora_spec.errors import DataError
 
     d = bin_adapter / "bin"
@@ -226,7 +226,7 @@ def test_adapter_bin_cli_refused_and_opt_in_loads(bin_adapter, tmp_path, tiny_ll
     """Through the CLI: refused with one line naming the file. With the opt-in the same adapter loads the weights
     of its safetensors twin; a crafted .bin under the opt-in still cannot run code (peft reads it with torch's
     weights-only unpickler)."""
-    from lora_spec.adapters.swap import load_adapter
+    from lora_spec.adapters.artifact import load_adapter
     from lora_spec.errors import ModelError
     from lora_spec.safeload import set_policy
 

@@ -39,7 +39,7 @@ def make_adapter(base: str | Path, out: Path, *, seed: int, r: int = 4, alpha: i
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from lora_spec.adapters.swap import base_info, save_adapter
+    from lora_spec.adapters.artifact import base_info, save_adapter
     from lora_spec.student import load_student
 
     st = load_student(str(base), quant)
@@ -111,7 +111,8 @@ def test_mixed_batch_equals_one_adapter_at_a_time(smol_adapters, smollm2_path):
 
 
 def test_use_switches_and_base_is_untouched(tiny_adapters, tiny_llama_path):
-    from lora_spec.adapters.swap import AdapterSet, greedy_generate
+    from lora_spec.adapters.swap import AdapterSet
+    from lora_spec.generation import generate
     from lora_spec.student import load_student
 
     s = AdapterSet(str(tiny_llama_path), {"math": tiny_adapters["a"], "other": tiny_adapters["b"]})
@@ -121,8 +122,9 @@ def test_use_switches_and_base_is_untouched(tiny_adapters, tiny_llama_path):
     assert s.generate(TINY_PROMPTS, max_new_tokens=6) != s.generate(TINY_PROMPTS, adapters="math", max_new_tokens=6)
     s.use("base")
     plain = load_student(str(tiny_llama_path))
-    assert s.generate(TINY_PROMPTS, max_new_tokens=6) == greedy_generate(plain.model, plain.tokenizer, TINY_PROMPTS,
-                                                                         max_new_tokens=6)
+    assert s.generate(TINY_PROMPTS, max_new_tokens=6) == generate(plain.model, plain.tokenizer, TINY_PROMPTS,
+                                                                  max_new_tokens=6, add_special_tokens=True,
+                                                                  strip=False, progress=False)
     from lora_spec.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown adapter 'nope'"):
@@ -246,3 +248,32 @@ def test_generate_cli_errors(tiny_pair, tmp_path, capsys):
     code, _, err = main_cli(capsys, "generate", "--adapter", f"math={adapter}", "--prompts-file",
                             str(tmp_path / "p.jsonl"))
     assert code == 1 and "p.jsonl:2: field 'prompt'" in err, err
+
+
+def test_generate_chat_sends_the_training_prompt(smol_adapters, smollm2_path, capsys):
+    """`lorasp generate --chat` on the real SmolLM2 (a chat template with its own default system message): the
+    model's input is the prompt training built for the same question (prompts.DEFAULT_SYSTEM, template,
+    pre-filled trigger), and a raw prompt is wrapped with training's system message, not the template's."""
+    from transformers import AutoTokenizer
+
+    from lora_spec.prompts import DEFAULT_SYSTEM
+    from tests.test_first_hour import QUESTION, _training_prompt
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    a = smol_adapters["a"]
+    for mode, fmt in (("zs_cot", "zero_shot_cot"), ("zs_answer", "zero_shot_answer")):
+        code, out, err = main_cli(capsys, "generate", "--adapter", f"math={a}", "--prompt", QUESTION, "--mode", mode,
+                                  "--chat", "--max-new-tokens", "1", "--json")
+        assert code == 0, err
+        sent = json.loads(out)["input"]
+        assert sent == _training_prompt(QUESTION, fmt, tok, chat=True)
+        assert DEFAULT_SYSTEM in sent and "SmolLM" not in sent
+    code, out, err = main_cli(capsys, "generate", "--adapter", f"math={a}", "--prompt", QUESTION, "--mode", "raw",
+                              "--chat", "--max-new-tokens", "1", "--json")
+    assert code == 0, err
+    sent = json.loads(out)["input"]
+    assert sent == tok.apply_chat_template([{"role": "system", "content": DEFAULT_SYSTEM},
+                                            {"role": "user", "content": QUESTION}], tokenize=False,
+                                           add_generation_prompt=True)
+    assert "SmolLM" not in sent
+

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError, ModelError, one_line
-from .swap import (adapter_digest, base_info, base_spec, precheck_base, read_adapter, read_adapter_config,
-                   save_adapter)
+from .artifact import (adapter_digest, base_info, base_spec, precheck_base, read_adapter, read_adapter_config,
+                       save_adapter)
 
 HOWS = ("linear", "cat", "svd")
 
@@ -108,3 +108,28 @@ def combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, we
     from .artifact import read_manifest
 
     return read_manifest(out)
+
+
+# --------------------------------------------------------------------------------------------- lorasp combine
+
+from typing import Literal, Optional  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from ..config import RunConfig  # noqa: E402
+
+
+class CombineConfig(RunConfig):
+    """``lorasp combine``: its flags (``lora_spec.commands``) and config-file keys."""
+
+    out: str = Field(description="Directory to write the combined adapter to.")
+    weights: Optional[str] = Field(None, description="Comma-separated weights, one per adapter (default: equal).")
+    how: Literal["linear", "cat", "svd"] = Field(
+        "cat", description="cat: exact weighted sum, rank = sum of ranks; svd: exact sum re-factored to "
+                           "--svd-rank; linear: weights the factors (equal ranks; an approximation).")
+    svd_rank: Optional[int] = Field(None, ge=1, description="Rank of an svd combination (default: largest parent).")
+    model: Optional[str] = Field(None, description="Base model; default: the first adapter's recorded base.")
+    ignore_fingerprint: bool = Field(False, description="Combine even if a parent's base fingerprint differs.")
+    overwrite: bool = Field(False, description="Replace an earlier combined adapter at --out (only a lorasp "
+                                               "combined adapter; removed once the new one is complete).")
+

@@ -66,7 +66,7 @@ class ExportReport:
 def _base_config(manifest: dict[str, Any], artifact: Path, model: str | None) -> tuple[dict[str, Any], Path, str]:
     """The base model's config.json, its directory and the spec it was found by."""
     from ..student import resolve_path
-    from .swap import base_spec
+    from .artifact import base_spec
 
     spec = model or base_spec(manifest, artifact)
     path = resolve_path(spec)
@@ -434,7 +434,7 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
     import gguf
 
     from ..outputs import check_output
-    from .swap import precheck_base, read_adapter, read_adapter_config
+    from .artifact import precheck_base, read_adapter, read_adapter_config
 
     log = log or (lambda s: None)
     # before any work: never into a file, a foreign directory, the artifact or a folder holding it; an earlier
@@ -459,7 +459,7 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
         base_path = None
         try:
             from ..student import resolve_path
-            from .swap import base_spec
+            from .artifact import base_spec
 
             base_path = resolve_path(model or base_spec(manifest, src))
         except Exception:  # the base is only needed to find its GGUF; --base-gguf covers a missing one

@@ -15,18 +15,9 @@ MAX_DEPTH = 6
 
 def find_artifacts(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[Path]:
     """Every directory under ``root`` (itself included) holding a ``lorasp.json``; temp/hidden dirs skipped."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory")
-    found = []
-    base_depth = len(root.resolve().parts)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        if len(Path(dirpath).resolve().parts) - base_depth >= max_depth:
-            dirnames[:] = []
-        if MANIFEST in filenames:
-            found.append(Path(dirpath))
-    return found
+    from ..paths import walk_dirs
+
+    return [d for d, filenames in walk_dirs(root, max_depth) if MANIFEST in filenames]
 
 
 def headline(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -156,7 +147,7 @@ def listing(root: str | os.PathLike) -> list[dict[str, Any]]:
 
 def show(directory: str | os.PathLike) -> dict[str, Any]:
     """Everything about one artifact: manifest, adapter config, vLLM check, files."""
-    from .swap import read_adapter_config, vllm_problems
+    from .artifact import read_adapter_config, vllm_problems
 
     d = Path(directory)
     m = read_manifest(d)

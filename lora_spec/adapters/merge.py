@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, ModelError, one_line
-from .artifact import atomic_dir, versions, write_manifest
-from .swap import (adapter_digest, base_spec, greedy_generate, precheck_base, read_adapter, read_adapter_config,
-                   warn)
+from ..generation import generate
+from .artifact import (adapter_digest, atomic_dir, base_spec, finish_artifact, precheck_base, read_adapter,
+                       read_adapter_config, warn)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 BASES = ("auto", "original", "dequantized", "quantized")
@@ -139,11 +139,17 @@ def _logits_over(model, tokenizer, kind: str, prompt: str, continuation_ids: lis
         return model(input_ids=full).logits[0].float()
 
 
+def _greedy_ids(model, tokenizer, kind: str, prompt: str, max_new_tokens: int) -> list[int]:
+    """The greedy continuation of ``prompt`` (ids up to EOS), tokenized as :func:`_logits_over` tokenizes it."""
+    return generate(model, tokenizer, [prompt], kind=kind, max_new_tokens=max_new_tokens, return_ids=True,
+                    add_special_tokens=True, progress=False)[0]
+
+
 def _reference(model, tokenizer, kind: str, prompts: Sequence[str], max_new_tokens: int):
     """Greedy continuation ids and teacher-forced logits of the reference (base+adapter) for each prompt."""
     refs = []
     for p in prompts:
-        ids = greedy_generate(model, tokenizer, [p], kind=kind, max_new_tokens=max_new_tokens, return_ids=True)[0]
+        ids = _greedy_ids(model, tokenizer, kind, p, max_new_tokens)
         refs.append((ids, _logits_over(model, tokenizer, kind, p, ids)))
     return refs
 
@@ -158,7 +164,7 @@ def _adapter_effect(peft_model, tokenizer, kind: str, prompts: Sequence[str], re
 def _compare(model, tokenizer, kind: str, prompts: Sequence[str], refs, max_new_tokens: int) -> list[ParityRow]:
     rows = []
     for p, (ref_ids, ref_logits) in zip(prompts, refs):
-        ids = greedy_generate(model, tokenizer, [p], kind=kind, max_new_tokens=max_new_tokens, return_ids=True)[0]
+        ids = _greedy_ids(model, tokenizer, kind, p, max_new_tokens)
         logits = _logits_over(model, tokenizer, kind, p, ref_ids)
         diff = float((logits - ref_logits).abs().max())
         rows.append(ParityRow(prompt=p, max_logit_diff=diff, greedy_equal=ids == ref_ids,
@@ -200,10 +206,11 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
     ``model`` overrides the base recorded in the adapter's manifest (fingerprint-checked). Returns the parity
     report (also recorded in the merged artifact's ``lorasp.json``).
     """
+    # Over 80 lines: the numbered steps of one merge in the order they run (checks before any weights load, the
+    # base weights, reference and merge, write/reload/compare); each holds tensors the next one frees.
     import torch
     from peft import PeftModel
 
-    from .. import __version__
     from ..student import load_student
 
     from ..outputs import check_output
@@ -312,7 +319,7 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
                              greedy_equal=sum(r.greedy_equal for r in rows), n_prompts=len(rows), rows=rows,
                              max_logit_diff_vs_quantized=vs_quant, adapter_effect=effect,
                              seconds=round(time.time() - t0, 2))
-        m = {"lorasp_version": __version__, "kind": "merged",
+        m = {"kind": "merged",
              "base": dict((manifest or {}).get("base") or {"name": spec, "path": student.path, "kind": kind,
                                                           "fingerprint": student.fingerprint}),
              "quant": quant if mode == "quantized" else "none",
@@ -321,17 +328,44 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
                        "parity": {k: v for k, v in report.as_dict().items() if k not in ("out", "rows")}},
              "parents": [{"path": str(Path(adapter).resolve()), "digest": adapter_digest(adapter), "weight": 1.0,
                           "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha")}],
-             "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+             }
         for k in ("formats", "loss", "data", "selection", "checkpoints", "chat", "before_after", "prompting",
                   "n_shots"):
             if manifest and k in manifest:
                 m[k] = manifest[k]
-        write_manifest(tmp, m)
-        from .card import model_card
-
-        (tmp / "README.md").write_text(
-            model_card(m, None, out.name) + f"\n## Merge\n\n`{adapter}` merged into the {mode} weights of `{spec}` "
-            f"({report.dtype}). Parity against base+adapter on {len(rows)} prompts: max logit difference "
-            f"{report.max_logit_diff:.3g}, identical greedy continuations {report.greedy_equal}/{len(rows)}.\n",
-            encoding="utf-8")
+        finish_artifact(tmp, m, out.name, card_extra=(
+            f"\n## Merge\n\n`{adapter}` merged into the {mode} weights of `{spec}` ({report.dtype}). Parity against "
+            f"base+adapter on {len(rows)} prompts: max logit difference {report.max_logit_diff:.3g}, identical "
+            f"greedy continuations {report.greedy_equal}/{len(rows)}.\n"))
     return report
+
+
+# --------------------------------------------------------------------------------------------- lorasp merge
+
+from typing import Literal, Optional  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from ..config import RunConfig  # noqa: E402
+
+
+class MergeConfig(RunConfig):
+    """``lorasp merge``: its flags (``lora_spec.commands``) and config-file keys."""
+
+    out: str = Field(description="Directory to write the merged model to (safetensors + config + tokenizer).")
+    base: Literal["auto", "original", "dequantized", "quantized"] = Field(
+        "auto", description="Base weights to merge into: original (full precision), dequantized (the NF4/int8 "
+                            "round-trip the adapter was trained against), quantized (re-quantize; needs "
+                            "--force-quantized); auto = dequantized for a quantized-trained adapter, else original.")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the merged weights.")
+    safe: bool = Field(False, description="Refuse NaN/inf in the merged weights.")
+    force_quantized: bool = Field(False, description="Allow merging into the still-quantized model (rounds the "
+                                                     "adapter's update onto the quantization grid).")
+    model: Optional[str] = Field(None, description="Base model (preset, directory, Hub id); default: the one "
+                                                   "recorded in the adapter's lorasp.json.")
+    ignore_fingerprint: bool = Field(False, description="Merge even if the base's fingerprint differs from the "
+                                                        "adapter's.")
+    max_new_tokens: int = Field(16, ge=1, le=512, description="Greedy tokens per parity prompt.")
+    overwrite: bool = Field(False, description="Replace an earlier merged model at --out (only a lorasp merged "
+                                               "model; removed once the new one is complete).")
+

@@ -29,7 +29,7 @@ def _is_hub_id(s: Any) -> bool:
 def stage(artifact: str | os.PathLike, directory: str | os.PathLike, *, base_model: str | None = None) -> dict[str, Any]:
     """Copy ``artifact`` into ``directory`` and make the copy Hub-ready; returns its (possibly updated) manifest."""
     from .card import model_card
-    from .swap import read_adapter_config, set_base_hub_id
+    from .artifact import read_adapter_config, set_base_hub_id
 
     src = Path(artifact)
     manifest = read_manifest(src)

@@ -1,332 +1,28 @@
-"""Adapters on a base model: save, load with a base-fingerprint check, and ``AdapterSet`` (several adapters on one
-base, switching, hot-swap, mixed-adapter batched generation).
+"""``AdapterSet``: several adapters on one base model, switching, hot-swap, mixed-adapter batched generation.
 
-An adapter artifact is PEFT's own files (``adapter_config.json``, ``adapter_model.safetensors``) plus
-``lorasp.json`` (see :mod:`lora_spec.adapters.artifact`). ``lorasp.json`` records the fingerprint of the base it
-was trained on; loading it onto a base with another fingerprint is an error that names both bases, unless
-``ignore_fingerprint=True`` (``--ignore-fingerprint``).
-
-A plain PEFT adapter directory (no ``lorasp.json``) can be loaded too when the base is given; its base cannot be
-checked, which is said on stderr.
+Reading, writing and loading one artifact (with the base-fingerprint check) is :mod:`lora_spec.adapters.artifact`;
+generation is :func:`lora_spec.generation.generate`, the decoder ``lorasp eval`` uses. Every adapter is checked
+against the base's fingerprint before it is loaded (an error naming both bases unless ``ignore_fingerprint=True``);
+a plain PEFT adapter directory (no ``lorasp.json``) can be loaded too, unchecked, which is said on stderr.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
-import shutil
-import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..errors import ConfigError, DataError, ModelError, one_line
-from .artifact import MANIFEST, atomic_dir, read_json_object, read_manifest, versions, write_manifest
+from ..errors import ConfigError, DataError
+from ..generation import _cut_at_stop, chat_wrap, generate
+from .artifact import (MANIFEST, _is_full, _peft_error, base_spec, check_fingerprint, read_adapter,
+                       read_adapter_config, read_manifest)
+from .artifact import save_adapter  # noqa: F401  (re-export: fit.py imports it from here; its home is artifact)
 
 BASE = "base"  # the adapter name that means "the base model, no adapter" (peft calls it "__base__")
 _PEFT_BASE = "__base__"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
-
-
-def warn(msg: str) -> None:
-    """A one-line warning on stderr (the CLI's errors are ``error: ...``, its warnings ``warning: ...``)."""
-    print(f"warning: {one_line(msg)}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------- artifact helpers
-
-def adapter_digest(directory: str | os.PathLike) -> str:
-    """A digest of the weight files of an artifact (adapter or full model): identifies *this* adapter."""
-    d = Path(directory)
-    h = hashlib.sha256()
-    files = sorted(d.glob("adapter_model.*")) or sorted(d.glob("*.safetensors"))
-    if not files:
-        raise DataError(f"{d}: no adapter_model.safetensors (not a PEFT adapter directory)")
-    for f in files:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def base_info(student) -> dict[str, Any]:
-    """The ``base`` block of a manifest for a loaded :class:`lora_spec.student.Student`."""
-    from ..student import hub_id
-
-    return {"name": student.name, "path": str(student.path), "kind": student.kind,
-            "fingerprint": dict(student.fingerprint), "hub_id": hub_id(student.name)}
-
-
-def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
-    p = Path(directory) / "adapter_config.json"
-    if not p.exists():
-        raise DataError(f"{directory}: not a PEFT adapter (no adapter_config.json)")
-    return read_json_object(p)
-
-
-# What vLLM's LoRA loader reads from adapter_config.json (vllm/lora/peft_helper.py, ``PEFTHelper``): it keeps
-# these fields, silently drops every other one, and rejects modules_to_save, DoRA and a bias. A field that vLLM
-# drops is harmless only while it holds PEFT's neutral value; otherwise vLLM would serve a different adapter from
-# the one that was trained. So an adapter is "vLLM-clean" when every field is either read by vLLM with a supported
-# value, a pure metadata field, or a dropped field at its neutral value.
-VLLM_READ_FIELDS = {"r", "lora_alpha", "target_modules", "bias", "modules_to_save", "use_rslora", "use_dora",
-                    "trainable_token_indices", "ensure_weight_tying", "context_length"}
-VLLM_METADATA_FIELDS = {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode",
-                        "auto_mapping", "peft_version", "lora_dropout", "init_lora_weights", "lora_ga_config",
-                        "loftq_config", "eva_config", "corda_config", "megatron_config", "megatron_core",
-                        "runtime_config", "arrow_config", "qalora_group_size", "use_qalora"}
-# dropped by vLLM: the value that means "not used"
-VLLM_NEUTRAL = {"fan_in_fan_out": (False,), "layers_to_transform": (None, []), "layers_pattern": (None, []),
-                "rank_pattern": ({}, None), "alpha_pattern": ({}, None), "lora_bias": (False,),
-                "exclude_modules": (None, [], ""), "target_parameters": (None, []), "layer_replication": (None, []),
-                "use_bdlora": (None, False), "alora_invocation_tokens": (None,)}
-VLLM_MAX_RANK = 512  # the largest max_lora_rank vLLM accepts
-
-
-def vllm_problems(cfg: dict[str, Any]) -> list[str]:
-    """Why vLLM would refuse, or silently change, this ``adapter_config.json`` (empty list: none)."""
-    probs = []
-    if cfg.get("peft_type", "LORA") != "LORA":
-        probs.append(f"peft_type {cfg.get('peft_type')!r}: vLLM serves LoRA adapters only")
-    for req in ("r", "lora_alpha", "target_modules"):
-        if req not in cfg:
-            probs.append(f"missing field {req!r}")
-    r = cfg.get("r")
-    if isinstance(r, int) and not 0 < r <= VLLM_MAX_RANK:
-        probs.append(f"r={r}: vLLM supports 1..{VLLM_MAX_RANK} (and the server needs --max-lora-rank >= r)")
-    if cfg.get("bias", "none") != "none":
-        probs.append(f"bias={cfg.get('bias')!r}: vLLM supports only 'none'")
-    if cfg.get("modules_to_save"):
-        probs.append(f"modules_to_save={cfg.get('modules_to_save')}: vLLM requires none")
-    if cfg.get("use_dora"):
-        probs.append("use_dora=true: vLLM does not serve DoRA (merge it with 'lorasp merge' instead)")
-    for k, v in cfg.items():
-        if k in VLLM_READ_FIELDS or k in VLLM_METADATA_FIELDS:
-            continue
-        if k in VLLM_NEUTRAL:
-            if v not in VLLM_NEUTRAL[k]:
-                probs.append(f"{k}={v!r}: vLLM ignores this field, so it would serve a different adapter")
-        elif v not in (None, False, {}, [], ""):
-            probs.append(f"{k}={v!r}: not a field vLLM's LoRA loader reads")
-    return probs
-
-
-def _model_card(manifest: dict[str, Any], adapter_cfg: dict[str, Any] | None, name: str = "lorasp-adapter") -> str:
-    from .card import model_card
-
-    return model_card(manifest, adapter_cfg, name)
-
-
-def set_base_hub_id(directory: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Point ``adapter_config.json``'s ``base_model_name_or_path`` at the base's Hub id (presets and Hub-loaded
-    bases), so that plain PEFT (``AutoPeftModelForCausalLM``) finds the base on any machine; the local path and
-    the fingerprint stay in ``lorasp.json``. A base loaded from a local directory keeps PEFT's value."""
-    import json
-
-    from .card import base_hub_id
-
-    cfg = read_adapter_config(directory)
-    hub = base_hub_id(manifest)
-    if hub and cfg.get("base_model_name_or_path") != hub:
-        cfg["base_model_name_or_path"] = hub
-        p = Path(directory) / "adapter_config.json"
-        tmp = p.with_name(f".adapter_config.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, p)
-    return cfg
-
-
-def save_adapter(peft_model, out: str | os.PathLike, manifest: dict[str, Any], *, adapter_name: str = "default",
-                 readme: str | None = None, extra_files: Mapping[str, str | os.PathLike] | None = None) -> Path:
-    """Write ``peft_model``'s adapter ``adapter_name`` as a lorasp artifact at ``out`` (atomically).
-
-    ``manifest`` must hold ``base`` (see :func:`base_info`); ``kind`` defaults to ``"adapter"``; ``versions``,
-    ``created``, ``lorasp_version`` and ``adapter`` (digest, vLLM compatibility problems) are filled in here.
-    ``extra_files`` maps a file name in the artifact to a source file to copy (``report.md``, ``curves.png``).
-    """
-    from .. import __version__
-
-    if "base" not in manifest:
-        raise ValueError("save_adapter: manifest needs a 'base' block (lora_spec.adapters.swap.base_info(student))")
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        peft_model.save_pretrained(str(tmp), selected_adapters=[adapter_name], safe_serialization=True)
-        if adapter_name != "default":  # peft writes a non-default adapter into a subfolder named after it
-            sub = tmp / adapter_name
-            for f in sub.iterdir():
-                os.replace(f, tmp / f.name)
-            sub.rmdir()
-        m = {"lorasp_version": __version__, "kind": "adapter"}
-        m.update(manifest)
-        cfg = set_base_hub_id(tmp, m)
-        m["adapter"] = {"digest": adapter_digest(tmp), "vllm_problems": vllm_problems(cfg)}
-        m.setdefault("versions", versions())
-        m.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        write_manifest(tmp, m)
-        (tmp / "README.md").write_text(readme if readme is not None else _model_card(m, cfg, out.name),
-                                         encoding="utf-8")
-        for name, src in (extra_files or {}).items():
-            shutil.copyfile(src, tmp / name)
-    return out
-
-
-def read_adapter(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The manifest of an adapter directory, ``None`` for a plain PEFT adapter; an error for anything else."""
-    from ..safeload import check_adapter_dir
-
-    d = Path(directory)
-    if not d.is_dir():
-        raise DataError(f"{d}: adapter directory not found")
-    if (d / MANIFEST).exists():
-        manifest = read_manifest(d)
-        if not _is_full(manifest):  # a full/merged model is checked by load_student
-            check_adapter_dir(d)
-        return manifest
-    if (d / "adapter_config.json").exists():
-        check_adapter_dir(d)
-        return None
-    raise DataError(f"{d}: neither a lorasp artifact ({MANIFEST}) nor a PEFT adapter (adapter_config.json)")
-
-
-def base_spec(manifest: dict[str, Any] | None, adapter: str | os.PathLike) -> str:
-    """Where the base of an adapter can be loaded from: its recorded path if it exists, else its name."""
-    if manifest is None:
-        recorded = read_adapter_config(adapter).get("base_model_name_or_path")
-        if isinstance(recorded, str) and recorded:
-            return recorded  # a preset's Hub id resolves to the preset's local cache (student.resolve_path)
-        raise ConfigError(f"{adapter}: a plain PEFT adapter (no {MANIFEST}) needs the base model: pass --model")
-    base = manifest.get("base") or {}
-    path, name = base.get("path"), base.get("name")
-    if path and Path(path).exists():
-        return str(path)
-    if name:
-        return str(name)
-    raise DataError(f"{Path(adapter) / MANIFEST}: field 'base' has neither an existing 'path' nor a 'name'")
-
-
-def check_fingerprint(manifest: dict[str, Any] | None, student, adapter: str | os.PathLike, *,
-                      ignore: bool = False) -> None:
-    """Raise a one-line :class:`ModelError` naming both bases when ``adapter`` was trained on another base."""
-    if manifest is None:
-        warn(f"{adapter}: plain PEFT adapter without {MANIFEST}; its base fingerprint cannot be checked")
-        return
-    base = manifest.get("base") or {}
-    want = base.get("fingerprint") or {}
-    have = student.fingerprint or {}
-    if not want.get("id"):
-        warn(f"{adapter}: {MANIFEST} records no base fingerprint; loading onto {student.name!r} unchecked")
-        return
-    if want.get("id") == have.get("id"):
-        return
-    differ = [k for k in ("config", "tokenizer", "weights") if want.get(k) != have.get(k)]
-    msg = (f"{adapter}: base mismatch: the adapter was trained on {base.get('name')!r} (fingerprint {want.get('id')}) "
-           f"but the base given is {student.name!r} at {student.path} (fingerprint {have.get('id')}; "
-           f"{', '.join(differ) or 'id'} differ)")
-    if ignore:
-        warn(msg + "; loading anyway (--ignore-fingerprint)")
-        return
-    raise ModelError(msg + "; pass --ignore-fingerprint to load it anyway")
-
-
-def precheck_base(manifest: dict[str, Any] | None, spec: str, adapter: str | os.PathLike, *,
-                  ignore: bool = False) -> None:
-    """:func:`check_fingerprint` against the files of base ``spec`` before any weights are loaded."""
-    from types import SimpleNamespace
-
-    from ..student import base_fingerprint, resolve_path
-
-    path = resolve_path(spec)
-    check_fingerprint(manifest, SimpleNamespace(name=spec, path=str(path), fingerprint=base_fingerprint(path)),
-                      adapter, ignore=ignore)
-
-
-def _peft_error(adapter, exc: Exception) -> ModelError:
-    return ModelError(f"{adapter}: cannot load the adapter onto the base ({type(exc).__name__}: "
-                      f"{one_line(exc)[:300]})")
-
-
-def _is_full(manifest: dict[str, Any] | None) -> bool:
-    return bool(manifest) and manifest.get("kind") in ("full", "merged")
-
-
-def load_adapter(adapter: str | os.PathLike, base: str | None = None, *, quant: str | None = None,
-                 ignore_fingerprint: bool = False, student=None, adapter_name: str = "default",
-                 dtype=None, device: str | None = None):
-    """Load a lorasp adapter onto its base and return a :class:`~lora_spec.student.Student` whose ``model`` is a
-    ``peft.PeftModel`` in eval mode.
-
-    ``base`` defaults to the base recorded in ``lorasp.json``; ``quant`` defaults to the quantization the adapter
-    was trained against (``nf4``/``int8``/``none``). ``student`` reuses an already loaded base (it is modified in
-    place by PEFT). A full fine-tune or merged artifact is loaded as a plain model.
-    """
-    from ..student import load_student
-
-    manifest = read_adapter(adapter)
-    if _is_full(manifest):
-        return load_student(str(adapter), quant or "none", dtype=dtype, device=device)
-    if student is None:
-        q = quant or (manifest or {}).get("quant") or "none"
-        spec = base or base_spec(manifest, adapter)
-        precheck_base(manifest, spec, adapter, ignore=ignore_fingerprint)
-        student = load_student(spec, q, dtype=dtype, device=device)
-    else:
-        check_fingerprint(manifest, student, adapter, ignore=ignore_fingerprint)
-    from peft import PeftModel
-
-    try:
-        model = PeftModel.from_pretrained(student.model, str(adapter), adapter_name=adapter_name)
-    except Exception as exc:
-        raise _peft_error(adapter, exc) from None
-    model.eval()
-    return dataclasses.replace(student, model=model)
-
-
-# --------------------------------------------------------------------------------------------- generation
-
-def _encode(tokenizer, prompts: Sequence[str], chat: bool):
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("--chat: this tokenizer has no chat template")
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in prompts]
-    return tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=not chat)
-
-
-def _cut(text: str, stop: Sequence[str] | None) -> str:
-    for s in stop or ():
-        i = text.find(s)
-        if i >= 0:
-            text = text[:i]
-    return text
-
-
-def greedy_generate(model, tokenizer, prompts: Sequence[str], *, kind: str = "causal", max_new_tokens: int = 64,
-                    batch_size: int = 8, stop: Sequence[str] | None = None, chat: bool = False,
-                    adapter_names: Sequence[str] | None = None, return_ids: bool = False) -> list:
-    """Greedy generation in batches. ``adapter_names`` (one per prompt) is peft's mixed-adapter batch argument."""
-    import torch
-
-    outs: list = []
-    device = next(model.parameters()).device
-    for i in range(0, len(prompts), batch_size):
-        chunk = list(prompts[i:i + batch_size])
-        enc = _encode(tokenizer, chunk, chat).to(device)
-        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                      pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
-        if adapter_names is not None:
-            kwargs["adapter_names"] = list(adapter_names[i:i + batch_size])
-        with torch.inference_mode():
-            gen = model.generate(**enc, **kwargs)
-        new = gen if kind == "seq2seq" else gen[:, enc["input_ids"].shape[1]:]
-        for row in new:
-            ids = [int(t) for t in row if int(t) != tokenizer.pad_token_id]
-            if tokenizer.eos_token_id in ids:
-                ids = ids[:ids.index(tokenizer.eos_token_id)]
-            outs.append(ids if return_ids else _cut(tokenizer.decode(ids, skip_special_tokens=True), stop))
-    return outs
 
 
 # --------------------------------------------------------------------------------------------- AdapterSet
@@ -595,14 +291,7 @@ class AdapterSet:
                 c = False
             if m == "raw":
                 c = bool(c)
-                text = p
-                if c:
-                    if not getattr(self.tokenizer, "chat_template", None):
-                        raise ConfigError("--chat: this tokenizer has no chat template")
-                    msgs = ([{"role": "system", "content": sys_msg}] if sys_msg else []) + \
-                        [{"role": "user", "content": p}]
-                    text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-                out.append(Prepared(text, name, "raw", c, []))
+                out.append(Prepared(chat_wrap(self.tokenizer, p, chat=c, system=sys_msg), name, "raw", c, []))
                 continue
             text = question_prompt(p, m, self.tokenizer, chat=c, index=i, n_shots=pr["n_shots"],
                                    dataset=pr["dataset"], data_dir=data_dir, system=sys_msg)
@@ -628,25 +317,27 @@ class AdapterSet:
             return outs
         res = []
         for o, p in zip(outs, prepared):
-            cut = _cut(o, stop if stop else p.stop)
+            cut = _cut_at_stop(o, stop if stop else p.stop)
             res.append(cut.strip() if p.mode != "raw" else cut)
         return res
 
     def _generate(self, prompts: list[str], rows: list[str], *, max_new_tokens: int, batch_size: int,
                   return_ids: bool) -> list:
+        # stop strings are cut per row afterwards (rows may differ in mode); texts unstripped (raw mode keeps them);
+        # special tokens added as the prompts were tokenized in training
         kw = dict(kind=self.student.kind, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=None,
-                  chat=False, return_ids=return_ids)
+                  return_ids=return_ids, progress=False, strip=False, add_special_tokens=True)
         if not self.entries:
-            return greedy_generate(self.model, self.tokenizer, prompts, **kw)
+            return generate(self.model, self.tokenizer, prompts, **kw)
         if len(set(rows)) == 1:
-            return self._one(rows[0], lambda: greedy_generate(self.model, self.tokenizer, prompts, **kw))
+            return self._one(rows[0], lambda: generate(self.model, self.tokenizer, prompts, **kw))
         if self._mixable(rows):
-            return greedy_generate(self.model, self.tokenizer, prompts, adapter_names=self._peft_names(rows), **kw)
+            return generate(self.model, self.tokenizer, prompts, adapter_names=self._peft_names(rows), **kw)
         out: list = [None] * len(prompts)
         for name in dict.fromkeys(rows):  # DoRA: peft has no mixed batches; run each group with its adapter
             idx = [i for i, r in enumerate(rows) if r == name]
             sub = [prompts[i] for i in idx]
-            res = self._one(name, lambda: greedy_generate(self.model, self.tokenizer, sub, **kw))
+            res = self._one(name, lambda: generate(self.model, self.tokenizer, sub, **kw))
             for i, o in zip(idx, res):
                 out[i] = o
         return out
@@ -668,7 +359,9 @@ class AdapterSet:
 
         prompts = list(prompts)
         rows = self._rows(prompts, adapters)
-        enc = _encode(self.tokenizer, prompts, False).to(next(self.model.parameters()).device)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(next(self.model.parameters()).device)
         with torch.inference_mode():
             if not self.entries:
                 return self.model(**enc).logits
@@ -677,3 +370,42 @@ class AdapterSet:
             if not self._mixable(rows):
                 raise ConfigError("mixed-adapter logits are not available for DoRA adapters (peft limitation)")
             return self.model(**enc, adapter_names=self._peft_names(rows)).logits
+
+
+# --------------------------------------------------------------------------------------------- lorasp generate
+
+from typing import List, Literal, Optional  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from ..config import RunConfig  # noqa: E402
+
+
+class GenerateConfig(RunConfig):
+    """``lorasp generate``: its flags (``lora_spec.commands``) and config-file keys."""
+
+    model: Optional[str] = Field(None, description="Base model (preset, directory, Hub id); default: the base of "
+                                                   "the first --adapter.")
+    adapter: List[str] = Field(default_factory=list, description="NAME=DIR: load the adapter at DIR as NAME.")
+    use: List[str] = Field(default_factory=list, description="Adapter to use ('base' for none): once for all "
+                                                             "prompts, or once per prompt for a mixed batch.")
+    prompt: List[str] = Field(default_factory=list, description="A prompt.")
+    prompts_file: Optional[str] = Field(None, description="A file with one prompt per line (or JSONL with a "
+                                                          "'prompt' and optional 'adapter' field).")
+    quant: Literal["auto", "nf4", "int8", "none"] = Field(
+        "auto", description="Quantize the base; auto = what the first adapter was trained against.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Greedy tokens per prompt.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Prompts per forward batch.")
+    mode: Literal["auto", "zs_cot", "icl_cot", "zs_answer", "icl_answer", "raw"] = Field(
+        "auto", description="How a prompt (a question) becomes the model's input: auto = as the adapter was "
+                            "trained (its main format in lorasp.json; raw without one); zs_cot/icl_cot/zs_answer/"
+                            "icl_answer = the training prompt of that format (chat template, system message, "
+                            "'Let's think step by step' pre-filled in the answer); raw = the text as given.")
+    chat: Optional[bool] = Field(None, description="Use the tokenizer's chat template; default: what the adapter "
+                                                   "was trained with (lorasp.json).")
+    stop: List[str] = Field(default_factory=list, description="Cut a completion at this string (default: the "
+                                                              "mode's stop strings; none for raw).")
+    data_dir: Optional[str] = Field(None, description="Data directory for the exemplars of the icl_* modes "
+                                                      "(default: $LORASP_DATA_DIR).")
+    ignore_fingerprint: bool = Field(False, description="Load adapters even onto a base with another fingerprint.")
+

@@ -7,8 +7,8 @@ import json
 
 import click
 
-from . import registry
-from .config import parse_kv
+from .. import registry
+from ..config import parse_kv
 
 
 @click.group("plugins", invoke_without_command=True)
@@ -78,8 +78,8 @@ def show(group, name, params, split, limit):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models(as_json):
     """List the student presets and whether each is already built in the cache."""
-    from .paths import cache_dir
-    from .student import _PRESET_VERSION, PRESETS
+    from ..paths import cache_dir
+    from ..student import _PRESET_VERSION, PRESETS
 
     rows = []
     for name, desc in PRESETS.items():
@@ -107,7 +107,7 @@ def recipes(ctx, as_json):
     """
     if ctx.invoked_subcommand is not None:
         return None
-    from .recipes import list_recipes
+    from ..recipes import list_recipes
 
     rows = list_recipes()
     if as_json:
@@ -125,8 +125,8 @@ def recipes(ctx, as_json):
 @click.argument("name")
 def recipes_show(name):
     """Print one recipe's YAML."""
-    from .errors import ConfigError
-    from .recipes import list_recipes
+    from ..errors import ConfigError
+    from ..recipes import list_recipes
 
     found = {r.name: r for r in list_recipes()}
     r = found.get(name.removeprefix("recipe:").removesuffix(".yaml"))

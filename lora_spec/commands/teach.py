@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
-from .config import config_options
-from .teach import TeachConfig
+from ..config import config_options
+from ..teach import TeachConfig
 
 
 @click.command("teach")
@@ -29,7 +28,7 @@ def teach_cmd(dry_run, cfg: TeachConfig):
 
     next: lorasp fit --data OUT (tune a student on the correct samples)
     """
-    from .teach import plan, teach
+    from ..teach import plan, teach_result
 
     if dry_run:
         p = plan(cfg)
@@ -42,8 +41,8 @@ def teach_cmd(dry_run, cfg: TeachConfig):
                                              if p["resumes"] else ""))
         return 0
 
-    out = teach(cfg)
-    m = json.loads((out / "manifest.json").read_text())
+    res = teach_result(cfg)
+    out, m = res.out, res.manifest
     c, a = m["counts"], m["accuracy"]
     fmt = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
     click.echo(f"{out}: {c['received']}/{c['requested']} samples ({c['failed']} failed, "

@@ -25,7 +25,7 @@ def report(artifact: str, out: str | None, show: bool):
 
     next: lorasp eval --adapter ARTIFACT (a full evaluation in its training prompt mode)
     """
-    from .report import write_report
+    from ..report import write_report
 
     if out is not None:
         _check_report_out(out)
@@ -40,7 +40,7 @@ def _check_report_out(out: str) -> None:
     """``--out`` may be new, empty, an artifact (its report is re-rendered) or an earlier ``report --out``."""
     from pathlib import Path
 
-    from .outputs import OutputError, output_kind
+    from ..outputs import OutputError, output_kind
 
     p = Path(out)
     kind = output_kind(p)

@@ -8,8 +8,8 @@ from typing import Literal, Optional
 import click
 from pydantic import Field
 
-from .cli_adapters import _quiet_transformers, _say
-from .config import RunConfig, config_options
+from . import quiet_transformers, say
+from ..config import RunConfig, config_options
 
 
 class ExportConfig(RunConfig):
@@ -40,11 +40,11 @@ def export_cmd(artifact, as_json, cfg: ExportConfig):
     llama-server -m SmolLM2-135M-Instruct.Q4_1.gguf --lora gguf/arith/adapter.gguf
     ollama create arith -f gguf/arith/Modelfile
     """
-    _quiet_transformers()
-    from .adapters.export import export
+    quiet_transformers()
+    from ..adapters.export import export
 
     rep = export(artifact, cfg.out, fmt=cfg.format, base_gguf=cfg.base_gguf, model=cfg.model,
-                 outtype=cfg.outtype, ignore_fingerprint=cfg.ignore_fingerprint, log=_say)
+                 outtype=cfg.outtype, ignore_fingerprint=cfg.ignore_fingerprint, log=say)
     if as_json:
         click.echo(json.dumps(rep.__dict__, indent=2))
         return 0
@@ -80,9 +80,9 @@ def push_cmd(artifact, repo, cfg: PushConfig):
     The upload is a Hub-ready copy: adapter_config.json names the base by its Hub id and the model card carries
     the Hub's metadata header; the artifact itself is not changed.
     """
-    from .adapters.push import push
+    from ..adapters.push import push
 
     url = push(artifact, repo, private=cfg.private, revision=cfg.revision, commit_message=cfg.commit_message,
-               base_model=cfg.base_model, token_env=cfg.token_env, endpoint=cfg.endpoint, log=_say)
+               base_model=cfg.base_model, token_env=cfg.token_env, endpoint=cfg.endpoint, log=say)
     click.echo(f"pushed {artifact} -> {url}")
     return 0

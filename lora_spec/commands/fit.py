@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .config import config_options
-from .fit import FitConfig
+from ..config import config_options
+from ..fit import FitConfig
 
 
 def _fmt_seconds(s: float) -> str:
@@ -60,11 +60,11 @@ def fit_cmd(dry_run, cfg: FitConfig):
     next: lorasp eval --adapter OUT (scores it in its training prompt mode); lorasp generate --adapter NAME=OUT
     """
     if dry_run:
-        from .fit import plan
+        from ..fit import plan
 
         print_plan(plan(cfg))
         return 0
-    from .fit import fit
+    from ..fit import fit
 
     res = fit(cfg)
     import os

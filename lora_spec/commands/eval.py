@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .config import config_options
-from .evaluate import EvalConfig
+from ..config import config_options
+from ..evaluate import EvalConfig
 
 
 @click.command("eval")
@@ -30,9 +30,7 @@ def eval_cmd(dry_run, cfg: EvalConfig):
 
     next: lorasp report ADAPTER (its specialization report); lorasp generate --adapter NAME=ADAPTER --prompt ...
     """
-    import json
-
-    from .evaluate import eval_plan, run_eval
+    from ..evaluate import eval_plan, eval_result
 
     if dry_run:
         p = eval_plan(cfg)
@@ -53,9 +51,9 @@ def eval_cmd(dry_run, cfg: EvalConfig):
             click.echo("time: no measurement yet for this model here (every eval records its tokens/s)")
         return 0
 
-    out = run_eval(cfg)
-    doc = json.loads((out / "results.json").read_text())
-    from .evaluate import _ci_txt
+    res = eval_result(cfg)
+    out, doc = res.out, res.doc
+    from ..evaluate import _ci_txt
 
     for name, r in doc["tasks"].items():
         click.echo(f"{name:45s} {r['mode']:10s} n={r['n']:<5d} accuracy={r['accuracy']:.1%} "
@@ -89,7 +87,7 @@ def compare_cmd(a: str, b: str, as_json: bool):
     """
     import json
 
-    from .compare import compare, render
+    from ..compare import compare, render
 
     res = compare(a, b)
     click.echo(json.dumps(res, indent=1) if as_json else render(res), nl=as_json)

@@ -1,0 +1,448 @@
+"""The one generator of lorasp: ``lorasp eval``, periodic eval in training, a fit's held-out selection,
+``lorasp generate`` / ``AdapterSet.generate`` and ``lorasp merge``'s parity check all decode through
+:func:`generate`.
+
+``generate()`` sorts prompts by token length and decodes them with the KV cache, greedy by default, stopping
+each row at EOS or at the first stop sequence. Decoder-only models get continuous batching (left padding; a
+finished row leaves the batch at once and waiting prompts are prefilled and joined into it, so no compute goes to
+finished rows) with prefix sharing (the prompt prefix every row shares is run once); encoder-decoders run
+length-sorted batches through ``model.generate`` with a per-row stop criterion. Outputs come back in the input
+order. ``adapter_names`` (one per prompt) is peft's mixed-adapter batch argument: each row runs with its own
+adapter (``"__base__"``: none) in the same batch.
+
+:func:`chat_wrap` is the chat/plain wrapping of a ready prompt text (``lorasp generate --mode raw``); prompts in
+one of the four prompt modes are built by :func:`lora_spec.prompts.build_prompt`, the function training uses.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Sequence
+
+from .errors import ConfigError
+
+def _stop_criteria(tokenizer: Any, stops: Sequence[str], prompt_len: int, window: int):
+    import torch
+    from transformers import StoppingCriteria
+
+    class _StopOnStrings(StoppingCriteria):
+        """Per-row: True once the row's generated tail contains a stop string."""
+
+        def __call__(self, input_ids, scores, **kwargs):
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            tail = input_ids[:, max(prompt_len, input_ids.shape[1] - window):]
+            texts = tokenizer.batch_decode(tail, skip_special_tokens=False)
+            for i, t in enumerate(texts):
+                if any(s in t for s in stops):
+                    done[i] = True
+            return done
+
+    return _StopOnStrings()
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if i >= 0:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+def _count_new_tokens(row: Sequence[int], stop_ids: set[int]) -> int:
+    """Generated tokens up to and including the first EOS/pad (what the model really produced)."""
+    n = 0
+    for t in row:
+        n += 1
+        if t in stop_ids:
+            break
+    return n
+
+
+def _progress(enabled: bool, description: str, total: int):
+    """Generation progress (lora_spec.progress: a bar on a terminal, else a line every LORASP_PROGRESS_EVERY s)."""
+    if not enabled:
+        return None
+    from .progress import Progress
+
+    return Progress(description, total, columns=("tok/s",))
+
+
+def _forward_kwargs(model: Any) -> tuple[dict, str]:
+    """``logits_to_keep=1`` when the model's forward takes it (only the last position's logits are needed), and the
+    name of its KV-cache argument (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return {}, "past_key_values"
+    return ({"logits_to_keep": 1} if "logits_to_keep" in params else {}), (
+        "cache" if "cache" in params else "past_key_values")
+
+
+def _out_cache(out: Any) -> Any:
+    c = getattr(out, "cache", None)
+    return c if c is not None else out.past_key_values
+
+
+def _mergeable(cache: Any) -> bool:
+    """True when every layer of the KV cache is a plain growing layer (rows of different caches can be joined)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(l).__name__ == "DynamicLayer" and getattr(l, "is_initialized", False)
+                                for l in layers)
+
+
+def _pad_left(t: Any, n: int, dim: int) -> Any:
+    import torch
+
+    if n <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class _Rows:
+    """The decode state of the rows in flight: KV cache, attention mask, next positions, last logits."""
+
+    def __init__(self, cache, attn, pos, logits, ids):
+        self.cache, self.attn, self.pos, self.logits, self.ids = cache, attn, pos, logits, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, keep: Any) -> None:
+        self.cache.batch_select_indices(keep)
+        self.attn, self.pos, self.logits = self.attn[keep], self.pos[keep], self.logits[keep]
+        self.ids = [self.ids[k] for k in keep.tolist()]
+        self.trim()
+
+    def trim(self) -> None:
+        """Drop left columns that are padding in every remaining row (less attention work per step)."""
+        if not _mergeable(self.cache):
+            return
+        n = int(self.attn.long().cumsum(1).eq(0).all(0).sum())
+        if n > 0:
+            self.attn = self.attn[:, n:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, n:], layer.values[:, :, n:]
+
+    def join(self, other: "_Rows") -> None:
+        """Append ``other``'s rows, left-padding the narrower cache (padding is masked, so results are unchanged)."""
+        import torch
+
+        a, b = self.attn.shape[1], other.attn.shape[1]
+        width = max(a, b)
+        for l1, l2 in zip(self.cache.layers, other.cache.layers):
+            l1.keys = torch.cat([_pad_left(l1.keys, width - a, 2), _pad_left(l2.keys, width - b, 2)], 0)
+            l1.values = torch.cat([_pad_left(l1.values, width - a, 2), _pad_left(l2.values, width - b, 2)], 0)
+        self.attn = torch.cat([_pad_left(self.attn, width - a, 1), _pad_left(other.attn, width - b, 1)], 0)
+        self.pos = torch.cat([self.pos, other.pos])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.ids = self.ids + other.ids
+
+
+def _pick(logits: Any, do_sample: bool, temperature: float, top_p: float) -> Any:
+    import torch
+
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_p < 1.0:
+        srt, idx = logits.sort(-1, descending=True)
+        probs = srt.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p
+        srt = srt.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, srt)
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+
+
+MIN_SHARED_PREFIX = 8  # tokens: a shorter common prompt prefix is not worth a separate forward pass
+
+
+def _common_prefix(token_ids: list[list[int]]) -> int:
+    """Length of the longest token prefix that every prompt shares, leaving each at least one token of its own."""
+    if not token_ids:
+        return 0
+    first = token_ids[0]
+    n = min(len(x) for x in token_ids) - 1
+    for ids in token_ids[1:]:
+        k = 0
+        while k < n and ids[k] == first[k]:
+            k += 1
+        n = k
+        if n == 0:
+            break
+    return max(n, 0)
+
+
+def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order: list[int], *, batch_size: int,
+                   max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
+                   temperature: float, top_p: float, on_done: Any, pad_id: int, share_prefix: bool = True,
+                   stats: dict | None = None, adapter_names: Sequence[str] | None = None) -> None:
+    """Continuous batching for decoder-only models: greedy (or sampled) decoding of every prompt with at most
+    ``batch_size`` rows in flight. A finished row (EOS, stop string or token budget) leaves the batch at once, and
+    waiting prompts are prefilled and joined into the running batch when a quarter of it is free, so no compute
+    is spent on finished rows.
+
+    Prefix sharing: the token prefix that all prompts share (a system message, few-shot exemplars) is run once;
+    each prefill copies its KV cache and runs only the prompts' own suffixes (left-padded between the prefix and the
+    suffix; padding is masked and positions skip it, so the result is unchanged).
+
+    ``on_done(i, ids)`` receives each prompt's generated ids (up to and including EOS) as it finishes; ``stats``
+    gets ``joins`` (prefills merged into a running batch), ``steps`` (decode forward passes), ``shared_prefix``
+    (tokens) and ``prefill_tokens`` (prompt tokens run through the model). ``adapter_names[i]``: prompt ``i``'s
+    peft adapter (a mixed-adapter batch; the prefix is shared only when every row has the same adapter).
+
+    Over 80 lines on purpose: prefill, join and the decode step share the rows' state (cache, mask, positions)
+    and the running counters; split into functions they would pass all of it around."""
+    import copy
+
+    import torch
+
+    device = next(model.parameters()).device
+    extra, cache_kw = _forward_kwargs(model)
+    queue = list(order)
+    gen: dict[int, list[int]] = {}
+    rows: _Rows | None = None
+    refill_at = max(1, batch_size // 4)
+    joinable: bool | None = None  # learned from the first KV cache: sliding-window layers cannot be joined
+    joins = steps = prefill_tokens = 0
+
+    def names(idx: Sequence[int]) -> dict:
+        """peft's per-row adapter argument for the rows ``idx`` (nothing without a mixed batch)."""
+        return {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in idx]}
+
+    def padded(seqs: list[list[int]]) -> tuple[Any, Any]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            if s:
+                ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+                attn[r, width - len(s):] = 1
+        return ids.to(device), attn.to(device)
+
+    one_adapter = adapter_names is None or len(set(adapter_names)) == 1
+    shared = _common_prefix([token_ids[i] for i in order]) if share_prefix and one_adapter and len(order) > 1 else 0
+    prefix_cache = None
+    if shared >= MIN_SHARED_PREFIX:
+        with torch.inference_mode():
+            ids = torch.tensor([token_ids[order[0]][:shared]], dtype=torch.long, device=device)
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **extra,
+                        **names(order[:1]))
+        prefix_cache = _out_cache(out)
+        prefill_tokens += shared
+        if not _mergeable(prefix_cache):  # sliding-window layers: keep every prompt whole
+            prefix_cache, shared = None, 0
+    else:
+        shared = 0
+
+    def prefill(idx: list[int]) -> _Rows:
+        nonlocal prefill_tokens
+        ids, attn = padded([token_ids[i][shared:] for i in idx])
+        prefill_tokens += int(attn.sum())
+        pos = attn.long().cumsum(-1) - 1 + shared
+        kw = dict(extra)
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(idx))
+            attn = torch.cat([attn.new_ones(len(idx), shared), attn], 1)
+            kw[cache_kw] = cache
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos.clamp(min=0), use_cache=True, **kw,
+                    **names(idx))
+        return _Rows(_out_cache(out), attn, pos[:, -1] + 1, out.logits[:, -1, :], list(idx))
+
+    with torch.inference_mode():
+        while queue or rows is not None:
+            free = batch_size - (len(rows) if rows is not None else 0)
+            # join waiting prompts into a running batch only when its cache can be joined; else whole batches
+            if queue and (rows is None or (joinable and (free >= refill_at or len(queue) <= free))):
+                take, queue = queue[:free], queue[free:]
+                new = prefill(take)
+                for i in take:
+                    gen[i] = []
+                if joinable is None:
+                    joinable = _mergeable(new.cache)
+                if rows is None:
+                    rows = new
+                else:
+                    rows.join(new)
+                    joins += 1
+            nxt = _pick(rows.logits, do_sample, temperature, top_p)
+            finished = []
+            for j, (i, t) in enumerate(zip(rows.ids, nxt.tolist())):
+                g = gen[i]
+                g.append(t)
+                if (t in eos or len(g) >= max_new_tokens
+                        or (stops and any(s in tokenizer.decode(g[-window:]) for s in stops))):
+                    finished.append(j)
+            if finished:
+                for j in finished:
+                    i = rows.ids[j]
+                    on_done(i, gen.pop(i))
+                if len(finished) == len(rows):
+                    rows = None
+                    continue
+                gone = set(finished)
+                keep = torch.tensor([j for j in range(len(rows)) if j not in gone], device=device)
+                rows.select(keep)
+                nxt = nxt[keep]
+            rows.attn = torch.cat([rows.attn, rows.attn.new_ones(len(rows), 1)], 1)
+            out = model(input_ids=nxt[:, None], attention_mask=rows.attn, position_ids=rows.pos[:, None],
+                        use_cache=True, **{cache_kw: rows.cache}, **extra, **names(rows.ids))
+            rows.cache = _out_cache(out)
+            rows.logits = out.logits[:, -1, :]
+            rows.pos = rows.pos + 1
+            steps += 1
+    if stats is not None:
+        stats.update(joins=joins, steps=steps, shared_prefix=shared, prefill_tokens=prefill_tokens)
+
+
+def _ids_until_stop(ids: Sequence[int], stop_ids: set[int]) -> list[int]:
+    """Generated ids up to (not including) the first EOS/pad: what ``return_ids=True`` gives back."""
+    out = []
+    for t in ids:
+        if int(t) in stop_ids:
+            break
+        out.append(int(t))
+    return out
+
+
+def _decode_seq2seq(model: Any, tokenizer: Any, prompts: Sequence[str], order: list[int], *, batch_size: int,
+                    max_new_tokens: int, eos_list: list[int], stops: Sequence[str], window: int, do_sample: bool,
+                    temperature: float, top_p: float, add_special: bool, on_done: Any,
+                    adapter_names: Sequence[str] | None = None) -> int:
+    """Encoder-decoders: length-sorted batches through ``model.generate`` with a per-row stop criterion;
+    ``on_done(i, ids)`` gets each prompt's generated ids (decoder start token dropped). Returns the batch count."""
+    import torch
+
+    device = next(model.parameters()).device
+    n_batches = 0
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=add_special).to(device)
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=True,
+                                          pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_list or None)
+        if do_sample:
+            gen_kwargs.update(temperature=temperature, top_p=top_p)
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        if stops:
+            from transformers import StoppingCriteriaList
+
+            gen_kwargs["stopping_criteria"] = StoppingCriteriaList([_stop_criteria(tokenizer, stops, 1, window)])
+        if adapter_names is not None:
+            gen_kwargs["adapter_names"] = [adapter_names[i] for i in idx]
+        with torch.inference_mode():
+            out = model.generate(**enc, **gen_kwargs)
+        for j, i in enumerate(idx):
+            on_done(i, out[j, 1:].tolist())
+        n_batches += 1
+    return n_batches
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The model's end-of-sequence ids (its generation config's, else the tokenizer's)."""
+    cfg = getattr(model, "generation_config", None)
+    eos_ids = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+    if eos_ids is None:
+        eos_ids = tokenizer.eos_token_id
+    return [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = "causal", max_new_tokens: int = 256,
+             stop: Sequence[str] | None = None, batch_size: int = 16, progress: bool = True,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             stats: dict | None = None, description: str = "generating", share_prefix: bool = True,
+             adapter_names: Sequence[str] | None = None, add_special_tokens: bool | None = None,
+             strip: bool = True, return_ids: bool = False) -> list:
+    """Generate a completion for each prompt (greedy by default); outputs in input order, stop strings cut off.
+
+    ``kind``: ``causal`` (decoder-only: continuous batching with left padding, see :func:`_decode_causal`) or
+    ``seq2seq`` (encoder-decoder: length-sorted batches through ``model.generate``). ``stats`` (optional dict)
+    receives ``generated_tokens``, ``seconds`` and ``batches``. ``adapter_names``: one peft adapter name per
+    prompt (a mixed-adapter batch). ``add_special_tokens``: tokenize the prompts with the tokenizer's special
+    tokens (default: only for seq2seq; causal prompts are complete texts). ``strip``: strip whitespace off each
+    completion. ``return_ids``: the generated token ids up to EOS instead of texts (stop strings not applied).
+    """
+    if kind not in ("causal", "seq2seq"):
+        raise ConfigError(f"unknown model kind {kind!r} (expected causal or seq2seq)")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if adapter_names is not None and len(adapter_names) != len(prompts):
+        raise ConfigError(f"{len(adapter_names)} adapter names for {len(prompts)} prompts")
+    stops = [] if return_ids else [s for s in (stop or []) if s]
+    t0 = time.perf_counter()
+    outputs: list = [[] if return_ids else ""] * len(prompts)
+    total_tokens = 0
+    n_batches = 0
+    if not prompts:
+        if stats is not None:
+            stats.update(generated_tokens=0, seconds=0.0, batches=0)
+        return outputs
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left" if kind == "causal" else "right"
+    add_special = kind == "seq2seq" if add_special_tokens is None else add_special_tokens
+    token_ids = tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
+    lengths = [len(ids) for ids in token_ids]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    eos_list = _eos_ids(model, tokenizer)
+    stop_ids = set(eos_list) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
+    window = 4 + max((len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in stops), default=0) * 2
+    was_training = getattr(model, "training", False)
+    model.eval()
+    prog = _progress(progress, description, len(prompts))
+
+    def finish(i: int, ids: list[int], n_tokens: int) -> None:
+        nonlocal total_tokens
+        if return_ids:
+            outputs[i] = _ids_until_stop(ids, stop_ids)
+        else:
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            text = _cut_at_stop(text, stops) if stops else text
+            outputs[i] = text.strip() if strip else text
+        total_tokens += n_tokens
+        if prog is not None:
+            el = time.perf_counter() - t0
+            prog.update(advance=1, **{"tok/s": f"{total_tokens / max(el, 1e-9):.0f}"})
+
+    common = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, stops=stops, window=window,
+                  do_sample=do_sample, temperature=temperature, top_p=top_p, adapter_names=adapter_names)
+    try:
+        if kind == "causal":
+            _decode_causal(model, tokenizer, token_ids, order, eos=set(eos_list), stats=stats,
+                           pad_id=tokenizer.pad_token_id, share_prefix=share_prefix,
+                           on_done=lambda i, g: finish(i, g, len(g)), **common)
+            n_batches = -(-len(prompts) // batch_size)
+        else:
+            n_batches = _decode_seq2seq(model, tokenizer, prompts, order, eos_list=eos_list, add_special=add_special,
+                                        on_done=lambda i, g: finish(i, g, _count_new_tokens(g, stop_ids)),
+                                        **common)
+    finally:
+        if prog is not None:
+            prog.close()
+        tokenizer.padding_side = old_side
+        if was_training:
+            model.train()
+    if stats is not None:
+        stats.update(generated_tokens=total_tokens, seconds=time.perf_counter() - t0, batches=n_batches)
+    return outputs
+
+
+def chat_wrap(tokenizer: Any, text: str, *, chat: bool, system: str | None) -> str:
+    """``text`` as the user turn of the tokenizer's chat template (after ``system`` as the system message, when
+    given), ready for the assistant's answer; ``chat=False``: ``text`` unchanged. The wrapping of a prompt given
+    as is (``lorasp generate --mode raw --chat``); the four prompt modes build theirs with
+    :func:`lora_spec.prompts.build_prompt`, as training did."""
+    if not chat:
+        return text
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("--chat: this tokenizer has no chat template")
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
