@@ -211,9 +211,11 @@ def recipe_adapter(exp: Experiment) -> Path:
                    ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), *FIT_EXTRA])
 
 
-def c1(full: bool = False, only: str | None = None) -> None:
+def c1(full: bool = False, only: str | None = None, notes: list[str] | None = None) -> None:
     exp = Experiment("c1", "C1 lift: the GSM8K recipe's adapter vs the base model",
                      "python experiments/run.py c1" + (" --full" if full else ""))
+    if notes:
+        exp.record["extra"]["notes"] = list(notes)
     # --only base: the base model's evaluations alone (they need no adapter), e.g. while the recipe still trains;
     # --only adapter: the rest, in a second process (rerun `c1` once both ended to gather both into the record)
     adapter = None if only == "base" else recipe_adapter(exp)
@@ -372,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for e in todo:
             if e == "c1":
-                c1(a.full, a.only)
+                c1(a.full, a.only, a.note)
             elif e == "c2":
                 c2()
             elif e == "c3":
