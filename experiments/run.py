@@ -96,6 +96,7 @@ class Experiment:
     title: str
     command: str
     record: dict = field(default_factory=dict)
+    missing: list = field(default_factory=list)  # --collect: evaluations that have not run
 
     @property
     def dir(self) -> Path:
@@ -113,7 +114,7 @@ class Experiment:
                        "extra": old.get("extra", {}), "complete": False}
 
     def save(self, complete: bool = False) -> None:
-        self.record.update(complete=complete, updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        self.record.update(complete=complete and not self.missing, updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                            git=_git_commit())
         RESULTS.mkdir(parents=True, exist_ok=True)
         tmp = RESULTS / f".{self.name}.json.tmp"
@@ -140,6 +141,8 @@ class Experiment:
     def fit(self, label: str, out: Path, args: list[str]) -> Path:
         """``lorasp fit ARGS --out OUT``: skipped when finished, continued with --resume when cut."""
         if not (out / "lorasp.json").exists():
+            if COLLECT_ONLY:
+                raise StepFailed(f"--collect: the fit {out} has not finished")
             resume = ["--resume"] if (Path(str(out) + ".checkpoints")).exists() else []
             run_lorasp(["fit", *args, "--out", str(out), "--no-progress", *resume], self.log)
         man = json.loads((out / "lorasp.json").read_text())
@@ -171,6 +174,9 @@ class Experiment:
         if model is not None:
             args += ["--model", model]
         if not (out / "results.json").exists():
+            if COLLECT_ONLY:  # --collect: record what has run, start nothing
+                self.missing.append(label)
+                return {}
             run_lorasp(args, self.log)
         self.record["evals"][label] = collect_eval(out, args)
         self.save()
@@ -202,6 +208,7 @@ C1_SETS = {"gsm8k": 500, "multiarith": 300, "asdiv": 300, "svamp": 300}
 C1_TOKENS = {"gsm8k": 192, "multiarith": 160, "asdiv": 160, "svamp": 160}
 
 
+COLLECT_ONLY = False  # --collect
 FIT_EXTRA: list[str] = []  # --fit-arg: extra `lorasp fit` arguments for the recipe run (recorded with the fit)
 
 
@@ -368,8 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--problems", type=int, default=768, help="c4: arith problems for the teacher and the students")
     ap.add_argument("--fit-arg", action="append", default=[], help="an extra `lorasp fit` argument for the recipe "
                     "run (repeatable; kept in the result file), e.g. --fit-arg=--select-by --fit-arg=last")
+    ap.add_argument("--collect", action="store_true", help="only gather the results of the steps that have run "
+                    "into the result file (left partial); start nothing")
     a = ap.parse_args(argv)
     FIT_EXTRA[:] = a.fit_arg
+    global COLLECT_ONLY
+    COLLECT_ONLY = a.collect
     todo = ["c1", "c5", "c2", "c3", "c4"] if a.experiment == "all" else [a.experiment]
     try:
         for e in todo:
