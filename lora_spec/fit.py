@@ -365,15 +365,9 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
         sel.prune_checkpoints(checkpoints, cfg.keep_checkpoints, sel.effective_rule(cfg, evaluator),
                               prefer_earliest=cfg.prefer_earliest)
 
-    args = TrainArgs(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                     warmup=cfg.warmup, schedule=cfg.schedule, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                     max_grad_norm=cfg.max_grad_norm or None, max_length=cfg.max_length, seed=cfg.seed,
-                     save_every=cfg.save_every, eval_every=eval_every, keep_checkpoints=cfg.keep_checkpoints,
-                     select_by=cfg.select_by, group_by_length=cfg.group_by_length,
-                     mixed_precision="auto" if cfg.compute_dtype == "auto" else
-                     ("no" if cfg.compute_dtype == "fp32" else cfg.compute_dtype),
-                     progress=cfg.progress, tracker=cfg.tracker, loss=loss_spec,
-                     micro_batch_tokens=cfg.micro_batch_tokens)
+    # the loop's settings are the config's, by name; only these three are stated differently in the config
+    args = TrainArgs.of(cfg, eval_every=eval_every, loss=loss_spec,
+                        mixed_precision={"auto": "auto", "fp32": "no"}.get(cfg.compute_dtype, cfg.compute_dtype))
     res = train(model, student.tokenizer, examples, kind=student.kind, args=args, ckpt_dir=ckpt_dir,
                 evaluator=evaluator, select=select, prune=prune, resume=cfg.resume, data_fingerprint=data_fp)
     last = res.history[-1]["loss"] if res.history else float("nan")
