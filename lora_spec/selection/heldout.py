@@ -56,7 +56,7 @@ class HeldOutEvaluator:
     """Scores a model on the held-out sets; an ``evaluator(model, tokenizer, step) -> scores`` for ``train``.
 
     The problems are drawn once (seeded), here in ``__init__``. Every call generates with
-    ``lora_spec.evaluate.generate`` (length-sorted batches, left padding, KV cache, stop sequences, greedy) and
+    ``lora_spec.generation.generate`` (length-sorted batches, left padding, KV cache, stop sequences, greedy) and
     scores each output with :func:`judge`, exactly like ``lorasp eval`` (strict: the answer must be stated in an
     answer sentence, so a lucky number in a degenerate output earns nothing) -- but all problems of the same prompt
     mode and budget go through one batched generation, instead of one small batch per dataset.
@@ -252,7 +252,7 @@ class HeldOutEvaluator:
     def _predict(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[tuple[str, str], list[bool]], list[dict]]:
         """Generate for every problem (one batched generation per prompt mode and budget) and judge each output;
         returns ``({(set, task): [correct, ...]}, prediction rows)``."""
-        from ..evaluate import generate
+        from ..generation import generate
         from ..prompts import build_prompt, check_mode, stop_sequences, uses_chat
         from ..records import EvalTask
 
