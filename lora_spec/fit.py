@@ -12,91 +12,30 @@
 With no data source at all (``lorasp fit`` alone) this is the embedded default: SmolLM2-135M-Instruct on
 :data:`QUICKSTART_PROBLEMS` synthetic ``arith`` problems with the ``gold`` teacher, with before/after accuracy on
 held-out ``arith`` test problems.
+
+Layout: ``_fit`` calls the stages in order (``_start``, ``_load_data``, ``_student_and_rows``, ``_score_before``,
+``_make_trainable``, ``_held_out_evaluation``, ``_train``, ``_manifest``, ``_write_artifact``); below them is how a fit
+uses ``lora_spec.selection`` (when it evaluates, which rule applies, the manifest's ``selection`` block). The config
+is ``lora_spec.fit_config``, the dry run ``lora_spec.fit_plan``, the before/after scores ``lora_spec.before_after``.
+This module is a little over 500 lines because it is the one place where data, student, trainer, selection and
+artifact meet; each stage is a short function.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-from pydantic import Field
-
-from .config import RunConfig, parse_kv
+from .batching import total_steps
+from .before_after import before_after_tasks, fmt_scores, paired_before_after, score, strip_predictions
+from .config import parse_kv
 from .errors import ConfigError, DataError, one_line
-from .selection import SelectionOptions
-
-QUICKSTART_PROBLEMS = 512
-QUICKSTART_HELD_OUT = 50  # arith test problems scored before and after on the quickstart
-
-
-class FitConfig(RunConfig, SelectionOptions):
-    """``lorasp fit``: tune a student on teacher chain-of-thought with the four-format mixture."""
-
-    student: str = Field("smollm2-135m", description="Student: preset (lorasp models), local directory or Hub id.")
-    data: str | None = Field(None, description="Teach run directory (lorasp teach --out DIR) to train on.")
-    dataset: str | None = Field(None, description="Dataset plugin to teach in-process when --data is not given "
-                                                  "(default: arith, the embedded quickstart).")
-    dataset_opt: list[str] = Field(default_factory=list, description="Dataset plugin parameter KEY=VALUE.")
-    split: str = Field("train", description="Split to train on (with --dataset).")
-    teacher: str = Field("gold", description="Teacher plugin for --dataset (gold: the reference rationales).")
-    teacher_opt: list[str] = Field(default_factory=list, description="Teacher plugin parameter KEY=VALUE.")
-    samples: int = Field(1, ge=1, le=64, description="Teacher samples per problem (with --dataset).")
-    limit: int | None = Field(None, ge=1, description="Train on the first N problems, in file order "
-                                                      f"(quickstart default: {QUICKSTART_PROBLEMS}).")
-    data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
-    quant: Literal["nf4", "int8", "none"] = Field("none", description="Quantize the frozen base (bitsandbytes).")
-    double_quant: bool = Field(True, description="nf4 double quantization.")
-    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Compute dtype of the base (auto: bf16 on GPU, fp32 on CPU).")
-    method: Literal["lora", "dora", "full"] = Field("lora", description="lora, dora, or full fine-tuning.")
-    rank: int = Field(16, ge=1, le=4096, description="LoRA rank.")
-    alpha: float = Field(32.0, gt=0, description="LoRA alpha.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
-    targets: str = Field("all-linear", description="LoRA target modules: all-linear or e.g. q_proj,v_proj.")
-    formats: str = Field("zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1",
-                         description="Format mixture weights, e.g. in_context_cot=4,zero_shot_cot=2,"
-                                     "in_context_answer=1,zero_shot_answer=1.")
-    n_shots: int = Field(2, ge=1, le=16, description="Exemplars in the in-context formats.")
-    chat: bool | None = Field(None, description="Use the tokenizer's chat template (default: when it has one).")
-    loss: str = Field("sample", description="sample | distribution | mix:ALPHA (ALPHA = weight of the "
-                      "distribution loss; distribution needs a teach run with --top-logprobs).")
-    loss_temperature: float = Field(1.0, gt=0, description="Distribution matching: softmax temperature of the KL.")
-    loss_renormalize: bool = Field(False, description="Distribution matching: renormalise the teacher's top-k "
-                                   "to sum to 1 (default: its missing mass is one 'other' bucket).")
-    epochs: float = Field(1.0, gt=0, description="Passes over the training rows.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after N optimizer steps (overrides --epochs).")
-    lr: float | None = Field(None, gt=0, description="Peak learning rate (default: 1e-3 lora/dora, 2e-5 full).")
-    batch_size: int = Field(8, ge=1, le=65536, description="Examples per device per micro-batch.")
-    grad_accum: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
-    max_length: int = Field(512, ge=8, le=131072, description="Longest training row in tokens.")
-    warmup: float = Field(0.05, ge=0, description="Warmup: a fraction of the steps (< 1) or a number of steps.")
-    schedule: Literal["cosine", "constant", "linear"] = Field("cosine", description="Learning-rate schedule.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: off).")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    micro_batch_tokens: int = Field(1024, ge=0, le=16_777_216,
-                                    description="Padded tokens per forward/backward pass: a batch runs in passes "
-                                                "of at most this many tokens (same update, less memory; "
-                                                "0: the whole batch in one pass).")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice; 1 is much "
-                                                        "faster on an oversubscribed CPU).")
-    group_by_length: bool = Field(True, description="Batch rows of similar length together.")
-    seed: int = Field(0, description="Seed of the data order, the formats, exemplars and the adapter init.")
-    save_every: int = Field(50, ge=0, description="Write a checkpoint every N steps (0: only evaluations and end).")
-    resume: bool = Field(False, description="Continue from the last checkpoint in <out>.checkpoints.")
-    out: str | None = Field(None, description="Artifact directory (default: adapters/<dataset>-<method>).")
-    before_after: int | None = Field(None, ge=0, description="Held-out test problems of the training dataset "
-                                                             "scored before and after (0: off; quickstart: 50).")
-    tracker: str = Field("auto", description="accelerate tracker: auto (tensorboard if installed), none, ...")
-    progress: bool = Field(True, description="Progress bars on a terminal.")
-    overwrite: bool = Field(False, description="Replace an earlier fit's artifact at --out (only a lorasp "
-                                               "adapter/full artifact; removed once the new one is complete).")
-
-    def resolved(self) -> "FitConfig":
-        return resolve_defaults(self)
+from .fit_config import QUICKSTART_PROBLEMS, FitConfig, is_quickstart, resolve_defaults
+from .selection import ALPHA, SETS, as_rule
 
 
 @dataclass
@@ -109,47 +48,6 @@ class FitResult:
     before: dict | None = None
     after: dict | None = None
     history: list[dict] = field(default_factory=list)
-
-
-def _is_quickstart(cfg: FitConfig) -> bool:
-    return cfg.data is None and cfg.dataset is None
-
-
-def resolve_defaults(cfg: FitConfig) -> FitConfig:
-    """Fill the defaults that depend on other fields (quickstart, lr by method, out)."""
-    upd: dict[str, Any] = {}
-    if cfg.data is None and cfg.dataset is None:
-        upd["dataset"] = "arith"
-        if cfg.limit is None:
-            upd["limit"] = QUICKSTART_PROBLEMS
-        if cfg.before_after is None:
-            upd["before_after"] = QUICKSTART_HELD_OUT
-        from .selection import quickstart_sets
-
-        injected = quickstart_sets(cfg)  # small and fast; real runs get the larger default sets
-        upd.update(injected)
-        if "select_by" not in cfg.model_fields_set and cfg.in_dist.enabled:
-            # the quickstart teaches one skill and reports it on held-out arith test problems: export the
-            # checkpoint that is best on that skill's dev split (OOD and BBH are still scored and reported);
-            # with --in-dist none the ordinary default rule (and its fallback to a scored set) applies
-            upd["select_by"] = "in_dist"
-    if cfg.lr is None:
-        upd["lr"] = 2e-5 if cfg.method == "full" else 1e-3
-    if cfg.out is None:
-        src = Path(cfg.data).name if cfg.data else (cfg.dataset or "arith")
-        upd["out"] = f"adapters/{src}-{cfg.method}" + (f"-{cfg.quant}" if cfg.quant != "none" else "")
-    if cfg.before_after is None and "before_after" not in upd:
-        upd["before_after"] = 0
-    if cfg.method == "full" and cfg.quant != "none":
-        raise ConfigError(f"--method full trains every weight and cannot train a {cfg.quant}-quantized base; "
-                          "use --quant none, or --method lora/dora for QLoRA")
-    if not upd:
-        return cfg
-    new = cfg.model_copy(update=upd)
-    if cfg.data is None and cfg.dataset is None:
-        # the quickstart's sets are still defaults (not the user's): a default set whose data is missing is skipped
-        new.model_fields_set.difference_update(injected)
-    return new
 
 
 def _load_items(cfg: FitConfig, out: Path, log: Callable[[str], None]):
@@ -185,17 +83,6 @@ def _load_items(cfg: FitConfig, out: Path, log: Callable[[str], None]):
     if not items:
         raise DataError(f"{run_dir}: no correct teacher samples to train on")
     return items, source
-
-
-def _before_after_tasks(cfg: FitConfig, source: dict):
-    from .records import EvalTask
-
-    ds = source.get("dataset")
-    if not cfg.before_after or not ds:
-        return []
-    params = parse_kv(cfg.dataset_opt, "--dataset-opt") if source.get("kind") == "dataset" else {}
-    return [EvalTask(name=f"{ds}:test", dataset=ds, split="test", dataset_params=params, mode="zs_cot",
-                     limit=cfg.before_after, max_new_tokens=128)]
 
 
 def _compute_dtype(name: str):
@@ -254,15 +141,61 @@ def _make_cfg(cfg: FitConfig | None, overrides: dict) -> FitConfig:
     return cfg.model_copy(update=overrides) if overrides else cfg
 
 
+@dataclass
+class _Run:
+    """What the stages of one fit share: the resolved config, what was parsed from it, the process, the outputs."""
+
+    cfg: FitConfig
+    quickstart: bool
+    weights: dict  # the format mixture
+    loss_spec: Any  # losses.LossSpec
+    state: Any  # accelerate's process state
+    log: Callable[[str], None]
+    out: Path
+    ckpt_dir: Path
+    t_start: float
+
+    @property
+    def main(self) -> bool:
+        return self.state.is_main_process
+
+    def resuming(self) -> bool:
+        return bool(self.cfg.resume and any(self.ckpt_dir.glob("step-*")))
+
+
 def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[str], None] | None = None) -> FitResult:
+    """One fit, stage by stage (each stage is a function below, in this order)."""
+    run = _start(cfg, log)
+    items, source = _load_data(run)
+    student, examples, data_fp, counts = _student_and_rows(run, items)
+    tasks = before_after_tasks(run.cfg, source)
+    before = _score_before(run, student, tasks)
+    model, spec = _make_trainable(run, student)
+    evaluator, eval_every = _held_out_evaluation(run, evaluator, source, items, student.kind, len(examples))
+    res = _train(run, model, student, examples, data_fp, evaluator, eval_every)
+    after = None
+    if tasks and run.main:
+        after = score(model, student.tokenizer, student.kind, tasks, run.cfg)
+        run.log(f"after:  {fmt_scores(after)}")
+    manifest = _manifest(run, student=student, spec=spec, counts=counts, source=source, items=items,
+                         n_examples=len(examples), data_fp=data_fp, evaluator=evaluator, eval_every=eval_every,
+                         res=res, before=before, after=after)
+    if run.main:
+        _write_artifact(run, model, student, manifest, evaluator, before, after)
+    run.state.wait_for_everyone()
+    return FitResult(out=run.out, manifest=manifest, model=model, tokenizer=student.tokenizer, kind=student.kind,
+                     before=before, after=after, history=res.history)
+
+
+def _start(cfg: FitConfig, log: Callable[[str], None] | None) -> _Run:
+    """Checks, torch threads, the process state, the log, and the checkpoint directory of an earlier fit."""
     from . import formats as F
 
-    quickstart = _is_quickstart(cfg)
+    quickstart = is_quickstart(cfg)
     cfg = resolve_defaults(cfg)
     # cheap checks first: a bad flag is reported before torch is even imported
     weights = F.parse_mixture(cfg.formats)
     from .losses import LossSpec
-    from .prompts import uses_chat
 
     loss_spec = LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
     from .adapters.peft_setup import parse_targets
@@ -273,10 +206,7 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    from .adapters.artifact import atomic_dir, versions, write_manifest
-    from .adapters.peft_setup import MethodSpec, apply_method, count_params
-    from .student import hub_id, load_student
-    from .trainer import TrainArgs, dist_state, train
+    from .trainer import dist_state
 
     state = dist_state()
     main = state.is_main_process
@@ -305,88 +235,129 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
         else:
             raise ConfigError(f"{ckpt_dir} holds checkpoints of an unfinished fit: pass --resume to continue it, "
                               f"or choose another --out")
-    t_start = time.time()
+    return _Run(cfg, quickstart, weights, loss_spec, state, log, out, ckpt_dir, time.time())
 
-    # 1-2. data and formats (teach runs on the main process only; the others wait and read the result)
-    if main:
-        items, source = _load_items(cfg, out, log)
-    state.wait_for_everyone()
-    if not main:
+
+def _load_data(run: _Run) -> tuple[list, dict]:
+    """The correct teacher samples and where they came from (teach runs on the main process only; the others wait
+    and read the result)."""
+    cfg, out = run.cfg, run.out
+    if run.main:
+        items, source = _load_items(cfg, out, run.log)
+    run.state.wait_for_everyone()
+    if not run.main:
         items, source = _load_items(cfg.model_copy(update={"data": cfg.data or str(out.with_name(out.name + ".teach"))}),
                                     out, lambda m: None)
         source = dict(source)
-    if loss_spec.needs_teacher_topk and not any(it.sample is not None and it.sample.top_logprobs for it in items):
-        raise DataError(f"--loss {loss_spec} needs the teacher's top-k logprobs, but none of the {len(items)} "
+    if run.loss_spec.needs_teacher_topk and not any(it.sample is not None and it.sample.top_logprobs for it in items):
+        raise DataError(f"--loss {run.loss_spec} needs the teacher's top-k logprobs, but none of the {len(items)} "
                         "training samples has them: teach with --top-logprobs K (a teacher that reports logprobs)")
+    return items, source
 
-    # 3. student (seeded: the adapter init is part of the run's determinism)
+
+def _student_and_rows(run: _Run, items: list):
+    """The student (seeded: the adapter init is part of the run's determinism) and the training rows of the four
+    formats: ``(student, examples, data fingerprint, rows per format)``."""
+    import torch
+
+    from . import formats as F
+    from .student import load_student
+
+    cfg = run.cfg
     torch.manual_seed(cfg.seed)
     student = load_student(cfg.student, cfg.quant, dtype=_compute_dtype(cfg.compute_dtype),
                            double_quant=cfg.double_quant,
-                           device=str(state.device) if cfg.quant != "none" else None)
-    examples = F.build_examples(items, weights, student.tokenizer, n_shots=cfg.n_shots, seed=cfg.seed,
+                           device=str(run.state.device) if cfg.quant != "none" else None)
+    examples = F.build_examples(items, run.weights, student.tokenizer, n_shots=cfg.n_shots, seed=cfg.seed,
                                 chat=False if student.kind == "seq2seq" else cfg.chat)
-    data_fp = F.data_fingerprint(items, weights, n_shots=cfg.n_shots, seed=cfg.seed, chat=cfg.chat,
+    data_fp = F.data_fingerprint(items, run.weights, n_shots=cfg.n_shots, seed=cfg.seed, chat=cfg.chat,
                                  student=student.fingerprint.get("tokenizer"))
     counts = F.format_counts(examples)
-    log(f"data: {len(items)} correct samples of {len({it.problem.id for it in items})} problems -> "
-        + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    run.log(f"data: {len(items)} correct samples of {len({it.problem.id for it in items})} problems -> "
+            + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    return student, examples, data_fp, counts
 
-    tasks = _before_after_tasks(cfg, source)
-    before = after = None
-    if tasks and main and not (cfg.resume and any(ckpt_dir.glob("step-*"))):
-        before = _score(student.model, student.tokenizer, student.kind, tasks, cfg)
-        log(f"before: {_fmt_scores(before)}")
 
+def _score_before(run: _Run, student, tasks: list) -> dict | None:
+    """The base model on the before/after test problems (not again when resuming)."""
+    if tasks and run.main and not run.resuming():
+        before = score(student.model, student.tokenizer, student.kind, tasks, run.cfg)
+        run.log(f"before: {fmt_scores(before)}")
+        return before
+    return None
+
+
+def _make_trainable(run: _Run, student):
+    """LoRA / DoRA / full on the student: ``(model, MethodSpec)``."""
+    import torch
+
+    from .adapters.peft_setup import MethodSpec, apply_method, count_params, parse_targets
+
+    cfg = run.cfg
     torch.manual_seed(cfg.seed)
     spec = MethodSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
                       targets=parse_targets(cfg.targets), gradient_checkpointing=cfg.gradient_checkpointing)
     model = apply_method(student, spec)
     params = count_params(model)
-    log(f"student: {student.name} ({student.kind}, quant {student.quant}), method {cfg.method}: "
-        f"{params['trainable']:,} of {params['total']:,} parameters train")
+    run.log(f"student: {student.name} ({student.kind}, quant {student.quant}), method {cfg.method}: "
+            f"{params['trainable']:,} of {params['total']:,} parameters train")
+    return model, spec
 
-    # 4. train
-    from . import selection as sel
 
-    eval_every = cfg.eval_every or 0
+def _held_out_evaluation(run: _Run, evaluator: Callable | None, source: dict, items: list, kind: str,
+                         n_examples: int) -> tuple[Any, int]:
+    """``(evaluator, eval_every)``: the caller's evaluator, or the held-out sets of the config (see
+    :func:`setup_fit_evaluation`), whose predictions are journaled beside the checkpoints (they survive a cut)."""
+    from .selection import PREDICTIONS_FILE
+
+    eval_every = run.cfg.eval_every or 0
     if evaluator is None:  # held-out sets from the config (lora_spec.selection)
-        evaluator, eval_every = sel.setup_fit_evaluation(cfg, quickstart=quickstart, source=source, items=items,
-                                                         kind=student.kind, n_examples=len(examples),
-                                                         world=state.num_processes, log=log)
-        if evaluator is not None and main:  # predictions survive a cut: journaled beside the checkpoints
-            evaluator.keep_journal(ckpt_dir / sel.PREDICTIONS_FILE,
-                                   resume=bool(cfg.resume and any(ckpt_dir.glob("step-*"))))
+        evaluator, eval_every = setup_fit_evaluation(run.cfg, quickstart=run.quickstart, source=source, items=items,
+                                                     kind=kind, n_examples=n_examples,
+                                                     world=run.state.num_processes, log=run.log)
+        if evaluator is not None and run.main:  # predictions survive a cut: journaled beside the checkpoints
+            evaluator.keep_journal(run.ckpt_dir / PREDICTIONS_FILE, resume=run.resuming())
+    return evaluator, eval_every
+
+
+def _train(run: _Run, model, student, examples: list, data_fp: str, evaluator: Any, eval_every: int):
+    """``trainer.train`` with the config's settings, selection rule and pruning; records the step time."""
+    from .selection import prune_checkpoints, select_checkpoint
+    from .trainer import TrainArgs, train
+
+    cfg = run.cfg
 
     def select(checkpoints: list[dict]) -> dict:
-        return sel.select_checkpoint(checkpoints, sel.effective_rule(cfg, evaluator), cfg.prefer_earliest)
+        return select_checkpoint(checkpoints, effective_rule(cfg, evaluator), cfg.prefer_earliest)
 
     def prune(checkpoints: list[dict]) -> None:
-        sel.prune_checkpoints(checkpoints, cfg.keep_checkpoints, sel.effective_rule(cfg, evaluator),
-                              prefer_earliest=cfg.prefer_earliest)
+        prune_checkpoints(checkpoints, cfg.keep_checkpoints, effective_rule(cfg, evaluator),
+                          prefer_earliest=cfg.prefer_earliest)
 
-    args = TrainArgs(epochs=cfg.epochs, max_steps=cfg.max_steps, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                     warmup=cfg.warmup, schedule=cfg.schedule, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                     max_grad_norm=cfg.max_grad_norm or None, max_length=cfg.max_length, seed=cfg.seed,
-                     save_every=cfg.save_every, eval_every=eval_every, keep_checkpoints=cfg.keep_checkpoints,
-                     select_by=cfg.select_by, group_by_length=cfg.group_by_length,
-                     mixed_precision="auto" if cfg.compute_dtype == "auto" else
-                     ("no" if cfg.compute_dtype == "fp32" else cfg.compute_dtype),
-                     progress=cfg.progress, tracker=cfg.tracker, loss=loss_spec,
-                     micro_batch_tokens=cfg.micro_batch_tokens)
-    res = train(model, student.tokenizer, examples, kind=student.kind, args=args, ckpt_dir=ckpt_dir,
+    # the loop's settings are the config's, by name; only these three are stated differently in the config
+    args = TrainArgs.of(cfg, eval_every=eval_every, loss=run.loss_spec,
+                        mixed_precision={"auto": "auto", "fp32": "no"}.get(cfg.compute_dtype, cfg.compute_dtype))
+    res = train(model, student.tokenizer, examples, kind=student.kind, args=args, ckpt_dir=run.ckpt_dir,
                 evaluator=evaluator, select=select, prune=prune, resume=cfg.resume, data_fingerprint=data_fp)
-    last = res.history[-1]["loss"] if res.history else float("nan")
-    if main:  # the trainer's seconds and steps are both totals over resumes
+    if run.main:  # the trainer's seconds and steps are both totals over resumes
         record_calibration(cfg, res.steps, res.train_seconds, res.tokens_per_second)
-    log(f"trained {res.steps} steps in {res.train_seconds:.0f}s ({res.tokens_per_second:,.0f} tokens/s), "
-        f"final loss {last:.4f}" + (f", resumed from step {res.resumed_from}" if res.resumed_from else ""))
+    run.log(f"trained {res.steps} steps in {res.train_seconds:.0f}s ({res.tokens_per_second:,.0f} tokens/s), "
+            f"final loss {_final_loss(res):.4f}" + (f", resumed from step {res.resumed_from}" if res.resumed_from else ""))
+    return res
 
-    if tasks and main:
-        after = _score(model, student.tokenizer, student.kind, tasks, cfg)
-        log(f"after:  {_fmt_scores(after)}")
 
-    # 5. artifact
+def _final_loss(res) -> float:
+    return res.history[-1]["loss"] if res.history else float("nan")
+
+
+def _manifest(run: _Run, *, student, spec, counts: dict, source: dict, items: list, n_examples: int, data_fp: str,
+              evaluator: Any, eval_every: int, res, before: dict | None, after: dict | None) -> dict[str, Any]:
+    """``lorasp.json``: base, method, formats, prompting, loss, data, selection, checkpoints, training, before/after."""
+    from .adapters.artifact import versions
+    from .prompts import uses_chat
+    from .student import hub_id
+
+    cfg, loss_spec, weights = run.cfg, run.loss_spec, run.weights
     manifest: dict[str, Any] = {
         "kind": "full" if cfg.method == "full" else "adapter",
         "base": {"name": student.name, "path": str(student.path), "kind": student.kind,
@@ -399,58 +370,62 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
         "loss": str(loss_spec),
         "distribution": None if res.align is None else {
             "temperature": loss_spec.temperature, "renormalize": loss_spec.renormalize, **res.align},
-        "data": {**source, "fingerprint": data_fp, "n_examples": len(examples), "n_problems":
+        "data": {**source, "fingerprint": data_fp, "n_examples": n_examples, "n_problems":
                  len({it.problem.id for it in items}), "truncated": res.truncated},
-        "selection": sel.selection_manifest(cfg, evaluator, eval_every, res.chosen, res.train_seconds,
-                                            res.eval_seconds),
+        "selection": selection_manifest(cfg, evaluator, eval_every, res.chosen, res.train_seconds, res.eval_seconds),
         "checkpoints": res.checkpoints,
         "train": {"steps": res.steps, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
                   "grad_accum": cfg.grad_accum, "world_size": res.world_size, "schedule": cfg.schedule,
                   "warmup": cfg.warmup, "max_length": cfg.max_length, "seed": cfg.seed,
                   "train_seconds": round(res.train_seconds, 2), "eval_seconds": round(res.eval_seconds, 2),
                   "tokens": res.tokens, "tokens_per_second": round(res.tokens_per_second, 1),
-                  "final_loss": last, "loss_history": [round(h["loss"], 6) for h in res.history],
-                  "resumed_from": res.resumed_from, "checkpoint_dir": str(ckpt_dir.resolve()),
-                  "wall_seconds": round(time.time() - t_start, 1)},
+                  "final_loss": _final_loss(res), "loss_history": [round(h["loss"], 6) for h in res.history],
+                  "resumed_from": res.resumed_from, "checkpoint_dir": str(run.ckpt_dir.resolve()),
+                  "wall_seconds": round(time.time() - run.t_start, 1)},
         "config": cfg.model_dump(mode="json"),
         "versions": versions(),
     }
     if before is not None or after is not None:
-        manifest["before_after"] = {"before": _strip(before), "after": _strip(after)}
-        ba = _paired_before_after(before, after)
+        manifest["before_after"] = {"before": strip_predictions(before), "after": strip_predictions(after)}
+        ba = paired_before_after(before, after)
         if ba is not None:
             manifest["before_after"]["paired"] = ba
-    if main:
-        import tempfile
+    return manifest
 
-        from .report import render_files
 
-        scratch = tempfile.TemporaryDirectory(prefix="lorasp-report-")
-        report_files = render_files(manifest, out.name, scratch.name)  # report.md + curves.png
-        preds = sel.write_predictions(evaluator, Path(scratch.name) / sel.PREDICTIONS_FILE)
-        if preds is not None:
-            report_files[sel.PREDICTIONS_FILE] = preds
-        if cfg.method == "full":
-            _save_full(model, student, out, manifest, atomic_dir, write_manifest, extra_files=report_files)
-        else:
-            from .adapters.swap import save_adapter
+def _write_artifact(run: _Run, model, student, manifest: dict, evaluator: Any, before: dict | None,
+                    after: dict | None) -> None:
+    """The artifact at ``--out`` (main process) with its report, curves and held-out predictions."""
+    import tempfile
 
-            save_adapter(model, out, manifest, extra_files=report_files)
-        scratch.cleanup()
-        if report_files:
-            log(f"specialization report: {out / 'report.md'}, {out / 'curves.png'}")
-        log(f"wrote {out}")
-        if quickstart and before is not None and after is not None:
-            from .stats import fmt_acc, fmt_paired
+    from . import selection as sel
+    from .adapters.artifact import atomic_dir, write_manifest
+    from .report import render_files
 
-            kb, ka, n = (sum(r["correct"] for r in before.values()), sum(r["correct"] for r in after.values()),
-                         sum(r["n"] for r in before.values()))
-            ba = manifest["before_after"].get("paired")
-            log(f"held-out arith test accuracy: {fmt_acc(kb, n)} before -> {fmt_acc(ka, n)} after"
-                + (f"; paired change {fmt_paired(ba)}" if ba else "") + " (95% intervals)")
-    state.wait_for_everyone()
-    return FitResult(out=out, manifest=manifest, model=model, tokenizer=student.tokenizer, kind=student.kind,
-                     before=before, after=after, history=res.history)
+    cfg, out, log = run.cfg, run.out, run.log
+    scratch = tempfile.TemporaryDirectory(prefix="lorasp-report-")
+    report_files = render_files(manifest, out.name, scratch.name)  # report.md + curves.png
+    preds = sel.write_predictions(evaluator, Path(scratch.name) / sel.PREDICTIONS_FILE)
+    if preds is not None:
+        report_files[sel.PREDICTIONS_FILE] = preds
+    if cfg.method == "full":
+        _save_full(model, student, out, manifest, atomic_dir, write_manifest, extra_files=report_files)
+    else:
+        from .adapters.swap import save_adapter
+
+        save_adapter(model, out, manifest, extra_files=report_files)
+    scratch.cleanup()
+    if report_files:
+        log(f"specialization report: {out / 'report.md'}, {out / 'curves.png'}")
+    log(f"wrote {out}")
+    if run.quickstart and before is not None and after is not None:
+        from .stats import fmt_acc, fmt_paired
+
+        kb, ka, n = (sum(r["correct"] for r in before.values()), sum(r["correct"] for r in after.values()),
+                     sum(r["n"] for r in before.values()))
+        ba = manifest["before_after"].get("paired")
+        log(f"held-out arith test accuracy: {fmt_acc(kb, n)} before -> {fmt_acc(ka, n)} after"
+            + (f"; paired change {fmt_paired(ba)}" if ba else "") + " (95% intervals)")
 
 
 def _prompting(weights: dict, student, cfg: FitConfig) -> dict:
@@ -463,86 +438,88 @@ def _prompting(weights: dict, student, cfg: FitConfig) -> dict:
             "n_shots": cfg.n_shots}
 
 
-# --------------------------------------------------------------------------------------------- dry run
+# --------------------------------------------------------------------------------------------- held-out evaluation
+# How a fit uses lora_spec.selection: when it evaluates, which rule it applies, what lorasp.json records.
 
-def _calibration_key(student: str, quant: str, method: str, batch_size: int, grad_accum: int) -> str:
-    from .calibration import device
-
-    return f"fit|{student}|{quant}|{method}|{device()}|batch={batch_size}x{grad_accum}"
+QUICKSTART_EVALS = 3  # the quickstart evaluates at step 0 and 3 more times (the last at the end)
 
 
-def record_calibration(cfg: "FitConfig", steps: int, train_seconds: float, tokens_per_second: float) -> None:
-    """Store this fit's measured seconds per optimizer step (for ``--dry-run`` estimates); never fails a fit."""
-    from .calibration import record
+def resolve_eval_every(cfg: Any, *, quickstart: bool, total: int) -> int:
+    """``eval_every`` as the trainer needs it. An explicit value wins. Unset, it is ``ceil(total / 4)`` on the
+    quickstart and whenever ``--select-by`` names a held-out score explicitly (asking to select on OOD accuracy
+    asks for the evaluation), and 0 (no held-out evaluation, export the last step) otherwise."""
+    if cfg.eval_every is not None:
+        return int(cfg.eval_every)
+    explicit = "select_by" in cfg.model_fields_set and as_rule(cfg.select_by).kind == "score"
+    return max(1, int(math.ceil(total / QUICKSTART_EVALS))) if (quickstart or explicit) else 0
 
-    if steps > 0 and train_seconds > 0:
-        record(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum),
-               seconds_per_step=round(train_seconds / steps, 3), tokens_per_second=round(tokens_per_second, 1),
-               steps=steps)
+
+def setup_fit_evaluation(cfg: Any, *, quickstart: bool, source: dict, items: list, kind: str, n_examples: int,
+                         world: int = 1, log: Callable[[str], None] | None = None) -> tuple[Any, int]:
+    """For ``fit``: ``(evaluator or None, eval_every)``. No evaluator when ``eval_every`` resolves to 0 or every
+    held-out set is off; then the last checkpoint is exported."""
+    total = total_steps(n_examples, cfg.batch_size, cfg.grad_accum, world, cfg.epochs, cfg.max_steps)
+    every = resolve_eval_every(cfg, quickstart=quickstart, total=total)
+    if every <= 0 or not any(getattr(cfg, s).enabled for s in SETS):
+        return None, 0  # an explicit --select-by that needs scores was already refused by the config
+    from .evaluate import make_dataset  # noqa: F401  (fail early if the eval engine is missing)
+    from .selection import HeldOutEvaluator
+
+    # the training dataset's parameters, parsed exactly as teach parsed them (in_dist "auto" = its dev split)
+    params = parse_kv(getattr(cfg, "dataset_opt", []) or [], "--dataset-opt") if source.get("kind") == "dataset" \
+        else {}
+    ev = HeldOutEvaluator(cfg, train_dataset=source.get("dataset"), train_params=params,
+                          exclude_ids={getattr(getattr(it, "problem", None), "id", None) for it in items} - {None},
+                          kind=kind, chat=getattr(cfg, "chat", None), data_dir=getattr(cfg, "data_dir", None),
+                          batch_size=cfg.eval_batch_size, progress=False, log=log)
+    if not ev.sets:
+        return None, 0
+    if log:
+        desc = "; ".join(f"{n} {sum(len(v) for v in st.problems.values())} ({', '.join(st.problems)})"
+                         for n, st in ev.sets.items())
+        log(f"held-out evaluation at step 0, every {every} steps and at the end: {desc}; "
+            f"select by {cfg.select_by}")
+    return ev, every
 
 
-def plan(cfg: "FitConfig") -> dict[str, Any]:
-    """What ``fit(cfg)`` would do, without loading a model or training (``lorasp fit --dry-run``): training rows
-    per format, optimizer steps, held-out evaluations, output paths and a time estimate from the seconds per step
-    of an earlier fit with the same student, quant, method and batch on this machine (if one was recorded)."""
-    from . import formats as F
-    from . import selection as sel
-    from .formats import items_from_run
-    from .teach import load_run
+def effective_rule(cfg: Any, evaluator: Any) -> str:
+    """The rule a fit applies: ``--select-by`` when there are held-out scores; without them an explicit ``loss`` or
+    ``last`` still applies (neither needs scores), and anything else falls back to ``last``. The *default* rule
+    falls back to the first scored set when the set it names was skipped for want of data."""
+    if evaluator is not None:
+        r = as_rule(cfg.select_by)
+        sets = getattr(evaluator, "sets", None)
+        if "select_by" not in cfg.model_fields_set and r.kind == "score" and sets is not None \
+                and not all(k.split("/")[0] in sets for k, _w in r.weights):
+            # the default rule names a default set that was skipped (its data is not here): use what was scored
+            return next((s for s in SETS if s in sets), "last")
+        return cfg.select_by
+    if "select_by" in cfg.model_fields_set and as_rule(cfg.select_by).kind in ("loss", "last"):
+        return cfg.select_by
+    return "last"
 
-    quickstart = _is_quickstart(cfg)
-    cfg = resolve_defaults(cfg)
-    weights = F.parse_mixture(cfg.formats)
-    out = Path(cfg.out)
-    notes: list[str] = []
-    if cfg.data:
-        problems, samples = load_run(Path(cfg.data))
-        items = items_from_run(problems, samples)
-        if cfg.limit:
-            keep = set(list(problems)[:cfg.limit])
-            items = [it for it in items if it.problem.id in keep]
-        n_rows, n_problems = len(items), len({it.problem.id for it in items})
-        source = f"teach run {cfg.data}"
-    else:
-        from .evaluate import make_dataset
 
-        params = parse_kv(cfg.dataset_opt, "--dataset-opt")
-        n_problems = sum(1 for _ in make_dataset(cfg.dataset, params, cfg.data_dir).load(cfg.split, limit=cfg.limit))
-        from . import registry
-
-        cap = getattr(registry.resolve("teachers", cfg.teacher), "max_samples", None)  # gold: one per problem
-        n_rows = n_problems * (min(cfg.samples, cap) if isinstance(cap, int) else cfg.samples)
-        source = f"dataset {cfg.dataset} ({cfg.split}), teacher {cfg.teacher}"
-        if cfg.teacher != "gold":
-            notes.append(f"rows: at most {n_rows} (samples x {n_problems} problems); only the teacher's correct "
-                         "samples train, so there may be fewer")
-    counts = F.allocate(n_rows, weights)
-    steps = sel.total_steps(n_rows, cfg.batch_size, cfg.grad_accum, 1, cfg.epochs, cfg.max_steps)
-    every = sel.resolve_eval_every(cfg, quickstart=quickstart, total=steps)
-    sets = {}
-    for name in (sel.SETS if every > 0 else ()):
-        hs = getattr(cfg, name)
-        if hs.enabled:
-            ds = ", ".join(hs.datasets) if len(hs.datasets) <= 3 else f"{len(hs.datasets)} data sets"
-            sets[name] = f"{hs.limit} problems ({ds}; {hs.mode})"
-    evals = (1 + len(set(range(every, steps + 1, every)) | {steps})) if sets else 0
-    ckpt = out.with_name(out.name + ".checkpoints")
-    from .calibration import lookup
-
-    est = None
-    cal = lookup(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum))
-    if cal and isinstance(cal.get("seconds_per_step"), (int, float)):
-        est = {"train_seconds": round(float(cal["seconds_per_step"]) * steps, 1),
-               "seconds_per_step": cal["seconds_per_step"], "measured": cal.get("measured")}
-    return {"source": source, "problems": n_problems, "rows": n_rows,
-            "rows_per_format": {k: v for k, v in counts.items() if v},
-            "steps": steps, "batch": f"{cfg.batch_size} x {cfg.grad_accum} accumulation",
-            "epochs": cfg.epochs if not cfg.max_steps else None,
-            "held_out_evaluations": evals, "eval_every": every, "held_out_sets": sets, "select_by": cfg.select_by,
-            "before_after": cfg.before_after,
-            "out": str(out), "checkpoints": str(ckpt),
-            "teach_run": None if cfg.data else str(out.with_name(out.name + ".teach")),
-            "estimate": est, "notes": notes, "config": cfg}
+def selection_manifest(cfg: Any, evaluator: Any, eval_every: int, chosen: dict | None,
+                       train_seconds: float | None = None, eval_seconds: float | None = None) -> dict:
+    """The ``selection`` block of ``lorasp.json``."""
+    rule = effective_rule(cfg, evaluator)
+    out: dict[str, Any] = {"rule": rule, "description": as_rule(rule).describe(),
+                           "chosen_step": (chosen or {}).get("step"), "eval_every": eval_every,
+                           "keep_checkpoints": cfg.keep_checkpoints}
+    r = as_rule(rule)
+    if getattr(cfg, "prefer_earliest", False) and r.kind == "score" and len(r.weights) == 1:
+        out["prefer_earliest"] = True
+        out["description"] = (f"the earliest checkpoint not significantly worse than the one with the highest "
+                              f"{r.weights[0][0]} accuracy (paired exact McNemar test, p >= {ALPHA:g})")
+    if evaluator is not None and hasattr(evaluator, "describe"):
+        out["sets"] = evaluator.describe()
+        if getattr(evaluator, "warnings", None):
+            out["warnings"] = list(evaluator.warnings)
+    if train_seconds is not None:
+        out["train_seconds"] = round(float(train_seconds), 2)
+    if eval_seconds is not None:
+        out["eval_seconds"] = round(float(eval_seconds), 2)
+    return out
 
 
 def _finished(out: Path, ckpt_dir: Path) -> bool:
@@ -553,55 +530,6 @@ def _finished(out: Path, ckpt_dir: Path) -> bool:
     return Path(str((m.get("train") or {}).get("checkpoint_dir", ""))).resolve() == ckpt_dir.resolve()
 
 
-def _score(model, tokenizer, kind, tasks, cfg: FitConfig) -> dict:
-    from .evaluate import evaluate_tasks
-
-    was = model.training
-    model.eval()
-    try:
-        import torch
-
-        with torch.no_grad():
-            res = evaluate_tasks(model, tokenizer, tasks, kind=kind, batch_size=cfg.eval_batch_size,
-                                 data_dir=cfg.data_dir, progress=cfg.progress,
-                                 chat=False if kind == "seq2seq" else cfg.chat)
-    finally:
-        if was:
-            model.train()
-    return res
-
-
-def _fmt_scores(res: dict) -> str:
-    from .stats import fmt_acc
-
-    return ", ".join(f"{k} {fmt_acc(r['correct'], r['n'])}"
-                     + (f", flexible {r['flexible_accuracy']:.1%}" if "flexible_accuracy" in r else "")
-                     for k, r in res.items())
-
-
-def _paired_before_after(before: dict | None, after: dict | None) -> dict | None:
-    """Before vs after on the same test problems (all tasks pooled, paired by id): ``stats.paired`` (B = after)."""
-    if not before or not after or set(before) != set(after):
-        return None
-    a, b = [], []
-    for t in before:
-        pa = {str(p["id"]): bool(p["correct"]) for p in before[t].get("predictions", [])}
-        pb = {str(p["id"]): bool(p["correct"]) for p in after[t].get("predictions", [])}
-        if not pa or set(pa) != set(pb):
-            return None
-        a += [pa[i] for i in pa]
-        b += [pb[i] for i in pa]
-    from .stats import paired
-
-    return paired(a, b)
-
-
-def _strip(res: dict | None) -> dict | None:
-    if res is None:
-        return None
-    return {k: {kk: vv for kk, vv in r.items() if kk != "predictions"} for k, r in res.items()}
-
-
 def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_manifest, extra_files=None) -> None:
     """A full fine-tune's artifact, through the one artifact writer (``atomic_dir``/``write_manifest``: unused,
     kept for the caller's signature)."""
@@ -610,7 +538,10 @@ def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_mani
     save_full(model, student.tokenizer, out, manifest, extra_files=extra_files)
 
 
-__all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROBLEMS"]
+from .fit_plan import plan, record_calibration  # noqa: E402  (the dry run; imported from here by the CLI and tests)
+
+__all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROBLEMS", "plan", "record_calibration",
+           "resolve_eval_every", "setup_fit_evaluation", "effective_rule", "selection_manifest"]
 
 
 from ._stage import make_callable  # noqa: E402  (lora_spec.fit(...) calls fit)

@@ -54,7 +54,7 @@ from .errors import ConfigError
 IGNORE_INDEX = -100
 
 __all__ = ["IGNORE_INDEX", "LossSpec", "TopKBatch", "token_nll", "distribution_kl", "compute_loss",
-           "count_tokens", "shift_causal"]
+           "count_tokens", "shift_causal", "batch_loss"]
 
 
 # --------------------------------------------------------------------------------------------- spec
@@ -277,3 +277,52 @@ def collate_topk(rows: list, length: int, *, pad_left: list[int] | None = None, 
         lps[i, pt, : rlp.shape[1]] = torch.from_numpy(rlp)
         mask[i, pt] = True
     return TopKBatch(ids, lps, mask)
+
+
+# --------------------------------------------------------------------------------------------- a model's loss
+
+def _fast_head_ok(model) -> bool:
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "is_encoder_decoder", False):
+        return False
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+        return False
+    try:
+        return model.get_decoder() is not None and model.get_output_embeddings() is not None
+    except Exception:
+        return False
+
+
+def batch_loss(model, batch: dict, *, kind: str, loss_spec: Any = "sample"):
+    """The loss of one micro-batch as ``(loss_sum, n_label_tokens)``: THE place where the training loss is made.
+
+    ``model`` is the unwrapped transformers model (peft's base model for adapters). A decoder-only
+    student applies the output head only at the label positions, for every spec (distribution matching and
+    ``mix:A`` go through :func:`compute_loss` on those positions); seq2seq students use full logits.
+    """
+    import torch.nn.functional as F
+
+    spec = LossSpec.parse(loss_spec)
+    labels = batch["labels"]
+    if kind == "seq2seq":
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                    use_cache=False)
+        return compute_loss(spec, out.logits, labels, batch.get("topk"), causal=False)
+    if _fast_head_ok(model):
+        decoder = model.get_decoder()
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         use_cache=False).last_hidden_state
+        tgt = labels[:, 1:]
+        sel = tgt != IGNORE_INDEX
+        h = hidden[:, :-1][sel]
+        logits = model.get_output_embeddings()(h).float()
+        y = tgt[sel]
+        if spec.alpha == 0.0:
+            return F.cross_entropy(logits, y, reduction="sum"), int(y.numel())
+        # distribution matching on the selected target positions only (no [B, T, vocab] logits)
+        tk = batch.get("topk")
+        sub = None if tk is None else TopKBatch(tk.ids[:, 1:][sel][None], tk.logprobs[:, 1:][sel][None],
+                                                tk.mask[:, 1:][sel][None])
+        return compute_loss(spec, logits[None], y[None], sub, causal=False)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return compute_loss(spec, out.logits, labels, batch.get("topk"), causal=True)

@@ -1,7 +1,7 @@
 """What lorasp agrees to load: files are data, never code.
 
 Models, tokenizers and adapters are read from safetensors and JSON (plus the tokenizer's own vocabulary files);
-training checkpoints from safetensors + JSON (``lora_spec.trainer.save_state``). Two things are refused unless
+training checkpoints from safetensors + JSON (``lora_spec.checkpoints.save_state``). Two things are refused unless
 the user opts in, per process:
 
 * **pickle weight files** (``pytorch_model.bin``, ``adapter_model.bin``, ``*.pt``, ...): unpickling can run

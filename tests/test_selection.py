@@ -185,7 +185,7 @@ def test_default_sets_can_tell_checkpoints_apart_and_the_quickstart_stays_small(
 
 def test_when_fit_evaluates_and_which_rule_applies():
     from lora_spec.fit import FitConfig
-    from lora_spec.selection import effective_rule, resolve_eval_every
+    from lora_spec.fit import effective_rule, resolve_eval_every
 
     assert resolve_eval_every(FitConfig(), quickstart=True, total=64) == 22  # the quickstart: step 0, 22, 44, end
     assert resolve_eval_every(FitConfig(), quickstart=False, total=80) == 0  # opt-in elsewhere
@@ -288,3 +288,37 @@ def test_held_out_sets_and_eval_limit_draw_the_same_problems(data_dir):
         evald = [p.id for p in task_problems(EvalTask(name=f"bbh/{task}", dataset="bbh",
                                                       dataset_params={"task": task}, limit=5), data_dir)]
         assert held == evald and len(held) == 5
+
+
+def test_fit_settings_reach_the_loop_by_name():
+    """Issue 15: one config object from the command line to the loop. Every loop setting that FitConfig has reaches
+    TrainArgs under the same name (no field-by-field copy that a new flag could miss)."""
+    from dataclasses import fields
+
+    from lora_spec.fit import FitConfig, resolve_defaults
+    from lora_spec.trainer import TrainArgs
+
+    cfg = resolve_defaults(FitConfig(epochs=2.5, max_steps=7, lr=3e-3, weight_decay=0.1, warmup=3, schedule="linear",
+                                     batch_size=3, grad_accum=2, max_grad_norm=0.5, max_length=99, seed=11,
+                                     save_every=4, group_by_length=False, progress=False, tracker="none",
+                                     micro_batch_tokens=77))
+    args = TrainArgs.of(cfg, eval_every=5, mixed_precision="no")
+    shared = [f.name for f in fields(TrainArgs) if f.name in FitConfig.model_fields]
+    assert len(shared) >= 16
+    for name in shared:
+        if name != "eval_every":
+            assert getattr(args, name) == getattr(cfg, name), name
+    assert args.eval_every == 5 and args.mixed_precision == "no"
+    assert not {"keep_checkpoints", "select_by"} & {f.name for f in fields(TrainArgs)}  # selection is fit's
+
+
+def test_one_home_for_the_step_arithmetic():
+    """The trainer, the held-out schedule and --dry-run count steps and evaluations with the same functions."""
+    from lora_spec.batching import steps_per_epoch, total_steps
+    from lora_spec.trainer import due, eval_schedule
+
+    assert steps_per_epoch(100, 8, 2, 1) == 6 and steps_per_epoch(7, 8) == 0
+    assert total_steps(100, 8, 2, 1, epochs=1.5) == 9 and total_steps(100, 8, max_steps=4) == 4
+    assert total_steps(7, 8) == 1  # fewer rows than a batch: the trainer refuses, the plan still shows one step
+    assert eval_schedule(10, 4) == [0, 4, 8, 10] and eval_schedule(8, 4) == [0, 4, 8]
+    assert [s for s in range(1, 11) if due(s, 3, 10)] == [3, 6, 9] and not due(5, 0, 10)

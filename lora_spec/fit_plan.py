@@ -1,0 +1,96 @@
+"""``lorasp fit --dry-run``: what a fit would do without loading a model (rows, steps, evaluations, outputs, a time
+estimate), and the per-machine calibration (seconds per step) that the estimate comes from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .batching import total_steps
+from .config import parse_kv
+
+if TYPE_CHECKING:
+    from .fit import FitConfig
+
+
+def _calibration_key(student: str, quant: str, method: str, batch_size: int, grad_accum: int) -> str:
+    from .calibration import device
+
+    return f"fit|{student}|{quant}|{method}|{device()}|batch={batch_size}x{grad_accum}"
+
+
+def record_calibration(cfg: "FitConfig", steps: int, train_seconds: float, tokens_per_second: float) -> None:
+    """Store this fit's measured seconds per optimizer step (for ``--dry-run`` estimates); never fails a fit."""
+    from .calibration import record
+
+    if steps > 0 and train_seconds > 0:
+        record(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum),
+               seconds_per_step=round(train_seconds / steps, 3), tokens_per_second=round(tokens_per_second, 1),
+               steps=steps)
+
+
+def plan(cfg: "FitConfig") -> dict[str, Any]:
+    """What ``fit(cfg)`` would do, without loading a model or training (``lorasp fit --dry-run``): training rows
+    per format, optimizer steps, held-out evaluations, output paths and a time estimate from the seconds per step
+    of an earlier fit with the same student, quant, method and batch on this machine (if one was recorded)."""
+    from . import formats as F
+    from .fit import resolve_eval_every
+    from .fit_config import is_quickstart, resolve_defaults
+    from .formats import items_from_run
+    from .selection import SETS
+    from .teach import load_run
+    from .trainer import eval_schedule
+
+    quickstart = is_quickstart(cfg)
+    cfg = resolve_defaults(cfg)
+    weights = F.parse_mixture(cfg.formats)
+    out = Path(cfg.out)
+    notes: list[str] = []
+    if cfg.data:
+        problems, samples = load_run(Path(cfg.data))
+        items = items_from_run(problems, samples)
+        if cfg.limit:
+            keep = set(list(problems)[:cfg.limit])
+            items = [it for it in items if it.problem.id in keep]
+        n_rows, n_problems = len(items), len({it.problem.id for it in items})
+        source = f"teach run {cfg.data}"
+    else:
+        from .evaluate import make_dataset
+
+        params = parse_kv(cfg.dataset_opt, "--dataset-opt")
+        n_problems = sum(1 for _ in make_dataset(cfg.dataset, params, cfg.data_dir).load(cfg.split, limit=cfg.limit))
+        from . import registry
+
+        cap = getattr(registry.resolve("teachers", cfg.teacher), "max_samples", None)  # gold: one per problem
+        n_rows = n_problems * (min(cfg.samples, cap) if isinstance(cap, int) else cfg.samples)
+        source = f"dataset {cfg.dataset} ({cfg.split}), teacher {cfg.teacher}"
+        if cfg.teacher != "gold":
+            notes.append(f"rows: at most {n_rows} (samples x {n_problems} problems); only the teacher's correct "
+                         "samples train, so there may be fewer")
+    counts = F.allocate(n_rows, weights)
+    steps = total_steps(n_rows, cfg.batch_size, cfg.grad_accum, 1, cfg.epochs, cfg.max_steps)
+    every = resolve_eval_every(cfg, quickstart=quickstart, total=steps)
+    sets = {}
+    for name in (SETS if every > 0 else ()):
+        hs = getattr(cfg, name)
+        if hs.enabled:
+            ds = ", ".join(hs.datasets) if len(hs.datasets) <= 3 else f"{len(hs.datasets)} data sets"
+            sets[name] = f"{hs.limit} problems ({ds}; {hs.mode})"
+    evals = len(eval_schedule(steps, every)) if sets else 0
+    ckpt = out.with_name(out.name + ".checkpoints")
+    from .calibration import lookup
+
+    est = None
+    cal = lookup(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum))
+    if cal and isinstance(cal.get("seconds_per_step"), (int, float)):
+        est = {"train_seconds": round(float(cal["seconds_per_step"]) * steps, 1),
+               "seconds_per_step": cal["seconds_per_step"], "measured": cal.get("measured")}
+    return {"source": source, "problems": n_problems, "rows": n_rows,
+            "rows_per_format": {k: v for k, v in counts.items() if v},
+            "steps": steps, "batch": f"{cfg.batch_size} x {cfg.grad_accum} accumulation",
+            "epochs": cfg.epochs if not cfg.max_steps else None,
+            "held_out_evaluations": evals, "eval_every": every, "held_out_sets": sets, "select_by": cfg.select_by,
+            "before_after": cfg.before_after,
+            "out": str(out), "checkpoints": str(ckpt),
+            "teach_run": None if cfg.data else str(out.with_name(out.name + ".teach")),
+            "estimate": est, "notes": notes, "config": cfg}

@@ -1,0 +1,339 @@
+"""The held-out evaluator: draws each set's problems once (seeded, with ``lora_spec.evaluate.seeded_sample``, the
+sampler of ``lorasp eval --limit``), and at every evaluation generates and scores them like ``lorasp eval``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..errors import ConfigError, DataError, LoraspError, one_line
+from .config import HeldOutSet, SelectionOptions, parse_dataset_spec
+from .rules import CORRECT, EVAL_SECONDS, SETS
+
+PREDICTIONS_FILE = "heldout_predictions.jsonl"
+
+
+@dataclass
+class SetTasks:
+    name: str  # in_dist | ood | generic
+    config: HeldOutSet
+    tasks: list[Any]  # EvalTask
+    problems: dict[str, list[Any]] = field(default_factory=dict)  # task name -> the seeded slice
+
+
+def _per_dataset(limit: int, n: int) -> list[int]:
+    base, extra = divmod(limit, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+def resolve_auto(specs: list[str], train_dataset: str | None, train_params: dict | None = None,
+                 splits: list[str] | None = None) -> tuple[list[str], str | None]:
+    """Replace ``auto`` by the training dataset's held-out split (``dev`` if it has one, else ``test``).
+
+    Returns ``(specs, warning)``; without a known training dataset ``auto`` is dropped with a warning.
+    """
+    out, warning = [], None
+    for s in specs:
+        if s.strip() != "auto":
+            out.append(s)
+            continue
+        if not train_dataset:
+            warning = ("in_dist 'auto' needs the training dataset, which this run does not name; the in-distribution "
+                       "set is off (set it with --in-dist DATASET:SPLIT, e.g. gsm8k:dev)")
+            continue
+        split = "dev" if (splits is None or "dev" in splits) else "test"
+        params = ",".join(f"{k}={v}" for k, v in (train_params or {}).items()
+                          if isinstance(v, (int, str, bool)) and k != "data_dir")
+        out.append(f"{train_dataset}:{split}" + (f"@{params}" if params else ""))
+    return out, warning
+
+
+class HeldOutEvaluator:
+    """Scores a model on the held-out sets; an ``evaluator(model, tokenizer, step) -> scores`` for ``train``.
+
+    The problems are drawn once (seeded), here in ``__init__``. Every call generates with
+    ``lora_spec.generation.generate`` (length-sorted batches, left padding, KV cache, stop sequences, greedy) and
+    scores each output with :func:`judge`, exactly like ``lorasp eval`` (strict: the answer must be stated in an
+    answer sentence, so a lucky number in a degenerate output earns nothing) -- but all problems of the same prompt
+    mode and budget go through one batched generation, instead of one small batch per dataset.
+
+    The scores are flat floats: ``in_dist``, ``ood``, ``generic`` (the set's accuracy), ``<set>/<task>`` per
+    dataset or BBH task, and ``eval_seconds``. ``generic`` is the macro average over its BBH tasks (standard BBH
+    practice); ``in_dist`` and ``ood`` are micro averages over their problems.
+    """
+
+    def __init__(self, options: SelectionOptions, *, train_dataset: str | None = None,
+                 train_params: dict | None = None, exclude_ids: Iterable[str] = (), kind: str = "causal",
+                 chat: bool | None = None, data_dir: str | None = None, batch_size: int | None = None,
+                 progress: bool = False, log: Callable[[str], None] | None = None):
+        self.kind = kind
+        self.chat = chat
+        self.data_dir = data_dir
+        self.batch_size = batch_size or options.eval_batch_size
+        self.progress = progress
+        self.log = log or (lambda m: None)
+        self.sets: dict[str, SetTasks] = {}
+        self.history: list[dict] = []
+        self.journal: Path | None = None  # see keep_journal
+        self._restored = True
+        self.warnings: list[str] = []
+        exclude = set(exclude_ids)
+        for name in SETS:
+            conf: HeldOutSet = getattr(options, name)
+            specs = self._specs(name, conf, train_dataset, train_params)
+            if not specs:
+                continue
+            st = self._draw(name, conf.model_copy(update={"datasets": specs}), options, exclude)
+            if st.problems:
+                self.sets[name] = st
+
+    # ------------------------------------------------------------------ drawing the problems
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.log(f"warning: {message}")
+
+    def _specs(self, name: str, conf: HeldOutSet, train_dataset: str | None, train_params: dict | None) -> list[str]:
+        """The set's dataset specs with ``auto`` (in_dist only) resolved to the training dataset's held-out split."""
+        from ..evaluate import make_dataset
+
+        specs = list(conf.datasets)
+        if name == "in_dist" and "auto" in [s.strip() for s in specs]:
+            splits = None
+            if train_dataset:
+                try:
+                    splits = make_dataset(train_dataset, train_params, self.data_dir).splits()
+                except Exception:
+                    splits = None
+            specs, warn = resolve_auto(specs, train_dataset, train_params, splits)
+            if warn:
+                self._warn(warn)
+        elif "auto" in [s.strip() for s in specs]:
+            raise ConfigError(f"--{name.replace('_', '-')}: 'auto' is only for the in-distribution set")
+        return specs
+
+    def _draw(self, name: str, conf: HeldOutSet, options: SelectionOptions, exclude: set) -> SetTasks:
+        """Each dataset's share of the set's limit, drawn with the set's seed by ``evaluate.seeded_sample`` (the
+        sampler of ``lorasp eval --limit N --seed S``) after leaving out the training problems."""
+        from ..evaluate import seeded_sample
+
+        parsed = [parse_dataset_spec(s) for s in conf.datasets]
+        st = SetTasks(name, conf, [])
+        dropped = 0
+        for spec, quota in zip(parsed, _per_dataset(conf.limit, len(parsed))):
+            if quota <= 0:
+                continue
+            params = dict(spec.params)
+            pool, split = self._pool(name, spec, params, options)
+            if pool is None:
+                continue
+            if exclude:
+                n0 = len(pool)
+                pool = [p for p in pool if p.id not in exclude]
+                dropped += n0 - len(pool)
+            chosen = seeded_sample(pool, quota, conf.seed)
+            if not chosen:
+                raise DataError(f"--{name.replace('_', '-')} {spec.label}: split {split!r} has no problems")
+            task_name = spec.short
+            if task_name in st.problems:
+                task_name = spec.label
+            st.problems[task_name] = chosen
+            st.tasks.append({"task": task_name, "dataset": spec.name, "split": split, "params": params,
+                             "n": len(chosen)})
+        if dropped:
+            self._warn(f"{name}: {dropped} held-out problems are also training problems and were left out")
+        return st
+
+    def _pool(self, name: str, spec: Any, params: dict, options: SelectionOptions) -> tuple[list | None, str | None]:
+        """``(every problem of the spec's split, the split)``; ``(None, None)`` when a *default* set's data is not
+        here (e.g. the quickstart without LORASP_DATA_DIR): a warning, while a set the user asked for is an error."""
+        from ..evaluate import make_dataset
+
+        flag = f"--{name.replace('_', '-')}"
+        try:
+            ds = make_dataset(spec.name, params, self.data_dir)
+            split = spec.split or ("test" if "test" in ds.splits() else ds.splits()[-1])
+            if split not in ds.splits():
+                raise DataError(f"dataset {spec.name!r} has no split {split!r} (splits: {', '.join(ds.splits())})")
+            return list(ds.load(split)), split
+        except LoraspError as exc:
+            if name not in options.model_fields_set and isinstance(exc, DataError) and "not found" in exc.message:
+                self._warn(f"{name}: {spec.label} skipped, its data is not available here ({exc.message}); "
+                           f"set {flag} or LORASP_DATA_DIR to include it")
+                return None, None
+            raise type(exc)(f"{flag} {spec.label}: {exc.message}") from None
+        except Exception as exc:
+            raise DataError(f"{flag} {spec.label}: {type(exc).__name__}: {one_line(exc)}") from None
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def n_problems(self) -> int:
+        return sum(len(v) for st in self.sets.values() for v in st.problems.values())
+
+    def describe(self) -> dict[str, Any]:
+        """What goes to ``lorasp.json`` ``selection.sets``: per set its datasets, mode, seed and task sizes."""
+        out: dict[str, Any] = {}
+        for name in SETS:
+            st = self.sets.get(name)
+            if st is None:
+                out[name] = {"datasets": []}
+                continue
+            c = st.config
+            out[name] = {"datasets": list(c.datasets), "limit": c.limit, "mode": c.mode, "seed": c.seed,
+                         "max_new_tokens": c.max_new_tokens,
+                         "tasks": {t["task"]: t["n"] for t in st.tasks},
+                         "splits": {t["task"]: t["split"] for t in st.tasks},
+                         "ids": {t: [p.id for p in ps] for t, ps in st.problems.items()}}
+        return out
+
+    # ------------------------------------------------------------------ scoring
+
+    def keep_journal(self, path: str | Path, *, resume: bool) -> None:
+        """Append every evaluation's predictions to ``path`` (fsynced) as it happens, so that a cut and resumed fit
+        still writes the predictions of the evaluations before the cut. A fresh run starts the journal empty; a
+        resumed one reads it back at its next evaluation (or when the predictions are written), keeping only the
+        steps before that evaluation (a later step's rows come from a run that was cut before its checkpoint)."""
+        self.journal = Path(path)
+        self._restored = not resume
+        if not resume:
+            self.journal.unlink(missing_ok=True)
+
+    def restore_journal(self, before_step: int | None = None) -> None:
+        """Load the journal's evaluations of steps < ``before_step`` (all when None) into ``history``, once."""
+        if self._restored or self.journal is None:
+            return
+        self._restored = True
+        if not self.journal.exists():
+            return
+        from ..records import iter_jsonl, write_jsonl
+
+        by_step: dict[int, list[dict]] = {}
+        for _line, row in iter_jsonl(self.journal):
+            st = int(row.get("step", -1))
+            if before_step is None or st < before_step:
+                by_step.setdefault(st, []).append(row)
+        known = {h["step"] for h in self.history}
+        restored = [{"step": st, "scores": None, "predictions": [{k: v for k, v in r.items() if k != "step"}
+                                                                 for r in rows]}
+                    for st, rows in sorted(by_step.items()) if st not in known]
+        self.history[:0] = restored
+        write_jsonl(self.journal, ({"step": h["step"], **p} for h in self.history for p in h["predictions"]))
+
+    def _journal_append(self, step: int, preds: list[dict]) -> None:
+        if self.journal is None:
+            return
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with self.journal.open("a", encoding="utf-8") as fh:
+            for p in preds:
+                fh.write(json.dumps({"step": step, **p}, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def __call__(self, model: Any, tokenizer: Any, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        correct, preds = self._predict(model, tokenizer, step)
+        scores = self._scores(correct)
+        scores[EVAL_SECONDS] = round(time.perf_counter() - t0, 3)
+        self.restore_journal(before_step=step)
+        self.history.append({"step": step, "scores": dict(scores), "predictions": preds})
+        self._journal_append(step, preds)
+        scores[CORRECT] = {f"{name}/{t['task']}": "".join("1" if ok else "0"
+                                                           for ok in correct.get((name, t["task"]), []))
+                           for name, st in self.sets.items() for t in st.tasks}
+        self.log(f"held-out eval at step {step}: " + self._summary(correct, scores)
+                 + f" ({scores[EVAL_SECONDS]:.1f}s)")
+        return scores
+
+    def _predict(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[tuple[str, str], list[bool]], list[dict]]:
+        """Generate for every problem (one batched generation per prompt mode and budget) and judge each output;
+        returns ``({(set, task): [correct, ...]}, prediction rows)``."""
+        from ..generation import generate
+        from ..prompts import build_prompt, check_mode, stop_sequences, uses_chat
+        from ..records import EvalTask
+
+        use_chat = uses_chat(tokenizer, self.chat) if self.kind == "causal" else False
+        groups: dict[tuple[str, int], list[tuple[str, str, Any, EvalTask]]] = {}
+        for name, st in self.sets.items():
+            mode = check_mode(st.config.mode)
+            for t in st.tasks:
+                task = EvalTask(name=t["task"], dataset=t["dataset"], split=t["split"], dataset_params=t["params"],
+                                mode=mode, scorer="auto")
+                budget = st.config.max_new_tokens or task.max_new_tokens
+                for p in st.problems[t["task"]]:
+                    groups.setdefault((mode, budget), []).append((name, t["task"], p, task))
+        correct: dict[tuple[str, str], list[bool]] = {}
+        preds: list[dict] = []
+        for (mode, budget), rows in groups.items():
+            prompts = [build_prompt(p, mode, tokenizer, chat=use_chat, data_dir=self.data_dir) for _, _, p, _ in rows]
+            outs = generate(model, tokenizer, prompts, kind=self.kind, max_new_tokens=budget,
+                            stop=stop_sequences(mode, use_chat), batch_size=self.batch_size,
+                            progress=self.progress, description=f"held-out eval, step {step}")
+            for (name, task_name, p, task), o in zip(rows, outs):
+                ext, ok = judge(task, p, o)
+                correct.setdefault((name, task_name), []).append(ok)
+                preds.append({"set": name, "task": task_name, "id": p.id, "gold": p.answer, "output": o,
+                              "extracted": ext, "correct": ok})
+        return correct, preds
+
+    def _scores(self, correct: dict[tuple[str, str], list[bool]]) -> dict[str, float]:
+        """Per task and per set: ``generic`` is the macro average over its tasks, the others micro averages."""
+        scores: dict[str, float] = {}
+        for name, st in self.sets.items():
+            per_task = {t["task"]: correct.get((name, t["task"]), []) for t in st.tasks}
+            for task_name, oks in per_task.items():
+                scores[f"{name}/{task_name}"] = sum(oks) / len(oks) if oks else 0.0
+            if name == "generic":  # BBH: macro average over tasks
+                accs = [sum(o) / len(o) for o in per_task.values() if o]
+                scores[name] = sum(accs) / len(accs) if accs else 0.0
+            else:
+                allo = [x for o in per_task.values() for x in o]
+                scores[name] = sum(allo) / len(allo) if allo else 0.0
+        return scores
+
+    def _summary(self, correct: dict[tuple[str, str], list[bool]], scores: dict[str, float]) -> str:
+        """Each set's accuracy with its 95% interval, for the log line."""
+        from ..stats import fmt_acc, macro
+
+        parts = []
+        for name, st in self.sets.items():
+            oks = [correct.get((name, t["task"]), []) for t in st.tasks]
+            if name == "generic":  # macro average over the BBH tasks
+                _m, lo, hi = macro([sum(o) for o in oks], [len(o) for o in oks])
+                parts.append(f"{name} {scores[name]:.1%} [{100 * lo:.1f}, {100 * hi:.1f}] "
+                             f"(n={sum(len(o) for o in oks)})")
+            else:
+                parts.append(f"{name} {fmt_acc(sum(sum(o) for o in oks), sum(len(o) for o in oks))}")
+        return ", ".join(parts)
+
+
+def judge(task: Any, problem: Any, output: str) -> tuple[Any, bool]:
+    """``(extracted answer, correct)`` of one output, exactly as ``lorasp eval`` counts it correct
+    (``evaluate.scorer_for``, strict ``answers.extract_answer``, ``answers.answers_match``)."""
+    from ..answers import answers_match, extract_answer
+    from ..evaluate import scorer_for
+
+    sc = scorer_for(task, problem)
+    ext = extract_answer(output, sc, strict=True)
+    return ext, bool(answers_match(ext, problem.answer, sc))
+
+
+
+
+def write_predictions(evaluator: Any, path: str | Path) -> Path | None:
+    """Every held-out prediction of every evaluation (step, set, task, id, gold, output, extracted, correct), so that
+    any score in the report can be audited. None when there is nothing to write."""
+    if hasattr(evaluator, "restore_journal"):  # a resumed fit: the evaluations before the cut
+        evaluator.restore_journal()
+    hist = getattr(evaluator, "history", None)
+    if not hist:
+        return None
+    from ..records import write_jsonl
+
+    rows = ({"step": h["step"], **p} for h in hist for p in h["predictions"])
+    write_jsonl(path, rows)
+    return Path(path)

@@ -1,0 +1,92 @@
+"""The process around the training loop: accelerate's process state and ``Accelerator``, the trackers, the
+progress display, status lines on stderr and the SIGTERM flag. Nothing here knows about models or losses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class FitProgress:
+    """The fit's progress (lora_spec.progress: a bar on a terminal, else a line every LORASP_PROGRESS_EVERY s)."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        from .progress import Progress
+
+        self.p = Progress("fit", total, completed=start, enabled=enabled, columns=("loss", "tok/s"))
+
+    def update(self, step: int, loss: float, tps: float) -> None:
+        self.p.update(step, loss=f"{loss:.4f}", **{"tok/s": f"{tps:,.0f}"})
+
+    def close(self) -> None:
+        self.p.close()
+
+
+def trackers(name: str) -> list[str] | None:
+    if name in ("none", "", None):
+        return None
+    if name == "auto":
+        try:
+            import tensorboard  # noqa: F401
+
+            return ["tensorboard"]
+        except ImportError:
+            return None
+    return [name]
+
+
+def dist_state():
+    """accelerate's process state. On a machine without a GPU (or with ``ACCELERATE_USE_CPU``) it is created with
+    ``cpu=True``, so that ``accelerate launch`` gives multi-process CPU DDP (gloo) rather than N lone processes."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def say(msg: str) -> None:
+    """A status line on stderr (stdout stays clean for machine-readable output)."""
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+class StopOnTerm:
+    """While the training loop runs, SIGTERM asks it to stop after the current optimizer step (the step is then saved
+    as a checkpoint, as on Ctrl-C). A flag rather than an exception: raising inside ``optimizer.step()`` could leave
+    half-updated weights that would be saved as a finished step."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._prev = None
+        if threading.current_thread() is threading.main_thread():
+            self._prev = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._prev is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self._prev)
+            self._prev = None
+
+
+def make_accelerator(mixed_precision: str, project_dir: Path, log_with: list[str] | None):
+    """The training loop's ``Accelerator``: ``mixed_precision`` auto is bf16 on a GPU and off on a CPU; DDP
+    without unused-parameter search (every trainable weight gets a gradient)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    mp = mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    dist_state()
+    return Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(project_dir),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
