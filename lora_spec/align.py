@@ -27,6 +27,10 @@ How (linear in the text length, except where the two texts disagree):
 ``Aligner.align`` returns an ``AlignedTarget``: the student ids of the target text, the positions that carry a
 teacher distribution, their ids ``int32 [m, k]`` and logprobs ``float16 [m, k]`` (``-inf`` in empty slots), and
 the aligned fraction (aligned student tokens / student tokens). ``AlignStats`` sums fractions over samples.
+
+Why one long module: the alignment is one algorithm (byte views of both tokenizations, the monotone match, the
+probability transfer and their fast paths) whose parts share private helpers and invariants; split, a reader
+would have to hold three files to follow one sample. It does no I/O and has its own tests (tests/test_align.py, tests/test_align_gemma.py).
 """
 
 from __future__ import annotations

@@ -59,6 +59,15 @@ def scorer_for(task: EvalTask, problem: Problem) -> str:
     return kind_for(problem) if task.scorer in (None, "", "auto") else task.scorer
 
 
+def judge(task: EvalTask, problem: Problem, output: str, *, strict: bool = True) -> tuple[Any, bool]:
+    """``(extracted answer, correct)`` of one output: the one scoring rule of ``lorasp eval`` and of a fit's
+    held-out evaluation. ``strict``: the answer must be stated in an answer sentence ("The answer is X"); else the
+    last number (or option) is taken as well (lm-eval's flexible-extract)."""
+    sc = scorer_for(task, problem)
+    ext = extract_answer(output, sc, strict=strict)
+    return ext, bool(answers_match(ext, problem.answer, sc))
+
+
 def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: str = "causal", batch_size: int = 16,
                    data_dir: str | os.PathLike | None = None, progress: bool = True,
                    chat: bool | None = None, seed: int = LIMIT_SEED) -> dict[str, dict]:
@@ -88,10 +97,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
         correct = flexible = 0
         for p, o in zip(problems, outs):
             sc = scorer_for(task, p)
-            ext = extract_answer(o, sc, strict=True)
-            ok = answers_match(ext, p.answer, sc)
-            ext_f = extract_answer(o, sc)
-            ok_f = answers_match(ext_f, p.answer, sc)
+            ext, ok = judge(task, p, o)
+            ext_f, ok_f = judge(task, p, o, strict=False)
             correct += ok
             flexible += ok_f
             preds.append({"id": p.id, "question": p.question, "gold": p.answer, "output": o, "extracted": ext,

@@ -21,6 +21,9 @@
 Refused with one line: DoRA (llama.cpp has no weight-magnitude vector), LoRA biases, ``modules_to_save``,
 embedding or ``lm_head`` adapters on a tied-embedding base, non-LoRA PEFT types, ``fan_in_fan_out``, seq2seq
 bases, and architectures whose llama.cpp conversion lorasp does not reproduce (Llama and Mistral are verified).
+
+Why one long module: the GGUF layout rules (tensor names, llama.cpp's row order for rotary projections, scale
+folding) are shared by the adapter, merged-model and Modelfile writers, and are easiest to check side by side.
 """
 
 from __future__ import annotations

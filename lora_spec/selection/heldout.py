@@ -57,7 +57,7 @@ class HeldOutEvaluator:
 
     The problems are drawn once (seeded), here in ``__init__``. Every call generates with
     ``lora_spec.generation.generate`` (length-sorted batches, left padding, KV cache, stop sequences, greedy) and
-    scores each output with :func:`judge`, exactly like ``lorasp eval`` (strict: the answer must be stated in an
+    scores each output with ``evaluate.judge``, exactly like ``lorasp eval`` (strict: the answer must be stated in an
     answer sentence, so a lucky number in a degenerate output earns nothing) -- but all problems of the same prompt
     mode and budget go through one batched generation, instead of one small batch per dataset.
 
@@ -252,6 +252,7 @@ class HeldOutEvaluator:
     def _predict(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[tuple[str, str], list[bool]], list[dict]]:
         """Generate for every problem (one batched generation per prompt mode and budget) and judge each output;
         returns ``({(set, task): [correct, ...]}, prediction rows)``."""
+        from ..evaluate import judge
         from ..generation import generate
         from ..prompts import build_prompt, check_mode, stop_sequences, uses_chat
         from ..records import EvalTask
@@ -309,19 +310,6 @@ class HeldOutEvaluator:
             else:
                 parts.append(f"{name} {fmt_acc(sum(sum(o) for o in oks), sum(len(o) for o in oks))}")
         return ", ".join(parts)
-
-
-def judge(task: Any, problem: Any, output: str) -> tuple[Any, bool]:
-    """``(extracted answer, correct)`` of one output, exactly as ``lorasp eval`` counts it correct
-    (``evaluate.scorer_for``, strict ``answers.extract_answer``, ``answers.answers_match``)."""
-    from ..answers import answers_match, extract_answer
-    from ..evaluate import scorer_for
-
-    sc = scorer_for(task, problem)
-    ext = extract_answer(output, sc, strict=True)
-    return ext, bool(answers_match(ext, problem.answer, sc))
-
-
 
 
 def write_predictions(evaluator: Any, path: str | Path) -> Path | None:
