@@ -601,6 +601,9 @@ class Aligner:
     def _targets_many(self, jobs: list) -> list[AlignedTarget]:
         """``_candidates`` + ``_pack`` for many samples at once, vectorized over all their candidates.
 
+        Over 80 lines: one vectorized pass (gather every candidate, map, mask, pack) whose arrays are shared by
+        every step; split, the steps would pass a dozen parallel arrays to each other.
+
         ``jobs``: ``(enc, top_logprobs, t_idx, s_idx, student_ids, own_surfaces, own_canon, n_teacher, n_pairs,
         direct)`` per sample: the pairs ``(t_idx[r], s_idx[r])`` whose teacher candidates become the targets of
         student position ``s_idx[r]``; ``own_surfaces[s]`` is the surface of student token ``s``; ``own_canon``

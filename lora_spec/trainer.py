@@ -14,6 +14,9 @@ softmax), which is where most of the time of a small model's step goes.
 
 The loss of a micro-batch is computed by one function, :func:`batch_loss` (``(loss_sum, n_tokens)``, see
 ``lora_spec.losses``); the window's sum is divided by the window's label-token count, so accumulation is exact.
+
+A little over 500 lines: the loop and the hooks it calls (setup, step, evaluation, saving, interrupts) share
+the TrainState; encoding/batching, checkpoint files and process helpers already live in their own modules.
 """
 
 from __future__ import annotations

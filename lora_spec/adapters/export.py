@@ -434,6 +434,8 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
            model: str | None = None, outtype: str = "f16", ignore_fingerprint: bool = False,
            log: Callable[[str], None] | None = None) -> ExportReport:
     """Export ``artifact`` for llama.cpp / Ollama into the directory ``out`` (written atomically)."""
+    # Over 80 lines: one export from checks to files in the order they run (artifact and base checks before any
+    # weights load, the adapter or merged GGUF, the Modelfile, export.json); each step is a few calls.
     import gguf
 
     from ..outputs import check_output
