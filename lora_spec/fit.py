@@ -316,6 +316,8 @@ def _held_out_evaluation(run: _Run, evaluator: Callable | None, source: dict, it
                                                      kind=kind, n_examples=n_examples,
                                                      world=run.state.num_processes, log=run.log)
         if evaluator is not None and run.main:  # predictions survive a cut: journaled beside the checkpoints
+            if run.resuming():
+                evaluator.check_resumed(run.ckpt_dir)
             evaluator.keep_journal(run.ckpt_dir / PREDICTIONS_FILE, resume=run.resuming())
     return evaluator, eval_every
 

@@ -207,6 +207,14 @@ def test_resumed_fit_keeps_the_heldout_predictions_of_before_the_cut(teach_run, 
     assert [p["step"] for p in preds] == [0] * 3 + [2] * 3 + [4] * 3
     assert all(p["output"] != "stale" for p in preds)
     assert [p["output"] for p in preds[:6]] == [r["output"] for r in rows[:6]]
+    # resuming with other held-out sets (here 2 dev problems, not 3) would mix them in one curve: refused, one line
+    shutil.rmtree(out)
+    shutil.rmtree(ck / "step-000004")
+    other = [a.replace("limit=3;", "limit=2;") for a in args]
+    bad = run_cli(*other, "--resume", env=_env())
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --resume: the held-out sets differ") and "in_dist/arith: 3 problems" in last, last
 
 
 # --------------------------------------------------------------------------------------------- NaN guard

@@ -193,6 +193,38 @@ class HeldOutEvaluator:
 
     # ------------------------------------------------------------------ scoring
 
+    def sizes(self) -> dict[str, int]:
+        """``{"<set>/<task>": n}``: how many problems each task of each set scores (the keys of ``correct``)."""
+        return {f"{name}/{t['task']}": len(st.problems.get(t["task"], [])) for name, st in self.sets.items()
+                for t in st.tasks}
+
+    def check_resumed(self, ckpt_dir: str | Path) -> None:
+        """A resumed fit must score the same held-out sets as the run it continues: otherwise its curves and paired
+        tests would mix sets (and the report would give the old scores the new sizes). Compared with what the
+        newest checkpoint recorded (``correct`` per set/task: one character per problem); checkpoints of versions
+        that did not record it are not checked. Raises ``ConfigError`` (one line) on a difference."""
+        from ..checkpoints import checkpoint_dirs
+
+        for _step, d in reversed(checkpoint_dirs(ckpt_dir)):
+            try:
+                state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8")).get("state") or {}
+            except (OSError, ValueError, AttributeError):
+                continue  # the trainer's own resume says what is wrong with it
+            recorded = [c["correct"] for c in state.get("checkpoints") or []
+                        if isinstance(c, dict) and isinstance(c.get("correct"), dict)]
+            if not recorded:
+                return
+            then = {k: len(v) for k, v in recorded[-1].items()}
+            now = self.sizes()
+            if then != now:
+                diff = sorted(set(then) ^ set(now)) or [k for k in sorted(now) if then.get(k) != now[k]]
+                k = diff[0]
+                raise ConfigError(
+                    f"--resume: the held-out sets differ from the run's ({k}: {then.get(k, 0)} problems in its "
+                    f"evaluations, {now.get(k, 0)} now); give the same --in-dist/--ood/--generic as the run "
+                    f"(a changed default counts too), or start over with --overwrite")
+            return
+
     def keep_journal(self, path: str | Path, *, resume: bool) -> None:
         """Append every evaluation's predictions to ``path`` (fsynced) as it happens, so that a cut and resumed fit
         still writes the predictions of the evaluations before the cut. A fresh run starts the journal empty; a
