@@ -460,6 +460,8 @@ def finish_training(st: TrainState) -> TrainResult:
     run = st.history[(st.resumed_from or 0):]
     tokens_run = sum(h["tokens"] for h in run)
     run_secs = sum(h["seconds"] for h in run)
+    if not run_secs:  # resumed at its last step: no step ran now, so the speed is the whole run's
+        tokens_run, run_secs = st.tokens, st.train_seconds
     if st.main:
         with (st.ckpt_root / LOG_FILE).open("w") as fh:
             for h in st.history:

@@ -193,9 +193,15 @@ def test_resumed_fit_keeps_the_heldout_predictions_of_before_the_cut(teach_run, 
     journal = ck / "heldout_predictions.jsonl"
     rows = [json.loads(x) for x in journal.read_text().splitlines()]
     assert sorted({r["step"] for r in rows}) == [0, 2, 4] and len(rows) == 9
-    # cut "after the step-4 evaluation, before its checkpoint": the artifact and step 4 are gone, the rows stay
     import shutil
 
+    # cut after the last checkpoint, before the artifact: the resume trains nothing and still reports a speed
+    shutil.rmtree(out)
+    again = run_cli(*args, "--resume", env=_env())
+    assert again.returncode == 0, again.stderr
+    train = json.loads((out / "lorasp.json").read_text())["train"]
+    assert train["resumed_from"] == 4 and train["tokens_per_second"] > 0
+    # cut "after the step-4 evaluation, before its checkpoint": the artifact and step 4 are gone, the rows stay
     shutil.rmtree(out)
     shutil.rmtree(ck / "step-000004")
     with journal.open("a") as fh:  # a second step-4 row, as if that evaluation ran twice before a cut
