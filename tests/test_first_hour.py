@@ -163,7 +163,7 @@ def test_readme_python_api_block_runs(tmp_path, monkeypatch, capsys):
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     block = re.search(r"\n## Python API\n.*?```python\n(.*?)```", text, re.S).group(1)
-    line = 'model, steps, n = "smollm2-135m", 40, 50'
+    line = 'model, steps, n = "smollm2-135m", 20, 30'
     assert block.count(line) == 1 and "smollm2-135m" not in block.replace(line, "")
     block = block.replace(line, 'model, steps, n = "tiny-llama", 2, 2')
     monkeypatch.chdir(tmp_path)
