@@ -203,11 +203,11 @@ class HeldOutEvaluator:
         tests would mix sets (and the report would give the old scores the new sizes). Compared with what the
         newest checkpoint recorded (``correct`` per set/task: one character per problem); checkpoints of versions
         that did not record it are not checked. Raises ``ConfigError`` (one line) on a difference."""
-        from ..checkpoints import checkpoint_dirs
+        from ..checkpoints import STATE_FILE, checkpoint_dirs
 
         for _step, d in reversed(checkpoint_dirs(ckpt_dir)):
-            try:
-                state = json.loads((d / "trainer_state.json").read_text(encoding="utf-8")).get("state") or {}
+            try:  # the JSON half of the state is enough (no tensors)
+                state = json.loads((d / STATE_FILE).read_text(encoding="utf-8")).get("state") or {}
             except (OSError, ValueError, AttributeError):
                 continue  # the trainer's own resume says what is wrong with it
             recorded = [c["correct"] for c in state.get("checkpoints") or []
