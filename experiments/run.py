@@ -280,7 +280,7 @@ def c4(teacher_steps: int = 192, student_steps: int = 96, problems: int = 768, n
     exp.record["extra"].update(teacher_steps=teacher_steps, student_steps=student_steps, problems=problems, n=n)
     # 1. the teacher: SmolLM2 specialized on gold arith rationales, merged into a plain model
     t_ad = exp.fit("teacher", d / "teacher-adapter",
-                   ["--dataset", "arith", "--teacher", "gold", "--limit", str(problems), "--max-steps",
+                   ["--dataset", "arith", "--teacher", "gold", "--first", str(problems), "--max-steps",
                     str(teacher_steps), "--eval-every", "0", "--select-by", "last", "--lr", "1e-3"])
     merged = d / "teacher-merged"
     if not (merged / "config.json").exists():
@@ -288,7 +288,7 @@ def c4(teacher_steps: int = 192, student_steps: int = 96, problems: int = 768, n
     # 2. its own samples (temperature 0.7) with top-5 logprobs on the same train problems, filtered by answer
     teach = d / "teach"
     if not (teach / "manifest.json").exists() or json.loads((teach / "manifest.json").read_text()).get("status") != "complete":
-        run_lorasp(["teach", "--dataset", "arith", "--split", "train", "--limit", str(problems), "--teacher", "hf", "--model", str(merged), "--prompt", "zero-shot-cot",
+        run_lorasp(["teach", "--dataset", "arith", "--split", "train", "--first", str(problems), "--teacher", "hf", "--model", str(merged), "--prompt", "zero-shot-cot",
                     "--samples", "1", "--temperature", "0.7", "--top-logprobs", "5", "--max-tokens", "160",
                     "--no-progress", "--out", str(teach)], exp.log)
     m = json.loads((teach / "manifest.json").read_text())

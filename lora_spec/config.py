@@ -11,21 +11,37 @@ from __future__ import annotations
 import functools
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Type, TypeVar, get_args, get_origin
+from typing import Any, Callable, ClassVar, Literal, Type, TypeVar, get_args, get_origin
 
 import click
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .errors import ConfigError, one_line
 
 C = TypeVar("C", bound="RunConfig")
+
+# teach/fit's --first N (was --limit N, which meant a seeded sample in eval and first-N here)
+FIRST_MEANS = ("the first N problems of the split in file order, so a rerun with a larger N asks the teacher only "
+               "for the new ones; --limit N (lorasp eval, held-out sets) is a seeded random sample instead")
 
 
 class RunConfig(BaseModel):
     """Base of every command config: unknown keys are errors; values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # old field name -> (new field name, what it means now): an old name is an error that names the new one,
+    # never a silent alias (a renamed option usually changed meaning, or was renamed to stop meaning two things)
+    renamed: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old in cls.renamed:
+                if old in data:
+                    raise ConfigError(renamed_message(cls, old, old))
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -34,6 +50,11 @@ class RunConfig(BaseModel):
         """The config with the defaults that depend on other fields filled in (what will run); commands whose
         defaults depend on nothing return themselves. ``--print-config`` prints this."""
         return self
+
+
+def renamed_message(cls: Type["RunConfig"], old: str, where: str) -> str:
+    new, meaning = cls.renamed[old]
+    return f"{where}: {old!r} is now {new!r} ({_flag(new)}): {meaning}"
 
 
 def _yaml_lines(text: str) -> dict[str, int]:
@@ -105,6 +126,9 @@ def build(cls: Type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
     for k, v in overrides.items():
         data[k] = v
         source[k] = _flag(k)
+    for old in cls.renamed:
+        if old in data:
+            raise ConfigError(renamed_message(cls, old, source[old]))
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -159,7 +183,7 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
         @functools.wraps(fn)
         def wrapper(*args, config: str | None = None, print_config: bool = False, **kwargs):
             overrides = {}
-            for n in field_names:
+            for n in field_names + list(cls.renamed):
                 v = kwargs.pop(n, None)
                 if v is None or (isinstance(v, tuple) and len(v) == 0):
                     continue
@@ -171,6 +195,8 @@ def config_options(cls: Type[RunConfig], *, skip: tuple[str, ...] = ()) -> Calla
             return fn(*args, cfg=cfg, **kwargs)
 
         cmd = wrapper
+        for old in cls.renamed:  # hidden: only there to answer the old flag with the new one's name
+            cmd = click.option(_flag(old), old, default=None, type=str, hidden=True)(cmd)
         for n in reversed(field_names):
             f = cls.model_fields[n]
             ann = f.annotation

@@ -69,16 +69,16 @@ def _load_items(cfg: FitConfig, out: Path, log: Callable[[str], None]):
     else:
         run_dir = out.with_name(out.name + ".teach")
         log(f"teaching: dataset {cfg.dataset} ({cfg.split}"
-            f"{f', first {cfg.limit}' if cfg.limit else ''}) with teacher {cfg.teacher} -> {run_dir}")
-        teach(dataset=cfg.dataset, split=cfg.split, limit=cfg.limit, dataset_opt=list(cfg.dataset_opt),
+            f"{f', first {cfg.first}' if cfg.first else ''}) with teacher {cfg.teacher} -> {run_dir}")
+        teach(dataset=cfg.dataset, split=cfg.split, first=cfg.first, dataset_opt=list(cfg.dataset_opt),
               data_dir=cfg.data_dir, teacher=cfg.teacher, teacher_opt=list(cfg.teacher_opt), samples=cfg.samples,
               out=str(run_dir), progress=False)
         problems, samples = load_run(run_dir)
         source = {"kind": "dataset", "dataset": cfg.dataset, "split": cfg.split, "teacher": cfg.teacher,
                   "teach_run": str(run_dir), "dataset_opt": list(cfg.dataset_opt)}
     items = items_from_run(problems, samples)
-    if cfg.data and cfg.limit:
-        keep = set(list(problems)[:cfg.limit])
+    if cfg.data and cfg.first:
+        keep = set(list(problems)[:cfg.first])
         items = [it for it in items if it.problem.id in keep]
     if not items:
         raise DataError(f"{run_dir}: no correct teacher samples to train on")

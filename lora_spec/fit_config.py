@@ -4,11 +4,11 @@ the training loop (``trainer.TrainArgs.of``), and the defaults that depend on ot
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from .config import RunConfig
+from .config import FIRST_MEANS, RunConfig
 from .errors import ConfigError
 from .selection import SelectionOptions
 
@@ -19,6 +19,8 @@ QUICKSTART_HELD_OUT = 50  # arith test problems scored before and after on the q
 class FitConfig(RunConfig, SelectionOptions):
     """``lorasp fit``: tune a student on teacher chain-of-thought with the four-format mixture."""
 
+    renamed: ClassVar[dict[str, tuple[str, str]]] = {"limit": ("first", FIRST_MEANS)}
+
     student: str = Field("smollm2-135m", description="Student: preset (lorasp models), local directory or Hub id.")
     data: str | None = Field(None, description="Teach run directory (lorasp teach --out DIR) to train on.")
     dataset: str | None = Field(None, description="Dataset plugin to teach in-process when --data is not given "
@@ -28,8 +30,8 @@ class FitConfig(RunConfig, SelectionOptions):
     teacher: str = Field("gold", description="Teacher plugin for --dataset (gold: the reference rationales).")
     teacher_opt: list[str] = Field(default_factory=list, description="Teacher plugin parameter KEY=VALUE.")
     samples: int = Field(1, ge=1, le=64, description="Teacher samples per problem (with --dataset).")
-    limit: int | None = Field(None, ge=1, description="Train on the first N problems, in file order "
-                                                      f"(quickstart default: {QUICKSTART_PROBLEMS}).")
+    first: int | None = Field(None, ge=1, description="Train on the first N problems of the split (or of --data's "
+                                                      f"run), in file order (quickstart default: {QUICKSTART_PROBLEMS}).")
     data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
     quant: Literal["nf4", "int8", "none"] = Field("none", description="Quantize the frozen base (bitsandbytes).")
     double_quant: bool = Field(True, description="nf4 double quantization.")
@@ -92,8 +94,8 @@ def resolve_defaults(cfg: FitConfig) -> FitConfig:
     upd: dict[str, Any] = {}
     if cfg.data is None and cfg.dataset is None:
         upd["dataset"] = "arith"
-        if cfg.limit is None:
-            upd["limit"] = QUICKSTART_PROBLEMS
+        if cfg.first is None:
+            upd["first"] = QUICKSTART_PROBLEMS
         if cfg.before_after is None:
             upd["before_after"] = QUICKSTART_HELD_OUT
         from .selection import quickstart_sets

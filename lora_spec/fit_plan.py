@@ -49,8 +49,8 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
     if cfg.data:
         problems, samples = load_run(Path(cfg.data))
         items = items_from_run(problems, samples)
-        if cfg.limit:
-            keep = set(list(problems)[:cfg.limit])
+        if cfg.first:
+            keep = set(list(problems)[:cfg.first])
             items = [it for it in items if it.problem.id in keep]
         n_rows, n_problems = len(items), len({it.problem.id for it in items})
         source = f"teach run {cfg.data}"
@@ -58,7 +58,7 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
         from .evaluate import make_dataset
 
         params = parse_kv(cfg.dataset_opt, "--dataset-opt")
-        n_problems = sum(1 for _ in make_dataset(cfg.dataset, params, cfg.data_dir).load(cfg.split, limit=cfg.limit))
+        n_problems = sum(1 for _ in make_dataset(cfg.dataset, params, cfg.data_dir).load(cfg.split, limit=cfg.first))
         from . import registry
 
         cap = getattr(registry.resolve("teachers", cfg.teacher), "max_samples", None)  # gold: one per problem

@@ -31,12 +31,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError
 
 from . import __version__, registry
-from .config import RunConfig, _describe_error, parse_kv
+from .config import FIRST_MEANS, RunConfig, _describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError, one_line
 from .records import Problem, Sample, TeacherRequest, read_jsonl, read_text, write_jsonl
 from .store import SampleStore, request_usage
@@ -47,10 +47,12 @@ from .store import SampleStore, request_usage
 class TeachConfig(RunConfig):
     """``lorasp teach``: sample chain-of-thought solutions from a teacher, keep the correct ones."""
 
+    renamed: ClassVar[dict[str, tuple[str, str]]] = {"limit": ("first", FIRST_MEANS)}
+
     dataset: str = Field("arith", description="Dataset plugin (lorasp plugins --group datasets).")
     split: str = Field("train", description="Split of the dataset to teach on.")
-    limit: int | None = Field(None, ge=1, description="Only the first N problems of the split, in file order "
-                                                      "(eval's --limit is a seeded sample instead).")
+    first: int | None = Field(None, ge=1, description="Only the first N problems of the split, in file order (a "
+                                                      "rerun with a larger N asks only for the new ones).")
     dataset_opt: list[str] = Field(default_factory=list, description="Dataset plugin parameter KEY=VALUE.")
     data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
     teacher: str = Field("gold", description="Teacher plugin: openai, hf, file, gold, or a third-party one.")
@@ -236,9 +238,9 @@ def plan(cfg: TeachConfig) -> dict[str, Any]:
     factory = registry.resolve("teachers", cfg.teacher)  # an unknown teacher fails here
     cap = getattr(factory, "max_samples", None)  # a class attribute (gold: one reference per problem)
     samples = min(cfg.samples, cap) if isinstance(cap, int) else cfg.samples
-    n = sum(1 for _ in _make_dataset(cfg).load(cfg.split, limit=cfg.limit))
+    n = sum(1 for _ in _make_dataset(cfg).load(cfg.split, limit=cfg.first))
     out = Path(cfg.out)
-    return {"dataset": cfg.dataset, "split": cfg.split, "problems": n, "limit": cfg.limit, "teacher": cfg.teacher,
+    return {"dataset": cfg.dataset, "split": cfg.split, "problems": n, "first": cfg.first, "teacher": cfg.teacher,
             "model": cfg.model, "prompt": spec.name, "samples": samples, "requested": n * samples,
             "out": str(out), "resumes": (out / "store.sqlite").exists()}
 
@@ -285,7 +287,7 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
     spec = resolve_prompt(cfg.prompt, cfg.data_dir)
     stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)
     dataset = _make_dataset(cfg)
-    problems = list(dataset.load(cfg.split, limit=cfg.limit))
+    problems = list(dataset.load(cfg.split, limit=cfg.first))
     if not problems:
         raise DataError(f"dataset {cfg.dataset!r} split {cfg.split!r} has no problems")
     ids = [p.id for p in problems]
@@ -451,7 +453,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
         "lorasp_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": status,
-        "dataset": {"name": cfg.dataset, "split": cfg.split, "limit": cfg.limit,
+        "dataset": {"name": cfg.dataset, "split": cfg.split, "first": cfg.first,
                     "params": parse_kv(cfg.dataset_opt, "--dataset-opt"), "problems": n},
         "teacher": {"name": cfg.teacher, "fingerprint": fp, "params": describe},
         "prompt": {"name": spec.name, "mode": spec.mode, "stop": stop, "api": cfg.api,

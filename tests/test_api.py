@@ -12,7 +12,7 @@ def test_stage_functions_are_callable_whatever_was_imported(tmp_path):
     import lora_spec.teach  # noqa: F401
 
     assert lora_spec.fit is fit_module and callable(lora_spec.fit) and fit_module.FitConfig
-    run = lora_spec.teach(dataset="arith", teacher="gold", limit=12, out=str(tmp_path / "teach"), progress=False)
+    run = lora_spec.teach(dataset="arith", teacher="gold", first=12, out=str(tmp_path / "teach"), progress=False)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["counts"]["correct"] == 12 if "counts" in manifest else manifest
     problems, samples = lora_spec.teach.load_run(run)

@@ -45,7 +45,7 @@ def test_real_teacher_topk_from_teach_aligns(server, tmp_path, smollm2_path, tin
     from lora_spec.teach import load_run
 
     run = tmp_path / "teach"
-    _ok(run_cli("teach", *ARITH, "--limit", "2", "--teacher", "openai", "--model", "smollm2", "--base-url", server,
+    _ok(run_cli("teach", *ARITH, "--first", "2", "--teacher", "openai", "--model", "smollm2", "--base-url", server,
                 "--samples", "1", "--temperature", "0.7", "--top-logprobs", "5", "--max-tokens", "40",
                 "--keep", "all", "--concurrency", "2", "--out", str(run), "--no-progress"))
     _problems, samples = load_run(run, include_incorrect=True)
@@ -98,7 +98,7 @@ def test_fit_with_distribution_loss_on_smollm2(server, tmp_path):
     from lora_spec.teach import resolve_prompt
 
     run = tmp_path / "gold"
-    _ok(run_cli("teach", *ARITH, "--limit", "6", "--teacher", "gold", "--samples", "1", "--out", str(run),
+    _ok(run_cli("teach", *ARITH, "--first", "6", "--teacher", "gold", "--samples", "1", "--out", str(run),
                 "--no-progress"))
     fit_args = ["--student", "smollm2-135m", "--formats", "zero_shot_cot=1", "--max-steps", "2",
                 "--batch-size", "2", "--max-length", "256", "--targets", "q_proj,v_proj", "--rank", "4",

@@ -32,7 +32,7 @@ def tiny_fit(tmp_path_factory):
     os.environ["LORASP_PROGRESS_EVERY"] = "0"
     try:
         with contextlib.redirect_stderr(buf):
-            lora_spec.fit(student="tiny-llama", dataset="arith", teacher="gold", limit=12, max_steps=2, batch_size=4,
+            lora_spec.fit(student="tiny-llama", dataset="arith", teacher="gold", first=12, max_steps=2, batch_size=4,
                           before_after=0, eval_every=0, tracker="none", progress=True, out=str(d / "arith-lora"))
     finally:
         if old is None:
@@ -188,7 +188,7 @@ def test_print_config_shows_the_values_that_run(capsys):
     code, out, err = main_cli(capsys, "fit", "--print-config")
     assert code == 0, err
     cfg = yaml.safe_load(out)
-    assert (cfg["select_by"], cfg["limit"], cfg["out"], cfg["lr"], cfg["dataset"], cfg["before_after"]) == \
+    assert (cfg["select_by"], cfg["first"], cfg["out"], cfg["lr"], cfg["dataset"], cfg["before_after"]) == \
         ("in_dist", 512, "adapters/arith-lora", 1e-3, "arith", 50)
     code, out, _ = main_cli(capsys, "teach", "--print-config", "--dataset", "arith", "--split", "dev")
     assert code == 0 and yaml.safe_load(out)["out"] == "runs/teach/arith-dev"
@@ -203,7 +203,7 @@ def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LORASP_CACHE", str(tmp_path / "cache"))
-    args = ["fit", "--dry-run", "--dataset", "arith", "--teacher", "gold", "--student", "tiny-llama", "--limit",
+    args = ["fit", "--dry-run", "--dataset", "arith", "--teacher", "gold", "--student", "tiny-llama", "--first",
             "40", "--batch-size", "4", "--eval-every", "5", "--out", "adapters/x"]
     code, out, err = main_cli(capsys, *args)
     assert code == 0, err
@@ -214,7 +214,7 @@ def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
                        tokens_per_second=100.0)
     code, out, err = main_cli(capsys, *args)
     assert code == 0 and "time:        ~0m 25s of training (2.5 s/step" in out, out
-    code, out, err = main_cli(capsys, "teach", "--dry-run", "--limit", "7", "--samples", "3", "--out", "t")
+    code, out, err = main_cli(capsys, "teach", "--dry-run", "--first", "7", "--samples", "3", "--out", "t")
     assert code == 0 and "7 problems (the first 7)" in out and "1 sample(s) per problem: 7 samples" in out, err
     code, out, err = main_cli(capsys, "eval", "--dry-run", "--model", "tiny-llama", "--suite", "arith", "--limit", "5")
     assert code == 0 and "arith" in out and "5 problems" in out and "runs/eval/tiny-llama/results.json" in out, err
@@ -225,6 +225,27 @@ def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
     code, out, err = main_cli(capsys, "eval", "--dry-run", "--model", "tiny-llama", "--suite", "arith", "--limit", "5")
     assert code == 0 and "time: at most ~0.3 min (40.0 generated tokens/s" in out, out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no adapters/, runs/ or t/
+
+
+def test_limit_means_one_thing(tmp_path, capsys):
+    """--limit is a seeded sample everywhere it exists (eval, held-out sets); teach/fit's first-N is --first, and
+    the old name there is a one-line error naming the new one (flag, YAML line, Python keyword), not an alias."""
+    import lora_spec
+    from lora_spec.errors import ConfigError
+
+    code, _, err = main_cli(capsys, "teach", "--dry-run", "--limit", "7")
+    assert code == 2 and err.startswith("error: --limit: 'limit' is now 'first' (--first): the first N problems"), err
+    assert len(err.strip().splitlines()) == 1 and "seeded random sample" in err
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text("student: tiny-llama\nlimit: 40\n")
+    code, _, err = main_cli(capsys, "fit", "--config", str(cfg), "--dry-run")
+    assert code == 2 and f"{cfg}:2: 'limit' is now 'first' (--first)" in err, err
+    with pytest.raises(ConfigError, match="'limit' is now 'first'"):
+        lora_spec.teach(dataset="arith", limit=3, out=str(tmp_path / "t"), progress=False)
+    code, out, err = main_cli(capsys, "plugins", "show", "datasets", "arith", "--first", "2")
+    assert code == 0 and len([ln for ln in out.splitlines() if ln.startswith("{")]) == 2, err
+    code, out, _ = main_cli(capsys, "teach", "--help")
+    assert "--first INTEGER" in out and "--limit" not in out
 
 
 def test_required_options_are_named(capsys):
@@ -316,7 +337,7 @@ def test_help_types_order_examples_and_next_steps(capsys):
     code, out, _ = main_cli(capsys, "fit", "--help")
     assert code == 0
     assert re.search(r"--rank INTEGER", out) and re.search(r"--lr FLOAT", out) and "--method [lora|dora|full]" in out
-    assert not re.search(r"--(rank|lr|epochs|max-steps|batch-size|eval-every|limit) TEXT", out)
+    assert not re.search(r"--(rank|lr|epochs|max-steps|batch-size|eval-every|first) TEXT", out)
     opts = out.split("Options:")[1]
     assert opts.index("--student") < opts.index("--data ") < opts.index("--in-dist")
     code, out, _ = main_cli(capsys, "--help")

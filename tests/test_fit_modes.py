@@ -17,7 +17,7 @@ from lora_spec.fit import FitConfig, fit
 def teach_run(tmp_path_factory, data_dir):
     from lora_spec.teach import teach
 
-    return teach(dataset="arith", split="train", limit=24, teacher="gold", samples=1,
+    return teach(dataset="arith", split="train", first=24, teacher="gold", samples=1,
                  out=str(tmp_path_factory.mktemp("teach") / "arith"), progress=False)
 
 

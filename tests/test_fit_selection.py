@@ -21,7 +21,7 @@ HELD_OUT = {
     "ood": "multiarith,svamp,asdiv;limit=3;mode=zs_answer;max_new_tokens=10",
     "generic": "bbh@task=boolean_expressions,bbh@task=sports_understanding;limit=2;mode=zs_answer;max_new_tokens=6",
 }
-COMMON = dict(student="smollm2-135m", dataset="arith", limit=24, max_steps=6, eval_every=2, batch_size=4,
+COMMON = dict(student="smollm2-135m", dataset="arith", first=24, max_steps=6, eval_every=2, batch_size=4,
               max_length=160, lr=3e-3, formats="zero_shot_answer=1,zero_shot_cot=1", save_every=0,
               progress=False)
 
@@ -209,7 +209,7 @@ def test_bad_selection_flags_are_one_line_errors(tmp_path):
 
 @pytest.mark.slow
 def test_unknown_held_out_dataset_is_one_line(tmp_path, tiny_llama_path):
-    r = run_cli("fit", "--student", "tiny-llama", "--dataset", "arith", "--limit", "8", "--max-steps", "1",
+    r = run_cli("fit", "--student", "tiny-llama", "--dataset", "arith", "--first", "8", "--max-steps", "1",
                 "--batch-size", "4", "--eval-every", "1", "--ood", "svmap;limit=2", "--no-progress",
                 "--tracker", "none", "--out", str(tmp_path / "y"))
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: --ood svmap: unknown dataset")
@@ -230,7 +230,7 @@ def test_prefer_earliest_through_fit_exports_that_checkpoint(tmp_path, tiny_llam
         return {"in_dist": b.count("1") / len(b), "in_dist/arith": b.count("1") / len(b), "eval_seconds": 0.01,
                 "correct": {"in_dist/arith": b}}
 
-    cfg = FitConfig(student="tiny-llama", dataset="arith", limit=16, max_steps=4, eval_every=2, batch_size=4,
+    cfg = FitConfig(student="tiny-llama", dataset="arith", first=16, max_steps=4, eval_every=2, batch_size=4,
                     save_every=0, select_by="in_dist", prefer_earliest=True, tracker="none", progress=False,
                     before_after=0, out=str(tmp_path / "pe"))
     res = fit(cfg, evaluator=evaluator)

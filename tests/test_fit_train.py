@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def teach_run(tmp_path_factory, data_dir):
     from lora_spec.teach import teach
 
-    return teach(dataset="arith", split="train", limit=96, teacher="gold", samples=1,
+    return teach(dataset="arith", split="train", first=96, teacher="gold", samples=1,
                  out=str(tmp_path_factory.mktemp("teach") / "arith"), progress=False)
 
 

@@ -40,7 +40,7 @@ def ws(tmp_path_factory, tiny_llama_path):
     from lora_spec.teach import teach
 
     w = tmp_path_factory.mktemp("hostile")
-    teach(dataset="arith", teacher="gold", limit=6, out=str(w / "run"), progress=False)
+    teach(dataset="arith", teacher="gold", first=6, out=str(w / "run"), progress=False)
     make_adapter(tiny_llama_path, w / "ad", seed=1, r=4)
     shutil.copytree(w / "ad", w / "ad2")  # a second parent (its weights do not matter: nothing is loaded)
     (w / "merged").mkdir()  # an earlier merge's output (only its manifest matters before anything is loaded)
@@ -79,24 +79,24 @@ def ws(tmp_path_factory, tiny_llama_path):
 # (id, argv with {w} for the workspace, exit code, substrings the one error line must hold)
 CASES = [
     # --- teach: teacher files, prompts, outputs, flags
-    ("teach-binary-teacher-file", "teach --dataset arith --limit 2 --teacher file --teacher-opt path={w}/teacher.bin "
+    ("teach-binary-teacher-file", "teach --dataset arith --first 2 --teacher file --teacher-opt path={w}/teacher.bin "
      "--out {w}/new", 1, ["teacher.bin:1", "not UTF-8"]),
-    ("teach-empty-teacher-file", "teach --dataset arith --limit 2 --teacher file --teacher-opt path={w}/empty.jsonl "
+    ("teach-empty-teacher-file", "teach --dataset arith --first 2 --teacher file --teacher-opt path={w}/empty.jsonl "
      "--out {w}/new", 1, ["empty.jsonl", "empty file"]),
-    ("teach-bad-json-teacher-file", "teach --dataset arith --limit 2 --teacher file --teacher-opt path={w}/bad.json "
+    ("teach-bad-json-teacher-file", "teach --dataset arith --first 2 --teacher file --teacher-opt path={w}/bad.json "
      "--out {w}/new", 1, ["bad.json:1", "invalid JSON", "column"]),
-    ("teach-record-without-text", "teach --dataset arith --limit 2 --teacher file --teacher-opt "
+    ("teach-record-without-text", "teach --dataset arith --first 2 --teacher file --teacher-opt "
      "path={w}/badrec.jsonl --out {w}/new", 1, ["badrec.jsonl:1", "text"]),
-    ("teach-teacher-file-is-a-dir", "teach --dataset arith --limit 2 --teacher file --teacher-opt path={w}/notes "
+    ("teach-teacher-file-is-a-dir", "teach --dataset arith --first 2 --teacher file --teacher-opt path={w}/notes "
      "--out {w}/new", 1, ["notes", "a directory"]),
-    ("teach-missing-teacher-file", "teach --dataset arith --limit 2 --teacher file --teacher-opt "
+    ("teach-missing-teacher-file", "teach --dataset arith --first 2 --teacher file --teacher-opt "
      "path={w}/nosuch.json --out {w}/new", 1, ["nosuch.json", "no such file"]),
     ("teach-file-teacher-without-path", "teach --dataset arith --teacher file --out {w}/new", 2, ["path="]),
-    ("teach-into-foreign-dir", "teach --dataset arith --limit 2 --out {w}/notes", 2, ["--out", "notes",
+    ("teach-into-foreign-dir", "teach --dataset arith --first 2 --out {w}/notes", 2, ["--out", "notes",
                                                                                       "not a lorasp output"]),
-    ("teach-into-file", "teach --dataset arith --limit 2 --out {w}/afile", 2, ["--out", "afile", "not a directory"]),
-    ("teach-into-adapter", "teach --dataset arith --limit 2 --out {w}/ad", 2, ["--out", "ad", "adapter"]),
-    ("teach-binary-prompt-file", "teach --dataset arith --limit 2 --prompt file:{w}/prompts.bin --out {w}/new", 1,
+    ("teach-into-file", "teach --dataset arith --first 2 --out {w}/afile", 2, ["--out", "afile", "not a directory"]),
+    ("teach-into-adapter", "teach --dataset arith --first 2 --out {w}/ad", 2, ["--out", "ad", "adapter"]),
+    ("teach-binary-prompt-file", "teach --dataset arith --first 2 --prompt file:{w}/prompts.bin --out {w}/new", 1,
      ["prompts.bin:1", "not UTF-8"]),
     ("teach-unknown-prompt", "teach --dataset arith --prompt gsm8k-complx-8shot --out {w}/new", 2,
      ["--prompt", "gsm8k-complex-8shot"]),

@@ -59,7 +59,7 @@ def test_third_party_plugin_is_listed_and_loads_by_name(example_installed):
     table = run_cli("plugins", env=env)
     assert table.returncode == 0 and "lorasp-example-plugin" in table.stdout
     # load by name through lorasp (CLI) and through the Python API
-    r = run_cli("plugins", "show", "datasets", "units", "--split", "test", "--limit", "2", env=env)
+    r = run_cli("plugins", "show", "datasets", "units", "--split", "test", "--first", "2", env=env)
     assert r.returncode == 0, r.stderr
     problems = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     assert len(problems) == 2 and all(p["answer"].isdigit() for p in problems)

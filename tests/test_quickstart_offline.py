@@ -8,7 +8,7 @@ import json
 from tests.conftest import run_cli
 
 ENV = {"LORASP_DATA_DIR": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-ARGS = ["--student", "tiny-llama", "--dataset", "arith", "--teacher", "gold", "--limit", "16", "--max-steps", "2",
+ARGS = ["--student", "tiny-llama", "--dataset", "arith", "--teacher", "gold", "--first", "16", "--max-steps", "2",
         "--batch-size", "4", "--eval-every", "2", "--before-after", "0", "--tracker", "none", "--no-progress",
         "--in-dist", "auto;limit=2;max_new_tokens=8"]
 

@@ -29,7 +29,7 @@ def test_second_teach_on_the_same_run_is_refused_and_pays_nothing(tmp_path):
     """Two real ``lorasp teach`` processes on one --out: the second is refused at once, naming the first's pid,
     and sends no request; after the first is killed with -9, its lock is taken over with a warning."""
     out = tmp_path / "run"
-    args = ["teach", "--dataset", "arith", "--limit", "6", "--samples", "1", "--teacher", "openai", "--model", "m",
+    args = ["teach", "--dataset", "arith", "--first", "6", "--samples", "1", "--teacher", "openai", "--model", "m",
             "--max-retries", "0", "--concurrency", "2", "--out", str(out), "--no-progress"]
     hold = {"on": True}
     with fault_proxy("http://127.0.0.1:9/v1", lambda n, tag, body: "timeout" if hold["on"] else "400",
@@ -87,7 +87,7 @@ def test_fit_on_a_locked_checkpoint_dir_is_refused_then_a_dead_owner_is_taken_ov
 
 # --------------------------------------------------------------------------------------------- checkpoints
 
-FIT = dict(dataset="arith", teacher="gold", student="tiny-llama", limit=16, batch_size=4, save_every=1,
+FIT = dict(dataset="arith", teacher="gold", student="tiny-llama", first=16, batch_size=4, save_every=1,
            progress=False, tracker="none", in_dist="none", ood="none", generic="none")
 
 
@@ -110,7 +110,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint_on_a_quiet_terminal(tmp_path):
     stale.mkdir()
     (stale / "state").write_bytes(b"")
     r = run_cli("fit", "--dataset", "arith", "--teacher", "gold", "--student", "tiny-llama", "--quant", "nf4",
-                "--limit", "16", "--batch-size", "4", "--save-every", "1", "--max-steps", "3", "--no-progress",
+                "--first", "16", "--batch-size", "4", "--save-every", "1", "--max-steps", "3", "--no-progress",
                 "--tracker", "none", "--in-dist", "none", "--ood", "none", "--generic", "none", "--resume",
                 "--overwrite", "--out", str(out), env={"LORASP_DEBUG": ""})
     err = r.stderr
@@ -192,7 +192,7 @@ def test_atomic_dir_replaces_only_lorasp_outputs_and_only_when_complete(tmp_path
 def test_file_teacher_with_nothing_matching_is_one_error(tmp_path, capsys):
     f = tmp_path / "other.jsonl"
     f.write_text(json.dumps({"question": "Something else entirely?", "output": "The answer is 1."}) + "\n")
-    code, out, err = main_cli(capsys, "teach", "--dataset", "arith", "--limit", "3", "--teacher", "file",
+    code, out, err = main_cli(capsys, "teach", "--dataset", "arith", "--first", "3", "--teacher", "file",
                               "--teacher-opt", f"path={f}", "--samples", "1", "--out", str(tmp_path / "run"))
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 1 and len(lines) == 1 and str(f) in lines[0] and "no teacher output for any of the 3" in lines[0]
@@ -205,7 +205,7 @@ def test_file_teacher_default_samples_one_file_exits_0(tmp_path, capsys):
     probs = list(Arith().load("train", limit=3))
     f = tmp_path / "one.json"
     f.write_text(json.dumps([{"question": p.question, "output": f"The answer is {p.answer}."} for p in probs[:2]]))
-    code, out, err = main_cli(capsys, "teach", "--dataset", "arith", "--limit", "3", "--teacher", "file",
+    code, out, err = main_cli(capsys, "teach", "--dataset", "arith", "--first", "3", "--teacher", "file",
                               "--teacher-opt", f"path={f}", "--out", str(tmp_path / "run"))
     assert code == 0, err
     assert "2/3 samples (0 failed" in out
@@ -221,7 +221,7 @@ def test_unreachable_server_trips_the_circuit_breaker(tmp_path, capsys):
 
     url = f"http://127.0.0.1:{free_port()}/v1"
     t0 = time.time()
-    code, _, err = main_cli(capsys, "teach", "--dataset", "arith", "--limit", "32", "--samples", "1", "--teacher",
+    code, _, err = main_cli(capsys, "teach", "--dataset", "arith", "--first", "32", "--samples", "1", "--teacher",
                             "openai", "--model", "m", "--base-url", url, "--concurrency", "1", "--out",
                             str(tmp_path / "run"))
     elapsed = time.time() - t0

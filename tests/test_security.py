@@ -163,7 +163,7 @@ def test_malformed_state_is_one_line(tmp_path):
 def teach_run(tmp_path_factory, data_dir):
     from lora_spec.teach import teach
 
-    return teach(dataset="arith", split="train", limit=16, teacher="gold", samples=1,
+    return teach(dataset="arith", split="train", first=16, teacher="gold", samples=1,
                  out=str(tmp_path_factory.mktemp("teach") / "arith"), progress=False)
 
 
@@ -277,7 +277,7 @@ def test_remote_code_model_is_refused_for_students_and_teachers(remote_code_mode
     with pytest.raises(ModelError, match="asks for remote code") as e:
         load_student(str(d))
     assert "--trust-remote-code" in str(e.value)
-    r = _cli(capsys, "teach", "--dataset", "arith", "--limit", "1", "--samples", "1", "--teacher", "hf",
+    r = _cli(capsys, "teach", "--dataset", "arith", "--first", "1", "--samples", "1", "--teacher", "hf",
              "--model", str(d), "--out", str(tmp_path / "t"), "--no-progress")
     assert "config.json: asks for remote code (auto_map -> 'modeling_evil.EvilConfig')" in _one_line_error(r)
     assert not marker.exists()
@@ -405,7 +405,7 @@ def test_api_key_never_leaves_the_environment(fake_openai, tmp_path):
         return None
 
     with fault_proxy(fake_openai.url, faults_1, hang=3, echo_auth=True) as proxy:
-        r = run_cli(*base, "--limit", "4", "--base-url", proxy.url, "--timeout", "1", "--max-retries", "1", env=env)
+        r = run_cli(*base, "--first", "4", "--base-url", proxy.url, "--timeout", "1", "--max-retries", "1", env=env)
         log1 = list(proxy.log)
     outputs += [r.stdout, r.stderr]
     assert r.returncode == 1, r.stderr  # incomplete: two problems failed
@@ -416,7 +416,7 @@ def test_api_key_never_leaves_the_environment(fake_openai, tmp_path):
     assert {e.fault for e in log1} >= {"500", "timeout", None}
 
     with fault_proxy(fake_openai.url, lambda n, tag, body: "401", echo_auth=True) as proxy:
-        r = run_cli(*base, "--limit", "6", "--base-url", proxy.url, env=env)
+        r = run_cli(*base, "--first", "6", "--base-url", proxy.url, env=env)
         log2 = list(proxy.log)
     outputs += [r.stdout, r.stderr]
     assert "HTTP 401" in _one_line_error(r) and "Authorization: Bearer ***" in r.stderr
@@ -424,7 +424,7 @@ def test_api_key_never_leaves_the_environment(fake_openai, tmp_path):
     exe = Path(sys.executable).with_name("lorasp")
     hang = lambda n, tag, body: "timeout" if tag.startswith("arith/train/5/") else None  # noqa: E731
     with fault_proxy(fake_openai.url, hang, hang=60, echo_auth=True) as proxy:
-        proc = subprocess.Popen([str(exe), *base, "--limit", "6", "--base-url", proxy.url],
+        proc = subprocess.Popen([str(exe), *base, "--first", "6", "--base-url", proxy.url],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, **env))
         deadline = time.time() + 120
         while time.time() < deadline and not any(e.tag.startswith("arith/train/5/") for e in proxy.log):
@@ -439,7 +439,7 @@ def test_api_key_never_leaves_the_environment(fake_openai, tmp_path):
 
     fit_out = tmp_path / "fit"
     with fault_proxy(fake_openai.url, {1: "500"}, echo_auth=True) as proxy:
-        r = run_cli("fit", "--dataset", "arith", "--limit", "8", "--teacher", "openai", "--teacher-opt", "model=fake",
+        r = run_cli("fit", "--dataset", "arith", "--first", "8", "--teacher", "openai", "--teacher-opt", "model=fake",
                     "--teacher-opt", f"base_url={proxy.url}", "--teacher-opt", f"api_key_env={KEY_ENV}",
                     "--student", "tiny-llama", "--max-steps", "2", "--batch-size", "2", "--max-length", "96",
                     "--save-every", "1", "--tracker", "tensorboard", "--no-progress", "--out", str(fit_out), env=env)

@@ -22,7 +22,7 @@ def test_gold_arith_via_cli(tmp_path):
     from lora_spec.prompts import cot_target
 
     out = tmp_path / "run"
-    r = run_cli("teach", "--dataset", "arith", "--teacher", "gold", "--limit", "12", "--out", str(out))
+    r = run_cli("teach", "--dataset", "arith", "--teacher", "gold", "--first", "12", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "12/12 samples" in r.stdout and "first-sample accuracy 100.0%" in r.stdout
     m = _manifest(out)
@@ -42,7 +42,7 @@ def test_gold_arith_via_cli(tmp_path):
 
 
 def test_gold_gsm8k_is_clean_and_all_correct(tmp_path, data_dir):
-    out = teach(dataset="gsm8k", split="train", teacher="gold", limit=200, out=str(tmp_path / "g"), progress=False)
+    out = teach(dataset="gsm8k", split="train", teacher="gold", first=200, out=str(tmp_path / "g"), progress=False)
     problems, samples = load_run(out)
     assert len(samples) == 200
     for s in samples:
@@ -53,19 +53,19 @@ def test_gold_gsm8k_is_clean_and_all_correct(tmp_path, data_dir):
 
 def test_resume_asks_only_for_missing(tmp_path):
     out = tmp_path / "run"
-    teach(dataset="arith", teacher="gold", limit=10, out=str(out), progress=False)
+    teach(dataset="arith", teacher="gold", first=10, out=str(out), progress=False)
     before = {(s.problem_id, s.sample_index): s.text for s in SampleStore(out / "store.sqlite").samples()}
-    teach(dataset="arith", teacher="gold", limit=10, out=str(out), progress=False)
+    teach(dataset="arith", teacher="gold", first=10, out=str(out), progress=False)
     m = _manifest(out)
     assert m["this_run"]["samples_stored"] == 0 and m["this_run"]["resumed_from_store"] == 10 and m["runs"] == 2
-    teach(dataset="arith", teacher="gold", limit=15, out=str(out), progress=False)
+    teach(dataset="arith", teacher="gold", first=15, out=str(out), progress=False)
     m = _manifest(out)
     assert m["this_run"]["samples_stored"] == 5 and m["this_run"]["resumed_from_store"] == 10
     assert m["counts"]["received"] == 15
     after = {(s.problem_id, s.sample_index): s.text for s in SampleStore(out / "store.sqlite").samples()}
     assert all(after[k] == v for k, v in before.items()) and len(after) == 15
     # a different prompt is a different key: nothing is reused, both live in one store
-    teach(dataset="arith", teacher="gold", limit=3, prompt="zero-shot", out=str(out), progress=False)
+    teach(dataset="arith", teacher="gold", first=3, prompt="zero-shot", out=str(out), progress=False)
     m = _manifest(out)
     assert m["this_run"]["resumed_from_store"] == 0 and m["counts"]["received"] == 3
     assert len(list(SampleStore(out / "store.sqlite").samples())) == 18
@@ -92,7 +92,7 @@ def test_file_teacher_filtering_vote_and_keep_all(tmp_path, capsys):
     f = tmp_path / "outs.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     opts = [f"path={f}", "id_field=pid", "text_field=outs"]
-    out = teach(dataset="arith", teacher="file", teacher_opt=opts, limit=3, samples=3, out=str(tmp_path / "r"),
+    out = teach(dataset="arith", teacher="file", teacher_opt=opts, first=3, samples=3, out=str(tmp_path / "r"),
                 progress=False)
     m = _manifest(out)
     assert m["counts"]["received"] == 9 and m["counts"]["correct"] == 4 and m["counts"]["exported"] == 4
@@ -102,14 +102,14 @@ def test_file_teacher_filtering_vote_and_keep_all(tmp_path, capsys):
     assert len(samples) == 4 and all(s.correct for s in samples)
     _, every = load_run(out, include_incorrect=True)
     assert len(every) == 9 and sum(s.correct for s in every) == 4
-    out2 = teach(dataset="arith", teacher="file", teacher_opt=opts, limit=3, samples=3, keep="all",
+    out2 = teach(dataset="arith", teacher="file", teacher_opt=opts, first=3, samples=3, keep="all",
                  out=str(tmp_path / "r2"), progress=False)
     exported = [json.loads(x) for x in (out2 / "samples.jsonl").read_text().splitlines()]
     assert len(exported) == 9 and sum(e["correct"] for e in exported) == 4
     assert len(load_run(out2)[1]) == 4 and len(load_run(out2, include_incorrect=True)[1]) == 9
     # asking for more samples than the file has: capped to what it holds, with a note; the run is complete
     capsys.readouterr()
-    out3 = teach(dataset="arith", teacher="file", teacher_opt=opts, limit=3, samples=4, out=str(tmp_path / "r3"),
+    out3 = teach(dataset="arith", teacher="file", teacher_opt=opts, first=3, samples=4, out=str(tmp_path / "r3"),
                  progress=False)
     m3 = _manifest(out3)
     assert m3["status"] == "complete" and m3["parameters"]["samples"] == 3 and m3["counts"]["failed"] == 0
@@ -117,7 +117,7 @@ def test_file_teacher_filtering_vote_and_keep_all(tmp_path, capsys):
     # a problem with fewer outputs than the others: its missing ones are "not available", not failed, never retried
     rows[2]["outs"] = rows[2]["outs"][:1]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out4 = teach(dataset="arith", teacher="file", teacher_opt=opts, limit=3, samples=3, out=str(tmp_path / "r4"),
+    out4 = teach(dataset="arith", teacher="file", teacher_opt=opts, first=3, samples=3, out=str(tmp_path / "r4"),
                  progress=False)
     m4 = _manifest(out4)
     assert m4["status"] == "complete" and m4["counts"]["failed"] == 0 and m4["counts"]["unavailable"] == 2
@@ -152,7 +152,7 @@ def test_prompts_resolve(data_dir):
     (["--api", "grpc"], 2, "field 'api'"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, code, needle):
-    r = run_cli("teach", "--limit", "2", "--out", str(tmp_path / "o"), *args)
+    r = run_cli("teach", "--first", "2", "--out", str(tmp_path / "o"), *args)
     assert r.returncode == code, (r.returncode, r.stderr)
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert needle in r.stderr, r.stderr
@@ -162,11 +162,11 @@ def test_cli_errors_are_one_line(tmp_path, args, code, needle):
 def test_file_teacher_bad_records_name_the_place(tmp_path):
     f = tmp_path / "t.json"
     f.write_text(json.dumps([{"instruction": "q", "output": "a"}, {"instruction": "q2", "answer_text": "b"}]))
-    r = run_cli("teach", "--teacher", "file", "--teacher-opt", f"path={f}", "--limit", "2", "--out",
+    r = run_cli("teach", "--teacher", "file", "--teacher-opt", f"path={f}", "--first", "2", "--out",
                 str(tmp_path / "o"))
     assert r.returncode == 1 and f"{f}[1]: no text field" in r.stderr
     f.write_text('[{"instruction": "q", "output": "a"},')
-    r = run_cli("teach", "--teacher", "file", "--teacher-opt", f"path={f}", "--limit", "2", "--out",
+    r = run_cli("teach", "--teacher", "file", "--teacher-opt", f"path={f}", "--first", "2", "--out",
                 str(tmp_path / "o"))
     assert r.returncode == 1 and f"{f}:1: invalid JSON" in r.stderr
 
@@ -177,7 +177,7 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="not a teach run directory"):
         load_run(tmp_path / "empty")
-    out = teach(dataset="arith", teacher="gold", limit=2, out=str(tmp_path / "r"), progress=False)
+    out = teach(dataset="arith", teacher="gold", first=2, out=str(tmp_path / "r"), progress=False)
     with (out / "samples.jsonl").open("a") as fh:
         fh.write('{"problem_id": "ghost", "sample_index": 0, "prompt_id": "p", "text": "t", "correct": true}\n')
     with pytest.raises(DataError, match="samples.jsonl:3: problem_id 'ghost' is not in problems.jsonl"):
@@ -194,7 +194,7 @@ def test_print_config_roundtrip(tmp_path):
 
 
 def test_hf_teacher_topk_and_stop(tmp_path, tiny_llama_path):
-    out = teach(dataset="arith", teacher="hf", model=str(tiny_llama_path), limit=3, samples=2, max_tokens=8,
+    out = teach(dataset="arith", teacher="hf", model=str(tiny_llama_path), first=3, samples=2, max_tokens=8,
                 top_logprobs=3, stop=["."], teacher_opt=["batch_size=4"], out=str(tmp_path / "hf"),
                 progress=False)
     m = _manifest(out)
@@ -209,7 +209,7 @@ def test_hf_teacher_topk_and_stop(tmp_path, tiny_llama_path):
         if "\ufffd" not in "".join(s.tokens):  # a token that is part of a UTF-8 character decodes to U+FFFD
             assert "".join(s.tokens).startswith(s.text)
     # same seed, same samples: a fresh run directory reproduces the texts
-    out2 = teach(dataset="arith", teacher="hf", model=str(tiny_llama_path), limit=3, samples=2, max_tokens=8,
+    out2 = teach(dataset="arith", teacher="hf", model=str(tiny_llama_path), first=3, samples=2, max_tokens=8,
                  top_logprobs=3, stop=["."], teacher_opt=["batch_size=4"], out=str(tmp_path / "hf2"),
                  progress=False)
     again = {(s.problem_id, s.sample_index): s.text for s in load_run(out2, include_incorrect=True)[1]}

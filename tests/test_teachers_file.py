@@ -40,7 +40,7 @@ def test_two_files_give_two_samples_each(tmp_path, data_dir):
     d = data_dir / "gsm8k_teacher_cot"
     gem, lla = d / "gsm8k_gemini_level1_ranked.json", d / "gsm8k_llama_level2_ranked.json"
     out = teach(dataset="gsm8k", split="train", teacher="file", teacher_opt=[f"path={gem},{lla}"], samples=2,
-                limit=40, out=str(tmp_path / "two"), progress=False)
+                first=40, out=str(tmp_path / "two"), progress=False)
     m = json.loads((out / "manifest.json").read_text())
     assert m["teacher"]["params"]["records"] == 7433 + 7442
     gem_by_q = {r["instruction"]: r["output"].strip() for r in json.loads(gem.read_text())}

@@ -53,7 +53,7 @@ def test_completions_n_and_topk_logprobs(server, tmp_path, monkeypatch):
     """n=2 on a server that ignores n: noticed on the first answer, the rest asked one by one; top-k per token."""
     monkeypatch.setenv("LORASP_TEST_KEY", "sk-test-SECRET-123")
     with fault_proxy(server) as proxy:
-        out = teach(_cfg(tmp_path / "run", proxy.url, limit=2, samples=2, top_logprobs=3,
+        out = teach(_cfg(tmp_path / "run", proxy.url, first=2, samples=2, top_logprobs=3,
                          api_key_env="LORASP_TEST_KEY"))
         log = list(proxy.log)
     m = json.loads((out / "manifest.json").read_text())
@@ -80,13 +80,13 @@ def test_completions_n_and_topk_logprobs(server, tmp_path, monkeypatch):
         assert s.usage == {} or s.usage["completion_tokens"] >= 1
     # a rerun of the same command sends nothing
     with fault_proxy(server) as proxy:
-        teach(_cfg(tmp_path / "run", proxy.url, limit=2, samples=2, top_logprobs=3, api_key_env="LORASP_TEST_KEY"))
+        teach(_cfg(tmp_path / "run", proxy.url, first=2, samples=2, top_logprobs=3, api_key_env="LORASP_TEST_KEY"))
         assert proxy.log == []
 
 
 def test_server_that_honours_n_gets_one_request_per_problem(server, tmp_path):
     with fault_proxy(server, fanout=True) as proxy:
-        out = teach(_cfg(tmp_path / "run", proxy.url, limit=2, samples=2, max_tokens=4, top_logprobs=2))
+        out = teach(_cfg(tmp_path / "run", proxy.url, first=2, samples=2, max_tokens=4, top_logprobs=2))
         log = list(proxy.log)
     assert sorted(e.tag for e in log) == ["gsm8k/train/0/0/2", "gsm8k/train/1/0/2"]
     m = json.loads((out / "manifest.json").read_text())
@@ -114,7 +114,7 @@ def test_chat_completions_with_logprobs(server):
 def test_faults_retry_and_malformed_is_recorded(server, tmp_path):
     """429, 500 and 503 are retried with backoff; truncated JSON is a recorded failure; a rerun retries it."""
     faults = {1: "429", 2: "500", 3: "503", 4: "truncate"}
-    cfg = _cfg(tmp_path / "run", "", limit=3, concurrency=1, max_retries=5, max_tokens=3)
+    cfg = _cfg(tmp_path / "run", "", first=3, concurrency=1, max_retries=5, max_tokens=3)
     with fault_proxy(server, faults) as proxy:
         out = teach(cfg.model_copy(update={"base_url": proxy.url}))
         log = list(proxy.log)
@@ -155,7 +155,7 @@ def test_timeouts_are_retried_with_backoff_then_recorded():
 def test_retries_exhausted_then_cli_reports_incomplete(server, tmp_path):
     with fault_proxy(server, lambda n, tag, body: "503" if tag.startswith("gsm8k/train/1/") else None) as proxy:
         r = run_cli("teach", "--dataset", "gsm8k", "--teacher", "openai", "--model", "smollm2", "--base-url",
-                    proxy.url, "--limit", "2", "--samples", "1", "--max-tokens", "4", "--max-retries", "2",
+                    proxy.url, "--first", "2", "--samples", "1", "--max-tokens", "4", "--max-retries", "2",
                     "--out", str(tmp_path / "run"), "--no-progress")
         tags = [e.tag for e in proxy.log]
     assert r.returncode == 1, r.stderr
@@ -167,7 +167,7 @@ def test_retries_exhausted_then_cli_reports_incomplete(server, tmp_path):
 def test_unauthorized_is_one_line_error(server, tmp_path):
     with fault_proxy(server, lambda n, tag, body: "401") as proxy:
         r = run_cli("teach", "--dataset", "gsm8k", "--teacher", "openai", "--model", "smollm2", "--base-url",
-                    proxy.url, "--limit", "2", "--out", str(tmp_path / "run"), "--no-progress",
+                    proxy.url, "--first", "2", "--out", str(tmp_path / "run"), "--no-progress",
                     env={"OPENAI_API_KEY": "sk-wrong"})
     assert r.returncode == 1
     assert r.stderr.startswith("error: teacher request failed: HTTP 401") and "OPENAI_API_KEY" in r.stderr
@@ -178,7 +178,7 @@ def test_unauthorized_is_one_line_error(server, tmp_path):
 def test_kill9_midflight_then_rerun_resends_nothing_stored(server, tmp_path):
     """kill -9 a real teach run while requests are in flight; the rerun never resends a stored result."""
     out = tmp_path / "run"
-    args = ["teach", "--dataset", "gsm8k", "--teacher", "openai", "--model", "smollm2", "--limit", "6",
+    args = ["teach", "--dataset", "gsm8k", "--teacher", "openai", "--model", "smollm2", "--first", "6",
             "--samples", "1", "--max-tokens", "5", "--concurrency", "2", "--out", str(out), "--no-progress"]
     exe = Path(sys.executable).with_name("lorasp")
     with fault_proxy(server) as proxy:
@@ -221,7 +221,7 @@ def test_server_down_is_a_recorded_failure_not_a_crash(tmp_path):
     from tests.llama_server import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"
-    out = teach(_cfg(tmp_path / "run", url, limit=1, max_retries=1, timeout=2))
+    out = teach(_cfg(tmp_path / "run", url, first=1, max_retries=1, timeout=2))
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "incomplete" and m["counts"]["failed"] == 1
     assert "connection error" in m["failure_examples"][0]
@@ -246,7 +246,7 @@ def test_ctrl_c_stops_at_once_and_keeps_what_arrived(server, tmp_path, sig):
     with fault_proxy(server, hang, hang=60) as proxy:
         exe = Path(sys.executable).with_name("lorasp")
         proc = subprocess.Popen([str(exe), "teach", "--dataset", "gsm8k", "--teacher", "openai", "--model", "smollm2",
-                                 "--base-url", proxy.url, "--limit", "3", "--samples", "1", "--max-tokens", "4",
+                                 "--base-url", proxy.url, "--first", "3", "--samples", "1", "--max-tokens", "4",
                                  "--concurrency", "1", "--out", str(out), "--no-progress"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120

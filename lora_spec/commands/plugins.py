@@ -49,8 +49,9 @@ def plugins(ctx, groups, as_json):
 @click.argument("name")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Constructor parameter (repeatable).")
 @click.option("--split", default=None, help="Datasets: the split to preview (default: the first).")
-@click.option("--limit", default=3, show_default=True, type=click.IntRange(0), help="Datasets: rows to preview.")
-def show(group, name, params, split, limit):
+@click.option("--first", "first", default=3, show_default=True, type=click.IntRange(0),
+              help="Datasets: preview the first N problems of the split.")
+def show(group, name, params, split, first):
     """Load one plugin by name and show it: a dataset's splits and first problems, an eval suite's tasks."""
     p = registry.info(group, name)
     obj = registry.create(group, name, **parse_kv(params, "--param"))
@@ -62,7 +63,7 @@ def show(group, name, params, split, limit):
         splits = list(obj.splits())
         click.echo(f"  splits: {', '.join(splits)}")
         sp = split or splits[0]
-        for prob in obj.load(sp, limit=limit):
+        for prob in obj.load(sp, limit=first):
             click.echo(json.dumps(dataclasses.asdict(prob), ensure_ascii=False))
     elif group == "evals":
         for t in obj.tasks():

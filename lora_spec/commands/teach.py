@@ -23,8 +23,8 @@ def teach_cmd(dry_run, cfg: TeachConfig):
     Every answer is committed to OUT/store.sqlite as it arrives: rerunning the same command after a crash,
     Ctrl-C or kill -9 asks the teacher only for what is missing. OUT also gets problems.jsonl, samples.jsonl
     (correct samples; --keep all keeps every one, marked) and manifest.json. The API key is read from the
-    environment variable named by --api-key-env and is never written anywhere. --limit N takes the first N
-    problems of the split (in file order).
+    environment variable named by --api-key-env and is never written anywhere. --first N takes the first N
+    problems of the split (in file order; a rerun with a larger N asks only for the new ones).
 
     next: lorasp fit --data OUT (tune a student on the correct samples)
     """
@@ -34,7 +34,7 @@ def teach_cmd(dry_run, cfg: TeachConfig):
         p = plan(cfg)
         click.echo("dry run: the teacher is not asked anything, nothing is written")
         click.echo(f"data:    {p['dataset']} ({p['split']}): {p['problems']} problems"
-                   + (f" (the first {p['limit']})" if p["limit"] else ""))
+                   + (f" (the first {p['first']})" if p["first"] else ""))
         click.echo(f"teacher: {p['teacher']}" + (f" ({p['model']})" if p["model"] else "")
                    + f", prompt {p['prompt']}, {p['samples']} sample(s) per problem: {p['requested']} samples")
         click.echo(f"writes:  {p['out']}" + (" (a run is there: samples already stored are not asked again)"
