@@ -3,8 +3,8 @@ checkpointing.
 
 Same data and settings as ``benchmarks/train_throughput.py`` (whose setup this imports): SmolLM2-135M-Instruct,
 fp32, CPU, LoRA r=16/alpha=32 on all linear layers, the same GSM8K CoT rows, batch 8, max length 512, completion-only
-loss. lorasp runs as ``lorasp fit`` does (its default ``--micro-batch-tokens`` and the entry point's allocator
-setting, see README "Training memory"); TRL with its defaults. Every run is a fresh child process and its peak RSS
+loss. lorasp runs as ``lorasp fit`` does (its default ``--micro-batch-tokens`` and the allocator its entry point
+preloads, jemalloc where installed: see README "Training memory"); TRL with its defaults (glibc's malloc). Every run is a fresh child process and its peak RSS
 (``ru_maxrss``) is its own.
 
     python benchmarks/train_memory.py [--steps 3] [--batch-size 8] [--max-length 512]
@@ -46,7 +46,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--side", side, "--steps", str(a.steps), "--batch-size",
                    str(a.batch_size), "--max-length", str(a.max_length), "--rank", str(a.rank), "--examples",
                    str(a.examples)] + (["--gradient-checkpointing"] if gc else [])
-            p = subprocess.run(cmd, capture_output=True, text=True)
+            p = subprocess.run(cmd, capture_output=True, text=True, env=tt.child_env(side))
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("JSON ")]
             if p.returncode != 0 or not line:
                 sys.exit(f"{side} run (gradient checkpointing {'on' if gc else 'off'}) failed:\n{p.stderr[-3000:]}")

@@ -4,11 +4,14 @@ Both sides train SmolLM2-135M-Instruct (fp32, CPU) with LoRA r=16/alpha=32 on al
 GSM8K CoT examples (zero-shot CoT prompt -> reference rationale + "The answer is X."; loss on the completion
 only), with the same batch size, max length, steps, learning rate/schedule, no gradient checkpointing.
 Each side runs in a fresh child process (so that peak RSS is its own); sides alternate, ``--repeats`` times.
+lorasp's child gets the allocator the ``lorasp`` entry point preloads (jemalloc where installed, see
+``lora_spec/memory.py``); TRL's runs on glibc's malloc as a TRL user's would, and with
+``--trl-with-lorasp-allocator`` also on lorasp's allocator (``ratio_same_allocator``).
 
 Measured: non-padding tokens per second over the optimizer steps after the first (warm-up) one, from one
 end-of-step to the next (so both include batching/collation), and the child's peak RSS.
 
-    python benchmarks/train_throughput.py [--steps 6] [--batch-size 8] [--repeats 3]
+    python benchmarks/train_throughput.py [--steps 6] [--batch-size 8] [--repeats 3] [--trl-with-lorasp-allocator]
 
 Last line: ``RESULT name=train_throughput ratio=<lorasp/TRL tokens/s> ...``.
 """
@@ -46,12 +49,10 @@ def run_lorasp(a) -> dict:
     import torch
 
     from lora_spec.adapters.peft_setup import MethodSpec, apply_method
-    from lora_spec.memory import tune_allocator
     from lora_spec.records import Example
     from lora_spec.student import load_student
     from lora_spec.trainer import TrainArgs, train
 
-    tune_allocator()  # as the `lorasp` entry point does
     rows = _data(a.examples)
     torch.manual_seed(0)
     st = load_student("smollm2-135m")
@@ -121,13 +122,26 @@ def _summary(marks, wall) -> dict:
     # steps after the first: interval between consecutive end-of-step marks, tokens of the later step
     secs = sum(marks[i][0] - marks[i - 1][0] for i in range(1, len(marks)))
     toks = sum(marks[i][1] for i in range(1, len(marks)))
+    from lora_spec.memory import loaded_allocator
+
     return {"tokens_per_s": toks / secs if secs else 0.0, "tokens": toks, "seconds": secs, "wall": wall,
-            "peak_rss_mb": _peak_rss_mb(), "steps": len(marks)}
+            "peak_rss_mb": _peak_rss_mb(), "steps": len(marks), "allocator": loaded_allocator()}
+
+
+def child_env(side: str) -> dict[str, str]:
+    """A side's process environment: lorasp with the allocator its entry point preloads (jemalloc where installed,
+    ``lora_spec.memory``), TRL as a TRL user runs it (glibc), and ``trl+prealloc`` TRL with lorasp's allocator."""
+    from lora_spec.memory import with_allocator
+
+    env = dict(os.environ)
+    return with_allocator(env) if side in ("lorasp", "trl+prealloc") else env
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--side", choices=["lorasp", "trl"])
+    ap.add_argument("--side", choices=["lorasp", "trl", "trl+prealloc"])
+    ap.add_argument("--trl-with-lorasp-allocator", action="store_true",
+                    help="also run TRL with the allocator lorasp preloads (the same-allocator comparison)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=512)
@@ -140,20 +154,24 @@ def main() -> None:
         res = run_lorasp(a) if a.side == "lorasp" else run_trl(a)
         print("JSON " + json.dumps(res), flush=True)
         return
-    results: dict[str, list[dict]] = {"lorasp": [], "trl": []}
+    from lora_spec.memory import preload_library
+
+    sides = ["lorasp", "trl"] + (["trl+prealloc"] if a.trl_with_lorasp_allocator and preload_library() else [])
+    results: dict[str, list[dict]] = {s: [] for s in sides}
     for r in range(a.repeats):
-        for side in (("lorasp", "trl") if r % 2 == 0 else ("trl", "lorasp")):
+        for side in (sides if r % 2 == 0 else sides[::-1]):
             cmd = [sys.executable, __file__, "--side", side, "--steps", str(a.steps), "--batch-size",
                    str(a.batch_size), "--max-length", str(a.max_length), "--rank", str(a.rank), "--examples",
                    str(a.examples)]
-            p = subprocess.run(cmd, capture_output=True, text=True)
+            p = subprocess.run(cmd, capture_output=True, text=True, env=child_env(side))
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("JSON ")]
             if p.returncode != 0 or not line:
                 sys.exit(f"{side} run failed:\n{p.stderr[-3000:]}")
             res = json.loads(line[-1][5:])
             results[side].append(res)
-            print(f"run {r + 1} {side:6s}: {res['tokens_per_s']:8.1f} tokens/s ({res['tokens']} tokens in "
-                  f"{res['seconds']:.1f}s after the first step), peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+            print(f"run {r + 1} {side:12s}: {res['tokens_per_s']:8.1f} tokens/s ({res['tokens']} tokens in "
+                  f"{res['seconds']:.1f}s after the first step), peak RSS {res['peak_rss_mb']:.0f} MB, allocator "
+                  f"{res['allocator']}", flush=True)
     med = {s: {k: statistics.median(x[k] for x in v) for k in ("tokens_per_s", "peak_rss_mb")}
            for s, v in results.items()}
     ratio = med["lorasp"]["tokens_per_s"] / med["trl"]["tokens_per_s"]
@@ -163,7 +181,11 @@ def main() -> None:
     print(f"RESULT name=train_throughput ratio={ratio:.3f} lorasp_tokens_per_s={med['lorasp']['tokens_per_s']:.1f} "
           f"trl_tokens_per_s={med['trl']['tokens_per_s']:.1f} lorasp_peak_rss_mb={med['lorasp']['peak_rss_mb']:.0f} "
           f"trl_peak_rss_mb={med['trl']['peak_rss_mb']:.0f} rss_ratio={mem:.3f} steps={a.steps} "
-          f"batch_size={a.batch_size} max_length={a.max_length} rank={a.rank} repeats={a.repeats}")
+          f"batch_size={a.batch_size} max_length={a.max_length} rank={a.rank} repeats={a.repeats} "
+          f"lorasp_allocator={results['lorasp'][0]['allocator']}"
+          + (f" trl_prealloc_tokens_per_s={med['trl+prealloc']['tokens_per_s']:.1f} "
+             f"ratio_same_allocator={med['lorasp']['tokens_per_s'] / med['trl+prealloc']['tokens_per_s']:.3f}"
+             if "trl+prealloc" in med else ""))
 
 
 if __name__ == "__main__":

@@ -130,10 +130,11 @@ def quiet_libraries(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("LORASP_DEBUG"))
-    quiet_libraries(list(sys.argv[1:] if argv is None else argv))
-    from .memory import tune_allocator
+    if argv is None:  # the process's entry point (not an in-process call): jemalloc for model commands
+        from .memory import reexec_with_allocator
 
-    tune_allocator()  # a fixed glibc mmap threshold: a third less peak RSS in training (lora_spec/memory.py)
+        reexec_with_allocator(sys.argv[1:])
+    quiet_libraries(list(sys.argv[1:] if argv is None else argv))
     try:
         rv = cli.main(args=argv, prog_name="lorasp", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -63,7 +63,7 @@ class FitConfig(RunConfig, SelectionOptions):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: off).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-    micro_batch_tokens: int = Field(1024, ge=0, le=16_777_216,
+    micro_batch_tokens: int = Field(512, ge=0, le=16_777_216,
                                     description="Padded tokens per forward/backward pass: a batch runs in passes "
                                                 "of at most this many tokens (same update, less memory; "
                                                 "0: the whole batch in one pass).")

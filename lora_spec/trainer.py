@@ -71,7 +71,7 @@ class TrainArgs:
     tracker: str = "auto"  # auto (tensorboard when installed) | none | tensorboard | ...
     loss: Any = "sample"  # a losses.LossSpec or its string
     log_every: int = 1
-    micro_batch_tokens: int = 1024  # padded tokens per forward/backward pass (0: the whole batch at once)
+    micro_batch_tokens: int = 512  # padded tokens per forward/backward pass (0: the whole batch at once)
 
     @classmethod
     def of(cls, cfg: Any, **derived: Any) -> "TrainArgs":

@@ -91,18 +91,64 @@ def test_negative_budget_is_a_config_error(tmp_path):
         train(None, None, [], kind="causal", ckpt_dir=tmp_path, args=TrainArgs(micro_batch_tokens=-1))
 
 
-def test_allocator_threshold_is_fixed_unless_the_user_set_one(monkeypatch):
+def test_allocator_choice(monkeypatch, tmp_path):
+    """jemalloc where installed (the conda/venv prefix or a system lib dir), nothing with LORASP_MALLOC=glibc, a
+    given library path as is; LD_PRELOAD keeps what the user had."""
     import lora_spec.memory as mem
 
-    monkeypatch.setattr(mem, "_done", None)
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert mem.tune_allocator() is False
-    monkeypatch.setattr(mem, "_done", None)
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    monkeypatch.setenv("LORASP_MALLOC", "default")
-    assert mem.tune_allocator() is False
-    monkeypatch.setattr(mem, "_done", None)
-    monkeypatch.delenv("LORASP_MALLOC")
-    import platform
+    lib = tmp_path / "lib" / "libjemalloc.so.2"
+    lib.parent.mkdir()
+    lib.write_bytes(b"")
+    monkeypatch.setattr(mem, "_LIB_DIRS", ())
+    monkeypatch.setattr(mem.sys, "platform", "linux")
+    env = {"CONDA_PREFIX": str(tmp_path)}
+    assert mem.find_jemalloc(env) == str(lib) and mem.preload_library(env) == str(lib)
+    assert mem.preload_library({**env, "LORASP_MALLOC": "glibc"}) is None
+    other = tmp_path / "libtcmalloc.so.4"
+    other.write_bytes(b"")
+    assert mem.preload_library({"LORASP_MALLOC": str(other)}) == str(other)
+    assert mem.preload_library({"LORASP_MALLOC": str(tmp_path / "missing.so")}) is None
+    assert mem.with_allocator({**env, "LD_PRELOAD": "/x/libfoo.so"})["LD_PRELOAD"] == f"{lib}:/x/libfoo.so"
+    once = mem.with_allocator(env)
+    assert mem.with_allocator(once)["LD_PRELOAD"] == str(lib)
+    monkeypatch.setattr(mem.sys, "platform", "darwin")
+    assert mem.preload_library(env) is None  # not glibc's malloc there: nothing to fix
 
-    assert mem.tune_allocator() is (platform.libc_ver()[0] == "glibc")
+
+def test_entry_point_reexecs_model_commands_once(monkeypatch, tmp_path):
+    import lora_spec.memory as mem
+
+    calls = []
+    monkeypatch.setattr(mem.os, "execve", lambda exe, argv, env: calls.append((exe, argv, env)))
+    monkeypatch.setattr(mem, "preload_library", lambda env=None: str(tmp_path / "libjemalloc.so.2"))
+    monkeypatch.setattr(mem, "loaded_allocator", lambda: "glibc")
+    monkeypatch.delenv(mem._GUARD, raising=False)
+    for args in (["adapters", "list"], ["fit", "--help"], ["--version"]):
+        mem.reexec_with_allocator(args)
+    assert calls == []
+    mem.reexec_with_allocator(["fit", "--max-steps", "3"])
+    (exe, argv, env), = calls
+    assert env["LD_PRELOAD"].startswith(str(tmp_path / "libjemalloc.so.2")) and env[mem._GUARD] == "1"
+    monkeypatch.setenv(mem._GUARD, "1")  # the re-executed process never re-executes again
+    mem.reexec_with_allocator(["fit"])
+    assert len(calls) == 1
+
+
+def test_a_real_lorasp_process_runs_on_jemalloc_where_installed(tmp_path):
+    """The installed entry point, for real: a model command's dry run says which allocator its process runs on."""
+    import os
+
+    from lora_spec.memory import find_jemalloc
+    from tests.conftest import run_cli
+
+    r = run_cli("fit", "--dry-run", "--student", "tiny-llama", "--dataset", "arith", "--first", "8", "--out",
+                str(tmp_path / "a"), env={k: v for k, v in os.environ.items() if k != "LORASP_MALLOC"})
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("memory:"))
+    if find_jemalloc():
+        assert "allocator jemalloc (preloaded by the lorasp entry point)" in line, line
+    else:
+        assert "allocator glibc malloc (no jemalloc installed" in line, line
+    r = run_cli("fit", "--dry-run", "--student", "tiny-llama", "--dataset", "arith", "--first", "8", "--out",
+                str(tmp_path / "a"), env={**os.environ, "LORASP_MALLOC": "glibc"})
+    assert "memory:      allocator glibc malloc (LORASP_MALLOC=glibc)" in r.stdout, r.stdout + r.stderr

@@ -35,6 +35,9 @@ def print_plan(p: dict) -> None:
     else:
         click.echo("time:        no measurement yet for this student, quant, method and batch on this machine: "
                    "a fit records its seconds per step (e.g. --max-steps 3) and later dry runs estimate from it")
+    from ..memory import allocator_line
+
+    click.echo(f"memory:      {allocator_line()}")
     for n in p.get("notes") or []:
         click.echo(f"note:        {n}")
 
