@@ -32,8 +32,22 @@ class Encoded:
         return len(self.input_ids) + (len(self.labels) if self.labels is not self.input_ids else 0)
 
 
+def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Prompt token ids, the one rule of training and generation: the tokenizer's special tokens are added (the
+    BOS of Llama-style tokenizers, the EOS of T5's), except a second BOS when the text already starts with the BOS
+    token (a chat template that writes it, as Llama 3's does)."""
+    ids = [list(x) for x in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    bos, bos_text = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "bos_token", None)
+    if bos is not None and bos_text:
+        for i, t in enumerate(texts):
+            if t.startswith(bos_text) and len(ids[i]) > 1 and ids[i][0] == bos and ids[i][1] == bos:
+                ids[i] = ids[i][1:]
+    return ids
+
+
 def encode_examples(examples: list[Example], tokenizer, kind: str, max_length: int) -> tuple[list[Encoded], int]:
-    """Tokenize prompt and target separately (the prompt exactly as eval tokenizes it; the target followed by EOS)
+    """Tokenize prompt and target separately (the prompt with :func:`encode_prompts`, as generation does; the target
+    followed by EOS)
     and mask the prompt out of the labels. Over-long rows lose prompt tokens from the left (the question's end
     and the whole target stay); returns ``(encoded, n_truncated)``."""
     if not examples:
@@ -41,7 +55,7 @@ def encode_examples(examples: list[Example], tokenizer, kind: str, max_length: i
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ConfigError("the student's tokenizer has no EOS token; training targets need one")
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
     if kind == "seq2seq":
         targets = tokenizer([e.target for e in examples], add_special_tokens=True)["input_ids"]
     else:

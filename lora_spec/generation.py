@@ -364,8 +364,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     ``kind``: ``causal`` (decoder-only: continuous batching with left padding, see :func:`_decode_causal`) or
     ``seq2seq`` (encoder-decoder: length-sorted batches through ``model.generate``). ``stats`` (optional dict)
     receives ``generated_tokens``, ``seconds`` and ``batches``. ``adapter_names``: one peft adapter name per
-    prompt (a mixed-adapter batch). ``add_special_tokens``: tokenize the prompts with the tokenizer's special
-    tokens (default: only for seq2seq; causal prompts are complete texts). ``strip``: strip whitespace off each
+    prompt (a mixed-adapter batch). ``add_special_tokens``: None (default) tokenizes the prompts exactly as
+    training does (``batching.encode_prompts``: special tokens added, no second BOS); True/False force it. ``strip``: strip whitespace off each
     completion. ``return_ids``: the generated token ids up to EOS instead of texts (stop strings not applied).
     """
     if kind not in ("causal", "seq2seq"):
@@ -388,8 +388,13 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
         tokenizer.pad_token = tokenizer.eos_token
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left" if kind == "causal" else "right"
-    add_special = kind == "seq2seq" if add_special_tokens is None else add_special_tokens
-    token_ids = tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
+    if add_special_tokens is None:  # as training tokenized the prompts (lora_spec.batching.encode_prompts)
+        from .batching import encode_prompts
+
+        add_special, token_ids = True, encode_prompts(tokenizer, list(prompts))
+    else:
+        add_special = add_special_tokens
+        token_ids = tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
     lengths = [len(ids) for ids in token_ids]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     eos_list = _eos_ids(model, tokenizer)

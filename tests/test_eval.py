@@ -275,3 +275,35 @@ def test_a_shared_prompt_prefix_runs_once_and_changes_nothing(tiny):
                     stats=plain, share_prefix=False) == ref
     assert plain["shared_prefix"] == 0
     assert st["prefill_tokens"] == plain["prefill_tokens"] - (len(prompts) - 1) * st["shared_prefix"]
+
+
+def test_generation_tokenizes_prompts_as_training_did(tiny, tiny_llama_path, monkeypatch):
+    """With a tokenizer that adds a BOS (Llama-style), generation (eval, held-out selection, generate) feeds the
+    model the prompt ids training used: one BOS, also when a chat template already wrote it into the text."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from lora_spec import generation
+    from lora_spec.batching import encode_examples, encode_prompts
+    from lora_spec.records import Example
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_path)
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A",
+                                                       special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    plain, chat = "Question: 2 + 3\nAnswer:", f"{tok.bos_token}Question: 2 + 3\nAnswer:"
+    ids = encode_prompts(tok, [plain, chat])
+    assert ids[0][0] == tok.bos_token_id and ids[0][1] != tok.bos_token_id
+    assert ids[1] == ids[0]  # the template's BOS, not a second one
+    assert tok([chat], add_special_tokens=True)["input_ids"][0][:2] == [tok.bos_token_id] * 2  # what it would be
+    enc, _ = encode_examples([Example("zero_shot_cot", p, " 5", str(i)) for i, p in enumerate((plain, chat))],
+                             tok, "causal", 512)
+    seen = {}
+    real = generation._decode_causal
+
+    def spy(model, tokenizer, token_ids, order, **kw):
+        seen["ids"] = [list(x) for x in token_ids]
+        return real(model, tokenizer, token_ids, order, **kw)
+
+    monkeypatch.setattr(generation, "_decode_causal", spy)
+    generation.generate(tiny.model, tok, [plain, chat], max_new_tokens=2, progress=False)
+    assert seen["ids"] == ids == [list(e.input_ids[:len(p)]) for e, p in zip(enc, ids)]

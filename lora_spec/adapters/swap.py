@@ -324,9 +324,9 @@ class AdapterSet:
     def _generate(self, prompts: list[str], rows: list[str], *, max_new_tokens: int, batch_size: int,
                   return_ids: bool) -> list:
         # stop strings are cut per row afterwards (rows may differ in mode); texts unstripped (raw mode keeps them);
-        # special tokens added as the prompts were tokenized in training
+        # prompts tokenized as in training (generate's default: batching.encode_prompts)
         kw = dict(kind=self.student.kind, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=None,
-                  return_ids=return_ids, progress=False, strip=False, add_special_tokens=True)
+                  return_ids=return_ids, progress=False, strip=False)
         if not self.entries:
             return generate(self.model, self.tokenizer, prompts, **kw)
         if len(set(rows)) == 1:
