@@ -76,10 +76,7 @@ def _load_items(cfg: FitConfig, out: Path, log: Callable[[str], None]):
         problems, samples = load_run(run_dir)
         source = {"kind": "dataset", "dataset": cfg.dataset, "split": cfg.split, "teacher": cfg.teacher,
                   "teach_run": str(run_dir), "dataset_opt": list(cfg.dataset_opt)}
-    items = items_from_run(problems, samples)
-    if cfg.data and cfg.first:
-        keep = set(list(problems)[:cfg.first])
-        items = [it for it in items if it.problem.id in keep]
+    items = items_from_run(problems, samples, first=cfg.first if cfg.data else None)  # --dataset: teach took them
     if not items:
         raise DataError(f"{run_dir}: no correct teacher samples to train on")
     return items, source

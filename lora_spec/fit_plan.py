@@ -48,10 +48,7 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
     notes: list[str] = []
     if cfg.data:
         problems, samples = load_run(Path(cfg.data))
-        items = items_from_run(problems, samples)
-        if cfg.first:
-            keep = set(list(problems)[:cfg.first])
-            items = [it for it in items if it.problem.id in keep]
+        items = items_from_run(problems, samples, first=cfg.first)
         n_rows, n_problems = len(items), len({it.problem.id for it in items})
         source = f"teach run {cfg.data}"
     else:

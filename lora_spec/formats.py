@@ -103,8 +103,11 @@ class TrainingItem:
     sample: Sample | None = None
 
 
-def items_from_run(problems: Mapping[str, Problem], samples: list[Sample]) -> list[TrainingItem]:
-    """Pair correct samples with their problems (samples of unknown problems are an error naming them)."""
+def items_from_run(problems: Mapping[str, Problem], samples: list[Sample],
+                   first: int | None = None) -> list[TrainingItem]:
+    """Pair correct samples with their problems (samples of unknown problems are an error naming them); ``first``:
+    only those of the run's first N problems, in its file order (``lorasp fit --data RUN --first N``)."""
+    keep = set(list(problems)[:first]) if first else None
     items = []
     for s in samples:
         if s.correct is False or not (s.text or "").strip():
@@ -112,7 +115,8 @@ def items_from_run(problems: Mapping[str, Problem], samples: list[Sample]) -> li
         p = problems.get(s.problem_id)
         if p is None:
             raise DataError(f"sample of problem {s.problem_id!r} (index {s.sample_index}) has no problem record")
-        items.append(TrainingItem(p, s.text, s))
+        if keep is None or s.problem_id in keep:
+            items.append(TrainingItem(p, s.text, s))
     return items
 
 

@@ -82,3 +82,14 @@ def test_plain_text_for_seq2seq_and_errors(tiny_t5_path):
     with pytest.raises(DataError, match="no correct teacher samples"):
         build_examples([], parse_mixture("zero_shot_cot=1"), tok)
     assert data_fingerprint(items, {"a": 1}) != data_fingerprint(items[:3], {"a": 1})
+
+
+def test_items_from_run_keeps_the_first_problems_in_file_order():
+    """`lorasp fit --data RUN --first N`: the correct samples of the run's first N problems; an unknown problem is
+    still an error even past N."""
+    probs = {f"p{i}": Problem(f"p{i}", f"q{i}", str(i)) for i in (3, 1, 2)}
+    samples = [Sample(f"p{i}", 0, "x", f"The answer is {i}.", answer=str(i), correct=True) for i in (1, 2, 3)]
+    assert [it.problem.id for it in items_from_run(probs, samples, first=2)] == ["p1", "p3"]  # p3, p1 come first
+    assert len(items_from_run(probs, samples)) == 3
+    with pytest.raises(DataError, match="'p9'"):
+        items_from_run(probs, samples + [Sample("p9", 0, "x", "t", answer="9", correct=True)], first=1)
