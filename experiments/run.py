@@ -253,23 +253,59 @@ def c2() -> None:
 
 C3_MIXTURES = {"zs_cot_only": "zero_shot_cot=1", "icl_cot_only": "in_context_cot=1",
                "paper_4211": "in_context_cot=4,zero_shot_cot=2,in_context_answer=1,zero_shot_answer=1"}
+C3_STEPS = {"arith": 96, "gsm8k": 240}
 
 
-def c3(steps: int = 240, n: int = 300) -> None:
+def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
+    """Three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot.
+
+    ``on="arith"`` (the default): the students learn from C4's teacher samples (a SmolLM2 teacher specialized on
+    arith, its own correct CoT), the setting where a 135M student's accuracy is far above the floor, so a lost
+    in-context ability can show; 4 exemplars in training, as in the 4-shot evaluation. ``on="gsm8k"``: the recipe's
+    teach run and settings (on this CPU each mixture costs ~40 min of training, and GSM8K accuracy stays near 3%)."""
+    steps = steps or C3_STEPS[on]
     exp = Experiment("c3", "C3 formats: three training mixtures, each evaluated in-context and zero-shot",
-                     f"python experiments/run.py c3 --steps {steps} --n {n}")
-    run = exp.teach_gsm8k()
-    exp.record["extra"].update(steps=steps, n=n, mixtures=C3_MIXTURES)
+                     f"python experiments/run.py c3 --on {on} --steps {steps} --n {n}")
+    if on == "arith":
+        run = arith_teacher(exp)[1]
+        task, suite, tokens = "arith", "arith", 160
+        settings = ["--data", str(run), "--n-shots", "4", "--max-length", "768", "--lr", "1e-3"]
+    else:
+        run = exp.teach_gsm8k()
+        task, suite, tokens = "gsm8k", "math", 192
+        settings = ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run)]
+    exp.record["extra"].update(on=on, steps=steps, n=n, mixtures=C3_MIXTURES)
+    evals = [("base", None)]
     for name, mix in C3_MIXTURES.items():
-        ad = exp.fit(name, exp.dir / name, ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run),
-                                            "--formats", mix, "--max-steps", str(steps), "--eval-every", "0",
-                                            "--select-by", "last"])
+        evals.append((name, exp.fit(name, exp.dir / on / name,
+                                    [*settings, "--formats", mix, "--max-steps", str(steps), "--eval-every", "0",
+                                     "--select-by", "last"])))
+    for name, ad in evals:
         for mode in ("icl_cot", "zs_cot"):
-            exp.eval(f"{name}-{mode}-gsm8k", suites=["math"], tasks=["gsm8k"], mode=mode, limit=n,
-                     max_new_tokens=192, adapter=ad)
-    for mode in ("icl_cot", "zs_cot"):
-        exp.eval(f"base-{mode}-gsm8k", suites=["math"], tasks=["gsm8k"], mode=mode, limit=n, max_new_tokens=192)
+            exp.eval(f"{name}-{mode}-{task}", suites=[suite], tasks=[task] if suite == "math" else [], mode=mode,
+                     limit=n, max_new_tokens=tokens, adapter=ad)
     exp.save(complete=True)
+
+
+def arith_teacher(exp: Experiment, teacher_steps: int = 192, problems: int = 768) -> tuple[Path, Path]:
+    """C4's teacher (shared with C3): SmolLM2 specialized on gold arith rationales, merged into a plain model,
+    then its own samples (temperature 0.7) with top-5 logprobs on the same train problems, filtered by answer.
+    Returns (merged model, teach run); every step is skipped when done."""
+    d = work_dir() / "c4"
+    t_ad = exp.fit("teacher", d / "teacher-adapter",
+                   ["--dataset", "arith", "--teacher", "gold", "--first", str(problems), "--max-steps",
+                    str(teacher_steps), "--eval-every", "0", "--select-by", "last", "--lr", "1e-3"])
+    merged = d / "teacher-merged"
+    if not (merged / "config.json").exists():
+        run_lorasp(["merge", str(t_ad), "--out", str(merged)], exp.log)
+    teach = d / "teach"
+    if not (teach / "manifest.json").exists() or json.loads((teach / "manifest.json").read_text()).get("status") != "complete":
+        run_lorasp(["teach", "--dataset", "arith", "--split", "train", "--first", str(problems), "--teacher", "hf",
+                    "--model", str(merged), "--prompt", "zero-shot-cot", "--samples", "1", "--temperature", "0.7",
+                    "--top-logprobs", "5", "--max-tokens", "160", "--no-progress", "--out", str(teach)], exp.log)
+    m = json.loads((teach / "manifest.json").read_text())
+    exp.record["extra"]["teach"] = {k: m.get(k) for k in ("status", "counts", "accuracy")}
+    return merged, teach
 
 
 def c4(teacher_steps: int = 192, student_steps: int = 96, problems: int = 768, n: int = 300) -> None:
@@ -278,25 +314,11 @@ def c4(teacher_steps: int = 192, student_steps: int = 96, problems: int = 768, n
                      f"--problems {problems} --n {n}")
     d = exp.dir
     exp.record["extra"].update(teacher_steps=teacher_steps, student_steps=student_steps, problems=problems, n=n)
-    # 1. the teacher: SmolLM2 specialized on gold arith rationales, merged into a plain model
-    t_ad = exp.fit("teacher", d / "teacher-adapter",
-                   ["--dataset", "arith", "--teacher", "gold", "--first", str(problems), "--max-steps",
-                    str(teacher_steps), "--eval-every", "0", "--select-by", "last", "--lr", "1e-3"])
-    merged = d / "teacher-merged"
-    if not (merged / "config.json").exists():
-        run_lorasp(["merge", str(t_ad), "--out", str(merged)], exp.log)
-    # 2. its own samples (temperature 0.7) with top-5 logprobs on the same train problems, filtered by answer
-    teach = d / "teach"
-    if not (teach / "manifest.json").exists() or json.loads((teach / "manifest.json").read_text()).get("status") != "complete":
-        run_lorasp(["teach", "--dataset", "arith", "--split", "train", "--first", str(problems), "--teacher", "hf", "--model", str(merged), "--prompt", "zero-shot-cot",
-                    "--samples", "1", "--temperature", "0.7", "--top-logprobs", "5", "--max-tokens", "160",
-                    "--no-progress", "--out", str(teach)], exp.log)
-    m = json.loads((teach / "manifest.json").read_text())
-    exp.record["extra"]["teach"] = {k: m.get(k) for k in ("status", "counts", "accuracy")}
+    merged, teach = arith_teacher(exp, teacher_steps, problems)
     exp.eval("teacher-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160,
              model=str(merged))
     exp.eval("base-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160)
-    # 3. fresh students, same data and steps, three losses
+    # fresh students, same data and steps, three losses
     for loss in ("sample", "distribution", "mix:0.5"):
         label = loss.replace(":", "")
         ad = exp.fit(label, d / f"student-{label}",
@@ -368,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "
                     "(while it trains) without running anything")
-    ap.add_argument("--steps", type=int, default=240, help="c3: optimizer steps per mixture")
+    ap.add_argument("--on", choices=["arith", "gsm8k"], default="arith", help="c3: the students' data: C4's arith "
+                    "teacher samples (default) or the GSM8K recipe's teach run")
+    ap.add_argument("--steps", type=int, help="c3: optimizer steps per mixture (default 96 on arith, 240 on gsm8k)")
     ap.add_argument("--n", type=int, default=300, help="c3/c4: test problems per evaluation")
     ap.add_argument("--teacher-steps", type=int, default=192)
     ap.add_argument("--student-steps", type=int, default=96)
@@ -389,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             elif e == "c2":
                 c2()
             elif e == "c3":
-                c3(a.steps, a.n)
+                c3(a.on, a.steps, a.n)
             elif e == "c4":
                 c4(a.teacher_steps, a.student_steps, a.problems, a.n)
             else:

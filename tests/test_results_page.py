@@ -89,3 +89,26 @@ def test_c5_snapshot_of_an_unfinished_run_shows_counts_and_intervals(results, tm
     ci = binomtest(7, 100).proportion_ci(method="wilson")
     assert f"| 30 | 0.800 | 7.0 [{100 * ci.low:.1f}, {100 * ci.high:.1f}]" in c5
     assert "step-000030" in c5 and "needs every problem's result" in c5
+
+
+def test_c3_on_arith_shows_the_3x2_table_and_the_paired_in_context_comparison(results, tmp_path):
+    hits = {("base", "icl_cot"): "1" * 4 + "0" * 16, ("base", "zs_cot"): "1" * 2 + "0" * 18,
+            ("zs_cot_only", "icl_cot"): "0" * 20, ("zs_cot_only", "zs_cot"): "1" * 12 + "0" * 8,
+            ("icl_cot_only", "icl_cot"): "1" * 10 + "0" * 10, ("icl_cot_only", "zs_cot"): "1" * 5 + "0" * 15,
+            ("paper_4211", "icl_cot"): "1" * 11 + "0" * 9, ("paper_4211", "zs_cot"): "1" * 12 + "0" * 8}
+    mixes = {"zs_cot_only": "zero_shot_cot=1", "icl_cot_only": "in_context_cot=1", "paper_4211": "x=4"}
+    (results / "c3.json").write_text(json.dumps({
+        "experiment": "c3", "title": "t", "command": "python experiments/run.py c3 --on arith", "complete": True,
+        "evals": {f"{m}-{mode}-arith": _ev("arith", h) for (m, mode), h in hits.items()}, "fits": {},
+        "extra": {"on": "arith", "steps": 96, "n": 20, "mixtures": mixes}}))
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    c3 = (docs / "results.md").read_text().split("## C3")[1].split("## C4")[0]
+    assert "C4's teacher samples" in c3 and "96 steps each, n=20" in c3
+    ci = binomtest(11, 20).proportion_ci(method="wilson")
+    assert f"| paper_4211 (`x=4`) | 55.0 [{100 * ci.low:.1f}, {100 * ci.high:.1f}] | 60.0" in c3
+    assert "| zs_cot_only (`zero_shot_cot=1`) | 0.0" in c3
+    p = binomtest(11, 11, 0.5).pvalue  # 11 problems only the mixture solved in-context
+    line = next(x for x in c3.splitlines() if x.startswith("- the 4:2:1:1 mixture vs zero-shot-only training, "
+                                                             "evaluated in-context"))
+    assert "+55.0 points" in line and (f"p={p:.3f}" in line or "p<0.001" in line)
