@@ -204,8 +204,8 @@ def section_c3(rec: dict | None, fig_dir: Path) -> list[str]:
     mixes = ex.get("mixtures", {})
     task = "gsm8k" if ex.get("on", "gsm8k") == "gsm8k" else "arith"
     data = ("the GSM8K recipe's teach run (the recipe's settings), evaluated on a GSM8K test slice" if task == "gsm8k"
-            else "C4's teacher samples (the arith-specialized SmolLM2 teacher's own correct CoT), 4 exemplars in the "
-                 "in-context formats, evaluated on `arith` test problems (4-shot for `icl_cot`)")
+            else "C4's teacher samples (the arith-specialized SmolLM2 teacher's own correct CoT), 2 exemplars in the "
+                 "in-context training rows, evaluated on `arith` test problems (4-shot for `icl_cot`)")
     L += [f"Same data for every mixture: {data}; {ex.get('steps', '?')} steps each, n={ex.get('n', '?')} per cell. "
           "Accuracy % [95% CI]:", "",
           "| training mixture | evaluated `icl_cot` | evaluated `zs_cot` |", "|---|---:|---:|"]

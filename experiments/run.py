@@ -253,7 +253,7 @@ def c2() -> None:
 
 C3_MIXTURES = {"zs_cot_only": "zero_shot_cot=1", "icl_cot_only": "in_context_cot=1",
                "paper_4211": "in_context_cot=4,zero_shot_cot=2,in_context_answer=1,zero_shot_answer=1"}
-C3_STEPS = {"arith": 96, "gsm8k": 240}
+C3_STEPS = {"arith": 64, "gsm8k": 240}
 
 
 def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
@@ -261,7 +261,8 @@ def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
 
     ``on="arith"`` (the default): the students learn from C4's teacher samples (a SmolLM2 teacher specialized on
     arith, its own correct CoT), the setting where a 135M student's accuracy is far above the floor, so a lost
-    in-context ability can show; 4 exemplars in training, as in the 4-shot evaluation. ``on="gsm8k"``: the recipe's
+    in-context ability can show (2 exemplars in the in-context training rows, as the recipe; the evaluation is
+    4-shot). ``on="gsm8k"``: the recipe's
     teach run and settings (on this CPU each mixture costs ~40 min of training, and GSM8K accuracy stays near 3%)."""
     steps = steps or C3_STEPS[on]
     exp = Experiment("c3", "C3 formats: three training mixtures, each evaluated in-context and zero-shot",
@@ -269,7 +270,7 @@ def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
     if on == "arith":
         run = arith_teacher(exp)[1]
         task, suite, tokens = "arith", "arith", 160
-        settings = ["--data", str(run), "--n-shots", "4", "--max-length", "768", "--lr", "1e-3"]
+        settings = ["--data", str(run), "--n-shots", "2", "--lr", "1e-3"]
     else:
         run = exp.teach_gsm8k()
         task, suite, tokens = "gsm8k", "math", 192
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(while it trains) without running anything")
     ap.add_argument("--on", choices=["arith", "gsm8k"], default="arith", help="c3: the students' data: C4's arith "
                     "teacher samples (default) or the GSM8K recipe's teach run")
-    ap.add_argument("--steps", type=int, help="c3: optimizer steps per mixture (default 96 on arith, 240 on gsm8k)")
+    ap.add_argument("--steps", type=int, help="c3: optimizer steps per mixture (default 64 on arith, 240 on gsm8k)")
     ap.add_argument("--n", type=int, default=300, help="c3/c4: test problems per evaluation")
     ap.add_argument("--teacher-steps", type=int, default=192)
     ap.add_argument("--student-steps", type=int, default=96)
