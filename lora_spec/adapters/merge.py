@@ -197,36 +197,10 @@ def _all_finite(model) -> str | None:
     return None
 
 
-def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "auto", dtype: str = "fp32",
-          safe: bool = False, force_quantized: bool = False, model: str | None = None,
-          ignore_fingerprint: bool = False, prompts: Sequence[str] | None = None, max_new_tokens: int = 16,
-          log: Callable[[str], None] | None = None, overwrite: bool = False) -> MergeReport:
-    """Merge ``adapter`` into its base and write the full model (safetensors + config + tokenizer) to ``out``.
-
-    ``model`` overrides the base recorded in the adapter's manifest (fingerprint-checked). Returns the parity
-    report (also recorded in the merged artifact's ``lorasp.json``).
-    """
-    # Over 80 lines: the numbered steps of one merge in the order they run (checks before any weights load, the
-    # base weights, reference and merge, write/reload/compare); each holds tensors the next one frees.
-    import torch
-    from peft import PeftModel
-
-    from ..student import load_student
-
-    from ..outputs import check_output
-
-    t0 = time.time()
-    log = log or (lambda s: None)
-    # before anything is loaded: never into a file, a foreign directory or the adapter itself
-    check_output(out, "merge", overwrite=overwrite, inputs=[("ADAPTER", adapter), ("--model", model)])
+def _merge_mode(base: str, quant: str, dtype: str, force_quantized: bool) -> str:
+    """The base weights to merge into (``--base``, ``auto`` resolved), or a one-line error for a bad combination."""
     if base not in BASES:
         raise ConfigError(f"--base: {base!r} is not one of {', '.join(BASES)}")
-    tdtype = _torch_dtype(dtype)
-    manifest = read_adapter(adapter)
-    if manifest and manifest.get("kind") in ("full", "merged"):
-        raise ConfigError(f"{adapter}: a {manifest.get('kind')} model has no adapter to merge")
-    cfg = read_adapter_config(adapter)
-    quant = (manifest or {}).get("quant") or "none"
     mode = base
     if mode == "auto":
         mode = "quantized" if force_quantized else ("dequantized" if quant in ("nf4", "int8") else "original")
@@ -238,43 +212,99 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
                           f"use --base original")
     if mode == "quantized" and dtype != "fp32":
         raise ConfigError("--base quantized writes a bitsandbytes model; --dtype does not apply (leave it fp32)")
-    spec = model or base_spec(manifest, adapter)
-    prompts = list(prompts or PARITY_PROMPTS)
-    precheck_base(manifest, spec, adapter, ignore=ignore_fingerprint)  # before loading any weights
-    if safe:
-        bad = _nonfinite_adapter_tensor(adapter)
-        if bad:
-            raise ModelError(f"{adapter}: adapter tensor {bad} holds NaN or inf; refusing to merge (--safe)")
+    return mode
 
-    # 1. the base weights to merge into, in the target dtype
-    vs_quant = None
+
+def _merge_base(spec: str, adapter, quant: str, mode: str, tdtype, prompts: Sequence[str], log):
+    """Step 1: the student whose weights the adapter is merged into, in the target dtype, and (for an adapter
+    trained on a quantized base) the prompt logits of the real bitsandbytes base+adapter, which training saw."""
+    import torch
+    from peft import PeftModel
+
+    from ..student import load_student
+
     if mode == "quantized":
         warn(f"merging into the {quant}-quantized base re-quantizes every adapted weight: the adapter's update is "
              f"rounded onto the {quant} grid and part of it is lost (--force-quantized)")
-        student = load_student(spec, quant)
-    else:
-        student = load_student(spec, "none", dtype=torch.float32)
-    tok, kind = student.tokenizer, student.kind
+        return load_student(spec, quant), None
+    student = load_student(spec, "none", dtype=torch.float32)
     qrefs = None
-    if mode != "quantized" and quant in ("nf4", "int8"):
-        # what training saw: the real bitsandbytes-quantized base + adapter (fp32 compute)
-        qstudent = load_student(spec, quant, dtype=torch.float32)
+    if quant in ("nf4", "int8"):
+        qstudent = load_student(spec, quant, dtype=torch.float32)  # fp32 compute, as training
         deq = dequantized_weights(qstudent.model) if mode == "dequantized" else {}
         if mode == "dequantized" and not deq:
             raise ModelError(f"{spec}: no bitsandbytes-quantized layers found after loading with quant={quant}")
         qpeft = PeftModel.from_pretrained(qstudent.model, str(adapter)).eval()
         # prompt logits only: bitsandbytes' 4-bit generation on CPU is slow, and one forward per prompt suffices
-        qrefs = [_logits_over(qpeft, tok, kind, p, []) for p in prompts]
+        qrefs = [_logits_over(qpeft, student.tokenizer, student.kind, p, []) for p in prompts]
         del qpeft, qstudent
-    if mode == "dequantized":
-        log(f"merging into the de-quantized {quant} round-trip of the base weights")
-        mods = dict(student.model.named_modules())
-        with torch.no_grad():
-            for name, w in deq.items():
-                mods[name].weight.data.copy_(w.to(mods[name].weight.dtype))
-        del deq
-    if mode != "quantized":
-        student.model.to(tdtype)
+        if mode == "dequantized":
+            log(f"merging into the de-quantized {quant} round-trip of the base weights")
+            mods = dict(student.model.named_modules())
+            with torch.no_grad():
+                for name, w in deq.items():
+                    mods[name].weight.data.copy_(w.to(mods[name].weight.dtype))
+    student.model.to(tdtype)
+    return student, qrefs
+
+
+def _merged_manifest(manifest: dict | None, spec: str, student, adapter, cfg: dict, mode: str, quant: str,
+                     safe: bool, report: MergeReport) -> dict[str, Any]:
+    """The merged artifact's ``lorasp.json``: its base, the merge and its parity, the parent adapter, and the
+    adapter's training facts (formats, prompting, selection...) carried over."""
+    m = {"kind": "merged",
+         "base": dict((manifest or {}).get("base") or {"name": spec, "path": student.path, "kind": student.kind,
+                                                      "fingerprint": student.fingerprint}),
+         "quant": quant if mode == "quantized" else "none",
+         "method": (manifest or {}).get("method", "lora"),
+         "merge": {"base": mode, "dtype": report.dtype, "safe": safe, "trained_quant": quant,
+                   "parity": {k: v for k, v in report.as_dict().items() if k not in ("out", "rows")}},
+         "parents": [{"path": str(Path(adapter).resolve()), "digest": adapter_digest(adapter), "weight": 1.0,
+                      "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha")}]}
+    for k in ("formats", "loss", "data", "selection", "checkpoints", "chat", "before_after", "prompting", "n_shots"):
+        if manifest and k in manifest:
+            m[k] = manifest[k]
+    return m
+
+
+def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "auto", dtype: str = "fp32",
+          safe: bool = False, force_quantized: bool = False, model: str | None = None,
+          ignore_fingerprint: bool = False, prompts: Sequence[str] | None = None, max_new_tokens: int = 16,
+          log: Callable[[str], None] | None = None, overwrite: bool = False) -> MergeReport:
+    """Merge ``adapter`` into its base and write the full model (safetensors + config + tokenizer) to ``out``.
+
+    ``model`` overrides the base recorded in the adapter's manifest (fingerprint-checked). Returns the parity
+    report (also recorded in the merged artifact's ``lorasp.json``). The steps run in order, each freeing what the
+    previous one held: checks (before any weights load), the base weights, base+adapter as the reference, the
+    merge, then write, reload from disk and compare.
+    """
+    import torch
+    from peft import PeftModel
+
+    from ..outputs import check_output
+
+    t0 = time.time()
+    log = log or (lambda s: None)
+    # checks, before anything is loaded: never into a file, a foreign directory or the adapter itself
+    check_output(out, "merge", overwrite=overwrite, inputs=[("ADAPTER", adapter), ("--model", model)])
+    tdtype = _torch_dtype(dtype)
+    manifest = read_adapter(adapter)
+    if manifest and manifest.get("kind") in ("full", "merged"):
+        raise ConfigError(f"{adapter}: a {manifest.get('kind')} model has no adapter to merge")
+    cfg = read_adapter_config(adapter)
+    quant = (manifest or {}).get("quant") or "none"
+    mode = _merge_mode(base, quant, dtype, force_quantized)
+    spec = model or base_spec(manifest, adapter)
+    prompts = list(prompts or PARITY_PROMPTS)
+    precheck_base(manifest, spec, adapter, ignore=ignore_fingerprint)
+    if safe:
+        bad = _nonfinite_adapter_tensor(adapter)
+        if bad:
+            raise ModelError(f"{adapter}: adapter tensor {bad} holds NaN or inf; refusing to merge (--safe)")
+
+    # 1. the base weights to merge into
+    student, qrefs = _merge_base(spec, adapter, quant, mode, tdtype, prompts, log)
+    tok, kind = student.tokenizer, student.kind
 
     # 2. base + adapter (the reference), then the merge
     try:
@@ -311,6 +341,7 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
             raise ModelError(f"the merged model does not load back with from_pretrained ({type(exc).__name__}: "
                              f"{one_line(exc)[:300]})") from None
         rows = _compare(loaded, tok, kind, prompts, refs, max_new_tokens)
+        vs_quant = None
         if qrefs is not None:
             vs_quant = max(float((_logits_over(loaded, tok, kind, p, []) - q).abs().max())
                            for p, q in zip(prompts, qrefs))
@@ -319,21 +350,8 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
                              greedy_equal=sum(r.greedy_equal for r in rows), n_prompts=len(rows), rows=rows,
                              max_logit_diff_vs_quantized=vs_quant, adapter_effect=effect,
                              seconds=round(time.time() - t0, 2))
-        m = {"kind": "merged",
-             "base": dict((manifest or {}).get("base") or {"name": spec, "path": student.path, "kind": kind,
-                                                          "fingerprint": student.fingerprint}),
-             "quant": quant if mode == "quantized" else "none",
-             "method": (manifest or {}).get("method", "lora"),
-             "merge": {"base": mode, "dtype": report.dtype, "safe": safe, "trained_quant": quant,
-                       "parity": {k: v for k, v in report.as_dict().items() if k not in ("out", "rows")}},
-             "parents": [{"path": str(Path(adapter).resolve()), "digest": adapter_digest(adapter), "weight": 1.0,
-                          "r": cfg.get("r"), "lora_alpha": cfg.get("lora_alpha")}],
-             }
-        for k in ("formats", "loss", "data", "selection", "checkpoints", "chat", "before_after", "prompting",
-                  "n_shots"):
-            if manifest and k in manifest:
-                m[k] = manifest[k]
-        finish_artifact(tmp, m, out.name, card_extra=(
+        finish_artifact(tmp, _merged_manifest(manifest, spec, student, adapter, cfg, mode, quant, safe, report),
+                        out.name, card_extra=(
             f"\n## Merge\n\n`{adapter}` merged into the {mode} weights of `{spec}` ({report.dtype}). Parity against "
             f"base+adapter on {len(rows)} prompts: max logit difference {report.max_logit_diff:.3g}, identical "
             f"greedy continuations {report.greedy_equal}/{len(rows)}.\n"))
