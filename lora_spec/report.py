@@ -20,6 +20,8 @@ figure) read from one manifest; the readers of the manifest fields above are sha
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 from pathlib import Path
@@ -253,36 +255,48 @@ def times(manifest: dict, checkpoints: list[dict]) -> tuple[float | None, float 
 # --------------------------------------------------------------------------------------------- markdown
 
 
+@dataclasses.dataclass
+class _Report:
+    """What every section of ``report.md`` reads: the checkpoints, the chosen one, the sets and their hits."""
+    manifest: dict
+    cks: list[dict]
+    chosen: int | None
+    last: int
+    sets: list[str]
+    vectors: dict[int, dict[str, list[bool]]]
+    sizes: dict[str, int]
+    rule: str
+    rule_desc: str
+
+    @classmethod
+    def of(cls, manifest: dict, predictions: list[dict] | None) -> "_Report":
+        cks = checkpoints_of(manifest)
+        vectors = correct_vectors(manifest, cks, predictions)
+        sel = manifest.get("selection") or {}
+        rule = sel.get("rule") or "last"
+        try:
+            rule_desc = sel.get("description") or parse_rule(rule).describe()
+        except ValueError:
+            rule_desc = str(rule)
+        return cls(manifest, cks, chosen_step(manifest, cks), cks[-1]["step"], _set_names(cks), vectors,
+                   _sizes(manifest, vectors), rule, rule_desc)
+
+    def set_n(self, s: str) -> int:
+        return sum(n for k, n in self.sizes.items() if k.split("/", 1)[0] == s)
+
+
 def render_markdown(manifest: dict, name: str = "artifact", predictions: list[dict] | None = None) -> str:
     """``report.md``. ``predictions``: the rows of ``heldout_predictions.jsonl`` (for the paired comparisons of
-    artifacts whose checkpoints do not record ``correct``)."""
-    # Over 80 lines: the report's sections in the order they appear in report.md, each a few lines of table rows.
-    cks = checkpoints_of(manifest)
-    chosen = chosen_step(manifest, cks)
-    sets = _set_names(cks)
-    vectors = correct_vectors(manifest, cks, predictions)
-    sizes = _sizes(manifest, vectors)
-    set_n = {s: sum(n for k, n in sizes.items() if k.split("/", 1)[0] == s) for s in sets}
-    sel = manifest.get("selection") or {}
-    rule = sel.get("rule") or "last"
-    try:
-        rule_desc = sel.get("description") or parse_rule(rule).describe()
-    except ValueError:
-        rule_desc = str(rule)
-    last = cks[-1]["step"]
-    base = manifest.get("base") or {}
-    lines = [f"# Specialization report: {name}", ""]
-    facts = []
-    if base.get("name"):
-        facts.append(f"base `{base['name']}`")
-    method = manifest.get("method")
-    if method:
-        peft = manifest.get("peft") or {}
-        extra = f" r={peft['r']}" if peft.get("r") else ""
-        facts.append(f"method {method}{extra}")
-    if manifest.get("quant"):
-        facts.append(f"quant {manifest['quant']}")
-    data = manifest.get("data") or {}
+    artifacts whose checkpoints do not record ``correct``). The sections, in the order they appear."""
+    r = _Report.of(manifest, predictions)
+    lines = [f"# Specialization report: {name}", "", *_header_lines(r), *_main_table(r), *_test_before_after(r),
+             *_progression(r), *_paired_section(r.cks, r.chosen, r.last, r.sets, r.vectors, r.sizes, r.rule),
+             *_per_task_table(r), *_sets_lines(r), *_cost_lines(r),
+             f"Curves: `{CURVES_PNG}`. Rebuild both files with `lorasp report ARTIFACT`."]
+    return "\n".join(lines) + "\n"
+
+
+def _data_source(data: dict) -> str | None:
     src = data.get("source") if isinstance(data.get("source"), str) else None
     if not src and data.get("dataset"):
         src = str(data["dataset"]) + (f":{data['split']}" if data.get("split") else "")
@@ -290,135 +304,149 @@ def render_markdown(manifest: dict, name: str = "artifact", predictions: list[di
             src += f", teacher {data['teacher']}"
     if not src and data.get("path"):
         src = f"teach run {data['path']}"
+    return src
+
+
+def _header_lines(r: _Report) -> list[str]:
+    """The one-line facts (base, method, quant, data) and the selection rule with the chosen step."""
+    m = r.manifest
+    facts = []
+    base = m.get("base") or {}
+    if base.get("name"):
+        facts.append(f"base `{base['name']}`")
+    if m.get("method"):
+        peft = m.get("peft") or {}
+        facts.append(f"method {m['method']}" + (f" r={peft['r']}" if peft.get("r") else ""))
+    if m.get("quant"):
+        facts.append(f"quant {m['quant']}")
+    data = m.get("data") or {}
+    src = _data_source(data)
     if src:
         n = data.get("n_examples")
         facts.append(f"data {src}" + (f" ({n} examples)" if n else ""))
-    if facts:
-        lines += [" · ".join(facts), ""]
-    if chosen is not None:
-        lines.append(f"Selection: `--select-by {rule}`, {rule_desc}. **Chosen: step {chosen}**"
-                     + (" (the last)." if chosen == last else f" (of {last} steps)."))
+    lines = [" · ".join(facts), ""] if facts else []
+    if r.chosen is not None:
+        lines.append(f"Selection: `--select-by {r.rule}`, {r.rule_desc}. **Chosen: step {r.chosen}**"
+                     + (" (the last)." if r.chosen == r.last else f" (of {r.last} steps)."))
     else:
         lines.append("Selection: no trained checkpoint was evaluated.")
-    lines.append("")
+    return lines + [""]
 
-    # the main table
-    head = ["step", "train loss"] + [h for s in sets for h in (SET_TITLES.get(s, s) + " %",
-                                                              f"{s} 95% CI" + (f" (n={set_n[s]})" if set_n[s] else ""))]
+
+def _main_table(r: _Report) -> list[str]:
+    """One row per checkpoint: train loss, each set's accuracy with its interval, eval seconds, notes."""
+    head = ["step", "train loss"]
+    for s in r.sets:
+        n = r.set_n(s)
+        head += [SET_TITLES.get(s, s) + " %", f"{s} 95% CI" + (f" (n={n})" if n else "")]
     head += ["eval s", ""]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join(["---:"] * (len(head) - 1) + ["---"]) + "|")
-    for c in cks:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * (len(head) - 1) + ["---"]) + "|"]
+    for c in r.cks:
         sc = c.get("scores") or {}
-        notes = []
-        if c["step"] == 0:
-            notes.append("before (base model)")
-        if c["step"] == chosen:
-            notes.append("**chosen**")
-        if c["step"] == last and c["step"] != 0:
-            notes.append("after (last)")
-        if c.get("pruned"):
-            notes.append("pruned from disk")
+        notes = [text for cond, text in ((c["step"] == 0, "before (base model)"), (c["step"] == r.chosen, "**chosen**"),
+                                         (c["step"] == r.last and c["step"] != 0, "after (last)"),
+                                         (c.get("pruned"), "pruned from disk")) if cond]
         loss = _num(c.get("loss"))
         row = [str(c["step"]), "–" if loss is None else f"{loss:.4f}"]
-        for s in sets:
-            row += [pct(sc.get(s)), _ci(interval(c, s, sizes, vectors.get(c["step"])) if s in sc else None)]
+        for s in r.sets:
+            row += [pct(sc.get(s)), _ci(interval(c, s, r.sizes, r.vectors.get(c["step"])) if s in sc else None)]
         row += [_secs(sc.get(EVAL_SECONDS)), ", ".join(notes)]
-        if c["step"] == chosen:
+        if c["step"] == r.chosen:
             row = [f"**{x}**" if i < len(row) - 1 and x != "–" else x for i, x in enumerate(row)]
         lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    lines.append("train loss: the mean over the optimizer steps since the previous checkpoint (every step's loss "
-                 "is in the lower panel of the curves).")
-    lines.append("")
-    ba = manifest.get("before_after") or {}
-    if isinstance(ba, dict) and ba.get("before") and ba.get("after"):
-        lines.append("Held-out test problems, scored before training and after (the exported weights):")
-        lines.append("")
-        for task, b in ba["before"].items():
-            a = (ba.get("after") or {}).get(task) or {}
-            if isinstance(b, dict) and a:
-                lines.append(f"- {task}: {pct(b.get('accuracy'))} ({b.get('correct')}/{b.get('n')}) → "
-                             f"{pct(a.get('accuracy'))} ({a.get('correct')}/{a.get('n')}), {b.get('mode')}")
-        lines.append("")
+    return lines + ["", "train loss: the mean over the optimizer steps since the previous checkpoint (every step's "
+                        "loss is in the lower panel of the curves).", ""]
 
-    # before -> chosen -> after
-    by_step = {c["step"]: c for c in cks}
+
+def _test_before_after(r: _Report) -> list[str]:
+    """The held-out test problems scored before training and after (``before_after`` in the manifest)."""
+    ba = r.manifest.get("before_after") or {}
+    if not (isinstance(ba, dict) and ba.get("before") and ba.get("after")):
+        return []
+    lines = ["Held-out test problems, scored before training and after (the exported weights):", ""]
+    for task, b in ba["before"].items():
+        a = (ba.get("after") or {}).get(task) or {}
+        if isinstance(b, dict) and a:
+            lines.append(f"- {task}: {pct(b.get('accuracy'))} ({b.get('correct')}/{b.get('n')}) → "
+                         f"{pct(a.get('accuracy'))} ({a.get('correct')}/{a.get('n')}), {b.get('mode')}")
+    return lines + [""]
+
+
+def _progression(r: _Report) -> list[str]:
+    """Before → chosen → after per set, and a note when the base beats every trained checkpoint on the rule."""
+    by_step = {c["step"]: c for c in r.cks}
     before = by_step.get(0)
-    if sets and before is not None and chosen is not None:
-        lines.append("Before → chosen → after (accuracy %, change vs. before in points):")
-        lines.append("")
-        for s in sets:
-            b = _num((before.get("scores") or {}).get(s))
-            ch = _num((by_step[chosen].get("scores") or {}).get(s))
-            af = _num((by_step[last].get("scores") or {}).get(s))
-            def d(x):
-                return "" if x is None or b is None else f" ({100 * (x - b):+.1f})"
-            lines.append(f"- {SET_TITLES.get(s, s)}: {pct(b)} → {pct(ch)}{d(ch)} → {pct(af)}{d(af)}")
-        lines.append("")
-        try:
-            r = parse_rule(rule)
-        except ValueError:
-            r = None
-        if r is not None and r.kind == "score":
-            from .selection import checkpoint_value
+    if not r.sets or before is None or r.chosen is None:
+        return []
+    lines = ["Before → chosen → after (accuracy %, change vs. before in points):", ""]
+    for s in r.sets:
+        b, ch, af = (_num((by_step[k].get("scores") or {}).get(s)) for k in (0, r.chosen, r.last))
 
-            vb, vc = checkpoint_value(before, r), checkpoint_value(by_step[chosen], r)
-            if vb is not None and vc is not None and vb > vc:
-                lines.append(f"Note: the base model (step 0) scores higher than every trained checkpoint on "
-                             f"`{rule}`; training did not help on this criterion.")
-                lines.append("")
+        def d(x):
+            return "" if x is None or b is None else f" ({100 * (x - b):+.1f})"
+        lines.append(f"- {SET_TITLES.get(s, s)}: {pct(b)} → {pct(ch)}{d(ch)} → {pct(af)}{d(af)}")
+    lines.append("")
+    try:
+        rule = parse_rule(r.rule)
+    except ValueError:
+        rule = None
+    if rule is not None and rule.kind == "score":
+        from .selection import checkpoint_value
 
-    lines += _paired_section(cks, chosen, last, sets, vectors, sizes, rule)
+        vb, vc = checkpoint_value(before, rule), checkpoint_value(by_step[r.chosen], rule)
+        if vb is not None and vc is not None and vb > vc:
+            lines += [f"Note: the base model (step 0) scores higher than every trained checkpoint on `{r.rule}`; "
+                      "training did not help on this criterion.", ""]
+    return lines
 
-    # per-task table
-    tkeys = _task_keys(cks)
-    if tkeys:
-        lines.append("Per task (accuracy % [95% Wilson interval]):")
-        lines.append("")
-        lines.append("| step | " + " | ".join(f"{k}" + (f" (n={sizes[k]})" if k in sizes else "") for k in tkeys)
-                     + " |")
-        lines.append("|" + "|".join(["---:"] * (len(tkeys) + 1)) + "|")
-        for c in cks:
-            sc = c.get("scores") or {}
-            mark = " ✓" if c["step"] == chosen else ""
-            cells = [pct(sc.get(k)) + ("" if sc.get(k) is None or k not in sizes else
-                                       " " + _ci(interval(c, k, sizes, vectors.get(c["step"])))) for k in tkeys]
-            lines.append(f"| {c['step']}{mark} | " + " | ".join(cells) + " |")
-        lines.append("")
 
-    # the held-out sets
-    sdesc = sel.get("sets") or {}
-    if sdesc:
-        lines.append("Held-out sets:")
-        lines.append("")
-        for s in SETS:
-            d = sdesc.get(s)
-            if not d:
-                continue
-            if not d.get("datasets"):
-                lines.append(f"- {s}: off")
-                continue
-            tasks = d.get("tasks") or {}
-            n = sum(int(v) for v in tasks.values()) if tasks else d.get("limit")
-            detail = ", ".join(f"{k} {v}" for k, v in tasks.items()) if tasks else ", ".join(d["datasets"])
-            lines.append(f"- {s}: {n} problems ({detail}); prompt mode {d.get('mode')}, seed {d.get('seed')}")
-        lines.append("")
+def _per_task_table(r: _Report) -> list[str]:
+    tkeys = _task_keys(r.cks)
+    if not tkeys:
+        return []
+    lines = ["Per task (accuracy % [95% Wilson interval]):", "",
+             "| step | " + " | ".join(k + (f" (n={r.sizes[k]})" if k in r.sizes else "") for k in tkeys) + " |",
+             "|" + "|".join(["---:"] * (len(tkeys) + 1)) + "|"]
+    for c in r.cks:
+        sc = c.get("scores") or {}
+        mark = " ✓" if c["step"] == r.chosen else ""
+        cells = [pct(sc.get(k)) + ("" if sc.get(k) is None or k not in r.sizes else
+                                   " " + _ci(interval(c, k, r.sizes, r.vectors.get(c["step"])))) for k in tkeys]
+        lines.append(f"| {c['step']}{mark} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
-    # cost
-    t, e = times(manifest, cks)
-    n_evals = sum(1 for c in cks if (c.get("scores") or {}))
+
+def _sets_lines(r: _Report) -> list[str]:
+    """What each held-out set was: its problems per task, prompt mode and seed."""
+    sdesc = (r.manifest.get("selection") or {}).get("sets") or {}
+    if not sdesc:
+        return []
+    lines = ["Held-out sets:", ""]
+    for s in SETS:
+        d = sdesc.get(s)
+        if not d:
+            continue
+        if not d.get("datasets"):
+            lines.append(f"- {s}: off")
+            continue
+        tasks = d.get("tasks") or {}
+        n = sum(int(v) for v in tasks.values()) if tasks else d.get("limit")
+        detail = ", ".join(f"{k} {v}" for k, v in tasks.items()) if tasks else ", ".join(d["datasets"])
+        lines.append(f"- {s}: {n} problems ({detail}); prompt mode {d.get('mode')}, seed {d.get('seed')}")
+    return lines + [""]
+
+
+def _cost_lines(r: _Report) -> list[str]:
+    """Training seconds and held-out evaluation seconds (and their ratio)."""
+    t, e = times(r.manifest, r.cks)
+    n_evals = sum(1 for c in r.cks if (c.get("scores") or {}))
     if not n_evals:
-        lines.append("No held-out evaluation ran (--eval-every 0): the last step was exported. "
-                     + (f"Training took {_secs(t)} s." if t is not None else ""))
-        lines.append("")
-    elif t is not None or e is not None:
-        frac = f" = {100 * e / t:.0f}% of training time" if (t and e is not None) else ""
-        lines.append(f"Cost: training {_secs(t)} s; held-out evaluation {_secs(e)} s over {n_evals} "
-                     f"evaluations{frac}.")
-        lines.append("")
-    lines.append(f"Curves: `{CURVES_PNG}`. Rebuild both files with `lorasp report ARTIFACT`.")
-    return "\n".join(lines) + "\n"
+        return ["No held-out evaluation ran (--eval-every 0): the last step was exported. "
+                + (f"Training took {_secs(t)} s." if t is not None else ""), ""]
+    if t is None and e is None:
+        return []
+    frac = f" = {100 * e / t:.0f}% of training time" if (t and e is not None) else ""
+    return [f"Cost: training {_secs(t)} s; held-out evaluation {_secs(e)} s over {n_evals} evaluations{frac}.", ""]
 
 
 def _paired_section(cks: list[dict], chosen: int | None, last: int, sets: list[str],
