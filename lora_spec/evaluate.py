@@ -309,18 +309,11 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
 
 
 def eval_result(cfg: EvalConfig) -> EvalResult:
-    """:func:`run_eval`, returning the output directory and the results.json document it wrote.
-
-    Over 80 lines: the steps of one eval in the order they run (defaults, plan, load, score, the results
-    document); each is a call, and the document's fields are listed where they are computed."""
+    """:func:`run_eval`, returning the output directory and the results.json document it wrote. The steps in the
+    order they run: defaults, plan, load, score, then the predictions and the results document."""
     import json
     import sys
-    from datetime import datetime, timezone
     from pathlib import Path
-
-    from . import __version__
-    from .records import write_jsonl
-    from .stats import macro
 
     if cfg.adapter and not Path(cfg.adapter).is_dir():
         raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
@@ -328,33 +321,16 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
     for note in notes:
         print(f"eval: {note}", file=sys.stderr, flush=True)
     suites = _plan_suites(cfg)
-    data_dir = cfg.data_dir
-    all_tasks = [t for ts in suites.values() for t in ts]
-
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    from .student import load_student
-
-    adapter_info = None
-    if cfg.adapter:
-        from .adapters.artifact import adapter_digest, load_adapter, read_adapter
-
-        if not Path(cfg.adapter).is_dir():
-            raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
-        student = load_adapter(cfg.adapter, cfg.model, quant=cfg.quant, ignore_fingerprint=cfg.ignore_fingerprint)
-        manifest = read_adapter(cfg.adapter) or {}
-        adapter_info = {"path": str(Path(cfg.adapter).resolve()), "digest": adapter_digest(cfg.adapter),
-                        "kind": manifest.get("kind"), "method": manifest.get("method"),
-                        "base_fingerprint": (manifest.get("base") or {}).get("fingerprint")}
-    else:
-        student = load_student(cfg.model or "smollm2-135m", cfg.quant or "none")
+    student, adapter_info = _load_eval_model(cfg)
 
     t0 = time.perf_counter()
-    results = evaluate_tasks(student.model, student.tokenizer, all_tasks, kind=student.kind,
-                             batch_size=cfg.batch_size, data_dir=data_dir, progress=cfg.progress, chat=cfg.chat,
-                             seed=cfg.seed)
+    results = evaluate_tasks(student.model, student.tokenizer, [t for ts in suites.values() for t in ts],
+                             kind=student.kind, batch_size=cfg.batch_size, data_dir=cfg.data_dir,
+                             progress=cfg.progress, chat=cfg.chat, seed=cfg.seed)
     wall = time.perf_counter() - t0
     gen = sum(r["generated_tokens"] for r in results.values())
     if gen and wall > 0:  # for --dry-run estimates (lora_spec.calibration)
@@ -364,6 +340,36 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
                batch_size=cfg.batch_size)
 
     out = Path(cfg.out)
+    tasks_json = _write_predictions(out, results)
+    doc = _results_doc(cfg, student, adapter_info, notes, wall, _suite_summary(suites, tasks_json), tasks_json)
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
+    os.replace(tmp, out / "results.json")
+    (out / "report.md").write_text(render_report(doc))
+    return EvalResult(out, doc)
+
+
+def _load_eval_model(cfg: EvalConfig):
+    """The model to evaluate (``--adapter`` on its base, else ``--model``) and the adapter's identity, or None."""
+    from pathlib import Path
+
+    from .student import load_student
+
+    if not cfg.adapter:
+        return load_student(cfg.model or "smollm2-135m", cfg.quant or "none"), None
+    from .adapters.artifact import adapter_digest, load_adapter, read_adapter
+
+    student = load_adapter(cfg.adapter, cfg.model, quant=cfg.quant, ignore_fingerprint=cfg.ignore_fingerprint)
+    manifest = read_adapter(cfg.adapter) or {}
+    return student, {"path": str(Path(cfg.adapter).resolve()), "digest": adapter_digest(cfg.adapter),
+                     "kind": manifest.get("kind"), "method": manifest.get("method"),
+                     "base_fingerprint": (manifest.get("base") or {}).get("fingerprint")}
+
+
+def _write_predictions(out, results: dict[str, dict]) -> dict[str, dict]:
+    """Every prediction to ``predictions/<task>.jsonl``; returns the per-task rows of results.json."""
+    from .records import write_jsonl
+
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     tasks_json: dict[str, dict] = {}
     for name, r in results.items():
@@ -373,6 +379,13 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
         row["tokens_per_s"] = r["generated_tokens"] / r["seconds"] if r["seconds"] else None
         row["predictions_file"] = pf
         tasks_json[name] = row
+    return tasks_json
+
+
+def _suite_summary(suites: dict[str, list], tasks_json: dict[str, dict]) -> dict[str, dict]:
+    """Per suite: macro and micro accuracy with their 95% intervals, and the flexible macro accuracy."""
+    from .stats import macro
+
     summary = {}
     for s, ts in suites.items():
         rows = [tasks_json[t.name] for t in ts]
@@ -385,10 +398,20 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
                       "micro_accuracy": k / n if n else 0.0, "micro_ci": list(wilson(k, n)),
                       "flexible_macro_accuracy":
                           sum(r["flexible_accuracy"] for r in rows) / len(rows) if rows else 0.0}
+    return summary
+
+
+def _results_doc(cfg: EvalConfig, student, adapter_info: dict | None, notes: list[str], wall: float,
+                 summary: dict, tasks_json: dict) -> dict:
+    """results.json: what was evaluated (model, adapter, prompting, scoring, sampling), and the scores."""
+    import sys
+    from datetime import datetime, timezone
+
+    from . import __version__
     from .prompts import DEFAULT_SYSTEM, uses_chat
 
     chat_used = uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False
-    doc = {
+    return {
         "lorasp_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["lorasp"] + sys.argv[1:]) if sys.argv and "lorasp" in sys.argv[0] else None,
@@ -407,11 +430,6 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
         "suites": summary,
         "tasks": tasks_json,
     }
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
-    os.replace(tmp, out / "results.json")
-    (out / "report.md").write_text(render_report(doc))
-    return EvalResult(out, doc)
 
 
 INTERVALS = ("95% intervals: Wilson score interval per task and for micro averages; macro averages: the pooled "
