@@ -107,7 +107,7 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         rule = sel.get("rule") or sel.get("select_by") or "in_dist"
         how = "by GSM8K dev accuracy" if rule == "in_dist" else f"by the rule `{rule}`"
         extra = [a for a in fit.get("args", []) if a not in ("--config", "--data") and not a.endswith((".yaml", "gsm8k-l2"))]
-        L += [f"Adapter: `recipes/gsm8k-smollm2.yaml` on the teach run above"
+        L += ["Adapter: `recipes/gsm8k-smollm2.yaml` on the teach run above"
               + (f" (with `{' '.join(extra)}`)" if extra else "")
               + f"; chosen step {sel.get('chosen_step', sel.get('step', '?'))} {how}; training "
               f"{ts / 60:.1f} min on this 2-core CPU (summed over resumes)." if ts

@@ -410,7 +410,7 @@ def _write_artifact(run: _Run, model, student, manifest: dict, evaluator: Any, b
     if cfg.method == "full":
         _save_full(model, student, out, manifest, atomic_dir, write_manifest, extra_files=report_files)
     else:
-        from .adapters.swap import save_adapter
+        from .adapters.artifact import save_adapter
 
         save_adapter(model, out, manifest, extra_files=report_files)
     scratch.cleanup()

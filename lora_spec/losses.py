@@ -140,7 +140,6 @@ def count_tokens(labels, *, causal: bool) -> int:
 # --------------------------------------------------------------------------------------------- losses
 
 def _nll_per_token(logits, labels):
-    import torch
     import torch.nn.functional as F
 
     v = logits.shape[-1]

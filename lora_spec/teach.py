@@ -37,7 +37,7 @@ from pydantic import Field, ValidationError
 
 from . import __version__, registry
 from .config import FIRST_MEANS, RunConfig, _describe_error, parse_kv
-from .errors import ConfigError, DataError, LoraspError, one_line
+from .errors import ConfigError, DataError, LoraspError
 from .records import Problem, Sample, TeacherRequest, read_jsonl, read_text, write_jsonl
 from .store import SampleStore, request_usage
 

@@ -135,7 +135,7 @@ def test_kill9_resume_matches_uninterrupted(teach_run, tmp_path, tiny_llama_path
     assert lines[0].startswith("warning: ") and f"taking over the stale lock of pid {proc.pid}" in lines[0]
     res = run_cli(*_fit_args(teach_run, out), "--resume", env=_env())
     assert res.returncode == 0, res.stderr
-    assert f"resuming from" in res.stderr
+    assert "resuming from" in res.stderr
     m = json.loads((out / "lorasp.json").read_text())
     assert m["train"]["resumed_from"] == steps[-1]
     a, b = ref_m["train"]["loss_history"], m["train"]["loss_history"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_spec.errors import DataError, LoraspError
+from lora_spec.errors import DataError
 from tests.conftest import run_cli
 from tests.fault_proxy import fault_proxy
 from tests.test_swap import main_cli

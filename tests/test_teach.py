@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lora_spec.errors import ConfigError, DataError
-from lora_spec.records import Problem, read_jsonl
+from lora_spec.records import Problem
 from lora_spec.store import SampleStore
 from lora_spec.teach import PROMPTS, load_run, prompt_id, resolve_prompt, teach
 from tests.conftest import run_cli

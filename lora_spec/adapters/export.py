@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, DataError, ModelError, one_line
-from .artifact import atomic_dir, read_manifest, versions
+from .artifact import atomic_dir, versions
 
 FORMATS = ("gguf", "merged-gguf")
 OUTTYPES = ("f32", "f16", "q8_0")

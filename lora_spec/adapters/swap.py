@@ -18,7 +18,6 @@ from ..errors import ConfigError, DataError
 from ..generation import _cut_at_stop, chat_wrap, generate
 from .artifact import (MANIFEST, _is_full, _peft_error, base_spec, check_fingerprint, read_adapter,
                        read_adapter_config, read_manifest)
-from .artifact import save_adapter  # noqa: F401  (re-export: fit.py imports it from here; its home is artifact)
 
 BASE = "base"  # the adapter name that means "the base model, no adapter" (peft calls it "__base__")
 _PEFT_BASE = "__base__"

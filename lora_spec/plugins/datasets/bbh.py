@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from ...errors import ConfigError, DataError
+from ...errors import ConfigError
 from ...records import Problem
 from .base import Dataset, json_array_with_lines, require
 
