@@ -241,14 +241,20 @@ def c1(full: bool = False, only: str | None = None, notes: list[str] | None = No
     exp.save(complete=only is None)
 
 
-def c2() -> None:
+C2_MODES = {"zs_answer": 32, "icl_cot": 128}
+
+
+def c2(modes: list[str] | None = None) -> None:
+    """BBH, 27 tasks x 10 problems, before and after, in answer-only and 3-shot CoT. ``modes`` runs a part (e.g. the
+    cheap ``zs_answer`` first: 3-shot CoT prompts are ~1,000 tokens, ~20 min per model on this CPU); the result
+    stays partial until both modes have run."""
     exp = Experiment("c2", "C2 generic ability: BIG-Bench Hard before and after", "python experiments/run.py c2")
     adapter = recipe_adapter(exp)
-    for mode, tokens in (("zs_answer", 32), ("icl_cot", 128)):
+    for mode in modes or C2_MODES:
         for who, ad in (("base", None), ("adapter", adapter)):
-            exp.eval(f"{who}-{mode}-bbh", suites=["bbh"], tasks=[], mode=mode, limit=10, max_new_tokens=tokens,
-                     adapter=ad)
-    exp.save(complete=True)
+            exp.eval(f"{who}-{mode}-bbh", suites=["bbh"], tasks=[], mode=mode, limit=10,
+                     max_new_tokens=C2_MODES[mode], adapter=ad)
+    exp.save(complete=all(f"{w}-{m}-bbh" in exp.record["evals"] for w in ("base", "adapter") for m in C2_MODES))
 
 
 C3_MIXTURES = {"zs_cot_only": "zero_shot_cot=1", "icl_cot_only": "in_context_cot=1",
@@ -391,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "
                     "(while it trains) without running anything")
+    ap.add_argument("--mode", action="append", choices=["zs_answer", "icl_cot"], help="c2: run only this prompt "
+                    "mode (repeatable; default both)")
     ap.add_argument("--on", choices=["arith", "gsm8k"], default="arith", help="c3: the students' data: C4's arith "
                     "teacher samples (default) or the GSM8K recipe's teach run")
     ap.add_argument("--steps", type=int, help="c3: optimizer steps per mixture (default 64 on arith, 240 on gsm8k)")
@@ -412,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             if e == "c1":
                 c1(a.full, a.only, a.note)
             elif e == "c2":
-                c2()
+                c2(a.mode)
             elif e == "c3":
                 c3(a.on, a.steps, a.n)
             elif e == "c4":
