@@ -20,6 +20,7 @@ layout; apart, each would import the others.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -274,42 +275,99 @@ def teach_result(cfg: TeachConfig | None = None, **overrides: Any) -> TeachResul
                                        if "=" in kv for f in kv.split("=", 1)[1].split(",")]
                  + [("--prompt", cfg.prompt[5:] if cfg.prompt.startswith("file:") else None),
                     ("--data-dir", cfg.data_dir)])
-    import contextlib
 
     with contextlib.ExitStack() as stack:  # holds the run lock, taken once the cheap checks passed
         return _teach(cfg, out, stack, RunLock)
 
 
-def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
-    # Over 80 lines: one teach run from top to bottom (plan, store, ask, store each answer as it arrives, signals,
-    # manifest); the loop's closures share the store and the counters that the manifest reports.
-    t0 = time.time()
-    spec = resolve_prompt(cfg.prompt, cfg.data_dir)
-    stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)
-    dataset = _make_dataset(cfg)
-    problems = list(dataset.load(cfg.split, limit=cfg.first))
+def _load_problems(cfg: TeachConfig) -> list[Problem]:
+    """The dataset's problems (the first ``--first`` of the split), refused when empty or when an id repeats."""
+    problems = list(_make_dataset(cfg).load(cfg.split, limit=cfg.first))
     if not problems:
         raise DataError(f"dataset {cfg.dataset!r} split {cfg.split!r} has no problems")
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in Counter(ids).items() if c > 1)
         raise DataError(f"dataset {cfg.dataset!r} yields problem id {dup!r} twice")
-    teacher = _make_teacher(cfg, stop)
-    n_samples = cfg.samples
+    return problems
+
+
+def _samples_to_ask(cfg: TeachConfig, teacher: Any) -> int:
+    """``--samples``, capped (with a note) by a teacher that holds fewer outputs per problem (the file teacher)."""
     cap = getattr(teacher, "max_samples", None)
-    if isinstance(cap, int) and 0 < cap < n_samples:
-        n_samples = cap
+    if isinstance(cap, int) and 0 < cap < cfg.samples:
         src = getattr(teacher, "source", cfg.teacher)
         print(f"note: --samples {cfg.samples}: teacher {cfg.teacher!r} ({src}) holds at most {cap} output"
               f"{'s' if cap > 1 else ''} per problem; asking for {cap}", file=sys.stderr, flush=True)
+        return cap
+    return cfg.samples
+
+
+def _pending(store: SampleStore, fp: str, problems: list[Problem], prompts: dict, n_samples: int):
+    """The requests for every sample not in the store yet (contiguous index ranges per problem), and how many
+    samples the store already holds: a rerun asks only for what is missing."""
+    requests: list[TeacherRequest] = []
+    already = 0
+    for p in problems:
+        prompt, pid = prompts[p.id]
+        have = {i for i in store.stored_indices(fp, pid, p.id) if i < n_samples}
+        already += len(have)
+        for first, n in _missing_ranges(have, n_samples):
+            requests.append(TeacherRequest(problem=p, prompt=prompt, prompt_id=pid, n=n, first_index=first))
+    return requests, already
+
+
+@contextlib.contextmanager
+def _interrupt_on_signals():
+    """SIGTERM (kill, schedulers) stops a run like Ctrl-C; so does SIGINT, even when the process inherited it
+    ignored (a background job: Python then installs no KeyboardInterrupt handler, and `kill -INT` would do
+    nothing). Only in the main thread; the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    prev_int = signal.signal(signal.SIGINT, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev_term)
+        signal.signal(signal.SIGINT, prev_int)
+
+
+def _ask(teacher: Any, requests: list[TeacherRequest], consume, stop_event: threading.Event, name: str) -> None:
+    """Send the requests; every answer goes to ``consume`` as it arrives (a streaming teacher: request by request;
+    else batch by batch)."""
+    if not requests:
+        return
+    if callable(getattr(teacher, "stream", None)):
+        for res in teacher.stream(requests, stop_event):
+            consume(res.samples, res.request_id)
+        return
+    bs = max(1, int(getattr(teacher, "batch_size", 16) or 16))
+    for b in range(0, len(requests), bs):
+        chunk = requests[b:b + bs]
+        for req, row in zip(chunk, teacher.generate(chunk)):
+            if len(row) != req.n:
+                raise LoraspError(f"teacher {name!r} returned {len(row)} samples for a request of {req.n} "
+                                  f"(problem {req.problem.id})")
+            consume(row, None)
+
+
+def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
+    """One teach run from top to bottom: plan, lock, store, ask (each answer stored as it arrives), manifest.
+    ``consume`` shares the store and the counters that the manifest reports."""
+    t0 = time.time()
+    spec = resolve_prompt(cfg.prompt, cfg.data_dir)
+    stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)
+    problems = _load_problems(cfg)
+    teacher = _make_teacher(cfg, stop)
+    n_samples = _samples_to_ask(cfg, teacher)
     final_missing = bool(getattr(teacher, "missing_is_final", False))
     fp = teacher.fingerprint()
-
+    chat = cfg.api == "chat" and cfg.teacher == "openai"
     prompts: dict[str, tuple[str | list[dict[str, str]], str]] = {}
     for p in problems:
-        text = spec.render(p)
-        prompt: str | list[dict[str, str]] = [{"role": "user", "content": text}] if cfg.api == "chat" and \
-            cfg.teacher == "openai" else text
+        prompt: str | list[dict[str, str]] = [{"role": "user", "content": spec.render(p)}] if chat else spec.render(p)
         prompts[p.id] = (prompt, prompt_id(prompt))
 
     # a second process on the same run would pay for every sample again: one process per run directory
@@ -319,14 +377,7 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
     store = SampleStore(out / "store.sqlite")
     run = store.start_run(fp)
     by_id = {p.id: p for p in problems}
-    requests: list[TeacherRequest] = []
-    already = 0
-    for p in problems:
-        prompt, pid = prompts[p.id]
-        have = {i for i in store.stored_indices(fp, pid, p.id) if i < n_samples}
-        already += len(have)
-        for first, n in _missing_ranges(have, n_samples):
-            requests.append(TeacherRequest(problem=p, prompt=prompt, prompt_id=pid, n=n, first_index=first))
+    requests, already = _pending(store, fp, problems, prompts, n_samples)
 
     total = len(problems) * n_samples
     progress = _Progress(total, already, cfg.progress, f"teach {cfg.teacher}")
@@ -357,26 +408,9 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
         failed_now += bad
         progress.update(ok, good, bad)
 
-    prev_term = prev_int = None
-    if threading.current_thread() is threading.main_thread():  # SIGTERM (kill, schedulers) stops like Ctrl-C
-        prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-        # SIGINT too, even when the process inherited it ignored (a background job): Python then installs no
-        # KeyboardInterrupt handler, and an explicit `kill -INT` would do nothing
-        prev_int = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
-        if requests:
-            if callable(getattr(teacher, "stream", None)):
-                for res in teacher.stream(requests, stop_event):
-                    consume(res.samples, res.request_id)
-            else:
-                bs = max(1, int(getattr(teacher, "batch_size", 16) or 16))
-                for b in range(0, len(requests), bs):
-                    chunk = requests[b:b + bs]
-                    for req, row in zip(chunk, teacher.generate(chunk)):
-                        if len(row) != req.n:
-                            raise LoraspError(f"teacher {cfg.teacher!r} returned {len(row)} samples for a request "
-                                              f"of {req.n} (problem {req.problem.id})")
-                        consume(row, None)
+        with _interrupt_on_signals():
+            _ask(teacher, requests, consume, stop_event, cfg.teacher)
     except KeyboardInterrupt:
         stop_event.set()
         status = "interrupted"
@@ -385,10 +419,6 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
         status = "failed"
         fatal = sys.exc_info()[1]
     finally:
-        if prev_term is not None:
-            signal.signal(signal.SIGTERM, prev_term)
-        if prev_int is not None:
-            signal.signal(signal.SIGINT, prev_int)
         progress.close()
         if callable(getattr(teacher, "close", None)):
             teacher.close()
