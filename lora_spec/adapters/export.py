@@ -433,13 +433,10 @@ def render_modelfile(*, base_from: str, adapter_file: str | None, template: str,
 def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "gguf", base_gguf: str | None = None,
            model: str | None = None, outtype: str = "f16", ignore_fingerprint: bool = False,
            log: Callable[[str], None] | None = None) -> ExportReport:
-    """Export ``artifact`` for llama.cpp / Ollama into the directory ``out`` (written atomically)."""
-    # Over 80 lines: one export from checks to files in the order they run (artifact and base checks before any
-    # weights load, the adapter or merged GGUF, the Modelfile, export.json); each step is a few calls.
-    import gguf
-
+    """Export ``artifact`` for llama.cpp / Ollama into the directory ``out`` (written atomically). The steps in the
+    order they run: checks (artifact and base, before any weights load), the adapter or model GGUF, the Modelfile
+    and export.json."""
     from ..outputs import check_output
-    from .artifact import precheck_base, read_adapter, read_adapter_config
 
     log = log or (lambda s: None)
     # before any work: never into a file, a foreign directory, the artifact or a folder holding it; an earlier
@@ -450,33 +447,7 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
     if outtype not in OUTTYPES:
         raise ConfigError(f"--outtype: {outtype!r} is not one of {', '.join(OUTTYPES)}")
     src = Path(artifact)
-    manifest = read_adapter(src)
-    if manifest is None:
-        manifest = {"base": {"name": model or read_adapter_config(src).get("base_model_name_or_path")},
-                    "kind": "adapter"}
-    kind = manifest.get("kind", "adapter")
-    full = kind in ("merged", "full")
-    if full:
-        try:
-            config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{src / 'config.json'}: cannot read the model's config ({one_line(exc)[:200]})") from None
-        base_path = None
-        try:
-            from ..student import resolve_path
-            from .artifact import base_spec
-
-            base_path = resolve_path(model or base_spec(manifest, src))
-        except Exception:  # the base is only needed to find its GGUF; --base-gguf covers a missing one
-            base_path = None
-    else:
-        cfg = read_adapter_config(src)
-        probs = _adapter_problems(cfg, {})
-        if probs and fmt == "gguf":
-            raise ConfigError(f"{src}: llama.cpp cannot run this adapter: {probs[0]}")
-        config, base_path, spec = _base_config(manifest, src, model)
-        if manifest.get("base", {}).get("fingerprint"):
-            precheck_base(manifest, spec, src, ignore=ignore_fingerprint)
+    manifest, full, config, base_path, cfg = _export_source(src, fmt, model, ignore_fingerprint)
     arch, permute, arch_name = _arch(config, str(src))
     base_file = find_base_gguf(manifest, base_path, base_gguf)
     reader = None
@@ -484,11 +455,7 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
     # preset's own GGUF is the source of the fingerprint-checked base, and parsing its 49k-token vocabulary in
     # Python takes seconds)
     if base_file is not None and (full or fmt == "merged-gguf" or base_gguf):
-        try:
-            reader = gguf.GGUFReader(str(base_file))
-        except Exception as exc:
-            raise DataError(f"{base_file}: not a readable GGUF ({type(exc).__name__}: {one_line(exc)[:200]})") from None
-        _check_base_gguf(reader, config, arch, base_file)
+        reader = _read_base_gguf(base_file, config, arch)
 
     out = Path(out)
     with atomic_dir(out, replace=("export",)) as tmp:
@@ -529,27 +496,8 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
             from_line = f"./{MODEL_FILE}"
             adapter_line = None
         rep.base_gguf = str(base_file) if base_file else None
-        # the Modelfile: the training prompt layout, system message and stops
-        from transformers import AutoTokenizer
-
-        tok_dir = src if full else model_for_tmpl
-        try:
-            tok = AutoTokenizer.from_pretrained(str(tok_dir))
-        except Exception as exc:
-            raise ModelError(f"{tok_dir}: cannot load the tokenizer ({type(exc).__name__}: {one_line(exc)[:200]})") \
-                from None
-        template, mode, stops = ollama_template(manifest, tok)
-        from .card import training_system
-
-        system = training_system(manifest)
-        comment = [f"Ollama Modelfile written by `lorasp export` for {src.resolve()}",
-                   f"TEMPLATE = lorasp's {mode} training prompt ({'chat template' if manifest.get('chat') else 'plain text'}"
-                   f"), with the question as {{{{ .Prompt }}}}" + (" and the system message as {{ .System }}"
-                                                                  if system else ""),
-                   "ollama create NAME -f Modelfile && ollama run NAME 'QUESTION'"]
-        (tmp / MODELFILE).write_text(render_modelfile(base_from=from_line, adapter_file=adapter_line,
-                                                      template=template, system=system, stops=stops,
-                                                      comment=comment), encoding="utf-8")
+        mode, system = _write_modelfile(tmp / MODELFILE, src, manifest, src if full else model_for_tmpl, from_line,
+                                        adapter_line)
         meta = {"source": str(src.resolve()), "format": fmt, "kind": rep.kind, "architecture": arch_name,
                 "base_gguf": rep.base_gguf, "outtype": outtype if rep.kind == "model" else "f32",
                 "tensors": rep.tensors, "permuted_qk": rep.permuted, "folded_scale": rep.folded_scale,
@@ -559,6 +507,72 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
         rep.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
     rep.out = str(out)
     return rep
+
+
+def _export_source(src: Path, fmt: str, model: str | None, ignore_fingerprint: bool):
+    """What is exported: (manifest, full model or adapter, the model's config, the base's local path or None, the
+    adapter's config or None). An adapter that llama.cpp cannot run, or on the wrong base, is refused here."""
+    from .artifact import base_spec, precheck_base, read_adapter, read_adapter_config
+
+    manifest = read_adapter(src)
+    if manifest is None:
+        manifest = {"base": {"name": model or read_adapter_config(src).get("base_model_name_or_path")},
+                    "kind": "adapter"}
+    if manifest.get("kind", "adapter") in ("merged", "full"):
+        try:
+            config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{src / 'config.json'}: cannot read the model's config ({one_line(exc)[:200]})") from None
+        try:
+            from ..student import resolve_path
+
+            base_path = resolve_path(model or base_spec(manifest, src))
+        except Exception:  # the base is only needed to find its GGUF; --base-gguf covers a missing one
+            base_path = None
+        return manifest, True, config, base_path, None
+    cfg = read_adapter_config(src)
+    probs = _adapter_problems(cfg, {})
+    if probs and fmt == "gguf":
+        raise ConfigError(f"{src}: llama.cpp cannot run this adapter: {probs[0]}")
+    config, base_path, spec = _base_config(manifest, src, model)
+    if manifest.get("base", {}).get("fingerprint"):
+        precheck_base(manifest, spec, src, ignore=ignore_fingerprint)
+    return manifest, False, config, base_path, cfg
+
+
+def _read_base_gguf(base_file: Path, config: dict, arch: str):
+    """The base GGUF, parsed and checked against the model's config (same architecture and shapes)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(base_file))
+    except Exception as exc:
+        raise DataError(f"{base_file}: not a readable GGUF ({type(exc).__name__}: {one_line(exc)[:200]})") from None
+    _check_base_gguf(reader, config, arch, base_file)
+    return reader
+
+
+def _write_modelfile(path: Path, src: Path, manifest: dict, tok_dir, from_line: str, adapter_line: str | None):
+    """The Ollama Modelfile: the training prompt layout, system message and stops. Returns (prompt mode, system)."""
+    from transformers import AutoTokenizer
+
+    from .card import training_system
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    except Exception as exc:
+        raise ModelError(f"{tok_dir}: cannot load the tokenizer ({type(exc).__name__}: {one_line(exc)[:200]})") \
+            from None
+    template, mode, stops = ollama_template(manifest, tok)
+    system = training_system(manifest)
+    comment = [f"Ollama Modelfile written by `lorasp export` for {src.resolve()}",
+               f"TEMPLATE = lorasp's {mode} training prompt ({'chat template' if manifest.get('chat') else 'plain text'}"
+               f"), with the question as {{{{ .Prompt }}}}" + (" and the system message as {{ .System }}"
+                                                              if system else ""),
+               "ollama create NAME -f Modelfile && ollama run NAME 'QUESTION'"]
+    path.write_text(render_modelfile(base_from=from_line, adapter_file=adapter_line, template=template,
+                                     system=system, stops=stops, comment=comment), encoding="utf-8")
+    return mode, system
 
 
 def _version(pkg: str) -> str:
