@@ -259,7 +259,7 @@ def c2(modes: list[str] | None = None) -> None:
 
 C3_MIXTURES = {"zs_cot_only": "zero_shot_cot=1", "icl_cot_only": "in_context_cot=1",
                "paper_4211": "in_context_cot=4,zero_shot_cot=2,in_context_answer=1,zero_shot_answer=1"}
-C3_STEPS = {"arith": 64, "gsm8k": 240}
+C3_STEPS = {"arith": 48, "gsm8k": 240}
 
 
 def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
@@ -315,7 +315,7 @@ def arith_teacher(exp: Experiment, teacher_steps: int = 192, problems: int = 768
     return merged, teach
 
 
-def c4(teacher_steps: int = 192, student_steps: int = 96, problems: int = 768, n: int = 300) -> None:
+def c4(teacher_steps: int = 192, student_steps: int = 64, problems: int = 768, n: int = 300) -> None:
     exp = Experiment("c4", "C4 distribution vs sample matching (a SmolLM2 arith teacher with top-5 logprobs)",
                      f"python experiments/run.py c4 --teacher-steps {teacher_steps} --student-steps {student_steps} "
                      f"--problems {problems} --n {n}")
@@ -401,10 +401,10 @@ def main(argv: list[str] | None = None) -> int:
                     "mode (repeatable; default both)")
     ap.add_argument("--on", choices=["arith", "gsm8k"], default="arith", help="c3: the students' data: C4's arith "
                     "teacher samples (default) or the GSM8K recipe's teach run")
-    ap.add_argument("--steps", type=int, help="c3: optimizer steps per mixture (default 64 on arith, 240 on gsm8k)")
+    ap.add_argument("--steps", type=int, help="c3: optimizer steps per mixture (default 48 on arith, 240 on gsm8k)")
     ap.add_argument("--n", type=int, default=300, help="c3/c4: test problems per evaluation")
     ap.add_argument("--teacher-steps", type=int, default=192)
-    ap.add_argument("--student-steps", type=int, default=96)
+    ap.add_argument("--student-steps", type=int, default=64)
     ap.add_argument("--problems", type=int, default=768, help="c4: arith problems for the teacher and the students")
     ap.add_argument("--fit-arg", action="append", default=[], help="an extra `lorasp fit` argument for the recipe "
                     "run (repeatable; kept in the result file), e.g. --fit-arg=--select-by --fit-arg=last")
