@@ -65,18 +65,19 @@ def paired_cell(a: dict | None, b: dict | None) -> str:
     return fmt_paired(paired([ha[i] for i in ids], [hb[i] for i in ids]))
 
 
-def pooled(parts: list[tuple[dict | None, str]]) -> dict | None:
-    """Several (eval, task) results pooled into one task (ids prefixed by the task), for pooled paired tests."""
-    ids, hs, k, n = [], [], 0, 0
+def pooled(parts: list[tuple[dict | None, str]], key: str = "hits") -> dict | None:
+    """Several (eval, task) results pooled into one task (ids prefixed by the task), for pooled paired tests.
+    ``key="hits_flexible"``: the same under flexible scoring (None when a result file predates it)."""
+    ids, hs, n = [], [], 0
     for ev, t in parts:
         d = (ev or {}).get("tasks", {}).get(t)
-        if not d:
+        if not d or key not in d:
             return None
         ids += [f"{t}:{i}" for i in d["ids"]]
-        hs.append(d["hits"])
-        k += int(d["correct"])
+        hs.append(d[key])
         n += int(d["n"])
-    return {"ids": ids, "hits": "".join(hs), "correct": k, "n": n}
+    h = "".join(hs)
+    return {"ids": ids, "hits": h, "correct": h.count("1"), "n": n}
 
 
 def status_line(rec: dict | None, name: str, command: str) -> str:
@@ -190,8 +191,35 @@ def section_c2(rec: dict | None, fig_dir: Path) -> list[str]:
             if pb and pa:
                 L.append(f"| **macro ({len(bm)} tasks)** | {pb['n']} | {macro(bm):.1f} | {macro(am):.1f} | "
                          f"{macro(am) - macro(bm):+.1f} (pooled paired: {paired_cell(pb, pa)}) |")
+            fb, fa = (pooled([(ev, t) for t in tasks], "hits_flexible") for ev in (b, a))
+            if fb and fa:
+                L += ["", f"Flexible scoring (the last option or word of the output counts when there is no answer "
+                          f"sentence), all {fb['n']} problems pooled: base {pct(fb['correct'], fb['n'])} → adapter "
+                          f"{pct(fa['correct'], fa['n'])}, {paired_cell(fb, fa)}. Strict scoring needs the answer "
+                          "sentence ('The answer is X'), which the adapter learned from its answer-only training "
+                          "rows and the base often does not write: a strict gain larger than the flexible one is "
+                          "that format, not generic ability."]
+                L.append("")
+                L.append(f"Verdict (`{mode}`, flexible scoring): " + _verdict(fb, fa, "BBH"))
         L.append("")
     return L
+
+
+def _paired_of(a: dict, b: dict) -> dict:
+    """lora_spec.stats.paired of ``b`` vs ``a`` on the problems both were scored on (``n`` = their number)."""
+    ha, hb = hits(a), hits(b)
+    ids = sorted(set(ha) & set(hb))
+    return paired([ha[i] for i in ids], [hb[i] for i in ids])
+
+
+def _verdict(before: dict, after: dict, what: str) -> str:
+    """One sentence: did ``what`` drop, rise, or stay within noise from ``before`` to ``after`` (paired)?"""
+    r = _paired_of(before, after)
+    if r["p"] >= 0.05:
+        how = "does not change beyond noise"
+    else:
+        how = "drops" if r["delta"] < 0 else "rises"
+    return f"{what} {how} ({r['delta']:+.1f} points, p={r['p']:.3f}, n={r['n']})."
 
 
 def section_c3(rec: dict | None, fig_dir: Path) -> list[str]:
@@ -260,9 +288,7 @@ def section_c4(rec: dict | None, fig_dir: Path) -> list[str]:
     for label, name in (("distribution matching", "distribution"), ("mix:0.5", "mix0.5")):
         t = evs.get(f"{name}-zs_cot-arith", {}).get("tasks", {}).get("arith")
         if ref and t:
-            ha, hb = hits(ref), hits(t)
-            ids = sorted(set(ha) & set(hb))
-            r = paired([ha[i] for i in ids], [hb[i] for i in ids])
+            r = _paired_of(ref, t)
             verdicts.append(f"{label} {'is within noise of' if r['p'] >= 0.05 else ('beats' if r['delta'] > 0 else 'loses to')} "
                             f"sample matching ({r['delta']:+.1f} points, p={r['p']:.3f})")
     if verdicts:

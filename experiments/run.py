@@ -195,7 +195,9 @@ def collect_eval(out: Path, args: list[str]) -> dict:
         rows.sort(key=lambda r: str(r["id"]))
         tasks[name] = {"n": t.get("n"), "correct": t.get("correct"), "accuracy": t.get("accuracy"),
                        "mode": t.get("mode"), "seconds": t.get("seconds"),
-                       "ids": [str(r["id"]) for r in rows], "hits": "".join("1" if r.get("correct") else "0" for r in rows)}
+                       "ids": [str(r["id"]) for r in rows], "hits": "".join("1" if r.get("correct") else "0" for r in rows),
+                       # flexible scoring (no answer sentence needed): tells a format gain from an ability gain
+                       "hits_flexible": "".join("1" if r.get("correct_flexible") else "0" for r in rows)}
         for k in ("strict", "flexible", "accuracy_strict", "accuracy_flexible"):
             if k in t:
                 tasks[name][k] = t[k]

@@ -128,3 +128,23 @@ def test_c4_states_the_teacher_data_and_a_verdict_per_loss(results, tmp_path):
     p = binomtest(8, 8, 0.5).pvalue
     assert f"distribution matching beats sample matching (+40.0 points, p={p:.3f})" in c4
     assert "mix:0.5 is within noise of sample matching (+0.0 points, p=1.000)" in c4
+
+
+def test_c2_shows_flexible_scoring_and_a_verdict(results, tmp_path):
+    def ev(strict: str, flexible: str) -> dict:
+        e = _ev("bbh/snarks", strict)
+        e["tasks"]["bbh/snarks"]["hits_flexible"] = flexible
+        return e
+
+    # strict: 0/20 -> 10/20 (the adapter writes the answer sentence); flexible: 8/20 -> 10/20 (2 more, none fewer)
+    evs = {"base-zs_answer-bbh": ev("0" * 20, "1" * 8 + "0" * 12),
+           "adapter-zs_answer-bbh": ev("1" * 10 + "0" * 10, "1" * 10 + "0" * 10)}
+    (results / "c2.json").write_text(json.dumps({"experiment": "c2", "title": "t", "command": "c", "complete": False,
+                                                 "evals": evs, "fits": {}, "extra": {}}))
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    c2 = (docs / "results.md").read_text().split("## C2")[1].split("## C3")[0]
+    assert "+50.0 (pooled paired" in c2  # strict macro change
+    assert "base 40.0 [" in c2 and "adapter 50.0 [" in c2  # flexible, pooled
+    assert "Verdict (`zs_answer`, flexible scoring): BBH does not change beyond noise (+10.0 points, p=0.500, n=20)." in c2
+    assert "### `icl_cot`: not run yet" in c2
