@@ -289,10 +289,14 @@ def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
         evals.append((name, exp.fit(name, exp.dir / on / name,
                                     [*settings, "--formats", mix, "--max-steps", str(steps), "--eval-every", "0",
                                      "--select-by", "last"])))
-    for name, ad in evals:
-        for mode in ("icl_cot", "zs_cot"):
-            exp.eval(f"{name}-{mode}-{task}", suites=[suite], tasks=[task] if suite == "math" else [], mode=mode,
-                     limit=n, max_new_tokens=tokens, adapter=ad)
+    # the paper's comparison first (in-context ability after zero-shot-only vs mixed training, and the base), so
+    # that a run cut short still answers it; then the rest of the 3 x 2 table
+    order = [(m, "icl_cot") for m in ("zs_cot_only", "paper_4211", "base", "icl_cot_only")]
+    order += [(m, "zs_cot") for m in ("base", "zs_cot_only", "paper_4211", "icl_cot_only")]
+    models = dict(evals)
+    for name, mode in order:
+        exp.eval(f"{name}-{mode}-{task}", suites=[suite], tasks=[task] if suite == "math" else [], mode=mode,
+                 limit=n, max_new_tokens=tokens, adapter=models[name])
     exp.save(complete=True)
 
 
