@@ -58,11 +58,9 @@ def paired_cell(a: dict | None, b: dict | None) -> str:
     """``b - a`` in points on the problems both were scored on: delta [95% interval], McNemar p, noise flag."""
     if not a or not b:
         return "–"
-    ha, hb = hits(a), hits(b)
-    ids = sorted(set(ha) & set(hb))
-    if not ids:
+    if not set(hits(a)) & set(hits(b)):
         return "– (no common problems)"
-    return fmt_paired(paired([ha[i] for i in ids], [hb[i] for i in ids]))
+    return fmt_paired(_paired_of(a, b))
 
 
 def pooled(parts: list[tuple[dict | None, str]], key: str = "hits") -> dict | None:
