@@ -449,7 +449,7 @@ def resolve_eval_every(cfg: Any, *, quickstart: bool, total: int) -> int:
     asks for the evaluation), and 0 (no held-out evaluation, export the last step) otherwise."""
     if cfg.eval_every is not None:
         return int(cfg.eval_every)
-    explicit = "select_by" in cfg.model_fields_set and as_rule(cfg.select_by).kind == "score"
+    explicit = "select_by" in cfg.model_fields_set and as_rule(cfg.select_by).kind in ("score", "heldout_loss")
     return max(1, int(math.ceil(total / QUICKSTART_EVALS))) if (quickstart or explicit) else 0
 
 
@@ -488,10 +488,14 @@ def effective_rule(cfg: Any, evaluator: Any) -> str:
     if evaluator is not None:
         r = as_rule(cfg.select_by)
         sets = getattr(evaluator, "sets", None)
-        if "select_by" not in cfg.model_fields_set and r.kind == "score" and sets is not None \
-                and not all(k.split("/")[0] in sets for k, _w in r.weights):
-            # the default rule names a default set that was skipped (its data is not here): use what was scored
-            return next((s for s in SETS if s in sets), "last")
+        if "select_by" not in cfg.model_fields_set and r.kind == "score" and sets is not None:
+            mode = {s: getattr(getattr(v, "config", None), "score", "both") for s, v in sets.items()}
+            scored = [s for s in SETS if s in sets and mode[s] != "loss"]
+            if not all(k.split("/")[0] in scored for k, _w in r.weights):
+                # the default rule names a set that was skipped (its data is not here) or scores only its loss:
+                # use the first set with an accuracy, else the first reference loss
+                lossy = [f"{s}_loss" for s in SETS if s in sets and mode[s] != "accuracy"]
+                return next(iter(scored + lossy), "last")
         return cfg.select_by
     if "select_by" in cfg.model_fields_set and as_rule(cfg.select_by).kind in ("loss", "last"):
         return cfg.select_by

@@ -29,7 +29,7 @@ from typing import Any
 
 from .adapters.artifact import MANIFEST, read_manifest
 from .errors import DataError
-from .selection import (CORRECT, EVAL_SECONDS, PREDICTIONS_FILE, SETS, _num, candidates, correct_vector,
+from .selection import (CORRECT, EVAL_SECONDS, LOSS_KEYS, PREDICTIONS_FILE, SETS, _num, candidates, correct_vector,
                         parse_rule, select_checkpoint)
 from .stats import fmt_paired, macro, paired, wilson
 
@@ -229,6 +229,11 @@ def pct(x: Any) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
+def _loss(x: Any) -> str:
+    v = _num(x)
+    return "–" if v is None else f"{v:.4f}"
+
+
 def _secs(x: Any) -> str:
     v = _num(x)
     return "–" if v is None else f"{v:.1f}"
@@ -339,7 +344,8 @@ def _main_table(r: _Report) -> list[str]:
     for s in r.sets:
         n = r.set_n(s)
         head += [SET_TITLES.get(s, s) + " %", f"{s} 95% CI" + (f" (n={n})" if n else "")]
-    head += ["eval s", ""]
+    loss_keys = [k for k in LOSS_KEYS if any(_num((c.get("scores") or {}).get(k)) is not None for c in r.cks)]
+    head += loss_keys + ["eval s", ""]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * (len(head) - 1) + ["---"]) + "|"]
     for c in r.cks:
         sc = c.get("scores") or {}
@@ -350,12 +356,18 @@ def _main_table(r: _Report) -> list[str]:
         row = [str(c["step"]), "–" if loss is None else f"{loss:.4f}"]
         for s in r.sets:
             row += [pct(sc.get(s)), _ci(interval(c, s, r.sizes, r.vectors.get(c["step"])) if s in sc else None)]
+        row += [_loss(sc.get(k)) for k in loss_keys]
         row += [_secs(sc.get(EVAL_SECONDS)), ", ".join(notes)]
         if c["step"] == r.chosen:
             row = [f"**{x}**" if i < len(row) - 1 and x != "–" else x for i, x in enumerate(row)]
         lines.append("| " + " | ".join(row) + " |")
-    return lines + ["", "train loss: the mean over the optimizer steps since the previous checkpoint (every step's "
-                        "loss is in the lower panel of the curves).", ""]
+    notes = ["", "train loss: the mean over the optimizer steps since the previous checkpoint (every step's "
+                 "loss is in the lower panel of the curves)."]
+    if loss_keys:
+        notes.append("`<set>_loss`: the mean per-token NLL of the held-out reference solutions in the set's prompt "
+                     "mode (lower is better; no generation, so it is far less noisy than accuracy, but it measures "
+                     "imitation of the references, not reasoning).")
+    return lines + notes + [""]
 
 
 def _test_before_after(r: _Report) -> list[str]:

@@ -200,6 +200,9 @@ def test_bad_selection_flags_are_one_line_errors(tmp_path):
         (["--ood", "svamp;limit=0"], "field 'ood.limit'"),
         (["--ood", "svamp;size=3"], "unknown held-out set key 'size'"),
         (["--keep-checkpoints", "0"], "field 'keep_checkpoints'"),
+        (["--select-by", "in_dist_loss"], "needs the in_dist set's reference loss, but it scores only accuracy"),
+        (["--in-dist", "auto;score=loss", "--select-by", "in_dist"], "scores only the loss"),
+        (["--ood", "svamp;score=nll"], "field 'ood.score'"),
     ]
     for args, msg in cases:
         r = run_cli("fit", "--out", str(tmp_path / "x"), *args)
@@ -248,3 +251,59 @@ def test_prefer_earliest_through_fit_exports_that_checkpoint(tmp_path, tiny_llam
     assert "**Chosen: step 2**" in md and "| step 4 → chosen (2) |" in md
     assert "On `in_dist`, the selection score, step 4 is within noise of the chosen step 2" in md
     assert "in_dist 95% CI (n=40)" in md
+
+
+@pytest.mark.parametrize("student", ["tiny-llama", "tiny-t5"])
+def test_reference_loss_is_the_nll_of_the_references_and_selects_its_argmin(tmp_path, student):
+    """``score=loss``: no generation, the held-out score is the per-token NLL of the reference solutions. Checked
+    against transformers' own loss of the base model (step 0), and --select-by in_dist_loss exports its argmin."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from lora_spec.evaluate import make_dataset
+    from lora_spec.fit import FitConfig, fit
+    from lora_spec.prompts import build_prompt, cot_target
+    from lora_spec.student import preset_path
+
+    cfg = FitConfig(student=student, dataset="arith", first=16, max_steps=4, eval_every=2, batch_size=4,
+                    save_every=0, lr=3e-3, in_dist="auto;limit=6;score=loss", ood="none", generic="none",
+                    select_by="in_dist_loss", tracker="none", progress=False, before_after=0, out=str(tmp_path / "l"))
+    res = fit(cfg)
+    m = res.manifest
+    cks = m["checkpoints"]
+    assert [c["step"] for c in cks] == [0, 2, 4]
+    assert all(set(c["scores"]) == {"in_dist_loss", "eval_seconds"} and "correct" not in c for c in cks)
+    trained = [c for c in cks if c["step"] > 0]
+    best = min(c["scores"]["in_dist_loss"] for c in trained)
+    assert m["selection"]["chosen_step"] == min(c["step"] for c in trained if c["scores"]["in_dist_loss"] == best)
+    assert m["selection"]["rule"] == "in_dist_loss" and m["selection"]["sets"]["in_dist"]["score"] == "loss"
+    assert cks[-1]["scores"]["in_dist_loss"] < cks[0]["scores"]["in_dist_loss"]  # training on arith lowers it
+
+    # independent: transformers' mean label loss per row, weighted by the row's target tokens
+    path = preset_path(student)
+    tok = AutoTokenizer.from_pretrained(path)
+    seq2seq = student == "tiny-t5"
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(path).eval()
+    ids = m["selection"]["sets"]["in_dist"]["ids"]["arith"]
+    probs = {p.id: p for p in make_dataset("arith").load("dev")}
+    total, n = 0.0, 0
+    for pid in ids:
+        p = probs[pid]
+        prompt = tok(build_prompt(p, "zs_cot", tok), add_special_tokens=True)["input_ids"]
+        if seq2seq:
+            target = tok(cot_target(p), add_special_tokens=True)["input_ids"]
+            with torch.no_grad():
+                loss = model(input_ids=torch.tensor([prompt]), labels=torch.tensor([target])).loss
+            k = len(target)
+        else:
+            target = tok(cot_target(p), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            with torch.no_grad():
+                loss = model(input_ids=torch.tensor([prompt + target]),
+                             labels=torch.tensor([[-100] * len(prompt) + target])).loss
+            k = len(target)
+        total, n = total + float(loss) * k, n + k
+    assert cks[0]["scores"]["in_dist_loss"] == pytest.approx(total / n, rel=1e-4)
+
+    md = (res.out / "report.md").read_text()
+    assert "| in_dist_loss |" in md and f"{cks[0]['scores']['in_dist_loss']:.4f}" in md
+    assert "the lowest in_dist reference loss" in md

@@ -322,3 +322,55 @@ def test_one_home_for_the_step_arithmetic():
     assert total_steps(7, 8) == 1  # fewer rows than a batch: the trainer refuses, the plan still shows one step
     assert eval_schedule(10, 4) == [0, 4, 8, 10] and eval_schedule(8, 4) == [0, 4, 8]
     assert [s for s in range(1, 11) if due(s, 3, 10)] == [3, 6, 9] and not due(5, 0, 10)
+
+
+# --------------------------------------------------------------------------------------------- reference loss
+
+def test_held_out_loss_rules_pick_the_lowest_loss():
+    cks = [ck(0, None, in_dist_loss=1.9), ck(10, 1.2, in_dist_loss=1.40, ood_loss=2.0),
+           ck(20, 0.9, in_dist_loss=1.31, ood_loss=2.2), ck(30, 0.7, in_dist_loss=1.31, ood_loss=1.8),
+           ck(40, 0.6, in_dist_loss=1.35)]
+    assert select_checkpoint(cks, "in_dist_loss")["step"] == 20  # ties: the earliest step
+    assert select_checkpoint(cks, "ood_loss")["step"] == 30  # step 40 has no ood loss: skipped
+    r = parse_rule("generic_loss")
+    assert r.kind == "heldout_loss" and "lowest generic reference loss" in r.describe()
+    with pytest.raises(DataError, match="no checkpoint has the score"):
+        select_checkpoint(cks, "generic_loss")
+    with pytest.raises(ValueError, match="cannot be weighted"):
+        parse_rule("in_dist_loss=0.5,ood=0.5")
+    # keep_set keeps the argmin
+    assert 20 in keep_set([{**c, "path": f"p{c['step']}"} for c in cks], 2, "in_dist_loss")
+
+
+def test_held_out_set_score_key_and_the_rules_that_need_it():
+    from pydantic import ValidationError
+
+    s = HeldOutSet.model_validate("gsm8k:dev;limit=50;score=loss")
+    assert s.score == "loss" and s.scores_loss and not s.scores_accuracy
+    assert HeldOutSet.model_validate(s.as_string()) == s and s.as_string().endswith(";score=loss")
+    assert HeldOutSet.model_validate("svamp").as_string() == "svamp;limit=16;mode=zs_cot;seed=0"  # accuracy
+    assert HeldOutSet.model_validate("svamp;score=both").scores_loss
+    with pytest.raises(ValidationError, match="'accuracy', 'both' or 'loss'"):
+        HeldOutSet.model_validate("svamp;score=nll")
+    with pytest.raises(ValidationError, match="scores only the loss"):
+        SelectionOptions(in_dist="gsm8k:dev;score=loss", select_by="in_dist")
+    with pytest.raises(ValidationError, match="scores only accuracy"):
+        SelectionOptions(ood="svamp", select_by="ood_loss")
+    with pytest.raises(ValidationError, match="held-out set, which is off"):
+        SelectionOptions(generic="none", select_by="generic_loss")
+    with pytest.raises(ValidationError, match="--eval-every is 0"):
+        SelectionOptions(eval_every=0, select_by="in_dist_loss")
+    assert SelectionOptions(in_dist="gsm8k:dev;score=loss", select_by="in_dist_loss").select_by == "in_dist_loss"
+
+
+def test_a_loss_only_set_turns_evaluation_on_and_the_default_rule_falls_back_to_it():
+    from types import SimpleNamespace
+
+    from lora_spec.fit import FitConfig, effective_rule, resolve_eval_every
+
+    assert resolve_eval_every(FitConfig(in_dist="auto;score=loss", select_by="in_dist_loss"), quickstart=False,
+                              total=10) == 4
+    ev = SimpleNamespace(sets={"in_dist": SimpleNamespace(config=HeldOutSet.model_validate("x;score=loss"))})
+    assert effective_rule(FitConfig(), ev) == "in_dist_loss"  # the default rule (ood) has nothing to score
+    ev.sets["ood"] = SimpleNamespace(config=HeldOutSet.model_validate("svamp"))
+    assert effective_rule(FitConfig(), ev) == "ood"

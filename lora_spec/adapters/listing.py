@@ -64,10 +64,14 @@ def _fmt_scores(scores: dict[str, Any], limit: int = 4, intervals: dict[str, dic
     """``ood=12.0% [8.1, 17.3] n=150`` where the n is known (``headline``), else ``key=12.0%``."""
     parts = []
     # headline first: aggregates (in_dist, ood, generic) before per-task keys (ood/svamp, ...)
-    scores = dict(sorted(((k, v) for k, v in scores.items() if k not in NOT_SCORES), key=lambda kv: "/" in kv[0]))
+    scores = dict(sorted(((k, v) for k, v in scores.items() if k not in NOT_SCORES),
+                         key=lambda kv: ("/" in kv[0], kv[0].endswith("_loss"))))
     for k, v in list(scores.items())[:limit]:
         if isinstance(v, dict):  # {"accuracy": 0.3, ...} per suite
             v = v.get("accuracy", v.get("score", next(iter(v.values()), None)))
+        if k.endswith("_loss") and isinstance(v, (int, float)):  # a reference loss (per-token NLL), not a rate
+            parts.append(f"{k}={v:.4f}")
+            continue
         iv = (intervals or {}).get(k)
         if iv and isinstance(v, (int, float)):
             parts.append(f"{k}={100 * v:.1f}% [{100 * iv['ci'][0]:.1f}, {100 * iv['ci'][1]:.1f}] n={iv['n']}")

@@ -9,13 +9,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .rules import parse_rule
+from .rules import parse_rule, rule_set
 
 MODES = ("icl_cot", "zs_cot", "icl_answer", "zs_answer")
 
 
 class HeldOutSet(BaseModel):
-    """One held-out set: datasets (``name[:split][@param=value,...]``), a total size limit, a prompt mode, a seed.
+    """One held-out set: datasets (``name[:split][@param=value,...]``), a total size limit, a prompt mode, a seed,
+    and what is scored: ``score=accuracy`` (default) generates and judges answers; ``score=both`` also measures the
+    reference loss (the mean per-token NLL of each problem's reference solution, in the set's prompt mode: a
+    forward pass, no generation); ``score=loss`` only the loss, for cheap dev sweeps.
 
     On the command line a set is one string: ``"multiarith,svamp,asdiv;limit=12;mode=zs_cot;seed=0"`` (any part
     after the first may be left out), or ``none`` to switch the set off. In YAML it is a mapping with the same keys.
@@ -28,6 +31,8 @@ class HeldOutSet(BaseModel):
     mode: Literal["icl_cot", "zs_cot", "icl_answer", "zs_answer"] = "zs_cot"
     seed: int = 0
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="generation budget; None: the task's")
+    score: Literal["accuracy", "both", "loss"] = Field("accuracy", description="accuracy (generate and judge), "
+                                                       "loss (reference NLL, no generation) or both")
 
     @model_validator(mode="before")
     @classmethod
@@ -47,11 +52,20 @@ class HeldOutSet(BaseModel):
     def enabled(self) -> bool:
         return bool(self.datasets)
 
+    @property
+    def scores_accuracy(self) -> bool:
+        return self.enabled and self.score != "loss"
+
+    @property
+    def scores_loss(self) -> bool:
+        return self.enabled and self.score != "accuracy"
+
     def as_string(self) -> str:
         if not self.datasets:
             return "none"
         s = f"{','.join(self.datasets)};limit={self.limit};mode={self.mode};seed={self.seed}"
-        return s + (f";max_new_tokens={self.max_new_tokens}" if self.max_new_tokens else "")
+        s += f";max_new_tokens={self.max_new_tokens}" if self.max_new_tokens else ""
+        return s + (f";score={self.score}" if self.score != "accuracy" else "")
 
     def __str__(self) -> str:  # what --help shows as the default
         return self.as_string()
@@ -70,11 +84,11 @@ def parse_set_string(text: str) -> dict[str, Any]:
     out["datasets"] = _split_specs(first)
     for part in parts[1:]:
         if "=" not in part:
-            raise ValueError(f"expected key=value after ';' (limit, mode, seed, max_new_tokens), got {part!r}")
+            raise ValueError(f"expected key=value after ';' (limit, mode, seed, max_new_tokens, score), got {part!r}")
         k, v = (x.strip() for x in part.split("=", 1))
         k = k.replace("-", "_")
-        if k not in ("limit", "mode", "seed", "max_new_tokens"):
-            raise ValueError(f"unknown held-out set key {k!r} (expected limit, mode, seed or max_new_tokens)")
+        if k not in ("limit", "mode", "seed", "max_new_tokens", "score"):
+            raise ValueError(f"unknown held-out set key {k!r} (expected limit, mode, seed, max_new_tokens or score)")
         out[k] = v
     return out
 
@@ -197,7 +211,8 @@ class SelectionOptions(BaseModel):
     keep_checkpoints: int | None = Field(None, ge=1, description="keep at most N checkpoint directories on disk "
                                                                   "(the chosen and the last are always kept)")
     in_dist: HeldOutSet = Field(default_factory=default_in_dist, description=(
-        "in-distribution held-out set, 'DATASET[:SPLIT][@K=V],...;limit=N;mode=M;seed=S;max_new_tokens=T' or none "
+        "in-distribution held-out set, 'DATASET[:SPLIT][@K=V],...;limit=N;mode=M;seed=S;max_new_tokens=T;"
+        "score=accuracy|loss|both' or none "
         f"('auto': the training dataset's dev split) [default: {default_in_dist().as_string()}; the quickstart: "
         f"limit=16, 128 tokens]"))
     ood: HeldOutSet = Field(default_factory=default_ood, description=(
@@ -212,9 +227,11 @@ class SelectionOptions(BaseModel):
                                   "significantly worse than the best by --select-by (paired exact McNemar test on "
                                   "the same held-out problems, p >= 0.05); needs a rule on one score")
     # after the sets, so that its validator sees them
-    select_by: str = Field("ood", description="which checkpoint to export: in_dist | ood | generic | loss | last, "
-                                              "or weights such as ood=0.7,in_dist=0.3 (ties: earliest step; "
-                                              "default ood, in_dist on the quickstart)")
+    select_by: str = Field("ood", description="which checkpoint to export: in_dist | ood | generic (accuracy), "
+                                              "in_dist_loss | ood_loss | generic_loss (the lowest reference loss "
+                                              "on that held-out set, which needs score=loss|both), loss (training loss) | last, or weights such "
+                                              "as ood=0.7,in_dist=0.3 (ties: earliest step; default ood, in_dist "
+                                              "on the quickstart)")
 
     @field_validator("select_by")
     @classmethod
@@ -224,13 +241,22 @@ class SelectionOptions(BaseModel):
         if info.data.get("prefer_earliest") and (rule.kind != "score" or len(rule.weights) != 1):
             raise ValueError(f"--prefer-earliest compares checkpoints on one held-out score (in_dist, ood, generic "
                              f"or a per-task score such as ood/svamp), not on {value!r}")
-        if rule.kind != "score":
+        if rule.kind not in ("score", "heldout_loss"):
             return value
         if info.data.get("eval_every") == 0:
             raise ValueError(f"{value!r} needs held-out scores, but --eval-every is 0 (set --eval-every N >= 1, "
                              f"or use --select-by last|loss)")
         for key, w in rule.weights:
-            st = info.data.get(key.split("/", 1)[0])
-            if w > 0 and isinstance(st, HeldOutSet) and not st.enabled:
-                raise ValueError(f"{value!r} needs the {key.split('/', 1)[0]} held-out set, which is off")
+            name = rule_set(key)
+            st = info.data.get(name)
+            if w <= 0 or not isinstance(st, HeldOutSet):
+                continue
+            if not st.enabled:
+                raise ValueError(f"{value!r} needs the {name} held-out set, which is off")
+            if rule.kind == "heldout_loss" and not st.scores_loss:
+                raise ValueError(f"{value!r} needs the {name} set's reference loss, but it scores only accuracy "
+                                 f"(set score=both or score=loss in --{name.replace('_', '-')})")
+            if rule.kind == "score" and not st.scores_accuracy:
+                raise ValueError(f"{value!r} needs the {name} set's accuracy, but it scores only the loss "
+                                 f"(set score=both in --{name.replace('_', '-')}, or select by {name}_loss)")
         return value

@@ -15,6 +15,8 @@ from .config import HeldOutSet, SelectionOptions, parse_dataset_spec
 from .rules import CORRECT, EVAL_SECONDS, SETS
 
 PREDICTIONS_FILE = "heldout_predictions.jsonl"
+LOSS_MAX_LENGTH = 2048  # reference-loss rows: prompts longer than this lose tokens from the left (as in training)
+LOSS_TOKEN_BUDGET = 16384  # padded tokens per forward pass of the reference loss
 
 
 @dataclass
@@ -62,7 +64,8 @@ class HeldOutEvaluator:
     mode and budget go through one batched generation, instead of one small batch per dataset.
 
     The scores are flat floats: ``in_dist``, ``ood``, ``generic`` (the set's accuracy), ``<set>/<task>`` per
-    dataset or BBH task, and ``eval_seconds``. ``generic`` is the macro average over its BBH tasks (standard BBH
+    dataset or BBH task, ``<set>_loss`` (the reference loss, see :meth:`_losses`; ``score=loss`` sets skip
+    generation and give only this), and ``eval_seconds``. ``generic`` is the macro average over its BBH tasks (standard BBH
     practice); ``in_dist`` and ``ood`` are micro averages over their problems.
     """
 
@@ -185,7 +188,7 @@ class HeldOutEvaluator:
                 continue
             c = st.config
             out[name] = {"datasets": list(c.datasets), "limit": c.limit, "mode": c.mode, "seed": c.seed,
-                         "max_new_tokens": c.max_new_tokens,
+                         "max_new_tokens": c.max_new_tokens, "score": c.score,
                          "tasks": {t["task"]: t["n"] for t in st.tasks},
                          "splits": {t["task"]: t["split"] for t in st.tasks},
                          "ids": {t: [p.id for p in ps] for t, ps in st.problems.items()}}
@@ -194,8 +197,9 @@ class HeldOutEvaluator:
     # ------------------------------------------------------------------ scoring
 
     def sizes(self) -> dict[str, int]:
-        """``{"<set>/<task>": n}``: how many problems each task of each set scores (the keys of ``correct``)."""
-        return {f"{name}/{t['task']}": len(st.problems.get(t["task"], [])) for name, st in self.sets.items()
+        """``{"<set>/<task>": n}``: how many problems each task of each set scores for accuracy (the keys of
+        ``correct``; a ``score=loss`` set has none)."""
+        return {f"{name}/{t['task']}": len(st.problems.get(t["task"], [])) for name, st in self._accuracy_sets()
                 for t in st.tasks}
 
     def check_resumed(self, ckpt_dir: str | Path) -> None:
@@ -270,16 +274,82 @@ class HeldOutEvaluator:
         t0 = time.perf_counter()
         correct, preds = self._predict(model, tokenizer, step)
         scores = self._scores(correct)
+        losses = self._losses(model, tokenizer)
+        scores.update(losses)
         scores[EVAL_SECONDS] = round(time.perf_counter() - t0, 3)
         self.restore_journal(before_step=step)
         self.history.append({"step": step, "scores": dict(scores), "predictions": preds})
         self._journal_append(step, preds)
         scores[CORRECT] = {f"{name}/{t['task']}": "".join("1" if ok else "0"
                                                            for ok in correct.get((name, t["task"]), []))
-                           for name, st in self.sets.items() for t in st.tasks}
+                           for name, st in self._accuracy_sets() for t in st.tasks}
         self.log(f"held-out eval at step {step}: " + self._summary(correct, scores)
                  + f" ({scores[EVAL_SECONDS]:.1f}s)")
         return scores
+
+    def _accuracy_sets(self) -> list[tuple[str, SetTasks]]:
+        return [(n, st) for n, st in self.sets.items() if st.config.score != "loss"]
+
+    def _loss_sets(self) -> list[tuple[str, SetTasks]]:
+        return [(n, st) for n, st in self.sets.items() if st.config.score != "accuracy"]
+
+    def loss_examples(self, tokenizer: Any) -> dict[str, list[Any]]:
+        """Per loss-scoring set, the training-style rows ``(prompt, reference target)`` of its problems: the set's
+        prompt mode, the target :func:`lora_spec.prompts.build_example` makes (CoT modes: the problem's reference
+        rationale then ``The answer is X.``; answer modes: ``The answer is X.``). Problems without a reference
+        rationale are left out of a CoT set's loss (e.g. SVAMP, whose data has an equation, not a solution)."""
+        from ..prompts import build_example, check_mode, is_cot, uses_chat
+        from ..records import Example
+
+        use_chat = uses_chat(tokenizer, self.chat) if self.kind == "causal" else False
+        out: dict[str, list[Any]] = {}
+        for name, st in self._loss_sets():
+            mode = check_mode(st.config.mode)
+            rows = []
+            for t in st.tasks:
+                for p in st.problems[t["task"]]:
+                    if is_cot(mode) and not (p.rationale or "").strip():
+                        continue
+                    prompt, target = build_example(p, mode, tokenizer, chat=use_chat, data_dir=self.data_dir)
+                    rows.append(Example(format=mode, prompt=prompt, target=target, problem_id=p.id))
+            out[name] = rows
+        return out
+
+    def _losses(self, model: Any, tokenizer: Any) -> dict[str, float]:
+        """``{"<set>_loss": mean per-token NLL}`` of each loss-scoring set's reference targets (``loss_examples``),
+        computed by the training loss itself (:func:`lora_spec.losses.batch_loss`, sample matching) in
+        length-sorted batches, summed over all target tokens and divided by their count. A low-variance signal
+        where accuracy is too coarse to rank checkpoints (a 135M model at a few percent on GSM8K); it is not
+        accuracy, and falls when a model imitates the reference style even if it reasons no better."""
+        import torch
+
+        from ..batching import collate, encode_examples, split_by_tokens
+        from ..losses import batch_loss
+
+        out: dict[str, float] = {}
+        sets = self.loss_examples(tokenizer)
+        if not sets:
+            return out
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        device = next(model.parameters()).device
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        for name, rows in sets.items():
+            if not rows:
+                self._warn(f"{name}: no problem has a reference solution, so the set has no reference loss")
+                continue
+            enc, _cut = encode_examples(rows, tokenizer, self.kind, LOSS_MAX_LENGTH)
+            enc.sort(key=lambda e: -e.length)
+            total, n = 0.0, 0
+            with torch.no_grad():
+                for i in range(0, len(enc), self.batch_size):
+                    for part in split_by_tokens(enc[i:i + self.batch_size], LOSS_TOKEN_BUDGET, self.kind):
+                        b = collate(part, pad, self.kind)
+                        b = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in b.items()}
+                        s, k = batch_loss(inner, b, kind=self.kind)
+                        total, n = total + float(s), n + int(k)
+            if n:
+                out[f"{name}_loss"] = total / n
+        return out
 
     def _predict(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[tuple[str, str], list[bool]], list[dict]]:
         """Generate for every problem (one batched generation per prompt mode and budget) and judge each output;
@@ -291,7 +361,7 @@ class HeldOutEvaluator:
 
         use_chat = uses_chat(tokenizer, self.chat) if self.kind == "causal" else False
         groups: dict[tuple[str, int], list[tuple[str, str, Any, EvalTask]]] = {}
-        for name, st in self.sets.items():
+        for name, st in self._accuracy_sets():
             mode = check_mode(st.config.mode)
             for t in st.tasks:
                 task = EvalTask(name=t["task"], dataset=t["dataset"], split=t["split"], dataset_params=t["params"],
@@ -316,7 +386,7 @@ class HeldOutEvaluator:
     def _scores(self, correct: dict[tuple[str, str], list[bool]]) -> dict[str, float]:
         """Per task and per set: ``generic`` is the macro average over its tasks, the others micro averages."""
         scores: dict[str, float] = {}
-        for name, st in self.sets.items():
+        for name, st in self._accuracy_sets():
             per_task = {t["task"]: correct.get((name, t["task"]), []) for t in st.tasks}
             for task_name, oks in per_task.items():
                 scores[f"{name}/{task_name}"] = sum(oks) / len(oks) if oks else 0.0
@@ -333,7 +403,7 @@ class HeldOutEvaluator:
         from ..stats import fmt_acc, macro
 
         parts = []
-        for name, st in self.sets.items():
+        for name, st in self._accuracy_sets():
             oks = [correct.get((name, t["task"]), []) for t in st.tasks]
             if name == "generic":  # macro average over the BBH tasks
                 _m, lo, hi = macro([sum(o) for o in oks], [len(o) for o in oks])
@@ -341,6 +411,7 @@ class HeldOutEvaluator:
                              f"(n={sum(len(o) for o in oks)})")
             else:
                 parts.append(f"{name} {fmt_acc(sum(sum(o) for o in oks), sum(len(o) for o in oks))}")
+        parts += [f"{k} {v:.4f}" for k, v in scores.items() if k.endswith("_loss")]
         return ", ".join(parts)
 
 

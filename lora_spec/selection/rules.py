@@ -14,7 +14,8 @@ from typing import Any, Iterable, Literal
 from ..errors import ConfigError, DataError
 
 SETS = ("in_dist", "ood", "generic")
-SIMPLE_RULES = ("in_dist", "ood", "generic", "loss", "last")
+LOSS_KEYS = tuple(f"{s}_loss" for s in SETS)  # a set's reference loss: mean per-token NLL, lower is better
+SIMPLE_RULES = ("in_dist", "ood", "generic", *LOSS_KEYS, "loss", "last")
 EVAL_SECONDS = "eval_seconds"
 # the reserved key of an evaluator's result that carries per-problem correctness, ``{"<set>/<task>": "0110..."}``
 # (one character per problem, in the order of ``selection.sets[set].ids[task]``); the trainer moves it from the
@@ -26,9 +27,10 @@ ALPHA = 0.05  # "significantly worse": exact McNemar two-sided p < ALPHA (lora_s
 
 @dataclass(frozen=True)
 class Rule:
-    """A parsed selection rule: ``kind`` is ``last``, ``loss`` or ``score`` (weights over score keys)."""
+    """A parsed selection rule: ``kind`` is ``last``, ``loss`` (training loss), ``heldout_loss`` (the lowest
+    reference loss of one held-out set, ``in_dist_loss``...) or ``score`` (weights over accuracy keys)."""
 
-    kind: Literal["last", "loss", "score"]
+    kind: Literal["last", "loss", "heldout_loss", "score"]
     weights: tuple[tuple[str, float], ...] = ()
     text: str = ""
 
@@ -37,6 +39,10 @@ class Rule:
             return "the last checkpoint"
         if self.kind == "loss":
             return "the lowest training loss (ties: earliest step)"
+        if self.kind == "heldout_loss":
+            name = rule_set(self.weights[0][0])
+            return f"the lowest {name} reference loss (per-token NLL of the held-out reference solutions; ties: " \
+                   f"earliest step)"
         if len(self.weights) == 1:
             return f"the highest {self.weights[0][0]} accuracy (ties: earliest step)"
         terms = " + ".join(f"{w:g}·{k}" for k, w in self.weights)
@@ -50,8 +56,15 @@ class Rule:
 _KEY = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 
 
+def rule_set(key: str) -> str:
+    """The held-out set a score key belongs to: ``ood/svamp`` -> ood, ``in_dist_loss`` -> in_dist."""
+    head = key.split("/", 1)[0]
+    return head[:-len("_loss")] if head in LOSS_KEYS else head
+
+
 def parse_rule(text: str) -> Rule:
-    """``in_dist|ood|generic|loss|last``, a score key (``ood/svamp``), or ``ood=0.7,in_dist=0.3``."""
+    """``in_dist|ood|generic|in_dist_loss|ood_loss|generic_loss|loss|last``, a score key (``ood/svamp``), or
+    ``ood=0.7,in_dist=0.3``."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("selection rule is empty (expected in_dist, ood, generic, loss, last or ood=0.7,in_dist=0.3)")
     t = text.strip()
@@ -59,6 +72,8 @@ def parse_rule(text: str) -> Rule:
         return Rule("last", (), t)
     if t == "loss":
         return Rule("loss", (), t)
+    if t in LOSS_KEYS:
+        return Rule("heldout_loss", ((t, 1.0),), t)
     if "=" not in t and "," not in t:
         if not _KEY.match(t) or (t not in SETS and "/" not in t):
             raise ValueError(f"unknown selection rule {t!r} (expected one of {', '.join(SIMPLE_RULES)}, a per-task "
@@ -72,7 +87,7 @@ def parse_rule(text: str) -> Rule:
         if "=" not in part:
             raise ValueError(f"selection rule {t!r}: expected key=weight, got {part!r}")
         k, w = (x.strip() for x in part.split("=", 1))
-        if k in ("loss", "last"):
+        if k in ("loss", "last", *LOSS_KEYS):
             raise ValueError(f"selection rule {t!r}: {k!r} cannot be weighted with accuracies; use it alone")
         if not _KEY.match(k) or (k not in SETS and "/" not in k):
             raise ValueError(f"selection rule {t!r}: unknown score {k!r} (expected in_dist, ood, generic "
@@ -117,6 +132,9 @@ def checkpoint_value(ckpt: dict, rule: str | Rule) -> float | None:
         return float(ckpt.get("step", 0))
     if r.kind == "loss":
         v = _num(ckpt.get("loss"))
+        return None if v is None else -v
+    if r.kind == "heldout_loss":
+        v = _num((ckpt.get("scores") or {}).get(r.weights[0][0]))
         return None if v is None else -v
     scores = ckpt.get("scores") or {}
     total = 0.0
