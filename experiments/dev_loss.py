@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         acc = next((c.get("scores") or {} for c in manifest["checkpoints"] if c["step"] == step), {})
         rows.append({"step": step, **{k: round(v, 5) for k, v in s.items() if k.endswith("_loss")},
                      "seconds": round(time.perf_counter() - t0, 1),
-                     "accuracy": {k: acc[k] for k in ("in_dist", "ood", "generic") if k in acc}})
+                     "accuracy": {k: acc[k] for k in ("in_dist", "ood", "generic") if k in acc},
+                     # per problem: [id, summed NLL, target tokens], for paired comparisons between checkpoints
+                     "per_problem": {name: [[i, round(nll, 4), n] for i, nll, n in per]
+                                     for name, per in ev.loss_rows.items()}})
         _write(args, fit, manifest, rows)
 
     from lora_spec.adapters.artifact import base_spec

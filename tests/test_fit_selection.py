@@ -304,6 +304,17 @@ def test_reference_loss_is_the_nll_of_the_references_and_selects_its_argmin(tmp_
         total, n = total + float(loss) * k, n + k
     assert cks[0]["scores"]["in_dist_loss"] == pytest.approx(total / n, rel=1e-4)
 
+    # the evaluator keeps each problem's (id, NLL sum, tokens) of its last evaluation: they add up to the score
+    from lora_spec.selection import HeldOutEvaluator
+
+    ev = HeldOutEvaluator(cfg.model_copy(update={"select_by": "in_dist_loss"}), train_dataset="arith",
+                          kind="seq2seq" if seq2seq else "causal")
+    sc = ev(model, tok, 0)
+    per = ev.loss_rows["in_dist"]
+    assert [i for i, _, _ in per] == ids
+    assert sc["in_dist_loss"] == pytest.approx(sum(x for _, x, _ in per) / sum(k for _, _, k in per), rel=1e-6)
+    assert sc["in_dist_loss"] == pytest.approx(total / n, rel=1e-4)
+
     md = (res.out / "report.md").read_text()
     assert "| in_dist_loss |" in md and f"{cks[0]['scores']['in_dist_loss']:.4f}" in md
     assert "the lowest in_dist reference loss" in md

@@ -16,7 +16,6 @@ from .rules import CORRECT, EVAL_SECONDS, SETS
 
 PREDICTIONS_FILE = "heldout_predictions.jsonl"
 LOSS_MAX_LENGTH = 2048  # reference-loss rows: prompts longer than this lose tokens from the left (as in training)
-LOSS_TOKEN_BUDGET = 16384  # padded tokens per forward pass of the reference loss
 
 
 @dataclass
@@ -84,6 +83,7 @@ class HeldOutEvaluator:
         self.journal: Path | None = None  # see keep_journal
         self._restored = True
         self.warnings: list[str] = []
+        self.loss_rows: dict[str, list[tuple[str, float, int]]] = {}  # the last evaluation's per-problem losses
         exclude = set(exclude_ids)
         for name in SETS:
             conf: HeldOutSet = getattr(options, name)
@@ -317,16 +317,18 @@ class HeldOutEvaluator:
 
     def _losses(self, model: Any, tokenizer: Any) -> dict[str, float]:
         """``{"<set>_loss": mean per-token NLL}`` of each loss-scoring set's reference targets (``loss_examples``),
-        computed by the training loss itself (:func:`lora_spec.losses.batch_loss`, sample matching) in
-        length-sorted batches, summed over all target tokens and divided by their count. A low-variance signal
-        where accuracy is too coarse to rank checkpoints (a 135M model at a few percent on GSM8K); it is not
+        computed by the training loss itself (:func:`lora_spec.losses.batch_loss`, sample matching), one problem
+        per forward pass (no padding), summed over all target tokens and divided by their count. Each problem's
+        ``(id, NLL sum, target tokens)`` stays in ``self.loss_rows[set]`` for paired comparisons. A low-variance
+        signal where accuracy is too coarse to rank checkpoints (a 135M model at a few percent on GSM8K); it is not
         accuracy, and falls when a model imitates the reference style even if it reasons no better."""
         import torch
 
-        from ..batching import collate, encode_examples, split_by_tokens
+        from ..batching import collate, encode_examples
         from ..losses import batch_loss
 
         out: dict[str, float] = {}
+        self.loss_rows = {}
         sets = self.loss_examples(tokenizer)
         if not sets:
             return out
@@ -338,17 +340,16 @@ class HeldOutEvaluator:
                 self._warn(f"{name}: no problem has a reference solution, so the set has no reference loss")
                 continue
             enc, _cut = encode_examples(rows, tokenizer, self.kind, LOSS_MAX_LENGTH)
-            enc.sort(key=lambda e: -e.length)
-            total, n = 0.0, 0
+            per: list[tuple[str, float, int]] = []
             with torch.no_grad():
-                for i in range(0, len(enc), self.batch_size):
-                    for part in split_by_tokens(enc[i:i + self.batch_size], LOSS_TOKEN_BUDGET, self.kind):
-                        b = collate(part, pad, self.kind)
-                        b = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in b.items()}
-                        s, k = batch_loss(inner, b, kind=self.kind)
-                        total, n = total + float(s), n + int(k)
+                for ex, e in zip(rows, enc):
+                    b = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in collate([e], pad, self.kind).items()}
+                    s, k = batch_loss(inner, b, kind=self.kind)
+                    per.append((ex.problem_id, float(s), int(k)))
+            self.loss_rows[name] = per
+            n = sum(k for _, _, k in per)
             if n:
-                out[f"{name}_loss"] = total / n
+                out[f"{name}_loss"] = sum(s for _, s, _ in per) / n
         return out
 
     def _predict(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[tuple[str, str], list[bool]], list[dict]]:
