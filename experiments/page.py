@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lora_spec.stats import fmt_paired, paired, wilson  # noqa: E402
+from lora_spec.stats import fmt_paired, fmt_paired_loss, paired, paired_loss, wilson  # noqa: E402
 
 SET_NAMES = {"gsm8k": "GSM8K test", "multiarith": "MultiArith", "asdiv": "ASDiv", "svamp": "SVAMP",
              "arith": "arith test"}
@@ -407,6 +407,93 @@ def plot_c5(curves: dict, fig_dir: Path) -> Path | None:
     return out
 
 
+def section_dev_loss(rec: dict | None, fig_dir: Path) -> list[str]:
+    """The recipe's step count judged on dev by the reference loss of every C5 checkpoint
+    (``experiments/dev_loss.py``)."""
+    L = ["### The recipe's step count, judged on dev by the reference loss", ""]
+    if rec is None:
+        return L + ["**Not run yet.** Command: `python experiments/dev_loss.py`.", ""]
+    state = "complete" if rec.get("complete") else "**partial** (rerunning the command continues it)"
+    L += [f"Command: `{rec['command']}` · status: {state} · updated {rec.get('updated', '?')} at commit "
+          f"`{rec.get('git', '?')}`.", "",
+          "The accuracies above cannot rank the checkpoints. The reference loss can: the mean per-token NLL of the "
+          f"reference solutions, on {rec['sets']['in_dist']}, computed by lorasp's held-out evaluator "
+          "(`score=loss`, no generation) for the base model and every saved checkpoint of the same run. Only the "
+          "dev split is used, so this may tune the recipe. The OOD column is the NLL of the answer sentence alone "
+          f"({rec['sets'].get('ood') or 'off'}): those data sets have no worked solutions, so it is a weak proxy.",
+          "", "| step | GSM8K dev reference loss | change vs the previous checkpoint [95% CI] | OOD answer-only loss "
+          "| in-distribution acc. % (C5, n=100) | OOD acc. % (C5, n=99) |", "|---:|---:|---|---:|---:|---:|"]
+    rows = sorted(rec.get("checkpoints", []), key=lambda r: r["step"])
+    per = {r["step"]: (r.get("per_problem") or {}).get("in_dist") for r in rows}
+    prev = None
+    for r in rows:
+        change = "–"
+        if prev is not None and per.get(prev) and per.get(r["step"]):
+            change = fmt_paired_loss(paired_loss(per[prev], per[r["step"]]))
+        acc = r.get("accuracy") or {}
+        cells = [str(r["step"]), _loss_txt(r.get("in_dist_loss")), change, _loss_txt(r.get("ood_loss"))]
+        cells += [f"{100 * acc[k]:.1f}" if k in acc else "–" for k in ("in_dist", "ood")]
+        L.append("| " + " | ".join(cells) + " |")
+        prev = r["step"]
+    L.append("")
+    trained = [r for r in rows if r["step"] > 0 and "in_dist_loss" in r]
+    if trained:
+        best = min(trained, key=lambda r: (r["in_dist_loss"], r["step"]))
+        last = trained[-1]
+        L.append(f"Lowest dev loss: step {best['step']} ({best['in_dist_loss']:.4f}; the base model: "
+                 f"{_loss_txt(rows[0].get('in_dist_loss'))}).")
+        if best["step"] == last["step"] and len(trained) > 1 and per.get(trained[-2]["step"]) and per.get(last["step"]):
+            r = paired_loss(per[trained[-2]["step"]], per[last["step"]])
+            still = "still falls beyond noise" if not r["within_noise"] and r["delta"] < 0 else "is flat (within noise)"
+            L.append(f"It is the last checkpoint: from step {trained[-2]['step']} to {last['step']} the dev loss "
+                     f"{still} ({fmt_paired_loss(r)}), so the recipe stops "
+                     + ("before the dev loss flattens: more steps are the next setting to try, judged on this loss."
+                        if "falls" in still else "where the dev loss has flattened."))
+        elif per.get(best["step"]) and per.get(last["step"]) and best["step"] != last["step"]:
+            r = paired_loss(per[best["step"]], per[last["step"]])
+            L.append(f"The last step ({last['step']}) minus step {best['step']}: {fmt_paired_loss(r)}" +
+                     ("; the later steps overfit the dev loss." if not r["within_noise"] else "."))
+        L.append("")
+    png = plot_dev_loss(rows, fig_dir)
+    if png:
+        L += [f"![dev loss]({png.relative_to(fig_dir.parent).as_posix()})", ""]
+    return L
+
+
+def _loss_txt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def plot_dev_loss(rows: list[dict], fig_dir: Path) -> Path | None:
+    pts = [(r["step"], r["in_dist_loss"]) for r in rows if "in_dist_loss" in r]
+    if len(pts) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    xs, ys = zip(*pts)
+    ax.plot(xs, ys, marker="o", color="tab:blue", label="GSM8K dev reference loss (zs_cot)")
+    oo = [(r["step"], r["ood_loss"]) for r in rows if "ood_loss" in r]
+    if oo:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*oo), marker="s", color="tab:orange", alpha=0.7, label="OOD answer-only loss (right axis)")
+        ax2.set_ylabel("OOD answer NLL / token")
+        ax2.legend(loc="upper center", fontsize=8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("NLL / token")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    out = fig_dir / "c5_dev_loss.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- page
 
 
@@ -432,6 +519,9 @@ def render(results: Path, docs: Path) -> str:
     for name, fn in (("c1", section_c1), ("c2", section_c2), ("c3", section_c3), ("c4", section_c4),
                      ("c5", section_c5)):
         L += fn(recs.get(name), fig_dir)
+        if name == "c5":
+            dl = results / "dev_loss.json"
+            L += section_dev_loss(json.loads(dl.read_text()) if dl.exists() else None, fig_dir)
     L += ["## FlanT5 vs T5", "",
           "The paper's finding that instruction-tuned FlanT5 specializes better than raw T5 cannot be tested here: "
           "neither checkpoint is available offline (no model hub access), and lorasp's seq2seq path is tested only "

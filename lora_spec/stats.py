@@ -15,6 +15,9 @@ another, one eval run vs another) is on the *same* problems, so it is paired. Th
   show a difference).
 - ``macro(ks, ns)`` / ``macro_paired(results)``: the same for a macro average over tasks (equal task sizes: the
   pooled Wilson interval; otherwise the MOVER combination of the per-task intervals).
+- ``paired_loss(a, b) -> dict``: the change of a reference loss (mean per-token NLL over problems, see
+  ``lora_spec.selection``) from ``a`` to ``b`` on the same problems, with a seeded paired bootstrap interval over
+  problems and its two-sided bootstrap p-value.
 
 ``a`` and ``b`` are sequences of booleans in the same problem order.
 """
@@ -28,7 +31,7 @@ ALPHA = 0.05  # two-sided; "within noise" means p >= ALPHA
 CONFIDENCE = 1 - ALPHA
 
 __all__ = ["ALPHA", "CONFIDENCE", "wilson", "mcnemar", "newcombe_paired", "paired", "macro", "macro_paired",
-           "fmt_interval", "fmt_acc", "fmt_paired"]
+           "paired_loss", "fmt_paired_loss", "fmt_interval", "fmt_acc", "fmt_paired"]
 
 
 def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -157,6 +160,39 @@ def macro_paired(per_task: Sequence[dict], pooled_p: float | None = None,
         out["p"] = float(pooled_p)
         out["within_noise"] = bool(pooled_p >= 1 - confidence)
     return out
+
+
+def paired_loss(a: Sequence[tuple[str, float, int]], b: Sequence[tuple[str, float, int]], *, resamples: int = 4000,
+                seed: int = 0, confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """The change of a token-weighted mean loss from ``a`` to ``b``, paired on the problems both scored.
+
+    ``a``/``b``: per problem ``(id, summed NLL, target tokens)``. The loss of a side is ``sum(NLL) / sum(tokens)``;
+    ``delta = loss_b - loss_a``. Its interval is the percentile interval of a paired bootstrap over problems (the same
+    resampled problems for both sides, ``resamples`` draws, seeded: reproducible); ``p`` is the two-sided bootstrap
+    p-value (twice the smaller tail of the resampled deltas around 0, at least ``1/resamples``), and ``within_noise``
+    is ``p >= ALPHA``. Raises ``ValueError`` when no problem is common to both."""
+    import numpy as np
+
+    bm = {i: (x, k) for i, x, k in b}
+    common = [(x, bm[i][0], k) for i, x, k in a if i in bm]
+    if not common:
+        raise ValueError("no problem is common to both sides")
+    xa, xb, n = (np.array(v, dtype=float) for v in zip(*common))
+    delta = float(xb.sum() / n.sum() - xa.sum() / n.sum())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(common), size=(resamples, len(common)))
+    boot = (xb[idx].sum(1) - xa[idx].sum(1)) / n[idx].sum(1)
+    lo, hi = (float(np.quantile(boot, q)) for q in ((1 - confidence) / 2, (1 + confidence) / 2))
+    p = min(1.0, max(2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())), 1 / resamples))
+    return {"loss_a": float(xa.sum() / n.sum()), "loss_b": float(xb.sum() / n.sum()), "delta": delta,
+            "delta_ci": (lo, hi), "p": p, "within_noise": p >= 1 - confidence, "n": len(common)}
+
+
+def fmt_paired_loss(r: dict) -> str:
+    """``-0.0312 [-0.0401, -0.0228], p<0.001`` (the change of a reference loss, lower is better)."""
+    lo, hi = r["delta_ci"]
+    ptxt = f"p={r['p']:.3f}" if r["p"] >= 0.001 else "p<0.001"
+    return f"{r['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}], {ptxt}" + (", within noise" if r["within_noise"] else "")
 
 
 # --------------------------------------------------------------------------------------------- formatting

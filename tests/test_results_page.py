@@ -148,3 +148,32 @@ def test_c2_shows_flexible_scoring_and_a_verdict(results, tmp_path):
     assert "base 40.0 [" in c2 and "adapter 50.0 [" in c2  # flexible, pooled
     assert "Verdict (`zs_answer`, flexible scoring): BBH does not change beyond noise (+10.0 points, p=0.500, n=20)." in c2
     assert "### `icl_cot`: not run yet" in c2
+
+
+def _dev_loss(steps_losses: dict[int, float], n: int = 60) -> dict:
+    """A dev_loss.json whose every problem has 10 target tokens and NLL = loss x 10 (+ small per-problem wobble)."""
+    rows = []
+    for step, loss in steps_losses.items():
+        per = [[f"gsm8k/dev/{i}", round(10 * loss + 0.05 * ((i * 7919 + step) % 5 - 2), 4), 10] for i in range(n)]
+        rows.append({"step": step, "in_dist_loss": sum(x for _, x, _ in per) / (10 * n), "ood_loss": 1.0,
+                     "accuracy": {"in_dist": 0.03}, "per_problem": {"in_dist": per}})
+    return {"experiment": "dev_loss", "command": "python experiments/dev_loss.py", "complete": True,
+            "sets": {"in_dist": "gsm8k:dev, 60 problems", "ood": "x"}, "checkpoints": rows}
+
+
+def test_dev_loss_section_judges_the_step_count_on_dev(results, tmp_path):
+    (results / "dev_loss.json").write_text(json.dumps(_dev_loss({0: 1.50, 30: 1.40, 60: 1.30})))
+    md = page.render(results, tmp_path / "docs")
+    sec = md[md.index("### The recipe's step count"):]
+    assert "| 60 | 1.3000 | -0.1000 [" in sec and "p<0.001 |" in sec  # consistent drop: not within noise
+    assert "Lowest dev loss: step 60" in sec and "still falls beyond noise" in sec
+    assert "more steps are the next setting to try" in sec
+    assert (tmp_path / "docs" / "results" / "c5_dev_loss.png").exists()
+    # a minimum before the end, then a rise beyond noise: the later steps overfit
+    (results / "dev_loss.json").write_text(json.dumps(_dev_loss({0: 1.50, 30: 1.30, 60: 1.40})))
+    sec = page.render(results, tmp_path / "docs")
+    assert "Lowest dev loss: step 30" in sec and "The last step (60) minus step 30: +0.1000" in sec
+    assert "the later steps overfit the dev loss" in sec
+    # no result file: the command to make it
+    (results / "dev_loss.json").unlink()
+    assert "**Not run yet.** Command: `python experiments/dev_loss.py`." in page.render(results, tmp_path / "docs")

@@ -124,3 +124,27 @@ def test_macro_paired_combines_tasks():
     two = stats.macro_paired([clear, stats.paired(b, b)], pooled_p=stats.mcnemar(a1 + b, b1 + b))
     assert two["delta"] == pytest.approx(15.0) and two["better"] == 1 and two["worse"] == 0
     assert two["within_noise"] is False
+
+
+def test_paired_loss_bootstrap():
+    from lora_spec.stats import fmt_paired_loss, paired_loss
+
+    a = [(f"p{i}", 1.0 * (10 + i % 7), 10 + i % 7) for i in range(200)]  # loss 1.0 per token
+    same = paired_loss(a, a)
+    assert same["delta"] == 0 and same["within_noise"] and same["delta_ci"] == (0.0, 0.0)
+    # every problem 5% better: a clear, consistent change
+    b = [(i, x * 0.95, k) for i, x, k in a]
+    r = paired_loss(a, b)
+    assert r["delta"] == pytest.approx(-0.05) and not r["within_noise"] and r["p"] < 0.001
+    assert r["delta_ci"][0] <= -0.05 <= r["delta_ci"][1] + 1e-12
+    assert fmt_paired_loss(r).startswith("-0.0500 [")
+    # noise around zero: within noise; only common problems count; seeded, so reproducible
+    import random
+
+    rng = random.Random(1)
+    c = [(i, x + rng.gauss(0, 2.0), k) for i, x, k in a[:150]]
+    r2 = paired_loss(a, c)
+    assert r2["n"] == 150 and r2["within_noise"] and r2["delta_ci"][0] < 0 < r2["delta_ci"][1]
+    assert paired_loss(a, c) == r2
+    with pytest.raises(ValueError, match="no problem is common"):
+        paired_loss(a, [("x", 1.0, 1)])
