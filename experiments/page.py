@@ -460,6 +460,52 @@ def section_dev_loss(rec: dict | None, fig_dir: Path) -> list[str]:
     return L
 
 
+def section_dev_sweep(rec: dict | None) -> list[str]:
+    """The recipe's learning rate judged on dev (``experiments/dev_sweep.py``)."""
+    L = ["### The recipe's learning rate, judged on dev by the reference loss", ""]
+    if rec is None:
+        return L + ["**Not run yet.** Command: `python experiments/dev_sweep.py`.", ""]
+    state = "complete" if rec.get("complete") else "**partial** (rerunning the command continues it)"
+    runs = sorted(rec.get("runs", []), key=lambda r: r["lr"])
+    steps = runs[0]["steps"] if runs else "?"
+    L += [f"Command: `{rec['command']}` · status: {state} · updated {rec.get('updated', '?')} at commit "
+          f"`{rec.get('git', '?')}`.", "",
+          f"Each learning rate trains the recipe for the same {steps} steps (its own cosine schedule; CPU-sized, "
+          f"not the recipe's 240), and its adapter is scored by the reference loss on {rec.get('dev', 'GSM8K dev')}. "
+          "Changes are paired on the same dev problems, against the recipe's learning rate.", "",
+          "| learning rate | dev reference loss | change vs the recipe's lr [95% CI] | final train loss | train min |",
+          "|---:|---:|---|---:|---:|"]
+    ref = next((r for r in runs if abs(r["lr"] - recipe_lr(rec.get("recipe"))) < 1e-12), None)
+    per = {r["lr"]: (r.get("per_problem") or {}).get("in_dist") for r in runs}
+    for r in runs:
+        ch = "(the recipe's)" if r is ref else "–"
+        if ref is not None and r is not ref and per.get(r["lr"]) and per.get(ref["lr"]):
+            ch = fmt_paired_loss(paired_loss(per[ref["lr"]], per[r["lr"]]))
+        tl = r.get("final_train_loss")
+        L.append(f"| {r['lr']:g} | {r['in_dist_loss']:.4f} | {ch} | {_loss_txt(tl)} | "
+                 f"{(r.get('train_seconds') or 0) / 60:.1f} |")
+    L.append("")
+    if runs:
+        best = min(runs, key=lambda r: r["in_dist_loss"])
+        line = f"Lowest dev loss at {steps} steps: lr {best['lr']:g}."
+        if ref is not None and best is not ref and per.get(best["lr"]) and per.get(ref["lr"]):
+            r = paired_loss(per[ref["lr"]], per[best["lr"]])
+            line += (f" It beats the recipe's {ref['lr']:g} beyond noise ({fmt_paired_loss(r)})."
+                     if not r["within_noise"] else f" Within noise of the recipe's {ref['lr']:g}.")
+        elif best is ref:
+            line += " The recipe's learning rate is the best of those tried."
+        L += [line + " A short-budget sweep favours larger learning rates, so this is evidence for the recipe's "
+               "setting at this budget, not proof at 240 steps.", ""]
+    return L
+
+
+def recipe_lr(path: str | None) -> float:
+    """The learning rate the shipped recipe uses (read from the recipe file, not typed here)."""
+    import yaml
+
+    return float(yaml.safe_load((ROOT / (path or "recipes/gsm8k-smollm2.yaml")).read_text())["lr"])
+
+
 def _loss_txt(x: float | None) -> str:
     return "–" if x is None else f"{x:.4f}"
 
@@ -522,6 +568,8 @@ def render(results: Path, docs: Path) -> str:
         if name == "c5":
             dl = results / "dev_loss.json"
             L += section_dev_loss(json.loads(dl.read_text()) if dl.exists() else None, fig_dir)
+            sw = results / "dev_sweep.json"
+            L += section_dev_sweep(json.loads(sw.read_text()) if sw.exists() else None)
     L += ["## FlanT5 vs T5", "",
           "The paper's finding that instruction-tuned FlanT5 specializes better than raw T5 cannot be tested here: "
           "neither checkpoint is available offline (no model hub access), and lorasp's seq2seq path is tested only "

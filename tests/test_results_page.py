@@ -177,3 +177,22 @@ def test_dev_loss_section_judges_the_step_count_on_dev(results, tmp_path):
     # no result file: the command to make it
     (results / "dev_loss.json").unlink()
     assert "**Not run yet.** Command: `python experiments/dev_loss.py`." in page.render(results, tmp_path / "docs")
+
+
+def test_dev_sweep_section_compares_each_lr_with_the_recipes(results, tmp_path):
+    def run(lr, loss):
+        per = [[f"gsm8k/dev/{i}", round(10 * loss + 0.05 * (i % 5 - 2), 4), 10] for i in range(60)]
+        return {"lr": lr, "steps": 48, "in_dist_loss": loss, "final_train_loss": 0.7, "train_seconds": 450,
+                "per_problem": {"in_dist": per}}
+
+    rec = {"experiment": "dev_sweep", "command": "python experiments/dev_sweep.py", "complete": True,
+           "recipe": "recipes/gsm8k-smollm2.yaml", "dev": "gsm8k:dev, 60 problems",
+           "runs": [run(5e-4, 1.40), run(1e-3, 1.30), run(2e-3, 1.35)]}
+    (results / "dev_sweep.json").write_text(json.dumps(rec))
+    md = page.render(results, tmp_path / "docs")
+    sec = md[md.index("### The recipe's learning rate"):]
+    assert "| 0.0005 | 1.4000 | (the recipe's) |" in sec and "| 0.001 | 1.3000 | -0.1000 [" in sec
+    assert "Lowest dev loss at 48 steps: lr 0.001. It beats the recipe's 0.0005 beyond noise" in sec
+    rec["runs"] = [run(5e-4, 1.30), run(1e-3, 1.35)]
+    (results / "dev_sweep.json").write_text(json.dumps(rec))
+    assert "The recipe's learning rate is the best of those tried." in page.render(results, tmp_path / "docs")
