@@ -526,7 +526,7 @@ def _paired_section(cks: list[dict], chosen: int | None, last: int, sets: list[s
 def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
                predictions: list[dict] | None = None) -> Path:
     """Three accuracy curves against steps with their 95% intervals as shaded bands (chosen step marked) above the
-    training loss; ``PNG_SIZE`` pixels."""
+    training loss (and the held-out reference losses, where sets score them); ``PNG_SIZE`` pixels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -571,6 +571,9 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
     ax.grid(alpha=0.3)
     if sets:
         ax.legend(loc="best", fontsize=10, framealpha=0.9)
+    elif any(_num((c.get("scores") or {}).get(k)) is not None for c in cks for k in LOSS_KEYS):
+        ax.text(0.5, 0.5, "no held-out accuracy: the sets score the reference loss only (lower panel)",
+                transform=ax.transAxes, ha="center", va="center", color="0.4")
     title = f"{name}: held-out accuracy during specialization"
     if sel.get("rule"):
         title += f" (select by {sel['rule']})"
@@ -588,10 +591,19 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
                  label="mean since the previous checkpoint")
         if per_step:
             axl.legend(loc="upper right", fontsize=8)
-    if not lp and not per_step:
+    held = [(k, [(c["step"], _num((c.get("scores") or {}).get(k))) for c in cks]) for k in LOSS_KEYS]
+    held = [(k, [(x, y) for x, y in pts if y is not None]) for k, pts in held]
+    for k, pts in held:  # held-out reference losses (score=loss|both), same unit as the training loss
+        if pts:
+            s = k[:-len("_loss")]
+            axl.plot([x for x, _ in pts], [y for _, y in pts], marker="D", ms=4, ls="--", lw=1.5,
+                     color=_COLORS.get(s), label=f"{SET_TITLES.get(s, s)} reference loss")
+    if any(pts for _, pts in held):
+        axl.legend(loc="upper right", fontsize=8)
+    if not lp and not per_step and not any(pts for _, pts in held):
         axl.text(0.5, 0.5, "no training loss recorded", transform=axl.transAxes, ha="center", va="center",
                  color="0.5")
-    axl.set_ylabel("train loss")
+    axl.set_ylabel("loss (NLL/token)" if any(pts for _, pts in held) else "train loss")
     axl.set_xlabel("optimizer step")
     from matplotlib.ticker import MaxNLocator
 

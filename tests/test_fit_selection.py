@@ -318,3 +318,4 @@ def test_reference_loss_is_the_nll_of_the_references_and_selects_its_argmin(tmp_
     md = (res.out / "report.md").read_text()
     assert "| in_dist_loss |" in md and f"{cks[0]['scores']['in_dist_loss']:.4f}" in md
     assert "the lowest in_dist reference loss" in md
+    assert (res.out / "curves.png").stat().st_size > 10_000
