@@ -217,6 +217,12 @@ def test_unknown_held_out_dataset_is_one_line(tmp_path, tiny_llama_path):
                 "--tracker", "none", "--out", str(tmp_path / "y"))
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: --ood svmap: unknown dataset")
     assert "did you mean 'svamp'" in r.stderr
+    r = run_cli("fit", "--student", "tiny-llama", "--dataset", "arith", "--first", "8", "--max-steps", "1",
+                "--batch-size", "4", "--ood", "svamp;limit=2;score=loss", "--select-by", "ood_loss", "--no-progress",
+                "--tracker", "none", "--out", str(tmp_path / "z"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --ood: score=loss in mode zs_cot needs reference")
+    assert not (tmp_path / "z").exists()  # refused before training
 
 
 def test_prefer_earliest_through_fit_exports_that_checkpoint(tmp_path, tiny_llama_path):

@@ -374,3 +374,17 @@ def test_a_loss_only_set_turns_evaluation_on_and_the_default_rule_falls_back_to_
     assert effective_rule(FitConfig(), ev) == "in_dist_loss"  # the default rule (ood) has nothing to score
     ev.sets["ood"] = SimpleNamespace(config=HeldOutSet.model_validate("svamp"))
     assert effective_rule(FitConfig(), ev) == "ood"
+
+
+def test_a_cot_loss_set_without_worked_solutions_is_refused_early(data_dir):
+    from lora_spec.selection import HeldOutEvaluator
+
+    with pytest.raises(ConfigError, match="--ood: score=loss in mode zs_cot needs reference solutions"):
+        HeldOutEvaluator(SelectionOptions(in_dist="none", generic="none", ood="svamp,asdiv;limit=4;score=loss"),
+                         data_dir=data_dir)
+    ev = HeldOutEvaluator(SelectionOptions(in_dist="none", generic="none", ood="svamp;limit=4;score=both"),
+                          data_dir=data_dir)
+    assert any("covers the 0 of 4 problems" in w for w in ev.warnings)
+    ev = HeldOutEvaluator(SelectionOptions(in_dist="none", generic="none",
+                                           ood="svamp;limit=4;score=loss;mode=zs_answer"), data_dir=data_dir)
+    assert not ev.warnings and ev.sets["ood"].config.score == "loss"

@@ -93,6 +93,27 @@ class HeldOutEvaluator:
             st = self._draw(name, conf.model_copy(update={"datasets": specs}), options, exclude)
             if st.problems:
                 self.sets[name] = st
+        self._check_references()
+
+    def _check_references(self) -> None:
+        """A set that scores its reference loss in a CoT mode needs problems with a worked solution: none at all is
+        an error for ``score=loss`` (nothing would be measured) and a warning for ``score=both``; some is a note
+        of how many the loss covers."""
+        from ..prompts import is_cot
+
+        for name, st in self._loss_sets():
+            if not is_cot(st.config.mode):
+                continue
+            probs = [p for ps in st.problems.values() for p in ps]
+            have = sum(1 for p in probs if (p.rationale or "").strip())
+            flag = f"--{name.replace('_', '-')}"
+            if have == 0 and st.config.score == "loss":
+                raise ConfigError(f"{flag}: score=loss in mode {st.config.mode} needs reference solutions, and none "
+                                  f"of its problems ({', '.join(st.problems)}) has one; score it in zs_answer (the "
+                                  f"answer sentence) or use score=accuracy")
+            if have < len(probs):
+                self._warn(f"{name}: the reference loss covers the {have} of {len(probs)} problems that have a "
+                           f"worked solution" + (" (none: the set has no reference loss)" if not have else ""))
 
     # ------------------------------------------------------------------ drawing the problems
 
@@ -336,8 +357,7 @@ class HeldOutEvaluator:
         device = next(model.parameters()).device
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         for name, rows in sets.items():
-            if not rows:
-                self._warn(f"{name}: no problem has a reference solution, so the set has no reference loss")
+            if not rows:  # a score=both set without worked solutions (warned once, at construction)
                 continue
             enc, _cut = encode_examples(rows, tokenizer, self.kind, LOSS_MAX_LENGTH)
             per: list[tuple[str, float, int]] = []
