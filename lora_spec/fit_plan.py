@@ -72,7 +72,8 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
         hs = getattr(cfg, name)
         if hs.enabled:
             ds = ", ".join(hs.datasets) if len(hs.datasets) <= 3 else f"{len(hs.datasets)} data sets"
-            sets[name] = f"{hs.limit} problems ({ds}; {hs.mode})"
+            what = {"accuracy": "", "loss": "; reference loss only", "both": "; accuracy and reference loss"}
+            sets[name] = f"{hs.limit} problems ({ds}; {hs.mode}{what[hs.score]})"
     evals = len(eval_schedule(steps, every)) if sets else 0
     ckpt = out.with_name(out.name + ".checkpoints")
     from .calibration import lookup
