@@ -248,12 +248,59 @@ def section_c3(rec: dict | None, fig_dir: Path) -> list[str]:
               "in-context (positive: the mixture keeps more in-context ability, the paper's finding)"),
              ("base", "zs_cot_only", "icl_cot", "zero-shot-only training vs the base model, evaluated in-context"),
              ("zs_cot_only", "paper_4211", "zs_cot", "the 4:2:1:1 mixture vs zero-shot-only training, evaluated "
-              "zero-shot (what the mixture costs, or gives, in the zero-shot format)")]
+              "zero-shot (what the mixture costs, or gives, in the zero-shot format)"),
+             ("zs_cot_only", "icl_cot_only", "icl_cot", "in-context-only vs zero-shot-only training, evaluated "
+              "in-context (positive: in-context training rows give in-context ability)"),
+             ("zs_cot_only", "icl_cot_only", "zs_cot", "in-context-only vs zero-shot-only training, evaluated "
+              "zero-shot (negative: training without zero-shot rows loses zero-shot ability, the mirror image)"),
+             ("icl_cot_only", "paper_4211", "icl_cot", "the 4:2:1:1 mixture vs in-context-only training, evaluated "
+              "in-context")]
+    res: dict[tuple[str, str, str], dict] = {}
     for a, b, mode, what in pairs:
         ta, tb = hits_of(f"{a}-{mode}-{task}"), hits_of(f"{b}-{mode}-{task}")
         if ta and tb:
             L.append(f"- {what}: {paired_cell(ta, tb)}")
-    return L + [""]
+            if set(hits(ta)) & set(hits(tb)):
+                res[(a, b, mode)] = _paired_of(ta, tb)
+    L.append("")
+    v = c3_verdict(res)
+    return L + ([v, ""] if v else [])
+
+
+def c3_verdict(res: dict[tuple[str, str, str], dict]) -> str | None:
+    """One generated paragraph: does training without in-context rows lose in-context ability here?"""
+    single = res.get(("zs_cot_only", "icl_cot_only", "icl_cot"))
+    mix = res.get(("zs_cot_only", "paper_4211", "icl_cot"))
+    mirror = res.get(("zs_cot_only", "icl_cot_only", "zs_cot"))
+    if single is None or mix is None:
+        return None
+
+    def d(r: dict) -> str:
+        p = f"p={r['p']:.3f}" if r["p"] >= 0.001 else "p<0.001"
+        return f"{r['delta']:+.1f} points, {p}"
+
+    sig_up = not single["within_noise"] and single["delta"] > 0
+    out = ["**Verdict.**"]
+    if sig_up:
+        out.append(f"Formats matter in the paper's direction: with in-context training rows only, in-context accuracy "
+                   f"is higher than after zero-shot-only training ({d(single)}), so zero-shot-only training gives up "
+                   f"in-context ability that in-context rows would have given.")
+    else:
+        out.append(f"In-context-only training is not better in-context than zero-shot-only training beyond noise "
+                   f"({d(single)}): the paper's finding does not show here.")
+    if mix["within_noise"]:
+        out.append(f"The paper's 4:2:1:1 mixture, though, is within noise of zero-shot-only training in-context "
+                   f"({d(mix)}): at this budget its share of in-context rows does not show a gain.")
+    else:
+        out.append(f"The paper's 4:2:1:1 mixture {'beats' if mix['delta'] > 0 else 'trails'} zero-shot-only training "
+                   f"in-context ({d(mix)}).")
+    mix_zs = res.get(("zs_cot_only", "paper_4211", "zs_cot"))
+    if mirror is not None and not mirror["within_noise"] and mirror["delta"] < 0:
+        keeps = (", which the mixture avoids (zero-shot, it is within noise of zero-shot-only training: "
+                 f"{d(mix_zs)})" if mix_zs is not None and mix_zs["within_noise"] else "")
+        out.append(f"The mirror image is stronger: in-context-only training loses zero-shot ability ({d(mirror)} "
+                   f"zero-shot vs zero-shot-only training){keeps}.")
+    return " ".join(out)
 
 
 def section_c4(rec: dict | None, fig_dir: Path) -> list[str]:

@@ -112,6 +112,12 @@ def test_c3_on_arith_shows_the_3x2_table_and_the_paired_in_context_comparison(re
     line = next(x for x in c3.splitlines() if x.startswith("- the 4:2:1:1 mixture vs zero-shot-only training, "
                                                              "evaluated in-context"))
     assert "+55.0 points" in line and (f"p={p:.3f}" in line or "p<0.001" in line)
+    # the generated verdict: in-context-only beats zero-shot-only in-context (10 vs 0 of 20), the mixture beats
+    # zero-shot-only too (11 vs 0); zero-shot, in-context-only training loses (5 vs 12 of 20; 7 discordant, p=0.016)
+    assert "**Verdict.** Formats matter in the paper's direction" in c3
+    assert "The paper's 4:2:1:1 mixture beats zero-shot-only training in-context (+55.0 points" in c3
+    assert "in-context-only training loses zero-shot ability (-35.0 points, p=0.016" in c3
+    assert "which the mixture avoids (zero-shot, it is within noise of zero-shot-only training: +0.0 points" in c3
 
 
 def test_c4_states_the_teacher_data_and_a_verdict_per_loss(results, tmp_path):
