@@ -425,6 +425,16 @@ def c5_from_scores(extra: dict, fig_dir: Path) -> list[str]:
     return L
 
 
+def _save(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def plot_c5(curves: dict, fig_dir: Path) -> Path | None:
     if not any(curves.values()):
         return None
@@ -446,12 +456,7 @@ def plot_c5(curves: dict, fig_dir: Path) -> Path | None:
     ax.set_ylabel("accuracy % (95% Wilson band)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    out = fig_dir / "c5_curves.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, fig_dir / "c5_curves.png")
 
 
 def section_dev_loss(rec: dict | None, fig_dir: Path) -> list[str]:
@@ -579,12 +584,7 @@ def plot_dev_loss(rows: list[dict], fig_dir: Path) -> Path | None:
     ax.set_ylabel("NLL / token")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    out = fig_dir / "c5_dev_loss.png"
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, fig_dir / "c5_dev_loss.png")
 
 
 # ---------------------------------------------------------------------------------------------- page
