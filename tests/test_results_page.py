@@ -208,3 +208,10 @@ def test_dev_sweep_section_compares_each_lr_with_the_recipes(results, tmp_path):
     rec["runs"] = [run(5e-4, 1.30), run(1e-3, 1.35)]
     (results / "dev_sweep.json").write_text(json.dumps(rec))
     assert "The recipe's learning rate is the best of those tried." in page.render(results, tmp_path / "docs")
+    # with a dev-loss curve whose checkpoints move by 0.2: a 0.1 gain is inside one run's training noise
+    rec["runs"] = [run(5e-4, 1.40), run(1e-3, 1.30)]
+    (results / "dev_sweep.json").write_text(json.dumps(rec))
+    (results / "dev_loss.json").write_text(json.dumps(_dev_loss({0: 1.5, 30: 1.3, 60: 1.5, 90: 1.3})))
+    md = page.render(results, tmp_path / "docs")
+    assert "but by less than one run's dev loss moves between neighbouring checkpoints (0.2000" in md
+    assert "one run per setting does not rank these learning rates" in md
