@@ -18,22 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import run as R  # noqa: E402  (experiments/run.py: the git commit and the atomic result-file writer)
+
 RESULTS = ROOT / "experiments" / "results" / "dev_loss.json"
-
-
-def _git() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
 
-    from lora_spec.adapters.artifact import load_adapter, read_manifest
+    from lora_spec.adapters.artifact import base_spec, load_adapter, read_manifest
     from lora_spec.checkpoints import load_trainable
     from lora_spec.selection import HeldOutEvaluator, SelectionOptions
     from lora_spec.student import load_student
@@ -76,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
                                      for name, per in ev.loss_rows.items()}})
         _write(args, fit, manifest, rows)
 
-    from lora_spec.adapters.artifact import base_spec
-
     base = load_student(base_spec(manifest, fit))
     score(base.model.eval(), base.tokenizer, 0)
     del base
@@ -106,12 +99,9 @@ def _write(args, fit: Path, manifest: dict, rows: list[dict], complete: bool = F
            "checkpoints": rows,
            "argmin": {k: min(trained, key=lambda r: (r[k], r["step"]))["step"]
                       for k in ("in_dist_loss", "ood_loss") if trained and all(k in r for r in trained)},
-           "complete": complete, "git": _git(),
+           "complete": complete, "git": R._git_commit(),
            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(tmp, args.out)
+    R.write_json(Path(args.out), out)
 
 
 if __name__ == "__main__":

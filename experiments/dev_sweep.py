@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -82,10 +81,7 @@ def _write(args, lrs: list[float], runs: dict, complete: bool = False) -> None:
            "recipe": RECIPE, "dev": f"gsm8k:dev, {args.dev} problems, zs_cot, reference = gold rationale + answer",
            "runs": [runs[x] for x in sorted(runs)], "complete": complete and all(x in runs for x in lrs),
            "git": R._git_commit(), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(tmp, RESULTS)
+    R.write_json(RESULTS, out)
 
 
 if __name__ == "__main__":

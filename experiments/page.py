@@ -27,13 +27,17 @@ OOD = ("multiarith", "asdiv", "svamp")
 
 
 def load(results: Path) -> dict[str, dict]:
-    out = {}
-    for p in sorted(results.glob("c*.json")):
-        try:
-            out[p.stem] = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"error: {p}: not valid JSON ({exc.msg} at line {exc.lineno})")
-    return out
+    return {p.stem: _read(p) for p in sorted(results.glob("c*.json"))}
+
+
+def _read(p: Path) -> dict | None:
+    """A result file (None when it is missing); a broken one is a one-line error naming it."""
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"error: {p}: not valid JSON ({exc.msg} at line {exc.lineno})")
 
 
 def hits(task: dict) -> dict[str, bool]:
@@ -462,13 +466,11 @@ def plot_c5(curves: dict, fig_dir: Path) -> Path | None:
 def section_dev_loss(rec: dict | None, fig_dir: Path) -> list[str]:
     """The recipe's step count judged on dev by the reference loss of every C5 checkpoint
     (``experiments/dev_loss.py``)."""
-    L = ["### The recipe's step count, judged on dev by the reference loss", ""]
+    L = ["### The recipe's step count, judged on dev by the reference loss", "",
+         status_line(rec, "dev_loss", "python experiments/dev_loss.py"), ""]
     if rec is None:
-        return L + ["**Not run yet.** Command: `python experiments/dev_loss.py`.", ""]
-    state = "complete" if rec.get("complete") else "**partial** (rerunning the command continues it)"
-    L += [f"Command: `{rec['command']}` · status: {state} · updated {rec.get('updated', '?')} at commit "
-          f"`{rec.get('git', '?')}`.", "",
-          "The accuracies above cannot rank the checkpoints. The reference loss can: the mean per-token NLL of the "
+        return L
+    L += ["The accuracies above cannot rank the checkpoints. The reference loss can: the mean per-token NLL of the "
           f"reference solutions, on {rec['sets']['in_dist']}, computed by lorasp's held-out evaluator "
           "(`score=loss`, no generation) for the base model and every saved checkpoint of the same run. Only the "
           "dev split is used, so this may tune the recipe. The OOD column is the NLL of the answer sentence alone "
@@ -488,7 +490,7 @@ def section_dev_loss(rec: dict | None, fig_dir: Path) -> list[str]:
         L.append("| " + " | ".join(cells) + " |")
         prev = r["step"]
     L.append("")
-    trained = [r for r in rows if r["step"] > 0 and "in_dist_loss" in r]
+    trained = _trained(rec)
     if trained:
         best = min(trained, key=lambda r: (r["in_dist_loss"], r["step"]))
         last = trained[-1]
@@ -512,45 +514,51 @@ def section_dev_loss(rec: dict | None, fig_dir: Path) -> list[str]:
     return L
 
 
+def _after_fall(trained: list[dict]) -> tuple[int, list[float]] | None:
+    """``(the step after which the dev loss first rises, every move from there on)``; None when it always falls."""
+    ys = [r["in_dist_loss"] for r in trained]
+    stop = next((i for i in range(1, len(ys)) if ys[i] > ys[i - 1]), None)
+    return None if stop is None else (trained[stop - 1]["step"], [ys[i] - ys[i - 1] for i in range(stop, len(ys))])
+
+
 def _dev_loss_shape(trained: list[dict]) -> str:
     """How the dev loss moves after it stops falling: a steady rise (overfitting) or up-and-down moves (training
     noise, which a paired test on the dev problems cannot see)."""
-    ys = [r["in_dist_loss"] for r in trained]
-    steps = [r["step"] for r in trained]
-    stop = next((i for i in range(1, len(ys)) if ys[i] > ys[i - 1]), None)
-    if stop is None:
+    fall = _after_fall(trained)
+    if fall is None:
         return "The dev loss falls at every checkpoint."
-    moves = [ys[i] - ys[i - 1] for i in range(stop, len(ys))]
+    step, moves = fall
     if all(m >= 0 for m in moves):
-        return (f"After step {steps[stop - 1]} the dev loss rises at every checkpoint: the later steps overfit it.")
-    return (f"After step {steps[stop - 1]} the dev loss stops trending down and moves up and down between checkpoints (by up to "
+        return (f"After step {step} the dev loss rises at every checkpoint: the later steps overfit it.")
+    return (f"After step {step} the dev loss stops trending down and moves up and down between checkpoints (by up to "
             f"{max(abs(m) for m in moves):.4f}). Each move is consistent across the dev problems, hence the small "
             "p-values, but the next checkpoint reverses it: this is training noise (which batches came last), not a "
             "trend, and a paired test on the dev sample cannot see it. Judged on this loss, more steps at this "
-            f"learning rate do not lower it systematically after about step {steps[stop - 1]}.")
+            f"learning rate do not lower it systematically after about step {step}.")
 
 
 def training_noise(dev_loss: dict | None) -> float | None:
     """The largest move of the dev loss between neighbouring checkpoints of one run after it stopped falling
     (``dev_loss.json``): the run-to-run noise scale that a paired test on the dev problems cannot see."""
-    trained = [r for r in sorted((dev_loss or {}).get("checkpoints", []), key=lambda r: r["step"])
-               if r["step"] > 0 and "in_dist_loss" in r]
-    ys = [r["in_dist_loss"] for r in trained]
-    stop = next((i for i in range(1, len(ys)) if ys[i] > ys[i - 1]), None)
-    return None if stop is None else max(abs(ys[i] - ys[i - 1]) for i in range(stop, len(ys)))
+    fall = _after_fall(_trained(dev_loss))
+    return None if fall is None else max(abs(m) for m in fall[1])
+
+
+def _trained(dev_loss: dict | None) -> list[dict]:
+    """The trained checkpoints of a ``dev_loss.json`` that have a dev loss, in step order."""
+    return [r for r in sorted((dev_loss or {}).get("checkpoints", []), key=lambda r: r["step"])
+            if r["step"] > 0 and "in_dist_loss" in r]
 
 
 def section_dev_sweep(rec: dict | None, noise: float | None = None) -> list[str]:
     """The recipe's learning rate judged on dev (``experiments/dev_sweep.py``)."""
-    L = ["### The recipe's learning rate, judged on dev by the reference loss", ""]
+    L = ["### The recipe's learning rate, judged on dev by the reference loss", "",
+         status_line(rec, "dev_sweep", "python experiments/dev_sweep.py"), ""]
     if rec is None:
-        return L + ["**Not run yet.** Command: `python experiments/dev_sweep.py`.", ""]
-    state = "complete" if rec.get("complete") else "**partial** (rerunning the command continues it)"
+        return L
     runs = sorted(rec.get("runs", []), key=lambda r: r["lr"])
     steps = runs[0]["steps"] if runs else "?"
-    L += [f"Command: `{rec['command']}` · status: {state} · updated {rec.get('updated', '?')} at commit "
-          f"`{rec.get('git', '?')}`.", "",
-          f"Each learning rate trains the recipe for the same {steps} steps (its own cosine schedule; CPU-sized, "
+    L += [f"Each learning rate trains the recipe for the same {steps} steps (its own cosine schedule; CPU-sized, "
           f"not the recipe's 240), and its adapter is scored by the reference loss on {rec.get('dev', 'GSM8K dev')}. "
           "Changes are paired on the same dev problems, against the recipe's learning rate.", "",
           "| learning rate | dev reference loss | change vs the recipe's lr [95% CI] | final train loss | train min |",
@@ -648,11 +656,9 @@ def render(results: Path, docs: Path) -> str:
                      ("c5", section_c5)):
         L += fn(recs.get(name), fig_dir)
         if name == "c5":
-            dl = results / "dev_loss.json"
-            L += section_dev_loss(json.loads(dl.read_text()) if dl.exists() else None, fig_dir)
-            sw = results / "dev_sweep.json"
-            L += section_dev_sweep(json.loads(sw.read_text()) if sw.exists() else None,
-                                   training_noise(json.loads(dl.read_text())) if dl.exists() else None)
+            dl, sw = (_read(results / f) for f in ("dev_loss.json", "dev_sweep.json"))
+            L += section_dev_loss(dl, fig_dir)
+            L += section_dev_sweep(sw, training_noise(dl))
     L += ["## FlanT5 vs T5", "",
           "The paper's finding that instruction-tuned FlanT5 specializes better than raw T5 cannot be tested here: "
           "neither checkpoint is available offline (no model hub access), and lorasp's seq2seq path is tested only "

@@ -66,6 +66,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def write_json(path: Path, obj: dict) -> None:
+    """A result file, written atomically (a temp file, then a rename): a cut run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+
+
 class StepFailed(RuntimeError):
     pass
 
@@ -116,10 +124,7 @@ class Experiment:
     def save(self, complete: bool = False) -> None:
         self.record.update(complete=complete and not self.missing, updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                            git=_git_commit())
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        tmp = RESULTS / f".{self.name}.json.tmp"
-        tmp.write_text(json.dumps(self.record, indent=1) + "\n")
-        tmp.replace(RESULTS / f"{self.name}.json")
+        write_json(RESULTS / f"{self.name}.json", self.record)
 
     # -- teach
     def teach_gsm8k(self) -> Path:

@@ -541,6 +541,9 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
     gs = fig.add_gridspec(2, 1, height_ratios=(3, 1.2), hspace=0.08)
     ax = fig.add_subplot(gs[0])
     axl = fig.add_subplot(gs[1], sharex=ax)
+    held = [(k, [(c["step"], _num((c.get("scores") or {}).get(k))) for c in cks]) for k in LOSS_KEYS]
+    held = [(k, [(x, y) for x, y in pts if y is not None]) for k, pts in held]  # held-out reference losses
+    has_held = any(pts for _, pts in held)
     styles = [("-", "o", 7), ("--", "s", 6), (":", "^", 8)]  # a line lying on another (both 0%) stays visible
     for k, s in enumerate(sets):
         pts = [(c["step"], _num((c.get("scores") or {}).get(s))) for c in cks]
@@ -571,7 +574,7 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
     ax.grid(alpha=0.3)
     if sets:
         ax.legend(loc="best", fontsize=10, framealpha=0.9)
-    elif any(_num((c.get("scores") or {}).get(k)) is not None for c in cks for k in LOSS_KEYS):
+    elif has_held:
         ax.text(0.5, 0.5, "no held-out accuracy: the sets score the reference loss only (lower panel)",
                 transform=ax.transAxes, ha="center", va="center", color="0.4")
     title = f"{name}: held-out accuracy during specialization"
@@ -591,19 +594,17 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
                  label="mean since the previous checkpoint")
         if per_step:
             axl.legend(loc="upper right", fontsize=8)
-    held = [(k, [(c["step"], _num((c.get("scores") or {}).get(k))) for c in cks]) for k in LOSS_KEYS]
-    held = [(k, [(x, y) for x, y in pts if y is not None]) for k, pts in held]
     for k, pts in held:  # held-out reference losses (score=loss|both), same unit as the training loss
         if pts:
             s = k[:-len("_loss")]
             axl.plot([x for x, _ in pts], [y for _, y in pts], marker="D", ms=4, ls="--", lw=1.5,
                      color=_COLORS.get(s), label=f"{SET_TITLES.get(s, s)} reference loss")
-    if any(pts for _, pts in held):
+    if has_held:
         axl.legend(loc="upper right", fontsize=8)
-    if not lp and not per_step and not any(pts for _, pts in held):
+    if not lp and not per_step and not has_held:
         axl.text(0.5, 0.5, "no training loss recorded", transform=axl.transAxes, ha="center", va="center",
                  color="0.5")
-    axl.set_ylabel("loss (NLL/token)" if any(pts for _, pts in held) else "train loss")
+    axl.set_ylabel("loss (NLL/token)" if has_held else "train loss")
     axl.set_xlabel("optimizer step")
     from matplotlib.ticker import MaxNLocator
 

@@ -18,6 +18,13 @@ PREDICTIONS_FILE = "heldout_predictions.jsonl"
 LOSS_MAX_LENGTH = 2048  # reference-loss rows: prompts longer than this lose tokens from the left (as in training)
 
 
+def _has_reference(problem: Any, mode: str) -> bool:
+    """Whether a problem has a reference target in ``mode``: CoT modes need its worked solution (rationale)."""
+    from ..prompts import is_cot
+
+    return not is_cot(mode) or bool((problem.rationale or "").strip())
+
+
 @dataclass
 class SetTasks:
     name: str  # in_dist | ood | generic
@@ -105,7 +112,7 @@ class HeldOutEvaluator:
             if not is_cot(st.config.mode):
                 continue
             probs = [p for ps in st.problems.values() for p in ps]
-            have = sum(1 for p in probs if (p.rationale or "").strip())
+            have = sum(1 for p in probs if _has_reference(p, st.config.mode))
             flag = f"--{name.replace('_', '-')}"
             if have == 0 and st.config.score == "loss":
                 raise ConfigError(f"{flag}: score=loss in mode {st.config.mode} needs reference solutions, and none "
@@ -309,17 +316,17 @@ class HeldOutEvaluator:
         return scores
 
     def _accuracy_sets(self) -> list[tuple[str, SetTasks]]:
-        return [(n, st) for n, st in self.sets.items() if st.config.score != "loss"]
+        return [(n, st) for n, st in self.sets.items() if st.config.scores_accuracy]
 
     def _loss_sets(self) -> list[tuple[str, SetTasks]]:
-        return [(n, st) for n, st in self.sets.items() if st.config.score != "accuracy"]
+        return [(n, st) for n, st in self.sets.items() if st.config.scores_loss]
 
     def loss_examples(self, tokenizer: Any) -> dict[str, list[Any]]:
         """Per loss-scoring set, the training-style rows ``(prompt, reference target)`` of its problems: the set's
         prompt mode, the target :func:`lora_spec.prompts.build_example` makes (CoT modes: the problem's reference
         rationale then ``The answer is X.``; answer modes: ``The answer is X.``). Problems without a reference
         rationale are left out of a CoT set's loss (e.g. SVAMP, whose data has an equation, not a solution)."""
-        from ..prompts import build_example, check_mode, is_cot, uses_chat
+        from ..prompts import build_example, check_mode, uses_chat
         from ..records import Example
 
         use_chat = uses_chat(tokenizer, self.chat) if self.kind == "causal" else False
@@ -329,7 +336,7 @@ class HeldOutEvaluator:
             rows = []
             for t in st.tasks:
                 for p in st.problems[t["task"]]:
-                    if is_cot(mode) and not (p.rationale or "").strip():
+                    if not _has_reference(p, mode):
                         continue
                     prompt, target = build_example(p, mode, tokenizer, chat=use_chat, data_dir=self.data_dir)
                     rows.append(Example(format=mode, prompt=prompt, target=target, problem_id=p.id))
