@@ -70,7 +70,7 @@ def judge(task: EvalTask, problem: Problem, output: str, *, strict: bool = True)
 
 def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: str = "causal", batch_size: int = 16,
                    data_dir: str | os.PathLike | None = None, progress: bool = True,
-                   chat: bool | None = None, seed: int = LIMIT_SEED) -> dict[str, dict]:
+                   chat: bool | None = None, seed: int = LIMIT_SEED, journal: Any = None) -> dict[str, dict]:
     """Run every task; per task: accuracy, its 95% Wilson interval ``ci`` ([lo, hi]), n, correct,
     flexible_accuracy, flexible_correct, mode, seconds, generated_tokens, predictions. ``seed``: of the
     ``task.limit`` sample (:func:`seeded_sample`).
@@ -79,8 +79,12 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
     sentence ("The answer is X"); ``flexible_*`` (``flexible-extract``) also take the last number of an output
     that never states one. Each prediction is ``{id, question, gold, output, extracted, correct,
     extracted_flexible, correct_flexible, scorer}``. ``chat``: None = use the
-    tokenizer's chat template when it has one (instruct students), False = plain text.
+    tokenizer's chat template when it has one (instruct students), False = plain text. ``journal``
+    (:class:`lora_spec.eval_journal.EvalJournal`): every prediction is appended to it as it finishes, and the
+    predictions a cut run of the same settings finished are reused, not generated again (``resumed``: how many).
     """
+    import sys
+
     from .prompts import build_prompt, check_mode, stop_sequences, uses_chat
 
     results: dict[str, dict] = {}
@@ -89,28 +93,55 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
         mode = check_mode(task.mode)
         problems = task_problems(task, data_dir, seed)
         prompts = [build_prompt(p, mode, tokenizer, chat=use_chat, data_dir=data_dir) for p in problems]
+        preds: list[dict | None] = [None] * len(problems)
+        todo = list(range(len(problems)))
+        on_output = None
+        if journal is not None:
+            from .eval_journal import prompt_hash
+
+            hashes = [prompt_hash(x) for x in prompts]
+            kept = journal.kept(task.name, mode, task.max_new_tokens)
+            for j, p in enumerate(problems):
+                row = kept.get(journal.key(p.id, hashes[j]))
+                if row is not None:
+                    preds[j] = _prediction(task, p, row.get("output", ""))
+            todo = [j for j in todo if preds[j] is None]
+            if len(todo) < len(problems):
+                print(f"eval: {task.name}: {len(problems) - len(todo)} of {len(problems)} predictions kept from an "
+                      f"interrupted run; generating {len(todo)}", file=sys.stderr, flush=True)
+            journal.open(task.name, mode, task.max_new_tokens)
+
+            def on_output(k: int, out: str, n_tokens: int) -> None:
+                j = todo[k]
+                preds[j] = _prediction(task, problems[j], out)
+                journal.add(task.name, {**preds[j], "prompt_hash": hashes[j], "tokens": n_tokens})
+
         st: dict = {}
-        outs = generate(model, tokenizer, prompts, kind=kind, max_new_tokens=task.max_new_tokens,
+        outs = generate(model, tokenizer, [prompts[j] for j in todo], kind=kind, max_new_tokens=task.max_new_tokens,
                         stop=stop_sequences(mode, use_chat), batch_size=batch_size, progress=progress, stats=st,
-                        description=task.name)
-        preds = []
-        correct = flexible = 0
-        for p, o in zip(problems, outs):
-            sc = scorer_for(task, p)
-            ext, ok = judge(task, p, o)
-            ext_f, ok_f = judge(task, p, o, strict=False)
-            correct += ok
-            flexible += ok_f
-            preds.append({"id": p.id, "question": p.question, "gold": p.answer, "output": o, "extracted": ext,
-                          "correct": ok, "extracted_flexible": ext_f, "correct_flexible": ok_f, "scorer": sc})
+                        description=task.name, on_output=on_output)
+        for k, j in enumerate(todo):
+            if preds[j] is None:
+                preds[j] = _prediction(task, problems[j], outs[k])
+        correct = sum(bool(r["correct"]) for r in preds)
+        flexible = sum(bool(r["correct_flexible"]) for r in preds)
         n = len(problems)
         results[task.name] = {"accuracy": correct / n if n else 0.0, "ci": list(wilson(correct, n)), "n": n,
                               "correct": correct,
                               "flexible_accuracy": flexible / n if n else 0.0, "flexible_correct": flexible,
                               "mode": mode,
                               "dataset": task.dataset, "split": task.split, "seconds": st.get("seconds", 0.0),
-                              "generated_tokens": st.get("generated_tokens", 0), "predictions": preds}
+                              "generated_tokens": st.get("generated_tokens", 0), "predictions": preds,
+                              **({"resumed": n - len(todo)} if n > len(todo) else {})}
     return results
+
+
+def _prediction(task: EvalTask, p: Problem, output: str) -> dict:
+    """One scored prediction: the output's answer by the strict and the flexible rule (:func:`judge`)."""
+    ext, ok = judge(task, p, output)
+    ext_f, ok_f = judge(task, p, output, strict=False)
+    return {"id": p.id, "question": p.question, "gold": p.answer, "output": output, "extracted": ext,
+            "correct": ok, "extracted_flexible": ext_f, "correct_flexible": ok_f, "scorer": scorer_for(task, p)}
 
 
 def with_mode(tasks: list[EvalTask], mode: str | None) -> list[EvalTask]:
@@ -263,6 +294,12 @@ def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
         for t in ts:
             tasks.append({"suite": s, "task": t.name, "mode": t.mode, "problems": len(task_problems(t, cfg.data_dir)),
                           "max_new_tokens": t.max_new_tokens})
+    from .eval_journal import journal_rows
+
+    kept = journal_rows(cfg.out)
+    if kept and not cfg.overwrite:
+        notes.append(f"continues the interrupted eval in {cfg.out}: {sum(kept.values())} predictions of "
+                     f"{len(kept)} task(s) kept, if the model and settings are the same (--overwrite starts over)")
     from .calibration import lookup
 
     model, quant = _model_and_quant(cfg)
@@ -310,8 +347,8 @@ def run_eval(cfg: EvalConfig) -> "os.PathLike":
 
 def eval_result(cfg: EvalConfig) -> EvalResult:
     """:func:`run_eval`, returning the output directory and the results.json document it wrote. The steps in the
-    order they run: defaults, plan, load, score, then the predictions and the results document."""
-    import json
+    order they run: defaults, plan, load, score (each prediction kept in the eval journal as it finishes, so a
+    rerun after a crash continues), then the predictions and the results document."""
     import sys
     from pathlib import Path
 
@@ -325,28 +362,60 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    student, adapter_info = _load_eval_model(cfg)
+    from .eval_journal import EvalJournal, discard
+    from .outputs import RunLock
 
-    t0 = time.perf_counter()
-    results = evaluate_tasks(student.model, student.tokenizer, [t for ts in suites.values() for t in ts],
-                             kind=student.kind, batch_size=cfg.batch_size, data_dir=cfg.data_dir,
-                             progress=cfg.progress, chat=cfg.chat, seed=cfg.seed)
-    wall = time.perf_counter() - t0
+    out = Path(cfg.out)
+    with RunLock(out, "eval output directory"):
+        if cfg.overwrite:
+            discard(out)  # start over: an interrupted eval's predictions are not reused
+        all_tasks = [t for ts in suites.values() for t in ts]
+        for t in all_tasks:  # a journal of another mode or budget is refused before the model loads
+            EvalJournal(out, {}).kept(t.name, t.mode, t.max_new_tokens)
+        student, adapter_info = _load_eval_model(cfg)
+        journal = EvalJournal(out, _journal_identity(cfg, student, adapter_info))
+        for t in all_tasks:  # ... and one of another model, adapter or prompting before any generation
+            journal.kept(t.name, t.mode, t.max_new_tokens)
+        t0 = time.perf_counter()
+        try:
+            results = evaluate_tasks(student.model, student.tokenizer, all_tasks, kind=student.kind,
+                                     batch_size=cfg.batch_size, data_dir=cfg.data_dir, progress=cfg.progress, chat=cfg.chat, seed=cfg.seed, journal=journal)
+        finally:
+            journal.close()
+        wall = time.perf_counter() - t0
+        doc = _write_results(cfg, out, student, adapter_info, notes, suites, results, wall)
+        journal.remove()  # complete: results.json and predictions/ hold everything
+    return EvalResult(out, doc)
+
+
+def _journal_identity(cfg: EvalConfig, student, adapter_info: dict | None) -> dict:
+    """What the predictions of an eval depend on besides the prompt text and the generation budget (both checked
+    per task): a cut eval is continued only under the same identity."""
+    from .prompts import uses_chat
+
+    return {"model": (student.fingerprint or {}).get("id"), "quant": student.quant, "kind": student.kind,
+            "adapter": (adapter_info or {}).get("digest"),
+            "chat": uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False}
+
+
+def _write_results(cfg: EvalConfig, out, student, adapter_info: dict | None, notes: list[str],
+                   suites: dict[str, list], results: dict[str, dict], wall: float) -> dict:
+    """predictions/, results.json (atomically) and report.md; records the measured tokens/s for --dry-run."""
+    import json
+
     gen = sum(r["generated_tokens"] for r in results.values())
     if gen and wall > 0:  # for --dry-run estimates (lora_spec.calibration)
         from .calibration import record
 
         record(_calibration_key(*_model_and_quant(cfg)), tokens_per_second=round(gen / wall, 1),
                batch_size=cfg.batch_size)
-
-    out = Path(cfg.out)
     tasks_json = _write_predictions(out, results)
     doc = _results_doc(cfg, student, adapter_info, notes, wall, _suite_summary(suites, tasks_json), tasks_json)
     tmp = out / ".results.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False))
     os.replace(tmp, out / "results.json")
     (out / "report.md").write_text(render_report(doc))
-    return EvalResult(out, doc)
+    return doc
 
 
 def _load_eval_model(cfg: EvalConfig):

@@ -358,7 +358,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              stats: dict | None = None, description: str = "generating", share_prefix: bool = True,
              adapter_names: Sequence[str] | None = None, add_special_tokens: bool | None = None,
-             strip: bool = True, return_ids: bool = False) -> list:
+             strip: bool = True, return_ids: bool = False, on_output: Any = None) -> list:
     """Generate a completion for each prompt (greedy by default); outputs in input order, stop strings cut off.
 
     ``kind``: ``causal`` (decoder-only: continuous batching with left padding, see :func:`_decode_causal`) or
@@ -367,6 +367,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     prompt (a mixed-adapter batch). ``add_special_tokens``: None (default) tokenizes the prompts exactly as
     training does (``batching.encode_prompts``: special tokens added, no second BOS); True/False force it. ``strip``: strip whitespace off each
     completion. ``return_ids``: the generated token ids up to EOS instead of texts (stop strings not applied).
+    ``on_output(i, output, n_tokens)``: called as each prompt finishes (the eval journal keeps it at once).
     """
     if kind not in ("causal", "seq2seq"):
         raise ConfigError(f"unknown model kind {kind!r} (expected causal or seq2seq)")
@@ -413,6 +414,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
             text = _cut_at_stop(text, stops) if stops else text
             outputs[i] = text.strip() if strip else text
         total_tokens += n_tokens
+        if on_output is not None:
+            on_output(i, outputs[i], n_tokens)
         if prog is not None:
             el = time.perf_counter() - t0
             prog.update(advance=1, **{"tok/s": f"{total_tokens / max(el, 1e-9):.0f}"})

@@ -8,6 +8,8 @@ does any work):
   for ``merge``, a combined adapter for ``combine``, eval results for ``eval``): replaced only with
   ``--overwrite``; the new output is written beside it and renamed into place, and the old one is removed only
   after the new one is complete (:func:`lora_spec.adapters.artifact.atomic_dir`);
+* an interrupted eval (its eval journal, :mod:`lora_spec.eval_journal`) or teach run: continued by rerunning the
+  command (``lorasp eval --overwrite`` starts it over);
 * anything else (a directory that is not a lorasp output or is another kind of lorasp output, a regular file,
   an input of the same command such as ``--data`` or a parent adapter, or a directory that holds one) is refused
   with one line and never touched.
@@ -38,14 +40,15 @@ WRITES = {
     "fit": ("adapter", "full"),
     "merge": ("merged",),
     "combine": ("combined",),
-    "eval": ("eval",),
+    "eval": ("eval", "eval_partial"),
     "teach": ("teach",),
     "checkpoints": ("checkpoints",),  # fit's <out>.checkpoints
     "export": ("export",),
 }
 _DESCRIBE = {"adapter": "a lorasp adapter artifact", "full": "a lorasp full fine-tune artifact",
              "merged": "a lorasp merged model", "combined": "a lorasp combined adapter",
-             "eval": "lorasp eval results", "teach": "a lorasp teach run", "checkpoints": "lorasp fit checkpoints",
+             "eval": "lorasp eval results", "eval_partial": "an interrupted lorasp eval",
+             "teach": "a lorasp teach run", "checkpoints": "lorasp fit checkpoints",
              "checkpoint": "a lorasp fit checkpoint", "export": "a lorasp export"}
 
 
@@ -82,6 +85,8 @@ def output_kind(path: str | os.PathLike) -> str | None:
         return "teach"
     if "results.json" in names and ("predictions" in names or "report.md" in names):
         return "eval"
+    if ".eval-journal" in names and names <= {".eval-journal", LOCK_FILE, ".results.json.tmp", "predictions"}:
+        return "eval_partial"  # lora_spec.eval_journal: rerunning the eval continues it
     if re.fullmatch(r"step-\d+", p.name):  # a checkpoint of lora_spec.trainer (complete or not)
         return "checkpoint"
     if names <= {LOCK_FILE}:
@@ -138,7 +143,7 @@ def check_output(out: str | os.PathLike | None, command: str, *, overwrite: bool
     if kind not in allowed:
         raise OutputError(f"{flag} {out}: holds {_DESCRIBE.get(kind, kind)}, not what 'lorasp {command}' writes; "
                           f"lorasp never replaces it (choose another {flag})")
-    if command in ("teach", "checkpoints"):  # resumed (or, for checkpoints, managed by fit), not replaced
+    if command in ("teach", "checkpoints") or kind == "eval_partial":  # resumed (or managed by fit), not replaced
         return res
     if not overwrite:
         raise OutputError(f"{flag} {out}: holds {_DESCRIBE[kind]} from an earlier run; pass --overwrite to "

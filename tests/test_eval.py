@@ -307,3 +307,98 @@ def test_generation_tokenizes_prompts_as_training_did(tiny, tiny_llama_path, mon
     monkeypatch.setattr(generation, "_decode_causal", spy)
     generation.generate(tiny.model, tok, [plain, chat], max_new_tokens=2, progress=False)
     assert seen["ids"] == ids == [list(e.input_ids[:len(p)]) for e, p in zip(enc, ids)]
+
+
+# --------------------------------------------------------------------------------------------- the eval journal
+
+def _cut_after(monkeypatch, k: int):
+    """Make the k+1-th journalled prediction raise, as a crash or Ctrl-C in the middle of an eval would."""
+    from lora_spec.eval_journal import EvalJournal
+
+    real = EvalJournal.add
+    seen = {"n": 0}
+
+    def add(self, task, row):
+        if seen["n"] >= k:
+            raise KeyboardInterrupt
+        seen["n"] += 1
+        real(self, task, row)
+
+    monkeypatch.setattr(EvalJournal, "add", add)
+
+
+def _eval_cfg(out, **kw):
+    from lora_spec.evaluate import EvalConfig
+
+    base = dict(model="tiny-llama", suite=["arith", "bbh"], task=["arith", "bbh/web_of_lies"], limit=6,
+                mode="zs_cot", max_new_tokens=8, batch_size=2, progress=False, out=str(out))
+    return EvalConfig(**{**base, **kw})
+
+
+def test_a_cut_eval_keeps_its_predictions_and_a_rerun_continues(tmp_path, monkeypatch, data_dir):
+    import lora_spec.evaluate as ev
+    from lora_spec.eval_journal import JOURNAL_DIR
+    from lora_spec.outputs import output_kind
+
+    whole = ev.eval_result(_eval_cfg(tmp_path / "whole")).doc
+    assert not (tmp_path / "whole" / JOURNAL_DIR).exists()  # complete: the journal is gone
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _cut_after(m, 4)
+        with pytest.raises(KeyboardInterrupt):
+            ev.eval_result(_eval_cfg(out))
+    assert output_kind(out) == "eval_partial" and not (out / "results.json").exists()
+    journal = (out / JOURNAL_DIR / "arith.jsonl").read_text().splitlines()
+    assert len(journal) == 1 + 4 and json.loads(journal[0])["max_new_tokens"] == 8
+    # a kill in the middle of a write leaves a torn last line: that prediction is redone, the others kept
+    with (out / JOURNAL_DIR / "arith.jsonl").open("a") as fh:
+        fh.write('{"id": "torn", "outp')
+    r = _run("--model", "tiny-llama", "--suite", "arith", "--suite", "bbh", "--task", "arith", "--task",
+             "bbh/web_of_lies", "--limit", "6", "--mode", "zs_cot", "--max-new-tokens", "8", "--out", str(out),
+             "--dry-run")
+    assert r.returncode == 0 and "continues the interrupted eval" in r.stdout and "4 predictions" in r.stdout, r
+    calls = []
+    real_generate = ev.generate
+    monkeypatch.setattr(ev, "generate", lambda m, t, prompts, **kw: calls.append(len(prompts)) or
+                        real_generate(m, t, prompts, **kw))
+    doc = ev.eval_result(_eval_cfg(out)).doc
+    assert calls == [2, 6]  # only the arith problems the cut run had not finished, then all of web_of_lies
+    assert doc["tasks"]["arith"]["resumed"] == 4 and "resumed" not in doc["tasks"]["bbh/web_of_lies"]
+    for name in ("arith", "bbh/web_of_lies"):
+        a = [json.loads(x) for x in (out / doc["tasks"][name]["predictions_file"]).read_text().splitlines()]
+        b = [json.loads(x) for x in (tmp_path / "whole" / whole["tasks"][name]["predictions_file"])
+             .read_text().splitlines()]
+        assert a == b and doc["tasks"][name]["correct"] == whole["tasks"][name]["correct"]
+    assert output_kind(out) == "eval" and not (out / JOURNAL_DIR).exists()
+
+
+def test_a_cut_eval_with_other_settings_is_refused_in_one_line(tmp_path, monkeypatch, data_dir):
+    import lora_spec.evaluate as ev
+    from lora_spec.eval_journal import JOURNAL_DIR
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _cut_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            ev.eval_result(_eval_cfg(out))
+    args = ["--model", "tiny-llama", "--suite", "arith", "--task", "arith", "--limit", "6", "--mode", "zs_cot",
+            "--out", str(out)]
+    r = _run(*args, "--max-new-tokens", "9")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"error: {out}: holds an interrupted eval of arith with max_new_tokens 8, not 9; rerun it with its settings "
+        f"to continue it, pass --overwrite to discard it, or choose another --out"), r.stderr
+    r = _run(*args, "--max-new-tokens", "8", "--quant", "nf4")  # another model: checked once it is loaded
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"error: {out}: holds an interrupted eval of arith with quant 'none', not 'nf4'; rerun it with its settings "
+        f"to continue it, pass --overwrite to discard it, or choose another --out"), r.stderr
+    assert len((out / JOURNAL_DIR / "arith.jsonl").read_text().splitlines()) == 4  # untouched
+    r = _run(*args, "--max-new-tokens", "9", "--overwrite")  # starts over
+    assert r.returncode == 0 and "kept from an interrupted run" not in r.stderr, r.stderr
+    assert json.loads((out / "results.json").read_text())["tasks"]["arith"]["n"] == 6
+    assert not (out / JOURNAL_DIR).exists()
+    bad = tmp_path / "bad"
+    (bad / JOURNAL_DIR).mkdir(parents=True)
+    (bad / JOURNAL_DIR / "arith.jsonl").write_text('[]\nnot json\n{"id": "1"}\n')
+    r = _run(*args, "--max-new-tokens", "8", "--out", str(bad))
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "arith.jsonl:1:" in r.stderr or "arith.jsonl:2:" in r.stderr, r.stderr
