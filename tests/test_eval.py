@@ -234,6 +234,33 @@ def test_continuous_batching_matches_transformers_generate(tiny, batch_size):
         assert c == r[:k].strip()
 
 
+def test_kv_buffers_write_in_place_and_change_nothing(tiny, monkeypatch):
+    """Decoding into over-allocated KV buffers (one position written per step; rows joined, selected and trimmed;
+    a buffer that runs out of room grows) gives exactly the outputs of transformers' concatenating cache."""
+    from lora_spec import generation
+
+    prefix = "Answer briefly. Example: 2 + 2 = 4. Example: 3 + 5 = 8. Now the question.\n"
+    prompts = [prefix + p for p in MORE] + MORE
+    ref, _ = _hf_greedy(tiny.model, tiny.tokenizer, prompts, 12)
+    stops = [r[4:7] for r in ref if len(r) > 8][:3]  # rows finish at different steps: selects, joins, trims
+    seen = []
+    real_buffer = generation._buffer_cache
+    monkeypatch.setattr(generation, "_buffer_cache", lambda cache, room: seen.append(room) or real_buffer(cache, room))
+    for bs in (3, 16):
+        st: dict = {}
+        out = generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=12, batch_size=bs, progress=False,
+                       stop=stops, stats=st)
+        monkeypatch.setattr(generation, "BUFFER_KV", False)
+        plain = generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=12, batch_size=bs, progress=False,
+                         stop=stops)
+        monkeypatch.setattr(generation, "BUFFER_KV", True)
+        assert out == plain and (bs == 16 or st["joins"] > 0)
+    assert seen and set(seen) == {12}
+    # no room at all: every step grows the buffers (amortized), and the outputs are still the same
+    monkeypatch.setattr(generation, "_buffer_cache", lambda cache, room: real_buffer(cache, 0))
+    assert generate(tiny.model, tiny.tokenizer, prompts, max_new_tokens=12, batch_size=3, progress=False) == ref
+
+
 def test_sliding_window_cache_falls_back_to_whole_batches(tiny):
     """A model whose KV cache has sliding-window layers cannot have rows joined mid-flight; the output is still
     exactly transformers' greedy generate."""

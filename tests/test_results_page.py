@@ -136,6 +136,28 @@ def test_c4_states_the_teacher_data_and_a_verdict_per_loss(results, tmp_path):
     assert "mix:0.5 is within noise of sample matching (+0.0 points, p=1.000)" in c4
 
 
+def test_c4_across_tokenizers_shows_the_alignment_and_a_verdict(results, tmp_path):
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    sub = (docs / "results.md").read_text().split("### C4 across tokenizers")[1].split("## C5")[0]
+    assert "**Not run yet.** Command: `python experiments/run.py c4x`" in sub
+    evs = {"base-zs_cot-arith": _ev("arith", "0" * 20), "sample-zs_cot-arith": _ev("arith", "1" * 8 + "0" * 12),
+           "distribution-zs_cot-arith": _ev("arith", "0" * 20)}  # 8 fewer, none more: p<0.05
+    (results / "c4x.json").write_text(json.dumps({
+        "experiment": "c4x", "title": "t", "command": "python experiments/run.py c4x", "complete": False,
+        "evals": evs, "extra": {"student_steps": 64, "n": 20, "student_source": "WHEEL"},
+        "fits": {"distribution": {"distribution": {"samples": 384, "student_tokens": 33603, "aligned_tokens": 32979,
+                                                   "aligned_fraction": 0.9814, "min_sample_fraction": 0.8889}}}}))
+    page.main(["--results", str(results), "--docs", str(docs)])
+    sub = (docs / "results.md").read_text().split("### C4 across tokenizers")[1].split("## C5")[0]
+    assert "status: **partial**" in sub and "(WHEEL) for 64 steps" in sub
+    assert "32,979 of 33,603 Gemma target tokens of 384 samples carry the teacher's top-5 (aligned fraction 0.981" \
+        in sub
+    p = binomtest(0, 8, 0.5).pvalue
+    assert f"distribution matching loses to sample matching (-40.0 points, p={p:.3f})" in sub
+    assert "| student, mix:0.5 | not run yet |" in sub
+
+
 def test_c2_shows_flexible_scoring_and_a_verdict(results, tmp_path):
     def ev(strict: str, flexible: str) -> dict:
         e = _ev("bbh/snarks", strict)
