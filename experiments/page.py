@@ -51,9 +51,13 @@ def pct(k: int, n: int) -> str:
     return f"{100 * k / n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def cell(ev: dict | None, task: str) -> tuple[str, dict | None]:
+def cell(ev: dict | None, task: str, progress: dict | None = None) -> tuple[str, dict | None]:
+    """An eval's accuracy cell; ``progress`` (``in_progress[label]`` of a result file): a cut eval's count of
+    finished predictions, shown without an accuracy (the finished ones are the longest prompts, not a sample)."""
     t = (ev or {}).get("tasks", {}).get(task)
     if not t or not t.get("n"):
+        if progress and progress.get("done"):
+            return f"cut at {progress['done']} of {progress.get('of') or '?'}", None
         return "not run yet", None
     return pct(int(t["correct"]), int(t["n"])), t
 
@@ -121,9 +125,10 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
               "| set | n | base % [95% CI] | adapter % [95% CI] | change, points [95% CI], McNemar p |",
               "|---|---:|---:|---:|---|"]
         base_acc, ad_acc = [], []
+        prog = rec.get("in_progress") or {}
         for task in ("gsm8k", *OOD):
-            b_txt, b = cell(evs.get(f"base-{mode}-{task}"), task)
-            a_txt, a = cell(evs.get(f"adapter-{mode}-{task}"), task)
+            b_txt, b = cell(evs.get(f"base-{mode}-{task}"), task, prog.get(f"base-{mode}-{task}"))
+            a_txt, a = cell(evs.get(f"adapter-{mode}-{task}"), task, prog.get(f"adapter-{mode}-{task}"))
             n = (a or b or {}).get("n", "–")
             L.append(f"| {SET_NAMES[task]} | {n} | {b_txt} | {a_txt} | {paired_cell(b, a)} |")
             if task in OOD and a and b:

@@ -120,7 +120,7 @@ class Experiment:
         old = json.loads(path.read_text()) if path.exists() else {}
         self.record = {"experiment": self.name, "title": self.title, "command": self.command,
                        "teacher_note": TEACHER_NOTE, "fits": old.get("fits", {}), "evals": old.get("evals", {}),
-                       "extra": old.get("extra", {}), "complete": False}
+                       "extra": old.get("extra", {}), "complete": False, "in_progress": {}}
 
     def save(self, complete: bool = False) -> None:
         self.record.update(complete=complete and not self.missing, updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -183,11 +183,23 @@ class Experiment:
         if not (out / "results.json").exists():
             if COLLECT_ONLY:  # --collect: record what has run, start nothing
                 self.missing.append(label)
+                kept = sum(_journal_rows(out).values())  # a cut eval: its finished predictions wait in the journal
+                if kept:
+                    self.record["in_progress"][label] = {"done": kept, "of": limit if len(tasks) == 1 else None}
+                self.save()
                 return {}
             run_lorasp(args, self.log)
+        self.record["in_progress"].pop(label, None)
         self.record["evals"][label] = collect_eval(out, args)
         self.save()
         return self.record["evals"][label]
+
+
+def _journal_rows(out: Path) -> dict[str, int]:
+    """The predictions a cut ``lorasp eval`` kept in its journal (``lora_spec.eval_journal``), per task."""
+    from lora_spec.eval_journal import journal_rows
+
+    return journal_rows(out)
 
 
 def collect_eval(out: Path, args: list[str]) -> dict:

@@ -70,6 +70,16 @@ def test_page_is_generated_from_results_with_scipy_statistics(results, tmp_path)
     assert "FlanT5" in text
 
 
+def test_a_cut_eval_shows_its_progress_not_an_accuracy(results, tmp_path):
+    rec = json.loads((results / "c1.json").read_text())
+    rec["in_progress"] = {"base-icl_cot-gsm8k": {"done": 212, "of": 500}}
+    (results / "c1.json").write_text(json.dumps(rec))
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    icl = (docs / "results.md").read_text().split("### 8-shot CoT (`icl_cot`)")[1].split("##")[0]
+    assert "| GSM8K test | – | cut at 212 of 500 | not run yet | – |" in icl
+
+
 def test_page_names_a_broken_result_file(results, tmp_path):
     (results / "c2.json").write_text("{not json")
     with pytest.raises(SystemExit) as e:
