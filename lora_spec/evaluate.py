@@ -362,8 +362,9 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    from .eval_journal import EvalJournal, discard
-    from .outputs import RunLock
+    from .errors import LoraspError
+    from .eval_journal import JOURNAL_DIR, EvalJournal, discard, journal_rows
+    from .outputs import RunLock, interrupt_on_signals
 
     out = Path(cfg.out)
     with RunLock(out, "eval output directory"):
@@ -378,8 +379,15 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
             journal.kept(t.name, t.mode, t.max_new_tokens)
         t0 = time.perf_counter()
         try:
-            results = evaluate_tasks(student.model, student.tokenizer, all_tasks, kind=student.kind,
-                                     batch_size=cfg.batch_size, data_dir=cfg.data_dir, progress=cfg.progress, chat=cfg.chat, seed=cfg.seed, journal=journal)
+            with interrupt_on_signals():  # Ctrl-C, SIGTERM: stop, keeping every finished prediction
+                results = evaluate_tasks(student.model, student.tokenizer, all_tasks, kind=student.kind,
+                                         batch_size=cfg.batch_size, data_dir=cfg.data_dir, progress=cfg.progress,
+                                         chat=cfg.chat, seed=cfg.seed, journal=journal)
+        except KeyboardInterrupt:
+            journal.close()
+            kept = sum(journal_rows(out).values())
+            raise LoraspError(f"interrupted: {kept} prediction{'s' if kept != 1 else ''} kept in {out / JOURNAL_DIR}; "
+                              f"rerun the same command to continue", exit_code=130) from None
         finally:
             journal.close()
         wall = time.perf_counter() - t0

@@ -152,6 +152,33 @@ def check_output(out: str | os.PathLike | None, command: str, *, overwrite: bool
     return res
 
 
+# --------------------------------------------------------------------------------------------- stopping
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupt_on_signals():
+    """SIGTERM (kill, schedulers) stops a run like Ctrl-C; so does SIGINT, even when the process inherited it
+    ignored (a background job: Python then installs no KeyboardInterrupt handler, and `kill -INT` would do
+    nothing). Only in the main thread; the previous handlers come back afterwards. ``teach`` and ``eval`` stop
+    through it, keeping what they finished (the sample store, the eval journal) and releasing their run lock."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    prev_int = signal.signal(signal.SIGINT, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev_term)
+        signal.signal(signal.SIGINT, prev_int)
+
+
 # --------------------------------------------------------------------------------------------- run lock
 
 def _pid_alive(pid: int) -> bool:

@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -39,6 +38,7 @@ from pydantic import Field, ValidationError
 from . import __version__, registry
 from .config import FIRST_MEANS, RunConfig, _describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError
+from .outputs import interrupt_on_signals
 from .records import Problem, Sample, TeacherRequest, read_jsonl, read_text, write_jsonl
 from .store import SampleStore, request_usage
 
@@ -196,10 +196,6 @@ def _score(sample: Sample, problem: Problem) -> None:
     sample.correct = answers_match(sample.answer, problem.answer, kind)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 class _Progress:
     """Samples/s, running accuracy and failures (lora_spec.progress: a bar on a terminal, else a line every
     LORASP_PROGRESS_EVERY seconds)."""
@@ -317,23 +313,6 @@ def _pending(store: SampleStore, fp: str, problems: list[Problem], prompts: dict
     return requests, already
 
 
-@contextlib.contextmanager
-def _interrupt_on_signals():
-    """SIGTERM (kill, schedulers) stops a run like Ctrl-C; so does SIGINT, even when the process inherited it
-    ignored (a background job: Python then installs no KeyboardInterrupt handler, and `kill -INT` would do
-    nothing). Only in the main thread; the previous handlers come back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    prev_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    prev_int = signal.signal(signal.SIGINT, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, prev_term)
-        signal.signal(signal.SIGINT, prev_int)
-
-
 def _ask(teacher: Any, requests: list[TeacherRequest], consume, stop_event: threading.Event, name: str) -> None:
     """Send the requests; every answer goes to ``consume`` as it arrives (a streaming teacher: request by request;
     else batch by batch)."""
@@ -409,7 +388,7 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
         progress.update(ok, good, bad)
 
     try:
-        with _interrupt_on_signals():
+        with interrupt_on_signals():
             _ask(teacher, requests, consume, stop_event, cfg.teacher)
     except KeyboardInterrupt:
         stop_event.set()

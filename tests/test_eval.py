@@ -7,6 +7,7 @@ import json
 import pytest
 
 from lora_spec import registry
+from lora_spec.errors import LoraspError
 from lora_spec.evaluate import evaluate_tasks, task_problems
 from lora_spec.generation import generate
 from lora_spec.records import EvalTask
@@ -372,7 +373,8 @@ def test_a_cut_eval_keeps_its_predictions_and_a_rerun_continues(tmp_path, monkey
     out = tmp_path / "cut"
     with monkeypatch.context() as m:
         _cut_after(m, 4)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(LoraspError, match=r"^interrupted: 4 predictions kept in .*\.eval-journal; rerun the "
+                                              r"same command to continue$"):
             ev.eval_result(_eval_cfg(out))
     assert output_kind(out) == "eval_partial" and not (out / "results.json").exists()
     journal = (out / JOURNAL_DIR / "arith.jsonl").read_text().splitlines()
@@ -406,7 +408,7 @@ def test_a_cut_eval_with_other_settings_is_refused_in_one_line(tmp_path, monkeyp
     out = tmp_path / "cut"
     with monkeypatch.context() as m:
         _cut_after(m, 3)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(LoraspError, match="interrupted: 3 predictions kept"):
             ev.eval_result(_eval_cfg(out))
     args = ["--model", "tiny-llama", "--suite", "arith", "--task", "arith", "--limit", "6", "--mode", "zs_cot",
             "--out", str(out)]
@@ -429,3 +431,39 @@ def test_a_cut_eval_with_other_settings_is_refused_in_one_line(tmp_path, monkeyp
     r = _run(*args, "--max-new-tokens", "8", "--out", str(bad))
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "arith.jsonl:1:" in r.stderr or "arith.jsonl:2:" in r.stderr, r.stderr
+
+
+def test_sigterm_stops_an_eval_keeping_its_predictions(tmp_path):
+    """``kill`` (SIGTERM, how a nohup job or a scheduler stops a process) ends an eval with exit code 130, one line,
+    its finished predictions in the journal and its lock released (the rerun takes no stale lock over)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from lora_spec.eval_journal import JOURNAL_DIR
+
+    out = tmp_path / "ev"
+    args = ["eval", "--model", "tiny-llama", "--suite", "arith", "--limit", "300", "--mode", "zs_cot",
+            "--max-new-tokens", "48", "--batch-size", "1", "--no-progress", "--out", str(out)]
+    exe = Path(sys.executable).with_name("lorasp")
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = out / JOURNAL_DIR / "arith.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 3:  # the header and two predictions
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the eval ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    n = len(journal.read_text().splitlines()) - 1
+    assert n >= 2 and last == (f"error: interrupted: {n} predictions kept in {out / JOURNAL_DIR}; rerun the same "
+                               f"command to continue"), err
+    assert "Traceback" not in err
+    r = _run(*args[1:], "--dry-run")
+    assert r.returncode == 0 and f"{n} predictions of 1 task(s) kept" in r.stdout, r.stdout
+    assert (out / ".lorasp.lock").read_text() == ""  # released (an owner's pid is left only by a dead process)
