@@ -338,17 +338,23 @@ def section_c4(rec: dict | None, fig_dir: Path) -> list[str]:
         L += ["", f"Teacher samples: {c['received']} (one per train problem, temperature 0.7, top-5 log-probabilities "
                   f"per token), {c.get('correct')} correct and kept ({100 * c.get('correct', 0) / c['received']:.0f}%): "
                   "the students' data."]
-    verdicts = []
-    for label, name in (("distribution matching", "distribution"), ("mix:0.5", "mix0.5")):
-        t = evs.get(f"{name}-zs_cot-arith", {}).get("tasks", {}).get("arith")
-        if ref and t:
-            r = _paired_of(ref, t)
-            verdicts.append(f"{label} {'is within noise of' if r['p'] >= 0.05 else ('beats' if r['delta'] > 0 else 'loses to')} "
-                            f"sample matching ({r['delta']:+.1f} points, p={r['p']:.3f})")
+    verdicts = loss_verdicts(evs, ref)
     if verdicts:
         L += ["", "Verdict at this scale: " + "; ".join(verdicts) + "."]
     L.append("")
     return L
+
+
+def loss_verdicts(evs: dict, ref: dict | None) -> list[str]:
+    """C4's verdicts: distribution matching and mix:0.5 each against sample matching (``ref``), paired."""
+    out = []
+    for label, name in (("distribution matching", "distribution"), ("mix:0.5", "mix0.5")):
+        t = evs.get(f"{name}-zs_cot-arith", {}).get("tasks", {}).get("arith")
+        if ref and t:
+            r = _paired_of(ref, t)
+            how = "is within noise of" if r["p"] >= 0.05 else ("beats" if r["delta"] > 0 else "loses to")
+            out.append(f"{label} {how} sample matching ({r['delta']:+.1f} points, p={r['p']:.3f})")
+    return out
 
 
 C4X_ROWS = (("base (untrained Gemma-3-270M)", "base"), ("student, sample matching (NLL)", "sample"),
@@ -379,13 +385,7 @@ def section_c4x(rec: dict | None, fig_dir: Path) -> list[str]:
                   f"{dist['student_tokens']:,} Gemma target tokens of {dist.get('samples', '?')} samples carry the "
                   f"teacher's top-5 (aligned fraction {dist['aligned_fraction']:.3f}; the lowest per sample "
                   f"{dist.get('min_sample_fraction', float('nan')):.3f}); the rest are trained by NLL."]
-    verdicts = []
-    for label, name in (("distribution matching", "distribution"), ("mix:0.5", "mix0.5")):
-        t = evs.get(f"{name}-zs_cot-arith", {}).get("tasks", {}).get("arith")
-        if ref and t:
-            r = _paired_of(ref, t)
-            verdicts.append(f"{label} {'is within noise of' if r['p'] >= 0.05 else ('beats' if r['delta'] > 0 else 'loses to')} "
-                            f"sample matching ({r['delta']:+.1f} points, p={r['p']:.3f})")
+    verdicts = loss_verdicts(evs, ref)
     if verdicts:
         L += ["", "Verdict across tokenizers: " + "; ".join(verdicts) + "."]
     L.append("")
