@@ -304,7 +304,8 @@ def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
 
     model, quant = _model_and_quant(cfg)
     cal = lookup(_calibration_key(model, quant))
-    budget = sum(t["problems"] * t["max_new_tokens"] for t in tasks)
+    left = {} if cfg.overwrite else kept  # a continued eval generates only what its journal lacks
+    budget = sum(max(0, t["problems"] - left.get(_fname(t["task"]), 0)) * t["max_new_tokens"] for t in tasks)
     est = None
     if cal and isinstance(cal.get("tokens_per_second"), (int, float)) and cal["tokens_per_second"] > 0:
         est = {"max_seconds": round(budget / cal["tokens_per_second"], 1), "tokens_per_second":

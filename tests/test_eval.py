@@ -386,6 +386,7 @@ def test_a_cut_eval_keeps_its_predictions_and_a_rerun_continues(tmp_path, monkey
              "bbh/web_of_lies", "--limit", "6", "--mode", "zs_cot", "--max-new-tokens", "8", "--out", str(out),
              "--dry-run")
     assert r.returncode == 0 and "continues the interrupted eval" in r.stdout and "4 predictions" in r.stdout, r
+    assert "at most 64 new tokens" in r.stdout, r.stdout  # (6 - 4) arith + 6 web_of_lies problems, 8 tokens each
     calls = []
     real_generate = ev.generate
     monkeypatch.setattr(ev, "generate", lambda m, t, prompts, **kw: calls.append(len(prompts)) or
