@@ -1,7 +1,8 @@
 """``lorasp runs [DIR]``: every teach run, fit artifact and eval run under a folder, each with its headline figure.
 
 A teach run is a folder with the ``manifest.json`` that ``lorasp teach`` writes, a fit (or merged/combined
-model) one with ``lorasp.json`` (see :mod:`lora_spec.adapters.listing`), an eval run one with ``results.json``.
+model) one with ``lorasp.json`` (see :mod:`lora_spec.adapters.listing`), an eval run one with ``results.json``
+(an interrupted eval: its eval journal, status ``interrupted``).
 Figures are percents everywhere; an eval's headline is its strict accuracy with the flexible one beside it.
 """
 
@@ -69,6 +70,7 @@ def _read(p: Path) -> dict[str, Any] | None:
 def find_runs(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[dict[str, Any]]:
     """One row per run under ``root`` (itself included): path, kind (teach|fit|merged|combined|eval), what,
     headline, status, created. An unreadable file is a row of kind ``error``."""
+    from .eval_journal import JOURNAL_DIR, journal_rows
     from .paths import walk_dirs
 
     root = Path(root)
@@ -83,6 +85,10 @@ def find_runs(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[dict[
                 row = _eval_row(d, doc)
             elif "manifest.json" in filenames and (doc := _read(d / "manifest.json")) and "counts" in doc:
                 row = _teach_row(d, doc)
+            elif (d / JOURNAL_DIR).is_dir() and (kept := journal_rows(d)):  # a cut eval (lora_spec.eval_journal)
+                row = {"kind": "eval", "what": "interrupted eval", "status": "interrupted", "created": None,
+                       "headline": f"{sum(kept.values())} predictions kept ({', '.join(sorted(kept))}); rerun its "
+                                   f"command to continue"}
             else:
                 continue
         except DataError as exc:

@@ -376,6 +376,13 @@ def test_runs_lists_teach_fit_and_eval_with_headlines(tiny_fit, tmp_path, capsys
     assert rows["arith-lora.teach"]["headline"].startswith("12/12 samples, 12 correct; first-sample 100.0%")
     assert rows["eval"]["headline"] == "arith 25.0% (flexible 37.5%) zs_cot, n=8"
     assert rows["eval"]["what"] == "tiny-llama + arith-lora"
+    cut = root / "cut-eval" / ".eval-journal"  # an interrupted eval (lora_spec.eval_journal): listed, not hidden
+    cut.mkdir(parents=True)
+    (cut / "gsm8k.jsonl").write_text('{"eval_journal": 1}\n{"id": "1"}\n{"id": "2"}\n{"id": "3", "outp')
+    code, out, err = main_cli(capsys, "runs", str(root), "--json")
+    row = {r["path"]: r for r in json.loads(out)}["cut-eval"]
+    assert code == 0 and row["status"] == "interrupted" and row["kind"] == "eval", err
+    assert row["headline"] == "2 predictions kept (gsm8k); rerun its command to continue"
     m = {"before_after": {"before": {"arith:test": {"accuracy": 0.04}}, "after": {"arith:test": {"accuracy": 0.38}}}}
     assert before_after_line(m) == "arith:test 4.0% -> 38.0%"
     m = {"selection": {"rule": "ood", "chosen_step": 20},
