@@ -99,13 +99,15 @@ class EvalJournal:
         """Start (or continue) the journal of ``task``: its header is written when the file is new."""
         self.dir.mkdir(parents=True, exist_ok=True)
         p = self.path(task)
+        if p.exists():  # a line torn by a kill mid-write is cut off (its prediction is redone)
+            data = p.read_bytes()
+            if not data.endswith(b"\n"):
+                os.truncate(p, data.rfind(b"\n") + 1)
         fresh = not p.exists() or p.stat().st_size == 0
         fh = p.open("ab")
         if fresh:
             fh.write(json.dumps(self._header(task, mode, max_new_tokens), ensure_ascii=False).encode() + b"\n")
             fh.flush()
-        elif not p.read_bytes().endswith(b"\n"):  # a torn last line: start a new line after it
-            fh.write(b"\n")
         self._fh[task] = fh
 
     def add(self, task: str, row: dict) -> None:

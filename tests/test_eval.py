@@ -402,6 +402,25 @@ def test_a_cut_eval_keeps_its_predictions_and_a_rerun_continues(tmp_path, monkey
     assert output_kind(out) == "eval" and not (out / JOURNAL_DIR).exists()
 
 
+def test_a_torn_line_is_cut_off_so_a_journal_survives_any_number_of_cuts(tmp_path):
+    from lora_spec.eval_journal import EvalJournal
+
+    j = EvalJournal(tmp_path, {"model": "m"})
+    j.open("t", "zs_cot", 8)
+    j.add("t", {"id": "1", "prompt_hash": "a", "output": "x"})
+    j.close()
+    with j.path("t").open("ab") as fh:  # killed in the middle of writing the second prediction
+        fh.write(b'{"id": "2", "prompt_ha')
+    assert list(EvalJournal(tmp_path, {"model": "m"}).kept("t", "zs_cot", 8)) == ["1 a"]
+    for i in (2, 3):  # rerun, cut again (cleanly), rerun: every complete line stays readable
+        j = EvalJournal(tmp_path, {"model": "m"})
+        j.open("t", "zs_cot", 8)
+        j.add("t", {"id": str(i), "prompt_hash": "a", "output": "x"})
+        j.close()
+    assert list(EvalJournal(tmp_path, {"model": "m"}).kept("t", "zs_cot", 8)) == ["1 a", "2 a", "3 a"]
+    assert b"prompt_ha\n" not in j.path("t").read_bytes()
+
+
 def test_a_cut_eval_with_other_settings_is_refused_in_one_line(tmp_path, monkeypatch, data_dir):
     import lora_spec.evaluate as ev
     from lora_spec.eval_journal import JOURNAL_DIR
