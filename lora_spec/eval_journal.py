@@ -32,10 +32,6 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
-def _fname(task: str) -> str:
-    return task.replace("/", "__").replace(" ", "_") + ".jsonl"
-
-
 class EvalJournal:
     """The journal of one eval output directory. ``identity`` (a flat dict of JSON values) says what produces the
     predictions; a task's journal written under another identity is refused (:meth:`kept`)."""
@@ -46,7 +42,9 @@ class EvalJournal:
         self._fh: dict[str, Any] = {}
 
     def path(self, task: str) -> Path:
-        return self.dir / _fname(task)
+        from .evaluate import _fname  # the task's file name, as for its predictions/<task>.jsonl
+
+        return self.dir / f"{_fname(task)}.jsonl"
 
     def kept(self, task: str, mode: str, max_new_tokens: int) -> dict[str, dict]:
         """The predictions of ``task`` an earlier, cut run of the same settings finished: ``{prompt key: row}``,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import LoraspError, one_line
+from .eval_journal import JOURNAL_DIR
 
 LOCK_FILE = ".lorasp.lock"
 
@@ -85,7 +86,7 @@ def output_kind(path: str | os.PathLike) -> str | None:
         return "teach"
     if "results.json" in names and ("predictions" in names or "report.md" in names):
         return "eval"
-    if ".eval-journal" in names and names <= {".eval-journal", LOCK_FILE, ".results.json.tmp", "predictions"}:
+    if JOURNAL_DIR in names and names <= {JOURNAL_DIR, LOCK_FILE, ".results.json.tmp", "predictions"}:
         return "eval_partial"  # lora_spec.eval_journal: rerunning the eval continues it
     if re.fullmatch(r"step-\d+", p.name):  # a checkpoint of lora_spec.trainer (complete or not)
         return "checkpoint"
