@@ -244,6 +244,8 @@ def c1(full: bool = False, only: str | None = None, notes: list[str] | None = No
                      "python experiments/run.py c1" + (" --full" if full else ""))
     if notes:
         exp.record["extra"]["notes"] = list(notes)
+    if only == "full":
+        return c1_full(exp)
     # --only base: the base model's evaluations alone (they need no adapter), e.g. while the recipe still trains;
     # --only adapter: the rest, in a second process (rerun `c1` once both ended to gather both into the record)
     adapter = None if only == "base" else recipe_adapter(exp)
@@ -260,6 +262,25 @@ def c1(full: bool = False, only: str | None = None, notes: list[str] | None = No
             exp.eval(f"{who}-zs_cot-gsm8k-full", suites=["math"], tasks=["gsm8k"], mode="zs_cot", limit=None,
                      max_new_tokens=C1_TOKENS["gsm8k"], adapter=ad)
     exp.save(complete=only is None)
+
+
+def c1_full(exp: Experiment) -> None:
+    """``c1 --only full``: the full GSM8K test (1,319, zs_cot) for the base and the recipe's adapter, alone.
+
+    The adapter is trained in a directory of its own with held-out scoring off (``--eval-every 0``: the last step,
+    which is the step C1's slices use; scoring changes no weight, and it costs ~30 min here), so this part can run
+    on a machine where the slices' run directory is gone, and its fit is recorded beside theirs (``recipe-full``).
+    The page compares the two runs on the 500 problems they share: the same seed should give the same answers."""
+    run = exp.teach_gsm8k()
+    adapter = exp.fit("recipe-full", exp.dir / "full" / "adapter",
+                      ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), "--eval-every", "0",
+                       "--select-by", "last", *FIT_EXTRA])
+    # the adapter first: it is the cheaper of the two (shorter answers), and a cut run keeps its journal
+    for who, ad in (("adapter", adapter), ("base", None)):
+        exp.eval(f"{who}-zs_cot-gsm8k-full", suites=["math"], tasks=["gsm8k"], mode="zs_cot", limit=None,
+                 max_new_tokens=C1_TOKENS["gsm8k"], adapter=ad)
+    exp.save(complete=all(f"{w}-{m}-{t}" in exp.record["evals"] for w in ("base", "adapter")
+                          for m in ("zs_cot", "icl_cot") for t in C1_SETS))
 
 
 C2_MODES = {"zs_answer": 32, "icl_cot": 128}
@@ -476,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c4x", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
-    ap.add_argument("--only", choices=["base", "adapter"], help="c1: only the base model's evaluations (they need "
-                    "no adapter: they can run while the recipe trains) or only the adapter's")
+    ap.add_argument("--only", choices=["base", "adapter", "full"], help="c1: only the base model's evaluations (they "
+                    "need no adapter: they can run while the recipe trains), only the adapter's, or only the full "
+                    "GSM8K test of both (a recipe fit of its own, without held-out scoring)")
     ap.add_argument("--note", action="append", default=[], help="a provenance note to keep with the experiment's "
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "
