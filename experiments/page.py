@@ -142,12 +142,48 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         L.append("")
         if evs.get(f"adapter-{mode}-gsm8k") or mode == "zs_cot":
             L += goals_c1(evs, base_acc, ad_acc, fit, mode)
+    return L + section_c1_full(rec)
+
+
+def section_c1_full(rec: dict) -> list[str]:
+    """The full GSM8K test (``c1 --only full``), and how it agrees with the 500-problem slice it contains."""
+    evs, prog = rec.get("evals", {}), rec.get("in_progress") or {}
     full_b, full_a = evs.get("base-zs_cot-gsm8k-full"), evs.get("adapter-zs_cot-gsm8k-full")
-    if full_b or full_a:
-        b_txt, b = cell(full_b, "gsm8k")
-        a_txt, a = cell(full_a, "gsm8k")
-        L += ["### Full GSM8K test (1,319 problems, zs_cot)", "", "| base | adapter | change |", "|---:|---:|---|",
-              f"| {b_txt} | {a_txt} | {paired_cell(b, a)} |", ""]
+    fit = rec.get("fits", {}).get("recipe-full")
+    if not (full_b or full_a or fit or any(k.endswith("-gsm8k-full") for k in prog)):
+        return ["### Full GSM8K test (1,319 problems, zs_cot): not run yet "
+                "(`python experiments/run.py c1 --only full`)", ""]
+    L = ["### Full GSM8K test (1,319 problems, zs_cot)", "", "Command: `python experiments/run.py c1 --only full`.", ""]
+    if fit:
+        ts = fit.get("train_seconds")
+        L += [f"Adapter: a second run of the recipe (same seed and data, `{' '.join(fit.get('args', [])[4:])}`: "
+              "held-out scoring off, the last step exported)"
+              + (f", {ts / 60:.1f} min of training" if ts else "") + ".", ""]
+    b_txt, b = cell(full_b, "gsm8k", prog.get("base-zs_cot-gsm8k-full"))
+    a_txt, a = cell(full_a, "gsm8k", prog.get("adapter-zs_cot-gsm8k-full"))
+    n = (a or b or {}).get("n", "–")
+    L += ["| n | base % [95% CI] | adapter % [95% CI] | change, points [95% CI], McNemar p |", "|---:|---:|---:|---|",
+          f"| {n} | {b_txt} | {a_txt} | {paired_cell(b, a)} |", ""]
+    if a and b:
+        pb, pa = 100 * b["correct"] / b["n"], 100 * a["correct"] / a["n"]
+        L += [f"Goal on the full test: GSM8K {pb:.1f}% → {pa:.1f}%: doubled: {'yes' if pa >= 2 * pb else 'no'}; "
+              f"+6 points: {'yes' if pa - pb >= 6 else 'no'} ({pa - pb:+.1f}).", ""]
+    rows = []
+    for who, full in (("base", b), ("adapter", a)):
+        sl = (evs.get(f"{who}-zs_cot-gsm8k") or {}).get("tasks", {}).get("gsm8k")
+        if not (full and sl):
+            continue
+        hf, hs = hits(full), hits(sl)
+        ids = sorted(set(hf) & set(hs))
+        if ids:
+            same = sum(hf[i] == hs[i] for i in ids)
+            rows.append(f"| {who} | {len(ids)} | {sum(hs[i] for i in ids)} | {sum(hf[i] for i in ids)} | "
+                        f"{same} of {len(ids)} |")
+    if rows:
+        L += ["The slice above (500 problems) is part of the full test; the two runs on those problems (the base: the "
+              "same model and greedy decoding; the adapter: the slice's recipe run vs the second run):", "",
+              "| model | shared problems | correct in the slice run | correct in the full run | same verdict |",
+              "|---|---:|---:|---:|---:|", *rows, ""]
     return L
 
 

@@ -247,3 +247,28 @@ def test_dev_sweep_section_compares_each_lr_with_the_recipes(results, tmp_path):
     md = page.render(results, tmp_path / "docs")
     assert "but by less than one run's dev loss moves between neighbouring checkpoints (0.2000" in md
     assert "one run per setting does not rank these learning rates" in md
+
+
+def test_full_gsm8k_test_is_paired_and_checked_against_the_slice_it_contains(results, tmp_path):
+    rec = json.loads((results / "c1.json").read_text())
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    assert "Full GSM8K test (1,319 problems, zs_cot): not run yet" in (docs / "results.md").read_text()
+
+    def full(slice_hits: str, rest: str) -> dict:  # the slice's 20 ids, then 30 more of the full set
+        ev = _ev("gsm8k", slice_hits + rest)
+        ev["tasks"]["gsm8k"]["ids"] = [f"gsm8k-{i:03d}" for i in range(50)]
+        return ev
+    # the base agrees with its slice run everywhere; the second adapter run differs on 2 of the 20 shared problems
+    rec["evals"]["base-zs_cot-gsm8k-full"] = full("1" * 2 + "0" * 18, "0" * 30)
+    rec["evals"]["adapter-zs_cot-gsm8k-full"] = full("1" * 9 + "0" * 11, "1" * 6 + "0" * 24)
+    rec["fits"]["recipe-full"] = {"args": ["--config", "r.yaml", "--data", "d", "--eval-every", "0", "--select-by",
+                                           "last"], "train_seconds": 1800.0}
+    (results / "c1.json").write_text(json.dumps(rec))
+    page.main(["--results", str(results), "--docs", str(docs)])
+    sec = (docs / "results.md").read_text().split("### Full GSM8K test")[1].split("## C")[0]
+    assert "`--eval-every 0 --select-by last`" in sec and "30.0 min of training" in sec
+    assert "| 50 | 4.0 [" in sec and "| +26.0 points [" in sec  # 2/50 -> 15/50, 13 discordant, all the adapter's
+    assert "GSM8K 4.0% → 30.0%: doubled: yes; +6 points: yes (+26.0)" in sec
+    assert "| base | 20 | 2 | 2 | 20 of 20 |" in sec
+    assert "| adapter | 20 | 10 | 9 | 19 of 20 |" in sec
