@@ -387,8 +387,11 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
         except KeyboardInterrupt:
             journal.close()
             kept = sum(journal_rows(out).values())
+            # --overwrite would discard the journal again: the continuation is the command without it
+            how = ("rerun the command without --overwrite to continue (with it, the eval starts over)"
+                   if cfg.overwrite else "rerun the same command to continue")
             raise LoraspError(f"interrupted: {kept} prediction{'s' if kept != 1 else ''} kept in {out / JOURNAL_DIR}; "
-                              f"rerun the same command to continue", exit_code=130) from None
+                              f"{how}", exit_code=130) from None
         finally:
             journal.close()
         wall = time.perf_counter() - t0

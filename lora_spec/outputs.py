@@ -84,10 +84,13 @@ def output_kind(path: str | os.PathLike) -> str | None:
         return "export"
     if "store.sqlite" in names or {"manifest.json", "problems.jsonl"} <= names:
         return "teach"
+    if JOURNAL_DIR in names and names <= {JOURNAL_DIR, LOCK_FILE, ".results.json.tmp", "predictions",
+                                          "results.json", "report.md"}:
+        # lora_spec.eval_journal: rerunning the eval continues it. Beside results.json the journal is that of an
+        # `eval --overwrite` cut before it replaced them (a complete eval removes its journal): continued too
+        return "eval_partial"
     if "results.json" in names and ("predictions" in names or "report.md" in names):
         return "eval"
-    if JOURNAL_DIR in names and names <= {JOURNAL_DIR, LOCK_FILE, ".results.json.tmp", "predictions"}:
-        return "eval_partial"  # lora_spec.eval_journal: rerunning the eval continues it
     if re.fullmatch(r"step-\d+", p.name):  # a checkpoint of lora_spec.trainer (complete or not)
         return "checkpoint"
     if names <= {LOCK_FILE}:

@@ -83,6 +83,10 @@ def find_runs(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[dict[
                 row = _fit_row(d)
             elif "results.json" in filenames and (doc := _read(d / "results.json")) and "tasks" in doc:
                 row = _eval_row(d, doc)
+                if (d / JOURNAL_DIR).is_dir() and (kept := journal_rows(d)):  # an `eval --overwrite` was cut
+                    row.update(status="interrupted", headline=f"{row['headline']}; being replaced: an --overwrite "
+                               f"run was cut with {sum(kept.values())} predictions kept (rerun it without "
+                               f"--overwrite to continue)")
             elif "manifest.json" in filenames and (doc := _read(d / "manifest.json")) and "counts" in doc:
                 row = _teach_row(d, doc)
             elif (d / JOURNAL_DIR).is_dir() and (kept := journal_rows(d)):  # a cut eval (lora_spec.eval_journal)

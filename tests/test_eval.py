@@ -487,3 +487,32 @@ def test_sigterm_stops_an_eval_keeping_its_predictions(tmp_path):
     r = _run(*args[1:], "--dry-run")
     assert r.returncode == 0 and f"{n} predictions of 1 task(s) kept" in r.stdout, r.stdout
     assert (out / ".lorasp.lock").read_text() == ""  # released (an owner's pid is left only by a dead process)
+
+
+def test_a_cut_overwrite_is_continued_without_overwrite_and_never_discarded(tmp_path, monkeypatch, data_dir):
+    """`eval --overwrite` over complete results, cut: rerunning the same command (--overwrite) would discard the
+    kept predictions, so the message names the command that continues (without --overwrite), which the output
+    policy lets run although the old results are still there."""
+    import lora_spec.evaluate as ev
+    from lora_spec.eval_journal import JOURNAL_DIR
+    from lora_spec.outputs import output_kind
+    from lora_spec.runs import find_runs
+
+    out = tmp_path / "ev"
+    first = ev.eval_result(_eval_cfg(out)).doc
+    with monkeypatch.context() as m:
+        _cut_after(m, 5)
+        with pytest.raises(LoraspError, match=r"^interrupted: 5 predictions kept in .*; rerun the command without "
+                                              r"--overwrite to continue \(with it, the eval starts over\)$"):
+            ev.eval_result(_eval_cfg(out, overwrite=True))
+    assert output_kind(out) == "eval_partial" and json.loads((out / "results.json").read_text()) == first
+    (row,) = find_runs(tmp_path)
+    assert row["status"] == "interrupted" and "5 predictions kept" in row["headline"], row
+    calls = []
+    real_generate = ev.generate
+    monkeypatch.setattr(ev, "generate", lambda m, t, prompts, **kw: calls.append(len(prompts)) or
+                        real_generate(m, t, prompts, **kw))
+    doc = ev.eval_result(_eval_cfg(out)).doc  # no --overwrite: continued, not refused
+    assert calls == [1, 6] and doc["tasks"]["arith"]["resumed"] == 5
+    assert output_kind(out) == "eval" and not (out / JOURNAL_DIR).exists()
+    assert doc["tasks"]["arith"]["correct"] == first["tasks"]["arith"]["correct"]
