@@ -452,6 +452,10 @@ def _write_predictions(out, results: dict[str, dict]) -> dict[str, dict]:
     from .records import write_jsonl
 
     (out / "predictions").mkdir(parents=True, exist_ok=True)
+    # an --overwrite of other tasks: the earlier run's prediction files go, so predictions/ matches results.json
+    for old in (out / "predictions").glob("*.jsonl"):
+        if old.stem not in {_fname(name) for name in results}:
+            old.unlink()
     tasks_json: dict[str, dict] = {}
     for name, r in results.items():
         pf = f"predictions/{_fname(name)}.jsonl"

@@ -516,3 +516,6 @@ def test_a_cut_overwrite_is_continued_without_overwrite_and_never_discarded(tmp_
     assert calls == [1, 6] and doc["tasks"]["arith"]["resumed"] == 5
     assert output_kind(out) == "eval" and not (out / JOURNAL_DIR).exists()
     assert doc["tasks"]["arith"]["correct"] == first["tasks"]["arith"]["correct"]
+    # an --overwrite with fewer tasks: predictions/ holds what results.json lists, no file of the earlier run
+    doc = ev.eval_result(_eval_cfg(out, overwrite=True, suite=["arith"], task=["arith"])).doc
+    assert list(doc["tasks"]) == ["arith"] and [p.name for p in (out / "predictions").iterdir()] == ["arith.jsonl"]
