@@ -89,8 +89,13 @@ def _out_cache(out: Any) -> Any:
 def _mergeable(cache: Any) -> bool:
     """True when every layer of the KV cache is a plain growing layer (rows of different caches can be joined)."""
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(l).__name__ in ("DynamicLayer", "_BufferedLayer")
-                                and getattr(l, "is_initialized", False) for l in layers)
+    if not layers:
+        return False
+    from transformers.cache_utils import DynamicLayer
+
+    # exact types: subclasses of DynamicLayer (sliding-window layers) drop old positions and cannot be joined
+    plain = (DynamicLayer, _buffered_layer_class())
+    return all(type(l) in plain and getattr(l, "is_initialized", False) for l in layers)
 
 
 _BUFFERED: dict = {}
@@ -143,13 +148,13 @@ def _buffer_cache(cache: Any, room: int) -> None:
     """Turn every plain layer of ``cache`` into a buffered one with ``room`` free positions (see above)."""
     cls = _buffered_layer_class()
     for layer in cache.layers:
-        if type(layer).__name__ == "DynamicLayer":
+        if type(layer) is not cls:  # a plain DynamicLayer (callers check _mergeable first)
             layer.__class__ = cls
         layer.set_kv(layer.keys, layer.values, room)
 
 
 def _set_layer(layer: Any, keys: Any, values: Any, room: int) -> None:
-    if type(layer).__name__ == "_BufferedLayer":
+    if type(layer) is _buffered_layer_class():
         layer.set_kv(keys, values, room)
     else:
         layer.keys, layer.values = keys, values
@@ -189,8 +194,9 @@ class _Rows:
         n = int(self.attn.long().cumsum(1).eq(0).all(0).sum())
         if n > 0:
             self.attn = self.attn[:, n:]
+            buffered = _buffered_layer_class()
             for layer in self.cache.layers:
-                if type(layer).__name__ == "_BufferedLayer":
+                if type(layer) is buffered:
                     layer.drop_left(n)
                 else:
                     layer.keys, layer.values = layer.keys[:, :, n:], layer.values[:, :, n:]
@@ -250,130 +256,173 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
                    max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
                    temperature: float, top_p: float, on_done: Any, pad_id: int, share_prefix: bool = True,
                    stats: dict | None = None, adapter_names: Sequence[str] | None = None) -> None:
+    """Decode ``token_ids`` (prompts, in ``order``) with :class:`_CausalDecoder`; ``on_done(i, ids)`` receives each
+    prompt's generated ids as it finishes; ``stats`` gets the decoder's counters (see there)."""
+    dec = _CausalDecoder(model, tokenizer, token_ids, batch_size=batch_size, max_new_tokens=max_new_tokens, eos=eos,
+                         stops=stops, window=window, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                         on_done=on_done, pad_id=pad_id, adapter_names=adapter_names)
+    dec.run(order, share_prefix=share_prefix)
+    if stats is not None:
+        stats.update(joins=dec.joins, steps=dec.steps, shared_prefix=dec.shared, prefill_tokens=dec.prefill_tokens)
+
+
+class _CausalDecoder:
     """Continuous batching for decoder-only models: greedy (or sampled) decoding of every prompt with at most
-    ``batch_size`` rows in flight. A finished row (EOS, stop string or token budget) leaves the batch at once, and
-    waiting prompts are prefilled and joined into the running batch when a quarter of it is free, so no compute
-    is spent on finished rows.
+    ``batch_size`` rows in flight. The stages, one method each, in the order :meth:`run` calls them:
 
-    Prefix sharing: the token prefix that all prompts share (a system message, few-shot exemplars) is run once;
-    each prefill copies its KV cache and runs only the prompts' own suffixes (left-padded between the prefix and the
-    suffix; padding is masked and positions skip it, so the result is unchanged).
+    1. :meth:`prefill_prefix`: the token prefix that all prompts share (a system message, few-shot exemplars) is run
+       once; each later prefill copies its KV cache and runs only the prompts' own suffixes (left-padded between
+       the prefix and the suffix; padding is masked and positions skip it, so the result is unchanged).
+    2. :meth:`admit`: waiting prompts are prefilled (:meth:`prefill`) and joined into the running batch when a
+       quarter of it is free (or when they are the last ones). After a prefill, each layer's keys and values move
+       into buffers with room for the token budget (:class:`_BufferedLayer <_buffered_layer_class>`), so a decode
+       step writes one position in place instead of concatenating (copying) the whole cache.
+    3. :meth:`step`: one token for every row in flight; a finished row (EOS, stop string or token budget) is handed
+       to ``on_done(i, ids)`` (its generated ids, up to and including EOS) and leaves the batch at once, so no
+       compute is spent on finished rows.
 
-    KV buffers: after a prefill, each layer's keys and values move into buffers with room for the token budget, so
-    a decode step writes one position in place instead of concatenating (copying) the whole cache.
+    Counters after :meth:`run`: ``joins`` (prefills merged into a running batch), ``steps`` (decode forward
+    passes), ``shared`` (prefix tokens) and ``prefill_tokens`` (prompt tokens run through the model).
+    ``adapter_names[i]``: prompt ``i``'s peft adapter (a mixed-adapter batch; the prefix is shared only when every
+    row has the same adapter)."""
 
-    ``on_done(i, ids)`` receives each prompt's generated ids (up to and including EOS) as it finishes; ``stats``
-    gets ``joins`` (prefills merged into a running batch), ``steps`` (decode forward passes), ``shared_prefix``
-    (tokens) and ``prefill_tokens`` (prompt tokens run through the model). ``adapter_names[i]``: prompt ``i``'s
-    peft adapter (a mixed-adapter batch; the prefix is shared only when every row has the same adapter).
+    def __init__(self, model: Any, tokenizer: Any, token_ids: list[list[int]], *, batch_size: int,
+                 max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
+                 temperature: float, top_p: float, on_done: Any, pad_id: int,
+                 adapter_names: Sequence[str] | None = None):
+        self.model, self.tokenizer, self.token_ids = model, tokenizer, token_ids
+        self.batch_size, self.max_new_tokens, self.eos, self.stops, self.window = (batch_size, max_new_tokens, eos,
+                                                                                   stops, window)
+        self.sampling = (do_sample, temperature, top_p)
+        self.on_done, self.pad_id, self.adapter_names = on_done, pad_id, adapter_names
+        self.device = next(model.parameters()).device
+        self.extra, self.cache_kw = _forward_kwargs(model)
+        self.gen: dict[int, list[int]] = {}  # the tokens generated so far, per prompt in flight
+        self.rows: _Rows | None = None       # the batch in flight
+        self.joinable: bool | None = None    # learned from the first KV cache: sliding-window layers cannot join
+        self.shared, self.prefix_cache = 0, None
+        self.joins = self.steps = self.prefill_tokens = 0
 
-    Over 80 lines on purpose: prefill, join and the decode step share the rows' state (cache, mask, positions)
-    and the running counters; split into functions they would pass all of it around."""
-    import copy
+    def run(self, order: list[int], share_prefix: bool = True) -> None:
+        import torch
 
-    import torch
+        one_adapter = self.adapter_names is None or len(set(self.adapter_names)) == 1
+        with torch.inference_mode():
+            if share_prefix and one_adapter and len(order) > 1:
+                self.prefill_prefix(order)
+            queue = list(order)
+            while queue or self.rows is not None:
+                queue = self.admit(queue)
+                self.step()
 
-    device = next(model.parameters()).device
-    extra, cache_kw = _forward_kwargs(model)
-    queue = list(order)
-    gen: dict[int, list[int]] = {}
-    rows: _Rows | None = None
-    refill_at = max(1, batch_size // 4)
-    joinable: bool | None = None  # learned from the first KV cache: sliding-window layers cannot be joined
-    joins = steps = prefill_tokens = 0
+    # -- 1. the shared prefix
+    def prefill_prefix(self, order: list[int]) -> None:
+        import torch
 
-    def names(idx: Sequence[int]) -> dict:
+        shared = _common_prefix([self.token_ids[i] for i in order])
+        if shared < MIN_SHARED_PREFIX:
+            return
+        ids = torch.tensor([self.token_ids[order[0]][:shared]], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **self.extra,
+                         **self._names(order[:1]))
+        self.prefill_tokens += shared
+        cache = _out_cache(out)
+        if _mergeable(cache):  # sliding-window layers: keep every prompt whole
+            self.shared, self.prefix_cache = shared, cache
+
+    # -- 2. prefill waiting prompts and join them into the batch
+    def admit(self, queue: list[int]) -> list[int]:
+        """Prefill the next waiting prompts when there is room for them; returns the prompts still waiting."""
+        rows = self.rows
+        free = self.batch_size - (len(rows) if rows is not None else 0)
+        # join waiting prompts into a running batch only when its cache can be joined; else whole batches
+        if not queue or not (rows is None or (self.joinable and (free >= max(1, self.batch_size // 4)
+                                                                 or len(queue) <= free))):
+            return queue
+        take = queue[:free]
+        new = self.prefill(take)
+        for i in take:
+            self.gen[i] = []
+        if self.joinable is None:
+            self.joinable = _mergeable(new.cache)
+        if rows is None:
+            self.rows = new
+        else:
+            rows.join(new)
+            self.joins += 1
+        return queue[free:]
+
+    def prefill(self, idx: list[int]) -> _Rows:
+        import copy
+
+        import torch
+
+        ids, attn = self._padded([self.token_ids[i][self.shared:] for i in idx])
+        self.prefill_tokens += int(attn.sum())
+        pos = attn.long().cumsum(-1) - 1 + self.shared
+        kw = dict(self.extra)
+        if self.prefix_cache is not None:
+            cache = copy.deepcopy(self.prefix_cache)
+            cache.batch_repeat_interleave(len(idx))
+            attn = torch.cat([attn.new_ones(len(idx), self.shared), attn], 1)
+            kw[self.cache_kw] = cache
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos.clamp(min=0), use_cache=True, **kw,
+                         **self._names(idx))
+        cache, room = _out_cache(out), 0
+        if BUFFER_KV and _mergeable(cache):  # decode steps then write in place instead of copying the cache
+            room = self.max_new_tokens
+            _buffer_cache(cache, room)
+        return _Rows(cache, attn, pos[:, -1] + 1, out.logits[:, -1, :], list(idx), room)
+
+    # -- 3. one decode step
+    def step(self) -> None:
+        """Pick every row's next token, hand finished rows to ``on_done`` and drop them, and run the rest one
+        position further."""
+        import torch
+
+        rows = self.rows
+        nxt = _pick(rows.logits, *self.sampling)
+        finished = [j for j, (i, t) in enumerate(zip(rows.ids, nxt.tolist())) if self._extend(self.gen[i], t)]
+        if finished:
+            for j in finished:
+                i = rows.ids[j]
+                self.on_done(i, self.gen.pop(i))
+            if len(finished) == len(rows):
+                self.rows = None
+                return
+            gone = set(finished)
+            keep = torch.tensor([j for j in range(len(rows)) if j not in gone], device=self.device)
+            rows.select(keep)
+            nxt = nxt[keep]
+        rows.attn = torch.cat([rows.attn, rows.attn.new_ones(len(rows), 1)], 1)
+        out = self.model(input_ids=nxt[:, None], attention_mask=rows.attn, position_ids=rows.pos[:, None],
+                         use_cache=True, **{self.cache_kw: rows.cache}, **self.extra, **self._names(rows.ids))
+        rows.cache = _out_cache(out)
+        rows.logits = out.logits[:, -1, :]
+        rows.pos = rows.pos + 1
+        self.steps += 1
+
+    def _extend(self, g: list[int], t: int) -> bool:
+        """Append token ``t`` to a row's generated ids ``g``; True when the row is finished."""
+        g.append(t)
+        return (t in self.eos or len(g) >= self.max_new_tokens
+                or bool(self.stops and any(s in self.tokenizer.decode(g[-self.window:]) for s in self.stops)))
+
+    def _names(self, idx: Sequence[int]) -> dict:
         """peft's per-row adapter argument for the rows ``idx`` (nothing without a mixed batch)."""
-        return {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in idx]}
+        return {} if self.adapter_names is None else {"adapter_names": [self.adapter_names[i] for i in idx]}
 
-    def padded(seqs: list[list[int]]) -> tuple[Any, Any]:
+    def _padded(self, seqs: list[list[int]]) -> tuple[Any, Any]:
+        import torch
+
         width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(seqs), width), dtype=torch.long)
         for r, s in enumerate(seqs):
             if s:
                 ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
                 attn[r, width - len(s):] = 1
-        return ids.to(device), attn.to(device)
-
-    one_adapter = adapter_names is None or len(set(adapter_names)) == 1
-    shared = _common_prefix([token_ids[i] for i in order]) if share_prefix and one_adapter and len(order) > 1 else 0
-    prefix_cache = None
-    if shared >= MIN_SHARED_PREFIX:
-        with torch.inference_mode():
-            ids = torch.tensor([token_ids[order[0]][:shared]], dtype=torch.long, device=device)
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **extra,
-                        **names(order[:1]))
-        prefix_cache = _out_cache(out)
-        prefill_tokens += shared
-        if not _mergeable(prefix_cache):  # sliding-window layers: keep every prompt whole
-            prefix_cache, shared = None, 0
-    else:
-        shared = 0
-
-    def prefill(idx: list[int]) -> _Rows:
-        nonlocal prefill_tokens
-        ids, attn = padded([token_ids[i][shared:] for i in idx])
-        prefill_tokens += int(attn.sum())
-        pos = attn.long().cumsum(-1) - 1 + shared
-        kw = dict(extra)
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(idx))
-            attn = torch.cat([attn.new_ones(len(idx), shared), attn], 1)
-            kw[cache_kw] = cache
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos.clamp(min=0), use_cache=True, **kw,
-                    **names(idx))
-        cache, room = _out_cache(out), 0
-        if BUFFER_KV and _mergeable(cache):  # decode steps then write in place instead of copying the cache
-            room = max_new_tokens
-            _buffer_cache(cache, room)
-        return _Rows(cache, attn, pos[:, -1] + 1, out.logits[:, -1, :], list(idx), room)
-
-    with torch.inference_mode():
-        while queue or rows is not None:
-            free = batch_size - (len(rows) if rows is not None else 0)
-            # join waiting prompts into a running batch only when its cache can be joined; else whole batches
-            if queue and (rows is None or (joinable and (free >= refill_at or len(queue) <= free))):
-                take, queue = queue[:free], queue[free:]
-                new = prefill(take)
-                for i in take:
-                    gen[i] = []
-                if joinable is None:
-                    joinable = _mergeable(new.cache)
-                if rows is None:
-                    rows = new
-                else:
-                    rows.join(new)
-                    joins += 1
-            nxt = _pick(rows.logits, do_sample, temperature, top_p)
-            finished = []
-            for j, (i, t) in enumerate(zip(rows.ids, nxt.tolist())):
-                g = gen[i]
-                g.append(t)
-                if (t in eos or len(g) >= max_new_tokens
-                        or (stops and any(s in tokenizer.decode(g[-window:]) for s in stops))):
-                    finished.append(j)
-            if finished:
-                for j in finished:
-                    i = rows.ids[j]
-                    on_done(i, gen.pop(i))
-                if len(finished) == len(rows):
-                    rows = None
-                    continue
-                gone = set(finished)
-                keep = torch.tensor([j for j in range(len(rows)) if j not in gone], device=device)
-                rows.select(keep)
-                nxt = nxt[keep]
-            rows.attn = torch.cat([rows.attn, rows.attn.new_ones(len(rows), 1)], 1)
-            out = model(input_ids=nxt[:, None], attention_mask=rows.attn, position_ids=rows.pos[:, None],
-                        use_cache=True, **{cache_kw: rows.cache}, **extra, **names(rows.ids))
-            rows.cache = _out_cache(out)
-            rows.logits = out.logits[:, -1, :]
-            rows.pos = rows.pos + 1
-            steps += 1
-    if stats is not None:
-        stats.update(joins=joins, steps=steps, shared_prefix=shared, prefill_tokens=prefill_tokens)
+        return ids.to(self.device), attn.to(self.device)
 
 
 def _ids_until_stop(ids: Sequence[int], stop_ids: set[int]) -> list[int]:
