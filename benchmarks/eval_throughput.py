@@ -13,41 +13,24 @@ The last line is ``RESULT name=eval_throughput ratio=<lorasp/baseline tokens/s> 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
+
+from _gsm8k_setup import add_common_args, gsm8k_setup
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=64, help="GSM8K test questions (seeded sample, seed 0)")
-    ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--mode", default="zs_cot")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for both sides")
+    add_common_args(ap, n=64, max_new_tokens=128, batch_size=16, mode="zs_cot")
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    setup = gsm8k_setup(args)
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
     from lora_spec.answers import extract_answer
-    from lora_spec.evaluate import task_problems
     from lora_spec.generation import generate
-    from lora_spec.prompts import build_prompt, stop_sequences, uses_chat
-    from lora_spec.records import EvalTask
-    from lora_spec.student import load_student
 
-    st = load_student(args.model)
-    model, tok = st.model, st.tokenizer
-    problems = task_problems(EvalTask(name="gsm8k", dataset="gsm8k", split="test", limit=args.n))
-    chat = uses_chat(tok)
-    prompts = [build_prompt(p, args.mode, tok) for p in problems]
-    stops = stop_sequences(args.mode, chat)
+    model, tok, prompts, stops = setup.model, setup.tokenizer, setup.prompts, setup.stops
     eos = model.generation_config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos)
 

@@ -20,38 +20,22 @@ The last line is ``RESULT name=kv_buffers ratio=<lorasp/baseline tokens/s> key=v
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+
+from _gsm8k_setup import add_common_args, gsm8k_setup
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=32, help="GSM8K test questions (seeded sample, seed 0)")
-    ap.add_argument("--max-new-tokens", type=int, default=192)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--mode", default="icl_cot")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_common_args(ap, n=32, max_new_tokens=192, batch_size=32, mode="icl_cot")
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    setup = gsm8k_setup(args)
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
     from lora_spec import generation
-    from lora_spec.evaluate import task_problems
-    from lora_spec.prompts import build_prompt, stop_sequences, uses_chat
-    from lora_spec.records import EvalTask
-    from lora_spec.student import load_student
 
-    st = load_student(args.model)
-    model, tok = st.model, st.tokenizer
-    problems = task_problems(EvalTask(name="gsm8k", dataset="gsm8k", split="test", limit=args.n))
-    prompts = [build_prompt(p, args.mode, tok) for p in problems]
-    stops = stop_sequences(args.mode, uses_chat(tok))
+    model, tok, prompts, stops = setup.model, setup.tokenizer, setup.prompts, setup.stops
     lengths = [len(x) for x in tok(prompts)["input_ids"]]
 
     def run(buffered: bool) -> tuple[list[str], dict]:
