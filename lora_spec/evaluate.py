@@ -95,32 +95,33 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
         prompts = [build_prompt(p, mode, tokenizer, chat=use_chat, data_dir=data_dir) for p in problems]
         preds: list[dict | None] = [None] * len(problems)
         todo = list(range(len(problems)))
-        on_output = None
+        budget = task.max_new_tokens
         if journal is not None:
             from .eval_journal import prompt_hash
 
             hashes = [prompt_hash(x) for x in prompts]
-            kept = journal.kept(task.name, mode, task.max_new_tokens)
+            kept = journal.kept(task.name, mode, budget)
             for j, p in enumerate(problems):
                 row = kept.get(journal.key(p.id, hashes[j]))
                 if row is not None:
-                    preds[j] = _prediction(task, p, row.get("output", ""))
+                    preds[j] = _prediction(task, p, row.get("output", ""), row.get("tokens"), budget)
             todo = [j for j in todo if preds[j] is None]
             if len(todo) < len(problems):
                 print(f"eval: {task.name}: {len(problems) - len(todo)} of {len(problems)} predictions kept from an "
                       f"interrupted run; generating {len(todo)}", file=sys.stderr, flush=True)
-            journal.open(task.name, mode, task.max_new_tokens)
+            journal.open(task.name, mode, budget)
 
-            def on_output(k: int, out: str, n_tokens: int) -> None:
-                j = todo[k]
-                preds[j] = _prediction(task, problems[j], out)
-                journal.add(task.name, {**preds[j], "prompt_hash": hashes[j], "tokens": n_tokens})
+        def on_output(k: int, out: str, n_tokens: int) -> None:  # as each prompt finishes
+            j = todo[k]
+            preds[j] = _prediction(task, problems[j], out, n_tokens, budget)
+            if journal is not None:
+                journal.add(task.name, {**preds[j], "prompt_hash": hashes[j]})
 
         st: dict = {}
-        outs = generate(model, tokenizer, [prompts[j] for j in todo], kind=kind, max_new_tokens=task.max_new_tokens,
+        outs = generate(model, tokenizer, [prompts[j] for j in todo], kind=kind, max_new_tokens=budget,
                         stop=stop_sequences(mode, use_chat), batch_size=batch_size, progress=progress, stats=st,
                         description=task.name, on_output=on_output)
-        for k, j in enumerate(todo):
+        for k, j in enumerate(todo):  # (a generate() that did not call on_output: a monkeypatched one in tests)
             if preds[j] is None:
                 preds[j] = _prediction(task, problems[j], outs[k])
         correct = sum(bool(r["correct"]) for r in preds)
@@ -132,16 +133,25 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
                               "mode": mode,
                               "dataset": task.dataset, "split": task.split, "seconds": st.get("seconds", 0.0),
                               "generated_tokens": st.get("generated_tokens", 0), "predictions": preds,
+                              # outputs that used the whole token budget: cut short, or looping (a hint that
+                              # --max-new-tokens is too small when many of them are long derivations)
+                              "at_budget": sum(bool(r.get("at_budget")) for r in preds),
                               **({"resumed": n - len(todo)} if n > len(todo) else {})}
     return results
 
 
-def _prediction(task: EvalTask, p: Problem, output: str) -> dict:
-    """One scored prediction: the output's answer by the strict and the flexible rule (:func:`judge`)."""
+def _prediction(task: EvalTask, p: Problem, output: str, tokens: int | None = None,
+                budget: int | None = None) -> dict:
+    """One scored prediction: the output's answer by the strict and the flexible rule (:func:`judge`);
+    ``tokens``: how many tokens were generated (EOS included), ``at_budget``: all ``budget`` of them were used."""
     ext, ok = judge(task, p, output)
     ext_f, ok_f = judge(task, p, output, strict=False)
-    return {"id": p.id, "question": p.question, "gold": p.answer, "output": output, "extracted": ext,
-            "correct": ok, "extracted_flexible": ext_f, "correct_flexible": ok_f, "scorer": scorer_for(task, p)}
+    row = {"id": p.id, "question": p.question, "gold": p.answer, "output": output, "extracted": ext,
+           "correct": ok, "extracted_flexible": ext_f, "correct_flexible": ok_f, "scorer": scorer_for(task, p)}
+    if tokens is not None:  # (a journal row of an older release has none)
+        row["tokens"] = int(tokens)
+        row["at_budget"] = budget is not None and tokens >= budget
+    return row
 
 
 def with_mode(tasks: list[EvalTask], mode: str | None) -> list[EvalTask]:
@@ -545,13 +555,19 @@ def render_report(doc: dict) -> str:
                   + (f"; flexible {flex:.1%}" if flex is not None else ""), "",
                   "| task | mode | n | correct | accuracy (strict) | 95% CI | flexible | tokens/s |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
+        budget = []
         for t in summ["tasks"]:
             r = doc["tasks"][t]
             tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
             fa = f"{r['flexible_accuracy']:.1%}" if r.get("flexible_accuracy") is not None else "-"
             lines.append(f"| {t} | {r['mode']} | {r['n']} | {r['correct']} | {r['accuracy']:.1%} | "
                          f"{_ci_txt(r.get('ci'))} | {fa} | {tps} |")
+            if r.get("at_budget"):
+                budget.append(f"{t} {r['at_budget']} of {r['n']}")
         lines.append("")
+        if budget:
+            lines += ["Outputs that used the whole token budget (cut short or looping; `tokens` and `at_budget` in "
+                      "the predictions): " + ", ".join(budget) + ".", ""]
     lines.append(doc.get("intervals") or INTERVALS)
     lines.append("")
     lines.append("Accuracy is strict: an answer counts only when the output states it in an answer sentence "

@@ -70,6 +70,11 @@ def test_evaluate_tasks_result_shape(tiny, data_dir):
         assert r["correct"] == sum(p["correct"] for p in r["predictions"])
         assert set(r["predictions"][0]) >= {"id", "question", "gold", "output", "extracted", "correct"}
         assert r["seconds"] > 0 and r["generated_tokens"] > 0
+        # each prediction says how many tokens it took and whether it used the whole budget of 6
+        toks = [p["tokens"] for p in r["predictions"]]
+        assert all(1 <= t <= 6 for t in toks) and sum(toks) == r["generated_tokens"]
+        assert [p["at_budget"] for p in r["predictions"]] == [t == 6 for t in toks]
+        assert r["at_budget"] == toks.count(6)
 
 
 def test_limit_is_a_seeded_sample(data_dir):
