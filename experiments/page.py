@@ -158,7 +158,15 @@ def section_c1_full(rec: dict) -> list[str]:
         ts = fit.get("train_seconds")
         L += [f"Adapter: a second run of the recipe (same seed and data, `{' '.join(fit.get('args', [])[4:])}`: "
               "held-out scoring off, the last step exported)"
-              + (f", {ts / 60:.1f} min of training" if ts else "") + ".", ""]
+              + (f", {ts / 60:.1f} min of training" if ts else "") + "."]
+        h2 = (fit.get("train") or {}).get("loss_history") or []
+        h1 = ((rec.get("fits", {}).get("recipe") or {}).get("train") or {}).get("loss_history") or []
+        if h1 and len(h1) == len(h2):
+            gap = max(abs(x - y) for x, y in zip(h1, h2))
+            L[-1] += (f" Its training loss matches the first run's at all {len(h2)} steps within {gap:.1g} (the "
+                      f"histories are recorded to 6 decimals), although the first run was cut and resumed: the "
+                      f"same weights up to floating-point rounding.")
+        L.append("")
     b_txt, b = cell(full_b, "gsm8k", prog.get("base-zs_cot-gsm8k-full"))
     a_txt, a = cell(full_a, "gsm8k", prog.get("adapter-zs_cot-gsm8k-full"))
     n = (a or b or {}).get("n", "–")

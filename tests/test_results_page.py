@@ -263,11 +263,14 @@ def test_full_gsm8k_test_is_paired_and_checked_against_the_slice_it_contains(res
     rec["evals"]["base-zs_cot-gsm8k-full"] = full("1" * 2 + "0" * 18, "0" * 30)
     rec["evals"]["adapter-zs_cot-gsm8k-full"] = full("1" * 9 + "0" * 11, "1" * 6 + "0" * 24)
     rec["fits"]["recipe-full"] = {"args": ["--config", "r.yaml", "--data", "d", "--eval-every", "0", "--select-by",
-                                           "last"], "train_seconds": 1800.0}
+                                           "last"], "train_seconds": 1800.0,
+                                  "train": {"loss_history": [1.0, 0.900001, 0.8]}}
+    rec["fits"]["recipe"]["train"] = {"loss_history": [1.0, 0.9, 0.8]}
     (results / "c1.json").write_text(json.dumps(rec))
     page.main(["--results", str(results), "--docs", str(docs)])
     sec = (docs / "results.md").read_text().split("### Full GSM8K test")[1].split("## C")[0]
     assert "`--eval-every 0 --select-by last`" in sec and "30.0 min of training" in sec
+    assert "matches the first run's at all 3 steps within 1e-06" in sec
     assert "| 50 | 4.0 [" in sec and "| +26.0 points [" in sec  # 2/50 -> 15/50, 13 discordant, all the adapter's
     assert "GSM8K 4.0% → 30.0%: doubled: yes; +6 points: yes (+26.0)" in sec
     assert "| base | 20 | 2 | 2 | 20 of 20 |" in sec
