@@ -108,7 +108,8 @@ def quiet_libraries(argv: list[str]) -> None:
     """Keep the terminal to lorasp's own lines: silence the library notices users cannot act on, at their source.
 
     Only named ones: bitsandbytes' CPU-kernel notice ("Failed to load CPU gemm_4bit_forward ... kernels", logged
-    on import when the optional ``kernels`` package is absent), transformers' deprecation FutureWarnings raised
+    on import when its Hub kernel cannot be fetched), the ``kernels`` package's "Skipping publisher trust check"
+    for that kernel under ``HF_HUB_OFFLINE=1``, transformers' deprecation FutureWarnings raised
     from inside transformers/peft (e.g. ``is_gradient_checkpointing``), and, under ``--no-progress``, the
     Hugging Face progress bars ("Loading weights"). ``LORASP_DEBUG=1`` keeps everything.
     """
@@ -118,6 +119,8 @@ def quiet_libraries(argv: list[str]) -> None:
     if os.environ.get("LORASP_DEBUG"):
         return
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("kernels._internals.hf_hub").addFilter(
+        lambda rec: not str(rec.msg).startswith("Skipping publisher trust check"))
     for mod in (r"transformers(\..*)?", r"peft(\..*)?"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=mod)
     if "--no-progress" in argv:
