@@ -172,6 +172,13 @@ def test_cli_with_an_adapter_on_a_tiny_student(tmp_path, tiny_llama_path):
     assert f"| arith | zs_cot | 3 | {t['correct']} | {t['accuracy']:.1%} | [{100 * lo:.1f}, {100 * hi:.1f}] |" in \
         (out / "report.md").read_text()
     assert f"n=3     accuracy={t['accuracy']:.1%} 95% CI [{100 * lo:.1f}, {100 * hi:.1f}]" in r.stdout
+    # outputs that used the whole budget of 6 tokens are counted per task, and report.md names them
+    at = {name: sum(json.loads(x)["at_budget"] for x in (out / doc["tasks"][name]["predictions_file"])
+                    .read_text().splitlines()) for name in doc["tasks"]}
+    assert {name: doc["tasks"][name]["at_budget"] for name in doc["tasks"]} == at and sum(at.values()) > 0
+    for name, k in at.items():  # one line per suite (arith, bbh), after its table
+        assert (f"Outputs that used the whole token budget (cut short or looping; `tokens` and `at_budget` in the "
+                f"predictions): {name} {k} of 3." in (out / "report.md").read_text()) == (k > 0)
     # a run compared with itself: no change, within noise
     from tests.conftest import run_cli
 
