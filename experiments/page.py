@@ -113,7 +113,7 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         ts = fit.get("train_seconds")
         rule = sel.get("rule") or sel.get("select_by") or "in_dist"
         how = "by GSM8K dev accuracy" if rule == "in_dist" else f"by the rule `{rule}`"
-        extra = [a for a in fit.get("args", []) if a not in ("--config", "--data") and not a.endswith((".yaml", "gsm8k-l2"))]
+        extra = extra_fit_args(fit)
         L += ["Adapter: `recipes/gsm8k-smollm2.yaml` on the teach run above"
               + (f" (with `{' '.join(extra)}`)" if extra else "")
               + f"; chosen step {sel.get('chosen_step', sel.get('step', '?'))} {how}; training "
@@ -145,6 +145,25 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
     return L + section_c1_full(rec)
 
 
+def extra_fit_args(fit: dict) -> list[str]:
+    """A recipe fit's arguments beyond ``--config RECIPE --data RUN`` (what the page names as changed)."""
+    args, out = list(fit.get("args", [])), []
+    while args:
+        a = args.pop(0)
+        if a in ("--config", "--data"):
+            args = args[1:]  # and its value
+        else:
+            out.append(a)
+    return out
+
+
+def gsm8k_goal(b: dict, a: dict) -> str:
+    """Issue 12's GSM8K goal, base task ``b`` -> adapter task ``a``: doubled, and +6 points."""
+    pb, pa = 100 * b["correct"] / b["n"], 100 * a["correct"] / a["n"]
+    return (f"GSM8K {pb:.1f}% → {pa:.1f}%: doubled: {'yes' if pa >= 2 * pb else 'no'}; "
+            f"+6 points: {'yes' if pa - pb >= 6 else 'no'} ({pa - pb:+.1f})")
+
+
 def section_c1_full(rec: dict) -> list[str]:
     """The full GSM8K test (``c1 --only full``), and how it agrees with the 500-problem slice it contains."""
     evs, prog = rec.get("evals", {}), rec.get("in_progress") or {}
@@ -156,7 +175,7 @@ def section_c1_full(rec: dict) -> list[str]:
     L = ["### Full GSM8K test (1,319 problems, zs_cot)", "", "Command: `python experiments/run.py c1 --only full`.", ""]
     if fit:
         ts = fit.get("train_seconds")
-        L += [f"Adapter: a second run of the recipe (same seed and data, `{' '.join(fit.get('args', [])[4:])}`: "
+        L += [f"Adapter: a second run of the recipe (same seed and data, `{' '.join(extra_fit_args(fit))}`: "
               "held-out scoring off, the last step exported)"
               + (f", {ts / 60:.1f} min of training" if ts else "") + "."]
         h2 = (fit.get("train") or {}).get("loss_history") or []
@@ -173,9 +192,7 @@ def section_c1_full(rec: dict) -> list[str]:
     L += ["| n | base % [95% CI] | adapter % [95% CI] | change, points [95% CI], McNemar p |", "|---:|---:|---:|---|",
           f"| {n} | {b_txt} | {a_txt} | {paired_cell(b, a)} |", ""]
     if a and b:
-        pb, pa = 100 * b["correct"] / b["n"], 100 * a["correct"] / a["n"]
-        L += [f"Goal on the full test: GSM8K {pb:.1f}% → {pa:.1f}%: doubled: {'yes' if pa >= 2 * pb else 'no'}; "
-              f"+6 points: {'yes' if pa - pb >= 6 else 'no'} ({pa - pb:+.1f}).", ""]
+        L += [f"Goal on the full test: {gsm8k_goal(b, a)}.", ""]
     rows = []
     for who, full in (("base", b), ("adapter", a)):
         sl = (evs.get(f"{who}-zs_cot-gsm8k") or {}).get("tasks", {}).get("gsm8k")
@@ -201,9 +218,7 @@ def goals_c1(evs: dict, base_ood: list[float], ad_ood: list[float], fit: dict, m
     out = [f"Goals of issue 12 in `{mode}` (GSM8K at least doubled and ≥ +6 points, OOD macro ≥ +4 points, ≤ 90 min "
            f"of training):", ""]
     if a and b:
-        pb, pa = 100 * b["correct"] / b["n"], 100 * a["correct"] / a["n"]
-        out.append(f"- GSM8K {pb:.1f}% → {pa:.1f}%: doubled: {'yes' if pa >= 2 * pb else 'no'}; "
-                   f"+6 points: {'yes' if pa - pb >= 6 else 'no'} ({pa - pb:+.1f})")
+        out.append(f"- {gsm8k_goal(b, a)}")
     else:
         out.append("- GSM8K: not run yet")
     if len(base_ood) == len(OOD):

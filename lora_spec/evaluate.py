@@ -463,8 +463,9 @@ def _write_predictions(out, results: dict[str, dict]) -> dict[str, dict]:
 
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     # an --overwrite of other tasks: the earlier run's prediction files go, so predictions/ matches results.json
+    keep = {_fname(name) for name in results}
     for old in (out / "predictions").glob("*.jsonl"):
-        if old.stem not in {_fname(name) for name in results}:
+        if old.stem not in keep:
             old.unlink()
     tasks_json: dict[str, dict] = {}
     for name, r in results.items():
