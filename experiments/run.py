@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import os
 import shlex
@@ -165,8 +166,12 @@ class Experiment:
     # -- eval
     def eval(self, label: str, *, tasks: list[str], suites: list[str], mode: str, limit: int | None,
              max_new_tokens: int, adapter: Path | None = None, model: str | None = None,
-             batch_size: int = 32) -> dict:
-        """``lorasp eval`` of one model on some tasks; the per-problem hits go into the result file."""
+             batch_size: int = 32, keep_recorded: bool = False) -> dict:
+        """``lorasp eval`` of one model on some tasks; the per-problem hits go into the result file.
+
+        ``keep_recorded``: for a model that no step of the experiment trains (a base model), a result already in
+        the result file with the same arguments is kept when its run directory is gone (a bare machine), not
+        paid for again."""
         out = self.dir / "eval" / label
         args = ["eval", "--mode", mode, "--max-new-tokens", str(max_new_tokens), "--batch-size", str(batch_size),
                 "--no-progress", "--out", str(out)]
@@ -180,6 +185,9 @@ class Experiment:
             args += ["--adapter", str(adapter)]
         if model is not None:
             args += ["--model", model]
+        old = self.record["evals"].get(label)
+        if keep_recorded and not (out / "results.json").exists() and old and old.get("args") == args:
+            return old
         if not (out / "results.json").exists():
             if COLLECT_ONLY:  # --collect: record what has run, start nothing
                 self.missing.append(label)
@@ -342,6 +350,14 @@ def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
     exp.save(complete=True)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def arith_teacher(exp: Experiment, teacher_steps: int = 192, problems: int = 768) -> tuple[Path, Path]:
     """C4's teacher (shared with C3): SmolLM2 specialized on gold arith rationales, merged into a plain model,
     then its own samples (temperature 0.7) with top-5 logprobs on the same train problems, filtered by answer.
@@ -360,6 +376,9 @@ def arith_teacher(exp: Experiment, teacher_steps: int = 192, problems: int = 768
                     "--top-logprobs", "5", "--max-tokens", "160", "--no-progress", "--out", str(teach)], exp.log)
     m = json.loads((teach / "manifest.json").read_text())
     exp.record["extra"]["teach"] = {k: m.get(k) for k in ("status", "counts", "accuracy")}
+    # the students' exact data: a retrained teacher (a bare machine) must resample the same rows for a rerun
+    # student to stand beside a recorded one; the page compares these across C4 and C4x
+    exp.record["extra"]["teach"]["samples_sha256"] = _sha256(teach / "samples.jsonl")
     return merged, teach
 
 
@@ -430,7 +449,7 @@ def c4x(student_steps: int = 64, problems: int = 768, n: int = 300) -> None:
     _merged, teach = arith_teacher(exp, problems=problems)
     student = gemma3_student()
     exp.eval("base-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160,
-             model=str(student))
+             model=str(student), keep_recorded=True)
     for loss in ("sample", "distribution", "mix:0.5"):  # the same data, steps and settings as C4's students
         label = loss.replace(":", "")
         ad = exp.fit(label, exp.dir / f"student-{label}",
