@@ -421,7 +421,33 @@ C4X_ROWS = (("base (untrained Gemma-3-270M)", "base"), ("student, sample matchin
             ("student, distribution matching (KL, top-5, aligned)", "distribution"), ("student, mix:0.5", "mix0.5"))
 
 
-def section_c4x(rec: dict | None, fig_dir: Path) -> list[str]:
+def teacher_rerun(c4: dict | None, c4x: dict | None) -> str | None:
+    """When C4x trained C4's teacher again (its first copy gone with a bare machine): is it the same teacher, and
+    are the students' data the same rows? Measured from the two result files, not assumed."""
+    a = ((c4 or {}).get("fits", {}).get("teacher") or {}).get("train") or {}
+    b = ((c4x or {}).get("fits", {}).get("teacher") or {}).get("train") or {}
+    la, lb = a.get("loss_history") or [], b.get("loss_history") or []
+    if not la or not lb or (la == lb and a.get("train_seconds") == b.get("train_seconds")):
+        return None  # one and the same teacher run
+    ta, tb = ((c4 or {}).get("extra", {}).get("teach") or {}), ((c4x or {}).get("extra", {}).get("teach") or {})
+    if len(la) != len(lb):
+        same = f"its loss history has {len(lb)} steps, C4's has {len(la)}: not the same run"
+    else:
+        d = max(abs(x - y) for x, y in zip(la, lb))
+        same = (f"its training loss matches C4's teacher at all {len(la)} steps within {d:.1g}" if d <= 1e-5 else
+                f"its training loss differs from C4's teacher by up to {d:.3g} (over {len(la)} steps)")
+    ca, cb = (ta.get("counts") or {}).get("correct"), (tb.get("counts") or {}).get("correct")
+    kept = (f"it kept {cb} correct samples of {(tb.get('counts') or {}).get('received', '?')}"
+            + (", as C4's teacher did" if ca == cb else f" (C4's teacher kept {ca})"))
+    sa, sb = ta.get("samples_sha256"), tb.get("samples_sha256")
+    rows = ("the samples file is byte-identical to C4's" if sa and sa == sb else
+            "the samples file differs from C4's" if sa and sb else
+            f"samples file sha256 `{sb[:12]}…` (C4's record predates fingerprints)" if sb else "")
+    return ("C4's teacher was trained and sampled again for this run (its first copy was gone): "
+            + "; ".join(x for x in (same, kept, rows) if x) + ".")
+
+
+def section_c4x(rec: dict | None, fig_dir: Path, c4: dict | None = None) -> list[str]:
     """C4 across tokenizers: the same teacher samples distilled into Gemma-3-270M students."""
     L = ["### C4 across tokenizers: a SmolLM2 teacher, Gemma-3-270M students", ""]
     if rec is None:
@@ -439,6 +465,9 @@ def section_c4x(rec: dict | None, fig_dir: Path) -> list[str]:
     for label, name in C4X_ROWS:
         txt, t = cell(evs.get(f"{name}-zs_cot-arith"), "arith")
         L.append(f"| {label} | {txt} | {paired_cell(ref, t) if name in ('distribution', 'mix0.5') else ''} |")
+    again = teacher_rerun(c4, rec)
+    if again:
+        L += ["", again]
     dist = (rec.get("fits", {}).get("distribution") or {}).get("distribution") or {}
     if dist.get("student_tokens"):
         L += ["", f"Alignment (lorasp's byte-offset match, the paper's one-to-one rule): {dist['aligned_tokens']:,} of "
@@ -758,7 +787,7 @@ def render(results: Path, docs: Path) -> str:
                      ("c5", section_c5)):
         L += fn(recs.get(name), fig_dir)
         if name == "c4":
-            L += section_c4x(recs.get("c4x"), fig_dir)
+            L += section_c4x(recs.get("c4x"), fig_dir, recs.get("c4"))
         if name == "c5":
             dl, sw = (_read(results / f) for f in ("dev_loss.json", "dev_sweep.json"))
             L += section_dev_loss(dl, fig_dir)

@@ -168,6 +168,25 @@ def test_c4_across_tokenizers_shows_the_alignment_and_a_verdict(results, tmp_pat
     assert "| student, mix:0.5 | not run yet |" in sub
 
 
+def test_c4x_says_whether_a_retrained_teacher_is_the_same_teacher():
+    def rec(loss: list[float], secs: float, correct: int, sha: str | None) -> dict:
+        teach = {"counts": {"received": 768, "correct": correct}}
+        if sha:
+            teach["samples_sha256"] = sha
+        return {"fits": {"teacher": {"train": {"loss_history": loss, "train_seconds": secs}}},
+                "extra": {"teach": teach}}
+
+    c4 = rec([1.0, 0.5, 0.25], 100.0, 384, None)
+    assert page.teacher_rerun(c4, c4) is None  # C4x reused C4's teacher: nothing to say
+    line = page.teacher_rerun(c4, rec([1.0, 0.5000004, 0.25], 120.0, 384, "ab" * 32))
+    assert "matches C4's teacher at all 3 steps within 4e-07" in line
+    assert "kept 384 correct samples of 768, as C4's teacher did" in line and "predates fingerprints" in line
+    line = page.teacher_rerun(rec([1.0, 0.5, 0.25], 100.0, 384, "cd" * 32), rec([1.0, 0.6, 0.25], 120.0, 380, "ab" * 32))
+    assert "differs from C4's teacher by up to 0.1" in line and "kept 380 correct samples of 768 (C4's teacher kept 384)" in line
+    assert "the samples file differs from C4's" in line
+    assert "byte-identical" in page.teacher_rerun(rec([1.0], 1.0, 1, "ab"), rec([1.0], 2.0, 1, "ab"))
+
+
 def test_c2_shows_flexible_scoring_and_a_verdict(results, tmp_path):
     def ev(strict: str, flexible: str) -> dict:
         e = _ev("bbh/snarks", strict)
