@@ -26,6 +26,7 @@ class Encoded:
     labels: list[int]  # causal: same length as input_ids (IGNORE on the prompt); seq2seq: the decoder targets
     n_target: int
     topk: Any = None  # distribution matching: (positions in labels, ids, logprobs), see align.attach_topk
+    truncated: bool = False  # cut to max_length by encode_examples
 
     @property
     def length(self) -> int:
@@ -43,6 +44,17 @@ def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
             if t.startswith(bos_text) and len(ids[i]) > 1 and ids[i][0] == bos and ids[i][1] == bos:
                 ids[i] = ids[i][1:]
     return ids
+
+
+def over_budget(tokenizer, kind: str, max_length: int, prompt: str, target: str) -> bool:
+    """Whether :func:`encode_examples` would cut this row: a causal row's prompt, target and EOS together, or a
+    seq2seq row's prompt (the encoder side) or target with its EOS, longer than ``max_length`` tokens."""
+    p = len(encode_prompts(tokenizer, [prompt])[0])
+    if kind == "seq2seq":
+        t = tokenizer([target], add_special_tokens=True)["input_ids"][0]
+        return p > max_length or len(t) + (0 if t and t[-1] == tokenizer.eos_token_id else 1) > max_length
+    t = len(tokenizer([target], add_special_tokens=False)["input_ids"][0])
+    return p + t + 1 > max_length
 
 
 def encode_examples(examples: list[Example], tokenizer, kind: str, max_length: int) -> tuple[list[Encoded], int]:
@@ -67,21 +79,24 @@ def encode_examples(examples: list[Example], tokenizer, kind: str, max_length: i
         if kind == "seq2seq":
             if not t or t[-1] != eos:
                 t = t + [eos]
+            cut = len(p) > max_length or len(t) > max_length
             if len(p) > max_length:
-                p, truncated = p[-max_length:], truncated + 1
+                p = p[-max_length:]
             if len(t) > max_length:
-                t, truncated = t[:max_length - 1] + [eos], truncated + 1
-            out.append(Encoded(p, t, len(t)))
+                t = t[:max_length - 1] + [eos]
+            truncated += cut
+            out.append(Encoded(p, t, len(t), truncated=cut))
             continue
         t = t + [eos]
-        if len(p) + len(t) > max_length:
+        cut = len(p) + len(t) > max_length
+        if cut:
             truncated += 1
             keep_t = min(len(t), max_length - 1)
             t = t[:keep_t]
             p = p[-(max_length - keep_t):] if max_length - keep_t > 0 else []
         ids = p + t
         labels = [IGNORE] * len(p) + t
-        out.append(Encoded(ids, labels, len(t)))
+        out.append(Encoded(ids, labels, len(t), truncated=cut))
     return out, truncated
 
 

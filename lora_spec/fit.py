@@ -176,7 +176,7 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
         run.log(f"after:  {fmt_scores(after)}")
     manifest = _manifest(run, student=student, spec=spec, counts=counts, source=source, items=items,
                          n_examples=len(examples), data_fp=data_fp, evaluator=evaluator, eval_every=eval_every,
-                         res=res, before=before, after=after)
+                         res=res, before=before, after=after, examples=examples)
     if run.main:
         _write_artifact(run, model, student, manifest, evaluator, before, after)
     run.state.wait_for_everyone()
@@ -266,12 +266,20 @@ def _student_and_rows(run: _Run, items: list):
                            double_quant=cfg.double_quant,
                            device=str(run.state.device) if cfg.quant != "none" else None)
     examples = F.build_examples(items, run.weights, student.tokenizer, n_shots=cfg.n_shots, seed=cfg.seed,
-                                chat=False if student.kind == "seq2seq" else cfg.chat)
+                                chat=False if student.kind == "seq2seq" else cfg.chat, max_length=cfg.max_length,
+                                kind=student.kind)
+    fewer = F.fewer_shots(examples, cfg.n_shots)
+    # rows fitted to max_length are other rows: the fingerprint says so (and unchanged data keep theirs)
+    fitted = {"fitted_to": cfg.max_length} if fewer else {}
     data_fp = F.data_fingerprint(items, run.weights, n_shots=cfg.n_shots, seed=cfg.seed, chat=cfg.chat,
-                                 student=student.fingerprint.get("tokenizer"))
+                                 student=student.fingerprint.get("tokenizer"), **fitted)
     counts = F.format_counts(examples)
     run.log(f"data: {len(items)} correct samples of {len({it.problem.id for it in items})} problems -> "
             + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    if fewer:
+        run.log(f"data: {sum(fewer.values()):,} in-context rows hold fewer than {cfg.n_shots} exemplars (whole "
+                f"exemplars dropped to fit --max-length {cfg.max_length}): "
+                + ", ".join(f"{k} {v:,}" for k, v in fewer.items()))
     return student, examples, data_fp, counts
 
 
@@ -350,8 +358,10 @@ def _final_loss(res) -> float:
 
 
 def _manifest(run: _Run, *, student, spec, counts: dict, source: dict, items: list, n_examples: int, data_fp: str,
-              evaluator: Any, eval_every: int, res, before: dict | None, after: dict | None) -> dict[str, Any]:
+              evaluator: Any, eval_every: int, res, before: dict | None, after: dict | None,
+              examples: list | None = None) -> dict[str, Any]:
     """``lorasp.json``: base, method, formats, prompting, loss, data, selection, checkpoints, training, before/after."""
+    from . import formats as F
     from .adapters.artifact import versions
     from .prompts import uses_chat
     from .student import hub_id
@@ -370,7 +380,9 @@ def _manifest(run: _Run, *, student, spec, counts: dict, source: dict, items: li
         "distribution": None if res.align is None else {
             "temperature": loss_spec.temperature, "renormalize": loss_spec.renormalize, **res.align},
         "data": {**source, "fingerprint": data_fp, "n_examples": n_examples, "n_problems":
-                 len({it.problem.id for it in items}), "truncated": res.truncated},
+                 len({it.problem.id for it in items}), "truncated": res.truncated,
+                 # in-context rows that dropped whole exemplars to fit max_length, per format
+                 "fewer_shots": F.fewer_shots(examples or [], cfg.n_shots)},
         "selection": selection_manifest(cfg, evaluator, eval_every, res.chosen, res.train_seconds, res.eval_seconds),
         "checkpoints": res.checkpoints,
         "train": {"steps": res.steps, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,

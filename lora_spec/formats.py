@@ -122,8 +122,13 @@ def items_from_run(problems: Mapping[str, Problem], samples: list[Sample],
 
 def build_examples(items: list[TrainingItem], weights: Mapping[str, float], tokenizer: Any = None, *,
                    n_shots: int = 4, seed: int = 0, chat: bool | None = None,
-                   system: Any = None) -> list[Example]:
-    """One training row per item, spread over the formats by ``weights``; everything seeded by ``seed``."""
+                   system: Any = None, max_length: int | None = None, kind: str = "causal") -> list[Example]:
+    """One training row per item, spread over the formats by ``weights``; everything seeded by ``seed``.
+
+    ``max_length`` (with a tokenizer): an in-context row longer than that many tokens drops whole exemplars, the
+    first ones first, down to one, so that it stays a well-formed few-shot prompt instead of losing the start of its
+    first exemplar to truncation; ``Example.n_shots`` says how many it kept. Rows that are still too long are cut by
+    :func:`lora_spec.batching.encode_examples`."""
     from . import prompts
 
     if not items:
@@ -167,10 +172,18 @@ def build_examples(items: list[TrainingItem], weights: Mapping[str, float], toke
             exemplars = shots
         prompt, target = prompts.build_example(it.problem, mode, tokenizer, rationale=it.text,
                                                answer=it.problem.answer, exemplars=exemplars, **kw)
+        if exemplars and max_length and tokenizer is not None:
+            from .batching import over_budget
+
+            while len(exemplars) > 1 and over_budget(tokenizer, kind, max_length, prompt, target):
+                exemplars = exemplars[1:]
+                prompt, target = prompts.build_example(it.problem, mode, tokenizer, rationale=it.text,
+                                                       answer=it.problem.answer, exemplars=exemplars, **kw)
         s = it.sample
         out[idx] = Example(format=fmt, prompt=prompt, target=target, problem_id=it.problem.id,
                            teacher_tokens=s.tokens if s is not None else None,
-                           teacher_top_logprobs=s.top_logprobs if s is not None else None)
+                           teacher_top_logprobs=s.top_logprobs if s is not None else None,
+                           n_shots=len(exemplars) if exemplars else None)
     return [e for e in out if e is not None]
 
 
@@ -183,6 +196,15 @@ def data_fingerprint(items: list[TrainingItem], weights: Mapping[str, float], **
     return h.hexdigest()[:16]
 
 
+def fewer_shots(examples: list[Example], n_shots: int) -> dict[str, int]:
+    """In-context rows that hold fewer than ``n_shots`` exemplars (fitted to the length budget), per format."""
+    out: dict[str, int] = {}
+    for e in examples:
+        if e.n_shots is not None and e.n_shots < n_shots:
+            out[e.format] = out.get(e.format, 0) + 1
+    return out
+
+
 def format_counts(examples: list[Example]) -> dict[str, int]:
     out = {f: 0 for f in FORMATS}
     for e in examples:
@@ -191,4 +213,4 @@ def format_counts(examples: list[Example]) -> dict[str, int]:
 
 
 __all__ = ["DEFAULT_MIXTURE", "PAPER_MIXTURE", "parse_mixture", "mixture_string", "allocate", "TrainingItem",
-           "items_from_run", "build_examples", "data_fingerprint", "format_counts"]
+           "items_from_run", "build_examples", "data_fingerprint", "fewer_shots", "format_counts"]

@@ -64,6 +64,7 @@ class Example:
     problem_id: str = ""
     teacher_tokens: list[str] | None = None
     teacher_top_logprobs: list[dict[str, float]] | None = None
+    n_shots: int | None = None  # in-context rows: the exemplars the prompt holds (fewer than asked when fitted)
 
 
 T = TypeVar("T")

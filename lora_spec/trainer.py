@@ -215,11 +215,26 @@ def _check_args(args: TrainArgs) -> None:
         raise ConfigError(f"--schedule: expected cosine, constant or linear, got {args.schedule!r}")
 
 
+def truncated_summary(examples: list[Example], encoded: list[Encoded], max_length: int) -> str:
+    """One line: how many rows ``max_length`` cut, per format, and what to do about it."""
+    per: dict[str, int] = {}
+    for e, x in zip(examples, encoded):
+        if x.truncated:
+            per[e.format] = per.get(e.format, 0) + 1
+    n = sum(per.values())
+    return (f"{n:,} of {len(encoded):,} training rows ({100 * n / max(1, len(encoded)):.1f}%: "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
+            + f") are longer than --max-length {max_length} and lose prompt tokens from the left (targets longer "
+              "than the budget lose their end); raise --max-length to keep them whole")
+
+
 def _encode(examples: list[Example], tokenizer, kind: str, args: TrainArgs, accelerator):
     """``(encoded rows, n_truncated, alignment summary)``; distribution matching attaches the teacher's top-k."""
     from .losses import LossSpec
 
     encoded, truncated = encode_examples(examples, tokenizer, kind, args.max_length)
+    if truncated and accelerator.is_main_process:
+        say(f"warning: {truncated_summary(examples, encoded, args.max_length)}")
     if not LossSpec.parse(args.loss).needs_teacher_topk:
         return encoded, truncated, None
     from .align import attach_topk

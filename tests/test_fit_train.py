@@ -55,6 +55,12 @@ def test_encode_masks_prompt_and_ends_with_eos(tiny_llama_path, tiny_t5_path):
     # truncation keeps the whole target and the end of the prompt
     enc2, trunc2 = encode_examples(ex, tok, "causal", 12)
     assert trunc2 == 2 and all(len(e.input_ids) <= 12 for e in enc2)
+    assert [e.truncated for e in enc] == [False, False] and [e.truncated for e in enc2] == [True, True]
+    from lora_spec.trainer import truncated_summary
+
+    line = truncated_summary(ex * 2, enc + enc2, 12)  # the one-line warning lorasp fit prints
+    assert line.startswith("2 of 4 training rows (50.0%: zero_shot_cot 1, zero_shot_answer 1) are longer than "
+                           "--max-length 12") and "\n" not in line
     b = collate(enc, tok.pad_token_id, "causal")
     assert b["input_ids"].shape == b["labels"].shape and b["n_tokens"] == sum(len(e.input_ids) for e in enc)
     t5 = AutoTokenizer.from_pretrained(str(tiny_t5_path))

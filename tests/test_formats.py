@@ -7,8 +7,8 @@ import pytest
 
 from lora_spec import prompts
 from lora_spec.errors import ConfigError, DataError
-from lora_spec.formats import (allocate, build_examples, data_fingerprint, format_counts, items_from_run,
-                               parse_mixture)
+from lora_spec.formats import (allocate, build_examples, data_fingerprint, fewer_shots, format_counts,
+                               items_from_run, parse_mixture)
 from lora_spec.records import FORMATS, Problem, Sample
 
 
@@ -68,6 +68,43 @@ def test_examples_match_eval_prompts_and_exemplars_exclude_question(smollm2):
             assert e.target.endswith(f"The answer is {p.answer}.") and e.target.count("The answer is") == 1
         else:
             assert e.target == prompts.answer_target(p.answer)
+
+
+def test_in_context_rows_drop_whole_exemplars_to_fit_max_length(smollm2):
+    from lora_spec.batching import encode_examples, over_budget
+
+    tok = smollm2.tokenizer
+    items = _items(12)
+    w = parse_mixture("in_context_cot=1,in_context_answer=1,zero_shot_cot=1")
+    full = build_examples(items, w, tok, n_shots=4, seed=3)
+    assert all(e.n_shots == 4 for e in full if e.format.startswith("in_context")) and fewer_shots(full, 4) == {}
+    longest = max(len(encode_examples([e], tok, "causal", 10 ** 6)[0][0].input_ids) for e in full)
+    one_shot = build_examples(items, w, tok, n_shots=1, seed=3)
+    short = max(len(encode_examples([e], tok, "causal", 10 ** 6)[0][0].input_ids) for e in one_shot)
+    budget = (short + longest) // 2  # every 1-shot row fits; the longest 4-shot rows do not
+    fit = build_examples(items, w, tok, n_shots=4, seed=3, max_length=budget)
+    assert fewer_shots(fit, 4) and sum(fewer_shots(fit, 4).values()) == sum(
+        1 for e in fit if e.n_shots is not None and e.n_shots < 4)
+    _, cut = encode_examples(fit, tok, "causal", budget)
+    _, cut_before = encode_examples(full, tok, "causal", budget)
+    assert cut == 0 < cut_before  # whole exemplars went instead of the start of the prompt
+    for a, b in zip(full, fit):
+        assert a.problem_id == b.problem_id and a.format == b.format and a.target == b.target
+        if a.n_shots is None:
+            assert a == b  # zero-shot rows are untouched
+        elif b.n_shots < 4:
+            assert over_budget(tok, "causal", budget, a.prompt, a.target)
+            assert not over_budget(tok, "causal", budget, b.prompt, b.target)
+            # the kept exemplars are the last ones of the row's own draw, whole, and the question is unchanged
+            assert b.prompt.count("Question:") == b.n_shots + 1 and a.prompt.endswith(b.prompt.split("Question:")[-1])
+            assert a.prompt.split("Question:", 1)[0] == b.prompt.split("Question:", 1)[0]  # system text kept
+            assert "Question:" + b.prompt.split("Question:", 1)[1] in a.prompt
+        else:
+            assert a == b
+    # over_budget is encode_examples' own rule
+    for e in full:
+        enc, n = encode_examples([e], tok, "causal", budget)
+        assert bool(n) == over_budget(tok, "causal", budget, e.prompt, e.target) == enc[0].truncated
 
 
 def test_plain_text_for_seq2seq_and_errors(tiny_t5_path):
