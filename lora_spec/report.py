@@ -328,7 +328,10 @@ def _header_lines(r: _Report) -> list[str]:
     src = _data_source(data)
     if src:
         n = data.get("n_examples")
-        facts.append(f"data {src}" + (f" ({n} examples)" if n else ""))
+        cut, fewer = data.get("truncated") or 0, sum((data.get("fewer_shots") or {}).values())
+        notes = ([f"{n} examples"] if n else []) + ([f"{fewer} in-context with fewer shots to fit the length"]
+                                                    if fewer else []) + ([f"{cut} cut to the length"] if cut else [])
+        facts.append(f"data {src}" + (f" ({', '.join(notes)})" if notes else ""))
     lines = [" · ".join(facts), ""] if facts else []
     if r.chosen is not None:
         lines.append(f"Selection: `--select-by {r.rule}`, {r.rule_desc}. **Chosen: step {r.chosen}**"

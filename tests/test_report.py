@@ -56,6 +56,14 @@ def test_report_agrees_with_the_manifest(tmp_path):
     assert notes[0] == "before (base model)" and notes[2] == "chosen" and "after (last)" in notes[3]
     assert "pruned from disk" in notes[3]
     assert "**Chosen: step 20** (of 30 steps)" in md
+    assert "data arith (64 examples)\n" in md  # nothing cut: nothing said
+    m["data"].update(truncated=3, fewer_shots={"in_context_cot": 5, "in_context_answer": 1})
+    write_manifest(art, m)
+    assert "data arith (64 examples, 6 in-context with fewer shots to fit the length, 3 cut to the length)" \
+        in write_report(art)[0].read_text()
+    m["data"].update(truncated=0, fewer_shots={})
+    write_manifest(art, m)
+    write_report(art)
     assert "out-of-distribution: 25.0 → 50.0 (+25.0) → 43.8 (+18.8)" in md
     # cost: 46 s of eval against 184 s of training = 25%
     assert "training 184.0 s; held-out evaluation 46.0 s over 4 evaluations = 25% of training time" in md
