@@ -83,7 +83,12 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
     if cal and isinstance(cal.get("seconds_per_step"), (int, float)):
         est = {"train_seconds": round(float(cal["seconds_per_step"]) * steps, 1),
                "seconds_per_step": cal["seconds_per_step"], "measured": cal.get("measured")}
-    return {"source": source, "problems": n_problems, "rows": n_rows,
+    lengths = None
+    if cfg.data:
+        lengths = _lengths(cfg, items, weights)
+        if lengths is None:
+            notes.append(f"row lengths: not measured (the tokenizer of {cfg.student!r} is not on this machine yet)")
+    return {"source": source, "problems": n_problems, "rows": n_rows, "lengths": lengths,
             "rows_per_format": {k: v for k, v in counts.items() if v},
             "steps": steps, "batch": f"{cfg.batch_size} x {cfg.grad_accum} accumulation",
             "epochs": cfg.epochs if not cfg.max_steps else None,
@@ -92,3 +97,34 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
             "out": str(out), "checkpoints": str(ckpt),
             "teach_run": None if cfg.data else str(out.with_name(out.name + ".teach")),
             "estimate": est, "notes": notes, "config": cfg}
+
+
+def _lengths(cfg: "FitConfig", items: list, weights: dict) -> dict[str, Any] | None:
+    """The training rows' token lengths with the student's tokenizer (only when it is already local: a dry run
+    downloads and builds nothing): the median, 95th percentile and longest row, the in-context rows that drop
+    exemplars to fit ``--max-length`` and the rows still cut, per format; what choosing ``--max-length`` needs."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from . import formats as F
+    from .batching import encode_examples
+    from .student import local_path, model_kind
+
+    path = local_path(cfg.student)
+    if path is None:
+        return None
+    tok = AutoTokenizer.from_pretrained(str(path))
+    kind = model_kind(AutoConfig.from_pretrained(str(path)))
+    ex = F.build_examples(items, weights, tok, n_shots=cfg.n_shots, seed=cfg.seed,
+                          chat=False if kind == "seq2seq" else cfg.chat, max_length=cfg.max_length, kind=kind)
+    enc, _ = encode_examples(ex, tok, kind, 10 ** 9)  # whole rows: their real lengths
+    if kind == "seq2seq":
+        lens = [max(len(e.input_ids), len(e.labels)) for e in enc]
+    else:
+        lens = [len(e.input_ids) for e in enc]
+    cut: dict[str, int] = {}
+    for e, n in zip(ex, lens):
+        if n > cfg.max_length:
+            cut[e.format] = cut.get(e.format, 0) + 1
+    srt = sorted(lens)
+    return {"max_length": cfg.max_length, "median": srt[len(srt) // 2], "p95": srt[min(len(srt) - 1, int(0.95 * len(srt)))],
+            "longest": srt[-1], "fewer_shots": F.fewer_shots(ex, cfg.n_shots), "cut": cut}

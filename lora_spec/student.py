@@ -259,6 +259,26 @@ def resolve_path(spec: str) -> Path:
     raise ModelError(f"model {spec!r}: not a preset ({', '.join(PRESETS)}), not a local directory, not a Hub id")
 
 
+def local_path(spec: str) -> Path | None:
+    """``spec``'s model directory when it is already on this machine (a built preset, a local directory, a Hub id
+    in the Hub cache), else None; builds and downloads nothing (``lorasp fit --dry-run``)."""
+    preset = preset_of(spec)
+    if preset is not None and not Path(spec).expanduser().exists():
+        d = cache_dir() / "models" / f"{preset}-v{_PRESET_VERSION[preset]}"
+        return d if (d / "config.json").exists() else None
+    p = Path(spec).expanduser()
+    if p.exists():
+        return p if (p / "config.json").exists() else None
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(spec, local_files_only=True))
+        except Exception:
+            return None
+    return None
+
+
 def model_kind(config: Any) -> Literal["causal", "seq2seq"]:
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 

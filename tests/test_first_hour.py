@@ -230,6 +230,33 @@ def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no adapters/, runs/ or t/
 
 
+def test_fit_dry_run_measures_row_lengths_with_a_local_tokenizer(tmp_path, monkeypatch, capsys, tiny_llama_path):
+    """With a teach run and a student already on the machine, --dry-run tokenizes the rows: their lengths, the
+    in-context rows that drop exemplars to fit --max-length and the rows still cut (what choosing it needs)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = main_cli(capsys, "teach", "--dataset", "arith", "--teacher", "gold", "--first", "30", "--out", "run",
+                            "--no-progress")
+    assert code == 0, err
+    base = ["fit", "--dry-run", "--data", "run", "--student", str(tiny_llama_path), "--formats", "in_context_cot=1,"
+            "zero_shot_cot=1", "--n-shots", "4"]
+    code, out, err = main_cli(capsys, *base, "--max-length", "4096")
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("lengths:"))
+    longest = int(line.split("longest ")[1].split(";")[0])
+    assert "--max-length 4096: no row is cut" in line and "drop exemplars" not in line
+    code, out, err = main_cli(capsys, *base, "--max-length", str(longest - 1))
+    line = next(x for x in out.splitlines() if x.startswith("lengths:"))
+    assert code == 0 and f"--max-length {longest - 1}: " in line and "in-context rows drop exemplars to fit" in line, out
+    assert "rows are cut" not in line  # a 4-shot row one token too long fits with 3 exemplars
+    code, out, err = main_cli(capsys, *base, "--max-length", "8")
+    assert code == 0 and "rows are cut (" in out and "zero_shot_cot 15" in out, out
+    # a student that is not on this machine: nothing is downloaded or built, the dry run says so
+    code, out, err = main_cli(capsys, "fit", "--dry-run", "--data", "run", "--student", "nobody/not-cached-model")
+    assert code == 0 and "row lengths: not measured (the tokenizer of 'nobody/not-cached-model' is not on this " \
+        "machine yet)" in out, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_limit_means_one_thing(tmp_path, capsys):
     """--limit is a seeded sample everywhere it exists (eval, held-out sets); teach/fit's first-N is --first, and
     the old name there is a one-line error naming the new one (flag, YAML line, Python keyword), not an alias."""

@@ -17,6 +17,15 @@ def print_plan(p: dict) -> None:
     click.echo("dry run: nothing is trained or written")
     click.echo(f"data:        {p['source']}: {p['problems']} problems -> {p['rows']} training rows ("
                + ", ".join(f"{k} {v}" for k, v in p["rows_per_format"].items()) + ")")
+    ln = p.get("lengths")
+    if ln:
+        fewer, cut = sum(ln["fewer_shots"].values()), sum(ln["cut"].values())
+        click.echo(f"lengths:     tokens per row: median {ln['median']}, 95th percentile {ln['p95']}, longest "
+                   f"{ln['longest']}; --max-length {ln['max_length']}: "
+                   + (f"{fewer} in-context rows drop exemplars to fit ("
+                      + ", ".join(f"{k} {v}" for k, v in ln["fewer_shots"].items()) + "), " if fewer else "")
+                   + (f"{cut} rows are cut (" + ", ".join(f"{k} {v}" for k, v in ln["cut"].items()) + ")"
+                      if cut else "no row is cut"))
     click.echo(f"steps:       {p['steps']} optimizer steps of {p['batch']}"
                + (f" ({p['epochs']:g} epoch(s))" if p.get("epochs") else ""))
     if p["held_out_evaluations"]:
