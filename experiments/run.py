@@ -351,11 +351,8 @@ def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def arith_teacher(exp: Experiment, teacher_steps: int = 192, problems: int = 768) -> tuple[Path, Path]:
