@@ -265,6 +265,12 @@ def _student_and_rows(run: _Run, items: list):
     student = load_student(cfg.student, cfg.quant, dtype=_compute_dtype(cfg.compute_dtype),
                            double_quant=cfg.double_quant,
                            device=str(run.state.device) if cfg.quant != "none" else None)
+    from .student import learned_positions
+
+    limit = learned_positions(student.model)
+    if limit is not None and cfg.max_length > limit:
+        raise ConfigError(f"--max-length {cfg.max_length}: the student {cfg.student} has {limit} learned positions; "
+                          f"a longer training row cannot run through it (use --max-length {limit} or less)")
     examples = F.build_examples(items, run.weights, student.tokenizer, n_shots=cfg.n_shots, seed=cfg.seed,
                                 chat=False if student.kind == "seq2seq" else cfg.chat, max_length=cfg.max_length,
                                 kind=student.kind)

@@ -20,7 +20,8 @@ import inspect
 import time
 from typing import Any, Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
+from .student import learned_positions
 
 def _stop_criteria(tokenizer: Any, stops: Sequence[str], prompt_len: int, window: int):
     import torch
@@ -295,6 +296,9 @@ class _CausalDecoder:
                                                                                    stops, window)
         self.sampling = (do_sample, temperature, top_p)
         self.on_done, self.pad_id, self.adapter_names = on_done, pad_id, adapter_names
+        # each prompt's token budget: max_new_tokens, or less where a learned position table ends first
+        limit = learned_positions(model)
+        self.budget = [max_new_tokens if limit is None else min(max_new_tokens, limit - len(ids)) for ids in token_ids]
         self.device = next(model.parameters()).device
         self.extra, self.cache_kw = _forward_kwargs(model)
         self.gen: dict[int, list[int]] = {}  # the tokens generated so far, per prompt in flight
@@ -382,7 +386,7 @@ class _CausalDecoder:
 
         rows = self.rows
         nxt = _pick(rows.logits, *self.sampling)
-        finished = [j for j, (i, t) in enumerate(zip(rows.ids, nxt.tolist())) if self._extend(self.gen[i], t)]
+        finished = [j for j, (i, t) in enumerate(zip(rows.ids, nxt.tolist())) if self._extend(i, t)]
         if finished:
             for j in finished:
                 i = rows.ids[j]
@@ -402,10 +406,11 @@ class _CausalDecoder:
         rows.pos = rows.pos + 1
         self.steps += 1
 
-    def _extend(self, g: list[int], t: int) -> bool:
-        """Append token ``t`` to a row's generated ids ``g``; True when the row is finished."""
+    def _extend(self, i: int, t: int) -> bool:
+        """Append token ``t`` to prompt ``i``'s generated ids; True when the row is finished."""
+        g = self.gen[i]
         g.append(t)
-        return (t in self.eos or len(g) >= self.max_new_tokens
+        return (t in self.eos or len(g) >= self.budget[i]
                 or bool(self.stops and any(s in self.tokenizer.decode(g[-self.window:]) for s in self.stops)))
 
     def _names(self, idx: Sequence[int]) -> dict:
@@ -522,6 +527,16 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
         add_special = add_special_tokens
         token_ids = tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
     lengths = [len(ids) for ids in token_ids]
+    limit = learned_positions(model)
+    if limit is not None:
+        if kind == "seq2seq":
+            max_new_tokens = min(max_new_tokens, limit - 1)  # the decoder's positions: its start token and the rest
+        long = [i for i, n in enumerate(lengths) if n >= limit + (kind == "seq2seq")]
+        if long:
+            raise ModelError(f"{len(long)} of {len(prompts)} prompts do not fit the model's {limit} learned "
+                             f"positions, its whole context (the longest: {max(lengths)} tokens, prompt "
+                             f"{lengths.index(max(lengths)) + 1}); shorter prompts (fewer in-context exemplars, a "
+                             f"zero-shot mode) or a model with a longer context are needed")
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     eos_list = _eos_ids(model, tokenizer)
     stop_ids = set(eos_list) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())

@@ -279,6 +279,19 @@ def local_path(spec: str) -> Path | None:
     return None
 
 
+def learned_positions(model: Any) -> int | None:
+    """The size of ``model``'s learned absolute position table (GPT-2's ``wpe``, OPT's and BART's
+    ``embed_positions``, less their offset), or None for models without one (rotary, ALiBi, T5's relative
+    positions), which run past their trained length (worse, but they run). Past a learned table a forward pass
+    fails with an index error, so training rows and prompts are checked against it."""
+    import torch
+
+    sizes = [m.num_embeddings - int(getattr(m, "offset", 0) or 0) for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Embedding) and (name.rsplit(".", 1)[-1] in ("wpe", "embed_positions",
+                                                                                   "position_embeddings"))]
+    return min(sizes) if sizes else None
+
+
 def model_kind(config: Any) -> Literal["causal", "seq2seq"]:
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 

@@ -531,3 +531,49 @@ def test_a_cut_overwrite_is_continued_without_overwrite_and_never_discarded(tmp_
     # an --overwrite with fewer tasks: predictions/ holds what results.json lists, no file of the earlier run
     doc = ev.eval_result(_eval_cfg(out, overwrite=True, suite=["arith"], task=["arith"])).doc
     assert list(doc["tasks"]) == ["arith"] and [p.name for p in (out / "predictions").iterdir()] == ["arith.jsonl"]
+
+
+def test_a_learned_position_table_bounds_generation_and_training(tmp_path, tiny_llama_path, capsys):
+    """GPT-2/OPT/BART-style models fail with an index error past their learned positions: lorasp sizes the table,
+    stops each row's generation where it ends, refuses prompts that do not fit and training rows that could not."""
+    import torch
+    from transformers import (AutoTokenizer, BartConfig, BartForConditionalGeneration, GPT2Config, GPT2LMHeadModel,
+                              OPTConfig, OPTForCausalLM)
+
+    from lora_spec.errors import ModelError
+    from lora_spec.student import learned_positions, load_student
+    from tests.test_swap import main_cli
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_path))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=200, n_embd=32, n_layer=1, n_head=2,
+                                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id))
+    opt = OPTForCausalLM(OPTConfig(vocab_size=64, max_position_embeddings=48, hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, ffn_dim=32, word_embed_proj_dim=16))
+    bart = BartForConditionalGeneration(BartConfig(vocab_size=64, max_position_embeddings=40, d_model=16,
+                                                   encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                                   decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16))
+    assert (learned_positions(gpt2), learned_positions(opt), learned_positions(bart)) == (200, 48, 40)
+    assert learned_positions(load_student("tiny-llama").model) is None  # rotary: no table
+    prompts = ["Question: Tom has 3 apples and buys 4 more. How many?\n", "Question: 2 + 2?\n"]
+    lens = [len(x) for x in tok(prompts)["input_ids"]]
+    n_tokens = {}
+    out = generate(gpt2, tok, prompts, max_new_tokens=500, progress=False,
+                   on_output=lambda i, text, n: n_tokens.__setitem__(i, n))
+    assert len(out) == 2 and all(n_tokens[i] <= 200 - lens[i] for i in range(2))  # ran to the table's end, no error
+    assert max(n_tokens[i] + lens[i] for i in range(2)) == 200  # random weights rarely say EOS: the table stopped it
+    with pytest.raises(ModelError, match=r"^1 of 2 prompts do not fit the model's 200 learned positions, its whole "
+                                         r"context \(the longest: \d+ tokens, prompt 2\)") as exc:
+        generate(gpt2, tok, [prompts[1], "Question: " + "one two three " * 100], max_new_tokens=5, progress=False)
+    assert "\n" not in str(exc.value)
+    gpt2.save_pretrained(tmp_path / "g2")
+    tok.save_pretrained(tmp_path / "g2")
+    code, _, err = main_cli(capsys, "fit", "--student", str(tmp_path / "g2"), "--dataset", "arith", "--teacher", "gold",
+                            "--first", "16", "--max-steps", "1", "--out", str(tmp_path / "fit"))
+    last = err.strip().splitlines()[-1]  # after the (free, kept) gold teach run's status lines
+    assert code == 2 and last.startswith(f"error: --max-length 512: the student {tmp_path / 'g2'} has 200 learned "
+                                         "positions") and "Traceback" not in err, err
+    code, _, err = main_cli(capsys, "fit", "--student", str(tmp_path / "g2"), "--dataset", "arith", "--teacher", "gold",
+                            "--first", "16", "--max-steps", "1", "--max-length", "200", "--eval-every", "0",
+                            "--select-by", "last", "--before-after", "0", "--out", str(tmp_path / "fit"))
+    assert code == 0, err  # rows fitted to the table train
