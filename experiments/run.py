@@ -157,6 +157,8 @@ class Experiment:
             "args": args, "out": str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out),
             "selection": man.get("selection"), "checkpoints": man.get("checkpoints"), "train": man.get("train"),
             "distribution": man.get("distribution"),  # the teacher top-k alignment (aligned fraction, ...)
+            # rows cut to max_length and in-context rows fitted with fewer exemplars (what the length budget did)
+            "data": {k: (man.get("data") or {}).get(k) for k in ("n_examples", "truncated", "fewer_shots")},
             "train_seconds": (man.get("train") or {}).get("train_seconds"),
             "eval_seconds": (man.get("train") or {}).get("eval_seconds"),
         }
