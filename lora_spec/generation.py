@@ -483,6 +483,21 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
 
 
+def _fit_positions(model: Any, kind: str, lengths: list[int], max_new_tokens: int) -> int:
+    """Against a learned position table (:func:`lora_spec.student.learned_positions`): a prompt that does not fit is
+    an error; a seq2seq decoder's budget is capped by it (a causal row's is, per row, in :class:`_CausalDecoder`)."""
+    limit = learned_positions(model)
+    if limit is None:
+        return max_new_tokens
+    long = [n for n in lengths if n >= limit + (kind == "seq2seq")]  # an encoder reads all its positions
+    if long:
+        raise ModelError(f"{len(long)} of {len(lengths)} prompts do not fit the model's {limit} learned positions, its "
+                         f"whole context (the longest: {max(lengths)} tokens, prompt {lengths.index(max(lengths)) + 1});"
+                         f" shorter prompts (fewer in-context exemplars, a zero-shot mode) or a model with a longer "
+                         f"context are needed")
+    return min(max_new_tokens, limit - 1) if kind == "seq2seq" else max_new_tokens  # the decoder's start token
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = "causal", max_new_tokens: int = 256,
              stop: Sequence[str] | None = None, batch_size: int = 16, progress: bool = True,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
@@ -527,16 +542,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
         add_special = add_special_tokens
         token_ids = tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
     lengths = [len(ids) for ids in token_ids]
-    limit = learned_positions(model)
-    if limit is not None:
-        if kind == "seq2seq":
-            max_new_tokens = min(max_new_tokens, limit - 1)  # the decoder's positions: its start token and the rest
-        long = [i for i, n in enumerate(lengths) if n >= limit + (kind == "seq2seq")]
-        if long:
-            raise ModelError(f"{len(long)} of {len(prompts)} prompts do not fit the model's {limit} learned "
-                             f"positions, its whole context (the longest: {max(lengths)} tokens, prompt "
-                             f"{lengths.index(max(lengths)) + 1}); shorter prompts (fewer in-context exemplars, a "
-                             f"zero-shot mode) or a model with a longer context are needed")
+    max_new_tokens = _fit_positions(model, kind, lengths, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     eos_list = _eos_ids(model, tokenizer)
     stop_ids = set(eos_list) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())

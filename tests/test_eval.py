@@ -566,6 +566,20 @@ def test_a_learned_position_table_bounds_generation_and_training(tmp_path, tiny_
                                          r"context \(the longest: \d+ tokens, prompt 2\)") as exc:
         generate(gpt2, tok, [prompts[1], "Question: " + "one two three " * 100], max_new_tokens=5, progress=False)
     assert "\n" not in str(exc.value)
+    from lora_spec.student import preset_path
+
+    t5tok = AutoTokenizer.from_pretrained(str(preset_path("tiny-t5")))
+    bart = BartForConditionalGeneration(BartConfig(
+        vocab_size=len(t5tok), max_position_embeddings=40, d_model=16, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
+        pad_token_id=t5tok.pad_token_id, eos_token_id=t5tok.eos_token_id, bos_token_id=t5tok.pad_token_id,
+        decoder_start_token_id=t5tok.pad_token_id, forced_eos_token_id=None))
+    n_tokens.clear()
+    generate(bart, t5tok, ["two plus two"], kind="seq2seq", max_new_tokens=500, progress=False,
+             on_output=lambda i, text, n: n_tokens.__setitem__(i, n))
+    assert 0 < n_tokens[0] <= 39  # the decoder's table (40, its start token included) ends the budget
+    with pytest.raises(ModelError, match="1 of 1 prompts do not fit the model's 40 learned positions"):
+        generate(bart, t5tok, ["one two three " * 40], kind="seq2seq", max_new_tokens=5, progress=False)
     gpt2.save_pretrained(tmp_path / "g2")
     tok.save_pretrained(tmp_path / "g2")
     code, _, err = main_cli(capsys, "fit", "--student", str(tmp_path / "g2"), "--dataset", "arith", "--teacher", "gold",
