@@ -24,8 +24,8 @@ def print_plan(p: dict) -> None:
                    f"{ln['longest']}; --max-length {ln['max_length']}: "
                    + (f"{fewer} in-context rows drop exemplars to fit ("
                       + ", ".join(f"{k} {v}" for k, v in ln["fewer_shots"].items()) + "), " if fewer else "")
-                   + (f"{cut} rows are cut (" + ", ".join(f"{k} {v}" for k, v in ln["cut"].items()) + ")"
-                      if cut else "no row is cut"))
+                   + (f"{cut} {'row is' if cut == 1 else 'rows are'} cut ("
+                      + ", ".join(f"{k} {v}" for k, v in ln["cut"].items()) + ")" if cut else "no row is cut"))
     click.echo(f"steps:       {p['steps']} optimizer steps of {p['batch']}"
                + (f" ({p['epochs']:g} epoch(s))" if p.get("epochs") else ""))
     if p["held_out_evaluations"]:
