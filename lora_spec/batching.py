@@ -47,14 +47,8 @@ def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def over_budget(tokenizer, kind: str, max_length: int, prompt: str, target: str) -> bool:
-    """Whether :func:`encode_examples` would cut this row: a causal row's prompt, target and EOS together, or a
-    seq2seq row's prompt (the encoder side) or target with its EOS, longer than ``max_length`` tokens."""
-    p = len(encode_prompts(tokenizer, [prompt])[0])
-    if kind == "seq2seq":
-        t = tokenizer([target], add_special_tokens=True)["input_ids"][0]
-        return p > max_length or len(t) + (0 if t and t[-1] == tokenizer.eos_token_id else 1) > max_length
-    t = len(tokenizer([target], add_special_tokens=False)["input_ids"][0])
-    return p + t + 1 > max_length
+    """Whether :func:`encode_examples` would cut this row (its own rule, applied to the one row)."""
+    return encode_examples([Example("", prompt, target)], tokenizer, kind, max_length)[1] > 0
 
 
 def encode_examples(examples: list[Example], tokenizer, kind: str, max_length: int) -> tuple[list[Encoded], int]:

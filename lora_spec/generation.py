@@ -256,12 +256,13 @@ def _common_prefix(token_ids: list[list[int]]) -> int:
 def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order: list[int], *, batch_size: int,
                    max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
                    temperature: float, top_p: float, on_done: Any, pad_id: int, share_prefix: bool = True,
-                   stats: dict | None = None, adapter_names: Sequence[str] | None = None) -> None:
+                   stats: dict | None = None, adapter_names: Sequence[str] | None = None,
+                   position_limit: int | None = None) -> None:
     """Decode ``token_ids`` (prompts, in ``order``) with :class:`_CausalDecoder`; ``on_done(i, ids)`` receives each
     prompt's generated ids as it finishes; ``stats`` gets the decoder's counters (see there)."""
     dec = _CausalDecoder(model, tokenizer, token_ids, batch_size=batch_size, max_new_tokens=max_new_tokens, eos=eos,
                          stops=stops, window=window, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                         on_done=on_done, pad_id=pad_id, adapter_names=adapter_names)
+                         on_done=on_done, pad_id=pad_id, adapter_names=adapter_names, position_limit=position_limit)
     dec.run(order, share_prefix=share_prefix)
     if stats is not None:
         stats.update(joins=dec.joins, steps=dec.steps, shared_prefix=dec.shared, prefill_tokens=dec.prefill_tokens)
@@ -290,15 +291,15 @@ class _CausalDecoder:
     def __init__(self, model: Any, tokenizer: Any, token_ids: list[list[int]], *, batch_size: int,
                  max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
                  temperature: float, top_p: float, on_done: Any, pad_id: int,
-                 adapter_names: Sequence[str] | None = None):
+                 adapter_names: Sequence[str] | None = None, position_limit: int | None = None):
         self.model, self.tokenizer, self.token_ids = model, tokenizer, token_ids
         self.batch_size, self.max_new_tokens, self.eos, self.stops, self.window = (batch_size, max_new_tokens, eos,
                                                                                    stops, window)
         self.sampling = (do_sample, temperature, top_p)
         self.on_done, self.pad_id, self.adapter_names = on_done, pad_id, adapter_names
         # each prompt's token budget: max_new_tokens, or less where a learned position table ends first
-        limit = learned_positions(model)
-        self.budget = [max_new_tokens if limit is None else min(max_new_tokens, limit - len(ids)) for ids in token_ids]
+        self.budget = [max_new_tokens if position_limit is None else min(max_new_tokens, position_limit - len(ids))
+                       for ids in token_ids]
         self.device = next(model.parameters()).device
         self.extra, self.cache_kw = _forward_kwargs(model)
         self.gen: dict[int, list[int]] = {}  # the tokens generated so far, per prompt in flight
@@ -483,10 +484,10 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return [eos_ids] if isinstance(eos_ids, int) else list(eos_ids or [])
 
 
-def _fit_positions(model: Any, kind: str, lengths: list[int], max_new_tokens: int) -> int:
-    """Against a learned position table (:func:`lora_spec.student.learned_positions`): a prompt that does not fit is
-    an error; a seq2seq decoder's budget is capped by it (a causal row's is, per row, in :class:`_CausalDecoder`)."""
-    limit = learned_positions(model)
+def _fit_positions(limit: int | None, kind: str, lengths: list[int], max_new_tokens: int) -> int:
+    """Against a learned position table of ``limit`` positions (:func:`lora_spec.student.learned_positions`): a
+    prompt that does not fit is an error; a seq2seq decoder's budget is capped by it (a causal row's is, per row, in
+    :class:`_CausalDecoder`)."""
     if limit is None:
         return max_new_tokens
     long = [n for n in lengths if n >= limit + (kind == "seq2seq")]  # an encoder reads all its positions
@@ -542,7 +543,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
         add_special = add_special_tokens
         token_ids = tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
     lengths = [len(ids) for ids in token_ids]
-    max_new_tokens = _fit_positions(model, kind, lengths, max_new_tokens)
+    limit = learned_positions(model)
+    max_new_tokens = _fit_positions(limit, kind, lengths, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     eos_list = _eos_ids(model, tokenizer)
     stop_ids = set(eos_list) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
@@ -571,7 +573,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     try:
         if kind == "causal":
             _decode_causal(model, tokenizer, token_ids, order, eos=set(eos_list), stats=stats,
-                           pad_id=tokenizer.pad_token_id, share_prefix=share_prefix,
+                           pad_id=tokenizer.pad_token_id, share_prefix=share_prefix, position_limit=limit,
                            on_done=lambda i, g: finish(i, g, len(g)), **common)
             n_batches = -(-len(prompts) // batch_size)
         else:

@@ -203,8 +203,11 @@ def preset_path(name: str) -> Path:
     """The cached directory of a preset, building it on first use."""
     if name not in _BUILDERS:
         raise ModelError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
-    target = cache_dir() / "models" / f"{name}-v{_PRESET_VERSION[name]}"
-    return _atomic_build(target, _BUILDERS[name])
+    return _atomic_build(_preset_dir(name), _BUILDERS[name])
+
+
+def _preset_dir(name: str) -> Path:
+    return cache_dir() / "models" / f"{name}-v{_PRESET_VERSION[name]}"
 
 
 # --------------------------------------------------------------------------------------------- resolution
@@ -264,7 +267,7 @@ def local_path(spec: str) -> Path | None:
     in the Hub cache), else None; builds and downloads nothing (``lorasp fit --dry-run``)."""
     preset = preset_of(spec)
     if preset is not None and not Path(spec).expanduser().exists():
-        d = cache_dir() / "models" / f"{preset}-v{_PRESET_VERSION[preset]}"
+        d = _preset_dir(preset)
         return d if (d / "config.json").exists() else None
     p = Path(spec).expanduser()
     if p.exists():
