@@ -142,7 +142,7 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         L.append("")
         if evs.get(f"adapter-{mode}-gsm8k") or mode == "zs_cot":
             L += goals_c1(evs, base_acc, ad_acc, fit, mode)
-    return L + section_c1_full(rec)
+    return L + section_c1_full(rec) + section_c1_full_ft(rec)
 
 
 def extra_fit_args(fit: dict) -> list[str]:
@@ -209,6 +209,75 @@ def section_c1_full(rec: dict) -> list[str]:
               "same model and greedy decoding; the adapter: the slice's recipe run vs the second run):", "",
               "| model | shared problems | correct in the slice run | correct in the full run | same verdict |",
               "|---|---:|---:|---:|---:|", *rows, ""]
+    return L
+
+
+def dev_choice(lora: dict, full: dict) -> tuple[dict, str]:
+    """The rule that chooses between the recipe's LoRA and a full fine-tune on GSM8K dev (paired on its problems):
+    full fine-tuning replaces the recipe's LoRA adapter only when it is more accurate beyond noise (McNemar p < 0.05);
+    a tie keeps LoRA, whose output is the swappable adapter lorasp is for (a full fine-tune is a whole model)."""
+    r = _paired_of(lora, full)
+    if r["p"] < 0.05 and r["delta"] > 0:
+        return r, "full fine-tuning is more accurate on dev beyond noise: it is the better recipe"
+    if r["p"] < 0.05:
+        return r, "LoRA is more accurate on dev beyond noise: the recipe stays LoRA"
+    return r, "the two are within noise on dev: the recipe stays LoRA (the swappable adapter)"
+
+
+def section_c1_full_ft(rec: dict) -> list[str]:
+    """``c1 --only full-ft``: full fine-tuning against the recipe's LoRA, chosen on dev, reported on the slices."""
+    fits, evs, dev = rec.get("fits", {}), rec.get("evals", {}), (rec.get("extra") or {}).get("dev") or {}
+    fit = fits.get("full-ft")
+    cmd = "python experiments/run.py c1 --only full-ft"
+    if not fit:
+        return [f"### Full fine-tuning (the paper's setting): not run yet (`{cmd}`)", ""]
+    ts = fit.get("train_seconds")
+    lora_ts = (fits.get("recipe-full") or {}).get("train_seconds")
+    L = ["### Full fine-tuning (the paper's setting) vs the recipe's LoRA", "", f"Command: `{cmd}`.", "",
+         f"Full fine-tune: the recipe's data, steps, batch, schedule and seed with `{' '.join(extra_fit_args(fit))}` "
+         "(every weight trains; the learning rate is a common one for supervised fine-tuning of a model this "
+         "size, not swept here)" + (f"; {ts / 60:.1f} min of training" if ts else "")
+         + (f" (the LoRA recipe: {lora_ts / 60:.1f} min)" if lora_ts else "") + ".", ""]
+    d_lora, d_full = dev.get("lora"), dev.get("full-ft")
+    if d_lora and d_full:
+        L += ["**Chosen on dev** (the whole GSM8K dev split, zs_cot, scored by the evaluator that picks checkpoints "
+              "during `lorasp fit`; no test problem is used):", "",
+              "| model | dev accuracy % [95% CI] | dev reference loss |", "|---|---:|---:|",
+              f"| LoRA (the recipe) | {pct(d_lora['correct'], d_lora['n'])} | {d_lora['loss']:.4f} |",
+              f"| full fine-tune | {pct(d_full['correct'], d_full['n'])} | {d_full['loss']:.4f} |", ""]
+        r, verdict = dev_choice(d_lora, d_full)
+        L += [f"Full fine-tune − LoRA on dev: {fmt_paired(r)}. Rule (fixed before the dev scores were seen): full "
+              f"fine-tuning replaces LoRA only when it is more accurate on dev beyond noise. Verdict: {verdict}.", ""]
+    else:
+        L += ["Dev scores: not run yet.", ""]
+    L += ["**Reported on the test slices** (zs_cot, the same problems as the tables above):", "",
+          "| set | n | base % | LoRA adapter % | full fine-tune % | full − base, McNemar p | full − LoRA, McNemar p |",
+          "|---|---:|---:|---:|---:|---|---|"]
+    prog = rec.get("in_progress") or {}
+    base_ood, full_ood = [], []
+    for task in ("gsm8k", *OOD):
+        b_txt, b = cell(evs.get(f"base-zs_cot-{task}"), task)
+        a_txt, a = cell(evs.get(f"adapter-zs_cot-{task}"), task)
+        f_txt, f = cell(evs.get(f"full-ft-zs_cot-{task}"), task, prog.get(f"full-ft-zs_cot-{task}"))
+        n = (f or b or {}).get("n", "–")
+        L.append(f"| {SET_NAMES[task]} | {n} | {b_txt} | {a_txt} | {f_txt} | {paired_cell(b, f)} | {paired_cell(a, f)} |")
+        if task in OOD and b and f:
+            base_ood.append(100 * b["correct"] / b["n"])
+            full_ood.append(100 * f["correct"] / f["n"])
+    if len(full_ood) == len(OOD):
+        pb = pooled([(evs.get(f"base-zs_cot-{t}"), t) for t in OOD])
+        pa = pooled([(evs.get(f"adapter-zs_cot-{t}"), t) for t in OOD])
+        pf = pooled([(evs.get(f"full-ft-zs_cot-{t}"), t) for t in OOD])
+        L.append(f"| OOD macro (3 sets) | {pf['n']} | {macro(base_ood):.1f} | – | {macro(full_ood):.1f} | "
+                 f"{macro(full_ood) - macro(base_ood):+.1f} (pooled: {paired_cell(pb, pf)}) | pooled: "
+                 f"{paired_cell(pa, pf)} |")
+    L.append("")
+    full_evs = {f"adapter-zs_cot-{t}": evs[f"full-ft-zs_cot-{t}"] for t in (*OOD, "gsm8k")
+                if f"full-ft-zs_cot-{t}" in evs}
+    if "adapter-zs_cot-gsm8k" in full_evs:
+        full_evs["base-zs_cot-gsm8k"] = evs.get("base-zs_cot-gsm8k", {})
+        L += [g.replace("Goals of issue 12", "The full fine-tune against the goals of issue 12")
+              for g in goals_c1(full_evs, base_ood, full_ood, fit)]
     return L
 
 

@@ -256,6 +256,8 @@ def c1(full: bool = False, only: str | None = None, notes: list[str] | None = No
         exp.record["extra"]["notes"] = list(notes)
     if only == "full":
         return c1_full(exp)
+    if only == "full-ft":
+        return c1_full_ft(exp)
     # --only base: the base model's evaluations alone (they need no adapter), e.g. while the recipe still trains;
     # --only adapter: the rest, in a second process (rerun `c1` once both ended to gather both into the record)
     adapter = None if only == "base" else recipe_adapter(exp)
@@ -289,6 +291,59 @@ def c1_full(exp: Experiment) -> None:
     for who, ad in (("adapter", adapter), ("base", None)):
         exp.eval(f"{who}-zs_cot-gsm8k-full", suites=["math"], tasks=["gsm8k"], mode="zs_cot", limit=None,
                  max_new_tokens=C1_TOKENS["gsm8k"], adapter=ad)
+    exp.save(complete=all(f"{w}-{m}-{t}" in exp.record["evals"] for w in ("base", "adapter")
+                          for m in ("zs_cot", "icl_cot") for t in C1_SETS))
+
+
+FULL_FT_LR = 5e-5  # full fine-tuning's learning rate: a common SFT rate for a model this size, not swept here
+DEV_N = 200  # the whole GSM8K dev split (200 train questions the gsm8k plugin holds out, seed 0)
+
+
+def dev_score(exp: Experiment, label: str, artifact: Path) -> dict:
+    """Accuracy (and the reference loss) of a fit artifact on the GSM8K **dev** split, zs_cot: lorasp's held-out
+    evaluator, the scorer that chooses checkpoints during ``lorasp fit`` (``--in-dist gsm8k:dev``). Kept per problem
+    in ``extra.dev[label]`` so that two artifacts are compared paired; skipped once recorded for the same artifact.
+    No test problem is touched: this is how a setting of the recipe is chosen."""
+    from lora_spec.adapters.artifact import load_adapter
+    from lora_spec.selection import HeldOutEvaluator, SelectionOptions
+
+    dev = exp.record["extra"].setdefault("dev", {})
+    fingerprint = _sha256(artifact / "lorasp.json")  # a retrained artifact (new times, new history) is scored again
+    spec = f"gsm8k:dev;limit={DEV_N};mode=zs_cot;seed=0;max_new_tokens={C1_TOKENS['gsm8k']};score=both"
+    if label in dev and (dev[label].get("artifact"), dev[label].get("set")) == (fingerprint, spec):
+        return dev[label]
+    if COLLECT_ONLY:
+        exp.missing.append(f"dev:{label}")
+        return {}
+    ev = HeldOutEvaluator(SelectionOptions(in_dist=spec, ood="none", generic="none"), train_dataset="gsm8k",
+                          kind="causal", log=print)
+    st = load_adapter(artifact)
+    t0 = time.perf_counter()
+    s = ev(st.model, st.tokenizer, 0)
+    preds = sorted(ev.history[-1]["predictions"], key=lambda r: str(r["id"]))
+    dev[label] = {"artifact": fingerprint, "set": spec, "n": len(preds), "correct": sum(bool(r["correct"]) for r in preds),
+                  "ids": [str(r["id"]) for r in preds], "hits": "".join("1" if r["correct"] else "0" for r in preds),
+                  "loss": round(s["in_dist_loss"], 5), "seconds": round(time.perf_counter() - t0, 1)}
+    exp.save()
+    return dev[label]
+
+
+def c1_full_ft(exp: Experiment) -> None:
+    """``c1 --only full-ft``: full fine-tuning (the paper's setting) on the recipe's data, steps and batch, against
+    the recipe's LoRA adapter. The choice between the two is made on the GSM8K dev split (``dev_score``); the test
+    slices of C1 (the 500 GSM8K and 3 x 300 OOD problems, zs_cot) then report the full fine-tune beside the base and
+    the LoRA adapter already recorded, paired on the same problems."""
+    run = exp.teach_gsm8k()
+    common = ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), "--eval-every", "0", "--select-by", "last"]
+    lora = exp.fit("recipe-full", exp.dir / "full" / "adapter", [*common, *FIT_EXTRA])
+    # full fine-tuning keeps whole models in its checkpoints (weights and AdamW state, ~1.6 GB each): keep two
+    full = exp.fit("full-ft", exp.dir / "fullft" / "model",
+                   [*common, "--method", "full", "--lr", f"{FULL_FT_LR:g}", "--keep-checkpoints", "2"])
+    for label, art in (("full-ft", full), ("lora", lora)):
+        dev_score(exp, label, art)
+    for task, n in C1_SETS.items():
+        exp.eval(f"full-ft-zs_cot-{task}", suites=["math"], tasks=[task], mode="zs_cot", limit=n,
+                 max_new_tokens=C1_TOKENS[task], adapter=full)
     exp.save(complete=all(f"{w}-{m}-{t}" in exp.record["evals"] for w in ("base", "adapter")
                           for m in ("zs_cot", "icl_cot") for t in C1_SETS))
 
@@ -515,9 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c4x", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
-    ap.add_argument("--only", choices=["base", "adapter", "full"], help="c1: only the base model's evaluations (they "
-                    "need no adapter: they can run while the recipe trains), only the adapter's, or only the full "
-                    "GSM8K test of both (a recipe fit of its own, without held-out scoring)")
+    ap.add_argument("--only", choices=["base", "adapter", "full", "full-ft"], help="c1: only the base model's "
+                    "evaluations (they need no adapter: they can run while the recipe trains), only the adapter's, "
+                    "only the full GSM8K test of both (a recipe fit of its own, without held-out scoring), or only "
+                    "the full fine-tuning comparison (chosen on GSM8K dev, reported on the test slices)")
     ap.add_argument("--note", action="append", default=[], help="a provenance note to keep with the experiment's "
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "

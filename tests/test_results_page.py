@@ -294,3 +294,44 @@ def test_full_gsm8k_test_is_paired_and_checked_against_the_slice_it_contains(res
     assert "GSM8K 4.0% → 30.0%: doubled: yes; +6 points: yes (+26.0)" in sec
     assert "| base | 20 | 2 | 2 | 20 of 20 |" in sec
     assert "| adapter | 20 | 10 | 9 | 19 of 20 |" in sec
+
+
+def _dev(hits: str, loss: float) -> dict:
+    return {"n": len(hits), "correct": hits.count("1"), "ids": [f"gsm8k/train/{i}" for i in range(len(hits))],
+            "hits": hits, "loss": loss}
+
+
+@pytest.mark.parametrize("full_dev, verdict", [
+    ("1" * 4 + "1" * 12 + "0" * 24, "full fine-tuning is more accurate on dev beyond noise"),  # 12 discordant, all full's
+    ("1" * 4 + "1" * 2 + "0" * 34, "the two are within noise on dev: the recipe stays LoRA"),
+])
+def test_full_fine_tuning_is_chosen_on_dev_and_reported_on_the_test_slices(results, tmp_path, full_dev, verdict):
+    rec = json.loads((results / "c1.json").read_text())
+    rec["fits"]["full-ft"] = {"args": ["--config", "r.yaml", "--data", "RUN", "--method", "full", "--lr", "5e-05"],
+                              "train_seconds": 2880.0}
+    rec["fits"]["recipe-full"] = {"args": [], "train_seconds": 2400.0}
+    rec["extra"]["dev"] = {"lora": _dev("1" * 4 + "0" * 36, 1.1), "full-ft": _dev(full_dev, 1.05)}
+    rec["evals"]["full-ft-zs_cot-gsm8k"] = _ev("gsm8k", "1" * 2 + "1" * 14 + "0" * 4)  # 16/20 vs the base's 2/20
+    for t in ("multiarith", "asdiv", "svamp"):
+        rec["evals"][f"full-ft-zs_cot-{t}"] = _ev(t, "1" * 3 + "0" * 7)
+    (results / "c1.json").write_text(json.dumps(rec))
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    sec = (docs / "results.md").read_text().split("### Full fine-tuning")[1].split("\n## ")[0]
+    assert "`python experiments/run.py c1 --only full-ft`" in sec and "`--method full --lr 5e-05`" in sec
+    assert "48.0 min of training (the LoRA recipe: 40.0 min)" in sec
+    assert f"Verdict: {verdict}" in sec
+    # the test slices: the full fine-tune paired with the base and with the LoRA adapter on the same problems
+    p = binomtest(14, 14, 0.5).pvalue
+    assert "| GSM8K test | 20 | 10.0" in sec and "80.0 [" in sec and "+70.0 points" in sec
+    assert f"p={p:.3f}" in sec or "p<0.001" in sec
+    assert "+30.0 points" in sec.split("| GSM8K test")[1]  # full (16/20) - LoRA (10/20)
+    assert "OOD macro (3 sets) | 30 | 0.0 | – | 30.0 | +30.0" in sec
+    assert "GSM8K 10.0% → 80.0%: doubled: yes; +6 points: yes (+70.0)" in sec
+
+
+def test_full_fine_tuning_not_run_is_said_with_its_command(results, tmp_path):
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    assert ("### Full fine-tuning (the paper's setting): not run yet (`python experiments/run.py c1 --only full-ft`)"
+            in (docs / "results.md").read_text())
