@@ -104,16 +104,16 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
             for j, p in enumerate(problems):
                 row = kept.get(journal.key(p.id, hashes[j]))
                 if row is not None:
-                    preds[j] = _prediction(task, p, row.get("output", ""), row.get("tokens"), budget)
+                    preds[j] = _prediction(task, p, row.get("output", ""), row.get("tokens"), row.get("budget", budget))
             todo = [j for j in todo if preds[j] is None]
             if len(todo) < len(problems):
                 print(f"eval: {task.name}: {len(problems) - len(todo)} of {len(problems)} predictions kept from an "
                       f"interrupted run; generating {len(todo)}", file=sys.stderr, flush=True)
             journal.open(task.name, mode, budget)
 
-        def on_output(k: int, out: str, n_tokens: int) -> None:  # as each prompt finishes
+        def on_output(k: int, out: str, n_tokens: int, row_budget: int) -> None:  # as each prompt finishes
             j = todo[k]
-            preds[j] = _prediction(task, problems[j], out, n_tokens, budget)
+            preds[j] = _prediction(task, problems[j], out, n_tokens, row_budget)
             if journal is not None:
                 journal.add(task.name, {**preds[j], "prompt_hash": hashes[j]})
 
@@ -143,13 +143,16 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
 def _prediction(task: EvalTask, p: Problem, output: str, tokens: int | None = None,
                 budget: int | None = None) -> dict:
     """One scored prediction: the output's answer by the strict and the flexible rule (:func:`judge`);
-    ``tokens``: how many tokens were generated (EOS included), ``at_budget``: all ``budget`` of them were used."""
+    ``tokens``: how many tokens were generated (EOS included), ``budget``: the row's token budget (less than
+    ``--max-new-tokens`` where a learned position table ends first), ``at_budget``: all of it was used."""
     ext, ok = judge(task, p, output)
     ext_f, ok_f = judge(task, p, output, strict=False)
     row = {"id": p.id, "question": p.question, "gold": p.answer, "output": output, "extracted": ext,
            "correct": ok, "extracted_flexible": ext_f, "correct_flexible": ok_f, "scorer": scorer_for(task, p)}
     if tokens is not None:  # (a journal row of an older release has none)
         row["tokens"] = int(tokens)
+        if budget is not None:
+            row["budget"] = int(budget)
         row["at_budget"] = budget is not None and tokens >= budget
     return row
 

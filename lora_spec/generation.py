@@ -257,12 +257,12 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
                    max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
                    temperature: float, top_p: float, on_done: Any, pad_id: int, share_prefix: bool = True,
                    stats: dict | None = None, adapter_names: Sequence[str] | None = None,
-                   position_limit: int | None = None) -> None:
+                   budgets: Sequence[int] | None = None) -> None:
     """Decode ``token_ids`` (prompts, in ``order``) with :class:`_CausalDecoder`; ``on_done(i, ids)`` receives each
     prompt's generated ids as it finishes; ``stats`` gets the decoder's counters (see there)."""
     dec = _CausalDecoder(model, tokenizer, token_ids, batch_size=batch_size, max_new_tokens=max_new_tokens, eos=eos,
                          stops=stops, window=window, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                         on_done=on_done, pad_id=pad_id, adapter_names=adapter_names, position_limit=position_limit)
+                         on_done=on_done, pad_id=pad_id, adapter_names=adapter_names, budgets=budgets)
     dec.run(order, share_prefix=share_prefix)
     if stats is not None:
         stats.update(joins=dec.joins, steps=dec.steps, shared_prefix=dec.shared, prefill_tokens=dec.prefill_tokens)
@@ -291,15 +291,14 @@ class _CausalDecoder:
     def __init__(self, model: Any, tokenizer: Any, token_ids: list[list[int]], *, batch_size: int,
                  max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
                  temperature: float, top_p: float, on_done: Any, pad_id: int,
-                 adapter_names: Sequence[str] | None = None, position_limit: int | None = None):
+                 adapter_names: Sequence[str] | None = None, budgets: Sequence[int] | None = None):
         self.model, self.tokenizer, self.token_ids = model, tokenizer, token_ids
         self.batch_size, self.max_new_tokens, self.eos, self.stops, self.window = (batch_size, max_new_tokens, eos,
                                                                                    stops, window)
         self.sampling = (do_sample, temperature, top_p)
         self.on_done, self.pad_id, self.adapter_names = on_done, pad_id, adapter_names
-        # each prompt's token budget: max_new_tokens, or less where a learned position table ends first
-        self.budget = [max_new_tokens if position_limit is None else min(max_new_tokens, position_limit - len(ids))
-                       for ids in token_ids]
+        # each prompt's token budget (row_budgets): max_new_tokens, or less where a learned position table ends first
+        self.budget = list(budgets) if budgets is not None else [max_new_tokens] * len(token_ids)
         self.device = next(model.parameters()).device
         self.extra, self.cache_kw = _forward_kwargs(model)
         self.gen: dict[int, list[int]] = {}  # the tokens generated so far, per prompt in flight
@@ -499,6 +498,14 @@ def _fit_positions(limit: int | None, kind: str, lengths: list[int], max_new_tok
     return min(max_new_tokens, limit - 1) if kind == "seq2seq" else max_new_tokens  # the decoder's start token
 
 
+def row_budgets(limit: int | None, kind: str, lengths: list[int], max_new_tokens: int) -> list[int]:
+    """Each prompt's token budget: ``max_new_tokens`` (already capped by :func:`_fit_positions`), or, for a causal
+    model with a learned position table of ``limit`` positions, what the table leaves after the prompt."""
+    if limit is None or kind != "causal":
+        return [max_new_tokens] * len(lengths)
+    return [min(max_new_tokens, limit - n) for n in lengths]
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = "causal", max_new_tokens: int = 256,
              stop: Sequence[str] | None = None, batch_size: int = 16, progress: bool = True,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
@@ -513,7 +520,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     prompt (a mixed-adapter batch). ``add_special_tokens``: None (default) tokenizes the prompts exactly as
     training does (``batching.encode_prompts``: special tokens added, no second BOS); True/False force it. ``strip``: strip whitespace off each
     completion. ``return_ids``: the generated token ids up to EOS instead of texts (stop strings not applied).
-    ``on_output(i, output, n_tokens)``: called as each prompt finishes (the eval journal keeps it at once).
+    ``on_output(i, output, n_tokens, budget)``: called as each prompt finishes (the eval journal keeps it at once);
+    ``budget`` is that prompt's token budget (``max_new_tokens``, or less where a learned position table ends first).
     """
     if kind not in ("causal", "seq2seq"):
         raise ConfigError(f"unknown model kind {kind!r} (expected causal or seq2seq)")
@@ -545,6 +553,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     lengths = [len(ids) for ids in token_ids]
     limit = learned_positions(model)
     max_new_tokens = _fit_positions(limit, kind, lengths, max_new_tokens)
+    budgets = row_budgets(limit, kind, lengths, max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     eos_list = _eos_ids(model, tokenizer)
     stop_ids = set(eos_list) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
@@ -563,7 +572,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
             outputs[i] = text.strip() if strip else text
         total_tokens += n_tokens
         if on_output is not None:
-            on_output(i, outputs[i], n_tokens)
+            on_output(i, outputs[i], n_tokens, budgets[i])
         if prog is not None:
             el = time.perf_counter() - t0
             prog.update(advance=1, **{"tok/s": f"{total_tokens / max(el, 1e-9):.0f}"})
@@ -573,7 +582,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     try:
         if kind == "causal":
             _decode_causal(model, tokenizer, token_ids, order, eos=set(eos_list), stats=stats,
-                           pad_id=tokenizer.pad_token_id, share_prefix=share_prefix, position_limit=limit,
+                           pad_id=tokenizer.pad_token_id, share_prefix=share_prefix, budgets=budgets,
                            on_done=lambda i, g: finish(i, g, len(g)), **common)
             n_batches = -(-len(prompts) // batch_size)
         else:

@@ -557,11 +557,19 @@ def test_a_learned_position_table_bounds_generation_and_training(tmp_path, tiny_
     assert learned_positions(load_student("tiny-llama").model) is None  # rotary: no table
     prompts = ["Question: Tom has 3 apples and buys 4 more. How many?\n", "Question: 2 + 2?\n"]
     lens = [len(x) for x in tok(prompts)["input_ids"]]
-    n_tokens = {}
+    n_tokens, budgets = {}, {}
     out = generate(gpt2, tok, prompts, max_new_tokens=500, progress=False,
-                   on_output=lambda i, text, n: n_tokens.__setitem__(i, n))
+                   on_output=lambda i, text, n, budget: (n_tokens.__setitem__(i, n), budgets.__setitem__(i, budget)))
     assert len(out) == 2 and all(n_tokens[i] <= 200 - lens[i] for i in range(2))  # ran to the table's end, no error
     assert max(n_tokens[i] + lens[i] for i in range(2)) == 200  # random weights rarely say EOS: the table stopped it
+    assert budgets == {i: 200 - lens[i] for i in range(2)}  # each row's own budget is reported with its output
+    from lora_spec.evaluate import _prediction
+    from lora_spec.records import EvalTask, Problem
+
+    task = EvalTask(name="arith", dataset="arith")
+    full = next(i for i in range(2) if n_tokens[i] == budgets[i])
+    row = _prediction(task, Problem(id="p", question="q", answer="7"), out[full], n_tokens[full], budgets[full])
+    assert row["at_budget"] and row["budget"] == 200 - lens[full] < 500  # a row the table ended is flagged
     with pytest.raises(ModelError, match=r"^1 of 2 prompts do not fit the model's 200 learned positions, its whole "
                                          r"context \(the longest: \d+ tokens, prompt 2\)") as exc:
         generate(gpt2, tok, [prompts[1], "Question: " + "one two three " * 100], max_new_tokens=5, progress=False)
@@ -576,7 +584,7 @@ def test_a_learned_position_table_bounds_generation_and_training(tmp_path, tiny_
         decoder_start_token_id=t5tok.pad_token_id, forced_eos_token_id=None))
     n_tokens.clear()
     generate(bart, t5tok, ["two plus two"], kind="seq2seq", max_new_tokens=500, progress=False,
-             on_output=lambda i, text, n: n_tokens.__setitem__(i, n))
+             on_output=lambda i, text, n, budget: n_tokens.__setitem__(i, n))
     assert 0 < n_tokens[0] <= 39  # the decoder's table (40, its start token included) ends the budget
     with pytest.raises(ModelError, match="1 of 1 prompts do not fit the model's 40 learned positions"):
         generate(bart, t5tok, ["one two three " * 40], kind="seq2seq", max_new_tokens=5, progress=False)
