@@ -124,24 +124,19 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         L += [f"### {label}", "",
               "| set | n | base % [95% CI] | adapter % [95% CI] | change, points [95% CI], McNemar p |",
               "|---|---:|---:|---:|---|"]
-        base_acc, ad_acc = [], []
         prog = rec.get("in_progress") or {}
         for task in ("gsm8k", *OOD):
             b_txt, b = cell(evs.get(f"base-{mode}-{task}"), task, prog.get(f"base-{mode}-{task}"))
             a_txt, a = cell(evs.get(f"adapter-{mode}-{task}"), task, prog.get(f"adapter-{mode}-{task}"))
             n = (a or b or {}).get("n", "–")
             L.append(f"| {SET_NAMES[task]} | {n} | {b_txt} | {a_txt} | {paired_cell(b, a)} |")
-            if task in OOD and a and b:
-                base_acc.append(100 * b["correct"] / b["n"])
-                ad_acc.append(100 * a["correct"] / a["n"])
-        if len(base_acc) == len(OOD):
-            pb = pooled([(evs.get(f"base-{mode}-{t}"), t) for t in OOD])
-            pa = pooled([(evs.get(f"adapter-{mode}-{t}"), t) for t in OOD])
-            L.append(f"| OOD macro (3 sets) | {pb['n']} | {macro(base_acc):.1f} | {macro(ad_acc):.1f} | "
-                     f"{macro(ad_acc) - macro(base_acc):+.1f} (pooled paired: {paired_cell(pb, pa)}) |")
+        ob, oa = ood_summary(evs, f"base-{mode}"), ood_summary(evs, f"adapter-{mode}")
+        if ob and oa:
+            L.append(f"| OOD macro (3 sets) | {ob[1]['n']} | {ob[0]:.1f} | {oa[0]:.1f} | "
+                     f"{oa[0] - ob[0]:+.1f} (pooled paired: {paired_cell(ob[1], oa[1])}) |")
         L.append("")
         if evs.get(f"adapter-{mode}-gsm8k") or mode == "zs_cot":
-            L += goals_c1(evs, base_acc, ad_acc, fit, mode)
+            L += goals_c1(evs, oa[0] - ob[0] if ob and oa else None, fit, mode)
     return L + section_c1_full(rec) + section_c1_full_ft(rec)
 
 
@@ -254,34 +249,39 @@ def section_c1_full_ft(rec: dict) -> list[str]:
           "| set | n | base % | LoRA adapter % | full fine-tune % | full − base, McNemar p | full − LoRA, McNemar p |",
           "|---|---:|---:|---:|---:|---|---|"]
     prog = rec.get("in_progress") or {}
-    base_ood, full_ood = [], []
     for task in ("gsm8k", *OOD):
         b_txt, b = cell(evs.get(f"base-zs_cot-{task}"), task)
         a_txt, a = cell(evs.get(f"adapter-zs_cot-{task}"), task)
         f_txt, f = cell(evs.get(f"full-ft-zs_cot-{task}"), task, prog.get(f"full-ft-zs_cot-{task}"))
         n = (f or b or {}).get("n", "–")
         L.append(f"| {SET_NAMES[task]} | {n} | {b_txt} | {a_txt} | {f_txt} | {paired_cell(b, f)} | {paired_cell(a, f)} |")
-        if task in OOD and b and f:
-            base_ood.append(100 * b["correct"] / b["n"])
-            full_ood.append(100 * f["correct"] / f["n"])
-    if len(full_ood) == len(OOD):
-        pb = pooled([(evs.get(f"base-zs_cot-{t}"), t) for t in OOD])
-        pa = pooled([(evs.get(f"adapter-zs_cot-{t}"), t) for t in OOD])
-        pf = pooled([(evs.get(f"full-ft-zs_cot-{t}"), t) for t in OOD])
-        L.append(f"| OOD macro (3 sets) | {pf['n']} | {macro(base_ood):.1f} | – | {macro(full_ood):.1f} | "
-                 f"{macro(full_ood) - macro(base_ood):+.1f} (pooled: {paired_cell(pb, pf)}) | pooled: "
-                 f"{paired_cell(pa, pf)} |")
+    ob, oa, of = (ood_summary(evs, f"{who}-zs_cot") for who in ("base", "adapter", "full-ft"))
+    if ob and oa and of:
+        L.append(f"| OOD macro (3 sets) | {of[1]['n']} | {ob[0]:.1f} | {oa[0]:.1f} | {of[0]:.1f} | "
+                 f"{of[0] - ob[0]:+.1f} (pooled: {paired_cell(ob[1], of[1])}) | {of[0] - oa[0]:+.1f} (pooled: "
+                 f"{paired_cell(oa[1], of[1])}) |")
     L.append("")
-    full_evs = {f"adapter-zs_cot-{t}": evs[f"full-ft-zs_cot-{t}"] for t in (*OOD, "gsm8k")
-                if f"full-ft-zs_cot-{t}" in evs}
-    if "adapter-zs_cot-gsm8k" in full_evs:
-        full_evs["base-zs_cot-gsm8k"] = evs.get("base-zs_cot-gsm8k", {})
+    if evs.get("full-ft-zs_cot-gsm8k"):
+        as_adapter = {"base-zs_cot-gsm8k": evs.get("base-zs_cot-gsm8k") or {},
+                      "adapter-zs_cot-gsm8k": evs["full-ft-zs_cot-gsm8k"]}
         L += [g.replace("Goals of issue 12", "The full fine-tune against the goals of issue 12")
-              for g in goals_c1(full_evs, base_ood, full_ood, fit)]
+              for g in goals_c1(as_adapter, of[0] - ob[0] if ob and of else None, fit)]
     return L
 
 
-def goals_c1(evs: dict, base_ood: list[float], ad_ood: list[float], fit: dict, mode: str = "zs_cot") -> list[str]:
+def ood_summary(evs: dict, prefix: str) -> tuple[float, dict] | None:
+    """The OOD macro accuracy (%) of the evals labelled ``<prefix>-<task>`` and their pooled task (for a pooled
+    paired test), or None while one of the three sets has not run."""
+    parts = [(evs.get(f"{prefix}-{t}"), t) for t in OOD]
+    tasks = [(ev or {}).get("tasks", {}).get(t) for ev, t in parts]
+    if not all(t and t.get("n") for t in tasks):
+        return None
+    return macro([100 * t["correct"] / t["n"] for t in tasks]), pooled(parts)
+
+
+def goals_c1(evs: dict, ood_delta: float | None, fit: dict, mode: str = "zs_cot") -> list[str]:
+    """Issue 12's goals for the adapter of ``evs`` (labels ``base-/adapter-<mode>-gsm8k``); ``ood_delta``: its OOD
+    macro change in points (None while an OOD set has not run)."""
     b = evs.get(f"base-{mode}-gsm8k", {}).get("tasks", {}).get("gsm8k")
     a = evs.get(f"adapter-{mode}-gsm8k", {}).get("tasks", {}).get("gsm8k")
     out = [f"Goals of issue 12 in `{mode}` (GSM8K at least doubled and ≥ +6 points, OOD macro ≥ +4 points, ≤ 90 min "
@@ -290,9 +290,8 @@ def goals_c1(evs: dict, base_ood: list[float], ad_ood: list[float], fit: dict, m
         out.append(f"- {gsm8k_goal(b, a)}")
     else:
         out.append("- GSM8K: not run yet")
-    if len(base_ood) == len(OOD):
-        d = macro(ad_ood) - macro(base_ood)
-        out.append(f"- OOD macro {d:+.1f} points: {'met' if d >= 4 else 'not met'}")
+    if ood_delta is not None:
+        out.append(f"- OOD macro {ood_delta:+.1f} points: {'met' if ood_delta >= 4 else 'not met'}")
     else:
         out.append("- OOD macro: not run yet")
     ts = fit.get("train_seconds")

@@ -326,7 +326,7 @@ def test_full_fine_tuning_is_chosen_on_dev_and_reported_on_the_test_slices(resul
     assert "| GSM8K test | 20 | 10.0" in sec and "80.0 [" in sec and "+70.0 points" in sec
     assert f"p={p:.3f}" in sec or "p<0.001" in sec
     assert "+30.0 points" in sec.split("| GSM8K test")[1]  # full (16/20) - LoRA (10/20)
-    assert "OOD macro (3 sets) | 30 | 0.0 | – | 30.0 | +30.0" in sec
+    assert "OOD macro (3 sets) | 30 | 0.0 | 10.0 | 30.0 | +30.0 (pooled: " in sec and "| +20.0 (pooled: " in sec
     assert "GSM8K 10.0% → 80.0%: doubled: yes; +6 points: yes (+70.0)" in sec
 
 
