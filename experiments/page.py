@@ -188,6 +188,7 @@ def section_c1_full(rec: dict) -> list[str]:
           f"| {n} | {b_txt} | {a_txt} | {paired_cell(b, a)} |", ""]
     if a and b:
         L += [f"Goal on the full test: {gsm8k_goal(b, a)}.", ""]
+        L += outputs_lines({"base": b, "adapter": a})
     rows = []
     for who, full in (("base", b), ("adapter", a)):
         sl = (evs.get(f"{who}-zs_cot-gsm8k") or {}).get("tasks", {}).get("gsm8k")
@@ -261,12 +262,32 @@ def section_c1_full_ft(rec: dict) -> list[str]:
                  f"{of[0] - ob[0]:+.1f} (pooled: {paired_cell(ob[1], of[1])}) | {of[0] - oa[0]:+.1f} (pooled: "
                  f"{paired_cell(oa[1], of[1])}) |")
     L.append("")
+    L += outputs_lines({name: (evs.get(f"{who}-zs_cot-gsm8k") or {}).get("tasks", {}).get("gsm8k")
+                        for who, name in (("base", "base"), ("adapter", "LoRA adapter"), ("full-ft", "full fine-tune"))})
     if evs.get("full-ft-zs_cot-gsm8k"):
         as_adapter = {"base-zs_cot-gsm8k": evs.get("base-zs_cot-gsm8k") or {},
                       "adapter-zs_cot-gsm8k": evs["full-ft-zs_cot-gsm8k"]}
         L += [g.replace("Goals of issue 12", "The full fine-tune against the goals of issue 12")
               for g in goals_c1(as_adapter, of[0] - ob[0] if ob and of else None, fit)]
     return L
+
+
+def outputs_lines(models: dict[str, dict | None]) -> list[str]:
+    """What the GSM8K outputs got wrong, per model (``outputs`` of a collected eval, from its predictions): how many
+    state an answer sentence, and how many of the equations they write (``a op b = c``) state a wrong result."""
+    rows = []
+    for who, t in models.items():
+        o = (t or {}).get("outputs")
+        if o:
+            eq = f"{o['equations_wrong']} of {o['equations']} ({100 * o['equations_wrong'] / o['equations']:.0f}%)" \
+                if o["equations"] else "none written"
+            rows.append(f"| {who} | {t['n']} | {o['answer_sentence']} | {o['at_budget']} | {eq} |")
+    if not rows:
+        return []
+    return ["What the outputs got wrong (strict scoring needs the answer sentence; an equation is checked when it is "
+            "plain arithmetic, `experiments/run.py: equation_errors`):", "",
+            "| model | outputs | with an answer sentence | used the whole token budget | equations with a wrong result |",
+            "|---|---:|---:|---:|---:|", *rows, ""]
 
 
 def ood_summary(evs: dict, prefix: str) -> tuple[float, dict] | None:

@@ -14,7 +14,7 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 
 | exp | claim (Fu et al. 2023) | what runs |
 |---|---|---|
-| c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems |
+| c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems; ``--only full-ft``: full fine-tuning against the recipe's LoRA, chosen on GSM8K dev |
 | c2 | generic ability drops | BBH, 27 tasks x 10, icl_cot (3-shot) and zs_answer, base vs adapter |
 | c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot |
 | c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
@@ -25,10 +25,14 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as _dt
 import hashlib
 import json
+import math
+import operator
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -212,6 +216,43 @@ def _journal_rows(out: Path) -> dict[str, int]:
     return journal_rows(out)
 
 
+_EXPR = re.compile(r"([\d.,$()+\-*/x×÷ ]*[\d)])\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _arith(node: ast.AST) -> float:
+    """The value of a parsed arithmetic expression of numbers and + - * / (anything else: ValueError)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_arith(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_arith(node.left), _arith(node.right))
+    raise ValueError("not arithmetic")
+
+
+def equation_errors(text: str) -> tuple[int, int]:
+    """``(checked, wrong)``: the equations ``<arithmetic with an operator> = <number>`` in a model's output, and how
+    many of them state a wrong result (rounded to the stated number's decimals). Whole chains count once
+    (``2 + 3 + 4 = 9``), thousands separators and ``$`` are read, ``x``/``×``/``÷`` are operators; an expression
+    that is not plain arithmetic is skipped. It tells a model that reasons wrongly from one that computes wrongly."""
+    checked = wrong = 0
+    for lhs, rhs in _EXPR.findall(text):
+        expr = lhs.replace(",", "").replace("$", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
+        if not re.search(r"\d\s*[-+*/]\s*[\d(]", expr):
+            continue
+        try:
+            value = _arith(ast.parse(expr, mode="eval").body)
+        except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+            continue
+        stated = rhs.replace(",", "")
+        decimals = len(stated.split(".")[1]) if "." in stated else 0
+        checked += 1
+        scale = 10 ** decimals  # rounded half up to the stated decimals: 10/4 = 2 is wrong, 10/4 = 3 and 5/3 = 1.67 right
+        wrong += math.floor(value * scale + 0.5 + 1e-9) != round(float(stated) * scale)
+    return checked, wrong
+
+
 def collect_eval(out: Path, args: list[str]) -> dict:
     """Per task: n, correct, and the hits as a 0/1 string in the order of the sorted problem ids."""
     res = json.loads((out / "results.json").read_text())
@@ -227,6 +268,11 @@ def collect_eval(out: Path, args: list[str]) -> dict:
                        "ids": [str(r["id"]) for r in rows], "hits": "".join("1" if r.get("correct") else "0" for r in rows),
                        # flexible scoring (no answer sentence needed): tells a format gain from an ability gain
                        "hits_flexible": "".join("1" if r.get("correct_flexible") else "0" for r in rows)}
+        if rows and t.get("scorer", "number") == "number" and name in C1_SETS:  # what the math outputs got wrong
+            eq = [equation_errors(r.get("output", "")) for r in rows]
+            tasks[name]["outputs"] = {"answer_sentence": sum("The answer is" in r.get("output", "") for r in rows),
+                                      "at_budget": sum(bool(r.get("at_budget")) for r in rows),
+                                      "equations": sum(c for c, _ in eq), "equations_wrong": sum(w for _, w in eq)}
         for k in ("strict", "flexible", "accuracy_strict", "accuracy_flexible"):
             if k in t:
                 tasks[name][k] = t[k]

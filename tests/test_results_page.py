@@ -312,6 +312,8 @@ def test_full_fine_tuning_is_chosen_on_dev_and_reported_on_the_test_slices(resul
     rec["fits"]["recipe-full"] = {"args": [], "train_seconds": 2400.0}
     rec["extra"]["dev"] = {"lora": _dev("1" * 4 + "0" * 36, 1.1), "full-ft": _dev(full_dev, 1.05)}
     rec["evals"]["full-ft-zs_cot-gsm8k"] = _ev("gsm8k", "1" * 2 + "1" * 14 + "0" * 4)  # 16/20 vs the base's 2/20
+    rec["evals"]["full-ft-zs_cot-gsm8k"]["tasks"]["gsm8k"]["outputs"] = {
+        "answer_sentence": 19, "at_budget": 1, "equations": 40, "equations_wrong": 10}
     for t in ("multiarith", "asdiv", "svamp"):
         rec["evals"][f"full-ft-zs_cot-{t}"] = _ev(t, "1" * 3 + "0" * 7)
     (results / "c1.json").write_text(json.dumps(rec))
@@ -328,6 +330,8 @@ def test_full_fine_tuning_is_chosen_on_dev_and_reported_on_the_test_slices(resul
     assert "+30.0 points" in sec.split("| GSM8K test")[1]  # full (16/20) - LoRA (10/20)
     assert "OOD macro (3 sets) | 30 | 0.0 | 10.0 | 30.0 | +30.0 (pooled: " in sec and "| +20.0 (pooled: " in sec
     assert "GSM8K 10.0% → 80.0%: doubled: yes; +6 points: yes (+70.0)" in sec
+    assert "| full fine-tune | 20 | 19 | 1 | 10 of 40 (25%) |" in sec  # what its outputs got wrong
+    assert "| base | 20 |" not in sec  # (results collected before the output checks have no row)
 
 
 def test_full_fine_tuning_not_run_is_said_with_its_command(results, tmp_path):
