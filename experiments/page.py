@@ -281,7 +281,8 @@ def outputs_lines(models: dict[str, dict | None]) -> list[str]:
         if o:
             eq = f"{o['equations_wrong']} of {o['equations']} ({100 * o['equations_wrong'] / o['equations']:.0f}%)" \
                 if o["equations"] else "none written"
-            rows.append(f"| {who} | {t['n']} | {o['answer_sentence']} | {o['at_budget']} | {eq} |")
+            budget = "not recorded" if o.get("at_budget") is None else o["at_budget"]
+            rows.append(f"| {who} | {t['n']} | {o['answer_sentence']} | {budget} | {eq} |")
     if not rows:
         return []
     return ["What the outputs got wrong (strict scoring needs the answer sentence; an equation is checked when it is "

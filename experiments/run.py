@@ -271,7 +271,9 @@ def collect_eval(out: Path, args: list[str]) -> dict:
         if rows and t.get("scorer", "number") == "number" and name in C1_SETS:  # what the math outputs got wrong
             eq = [equation_errors(r.get("output", "")) for r in rows]
             tasks[name]["outputs"] = {"answer_sentence": sum("The answer is" in r.get("output", "") for r in rows),
-                                      "at_budget": sum(bool(r.get("at_budget")) for r in rows),
+                                      # (None: predictions of a release that did not count tokens)
+                                      "at_budget": (sum(bool(r.get("at_budget")) for r in rows)
+                                                    if all("at_budget" in r for r in rows) else None),
                                       "equations": sum(c for c, _ in eq), "equations_wrong": sum(w for _, w in eq)}
         for k in ("strict", "flexible", "accuracy_strict", "accuracy_flexible"):
             if k in t:

@@ -81,3 +81,6 @@ def test_collected_math_evals_say_what_the_outputs_got_wrong(run, tmp_path):
     t = run.collect_eval(out, [])["tasks"]["gsm8k"]
     assert t["ids"] == ["a", "b"] and t["hits"] == "10"
     assert t["outputs"] == {"answer_sentence": 1, "at_budget": 1, "equations": 3, "equations_wrong": 1}
+    del rows[0]["at_budget"]  # predictions of a release that did not count tokens: unknown, not 0
+    (out / "predictions" / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run.collect_eval(out, [])["tasks"]["gsm8k"]["outputs"]["at_budget"] is None
