@@ -25,14 +25,10 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as _dt
 import hashlib
 import json
-import math
-import operator
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -216,43 +212,6 @@ def _journal_rows(out: Path) -> dict[str, int]:
     return journal_rows(out)
 
 
-_EXPR = re.compile(r"([\d.,$()+\-*/x×÷ ]*[\d)])\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-def _arith(node: ast.AST) -> float:
-    """The value of a parsed arithmetic expression of numbers and + - * / (anything else: ValueError)."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-        return float(node.value)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_arith(node.operand)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_arith(node.left), _arith(node.right))
-    raise ValueError("not arithmetic")
-
-
-def equation_errors(text: str) -> tuple[int, int]:
-    """``(checked, wrong)``: the equations ``<arithmetic with an operator> = <number>`` in a model's output, and how
-    many of them state a wrong result (rounded to the stated number's decimals). Whole chains count once
-    (``2 + 3 + 4 = 9``), thousands separators and ``$`` are read, ``x``/``×``/``÷`` are operators; an expression
-    that is not plain arithmetic is skipped. It tells a model that reasons wrongly from one that computes wrongly."""
-    checked = wrong = 0
-    for lhs, rhs in _EXPR.findall(text):
-        expr = lhs.replace(",", "").replace("$", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
-        if not re.search(r"\d\s*[-+*/]\s*[\d(]", expr):
-            continue
-        try:
-            value = _arith(ast.parse(expr, mode="eval").body)
-        except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
-            continue
-        stated = rhs.replace(",", "")
-        decimals = len(stated.split(".")[1]) if "." in stated else 0
-        checked += 1
-        scale = 10 ** decimals  # rounded half up to the stated decimals: 10/4 = 2 is wrong, 10/4 = 3 and 5/3 = 1.67 right
-        wrong += math.floor(value * scale + 0.5 + 1e-9) != round(float(stated) * scale)
-    return checked, wrong
-
-
 def collect_eval(out: Path, args: list[str]) -> dict:
     """Per task: n, correct, and the hits as a 0/1 string in the order of the sorted problem ids."""
     res = json.loads((out / "results.json").read_text())
@@ -269,6 +228,8 @@ def collect_eval(out: Path, args: list[str]) -> dict:
                        # flexible scoring (no answer sentence needed): tells a format gain from an ability gain
                        "hits_flexible": "".join("1" if r.get("correct_flexible") else "0" for r in rows)}
         if rows and t.get("scorer", "number") == "number" and name in C1_SETS:  # what the math outputs got wrong
+            from lora_spec.answers import equation_errors
+
             eq = [equation_errors(r.get("output", "")) for r in rows]
             tasks[name]["outputs"] = {"answer_sentence": sum("The answer is" in r.get("output", "") for r in rows),
                                       # (None: predictions of a release that did not count tokens)

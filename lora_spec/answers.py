@@ -5,6 +5,9 @@ Two functions do the work and are used everywhere (teacher filtering, training t
     extract_answer(text, kind="number") -> str | None     # the model's final answer, canonicalised
     answers_match(pred, gold, kind="number") -> bool       # pred (extracted) vs a dataset's gold string
 
+and one diagnostic, :func:`equation_errors`: how many of the equations a chain of thought writes state a wrong
+result (a student that reasons wrongly vs one that computes wrongly).
+
 Kinds (``problem.meta["answer_type"]``, read by :func:`kind_for`):
 
 - ``number``: GSM8K/SVAMP/MultiArith/ASDiv numbers: ``#### 1,080``, ``-7``, ``0.46``, ``5/2``, ``-(1/3)``, ``$7``,
@@ -29,6 +32,9 @@ written in LaTeX (``\\frac{5}{2}``, ``\\boxed{...}``, ``\\dfrac``), which a smal
 
 from __future__ import annotations
 
+import ast
+import math
+import operator
 import re
 from fractions import Fraction
 from typing import Any
@@ -344,3 +350,42 @@ def score(text: str | None, gold: str, kind: str = "number") -> tuple[str | None
     """``(extracted, correct)`` for one model output."""
     pred = extract_answer(text, kind)
     return pred, answers_match(pred, gold, kind)
+
+
+# ------------------------------------------------------------------------------ arithmetic in a chain of thought
+
+_EQUATION_RE = re.compile(r"([\d.,$()+\-*/x×÷ ]*[\d)])\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
+_ARITH_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _arith(node: ast.AST) -> Fraction:
+    """The exact value of a parsed expression of numbers, parentheses and + - * / (anything else: ValueError)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return Fraction(str(node.value))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_arith(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITH_OPS:
+        return _ARITH_OPS[type(node.op)](_arith(node.left), _arith(node.right))
+    raise ValueError("not plain arithmetic")
+
+
+def equation_errors(text: str | None) -> tuple[int, int]:
+    """``(checked, wrong)``: the equations ``<arithmetic with an operator> = <number>`` in a model's output, and how
+    many of them state a wrong result, computed exactly and rounded half up to the stated number's decimals
+    (``5 / 3 = 1.67`` and ``10 / 4 = 3`` are right, ``10 / 4 = 2`` is wrong). A whole chain counts once
+    (``2 + 3 + 4 = 9``, not ``3 + 4 = 9``); thousands separators and ``$`` are read; ``x``, ``×`` and ``÷`` are
+    operators. What is not plain arithmetic (a bare ``Step 3 = 7``, a division by zero, words) is not checked."""
+    checked = wrong = 0
+    for lhs, rhs in _EQUATION_RE.findall(text or ""):
+        expr = lhs.replace(",", "").replace("$", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
+        if not re.search(r"\d\s*[-+*/]\s*[\d(]", expr) or len(expr) > 200:
+            continue
+        try:
+            value = _arith(ast.parse(expr, mode="eval").body)
+        except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+            continue
+        stated = Fraction(rhs.replace(",", ""))
+        scale = 10 ** (len(rhs.split(".")[1]) if "." in rhs else 0)
+        checked += 1
+        wrong += math.floor(value * scale + Fraction(1, 2)) != stated * scale
+    return checked, wrong

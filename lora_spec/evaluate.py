@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Sequence
 
-from .answers import answers_match, extract_answer, kind_for
+from .answers import answers_match, equation_errors, extract_answer, kind_for
 from .errors import ConfigError
 from .generation import generate  # noqa: F401  (evaluate_tasks calls it; selection imports it from here)
 from .records import EvalTask, Problem
@@ -85,7 +85,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
     """
     import sys
 
-    from .prompts import build_prompt, check_mode, stop_sequences, uses_chat
+    from .prompts import build_prompt, check_mode, is_cot, stop_sequences, uses_chat
 
     results: dict[str, dict] = {}
     use_chat = uses_chat(tokenizer, chat) if kind == "causal" else False
@@ -127,6 +127,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
         correct = sum(bool(r["correct"]) for r in preds)
         flexible = sum(bool(r["correct_flexible"]) for r in preds)
         n = len(problems)
+        # the arithmetic of the chains of thought: how many of the equations they write state a wrong result
+        eq = [equation_errors(r["output"]) for r in preds] if is_cot(mode) else []
         results[task.name] = {"accuracy": correct / n if n else 0.0, "ci": list(wilson(correct, n)), "n": n,
                               "correct": correct,
                               "flexible_accuracy": flexible / n if n else 0.0, "flexible_correct": flexible,
@@ -136,6 +138,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
                               # outputs that used the whole token budget: cut short, or looping (a hint that
                               # --max-new-tokens is too small when many of them are long derivations)
                               "at_budget": sum(bool(r.get("at_budget")) for r in preds),
+                              **({"equations": {"checked": sum(c for c, _ in eq), "wrong": sum(w for _, w in eq)}}
+                                 if any(c for c, _ in eq) else {}),
                               **({"resumed": n - len(todo)} if n > len(todo) else {})}
     return results
 
@@ -559,7 +563,7 @@ def render_report(doc: dict) -> str:
                   + (f"; flexible {flex:.1%}" if flex is not None else ""), "",
                   "| task | mode | n | correct | accuracy (strict) | 95% CI | flexible | tokens/s |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
-        budget = []
+        budget, arith = [], []
         for t in summ["tasks"]:
             r = doc["tasks"][t]
             tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
@@ -568,10 +572,16 @@ def render_report(doc: dict) -> str:
                          f"{_ci_txt(r.get('ci'))} | {fa} | {tps} |")
             if r.get("at_budget"):
                 budget.append(f"{t} {r['at_budget']} of {r['n']}")
+            eq = r.get("equations") or {}
+            if eq.get("checked"):
+                arith.append(f"{t} {eq['wrong']} of {eq['checked']} ({eq['wrong'] / eq['checked']:.0%})")
         lines.append("")
         if budget:
             lines += ["Outputs that used the whole token budget (cut short or looping; `tokens` and `at_budget` in "
                       "the predictions): " + ", ".join(budget) + ".", ""]
+        if arith:
+            lines += ["Equations in the chains of thought (`a op b = c`, plain arithmetic) that state a wrong result "
+                      "(many: the model computes wrongly, whatever its reasoning): " + ", ".join(arith) + ".", ""]
     lines.append(doc.get("intervals") or INTERVALS)
     lines.append("")
     lines.append("Accuracy is strict: an answer counts only when the output states it in an answer sentence "

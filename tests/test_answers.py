@@ -97,3 +97,15 @@ def test_parse_and_format_roundtrip():
 def test_unknown_kind_is_an_error():
     with pytest.raises(ValueError, match="unknown answer kind"):
         extract_answer("x", "nope")
+
+
+def test_equation_errors_checks_whole_chains_and_rounding():
+    from lora_spec.answers import equation_errors
+
+    text = ("2 + 3 + 4 = 9 and (2 + 3) x 4 = 20 and 1,200 * 2 = 2,400 and $5 / 3 = 1.67 and 10/4 = 3 and "
+            "7 - 10 = -3. He eats 16 * 3 = 48 eggs, then 2 * 432 = 916. Step 3 = 7; 10/4 = 2; 5 / 0 = 1")
+    # chains count once (not "3 + 4 = 9"), separators and $ are read, half-up rounding is right, a bare number or a
+    # division by zero is not an equation; 2 * 432 = 916 and 10/4 = 2 are wrong
+    assert equation_errors(text) == (9, 2)
+    assert equation_errors("The answer is 5.") == (0, 0) and equation_errors(None) == (0, 0)
+    assert equation_errors("0.1 + 0.2 = 0.3") == (1, 0)  # exact arithmetic, no float noise

@@ -115,6 +115,28 @@ def test_scoring_uses_each_problems_answer_type(tiny, monkeypatch, data_dir):
         assert not bad, (name, bad[:2])
 
 
+def test_chains_of_thought_are_checked_for_wrong_arithmetic(monkeypatch, tiny):
+    """Per CoT task: how many of the equations the outputs write state a wrong result (answer-only: not counted);
+    report.md says it, so a student that computes wrongly is told from one that reasons wrongly."""
+    import lora_spec.evaluate as ev
+
+    outs = iter(["3 * 4 = 12, 12 + 1 = 14.\nThe answer is 14.", "2 + 2 = 4. The answer is 4.", "The answer is 5."])
+    monkeypatch.setattr(ev, "generate", lambda m, t, prompts, **kw: [next(outs) for _ in prompts])
+    task = EvalTask(name="arith", dataset="arith", mode="zs_cot", limit=3)
+    r = ev.evaluate_tasks(tiny.model, tiny.tokenizer, [task], progress=False)["arith"]
+    assert r["equations"] == {"checked": 3, "wrong": 1}
+    monkeypatch.setattr(ev, "generate", lambda m, t, prompts, **kw: ["2 + 2 = 5. The answer is 5."] * len(prompts))
+    r2 = ev.evaluate_tasks(tiny.model, tiny.tokenizer, [EvalTask(name="arith", dataset="arith", mode="zs_answer",
+                                                                 limit=3)], progress=False)["arith"]
+    assert "equations" not in r2  # answer-only mode: no chain of thought to check
+    doc = {"model": {"name": "m", "kind": "causal", "quant": "none", "fingerprint": {"id": "f"}},
+           "prompting": {"chat_template": False}, "limit": 3, "limit_seed": 0, "wall_seconds": 1.0, "created": "now",
+           "suites": {"arith": {"macro_accuracy": 0.5, "micro_accuracy": 0.5, "n": 3, "tasks": ["arith"]}},
+           "tasks": {"arith": {k: v for k, v in r.items() if k != "predictions"}}}
+    assert ("Equations in the chains of thought (`a op b = c`, plain arithmetic) that state a wrong result (many: the "
+            "model computes wrongly, whatever its reasoning): arith 1 of 3 (33%).") in ev.render_report(doc)
+
+
 # --------------------------------------------------------------------------------------------- lorasp eval (CLI)
 
 def _run(*args, **kw):

@@ -62,15 +62,6 @@ def test_the_teacher_samples_fingerprint_is_the_file_sha256(run, tmp_path):
     assert run._sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def test_equation_errors_checks_whole_chains_and_rounding(run):
-    text = ("2 + 3 + 4 = 9 and (2 + 3) x 4 = 20 and 1,200 * 2 = 2,400 and $5 / 3 = 1.67 and 10/4 = 3 and "
-            "7 - 10 = -3. He eats 16 * 3 = 48 eggs, then 2 * 432 = 916. Step 3 = 7; 10/4 = 2; 5 / 0 = 1")
-    # chains count once (not "3 + 4 = 9"), separators and $ are read, half-up rounding is right, a bare number or a
-    # division by zero is not an equation; 2 * 432 = 916 and 10/4 = 2 are wrong
-    assert run.equation_errors(text) == (9, 2)
-    assert run.equation_errors("The answer is 5.") == (0, 0)
-
-
 def test_collected_math_evals_say_what_the_outputs_got_wrong(run, tmp_path):
     out = tmp_path / "ev"
     (out / "predictions").mkdir(parents=True)
