@@ -267,6 +267,8 @@ def c1(full: bool = False, only: str | None = None, notes: list[str] | None = No
         return c1_full(exp)
     if only == "full-ft":
         return c1_full_ft(exp)
+    if only == "seed1":
+        return c1_seed(exp, 1)
     # --only base: the base model's evaluations alone (they need no adapter), e.g. while the recipe still trains;
     # --only adapter: the rest, in a second process (rerun `c1` once both ended to gather both into the record)
     adapter = None if only == "base" else recipe_adapter(exp)
@@ -353,6 +355,20 @@ def c1_full_ft(exp: Experiment) -> None:
     for task, n in C1_SETS.items():
         exp.eval(f"full-ft-zs_cot-{task}", suites=["math"], tasks=[task], mode="zs_cot", limit=n,
                  max_new_tokens=C1_TOKENS[task], adapter=full)
+    exp.save(complete=all(f"{w}-{m}-{t}" in exp.record["evals"] for w in ("base", "adapter")
+                          for m in ("zs_cot", "icl_cot") for t in C1_SETS))
+
+
+def c1_seed(exp: Experiment, seed: int = 1) -> None:
+    """``c1 --only seed1``: the recipe again with another seed (its LoRA initialisation and data order), on C1's zs_cot
+    test slices: how much of C1's lift is the luck of one seed. Paired with the seed-0 adapter on the same problems."""
+    run = exp.teach_gsm8k()
+    adapter = exp.fit(f"recipe-seed{seed}", exp.dir / f"seed{seed}" / "adapter",
+                      ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), "--seed", str(seed),
+                       "--eval-every", "0", "--select-by", "last", *FIT_EXTRA])
+    for task, n in C1_SETS.items():
+        exp.eval(f"seed{seed}-zs_cot-{task}", suites=["math"], tasks=[task], mode="zs_cot", limit=n,
+                 max_new_tokens=C1_TOKENS[task], adapter=adapter)
     exp.save(complete=all(f"{w}-{m}-{t}" in exp.record["evals"] for w in ("base", "adapter")
                           for m in ("zs_cot", "icl_cot") for t in C1_SETS))
 
@@ -579,10 +595,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c4x", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
-    ap.add_argument("--only", choices=["base", "adapter", "full", "full-ft"], help="c1: only the base model's "
+    ap.add_argument("--only", choices=["base", "adapter", "full", "full-ft", "seed1"], help="c1: only the base model's "
                     "evaluations (they need no adapter: they can run while the recipe trains), only the adapter's, "
                     "only the full GSM8K test of both (a recipe fit of its own, without held-out scoring), or only "
-                    "the full fine-tuning comparison (chosen on GSM8K dev, reported on the test slices)")
+                    "the full fine-tuning comparison (chosen on GSM8K dev, reported on the test slices), or only the "
+                    "recipe with seed 1 on the zs_cot slices (seed variation)")
     ap.add_argument("--note", action="append", default=[], help="a provenance note to keep with the experiment's "
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "
