@@ -137,7 +137,7 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         L.append("")
         if evs.get(f"adapter-{mode}-gsm8k") or mode == "zs_cot":
             L += goals_c1(evs, oa[0] - ob[0] if ob and oa else None, fit, mode)
-    return L + section_c1_full(rec) + section_c1_full_ft(rec)
+    return L + section_c1_full(rec) + section_c1_full_ft(rec) + section_c1_seed(rec)
 
 
 def extra_fit_args(fit: dict) -> list[str]:
@@ -246,29 +246,36 @@ def section_c1_full_ft(rec: dict) -> list[str]:
               f"fine-tuning replaces LoRA only when it is more accurate on dev beyond noise. Verdict: {verdict}.", ""]
     else:
         L += ["Dev scores: not run yet.", ""]
-    L += ["**Reported on the test slices** (zs_cot, the same problems as the tables above):", "",
-          "| set | n | base % | LoRA adapter % | full fine-tune % | full − base, McNemar p | full − LoRA, McNemar p |",
-          "|---|---:|---:|---:|---:|---|---|"]
-    prog = rec.get("in_progress") or {}
+    L += ["**Reported on the test slices** (zs_cot, the same problems as the tables above):", ""]
+    L += beside_adapter(rec, "full-ft", "full fine-tune", "full", fit, "LoRA adapter")
+    L += outputs_lines({name: (evs.get(f"{who}-zs_cot-gsm8k") or {}).get("tasks", {}).get("gsm8k")
+                        for who, name in (("base", "base"), ("adapter", "LoRA adapter"), ("full-ft", "full fine-tune"))})
+    return L
+
+
+def beside_adapter(rec: dict, who: str, name: str, short: str, fit: dict, adapter_name: str) -> list[str]:
+    """A third model (evals ``<who>-zs_cot-<task>``) on C1's zs_cot slices beside the base and the recipe's adapter:
+    the table, paired with each of the two on the same problems, and the model against issue 12's goals."""
+    evs, prog = rec.get("evals", {}), rec.get("in_progress") or {}
+    L = [f"| set | n | base % | {adapter_name} % | {name} % | {short} − base, McNemar p | {short} − "
+         f"{adapter_name.split(' (')[0]}, McNemar p |", "|---|---:|---:|---:|---:|---|---|"]
     for task in ("gsm8k", *OOD):
         b_txt, b = cell(evs.get(f"base-zs_cot-{task}"), task)
         a_txt, a = cell(evs.get(f"adapter-zs_cot-{task}"), task)
-        f_txt, f = cell(evs.get(f"full-ft-zs_cot-{task}"), task, prog.get(f"full-ft-zs_cot-{task}"))
-        n = (f or b or {}).get("n", "–")
-        L.append(f"| {SET_NAMES[task]} | {n} | {b_txt} | {a_txt} | {f_txt} | {paired_cell(b, f)} | {paired_cell(a, f)} |")
-    ob, oa, of = (ood_summary(evs, f"{who}-zs_cot") for who in ("base", "adapter", "full-ft"))
-    if ob and oa and of:
-        L.append(f"| OOD macro (3 sets) | {of[1]['n']} | {ob[0]:.1f} | {oa[0]:.1f} | {of[0]:.1f} | "
-                 f"{of[0] - ob[0]:+.1f} (pooled: {paired_cell(ob[1], of[1])}) | {of[0] - oa[0]:+.1f} (pooled: "
-                 f"{paired_cell(oa[1], of[1])}) |")
+        x_txt, x = cell(evs.get(f"{who}-zs_cot-{task}"), task, prog.get(f"{who}-zs_cot-{task}"))
+        n = (x or b or {}).get("n", "–")
+        L.append(f"| {SET_NAMES[task]} | {n} | {b_txt} | {a_txt} | {x_txt} | {paired_cell(b, x)} | {paired_cell(a, x)} |")
+    ob, oa, ox = (ood_summary(evs, f"{w}-zs_cot") for w in ("base", "adapter", who))
+    if ob and oa and ox:
+        L.append(f"| OOD macro (3 sets) | {ox[1]['n']} | {ob[0]:.1f} | {oa[0]:.1f} | {ox[0]:.1f} | "
+                 f"{ox[0] - ob[0]:+.1f} (pooled: {paired_cell(ob[1], ox[1])}) | {ox[0] - oa[0]:+.1f} (pooled: "
+                 f"{paired_cell(oa[1], ox[1])}) |")
     L.append("")
-    L += outputs_lines({name: (evs.get(f"{who}-zs_cot-gsm8k") or {}).get("tasks", {}).get("gsm8k")
-                        for who, name in (("base", "base"), ("adapter", "LoRA adapter"), ("full-ft", "full fine-tune"))})
-    if evs.get("full-ft-zs_cot-gsm8k"):
+    if evs.get(f"{who}-zs_cot-gsm8k"):
         as_adapter = {"base-zs_cot-gsm8k": evs.get("base-zs_cot-gsm8k") or {},
-                      "adapter-zs_cot-gsm8k": evs["full-ft-zs_cot-gsm8k"]}
-        L += [g.replace("Goals of issue 12", "The full fine-tune against the goals of issue 12")
-              for g in goals_c1(as_adapter, of[0] - ob[0] if ob and of else None, fit)]
+                      "adapter-zs_cot-gsm8k": evs[f"{who}-zs_cot-gsm8k"]}
+        L += [g.replace("Goals of issue 12", f"The {name} against the goals of issue 12")
+              for g in goals_c1(as_adapter, ox[0] - ob[0] if ob and ox else None, fit)]
     return L
 
 
@@ -286,9 +293,23 @@ def outputs_lines(models: dict[str, dict | None]) -> list[str]:
     if not rows:
         return []
     return ["What the outputs got wrong (strict scoring needs the answer sentence; an equation is checked when it is "
-            "plain arithmetic, `experiments/run.py: equation_errors`):", "",
+            "plain arithmetic, `lora_spec.answers.equation_errors`):", "",
             "| model | outputs | with an answer sentence | used the whole token budget | equations with a wrong result |",
             "|---|---:|---:|---:|---:|", *rows, ""]
+
+
+def section_c1_seed(rec: dict, seed: int = 1) -> list[str]:
+    """``c1 --only seed1``: the recipe with another seed on the zs_cot slices, paired with the seed-0 adapter."""
+    fit = rec.get("fits", {}).get(f"recipe-seed{seed}")
+    cmd = f"python experiments/run.py c1 --only seed{seed}"
+    if not fit:
+        return [f"### Seed variation: not run yet (`{cmd}`)", ""]
+    ts = fit.get("train_seconds")
+    L = [f"### Seed variation: the recipe with seed {seed}", "", f"Command: `{cmd}`.", "",
+         f"The recipe with `{' '.join(extra_fit_args(fit))}` (another LoRA initialisation, data order, format draw and "
+         f"exemplars)" + (f", {ts / 60:.1f} min of training" if ts else "") + "; zs_cot, the same problems as above:",
+         ""]
+    return L + beside_adapter(rec, f"seed{seed}", f"seed {seed}", f"seed {seed}", fit, "seed 0 (the adapter above)")
 
 
 def ood_summary(evs: dict, prefix: str) -> tuple[float, dict] | None:

@@ -339,3 +339,19 @@ def test_full_fine_tuning_not_run_is_said_with_its_command(results, tmp_path):
     page.main(["--results", str(results), "--docs", str(docs)])
     assert ("### Full fine-tuning (the paper's setting): not run yet (`python experiments/run.py c1 --only full-ft`)"
             in (docs / "results.md").read_text())
+
+
+def test_seed_variation_is_paired_with_the_seed_0_adapter(results, tmp_path):
+    rec = json.loads((results / "c1.json").read_text())
+    rec["fits"]["recipe-seed1"] = {"args": ["--config", "r.yaml", "--data", "RUN", "--seed", "1"],
+                                   "train_seconds": 2460.0}
+    rec["evals"]["seed1-zs_cot-gsm8k"] = _ev("gsm8k", "1" * 2 + "1" * 4 + "0" * 14)  # 6/20 (seed 0: 10/20)
+    (results / "c1.json").write_text(json.dumps(rec))
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    sec = (docs / "results.md").read_text().split("### Seed variation")[1].split("\n## ")[0]
+    assert "`python experiments/run.py c1 --only seed1`" in sec and "`--seed 1`" in sec and "41.0 min" in sec
+    row = sec.split("| GSM8K test |")[1].split("\n")[0]
+    assert "30.0 [" in row and "+20.0 points" in row and "-20.0 points" in row  # vs base (2/20), vs seed 0 (10/20)
+    assert "| not run yet |" in sec.split("| MultiArith |")[1].split("\n")[0]  # its OOD evals have not run
+    assert "GSM8K 10.0% → 30.0%: doubled: yes; +6 points: yes (+20.0)" in sec
