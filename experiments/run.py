@@ -14,7 +14,7 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 
 | exp | claim (Fu et al. 2023) | what runs |
 |---|---|---|
-| c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems; ``--only full-ft``: full fine-tuning against the recipe's LoRA, chosen on GSM8K dev |
+| c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems; ``--only full-ft``: full fine-tuning against the recipe's LoRA, chosen on GSM8K dev; ``--only seed1``: the recipe with seed 1 on the zs_cot slices |
 | c2 | generic ability drops | BBH, 27 tasks x 10, icl_cot (3-shot) and zs_answer, base vs adapter |
 | c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot |
 | c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
