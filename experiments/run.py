@@ -228,10 +228,11 @@ def collect_eval(out: Path, args: list[str]) -> dict:
                        # flexible scoring (no answer sentence needed): tells a format gain from an ability gain
                        "hits_flexible": "".join("1" if r.get("correct_flexible") else "0" for r in rows)}
         if rows and t.get("scorer", "number") == "number" and name in C1_SETS:  # what the math outputs got wrong
-            from lora_spec.answers import equation_errors
+            from lora_spec.answers import answer_span, equation_errors
 
             eq = [equation_errors(r.get("output", "")) for r in rows]
-            tasks[name]["outputs"] = {"answer_sentence": sum("The answer is" in r.get("output", "") for r in rows),
+            # an answer marker, as strict scoring finds it (lora_spec.answers: "the answer is", "answer:", ...)
+            tasks[name]["outputs"] = {"answer_sentence": sum(answer_span(r.get("output", ""))[1] for r in rows),
                                       # (None: predictions of a release that did not count tokens)
                                       "at_budget": (sum(bool(r.get("at_budget")) for r in rows)
                                                     if all("at_budget" in r for r in rows) else None),
