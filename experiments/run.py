@@ -16,7 +16,7 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 |---|---|---|
 | c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems; ``--only full-ft``: full fine-tuning against the recipe's LoRA, chosen on GSM8K dev; ``--only seed1``: the recipe with seed 1 on the zs_cot slices |
 | c2 | generic ability drops | BBH, 27 tasks x 10, icl_cot (3-shot) and zs_answer, base vs adapter |
-| c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot |
+| c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot; ``--mixtures A,B``: rerun only those (the others keep their recorded results) |
 | c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
 | c4x | C4 across tokenizers | C4's teacher samples (SmolLM2 tokens, top-5) into Gemma-3-270M students: sample, distribution, mix:0.5 |
 | c5 | in-distribution best != OOD best | the recipe run again with its held-out sets scored every 30 steps (9 evaluations), with intervals |
@@ -395,14 +395,18 @@ C3_MIXTURES = {"zs_cot_only": "zero_shot_cot=1", "icl_cot_only": "in_context_cot
 C3_STEPS = {"arith": 48, "gsm8k": 240}
 
 
-def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
+def c3(on: str = "arith", steps: int | None = None, n: int = 300, only: list[str] | None = None) -> None:
     """Three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot.
 
     ``on="arith"`` (the default): the students learn from C4's teacher samples (a SmolLM2 teacher specialized on
     arith, its own correct CoT), the setting where a 135M student's accuracy is far above the floor, so a lost
     in-context ability can show (2 exemplars in the in-context training rows, as the recipe; the evaluation is
     4-shot). ``on="gsm8k"``: the recipe's
-    teach run and settings (on this CPU each mixture costs ~40 min of training, and GSM8K accuracy stays near 3%)."""
+    teach run and settings (on this CPU each mixture costs ~40 min of training, and GSM8K accuracy stays near 3%).
+
+    ``only``: (re)run just these mixtures (e.g. after a change to how their rows are built); the other cells keep
+    their recorded results without running. A recorded result of a mixture run again moves to
+    ``extra.previous`` (with the commit that made it), so the page can show both."""
     steps = steps or C3_STEPS[on]
     exp = Experiment("c3", "C3 formats: three training mixtures, each evaluated in-context and zero-shot",
                      f"python experiments/run.py c3 --on {on} --steps {steps} --n {n}")
@@ -415,6 +419,25 @@ def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
         task, suite, tokens = "gsm8k", "math", 192
         settings = ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run)]
     exp.record["extra"].update(on=on, steps=steps, n=n, mixtures=C3_MIXTURES)
+    if only:
+        unknown = sorted(set(only) - set(C3_MIXTURES))
+        if unknown:
+            raise StepFailed(f"c3 --mixtures: unknown mixture {', '.join(unknown)} (expected one of "
+                             f"{', '.join(C3_MIXTURES)})")
+        prev = exp.record["extra"].setdefault("previous", {})
+        old_git = exp.record.get("git") or (json.loads((RESULTS / "c3.json").read_text()).get("git")
+                                            if (RESULTS / "c3.json").exists() else None)
+        for name in only:
+            if name in prev or (exp.dir / on / name / "lorasp.json").exists():
+                continue  # already moved aside (a resumed rerun), or this rerun's fit is done
+            moved = {"fit": exp.record["fits"].pop(name, None), "git": old_git,
+                     "evals": {k: exp.record["evals"].pop(k) for k in list(exp.record["evals"])
+                               if k.startswith(f"{name}-")}}
+            if moved["fit"] or moved["evals"]:
+                prev[name] = moved
+        exp.record["extra"]["rerun"] = {"mixtures": list(only), "command": f"python experiments/run.py c3 --on {on} "
+                                        f"--steps {steps} --n {n} --mixtures {','.join(only)}"}
+        exp.save()
 
     def model(name: str) -> Path | None:  # a mixture's adapter, trained when first needed (skipped when done)
         if name == "base":
@@ -428,6 +451,11 @@ def c3(on: str = "arith", steps: int | None = None, n: int = 300) -> None:
              ("zs_cot_only", "zs_cot"), ("paper_4211", "zs_cot"), ("icl_cot_only", "icl_cot"),
              ("icl_cot_only", "zs_cot")]
     for name, mode in order:
+        if only and name not in only:
+            if f"{name}-{mode}-{task}" not in exp.record["evals"]:
+                raise StepFailed(f"c3 --mixtures: {name}-{mode}-{task} has no recorded result to keep; run c3 "
+                                 f"without --mixtures")
+            continue
         exp.eval(f"{name}-{mode}-{task}", suites=[suite], tasks=[task] if suite == "math" else [], mode=mode,
                  limit=n, max_new_tokens=tokens, adapter=model(name))
     exp.save(complete=True)
@@ -609,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
                     "mode (repeatable; default both)")
     ap.add_argument("--on", choices=["arith", "gsm8k"], default="arith", help="c3: the students' data: C4's arith "
                     "teacher samples (default) or the GSM8K recipe's teach run")
+    ap.add_argument("--mixtures", help="c3: only (re)run these mixtures (comma-separated, e.g. "
+                    "paper_4211,icl_cot_only); the other cells keep their recorded results")
     ap.add_argument("--steps", type=int, help="c3: optimizer steps per mixture (default 48 on arith, 240 on gsm8k)")
     ap.add_argument("--n", type=int, default=300, help="c3/c4/c4x: test problems per evaluation")
     ap.add_argument("--teacher-steps", type=int, default=192)
@@ -630,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             elif e == "c2":
                 c2(a.mode)
             elif e == "c3":
-                c3(a.on, a.steps, a.n)
+                c3(a.on, a.steps, a.n, a.mixtures.split(",") if a.mixtures else None)
             elif e == "c4":
                 c4(a.teacher_steps, a.student_steps, a.problems, a.n)
             elif e == "c4x":
