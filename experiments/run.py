@@ -14,7 +14,7 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 
 | exp | claim (Fu et al. 2023) | what runs |
 |---|---|---|
-| c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems; ``--only full-ft``: full fine-tuning against the recipe's LoRA, chosen on GSM8K dev; ``--only seed1``: the recipe with seed 1 on the zs_cot slices |
+| c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems; ``--only full-ft``: full fine-tuning against the recipe's LoRA, chosen on GSM8K dev; ``--only seed1``: the recipe with seed 1 on the zs_cot slices; ``--only calculator``: base and adapter with `lorasp eval --calculator` |
 | c2 | generic ability drops | BBH, 27 tasks x 10, icl_cot (3-shot) and zs_answer, base vs adapter |
 | c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot; ``--mixtures A,B``: rerun only those (the others keep their recorded results) |
 | c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
@@ -33,6 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,7 +169,7 @@ class Experiment:
     # -- eval
     def eval(self, label: str, *, tasks: list[str], suites: list[str], mode: str, limit: int | None,
              max_new_tokens: int, adapter: Path | None = None, model: str | None = None,
-             batch_size: int = 32, keep_recorded: bool = False) -> dict:
+             batch_size: int = 32, keep_recorded: bool = False, extra: Sequence[str] = ()) -> dict:
         """``lorasp eval`` of one model on some tasks; the per-problem hits go into the result file.
 
         ``keep_recorded``: for a model that no step of the experiment trains (a base model), a result already in
@@ -187,6 +188,7 @@ class Experiment:
             args += ["--adapter", str(adapter)]
         if model is not None:
             args += ["--model", model]
+        args += list(extra)
         old = self.record["evals"].get(label)
         if keep_recorded and not (out / "results.json").exists() and old and old.get("args") == args:
             return old
@@ -270,6 +272,8 @@ def c1(full: bool = False, only: str | None = None, notes: list[str] | None = No
         return c1_full_ft(exp)
     if only == "seed1":
         return c1_seed(exp, 1)
+    if only == "calculator":
+        return c1_calculator(exp)
     # --only base: the base model's evaluations alone (they need no adapter), e.g. while the recipe still trains;
     # --only adapter: the rest, in a second process (rerun `c1` once both ended to gather both into the record)
     adapter = None if only == "base" else recipe_adapter(exp)
@@ -370,6 +374,24 @@ def c1_seed(exp: Experiment, seed: int = 1) -> None:
     for task, n in C1_SETS.items():
         exp.eval(f"seed{seed}-zs_cot-{task}", suites=["math"], tasks=[task], mode="zs_cot", limit=n,
                  max_new_tokens=C1_TOKENS[task], adapter=adapter)
+    exp.save(complete=all(f"{w}-{m}-{t}" in exp.record["evals"] for w in ("base", "adapter")
+                          for m in ("zs_cot", "icl_cot") for t in C1_SETS))
+
+
+def c1_calculator(exp: Experiment) -> None:
+    """``c1 --only calculator``: the base and the recipe's adapter on C1's zs_cot slices with ``lorasp eval
+    --calculator`` (lora_spec.calculator: each equation's result is written exactly, the model decides what to
+    compute). A third of the adapter's equations state a wrong result; this measures what exact arithmetic gives
+    each model, paired with the same model without it on the same problems. Not the paper's setting: the page says
+    so, and the recipe is not changed by it (no test-set choice)."""
+    run = exp.teach_gsm8k()
+    adapter = exp.fit("recipe-full", exp.dir / "full" / "adapter",
+                      ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), "--eval-every", "0",
+                       "--select-by", "last", *FIT_EXTRA])
+    for task, n in C1_SETS.items():
+        for who, ad in (("adapter", adapter), ("base", None)):
+            exp.eval(f"calc-{who}-zs_cot-{task}", suites=["math"], tasks=[task], mode="zs_cot", limit=n,
+                     max_new_tokens=C1_TOKENS[task], adapter=ad, extra=["--calculator"])
     exp.save(complete=all(f"{w}-{m}-{t}" in exp.record["evals"] for w in ("base", "adapter")
                           for m in ("zs_cot", "icl_cot") for t in C1_SETS))
 
@@ -624,11 +646,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c4x", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
-    ap.add_argument("--only", choices=["base", "adapter", "full", "full-ft", "seed1"], help="c1: only the base model's "
+    ap.add_argument("--only", choices=["base", "adapter", "full", "full-ft", "seed1", "calculator"], help="c1: only the base model's "
                     "evaluations (they need no adapter: they can run while the recipe trains), only the adapter's, "
                     "only the full GSM8K test of both (a recipe fit of its own, without held-out scoring), or only "
                     "the full fine-tuning comparison (chosen on GSM8K dev, reported on the test slices), or only the "
-                    "recipe with seed 1 on the zs_cot slices (seed variation)")
+                    "recipe with seed 1 on the zs_cot slices (seed variation), or only the base and the adapter with the "
+                    "calculator (lorasp eval --calculator) on the zs_cot slices")
     ap.add_argument("--note", action="append", default=[], help="a provenance note to keep with the experiment's "
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "

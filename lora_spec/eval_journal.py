@@ -32,6 +32,10 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
+# identity keys a journal of an older release lacks, with the value those releases had
+OPTIONAL = {"calculator": False}
+
+
 class EvalJournal:
     """The journal of one eval output directory. ``identity`` (a flat dict of JSON values) says what produces the
     predictions; a task's journal written under another identity is refused (:meth:`kept`)."""
@@ -88,9 +92,9 @@ class EvalJournal:
             raise ConfigError(f"{path}:1: not an eval journal header; delete {path} or pass --overwrite to start "
                               f"this eval over")
         for k, v in want.items():
-            if got.get(k) != v:
+            if got.get(k, OPTIONAL.get(k)) != v:
                 raise ConfigError(f"{path.parent.parent}: holds an interrupted eval of {want['task']} with {k} "
-                                  f"{got.get(k)!r}, not {v!r}; rerun it with its settings to continue it, pass "
+                                  f"{got.get(k, OPTIONAL.get(k))!r}, not {v!r}; rerun it with its settings to continue it, pass "
                                   f"--overwrite to discard it, or choose another --out")
 
     def open(self, task: str, mode: str, max_new_tokens: int) -> None:

@@ -70,7 +70,8 @@ def judge(task: EvalTask, problem: Problem, output: str, *, strict: bool = True)
 
 def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: str = "causal", batch_size: int = 16,
                    data_dir: str | os.PathLike | None = None, progress: bool = True,
-                   chat: bool | None = None, seed: int = LIMIT_SEED, journal: Any = None) -> dict[str, dict]:
+                   chat: bool | None = None, seed: int = LIMIT_SEED, journal: Any = None,
+                   calculator: bool = False) -> dict[str, dict]:
     """Run every task; per task: accuracy, its 95% Wilson interval ``ci`` ([lo, hi]), n, correct,
     flexible_accuracy, flexible_correct, mode, seconds, generated_tokens, predictions. ``seed``: of the
     ``task.limit`` sample (:func:`seeded_sample`).
@@ -82,6 +83,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
     tokenizer's chat template when it has one (instruct students), False = plain text. ``journal``
     (:class:`lora_spec.eval_journal.EvalJournal`): every prediction is appended to it as it finishes, and the
     predictions a cut run of the same settings finished are reused, not generated again (``resumed``: how many).
+    ``calculator``: equation results are written by :mod:`lora_spec.calculator` in chain-of-thought modes
+    (``calculator_calls``: how many).
     """
     import sys
 
@@ -120,7 +123,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
         st: dict = {}
         outs = generate(model, tokenizer, [prompts[j] for j in todo], kind=kind, max_new_tokens=budget,
                         stop=stop_sequences(mode, use_chat), batch_size=batch_size, progress=progress, stats=st,
-                        description=task.name, on_output=on_output)
+                        description=task.name, on_output=on_output, calculator=calculator and is_cot(mode))
         for k, j in enumerate(todo):  # (a generate() that did not call on_output: a monkeypatched one in tests)
             if preds[j] is None:
                 preds[j] = _prediction(task, problems[j], outs[k])
@@ -140,7 +143,9 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
                               "at_budget": sum(bool(r.get("at_budget")) for r in preds),
                               **({"equations": {"checked": sum(c for c, _ in eq), "wrong": sum(w for _, w in eq)}}
                                  if any(c for c, _ in eq) else {}),
-                              **({"resumed": n - len(todo)} if n > len(todo) else {})}
+                              **({"resumed": n - len(todo)} if n > len(todo) else {}),
+                              **({"calculator": True, "calculator_calls": st.get("calculator_calls", 0)}
+                                 if calculator and is_cot(mode) else {})}
     return results
 
 
@@ -212,6 +217,9 @@ class EvalConfig(RunConfig):
     threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice; 1 is much "
                                                            "faster on an oversubscribed CPU)")
     overwrite: bool = Field(False, description="write over earlier eval results in --out")
+    calculator: bool = Field(False, description="write the result of each equation a chain of thought writes "
+                                                "('48 / 2 =') exactly instead of letting the model guess it "
+                                                "(lora_spec.calculator; CoT modes only; not the paper's setting)")
 
     def resolved(self) -> "EvalConfig":
         return resolve_eval_defaults(self)[0]
@@ -400,7 +408,8 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
             with interrupt_on_signals():  # Ctrl-C, SIGTERM: stop, keeping every finished prediction
                 results = evaluate_tasks(student.model, student.tokenizer, all_tasks, kind=student.kind,
                                          batch_size=cfg.batch_size, data_dir=cfg.data_dir, progress=cfg.progress,
-                                         chat=cfg.chat, seed=cfg.seed, journal=journal)
+                                         chat=cfg.chat, seed=cfg.seed, journal=journal,
+                                         calculator=cfg.calculator)
         except KeyboardInterrupt:
             journal.close()
             kept = sum(journal_rows(out).values())
@@ -424,7 +433,8 @@ def _journal_identity(cfg: EvalConfig, student, adapter_info: dict | None) -> di
 
     return {"model": (student.fingerprint or {}).get("id"), "quant": student.quant, "kind": student.kind,
             "adapter": (adapter_info or {}).get("digest"),
-            "chat": uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False}
+            "chat": uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False,
+            "calculator": cfg.calculator}
 
 
 def _write_results(cfg: EvalConfig, out, student, adapter_info: dict | None, notes: list[str],
@@ -522,7 +532,7 @@ def _results_doc(cfg: EvalConfig, student, adapter_info: dict | None, notes: lis
                   "fingerprint": student.fingerprint},
         "adapter": adapter_info,
         "prompting": {"chat_template": chat_used, "system": DEFAULT_SYSTEM if chat_used else None,
-                      "greedy": True, "mode": cfg.mode or "suite default",
+                      "greedy": True, "mode": cfg.mode or "suite default", "calculator": cfg.calculator,
                       "mode_from": "adapter" if notes and cfg.mode else ("--mode" if cfg.mode else "suite")},
         "scoring": {"accuracy": "strict: the answer stated in an answer sentence ('The answer is X')",
                     "flexible_accuracy": "flexible: else the last number (option, word) of the output"},
@@ -555,6 +565,9 @@ def render_report(doc: dict) -> str:
              f"- adapter: `{a['path']}` (digest `{a['digest']}`)" if a else "- adapter: none",
              f"- prompting: {'chat template' if doc['prompting']['chat_template'] else 'plain text'}, greedy"
              + (f"; limit {doc['limit']} per task (seeded sample, seed {doc['limit_seed']})" if doc["limit"] else ""),
+             *([f"- calculator: on (`--calculator`: the result of each equation in a chain of thought is written "
+                f"exactly, not by the model; {sum(t.get('calculator_calls', 0) for t in doc['tasks'].values())} "
+                f"results written; not the paper's setting)"] if doc["prompting"].get("calculator") else []),
              f"- wall time: {doc['wall_seconds']:.1f}s; created {doc['created']}", ""]
     for s, summ in doc["suites"].items():
         flex = summ.get("flexible_macro_accuracy")

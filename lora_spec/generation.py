@@ -257,12 +257,13 @@ def _decode_causal(model: Any, tokenizer: Any, token_ids: list[list[int]], order
                    max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
                    temperature: float, top_p: float, on_done: Any, pad_id: int, share_prefix: bool = True,
                    stats: dict | None = None, adapter_names: Sequence[str] | None = None,
-                   budgets: Sequence[int] | None = None) -> None:
+                   budgets: Sequence[int] | None = None, calculator: Any = None) -> None:
     """Decode ``token_ids`` (prompts, in ``order``) with :class:`_CausalDecoder`; ``on_done(i, ids)`` receives each
     prompt's generated ids as it finishes; ``stats`` gets the decoder's counters (see there)."""
     dec = _CausalDecoder(model, tokenizer, token_ids, batch_size=batch_size, max_new_tokens=max_new_tokens, eos=eos,
                          stops=stops, window=window, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                         on_done=on_done, pad_id=pad_id, adapter_names=adapter_names, budgets=budgets)
+                         on_done=on_done, pad_id=pad_id, adapter_names=adapter_names, budgets=budgets,
+                         calculator=calculator)
     dec.run(order, share_prefix=share_prefix)
     if stats is not None:
         stats.update(joins=dec.joins, steps=dec.steps, shared_prefix=dec.shared, prefill_tokens=dec.prefill_tokens)
@@ -291,7 +292,8 @@ class _CausalDecoder:
     def __init__(self, model: Any, tokenizer: Any, token_ids: list[list[int]], *, batch_size: int,
                  max_new_tokens: int, eos: set[int], stops: Sequence[str], window: int, do_sample: bool,
                  temperature: float, top_p: float, on_done: Any, pad_id: int,
-                 adapter_names: Sequence[str] | None = None, budgets: Sequence[int] | None = None):
+                 adapter_names: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
+                 calculator: Any = None):
         self.model, self.tokenizer, self.token_ids = model, tokenizer, token_ids
         self.batch_size, self.max_new_tokens, self.eos, self.stops, self.window = (batch_size, max_new_tokens, eos,
                                                                                    stops, window)
@@ -300,6 +302,7 @@ class _CausalDecoder:
         # each prompt's token budget (row_budgets): max_new_tokens, or less where a learned position table ends first
         self.budget = list(budgets) if budgets is not None else [max_new_tokens] * len(token_ids)
         self.device = next(model.parameters()).device
+        self.calculator = calculator  # lora_spec.calculator.Calculator: equation results written, not sampled
         self.extra, self.cache_kw = _forward_kwargs(model)
         self.gen: dict[int, list[int]] = {}  # the tokens generated so far, per prompt in flight
         self.rows: _Rows | None = None       # the batch in flight
@@ -385,6 +388,8 @@ class _CausalDecoder:
         import torch
 
         rows = self.rows
+        if self.calculator is not None:
+            self.calculator.apply(rows.logits, [self.gen[i] for i in rows.ids])
         nxt = _pick(rows.logits, *self.sampling)
         finished = [j for j, (i, t) in enumerate(zip(rows.ids, nxt.tolist())) if self._extend(i, t)]
         if finished:
@@ -443,7 +448,7 @@ def _ids_until_stop(ids: Sequence[int], stop_ids: set[int]) -> list[int]:
 def _decode_seq2seq(model: Any, tokenizer: Any, prompts: Sequence[str], order: list[int], *, batch_size: int,
                     max_new_tokens: int, eos_list: list[int], stops: Sequence[str], window: int, do_sample: bool,
                     temperature: float, top_p: float, add_special: bool, on_done: Any,
-                    adapter_names: Sequence[str] | None = None) -> int:
+                    adapter_names: Sequence[str] | None = None, calculator: Any = None) -> int:
     """Encoder-decoders: length-sorted batches through ``model.generate`` with a per-row stop criterion;
     ``on_done(i, ids)`` gets each prompt's generated ids (decoder start token dropped). Returns the batch count."""
     import torch
@@ -464,6 +469,12 @@ def _decode_seq2seq(model: Any, tokenizer: Any, prompts: Sequence[str], order: l
             from transformers import StoppingCriteriaList
 
             gen_kwargs["stopping_criteria"] = StoppingCriteriaList([_stop_criteria(tokenizer, stops, 1, window)])
+        if calculator is not None:
+            from transformers import LogitsProcessorList
+
+            from .calculator import logits_processor
+
+            gen_kwargs["logits_processor"] = LogitsProcessorList([logits_processor(calculator)])
         if adapter_names is not None:
             gen_kwargs["adapter_names"] = [adapter_names[i] for i in idx]
         with torch.inference_mode():
@@ -511,7 +522,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              stats: dict | None = None, description: str = "generating", share_prefix: bool = True,
              adapter_names: Sequence[str] | None = None, add_special_tokens: bool | None = None,
-             strip: bool = True, return_ids: bool = False, on_output: Any = None) -> list:
+             strip: bool = True, return_ids: bool = False, on_output: Any = None, calculator: bool = False) -> list:
     """Generate a completion for each prompt (greedy by default); outputs in input order, stop strings cut off.
 
     ``kind``: ``causal`` (decoder-only: continuous batching with left padding, see :func:`_decode_causal`) or
@@ -522,6 +533,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     completion. ``return_ids``: the generated token ids up to EOS instead of texts (stop strings not applied).
     ``on_output(i, output, n_tokens, budget)``: called as each prompt finishes (the eval journal keeps it at once);
     ``budget`` is that prompt's token budget (``max_new_tokens``, or less where a learned position table ends first).
+    ``calculator``: the result of each equation the model writes (``48 / 2 =``) is written by
+    :mod:`lora_spec.calculator`, not sampled; ``stats["calculator_calls"]`` counts them.
     """
     if kind not in ("causal", "seq2seq"):
         raise ConfigError(f"unknown model kind {kind!r} (expected causal or seq2seq)")
@@ -577,8 +590,14 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
             el = time.perf_counter() - t0
             prog.update(advance=1, **{"tok/s": f"{total_tokens / max(el, 1e-9):.0f}"})
 
+    calc = None
+    if calculator:
+        from .calculator import Calculator
+
+        calc = Calculator(tokenizer)
     common = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, stops=stops, window=window,
-                  do_sample=do_sample, temperature=temperature, top_p=top_p, adapter_names=adapter_names)
+                  do_sample=do_sample, temperature=temperature, top_p=top_p, adapter_names=adapter_names,
+                  calculator=calc)
     try:
         if kind == "causal":
             _decode_causal(model, tokenizer, token_ids, order, eos=set(eos_list), stats=stats,
@@ -596,7 +615,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
         if was_training:
             model.train()
     if stats is not None:
-        stats.update(generated_tokens=total_tokens, seconds=time.perf_counter() - t0, batches=n_batches)
+        stats.update(generated_tokens=total_tokens, seconds=time.perf_counter() - t0, batches=n_batches,
+                     **({"calculator_calls": calc.calls} if calc is not None else {}))
     return outputs
 
 

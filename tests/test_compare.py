@@ -82,3 +82,13 @@ def test_compare_cli_and_errors(tmp_path, capsys):
     nocommon = _write(tmp_path / "e", {"svamp": _rows("s", [1])})
     with pytest.raises(DataError, match="no task in common"):
         compare(str(a), str(nocommon))
+
+
+def test_compare_says_when_only_one_side_had_the_calculator(tmp_path):
+    a = _write(tmp_path / "a", {"gsm8k": _rows("g", [1, 0, 0, 1])})
+    b = _write(tmp_path / "b", {"gsm8k": _rows("g", [1, 1, 0, 1])})
+    assert not compare(str(a), str(b))["notes"]
+    doc = json.loads((b / "results.json").read_text())
+    doc["tasks"]["gsm8k"]["calculator"] = True
+    (b / "results.json").write_text(json.dumps(doc))
+    assert compare(str(a), str(b))["notes"] == ["gsm8k: the calculator (lorasp eval --calculator) was on in B only"]

@@ -621,3 +621,38 @@ def test_a_learned_position_table_bounds_generation_and_training(tmp_path, tiny_
                             "--first", "16", "--max-steps", "1", "--max-length", "200", "--eval-every", "0",
                             "--select-by", "last", "--before-after", "0", "--out", str(tmp_path / "fit"))
     assert code == 0, err  # rows fitted to the table train
+
+
+def test_the_calculator_is_recorded_and_a_cut_eval_keeps_its_setting(tmp_path, monkeypatch, data_dir):
+    """`--calculator` reaches the decoder, is written into results.json and report.md, and a cut eval is continued
+    only with the same setting (its predictions were made with, or without, exact arithmetic)."""
+    import lora_spec.evaluate as ev
+    import lora_spec.generation as gen
+
+    seen = []
+    real = gen.generate
+
+    def spy(*a, **kw):
+        seen.append(kw.get("calculator"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ev, "generate", spy)
+    out = tmp_path / "calc"
+    doc = ev.eval_result(_eval_cfg(out, calculator=True)).doc
+    assert seen == [True, True]  # both tasks are CoT here
+    assert doc["prompting"]["calculator"] is True
+    assert all(t["calculator"] is True and t["calculator_calls"] >= 0 for t in doc["tasks"].values())
+    assert "- calculator: on" in (out / "report.md").read_text()
+    seen.clear()
+    ev.eval_result(_eval_cfg(tmp_path / "answer", calculator=True, mode="zs_answer"))
+    assert seen == [False, False]  # answer-only prompts write no equation
+    monkeypatch.setattr(ev, "generate", real)
+
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        _cut_after(m, 2)
+        with pytest.raises(LoraspError, match="interrupted: 2 predictions kept"):
+            ev.eval_result(_eval_cfg(cut))
+    with pytest.raises(LoraspError, match="with calculator False, not True"):
+        ev.eval_result(_eval_cfg(cut, calculator=True))
+    assert "calculator" not in ev.eval_result(_eval_cfg(cut)).doc["tasks"]["arith"]
