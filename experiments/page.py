@@ -137,7 +137,7 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         L.append("")
         if evs.get(f"adapter-{mode}-gsm8k") or mode == "zs_cot":
             L += goals_c1(evs, oa[0] - ob[0] if ob and oa else None, fit, mode)
-    return L + section_c1_full(rec) + section_c1_full_ft(rec) + section_c1_seed(rec)
+    return L + section_c1_full(rec) + section_c1_full_ft(rec) + section_c1_seed(rec) + section_c1_calculator(rec)
 
 
 def extra_fit_args(fit: dict) -> list[str]:
@@ -312,6 +312,58 @@ def section_c1_seed(rec: dict, seed: int = 1) -> list[str]:
     return L + beside_adapter(rec, f"seed{seed}", f"seed {seed}", f"seed {seed}", fit, "seed 0 (the adapter above)")
 
 
+def section_c1_calculator(rec: dict) -> list[str]:
+    """``c1 --only calculator``: the base and the adapter with ``lorasp eval --calculator`` on the zs_cot slices,
+    paired with each model without it, and the lift (adapter vs base) when both have it."""
+    evs, prog = rec.get("evals", {}), rec.get("in_progress") or {}
+    cmd = "python experiments/run.py c1 --only calculator"
+    if not any(k.startswith("calc-") for k in list(evs) + list(prog)):
+        return [f"### With a calculator: not run yet (`{cmd}`)", ""]
+    L = ["### With a calculator at decode time (not the paper's setting)", "", f"Command: `{cmd}`.", "",
+         "`lorasp eval --calculator` (`lora_spec.calculator`): whenever an output ends in plain arithmetic followed by "
+         "`=` (`48 / 2 =`), the next tokens are the exact result, not the model's guess; the model still decides what "
+         "to compute and what to do with the result. The adapter is the full-test run's (the recipe again, the same "
+         "weights as the slice adapter up to rounding: the same verdict on all 500 shared GSM8K problems, above). "
+         "zs_cot, the same problems as above:", "",
+         "| set | n | base % | base + calculator % | adapter % | adapter + calculator % | the calculator on the base "
+         "| the calculator on the adapter | adapter − base, both with the calculator |",
+         "|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for task in ("gsm8k", *OOD):
+        cells = {}
+        for label in ("base", "calc-base", "adapter", "calc-adapter"):
+            cells[label] = cell(evs.get(f"{label}-zs_cot-{task}"), task, prog.get(f"{label}-zs_cot-{task}"))
+        n = (cells["calc-adapter"][1] or cells["base"][1] or {}).get("n", "–")
+        L.append(f"| {SET_NAMES[task]} | {n} | " + " | ".join(cells[k][0] for k in ("base", "calc-base", "adapter",
+                                                                                     "calc-adapter"))
+                 + f" | {paired_cell(cells['base'][1], cells['calc-base'][1])} | "
+                   f"{paired_cell(cells['adapter'][1], cells['calc-adapter'][1])} | "
+                   f"{paired_cell(cells['calc-base'][1], cells['calc-adapter'][1])} |")
+    o = {w: ood_summary(evs, f"{w}-zs_cot") for w in ("base", "calc-base", "adapter", "calc-adapter")}
+    if all(o.values()):
+        L.append(f"| OOD macro (3 sets) | {o['base'][1]['n']} | " + " | ".join(f"{o[w][0]:.1f}" for w in o)
+                 + f" | {o['calc-base'][0] - o['base'][0]:+.1f} (pooled: {paired_cell(o['base'][1], o['calc-base'][1])})"
+                   f" | {o['calc-adapter'][0] - o['adapter'][0]:+.1f} (pooled: "
+                   f"{paired_cell(o['adapter'][1], o['calc-adapter'][1])}) | "
+                   f"{o['calc-adapter'][0] - o['calc-base'][0]:+.1f} (pooled: "
+                   f"{paired_cell(o['calc-base'][1], o['calc-adapter'][1])}) |")
+    L.append("")
+    if evs.get("calc-adapter-zs_cot-gsm8k") and evs.get("calc-base-zs_cot-gsm8k"):
+        as_c1 = {"base-zs_cot-gsm8k": evs["calc-base-zs_cot-gsm8k"],
+                 "adapter-zs_cot-gsm8k": evs["calc-adapter-zs_cot-gsm8k"]}
+        ood = (o["calc-adapter"][0] - o["calc-base"][0]) if o["calc-adapter"] and o["calc-base"] else None
+        L += [g.replace("Goals of issue 12", "Both models with the calculator, against the goals of issue 12")
+              for g in goals_c1(as_c1, ood, rec.get("fits", {}).get("recipe-full") or {})]
+    models = {f"{who} + calculator": evs.get(f"calc-{who}-zs_cot-gsm8k", {}).get("tasks", {}).get("gsm8k")
+              for who in ("base", "adapter")}
+    calls = {w: (models[f"{w} + calculator"] or {}).get("calculator_calls") for w in ("base", "adapter")}
+    L += outputs_lines(models)
+    if all(v is not None for v in calls.values()):
+        L += [f"Results the calculator wrote on GSM8K: {calls['base']} for the base, {calls['adapter']} for the "
+              f"adapter (an equation it does not read as plain arithmetic, e.g. with a percent sign or words, is left "
+              f"to the model).", ""]
+    return L
+
+
 def ood_summary(evs: dict, prefix: str) -> tuple[float, dict] | None:
     """The OOD macro accuracy (%) of the evals labelled ``<prefix>-<task>`` and their pooled task (for a pooled
     paired test), or None while one of the three sets has not run."""
@@ -406,7 +458,7 @@ def section_c3(rec: dict | None, fig_dir: Path) -> list[str]:
     if rec is None:
         return L
     evs = rec.get("evals", {})
-    ex = rec.get("extra", {})
+    ex = {**rec.get("extra", {}), "_fits": rec.get("fits", {})}
     mixes = ex.get("mixtures", {})
     task = "gsm8k" if ex.get("on", "gsm8k") == "gsm8k" else "arith"
     data = ("the GSM8K recipe's teach run (the recipe's settings), evaluated on a GSM8K test slice" if task == "gsm8k"
@@ -444,7 +496,41 @@ def section_c3(rec: dict | None, fig_dir: Path) -> list[str]:
                 res[(a, b, mode)] = _paired_of(ta, tb)
     L.append("")
     v = c3_verdict(res)
-    return L + ([v, ""] if v else [])
+    return L + ([v, ""] if v else []) + c3_previous(ex, evs, task)
+
+
+def c3_previous(ex: dict, evs: dict, task: str) -> list[str]:
+    """Mixtures run again (``c3 --mixtures``): their earlier results beside the present ones, paired on the same
+    test problems (two trainings of the same mixture under different code)."""
+    prev = ex.get("previous") or {}
+    if not prev:
+        return []
+    rerun = ex.get("rerun") or {}
+    L = [f"**Rerun** (`{rerun.get('command', 'python experiments/run.py c3 --mixtures ...')}`): the mixtures above "
+         f"that were trained again, beside their earlier runs on the same problems:", "",
+         "| mixture | evaluated | earlier run % | this run % | this − earlier, McNemar p | in-context rows with "
+         "fewer exemplars (earlier → this run) | rows cut to max_length (earlier → this run) |",
+         "|---|---|---:|---:|---|---|---|"]
+    fits = ex.get("_fits") or {}
+    for name, old in prev.items():
+        of = (old.get("fit") or {}).get("data") or {}
+        nf = (fits.get(name) or {}).get("data") or {}
+        for mode in ("icl_cot", "zs_cot"):
+            label = f"{name}-{mode}-{task}"
+            o_txt, o = cell((old.get("evals") or {}).get(label), task)
+            n_txt, n = cell(evs.get(label), task)
+
+            def cnt(d: dict, k: str) -> str:
+                v = d.get(k)
+                return "not recorded" if v is None else str(sum(v.values()) if isinstance(v, dict) else v)
+
+            L.append(f"| {name} | `{mode}` | {o_txt} | {n_txt} | {paired_cell(o, n)} | "
+                     f"{cnt(of, 'fewer_shots')} → {cnt(nf, 'fewer_shots')} | {cnt(of, 'truncated')} → "
+                     f"{cnt(nf, 'truncated')} |")
+    gits = sorted({str(o.get("git")) for o in prev.values() if o.get("git")})
+    return L + ["", f"The earlier runs: commit {', '.join(f'`{g}`' for g in gits) or '?'} (before e1b431f, in-context rows "
+                    "that did not fit lost prompt tokens from the left); this run gives them fewer whole exemplars.",
+                ""]
 
 
 def c3_verdict(res: dict[tuple[str, str, str], dict]) -> str | None:

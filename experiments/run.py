@@ -123,6 +123,7 @@ class Experiment:
         self.record = {"experiment": self.name, "title": self.title, "command": self.command,
                        "teacher_note": TEACHER_NOTE, "fits": old.get("fits", {}), "evals": old.get("evals", {}),
                        "extra": old.get("extra", {}), "complete": False, "in_progress": {}}
+        self.old_git = old.get("git")  # the commit of the results this run starts from (save() writes its own)
 
     def save(self, complete: bool = False) -> None:
         self.record.update(complete=complete and not self.missing, updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -239,7 +240,7 @@ def collect_eval(out: Path, args: list[str]) -> dict:
                                       "at_budget": (sum(bool(r.get("at_budget")) for r in rows)
                                                     if all("at_budget" in r for r in rows) else None),
                                       "equations": sum(c for c, _ in eq), "equations_wrong": sum(w for _, w in eq)}
-        for k in ("strict", "flexible", "accuracy_strict", "accuracy_flexible"):
+        for k in ("strict", "flexible", "accuracy_strict", "accuracy_flexible", "calculator", "calculator_calls"):
             if k in t:
                 tasks[name][k] = t[k]
     return {"args": args, "tasks": tasks}
@@ -447,12 +448,10 @@ def c3(on: str = "arith", steps: int | None = None, n: int = 300, only: list[str
             raise StepFailed(f"c3 --mixtures: unknown mixture {', '.join(unknown)} (expected one of "
                              f"{', '.join(C3_MIXTURES)})")
         prev = exp.record["extra"].setdefault("previous", {})
-        old_git = exp.record.get("git") or (json.loads((RESULTS / "c3.json").read_text()).get("git")
-                                            if (RESULTS / "c3.json").exists() else None)
         for name in only:
             if name in prev or (exp.dir / on / name / "lorasp.json").exists():
                 continue  # already moved aside (a resumed rerun), or this rerun's fit is done
-            moved = {"fit": exp.record["fits"].pop(name, None), "git": old_git,
+            moved = {"fit": exp.record["fits"].pop(name, None), "git": exp.old_git,
                      "evals": {k: exp.record["evals"].pop(k) for k in list(exp.record["evals"])
                                if k.startswith(f"{name}-")}}
             if moved["fit"] or moved["evals"]:

@@ -75,3 +75,51 @@ def test_collected_math_evals_say_what_the_outputs_got_wrong(run, tmp_path):
     del rows[0]["at_budget"]  # predictions of a release that did not count tokens: unknown, not 0
     (out / "predictions" / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert run.collect_eval(out, [])["tasks"]["gsm8k"]["outputs"]["at_budget"] is None
+
+
+def test_c3_mixtures_reruns_only_those_and_keeps_the_earlier_results(run, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def fake(args, log):  # each lorasp command leaves what the real one would behind
+        run.calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if args[0] == "fit":
+            (out / "lorasp.json").write_text(json.dumps({"data": {"fewer_shots": {"in_context_cot": 7}}}))
+        elif args[0] == "merge":
+            (out / "config.json").write_text("{}")
+        elif args[0] == "teach":
+            (out / "manifest.json").write_text(json.dumps({"status": "complete"}))
+            (out / "samples.jsonl").write_text("{}\n")
+        else:
+            (out / "predictions").mkdir(exist_ok=True)
+            (out / "results.json").write_text(json.dumps({"tasks": {"arith": {"n": 1, "correct": 0}}}))
+            (out / "predictions" / "arith.jsonl").write_text(json.dumps({"id": "a", "correct": False}) + "\n")
+        return 0.0
+
+    monkeypatch.setattr(run, "run_lorasp", fake)
+    (tmp_path / "results").mkdir()
+    old_evals = {f"{m}-{mode}-arith": {"args": ["old"], "tasks": {"arith": {"n": 1, "correct": 1}}}
+                 for m in ("base", *run.C3_MIXTURES) for mode in ("icl_cot", "zs_cot")}
+    (tmp_path / "results" / "c3.json").write_text(json.dumps(
+        {"git": "f48fe60", "evals": old_evals, "fits": {"paper_4211": {"args": ["old"]}}, "extra": {}}))
+    run.c3("arith", 48, 300, only=["paper_4211"])
+    rec = json.loads((tmp_path / "results" / "c3.json").read_text())
+    fits = [c[c.index("--out") + 1] for c in run.calls if c[0] == "fit"]
+    assert [Path(f).name for f in fits] == ["teacher-adapter", "paper_4211"]  # no other mixture is trained
+    evals = [Path(c[c.index("--out") + 1]).name for c in run.calls if c[0] == "eval"]
+    assert evals == ["paper_4211-icl_cot-arith", "paper_4211-zs_cot-arith"]
+    prev = rec["extra"]["previous"]["paper_4211"]
+    assert prev["git"] == "f48fe60" and prev["fit"] == {"args": ["old"]}
+    assert set(prev["evals"]) == {"paper_4211-icl_cot-arith", "paper_4211-zs_cot-arith"}
+    assert rec["evals"]["paper_4211-icl_cot-arith"]["tasks"]["arith"]["correct"] == 0  # the new run
+    assert rec["evals"]["zs_cot_only-icl_cot-arith"] == old_evals["zs_cot_only-icl_cot-arith"]  # kept as it was
+    assert rec["fits"]["paper_4211"]["data"]["fewer_shots"] == {"in_context_cot": 7} and rec["complete"]
+    assert rec["extra"]["rerun"]["command"].endswith("--mixtures paper_4211")
+    # a second run (e.g. after a cut) neither moves the new results aside nor pays again
+    n = len(run.calls)
+    run.c3("arith", 48, 300, only=["paper_4211"])
+    again = json.loads((tmp_path / "results" / "c3.json").read_text())
+    assert len(run.calls) == n and again["extra"]["previous"]["paper_4211"]["git"] == "f48fe60"
+    with pytest.raises(run.StepFailed, match="unknown mixture nope"):
+        run.c3("arith", 48, 300, only=["nope"])

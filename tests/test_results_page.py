@@ -355,3 +355,56 @@ def test_seed_variation_is_paired_with_the_seed_0_adapter(results, tmp_path):
     assert "30.0 [" in row and "+20.0 points" in row and "-20.0 points" in row  # vs base (2/20), vs seed 0 (10/20)
     assert "| not run yet |" in sec.split("| MultiArith |")[1].split("\n")[0]  # its OOD evals have not run
     assert "GSM8K 10.0% → 30.0%: doubled: yes; +6 points: yes (+20.0)" in sec
+
+
+def test_calculator_section_pairs_each_model_with_and_without_it(results, tmp_path):
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    assert "### With a calculator: not run yet (`python experiments/run.py c1 --only calculator`)" in (
+        docs / "results.md").read_text()
+    rec = json.loads((results / "c1.json").read_text())
+    rec["fits"]["recipe-full"] = {"train_seconds": 2400.0}
+    rec["evals"]["calc-base-zs_cot-gsm8k"] = _ev("gsm8k", "1" * 3 + "0" * 17)               # 3/20 (without: 2/20)
+    rec["evals"]["calc-adapter-zs_cot-gsm8k"] = _ev("gsm8k", "1" * 2 + "1" * 8 + "1" * 5 + "0" * 5)  # 15/20 (10/20)
+    rec["evals"]["calc-adapter-zs_cot-gsm8k"]["tasks"]["gsm8k"].update(
+        calculator_calls=40, outputs={"answer_sentence": 18, "at_budget": 2, "equations": 40, "equations_wrong": 0})
+    rec["evals"]["calc-base-zs_cot-gsm8k"]["tasks"]["gsm8k"]["calculator_calls"] = 12
+    for t in ("multiarith", "asdiv", "svamp"):
+        rec["evals"][f"calc-base-zs_cot-{t}"] = _ev(t, "0" * 10)
+        rec["evals"][f"calc-adapter-zs_cot-{t}"] = _ev(t, "1" * 4 + "0" * 6)
+    (results / "c1.json").write_text(json.dumps(rec))
+    page.main(["--results", str(results), "--docs", str(docs)])
+    sec = (docs / "results.md").read_text().split("### With a calculator at decode time")[1].split("\n## ")[0]
+    row = sec.split("| GSM8K test |")[1].split("\n")[0]
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[1].startswith("10.0 [") and cells[2].startswith("15.0 [") and cells[3].startswith("50.0 [")
+    assert cells[4].startswith("75.0 [")
+    assert cells[5].startswith("+5.0 points") and cells[6].startswith("+25.0 points")
+    assert cells[7].startswith("+60.0 points")  # the lift when both have the calculator: 15/20 vs 3/20
+    ood = sec.split("| OOD macro (3 sets) |")[1].split("\n")[0]
+    assert "| 0.0 | 0.0 | 10.0 | 40.0 | +0.0" in ood and "| +30.0 (pooled:" in ood and "| +40.0 (pooled:" in ood
+    assert "GSM8K 15.0% → 75.0%: doubled: yes; +6 points: yes (+60.0)" in sec
+    assert "- OOD macro +40.0 points: met" in sec
+    assert "| adapter + calculator | 20 | 18 | 2 | 0 of 40 (0%) |" in sec
+    assert "12 for the base, 40 for the adapter" in sec
+
+
+def test_c3_rerun_shows_the_earlier_runs_beside_the_new_ones(results, tmp_path):
+    mixes = {"zs_cot_only": "zero_shot_cot=1", "icl_cot_only": "in_context_cot=1", "paper_4211": "x=4"}
+    evs = {f"{m}-{mode}-arith": _ev("arith", "1" * 5 + "0" * 15) for m in ("base", *mixes)
+           for mode in ("icl_cot", "zs_cot")}
+    old = {"icl_cot_only": {"git": "f48fe60", "fit": {"args": []},
+                            "evals": {f"icl_cot_only-{mode}-arith": _ev("arith", "1" * 9 + "0" * 11)
+                                      for mode in ("icl_cot", "zs_cot")}}}
+    (results / "c3.json").write_text(json.dumps({
+        "experiment": "c3", "title": "t", "command": "python experiments/run.py c3 --on arith", "complete": True,
+        "evals": evs, "fits": {"icl_cot_only": {"data": {"fewer_shots": {"in_context_cot": 113}, "truncated": 0}}},
+        "extra": {"on": "arith", "steps": 48, "n": 20, "mixtures": mixes, "previous": old,
+                  "rerun": {"command": "python experiments/run.py c3 --mixtures icl_cot_only"}}}))
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    c3 = (docs / "results.md").read_text().split("## C3")[1].split("## C4")[0]
+    assert "**Rerun** (`python experiments/run.py c3 --mixtures icl_cot_only`)" in c3
+    row = c3.split("| icl_cot_only | `icl_cot` |")[1].split("\n")[0]
+    assert row.strip().startswith("45.0 [") and "| 25.0 [" in row and "-20.0 points" in row
+    assert "| not recorded → 113 | not recorded → 0 |" in row and "commit `f48fe60`" in c3
