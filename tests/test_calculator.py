@@ -113,3 +113,32 @@ def test_seq2seq_generate_takes_the_calculator(tiny_t5_path):
     b = generate(st.model, st.tokenizer, ["3 + 4", "hello"], kind="seq2seq", max_new_tokens=6, progress=False,
                  calculator=True, stats=stats)
     assert a == b and stats["calculator_calls"] == 0  # a random model writes no equation: nothing changes
+
+
+def test_lorasp_generate_takes_the_calculator(smollm2_path, capsys, data_dir, monkeypatch):
+    """`lorasp generate --calculator` on the real SmolLM2: the decoder gets the calculator, and every equation of
+    the answer that the calculator reads has its exact result."""
+    import json
+    import re
+
+    import lora_spec.adapters.swap as swap
+    from tests.test_swap import main_cli
+
+    seen = []
+    real = swap.generate
+
+    def spy(*a, **kw):
+        seen.append(kw.get("calculator"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(swap, "generate", spy)
+    q = ("A baker makes 37 trays of 24 cookies and sells 598 cookies. Write each calculation as an equation. "
+         "How many cookies are left?")
+    code, out, err = main_cli(capsys, "generate", "--model", "smollm2-135m", "--prompt", q, "--mode", "zs_cot",
+                              "--max-new-tokens", "96", "--calculator", "--json")
+    assert code == 0, err
+    assert seen == [True]
+    text = json.loads(out)["completion"]
+    results = [(text[:m.start()] + "=", m.group(1)) for m in re.finditer(r"=( ?\$?-?[\d,]+(?:\.\d+)?)", text)]
+    read = [(before, got) for before, got in results if next_text(before) is not None]
+    assert read and all(next_text(before) == got for before, got in read), text

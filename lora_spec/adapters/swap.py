@@ -301,17 +301,18 @@ class AdapterSet:
     def generate(self, prompts: Sequence[str], *, adapters: str | Sequence[str] | None = None,
                  max_new_tokens: int = 64, batch_size: int = 8, stop: Sequence[str] | None = None,
                  chat: bool | None = None, return_ids: bool = False, mode: str | None = "auto",
-                 system: Any = "auto", data_dir: str | os.PathLike | None = None) -> list:
+                 system: Any = "auto", data_dir: str | os.PathLike | None = None, calculator: bool = False) -> list:
         """Greedy completions. ``adapters``: one name for all rows (default: the active one) or one per row
         (``"base"`` for no adapter) -- a mixed-adapter batch. ``mode``/``chat``/``system``: how each prompt is
         turned into the model's input (see :meth:`prepare`; default: as the row's adapter was trained).
-        ``stop``: cut completions there (default: the mode's stop strings, none for ``raw``)."""
+        ``stop``: cut completions there (default: the mode's stop strings, none for ``raw``). ``calculator``: the
+        result of each equation is written exactly (:mod:`lora_spec.calculator`)."""
         prompts = list(prompts)
         rows = self._rows(prompts, adapters)
         prepared = self.prepare(prompts, adapters=rows, mode=mode, chat=chat, system=system, data_dir=data_dir)
         texts = [p.text for p in prepared]
         outs = self._generate(texts, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              return_ids=return_ids)
+                              return_ids=return_ids, calculator=calculator)
         if return_ids:
             return outs
         res = []
@@ -321,11 +322,11 @@ class AdapterSet:
         return res
 
     def _generate(self, prompts: list[str], rows: list[str], *, max_new_tokens: int, batch_size: int,
-                  return_ids: bool) -> list:
+                  return_ids: bool, calculator: bool = False) -> list:
         # stop strings are cut per row afterwards (rows may differ in mode); texts unstripped (raw mode keeps them);
         # prompts tokenized as in training (generate's default: batching.encode_prompts)
         kw = dict(kind=self.student.kind, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=None,
-                  return_ids=return_ids, progress=False, strip=False)
+                  return_ids=return_ids, progress=False, strip=False, calculator=calculator)
         if not self.entries:
             return generate(self.model, self.tokenizer, prompts, **kw)
         if len(set(rows)) == 1:
@@ -407,4 +408,7 @@ class GenerateConfig(RunConfig):
     data_dir: Optional[str] = Field(None, description="Data directory for the exemplars of the icl_* modes "
                                                       "(default: $LORASP_DATA_DIR).")
     ignore_fingerprint: bool = Field(False, description="Load adapters even onto a base with another fingerprint.")
+    calculator: bool = Field(False, description="Write the result of each equation a completion writes "
+                                                "('48 / 2 =') exactly instead of letting the model guess it "
+                                                "(lora_spec.calculator).")
 

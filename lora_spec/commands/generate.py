@@ -99,7 +99,8 @@ def generate_cmd(as_json, cfg: GenerateConfig):
     if cfg.mode == "auto" and not as_json:
         say(f"mode: {', '.join(modes)} (as the adapter was trained; --mode raw sends the prompt as given)")
     outs = aset.generate(prompts, adapters=rows, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                         stop=cfg.stop or None, chat=cfg.chat, mode=cfg.mode, data_dir=cfg.data_dir)
+                         stop=cfg.stop or None, chat=cfg.chat, mode=cfg.mode, data_dir=cfg.data_dir,
+                         calculator=cfg.calculator)
     for p, name, o, prep in zip(prompts, rows, outs, prepared):
         if as_json:
             click.echo(json.dumps({"adapter": name, "mode": prep.mode, "prompt": p, "input": prep.text,
