@@ -458,7 +458,7 @@ def section_c3(rec: dict | None, fig_dir: Path) -> list[str]:
     if rec is None:
         return L
     evs = rec.get("evals", {})
-    ex = {**rec.get("extra", {}), "_fits": rec.get("fits", {})}
+    ex = rec.get("extra", {})
     mixes = ex.get("mixtures", {})
     task = "gsm8k" if ex.get("on", "gsm8k") == "gsm8k" else "arith"
     data = ("the GSM8K recipe's teach run (the recipe's settings), evaluated on a GSM8K test slice" if task == "gsm8k"
@@ -496,10 +496,16 @@ def section_c3(rec: dict | None, fig_dir: Path) -> list[str]:
                 res[(a, b, mode)] = _paired_of(ta, tb)
     L.append("")
     v = c3_verdict(res)
-    return L + ([v, ""] if v else []) + c3_previous(ex, evs, task)
+    return L + ([v, ""] if v else []) + c3_previous(ex, rec.get("fits", {}), evs, task)
 
 
-def c3_previous(ex: dict, evs: dict, task: str) -> list[str]:
+def _count(data: dict, key: str) -> str:
+    """A fit's ``data`` count (a number, or per format: summed), or "not recorded"."""
+    v = data.get(key)
+    return "not recorded" if v is None else str(sum(v.values()) if isinstance(v, dict) else v)
+
+
+def c3_previous(ex: dict, fits: dict, evs: dict, task: str) -> list[str]:
     """Mixtures run again (``c3 --mixtures``): their earlier results beside the present ones, paired on the same
     test problems (two trainings of the same mixture under different code)."""
     prev = ex.get("previous") or {}
@@ -511,7 +517,6 @@ def c3_previous(ex: dict, evs: dict, task: str) -> list[str]:
          "| mixture | evaluated | earlier run % | this run % | this − earlier, McNemar p | in-context rows with "
          "fewer exemplars (earlier → this run) | rows cut to max_length (earlier → this run) |",
          "|---|---|---:|---:|---|---|---|"]
-    fits = ex.get("_fits") or {}
     for name, old in prev.items():
         of = (old.get("fit") or {}).get("data") or {}
         nf = (fits.get(name) or {}).get("data") or {}
@@ -519,14 +524,9 @@ def c3_previous(ex: dict, evs: dict, task: str) -> list[str]:
             label = f"{name}-{mode}-{task}"
             o_txt, o = cell((old.get("evals") or {}).get(label), task)
             n_txt, n = cell(evs.get(label), task)
-
-            def cnt(d: dict, k: str) -> str:
-                v = d.get(k)
-                return "not recorded" if v is None else str(sum(v.values()) if isinstance(v, dict) else v)
-
             L.append(f"| {name} | `{mode}` | {o_txt} | {n_txt} | {paired_cell(o, n)} | "
-                     f"{cnt(of, 'fewer_shots')} → {cnt(nf, 'fewer_shots')} | {cnt(of, 'truncated')} → "
-                     f"{cnt(nf, 'truncated')} |")
+                     f"{_count(of, 'fewer_shots')} → {_count(nf, 'fewer_shots')} | {_count(of, 'truncated')} → "
+                     f"{_count(nf, 'truncated')} |")
     gits = sorted({str(o.get("git")) for o in prev.values() if o.get("git")})
     return L + ["", f"The earlier runs: commit {', '.join(f'`{g}`' for g in gits) or '?'} (before e1b431f, in-context rows "
                     "that did not fit lost prompt tokens from the left); this run gives them fewer whole exemplars.",

@@ -354,7 +354,10 @@ def score(text: str | None, gold: str, kind: str = "number") -> tuple[str | None
 
 # ------------------------------------------------------------------------------ arithmetic in a chain of thought
 
-_EQUATION_RE = re.compile(r"([\d.,$()+\-*/x×÷ ]*[\d)])\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
+# an arithmetic expression as a chain of thought writes it (``$1,200 x 3``, ``(4 + 6) ÷ 2``), up to an "="
+ARITH_LHS = r"([\d.,$()+\-*/x×÷ ]*[\d)])"
+_EQUATION_RE = re.compile(ARITH_LHS + r"\s*=\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
+_OPERATOR_RE = re.compile(r"\d\s*[-+*/]\s*[\d(]")
 _ARITH_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
@@ -369,6 +372,22 @@ def _arith(node: ast.AST) -> Fraction:
     raise ValueError("not plain arithmetic")
 
 
+def python_operators(expr: str) -> str:
+    """``$12 x 5 ÷ 2`` -> ``12 * 5 / 2``: a written expression with Python's operators, without ``$``."""
+    return expr.replace("$", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
+
+
+def arith_value(expr: str) -> Fraction | None:
+    """The exact value of ``expr`` (Python operators, see :func:`python_operators`) when it is plain arithmetic
+    with at least one operator; None otherwise (a bare number, words, a division by zero)."""
+    if not _OPERATOR_RE.search(expr) or len(expr) > 200:
+        return None
+    try:
+        return _arith(ast.parse(expr, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, TypeError):
+        return None
+
+
 def equation_errors(text: str | None) -> tuple[int, int]:
     """``(checked, wrong)``: the equations ``<arithmetic with an operator> = <number>`` in a model's output, and how
     many of them state a wrong result, computed exactly and rounded half up to the stated number's decimals
@@ -377,12 +396,8 @@ def equation_errors(text: str | None) -> tuple[int, int]:
     operators. What is not plain arithmetic (a bare ``Step 3 = 7``, a division by zero, words) is not checked."""
     checked = wrong = 0
     for lhs, rhs in _EQUATION_RE.findall(text or ""):
-        expr = lhs.replace(",", "").replace("$", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
-        if not re.search(r"\d\s*[-+*/]\s*[\d(]", expr) or len(expr) > 200:
-            continue
-        try:
-            value = _arith(ast.parse(expr, mode="eval").body)
-        except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        value = arith_value(python_operators(lhs.replace(",", "")))
+        if value is None:
             continue
         stated = Fraction(rhs.replace(",", ""))
         scale = 10 ** (len(rhs.split(".")[1]) if "." in rhs else 0)

@@ -14,17 +14,15 @@ batching decoder (``lora_spec.generation``) and ``model.generate`` (a logits pro
 
 from __future__ import annotations
 
-import ast
 import re
 from fractions import Fraction
 from typing import Any, Sequence
 
-from .answers import _arith
+from .answers import ARITH_LHS, arith_value, python_operators
 
 # the tail of an output that asks for a result: an expression, "=", maybe "$", then what was already forced
-_TAIL_RE = re.compile(r"([\d.,$()+\-*/x×÷ ]*[\d)])[ \t]*=([ \t]*\$?[ \t]*)(-?[\d.,]*)$")
+_TAIL_RE = re.compile(ARITH_LHS + r"[ \t]*=([ \t]*\$?[ \t]*)(-?[\d.,]*)$")
 _RESULT_START_RE = re.compile(r"=[ \t]*\$?[ \t]*-?$")
-_OPERATOR_RE = re.compile(r"\d\s*[-+*/]\s*[\d(]")
 DECIMALS = 2   # a result that is not an integer is written with at most this many decimals (rounded half up)
 WINDOW = 48    # tokens of context the rule looks at (an equation is shorter)
 
@@ -34,14 +32,8 @@ def evaluate(expr: str) -> Fraction | None:
     ``(4 + 6) ÷ 2``), or None when it is not one: no operator, words, a division by zero."""
     e = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", expr)  # thousands separators
     e = re.split(r"[,.](?=\s)|[,.]$", e)[-1]           # "He has 5. 3 + 4": the clause after the last ", " / ". "
-    e = e.replace("$", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
-    e = re.sub(r"^[\s*/+]+", "", e)                    # "Max 3 + 4": the "x" of a word is no operator
-    if not e or not _OPERATOR_RE.search(e) or len(e) > 200 or "," in e:
-        return None
-    try:
-        return _arith(ast.parse(e, mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, TypeError):
-        return None
+    e = re.sub(r"^[\s*/+]+", "", python_operators(e))  # "Max 3 + 4": the "x" of a word is no operator
+    return None if not e or "," in e else arith_value(e)
 
 
 def format_number(value: Fraction, thousands: bool = False) -> str:

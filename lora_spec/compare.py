@@ -105,9 +105,9 @@ def compare(a: str, b: str) -> dict[str, Any]:
         ma, mb = (da["tasks"][t].get("mode"), db["tasks"][t].get("mode"))
         if ma != mb:
             notes.append(f"{t}: prompt mode {ma} in A, {mb} in B")
-        ca_, cb_ = (bool(d["tasks"][t].get("calculator")) for d in (da, db))
-        if ca_ != cb_:
-            notes.append(f"{t}: the calculator (lorasp eval --calculator) was on in {'A' if ca_ else 'B'} only")
+        calc_a, calc_b = (bool(d["tasks"][t].get("calculator")) for d in (da, db))
+        if calc_a != calc_b:
+            notes.append(f"{t}: the calculator (lorasp eval --calculator) was on in {'A' if calc_a else 'B'} only")
         tasks[t] = r
     suites: dict[str, dict] = {}
     for s, ts in _suites(da, common).items():

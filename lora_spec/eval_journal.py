@@ -92,9 +92,10 @@ class EvalJournal:
             raise ConfigError(f"{path}:1: not an eval journal header; delete {path} or pass --overwrite to start "
                               f"this eval over")
         for k, v in want.items():
-            if got.get(k, OPTIONAL.get(k)) != v:
+            had = got.get(k, OPTIONAL.get(k))
+            if had != v:
                 raise ConfigError(f"{path.parent.parent}: holds an interrupted eval of {want['task']} with {k} "
-                                  f"{got.get(k, OPTIONAL.get(k))!r}, not {v!r}; rerun it with its settings to continue it, pass "
+                                  f"{had!r}, not {v!r}; rerun it with its settings to continue it, pass "
                                   f"--overwrite to discard it, or choose another --out")
 
     def open(self, task: str, mode: str, max_new_tokens: int) -> None:

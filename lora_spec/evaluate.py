@@ -121,9 +121,10 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
                 journal.add(task.name, {**preds[j], "prompt_hash": hashes[j]})
 
         st: dict = {}
+        calc = calculator and is_cot(mode)  # answer-only prompts write no equation
         outs = generate(model, tokenizer, [prompts[j] for j in todo], kind=kind, max_new_tokens=budget,
                         stop=stop_sequences(mode, use_chat), batch_size=batch_size, progress=progress, stats=st,
-                        description=task.name, on_output=on_output, calculator=calculator and is_cot(mode))
+                        description=task.name, on_output=on_output, calculator=calc)
         for k, j in enumerate(todo):  # (a generate() that did not call on_output: a monkeypatched one in tests)
             if preds[j] is None:
                 preds[j] = _prediction(task, problems[j], outs[k])
@@ -145,7 +146,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
                                  if any(c for c, _ in eq) else {}),
                               **({"resumed": n - len(todo)} if n > len(todo) else {}),
                               **({"calculator": True, "calculator_calls": st.get("calculator_calls", 0)}
-                                 if calculator and is_cot(mode) else {})}
+                                 if calc else {})}
     return results
 
 
