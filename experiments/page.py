@@ -921,6 +921,92 @@ def section_dev_sweep(rec: dict | None, noise: float | None = None) -> list[str]
     return L
 
 
+def variant_verdicts(rec: dict) -> dict:
+    """``experiments/dev_variants.py``'s rule, applied: the training noise is the largest gap between two of the
+    recipe's seeds (per loss: ``zs`` zero-shot, ``icl`` in-context); a variant beats the recipe on a seed when its
+    zero-shot dev loss is below the recipe seeds' mean by more than the zero-shot noise and its in-context dev loss is
+    not above their mean by more than the in-context noise; it "beats" overall only when it does on every seed it ran
+    with. Returns ``{"mean": {...}, "noise": {...}, "variants": {name: {"deltas": [(seed, d_zs, d_icl)], "beats": bool,
+    "worse": bool}}}`` (``noise`` is None with fewer than two recipe seeds; ``worse``: its zero-shot loss is above the
+    mean by more than the noise on every seed)."""
+    runs = rec.get("runs", [])
+    base = [r for r in runs if r["variant"] == "recipe"]
+    mean = {k: macro([r[f"{k}_loss"] for r in base]) for k in ("zs", "icl")} if base else None
+    noise = None
+    if len(base) >= 2:
+        noise = {k: max(abs(a[f"{k}_loss"] - b[f"{k}_loss"]) for i, a in enumerate(base) for b in base[i + 1:])
+                 for k in ("zs", "icl")}
+    out: dict = {"mean": mean, "noise": noise, "variants": {}}
+    for r in runs:
+        if r["variant"] == "recipe" or mean is None:
+            continue
+        v = out["variants"].setdefault(r["variant"], {"deltas": []})
+        v["deltas"].append((r["seed"], r["zs_loss"] - mean["zs"], r["icl_loss"] - mean["icl"]))
+    for v in out["variants"].values():
+        if noise is None:
+            v["beats"] = v["worse"] = False
+            continue
+        v["beats"] = all(dz < -noise["zs"] and di <= noise["icl"] for _, dz, di in v["deltas"])
+        v["worse"] = all(dz > noise["zs"] for _, dz, _ in v["deltas"])
+    return out
+
+
+def section_dev_variants(rec: dict | None) -> list[str]:
+    """The recipe's mixture, shots and max length judged on dev, with seeds (``experiments/dev_variants.py``)."""
+    L = ["### The recipe's mixture, shots and max length, judged on dev with seeds", "",
+         status_line(rec, "dev_variants", "python experiments/dev_variants.py"), ""]
+    if rec is None:
+        return L
+    runs = rec.get("runs", [])
+    steps = runs[0]["steps"] if runs else "?"
+    dev = rec.get("dev") or {}
+    L += [f"Each variant changes one setting of the recipe and trains for the same {steps} steps (its own cosine "
+          "schedule; CPU-sized, not the recipe's 240). Its adapter is scored by two reference losses on dev, no "
+          f"generation: zero-shot ({dev.get('zs', 'zs_cot')}) and in-context ({dev.get('icl', 'icl_cot')}). The "
+          "recipe itself trains with several seeds (data order and format draw): the largest gap between two of "
+          "them is the training noise, which a paired test on the dev problems cannot see. The rule, fixed before "
+          "any score was seen: a variant beats the recipe when its zero-shot loss is below the recipe seeds' mean by "
+          "more than that noise and its in-context loss is not above their mean by more than the in-context noise, "
+          "on every seed it ran with; only then would the recipe change.", "",
+          "| variant | seed | zero-shot dev loss | in-context dev loss | vs the recipe, same seed: zero-shot "
+          "[95% CI] | in-context [95% CI] | rows cut / with fewer shots | train min |",
+          "|---|---:|---:|---:|---|---|---:|---:|"]
+    what = rec.get("variants") or {}
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    for r in runs:
+        ref = by.get(("recipe", r["seed"]))
+        cz = ci = "–"
+        if r["variant"] != "recipe" and ref is not None:
+            pz, pi = ((ref.get("per_problem") or {}).get(k) for k in ("zs", "icl"))
+            qz, qi = ((r.get("per_problem") or {}).get(k) for k in ("zs", "icl"))
+            cz = fmt_paired_loss(paired_loss(pz, qz)) if pz and qz else "–"
+            ci = fmt_paired_loss(paired_loss(pi, qi)) if pi and qi else "–"
+        fewer = sum((r.get("fewer_shots") or {}).values())
+        name = r["variant"] + ("" if r["variant"] == "recipe" else f" ({(what.get(r['variant']) or {}).get('what', '')})")
+        L.append(f"| {name} | {r['seed']} | {r['zs_loss']:.4f} | {r['icl_loss']:.4f} | {cz} | {ci} | "
+                 f"{r.get('truncated', '–')} / {fewer} | {(r.get('train_seconds') or 0) / 60:.1f} |")
+    L.append("")
+    v = variant_verdicts(rec)
+    if v["noise"] is None:
+        L += ["Fewer than two recipe seeds have been scored: no training noise, no verdict yet.", ""]
+        return L
+    n, m = v["noise"], v["mean"]
+    L += [f"The recipe's seeds: zero-shot dev loss mean {m['zs']:.4f}, largest gap between seeds {n['zs']:.4f}; "
+          f"in-context mean {m['icl']:.4f}, largest gap {n['icl']:.4f}.", ""]
+    for name, x in v["variants"].items():
+        d = "; ".join(f"seed {s}: zero-shot {dz:+.4f}, in-context {di:+.4f}" for s, dz, di in x["deltas"])
+        verdict = ("beats the recipe beyond training noise" if x["beats"] else
+                   "worse than the recipe beyond training noise (zero-shot)" if x["worse"] else
+                   "does not beat the recipe beyond training noise")
+        L.append(f"- **{name}** vs the recipe seeds' mean ({d}): {verdict}.")
+    winners = [k for k, x in v["variants"].items() if x["beats"]]
+    L += ["", ("Verdict: " + ", ".join(winners) + " beat the recipe on dev; the recipe should take the change "
+               "(and C1 be rerun with it)." if winners else
+               "Verdict: no variant beats the recipe on dev beyond training noise; the recipe keeps its mixture, "
+               "shots and max length."), ""]
+    return L
+
+
 def recipe_lr(path: str | None) -> float:
     """The learning rate the shipped recipe uses (read from the recipe file, not typed here)."""
     import yaml
@@ -989,6 +1075,7 @@ def render(results: Path, docs: Path) -> str:
             dl, sw = (_read(results / f) for f in ("dev_loss.json", "dev_sweep.json"))
             L += section_dev_loss(dl, fig_dir)
             L += section_dev_sweep(sw, training_noise(dl))
+            L += section_dev_variants(_read(results / "dev_variants.json"))
     L += ["## FlanT5 vs T5", "",
           "The paper's finding that instruction-tuned FlanT5 specializes better than raw T5 cannot be tested here: "
           "neither checkpoint is available offline (no model hub access), and lorasp's seq2seq path is tested only "

@@ -388,9 +388,17 @@ def arith_value(expr: str) -> Fraction | None:
         return None
 
 
+def round_half_up(value: Fraction, decimals: int) -> Fraction:
+    """``value`` rounded to ``decimals`` places, halves away from zero as people round (``2.5 -> 3``,
+    ``-0.125 -> -0.13``): the one rounding rule of :func:`equation_errors` and the decode-time calculator."""
+    scale = 10 ** decimals
+    n = math.floor(abs(value) * scale + Fraction(1, 2))
+    return Fraction(-n if value < 0 else n, scale)
+
+
 def equation_errors(text: str | None) -> tuple[int, int]:
     """``(checked, wrong)``: the equations ``<arithmetic with an operator> = <number>`` in a model's output, and how
-    many of them state a wrong result, computed exactly and rounded half up to the stated number's decimals
+    many of them state a wrong result, computed exactly and rounded half up (away from zero, :func:`round_half_up`) to the stated number's decimals
     (``5 / 3 = 1.67`` and ``10 / 4 = 3`` are right, ``10 / 4 = 2`` is wrong). A whole chain counts once
     (``2 + 3 + 4 = 9``, not ``3 + 4 = 9``); thousands separators and ``$`` are read; ``x``, ``×`` and ``÷`` are
     operators. What is not plain arithmetic (a bare ``Step 3 = 7``, a division by zero, words) is not checked."""
@@ -400,7 +408,6 @@ def equation_errors(text: str | None) -> tuple[int, int]:
         if value is None:
             continue
         stated = Fraction(rhs.replace(",", ""))
-        scale = 10 ** (len(rhs.split(".")[1]) if "." in rhs else 0)
         checked += 1
-        wrong += math.floor(value * scale + Fraction(1, 2)) != stated * scale
+        wrong += round_half_up(value, len(rhs.split(".")[1]) if "." in rhs else 0) != stated
     return checked, wrong

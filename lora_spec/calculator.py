@@ -18,7 +18,7 @@ import re
 from fractions import Fraction
 from typing import Any, Sequence
 
-from .answers import ARITH_LHS, arith_value, python_operators
+from .answers import ARITH_LHS, arith_value, python_operators, round_half_up
 
 # the tail of an output that asks for a result: an expression, "=", maybe "$", then what was already forced
 _TAIL_RE = re.compile(ARITH_LHS + r"[ \t]*=([ \t]*\$?[ \t]*)(-?[\d.,]*)$")
@@ -40,10 +40,9 @@ def format_number(value: Fraction, thousands: bool = False) -> str:
     """``24``, ``-3``, ``3.33``, ``0.5``: an integer as it is, else rounded half up to :data:`DECIMALS` places;
     ``thousands``: with separators (``50,000``), as the expression was written."""
     scale = 10 ** DECIMALS
-    sign = "-" if value < 0 else ""
-    n = (abs(value) * scale + Fraction(1, 2)).__floor__()
-    sign = sign if n else ""
-    whole, frac = divmod(n, scale)
+    r = round_half_up(value, DECIMALS)
+    sign = "-" if r < 0 else ""
+    whole, frac = divmod(abs(r.numerator) * (scale // r.denominator), scale)
     digits = f"{frac:0{DECIMALS}d}".rstrip("0")
     return sign + (f"{whole:,}" if thousands else str(whole)) + (f".{digits}" if digits else "")
 

@@ -109,3 +109,5 @@ def test_equation_errors_checks_whole_chains_and_rounding():
     assert equation_errors(text) == (9, 2)
     assert equation_errors("The answer is 5.") == (0, 0) and equation_errors(None) == (0, 0)
     assert equation_errors("0.1 + 0.2 = 0.3") == (1, 0)  # exact arithmetic, no float noise
+    # halves round away from zero on both sides of it (as the calculator writes them): -0.125 is -0.13
+    assert equation_errors("1 - 9 / 8 = -0.13") == (1, 0) and equation_errors("1 - 9 / 8 = -0.12") == (1, 1)

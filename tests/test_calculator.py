@@ -35,7 +35,8 @@ def test_numbers_are_exact_and_rounded_half_up():
         "24", "3.33", "0.67", "0.13", "0", "2.5"]
     assert format_number(Fraction(1234567, 2), thousands=True) == "617,283.5"
     # what it writes, equation_errors (the eval's arithmetic check) accepts as right
-    for expr in ("10 / 3", "2 / 3", "1,234 * 5", "7 - 9.5"):
+    assert [format_number(Fraction(*f)) for f in ((-1, 8), (-5, 2), (-1, 200))] == ["-0.13", "-2.5", "-0.01"]
+    for expr in ("10 / 3", "2 / 3", "1,234 * 5", "7 - 9.5", "1 - 9 / 8", "0 - 1 / 200"):  # halves round away from 0
         text = f"{expr} =" + next_text(f"{expr} =")
         assert equation_errors(text) == (1, 0), text
 

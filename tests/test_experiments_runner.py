@@ -123,3 +123,23 @@ def test_c3_mixtures_reruns_only_those_and_keeps_the_earlier_results(run, tmp_pa
     assert len(run.calls) == n and again["extra"]["previous"]["paper_4211"]["git"] == "f48fe60"
     with pytest.raises(run.StepFailed, match="unknown mixture nope"):
         run.c3("arith", 48, 300, only=["nope"])
+
+
+def test_dev_variants_name_real_settings_and_refuse_unknown_ones():
+    """experiments/dev_variants.py: every variant's flags are settings lorasp fit reads, and a typo in --run is a
+    one-line error, not a 40-minute run of the wrong thing."""
+    from lora_spec.cli import cli
+    from lora_spec.formats import parse_mixture
+
+    spec = importlib.util.spec_from_file_location("exp_dev_variants", ROOT / "experiments" / "dev_variants.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_runs(["recipe:0,1", "len768"]) == [("recipe", 0), ("recipe", 1), ("len768", 0)]
+    for bad, msg in (("len1024:0", "unknown variant 'len1024'"), ("recipe:a", "seeds must be integers")):
+        with pytest.raises(SystemExit, match=msg):
+            mod.parse_runs([bad])
+    fit_opts = {o for p in cli.get_command(None, "fit").params for o in p.opts}
+    for name, (_what, flags) in mod.VARIANTS.items():
+        assert all(f in fit_opts for f in flags[::2]), name
+        if "--formats" in flags:
+            assert sum(parse_mixture(flags[flags.index("--formats") + 1]).values()) > 0, name

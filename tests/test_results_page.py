@@ -268,6 +268,43 @@ def test_dev_sweep_section_compares_each_lr_with_the_recipes(results, tmp_path):
     assert "one run per setting does not rank these learning rates" in md
 
 
+def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, tmp_path):
+    def run(variant, seed, zs, icl):
+        per = {k: [[f"gsm8k/train/{i}", round(10 * x + 0.05 * (i % 5 - 2), 4), 10] for i in range(40)]
+               for k, x in (("zs", zs), ("icl", icl))}
+        return {"variant": variant, "seed": seed, "steps": 48, "zs_loss": zs, "icl_loss": icl, "per_problem": per,
+                "train_seconds": 360, "truncated": 3, "fewer_shots": {"in_context_cot": 7}}
+
+    rec = {"experiment": "dev_variants", "command": "python experiments/dev_variants.py", "complete": True,
+           "variants": {"zs_cot_only": {"what": "zero-shot CoT rows only"}, "len768": {"what": "768 tokens"}},
+           "dev": {"zs": "gsm8k:dev, 40 problems, zs_cot", "icl": "gsm8k:dev, 40 problems, icl_cot"},
+           "runs": [run("recipe", 0, 1.10, 1.20)]}
+    (results / "dev_variants.json").write_text(json.dumps(rec))
+    md = page.render(results, tmp_path / "docs")
+    assert "Fewer than two recipe seeds have been scored: no training noise, no verdict yet." in md
+    # recipe seeds 1.10 / 1.12 (noise 0.02 zero-shot, 0.01 in-context; means 1.11 / 1.205)
+    rec["runs"] += [run("recipe", 1, 1.12, 1.21),
+                    run("zs_cot_only", 0, 1.05, 1.30),  # far better zero-shot, far worse in-context: no
+                    run("len768", 0, 1.08, 1.21),       # better beyond the noise on both counts: yes
+                    run("len768", 1, 1.085, 1.20)]
+    (results / "dev_variants.json").write_text(json.dumps(rec))
+    md = page.render(results, tmp_path / "docs")
+    sec = md[md.index("### The recipe's mixture, shots and max length"):]
+    v = page.variant_verdicts(rec)
+    assert v["noise"]["zs"] == pytest.approx(0.02) and v["noise"]["icl"] == pytest.approx(0.01)
+    assert not v["variants"]["zs_cot_only"]["beats"] and v["variants"]["len768"]["beats"]
+    assert "zero-shot dev loss mean 1.1100, largest gap between seeds 0.0200" in sec
+    assert "| zs_cot_only (zero-shot CoT rows only) | 0 | 1.0500 | 1.3000 | -0.0500 [" in sec
+    assert "| 3 / 7 | 6.0 |" in sec
+    assert "- **zs_cot_only** vs the recipe seeds' mean (seed 0: zero-shot -0.0600, in-context +0.0950): does not beat" in sec
+    assert "Verdict: len768 beat the recipe on dev" in sec
+    # a variant that wins on one seed and not on the other does not change the recipe
+    rec["runs"][-1] = run("len768", 1, 1.10, 1.20)
+    (results / "dev_variants.json").write_text(json.dumps(rec))
+    sec = page.render(results, tmp_path / "docs").split("### The recipe's mixture, shots and max length")[1]
+    assert "Verdict: no variant beats the recipe on dev beyond training noise" in sec
+
+
 def test_full_gsm8k_test_is_paired_and_checked_against_the_slice_it_contains(results, tmp_path):
     rec = json.loads((results / "c1.json").read_text())
     docs = tmp_path / "docs"
