@@ -46,6 +46,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "shots4": ("4 exemplars in the in-context rows (not 2; fewer where 4 do not fit)", ["--n-shots", "4"]),
     "len384": ("max length 384 tokens (not 512)", ["--max-length", "384"]),
     "len768": ("max length 768 tokens (not 512)", ["--max-length", "768"]),
+    # full fine-tuning (every weight trains, the paper's setting) at three learning rates: C1's full fine-tune used
+    # 5e-5 without a sweep
+    "full_lr2e-5": ("full fine-tuning, lr 2e-5", ["--method", "full", "--lr", "2e-5", "--keep-checkpoints", "1"]),
+    "full_lr5e-5": ("full fine-tuning, lr 5e-5", ["--method", "full", "--lr", "5e-5", "--keep-checkpoints", "1"]),
+    "full_lr2e-4": ("full fine-tuning, lr 2e-4", ["--method", "full", "--lr", "2e-4", "--keep-checkpoints", "1"]),
 }
 DEFAULT_RUNS = ["recipe:0,1,2", "zs_cot_only:0", "paper_4211:0", "shots1:0", "len768:0"]
 SETS = {"zs": "gsm8k:dev;limit={n};mode=zs_cot;seed=0;score=loss",
@@ -73,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev", type=int, default=200, help="dev problems for the zero-shot loss")
     ap.add_argument("--dev-icl", type=int, default=100, help="dev problems for the in-context loss")
     args = ap.parse_args(argv)
-    specs = args.run or DEFAULT_RUNS
-    todo = parse_runs(specs)
+    todo = parse_runs(args.run or DEFAULT_RUNS)
     rec = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    other = [r for r in rec.get("runs", []) if r.get("steps") != args.steps]  # kept as they are
     done = {(r["variant"], r["seed"]): r for r in rec.get("runs", []) if r.get("steps") == args.steps}
     exp = R.Experiment("dev_variants", "variants", "")  # for its teach run and command log only
     teach = exp.teach_gsm8k()
@@ -91,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         done[(name, seed)] = {"variant": name, "seed": seed, "steps": args.steps, **score(out, args.dev, args.dev_icl),
                               "fit": "lorasp fit " + " ".join(fit_args).replace(str(teach),
                                                                                "runs/experiments/teach/gsm8k-l2")}
-        _write(args, specs, todo, done)
-    _write(args, specs, todo, done, complete=True)
+        _write(args, todo, done, other)
+    _write(args, todo, done, other, complete=True)
     return 0
 
 
@@ -119,16 +124,20 @@ def score(out: Path, n_zs: int, n_icl: int) -> dict:
     return res
 
 
-def _write(args, specs: list[str], todo: list, done: dict, complete: bool = False) -> None:
+def _write(args, todo: list, done: dict, other: list, complete: bool = False) -> None:
+    seeds: dict[str, list[int]] = {}  # every run the file holds, earlier invocations' included, as one command
+    for name, seed in sorted(set(done) | set(todo), key=lambda k: (list(VARIANTS).index(k[0]), k[1])):
+        seeds.setdefault(name, []).append(seed)
     out = {"experiment": "dev_variants",
            "title": "Mixture, shots and max length of the GSM8K recipe, judged by GSM8K dev reference losses",
-           "command": f"python experiments/dev_variants.py --steps {args.steps} " + " ".join(f"--run {s}" for s in specs),
-           "recipe": RECIPE, "variants": {k: {"what": v[0], "flags": " ".join(v[1])} for k, v in VARIANTS.items()},
+           "command": f"python experiments/dev_variants.py --steps {args.steps} "
+                      + " ".join(f"--run {k}:{','.join(map(str, v))}" for k, v in seeds.items()),
+           "recipe": RECIPE, "steps": args.steps, "variants": {k: {"what": v[0], "flags": " ".join(v[1])} for k, v in VARIANTS.items()},
            "dev": {"zs": f"gsm8k:dev, {args.dev} problems, zs_cot, reference = gold rationale + answer",
                    "icl": f"gsm8k:dev, {args.dev_icl} problems, icl_cot (the data set's 8 exemplars), "
                           "reference = gold rationale + answer"},
-           "runs": [done[k] for k in sorted(done, key=lambda k: (list(VARIANTS).index(k[0]), k[1]))],
-           "complete": complete and all(k in done for k in todo),
+           "runs": [done[k] for k in sorted(done, key=lambda k: (list(VARIANTS).index(k[0]), k[1]))] + other,
+           "complete": complete and all(k in done for k in todo),  # this invocation's runs all scored
            "git": R._git_commit(), "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     R.write_json(RESULTS, out)
 

@@ -929,7 +929,7 @@ def variant_verdicts(rec: dict) -> dict:
     with. Returns ``{"mean": {...}, "noise": {...}, "variants": {name: {"deltas": [(seed, d_zs, d_icl)], "beats": bool,
     "worse": bool}}}`` (``noise`` is None with fewer than two recipe seeds; ``worse``: its zero-shot loss is above the
     mean by more than the noise on every seed)."""
-    runs = rec.get("runs", [])
+    runs = _variant_runs(rec)
     base = [r for r in runs if r["variant"] == "recipe"]
     mean = {k: macro([r[f"{k}_loss"] for r in base]) for k in ("zs", "icl")} if base else None
     noise = None
@@ -951,14 +951,19 @@ def variant_verdicts(rec: dict) -> dict:
     return out
 
 
+def _variant_runs(rec: dict) -> list[dict]:
+    """The runs of ``dev_variants.json`` at its step budget (runs kept from another budget are not compared)."""
+    return [r for r in rec.get("runs", []) if r.get("steps") == rec.get("steps")]
+
+
 def section_dev_variants(rec: dict | None) -> list[str]:
     """The recipe's mixture, shots and max length judged on dev, with seeds (``experiments/dev_variants.py``)."""
     L = ["### The recipe's mixture, shots and max length, judged on dev with seeds", "",
          status_line(rec, "dev_variants", "python experiments/dev_variants.py"), ""]
     if rec is None:
         return L
-    runs = rec.get("runs", [])
-    steps = runs[0]["steps"] if runs else "?"
+    runs = _variant_runs(rec)
+    steps = rec.get("steps", "?")
     dev = rec.get("dev") or {}
     L += [f"Each variant changes one setting of the recipe and trains for the same {steps} steps (its own cosine "
           "schedule; CPU-sized, not the recipe's 240). Its adapter is scored by two reference losses on dev, no "
