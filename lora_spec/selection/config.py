@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .rules import parse_rule, rule_set
 
 MODES = ("icl_cot", "zs_cot", "icl_answer", "zs_answer")
+SET_KEYS = ("limit", "mode", "seed", "max_new_tokens", "score", "calculator")  # after a set string's datasets
 
 
 class HeldOutSet(BaseModel):
@@ -33,6 +34,8 @@ class HeldOutSet(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="generation budget; None: the task's")
     score: Literal["accuracy", "both", "loss"] = Field("accuracy", description="accuracy (generate and judge), "
                                                        "loss (reference NLL, no generation) or both")
+    calculator: bool = Field(False, description="generate with lorasp's decode-time calculator (as `lorasp eval "
+                                                "--calculator`): choose checkpoints for a deployment that has it")
 
     @model_validator(mode="before")
     @classmethod
@@ -65,7 +68,8 @@ class HeldOutSet(BaseModel):
             return "none"
         s = f"{','.join(self.datasets)};limit={self.limit};mode={self.mode};seed={self.seed}"
         s += f";max_new_tokens={self.max_new_tokens}" if self.max_new_tokens else ""
-        return s + (f";score={self.score}" if self.score != "accuracy" else "")
+        s += f";score={self.score}" if self.score != "accuracy" else ""
+        return s + (";calculator=1" if self.calculator else "")
 
     def __str__(self) -> str:  # what --help shows as the default
         return self.as_string()
@@ -84,11 +88,11 @@ def parse_set_string(text: str) -> dict[str, Any]:
     out["datasets"] = _split_specs(first)
     for part in parts[1:]:
         if "=" not in part:
-            raise ValueError(f"expected key=value after ';' (limit, mode, seed, max_new_tokens, score), got {part!r}")
+            raise ValueError(f"expected key=value after ';' ({', '.join(SET_KEYS)}), got {part!r}")
         k, v = (x.strip() for x in part.split("=", 1))
         k = k.replace("-", "_")
-        if k not in ("limit", "mode", "seed", "max_new_tokens", "score"):
-            raise ValueError(f"unknown held-out set key {k!r} (expected limit, mode, seed, max_new_tokens or score)")
+        if k not in SET_KEYS:
+            raise ValueError(f"unknown held-out set key {k!r} (expected {', '.join(SET_KEYS[:-1])} or {SET_KEYS[-1]})")
         out[k] = v
     return out
 

@@ -380,15 +380,15 @@ class HeldOutEvaluator:
         return out
 
     def _predict(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[tuple[str, str], list[bool]], list[dict]]:
-        """Generate for every problem (one batched generation per prompt mode and budget) and judge each output;
-        returns ``({(set, task): [correct, ...]}, prediction rows)``."""
+        """Generate for every problem (one batched generation per prompt mode, budget and calculator setting) and
+        judge each output; returns ``({(set, task): [correct, ...]}, prediction rows)``."""
         from ..evaluate import judge
         from ..generation import generate
         from ..prompts import build_prompt, check_mode, stop_sequences, uses_chat
         from ..records import EvalTask
 
         use_chat = uses_chat(tokenizer, self.chat) if self.kind == "causal" else False
-        groups: dict[tuple[str, int], list[tuple[str, str, Any, EvalTask]]] = {}
+        groups: dict[tuple[str, int, bool], list[tuple[str, str, Any, EvalTask]]] = {}
         for name, st in self._accuracy_sets():
             mode = check_mode(st.config.mode)
             for t in st.tasks:
@@ -396,13 +396,13 @@ class HeldOutEvaluator:
                                 mode=mode, scorer="auto")
                 budget = st.config.max_new_tokens or task.max_new_tokens
                 for p in st.problems[t["task"]]:
-                    groups.setdefault((mode, budget), []).append((name, t["task"], p, task))
+                    groups.setdefault((mode, budget, st.config.calculator), []).append((name, t["task"], p, task))
         correct: dict[tuple[str, str], list[bool]] = {}
         preds: list[dict] = []
-        for (mode, budget), rows in groups.items():
+        for (mode, budget, calc), rows in groups.items():
             prompts = [build_prompt(p, mode, tokenizer, chat=use_chat, data_dir=self.data_dir) for _, _, p, _ in rows]
             outs = generate(model, tokenizer, prompts, kind=self.kind, max_new_tokens=budget,
-                            stop=stop_sequences(mode, use_chat), batch_size=self.batch_size,
+                            stop=stop_sequences(mode, use_chat), batch_size=self.batch_size, calculator=calc,
                             progress=self.progress, description=f"held-out eval, step {step}")
             for (name, task_name, p, task), o in zip(rows, outs):
                 ext, ok = judge(task, p, o)
