@@ -306,6 +306,21 @@ def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, 
     assert "Verdict: no variant beats the recipe on dev beyond training noise" in sec
 
 
+def test_the_gsm8k_goal_is_checked_for_every_model_c1_measured(results, tmp_path):
+    md = page.render(results, tmp_path / "docs")
+    sec = md[md.index("### The GSM8K goal across every model measured"):md.index("## C2")]
+    assert "| the recipe's LoRA adapter, zs_cot, 500-problem slice | 20 | 10.0 | 50.0 | +40.0 points [" in sec
+    assert "The +6-point goal is met by: the recipe's LoRA adapter, zs_cot, 500-problem slice." in sec
+    rec = json.loads((results / "c1.json").read_text())
+    rec["evals"]["adapter-zs_cot-gsm8k"] = _ev("gsm8k", "1" * 3 + "0" * 17)  # +1 of 20: +5 points
+    rec["evals"]["seed1-zs_cot-gsm8k"] = _ev("gsm8k", "1" * 3 + "0" * 17)
+    (results / "c1.json").write_text(json.dumps(rec))
+    sec = page.render(results, tmp_path / "docs").split("### The GSM8K goal across every model measured")[1]
+    assert "| the recipe with seed 1, zs_cot slice | 20 | 10.0 | 15.0 |" in sec
+    assert ("No model meets the +6-point goal; the largest change is +5.0 points (the recipe's LoRA adapter, zs_cot, "
+            "500-problem slice; the recipe with seed 1, zs_cot slice).") in sec
+
+
 def test_full_gsm8k_test_is_paired_and_checked_against_the_slice_it_contains(results, tmp_path):
     rec = json.loads((results / "c1.json").read_text())
     docs = tmp_path / "docs"
