@@ -294,10 +294,14 @@ def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, 
     v = page.variant_verdicts(rec)
     assert v["noise"]["zs"] == pytest.approx(0.02) and v["noise"]["icl"] == pytest.approx(0.01)
     assert not v["variants"]["zs_cot_only"]["beats"] and v["variants"]["len768"]["beats"]
+    assert v["variants"]["zs_cot_only"]["icl"] == "worse beyond noise" and v["variants"]["len768"]["icl"] == "within noise"
     assert "zero-shot dev loss mean 1.1100, largest gap between seeds 0.0200" in sec
     assert "| zs_cot_only (zero-shot CoT rows only) | 0 | 1.0500 | 1.3000 | -0.0500 [" in sec
     assert "| 3 / 7 | 6.0 |" in sec
-    assert "- **zs_cot_only** vs the recipe seeds' mean (seed 0: zero-shot -0.0600, in-context +0.0950): does not beat" in sec
+    assert ("- **zs_cot_only** vs the recipe seeds' mean (seed 0: zero-shot -0.0600, in-context +0.0950): zero-shot "
+            "better beyond noise, in-context worse beyond noise: does not beat the recipe.") in sec
+    assert "(seed 0: zero-shot -0.0300, in-context +0.0050; seed 1: zero-shot -0.0250, in-context -0.0050): zero-shot " \
+           "better beyond noise, in-context within noise: beats the recipe." in sec
     assert "Verdict: len768 beat the recipe on dev" in sec
     # a variant that wins on one seed and not on the other does not change the recipe
     rec["runs"][-2] = run("len768", 1, 1.10, 1.20)
