@@ -3,9 +3,9 @@
 
     python experiments/dev_variants.py [--steps 48] [--run recipe:0,1,2 --run zs_cot_only:0 ...]
 
-Each variant is the recipe (``recipes/gsm8k-smollm2.yaml`` on the GSM8K teach run of ``experiments/run.py``) with one
-setting changed (``VARIANTS`` below), trained for the same short budget of ``--steps`` optimizer steps (its own cosine
-schedule) and scored by two reference losses on **dev** (mean per-token NLL of the gold rationale and answer; lorasp's
+Each variant is the recipe (``recipes/gsm8k-smollm2.yaml`` on the GSM8K teach run of ``experiments/run.py``, with the
+mixture it had when this sweep was planned pinned by ``BASELINE``) with one setting changed (``VARIANTS`` below),
+trained for the same short budget of ``--steps`` optimizer steps (its own cosine schedule) and scored by two reference losses on **dev** (mean per-token NLL of the gold rationale and answer; lorasp's
 held-out evaluator with ``score=loss``, no generation): zero-shot CoT (200 problems) and 8-shot in-context CoT (100
 problems, the data set's own exemplars, as ``lorasp eval --mode icl_cot``). No test set is touched.
 
@@ -36,9 +36,14 @@ import run as R  # noqa: E402  (experiments/run.py: the teach run, work_dir, run
 
 RESULTS = ROOT / "experiments" / "results" / "dev_variants.json"
 RECIPE = "recipes/gsm8k-smollm2.yaml"
-# one change each from the recipe (formats zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1; 2 shots; 512 tokens)
+# The baseline is the recipe as it was when this sweep was planned (2026-12-07): its mixture is pinned here, so that
+# "recipe" keeps meaning that baseline if the recipe file takes a variant's setting (each variant's flags come after
+# these and override them).
+BASELINE = ["--formats", "zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1"]
+# one change each from the baseline (formats zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1; 2 shots; 512 tokens)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "recipe": ("the recipe as shipped", []),
+    "recipe": ("the recipe as of 2026-12-07 (zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1, 2 shots, 512 "
+               "tokens)", []),
     "zs_cot_only": ("zero-shot CoT rows only", ["--formats", "zero_shot_cot=1"]),
     "paper_4211": ("the paper's mixture 4:2:1:1 (in-context CoT, zero-shot CoT, in-context answer, zero-shot answer)",
                    ["--formats", "in_context_cot=4,zero_shot_cot=2,in_context_answer=1,zero_shot_answer=1"]),
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = R.work_dir() / "variants" / f"{name}-seed{seed}-s{args.steps}"
         fit_args = ["--config", RECIPE, "--data", str(teach), "--max-steps", str(args.steps), "--seed", str(seed),
-                    *VARIANTS[name][1], "--eval-every", "0", "--select-by", "last", "--tracker", "none"]
+                    *BASELINE, *VARIANTS[name][1], "--eval-every", "0", "--select-by", "last", "--tracker", "none"]
         if not (out / "lorasp.json").exists():
             resume = ["--resume"] if Path(str(out) + ".checkpoints").exists() else []
             R.run_lorasp(["fit", *fit_args, "--out", str(out), "--no-progress", *resume], exp.log)

@@ -1046,14 +1046,59 @@ def section_dev_variants(rec: dict | None) -> list[str]:
           f"in-context mean {m['icl']:.4f}, largest gap {n['icl']:.4f}.", ""]
     for name, x in v["variants"].items():
         d = "; ".join(f"seed {s}: zero-shot {dz:+.4f}, in-context {di:+.4f}" for s, dz, di in x["deltas"])
+        own = ""
+        if len(x["deltas"]) >= 2:  # the variant's own seed gap, beside the recipe's (the rule uses the recipe's)
+            gap = [max(d[i] for d in x["deltas"]) - min(d[i] for d in x["deltas"]) for i in (1, 2)]
+            own = f" Its own seeds differ by {gap[0]:.4f} zero-shot and {gap[1]:.4f} in-context."
         L.append(f"- **{name}** vs the recipe seeds' mean ({d}): zero-shot {x['zs']}, in-context {x['icl']}: "
-                 + ("beats the recipe." if x["beats"] else "does not beat the recipe."))
+                 + ("beats the recipe." if x["beats"] else "does not beat the recipe.") + own)
     winners = [k for k, x in v["variants"].items() if x["beats"]]
-    L += ["", ("Verdict: " + ", ".join(winners) + " beat the recipe on dev; the recipe should take the change "
-               "(and C1 be rerun with it)." if winners else
-               "Verdict: no variant beats the recipe on dev beyond training noise; the recipe keeps its mixture, "
-               "shots and max length."), ""]
-    return L
+    if not winners:
+        return L + ["", "Verdict: no variant beats the recipe on dev beyond training noise; the recipe keeps its "
+                        "mixture, shots and max length.", ""]
+    line = "Verdict: " + ", ".join(winners) + " beat the recipe on dev beyond training noise."
+    taken = [k for k in winners if recipe_has((what.get(k) or {}).get("flags", ""), rec.get("recipe"))]
+    if taken:
+        line += (f" The recipe has taken {', '.join(taken)}: `{rec.get('recipe')}` now sets "
+                 + "; ".join(f"`{(what.get(k) or {}).get('flags')}`" for k in taken)
+                 + ". The C1–C5 numbers above were measured with the recipe before that change and have not been "
+                   "rerun with it.")
+    else:
+        line += " The recipe should take the change (and C1 be rerun with it)."
+    return L + ["", line, ""]
+
+
+def recipe_has(flags: str, path: str | None) -> bool:
+    """Whether the recipe file already sets what ``flags`` (``--formats X --n-shots 1``, a variant's) sets."""
+    import yaml
+
+    from lora_spec.formats import parse_mixture
+
+    if not flags:
+        return False
+    raw = yaml.safe_load((ROOT / (path or "recipes/gsm8k-smollm2.yaml")).read_text())
+    parts = flags.split()
+    for flag, value in zip(parts[::2], parts[1::2]):
+        key = flag[2:].replace("-", "_")
+        have = raw.get(key)
+        if key == "formats":  # the same proportions (4:2:1:1 is 8:4:2:2)
+            if have is None or _shares(parse_mixture(str(have))) != _shares(parse_mixture(value)):
+                return False
+        elif have is None or str(have) != value and not _same_number(have, value):
+            return False
+    return True
+
+
+def _shares(weights: dict[str, float]) -> dict[str, float]:
+    total = sum(weights.values()) or 1.0
+    return {k: round(v / total, 9) for k, v in weights.items()}
+
+
+def _same_number(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def recipe_lr(path: str | None) -> float:

@@ -301,8 +301,18 @@ def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, 
     assert ("- **zs_cot_only** vs the recipe seeds' mean (seed 0: zero-shot -0.0600, in-context +0.0950): zero-shot "
             "better beyond noise, in-context worse beyond noise: does not beat the recipe.") in sec
     assert "(seed 0: zero-shot -0.0300, in-context +0.0050; seed 1: zero-shot -0.0250, in-context -0.0050): zero-shot " \
-           "better beyond noise, in-context within noise: beats the recipe." in sec
-    assert "Verdict: len768 beat the recipe on dev" in sec
+           "better beyond noise, in-context within noise: beats the recipe. Its own seeds differ by 0.0050 zero-shot " \
+           "and 0.0100 in-context." in sec
+    assert "Verdict: len768 beat the recipe on dev beyond training noise. The recipe should take the change" in sec
+    # once the recipe file sets the winner's setting, the page says so, and that C1-C5 predate it
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("formats: zero_shot_cot=1\nmax_length: 768\n")
+    rec.update(recipe=str(recipe), variants={**rec["variants"], "len768": {"what": "768 tokens",
+                                                                            "flags": "--max-length 768"}})
+    (results / "dev_variants.json").write_text(json.dumps(rec))
+    sec = page.render(results, tmp_path / "docs").split("### The recipe's mixture, shots and max length")[1]
+    assert f"The recipe has taken len768: `{recipe}` now sets `--max-length 768`. The C1–C5 numbers above" in sec
+    assert page.recipe_has("--formats zs_cot=2", str(recipe)) and not page.recipe_has("--max-length 512", str(recipe))
     # a variant that wins on one seed and not on the other does not change the recipe
     rec["runs"][-2] = run("len768", 1, 1.10, 1.20)
     (results / "dev_variants.json").write_text(json.dumps(rec))
