@@ -39,7 +39,7 @@ RECIPE = "recipes/gsm8k-smollm2.yaml"
 # The baseline is the recipe as it was when this sweep was planned (2026-12-07): its mixture is pinned here, so that
 # "recipe" keeps meaning that baseline if the recipe file takes a variant's setting (each variant's flags come after
 # these and override them).
-BASELINE = ["--formats", "zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1"]
+BASELINE = ["--formats", R.MEASURED_MIXTURE]
 # one change each from the baseline (formats zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1; 2 shots; 512 tokens)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "recipe": ("the recipe as of 2026-12-07 (zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1, 2 shots, 512 "

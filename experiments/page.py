@@ -18,6 +18,9 @@ sys.path.insert(0, str(ROOT))
 
 from lora_spec.stats import fmt_paired, fmt_paired_loss, paired, paired_loss, wilson  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "experiments"))
+from run import MEASURED_MIXTURE  # noqa: E402  (the mixture C1/C2/C5 measured, pinned by experiments/run.py)
+
 SET_NAMES = {"gsm8k": "GSM8K test", "multiarith": "MultiArith", "asdiv": "ASDiv", "svamp": "SVAMP",
              "arith": "arith test"}
 OOD = ("multiarith", "asdiv", "svamp")
@@ -119,6 +122,7 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
               + f"; chosen step {sel.get('chosen_step', sel.get('step', '?'))} {how}; training "
               f"{ts / 60:.1f} min on this 2-core CPU (summed over resumes)." if ts
               else "Adapter: `recipes/gsm8k-smollm2.yaml`.", ""]
+    L += measured_mixture_note()
     evs = rec.get("evals", {})
     for mode, label in (("zs_cot", "zero-shot CoT (`zs_cot`)"), ("icl_cot", "8-shot CoT (`icl_cot`)")):
         L += [f"### {label}", "",
@@ -138,7 +142,37 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         if evs.get(f"adapter-{mode}-gsm8k") or mode == "zs_cot":
             L += goals_c1(evs, oa[0] - ob[0] if ob and oa else None, fit, mode)
     return (L + section_c1_full(rec) + section_c1_full_ft(rec) + section_c1_seed(rec) + section_c1_calculator(rec)
-            + section_c1_attempts(rec))
+            + section_c1_shipped(rec) + section_c1_attempts(rec))
+
+
+def measured_mixture_note() -> list[str]:
+    """When the recipe file's mixture is no longer the one C1, C2 and C5 measured: say so, once."""
+    if recipe_has(f"--formats {MEASURED_MIXTURE}", None):
+        return []
+    return [f"Every recipe fit of C1, C2 and C5 used the recipe's mixture of the time, `{MEASURED_MIXTURE}` "
+            "(`experiments/run.py` pins it, so a rerun reproduces these numbers). The recipe has since taken the "
+            "paper's mixture, chosen on dev (C5, \"The recipe's mixture, shots and max length\"); "
+            "`python experiments/run.py c1 --only mixture` measures the recipe as it ships "
+            "(\"The recipe as it ships\", below).", ""]
+
+
+def section_c1_shipped(rec: dict) -> list[str]:
+    """``c1 --only mixture``: the recipe as it ships (its mixture chosen on dev after C1 was measured), zs_cot and
+    icl_cot, beside the measured recipe's adapter on the same problems."""
+    fit = rec.get("fits", {}).get("recipe-shipped")
+    cmd = "python experiments/run.py c1 --only mixture"
+    if measured_mixture_note() == [] and not fit:
+        return []
+    if not fit:
+        return [f"### The recipe as it ships: not run yet (`{cmd}`)", ""]
+    ts = fit.get("train_seconds")
+    L = ["### The recipe as it ships (its mixture chosen on dev)", "", f"Command: `{cmd}`.", "",
+         f"The recipe file as it ships, with `{' '.join(extra_fit_args(fit))}`"
+         + (f", {ts / 60:.1f} min of training" if ts else "") + "; the same problems as above.", ""]
+    for mode in ("zs_cot", "icl_cot"):
+        L += [f"`{mode}`:", ""] + beside_adapter(rec, "shipped", "the recipe as it ships", "shipped", fit,
+                                                   "measured adapter", mode)
+    return L
 
 
 # every GSM8K comparison of C1 that counts toward issue 12's goal: (what, base eval label, model eval label)
@@ -149,6 +183,8 @@ C1_ATTEMPTS = (
     ("full fine-tuning (the paper's setting), zs_cot slice", "base-zs_cot-gsm8k", "full-ft-zs_cot-gsm8k"),
     ("the recipe with seed 1, zs_cot slice", "base-zs_cot-gsm8k", "seed1-zs_cot-gsm8k"),
     ("both models with the decode-time calculator, zs_cot slice", "calc-base-zs_cot-gsm8k", "calc-adapter-zs_cot-gsm8k"),
+    ("the recipe as it ships (mixture chosen on dev), zs_cot slice", "base-zs_cot-gsm8k", "shipped-zs_cot-gsm8k"),
+    ("the recipe as it ships, 8-shot icl_cot slice", "base-icl_cot-gsm8k", "shipped-icl_cot-gsm8k"),
 )
 
 
@@ -187,8 +223,8 @@ def extra_fit_args(fit: dict) -> list[str]:
     args, out = list(fit.get("args", [])), []
     while args:
         a = args.pop(0)
-        if a in ("--config", "--data"):
-            args = args[1:]  # and its value
+        if a in ("--config", "--data") or (a == "--formats" and args[:1] == [MEASURED_MIXTURE]):
+            args = args[1:]  # and its value (the measured mixture is said once, at the top of C1)
         else:
             out.append(a)
     return out
@@ -295,29 +331,30 @@ def section_c1_full_ft(rec: dict) -> list[str]:
     return L
 
 
-def beside_adapter(rec: dict, who: str, name: str, short: str, fit: dict, adapter_name: str) -> list[str]:
-    """A third model (evals ``<who>-zs_cot-<task>``) on C1's zs_cot slices beside the base and the recipe's adapter:
+def beside_adapter(rec: dict, who: str, name: str, short: str, fit: dict, adapter_name: str,
+                   mode: str = "zs_cot") -> list[str]:
+    """A third model (evals ``<who>-<mode>-<task>``) on C1's slices beside the base and the recipe's adapter:
     the table, paired with each of the two on the same problems, and the model against issue 12's goals."""
     evs, prog = rec.get("evals", {}), rec.get("in_progress") or {}
     L = [f"| set | n | base % | {adapter_name} % | {name} % | {short} − base, McNemar p | {short} − "
          f"{adapter_name.split(' (')[0]}, McNemar p |", "|---|---:|---:|---:|---:|---|---|"]
     for task in ("gsm8k", *OOD):
-        b_txt, b = cell(evs.get(f"base-zs_cot-{task}"), task)
-        a_txt, a = cell(evs.get(f"adapter-zs_cot-{task}"), task)
-        x_txt, x = cell(evs.get(f"{who}-zs_cot-{task}"), task, prog.get(f"{who}-zs_cot-{task}"))
+        b_txt, b = cell(evs.get(f"base-{mode}-{task}"), task)
+        a_txt, a = cell(evs.get(f"adapter-{mode}-{task}"), task)
+        x_txt, x = cell(evs.get(f"{who}-{mode}-{task}"), task, prog.get(f"{who}-{mode}-{task}"))
         n = (x or b or {}).get("n", "–")
         L.append(f"| {SET_NAMES[task]} | {n} | {b_txt} | {a_txt} | {x_txt} | {paired_cell(b, x)} | {paired_cell(a, x)} |")
-    ob, oa, ox = (ood_summary(evs, f"{w}-zs_cot") for w in ("base", "adapter", who))
+    ob, oa, ox = (ood_summary(evs, f"{w}-{mode}") for w in ("base", "adapter", who))
     if ob and oa and ox:
         L.append(f"| OOD macro (3 sets) | {ox[1]['n']} | {ob[0]:.1f} | {oa[0]:.1f} | {ox[0]:.1f} | "
                  f"{ox[0] - ob[0]:+.1f} (pooled: {paired_cell(ob[1], ox[1])}) | {ox[0] - oa[0]:+.1f} (pooled: "
                  f"{paired_cell(oa[1], ox[1])}) |")
     L.append("")
-    if evs.get(f"{who}-zs_cot-gsm8k"):
-        as_adapter = {"base-zs_cot-gsm8k": evs.get("base-zs_cot-gsm8k") or {},
-                      "adapter-zs_cot-gsm8k": evs[f"{who}-zs_cot-gsm8k"]}
+    if evs.get(f"{who}-{mode}-gsm8k"):
+        as_adapter = {f"base-{mode}-gsm8k": evs.get(f"base-{mode}-gsm8k") or {},
+                      f"adapter-{mode}-gsm8k": evs[f"{who}-{mode}-gsm8k"]}
         L += [g.replace("Goals of issue 12", f"The {name} against the goals of issue 12")
-              for g in goals_c1(as_adapter, ox[0] - ob[0] if ob and ox else None, fit)]
+              for g in goals_c1(as_adapter, ox[0] - ob[0] if ob and ox else None, fit, mode)]
     return L
 
 

@@ -14,7 +14,7 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 
 | exp | claim (Fu et al. 2023) | what runs |
 |---|---|---|
-| c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems; ``--only full-ft``: full fine-tuning against the recipe's LoRA, chosen on GSM8K dev; ``--only seed1``: the recipe with seed 1 on the zs_cot slices; ``--only calculator``: base and adapter with `lorasp eval --calculator` |
+| c1 | specialization lifts math reasoning | the GSM8K recipe's adapter vs the base, 500 GSM8K test + 300 each of MultiArith/ASDiv/SVAMP, zs_cot and 8-shot icl_cot; with ``--full``: all 1,319 GSM8K test problems; ``--only full-ft``: full fine-tuning against the recipe's LoRA, chosen on GSM8K dev; ``--only seed1``: the recipe with seed 1 on the zs_cot slices; ``--only calculator``: base and adapter with `lorasp eval --calculator`; ``--only mixture``: the recipe as it ships (the paper's 4:2:1:1 mixture since 2026-12-07), zs_cot and icl_cot |
 | c2 | generic ability drops | BBH, 27 tasks x 10, icl_cot (3-shot) and zs_answer, base vs adapter |
 | c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot; ``--mixtures A,B``: rerun only those (the others keep their recorded results) |
 | c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
@@ -254,12 +254,21 @@ C1_TOKENS = {"gsm8k": 192, "multiarith": 160, "asdiv": 160, "svamp": 160}
 
 COLLECT_ONLY = False  # --collect
 FIT_EXTRA: list[str] = []  # --fit-arg: extra `lorasp fit` arguments for the recipe run (recorded with the fit)
+# The mixture the recipe had when C1, C2 and C5 were measured (2026-12-01..06). On 2026-12-07 the recipe took the
+# paper's 4:2:1:1, chosen on dev (experiments/dev_variants.py); these experiments pin the mixture they measured, so
+# that a rerun reproduces the page. `c1 --only mixture` trains the recipe as it ships.
+MEASURED_MIXTURE = "zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1"
+
+
+def recipe_config(pinned: bool = True) -> list[str]:
+    """``--config RECIPE`` (and, ``pinned``, the mixture the results page measured: ``MEASURED_MIXTURE``)."""
+    return ["--config", str(RECIPE.relative_to(ROOT)), *(["--formats", MEASURED_MIXTURE] if pinned else [])]
 
 
 def recipe_adapter(exp: Experiment) -> Path:
     run = exp.teach_gsm8k()
     return exp.fit("recipe", work_dir() / "recipe" / "adapter",
-                   ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), *FIT_EXTRA])
+                   [*recipe_config(), "--data", str(run), *FIT_EXTRA])
 
 
 def c1(full: bool = False, only: str | None = None, notes: list[str] | None = None) -> None:
@@ -275,6 +284,8 @@ def c1(full: bool = False, only: str | None = None, notes: list[str] | None = No
         return c1_seed(exp, 1)
     if only == "calculator":
         return c1_calculator(exp)
+    if only == "mixture":
+        return c1_mixture(exp)
     # --only base: the base model's evaluations alone (they need no adapter), e.g. while the recipe still trains;
     # --only adapter: the rest, in a second process (rerun `c1` once both ended to gather both into the record)
     adapter = None if only == "base" else recipe_adapter(exp)
@@ -302,7 +313,7 @@ def c1_full(exp: Experiment) -> None:
     The page compares the two runs on the 500 problems they share: the same seed should give the same answers."""
     run = exp.teach_gsm8k()
     adapter = exp.fit("recipe-full", exp.dir / "full" / "adapter",
-                      ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), "--eval-every", "0",
+                      [*recipe_config(), "--data", str(run), "--eval-every", "0",
                        "--select-by", "last", *FIT_EXTRA])
     # the adapter first: it is the cheaper of the two (shorter answers), and a cut run keeps its journal
     for who, ad in (("adapter", adapter), ("base", None)):
@@ -351,7 +362,7 @@ def c1_full_ft(exp: Experiment) -> None:
     slices of C1 (the 500 GSM8K and 3 x 300 OOD problems, zs_cot) then report the full fine-tune beside the base and
     the LoRA adapter already recorded, paired on the same problems."""
     run = exp.teach_gsm8k()
-    common = ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), "--eval-every", "0", "--select-by", "last"]
+    common = [*recipe_config(), "--data", str(run), "--eval-every", "0", "--select-by", "last"]
     lora = exp.fit("recipe-full", exp.dir / "full" / "adapter", [*common, *FIT_EXTRA])
     # full fine-tuning keeps whole models in its checkpoints (weights and AdamW state, ~1.6 GB each): keep two
     full = exp.fit("full-ft", exp.dir / "fullft" / "model",
@@ -370,11 +381,28 @@ def c1_seed(exp: Experiment, seed: int = 1) -> None:
     test slices: how much of C1's lift is the luck of one seed. Paired with the seed-0 adapter on the same problems."""
     run = exp.teach_gsm8k()
     adapter = exp.fit(f"recipe-seed{seed}", exp.dir / f"seed{seed}" / "adapter",
-                      ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), "--seed", str(seed),
+                      [*recipe_config(), "--data", str(run), "--seed", str(seed),
                        "--eval-every", "0", "--select-by", "last", *FIT_EXTRA])
     for task, n in C1_SETS.items():
         exp.eval(f"seed{seed}-zs_cot-{task}", suites=["math"], tasks=[task], mode="zs_cot", limit=n,
                  max_new_tokens=C1_TOKENS[task], adapter=adapter)
+    exp.save(complete=all(f"{w}-{m}-{t}" in exp.record["evals"] for w in ("base", "adapter")
+                          for m in ("zs_cot", "icl_cot") for t in C1_SETS))
+
+
+def c1_mixture(exp: Experiment) -> None:
+    """``c1 --only mixture``: the recipe as it ships (since 2026-12-07: the paper's 4:2:1:1 mixture, which beat the
+    measured 8:1:1 on both GSM8K dev reference losses, experiments/dev_variants.py) on C1's slices, zs_cot then
+    icl_cot, beside the measured recipe's adapter on the same problems. Nothing here is chosen on a test set: the
+    mixture was chosen on dev before these evaluations."""
+    run = exp.teach_gsm8k()
+    adapter = exp.fit("recipe-shipped", exp.dir / "shipped" / "adapter",
+                      [*recipe_config(pinned=False), "--data", str(run), "--eval-every", "0", "--select-by", "last",
+                       *FIT_EXTRA])
+    for mode in ("zs_cot", "icl_cot"):
+        for task, n in C1_SETS.items():
+            exp.eval(f"shipped-{mode}-{task}", suites=["math"], tasks=[task], mode=mode, limit=n,
+                     max_new_tokens=C1_TOKENS[task], adapter=adapter)
     exp.save(complete=all(f"{w}-{m}-{t}" in exp.record["evals"] for w in ("base", "adapter")
                           for m in ("zs_cot", "icl_cot") for t in C1_SETS))
 
@@ -387,7 +415,7 @@ def c1_calculator(exp: Experiment) -> None:
     so, and the recipe is not changed by it (no test-set choice)."""
     run = exp.teach_gsm8k()
     adapter = exp.fit("recipe-full", exp.dir / "full" / "adapter",
-                      ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run), "--eval-every", "0",
+                      [*recipe_config(), "--data", str(run), "--eval-every", "0",
                        "--select-by", "last", *FIT_EXTRA])
     for task, n in C1_SETS.items():
         for who, ad in (("adapter", adapter), ("base", None)):
@@ -440,7 +468,7 @@ def c3(on: str = "arith", steps: int | None = None, n: int = 300, only: list[str
     else:
         run = exp.teach_gsm8k()
         task, suite, tokens = "gsm8k", "math", 192
-        settings = ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run)]
+        settings = [*recipe_config(pinned=False), "--data", str(run)]  # each mixture sets --formats
     exp.record["extra"].update(on=on, steps=steps, n=n, mixtures=C3_MIXTURES)
     if only:
         unknown = sorted(set(only) - set(C3_MIXTURES))
@@ -596,7 +624,7 @@ C5_EVAL_EVERY = 30  # the recipe evaluates at step 0 and the end only; C5 scores
 def curves_adapter(exp: Experiment) -> Path:
     """The recipe run again, with its held-out sets scored every ``C5_EVAL_EVERY`` steps (the curves)."""
     run = exp.teach_gsm8k()
-    return exp.fit("curves", exp.dir / "adapter", ["--config", str(RECIPE.relative_to(ROOT)), "--data", str(run),
+    return exp.fit("curves", exp.dir / "adapter", [*recipe_config(), "--data", str(run),
                                                    "--eval-every", str(C5_EVAL_EVERY)])
 
 
@@ -645,12 +673,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c4x", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
-    ap.add_argument("--only", choices=["base", "adapter", "full", "full-ft", "seed1", "calculator"], help="c1: only the base model's "
+    ap.add_argument("--only", choices=["base", "adapter", "full", "full-ft", "seed1", "calculator", "mixture"], help="c1: only the base model's "
                     "evaluations (they need no adapter: they can run while the recipe trains), only the adapter's, "
                     "only the full GSM8K test of both (a recipe fit of its own, without held-out scoring), or only "
                     "the full fine-tuning comparison (chosen on GSM8K dev, reported on the test slices), or only the "
                     "recipe with seed 1 on the zs_cot slices (seed variation), or only the base and the adapter with the "
-                    "calculator (lorasp eval --calculator) on the zs_cot slices")
+                    "calculator (lorasp eval --calculator) on the zs_cot slices, or only the recipe as it ships "
+                    "(mixture) on the zs_cot and icl_cot slices")
     ap.add_argument("--note", action="append", default=[], help="a provenance note to keep with the experiment's "
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "

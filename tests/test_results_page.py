@@ -335,6 +335,29 @@ def test_the_gsm8k_goal_is_checked_for_every_model_c1_measured(results, tmp_path
             "500-problem slice; the recipe with seed 1, zs_cot slice).") in sec
 
 
+def test_a_recipe_changed_after_c1_is_said_and_measured_beside_it(results, tmp_path, monkeypatch):
+    md = page.render(results, tmp_path / "docs")
+    if page.recipe_has(f"--formats {page.MEASURED_MIXTURE}", None):  # the recipe still has the measured mixture
+        assert "The recipe as it ships" not in md
+    monkeypatch.setattr(page, "MEASURED_MIXTURE", "zero_shot_cot=3,zero_shot_answer=1")  # not the recipe's
+    md = page.render(results, tmp_path / "docs")
+    assert "used the recipe's mixture of the time, `zero_shot_cot=3,zero_shot_answer=1`" in md
+    assert "### The recipe as it ships: not run yet (`python experiments/run.py c1 --only mixture`)" in md
+    rec = json.loads((results / "c1.json").read_text())
+    rec["fits"]["recipe-shipped"] = {"args": ["--config", "r.yaml", "--data", "x", "--eval-every", "0"],
+                                     "train_seconds": 3900.0}
+    rec["evals"]["shipped-zs_cot-gsm8k"] = _ev("gsm8k", "1" * 12 + "0" * 8)
+    rec["evals"]["base-icl_cot-gsm8k"] = _ev("gsm8k", "1" + "0" * 19)
+    rec["evals"]["shipped-icl_cot-gsm8k"] = _ev("gsm8k", "1" * 9 + "0" * 11)
+    (results / "c1.json").write_text(json.dumps(rec))
+    md = page.render(results, tmp_path / "docs")
+    sec = md[md.index("### The recipe as it ships (its mixture chosen on dev)"):md.index("## C2")]
+    assert "with `--eval-every 0`, 65.0 min of training" in sec
+    assert "| GSM8K test | 20 | 10.0 [" in sec and "| 60.0 [" in sec  # zs_cot: base 2/20, shipped 12/20
+    assert sec.index("`icl_cot`:") > sec.index("`zs_cot`:") and "| 45.0 [" in sec  # icl_cot: shipped 9/20
+    assert "| the recipe as it ships, 8-shot icl_cot slice | 20 | 5.0 | 45.0 |" in md
+
+
 def test_full_gsm8k_test_is_paired_and_checked_against_the_slice_it_contains(results, tmp_path):
     rec = json.loads((results / "c1.json").read_text())
     docs = tmp_path / "docs"
