@@ -1098,8 +1098,8 @@ def section_dev_variants(rec: dict | None) -> list[str]:
     if taken:
         line += (f" The recipe has taken {', '.join(taken)}: `{rec.get('recipe')}` now sets "
                  + "; ".join(f"`{(what.get(k) or {}).get('flags')}`" for k in taken)
-                 + ". The C1–C5 numbers above were measured with the recipe before that change and have not been "
-                   "rerun with it.")
+                 + ". The C1, C2 and C5 numbers above were measured with the recipe before that change (C1's "
+                   "\"The recipe as it ships\" measures it).")
     else:
         line += " The recipe should take the change (and C1 be rerun with it)."
     return L + ["", line, ""]

@@ -311,7 +311,7 @@ def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, 
                                                                             "flags": "--max-length 768"}})
     (results / "dev_variants.json").write_text(json.dumps(rec))
     sec = page.render(results, tmp_path / "docs").split("### The recipe's mixture, shots and max length")[1]
-    assert f"The recipe has taken len768: `{recipe}` now sets `--max-length 768`. The C1–C5 numbers above" in sec
+    assert f"The recipe has taken len768: `{recipe}` now sets `--max-length 768`. The C1, C2 and C5 numbers above" in sec
     assert page.recipe_has("--formats zs_cot=2", str(recipe)) and not page.recipe_has("--max-length 512", str(recipe))
     # a variant that wins on one seed and not on the other does not change the recipe
     rec["runs"][-2] = run("len768", 1, 1.10, 1.20)
