@@ -42,7 +42,7 @@ RECIPE = "recipes/gsm8k-smollm2.yaml"
 BASELINE = ["--formats", R.MEASURED_MIXTURE]
 # one change each from the baseline (formats zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1; 2 shots; 512 tokens)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "recipe": ("the recipe as of 2026-12-07 (zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1, 2 shots, 512 "
+    "recipe": ("the recipe before this sweep (zero_shot_cot=8,in_context_cot=1,zero_shot_answer=1, 2 shots, 512 "
                "tokens)", []),
     "zs_cot_only": ("zero-shot CoT rows only", ["--formats", "zero_shot_cot=1"]),
     "paper_4211": ("the paper's mixture 4:2:1:1 (in-context CoT, zero-shot CoT, in-context answer, zero-shot answer)",

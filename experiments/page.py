@@ -1070,7 +1070,7 @@ def section_dev_variants(rec: dict | None) -> list[str]:
             cz = fmt_paired_loss(paired_loss(pz, qz)) if pz and qz else "–"
             ci = fmt_paired_loss(paired_loss(pi, qi)) if pi and qi else "–"
         fewer = sum((r.get("fewer_shots") or {}).values())
-        name = r["variant"] + ("" if r["variant"] == "recipe" else f" ({(what.get(r['variant']) or {}).get('what', '')})")
+        name = r["variant"] + (f" ({what[r['variant']]['what']})" if (what.get(r["variant"]) or {}).get("what") else "")
         L.append(f"| {name} | {r['seed']} | {r['zs_loss']:.4f} | {r['icl_loss']:.4f} | {cz} | {ci} | "
                  f"{r.get('truncated', '–')} / {fewer} | {(r.get('train_seconds') or 0) / 60:.1f} |")
     L.append("")
