@@ -143,3 +143,40 @@ def test_dev_variants_name_real_settings_and_refuse_unknown_ones():
         assert all(f in fit_opts for f in flags[::2]), name
         if "--formats" in flags:
             assert sum(parse_mixture(flags[flags.index("--formats") + 1]).values()) > 0, name
+
+
+def test_c1_fits_pin_the_measured_mixture_and_only_the_shipped_part_trains_the_recipe_as_it_is(run, tmp_path,
+                                                                                                monkeypatch):
+    """C1's recipe fits pin the mixture its numbers were measured with (a rerun reproduces the page after the recipe
+    file changed); ``c1 --only mixture`` trains the recipe file as it ships and evaluates it in both C1 modes."""
+    from pathlib import Path
+
+    def fake(args, log):
+        run.calls.append(args)
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if args[0] == "fit":
+            (out / "lorasp.json").write_text("{}")
+        elif args[0] == "teach":
+            (out / "manifest.json").write_text(json.dumps({"status": "complete"}))
+        else:
+            (out / "predictions").mkdir(exist_ok=True)
+            (out / "results.json").write_text(json.dumps({"tasks": {"gsm8k": {"n": 1, "correct": 0}}}))
+            (out / "predictions" / "gsm8k.jsonl").write_text(json.dumps({"id": "a", "correct": False}) + "\n")
+        return 0.0
+
+    monkeypatch.setattr(run, "run_lorasp", fake)
+    monkeypatch.setattr(run.Experiment, "teach_gsm8k", lambda self: tmp_path / "teach")
+    (tmp_path / "results").mkdir()
+    run.c1(only="seed1")
+    seed_fit = next(c for c in run.calls if c[0] == "fit")
+    assert seed_fit[seed_fit.index("--formats") + 1] == run.MEASURED_MIXTURE
+    run.calls.clear()
+    run.c1(only="mixture")
+    fits = [c for c in run.calls if c[0] == "fit"]
+    assert len(fits) == 1 and "--formats" not in fits[0] and Path(fits[0][fits[0].index("--out") + 1]).parts[-2:] \
+        == ("shipped", "adapter")
+    evals = sorted(Path(c[c.index("--out") + 1]).name for c in run.calls if c[0] == "eval")
+    assert evals == sorted(f"shipped-{m}-{t}" for m in ("zs_cot", "icl_cot") for t in run.C1_SETS)
+    rec = json.loads((tmp_path / "results" / "c1.json").read_text())
+    assert "recipe-shipped" in rec["fits"] and "recipe-seed1" in rec["fits"]
