@@ -59,19 +59,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _score(out: Path, n: int) -> dict:
     from lora_spec.adapters.artifact import load_adapter
-    from lora_spec.selection import HeldOutEvaluator, SelectionOptions
 
     m = json.loads((out / "lorasp.json").read_text())
-    opts = SelectionOptions(in_dist=f"gsm8k:dev;limit={n};mode=zs_cot;seed=0;score=loss", ood="none",
-                            generic="none")
-    ev = HeldOutEvaluator(opts, train_dataset="gsm8k", kind="causal", log=print)
     st = load_adapter(out)
-    t0 = time.perf_counter()
-    s = ev(st.model, st.tokenizer, int((m.get("train") or {}).get("steps") or 0))
     tr = m.get("train") or {}
-    return {"in_dist_loss": round(s["in_dist_loss"], 5), "score_seconds": round(time.perf_counter() - t0, 1),
+    loss, seconds, rows = R.dev_reference_loss(st.model, st.tokenizer,
+                                               f"gsm8k:dev;limit={n};mode=zs_cot;seed=0;score=loss",
+                                               int(tr.get("steps") or 0))
+    return {"in_dist_loss": round(loss, 5), "score_seconds": round(seconds, 1),
             "train_seconds": tr.get("train_seconds"), "final_train_loss": tr.get("final_loss"),
-            "per_problem": {"in_dist": [[i, round(x, 4), k] for i, x, k in ev.loss_rows["in_dist"]]}}
+            "per_problem": {"in_dist": rows}}
 
 
 def _write(args, lrs: list[float], runs: dict, complete: bool = False) -> None:

@@ -5,9 +5,10 @@
 
 Each variant is the recipe (``recipes/gsm8k-smollm2.yaml`` on the GSM8K teach run of ``experiments/run.py``, with the
 mixture it had when this sweep was planned pinned by ``BASELINE``) with one setting changed (``VARIANTS`` below),
-trained for the same short budget of ``--steps`` optimizer steps (its own cosine schedule) and scored by two reference losses on **dev** (mean per-token NLL of the gold rationale and answer; lorasp's
-held-out evaluator with ``score=loss``, no generation): zero-shot CoT (200 problems) and 8-shot in-context CoT (100
-problems, the data set's own exemplars, as ``lorasp eval --mode icl_cot``). No test set is touched.
+trained for the same short budget of ``--steps`` optimizer steps (its own cosine schedule) and scored by two
+reference losses on **dev** (mean per-token NLL of the gold rationale and answer; lorasp's held-out evaluator with
+``score=loss``, no generation): zero-shot CoT (200 problems) and 8-shot in-context CoT (100 problems, the data set's
+own exemplars, as ``lorasp eval --mode icl_cot``). No test set is touched.
 
 Why seeds: one run per setting cannot rank settings (docs/results.md: a run's dev loss moves by up to 0.035 between
 neighbouring checkpoints, more than the learning rates differed by). The recipe trains with several seeds (the data
@@ -109,20 +110,16 @@ def main(argv: list[str] | None = None) -> int:
 def score(out: Path, n_zs: int, n_icl: int) -> dict:
     """Both dev reference losses of the adapter at ``out``, with every problem's ``[id, NLL sum, tokens]``."""
     from lora_spec.adapters.artifact import load_adapter
-    from lora_spec.selection import HeldOutEvaluator, SelectionOptions
 
     m = json.loads((out / "lorasp.json").read_text())
     st = load_adapter(out)
+    tr = m.get("train") or {}
     res: dict = {"per_problem": {}}
     for key, n in (("zs", n_zs), ("icl", n_icl)):
-        opts = SelectionOptions(in_dist=SETS[key].format(n=n), ood="none", generic="none")
-        ev = HeldOutEvaluator(opts, train_dataset="gsm8k", kind="causal", log=print)
-        t0 = time.perf_counter()
-        s = ev(st.model, st.tokenizer, int((m.get("train") or {}).get("steps") or 0))
-        res[f"{key}_loss"] = round(s["in_dist_loss"], 5)
-        res[f"{key}_score_seconds"] = round(time.perf_counter() - t0, 1)
-        res["per_problem"][key] = [[i, round(x, 4), k] for i, x, k in ev.loss_rows["in_dist"]]
-    tr = m.get("train") or {}
+        loss, seconds, rows = R.dev_reference_loss(st.model, st.tokenizer, SETS[key].format(n=n),
+                                                   int(tr.get("steps") or 0))
+        res[f"{key}_loss"], res[f"{key}_score_seconds"] = round(loss, 5), round(seconds, 1)
+        res["per_problem"][key] = rows
     data = m.get("data") or {}
     res.update({"train_seconds": tr.get("train_seconds"), "final_train_loss": tr.get("final_loss"),
                 "truncated": data.get("truncated"), "fewer_shots": data.get("fewer_shots")})
@@ -137,7 +134,8 @@ def _write(args, todo: list, done: dict, other: list, complete: bool = False) ->
            "title": "Mixture, shots and max length of the GSM8K recipe, judged by GSM8K dev reference losses",
            "command": f"python experiments/dev_variants.py --steps {args.steps} "
                       + " ".join(f"--run {k}:{','.join(map(str, v))}" for k, v in seeds.items()),
-           "recipe": RECIPE, "steps": args.steps, "variants": {k: {"what": v[0], "flags": " ".join(v[1])} for k, v in VARIANTS.items()},
+           "recipe": RECIPE, "steps": args.steps,
+           "variants": {k: {"what": v[0], "flags": " ".join(v[1])} for k, v in VARIANTS.items()},
            "dev": {"zs": f"gsm8k:dev, {args.dev} problems, zs_cot, reference = gold rationale + answer",
                    "icl": f"gsm8k:dev, {args.dev_icl} problems, icl_cot (the data set's 8 exemplars), "
                           "reference = gold rationale + answer"},

@@ -122,7 +122,8 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
               + f"; chosen step {sel.get('chosen_step', sel.get('step', '?'))} {how}; training "
               f"{ts / 60:.1f} min on this 2-core CPU (summed over resumes)." if ts
               else "Adapter: `recipes/gsm8k-smollm2.yaml`.", ""]
-    L += measured_mixture_note()
+    changed = not recipe_has(f"--formats {MEASURED_MIXTURE}", None)  # the recipe no longer has C1's mixture
+    L += measured_mixture_note() if changed else []
     evs = rec.get("evals", {})
     for mode, label in (("zs_cot", "zero-shot CoT (`zs_cot`)"), ("icl_cot", "8-shot CoT (`icl_cot`)")):
         L += [f"### {label}", "",
@@ -142,13 +143,11 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         if evs.get(f"adapter-{mode}-gsm8k") or mode == "zs_cot":
             L += goals_c1(evs, oa[0] - ob[0] if ob and oa else None, fit, mode)
     return (L + section_c1_full(rec) + section_c1_full_ft(rec) + section_c1_seed(rec) + section_c1_calculator(rec)
-            + section_c1_shipped(rec) + section_c1_attempts(rec))
+            + section_c1_shipped(rec, changed) + section_c1_attempts(rec))
 
 
 def measured_mixture_note() -> list[str]:
-    """When the recipe file's mixture is no longer the one C1, C2 and C5 measured: say so, once."""
-    if recipe_has(f"--formats {MEASURED_MIXTURE}", None):
-        return []
+    """For when the recipe file's mixture is no longer the one C1, C2 and C5 measured: say so, once."""
     return [f"Every recipe fit of C1, C2 and C5 used the recipe's mixture of the time, `{MEASURED_MIXTURE}` "
             "(`experiments/run.py` pins it, so a rerun reproduces these numbers). The recipe has since taken the "
             "paper's mixture, chosen on dev (C5, \"The recipe's mixture, shots and max length\"); "
@@ -156,12 +155,13 @@ def measured_mixture_note() -> list[str]:
             "(\"The recipe as it ships\", below).", ""]
 
 
-def section_c1_shipped(rec: dict) -> list[str]:
+def section_c1_shipped(rec: dict, changed: bool) -> list[str]:
     """``c1 --only mixture``: the recipe as it ships (its mixture chosen on dev after C1 was measured), zs_cot and
-    icl_cot, beside the measured recipe's adapter on the same problems."""
+    icl_cot, beside the measured recipe's adapter on the same problems; ``changed``: the recipe's mixture is no
+    longer C1's (else, until it has run, there is nothing to say)."""
     fit = rec.get("fits", {}).get("recipe-shipped")
     cmd = "python experiments/run.py c1 --only mixture"
-    if measured_mixture_note() == [] and not fit:
+    if not changed and not fit:
         return []
     if not fit:
         return [f"### The recipe as it ships: not run yet (`{cmd}`)", ""]
@@ -196,7 +196,7 @@ def section_c1_attempts(rec: dict) -> list[str]:
         b = (evs.get(b_label) or {}).get("tasks", {}).get("gsm8k")
         a = (evs.get(a_label) or {}).get("tasks", {}).get("gsm8k")
         if b and a and b.get("n") and a.get("n"):
-            rows.append((what, b, a, _paired_of(b, a)["delta"]))
+            rows.append((what, b, a, *gsm8k_checks(b, a)))
     if not rows:
         return []
     L = ["### The GSM8K goal across every model measured", "",
@@ -204,13 +204,12 @@ def section_c1_attempts(rec: dict) -> list[str]:
          "base on the same problems:", "",
          "| model | n | base % | model % | change, points [95% CI], McNemar p | doubled | +6 points |",
          "|---|---:|---:|---:|---|---|---|"]
-    for what, b, a, _d in rows:
-        pb, pa = 100 * b["correct"] / b["n"], 100 * a["correct"] / a["n"]
+    for what, b, a, pb, pa, doubled, plus6 in rows:
         L.append(f"| {what} | {a['n']} | {pb:.1f} | {pa:.1f} | {paired_cell(b, a)} | "
-                 f"{'yes' if pa >= 2 * pb else 'no'} | {'yes' if pa - pb >= 6 else 'no'} |")
-    top = max(r[3] for r in rows)
-    best = [r[0] for r in rows if abs(r[3] - top) < 1e-9]
-    met = [r for r in rows if 100 * (r[2]["correct"] / r[2]["n"] - r[1]["correct"] / r[1]["n"]) >= 6]
+                 f"{'yes' if doubled else 'no'} | {'yes' if plus6 else 'no'} |")
+    top = max(r[4] - r[3] for r in rows)
+    best = [r[0] for r in rows if abs(r[4] - r[3] - top) < 1e-9]
+    met = [r for r in rows if r[6]]
     L += ["", (f"The +6-point goal is met by: {', '.join(r[0] for r in met)}." if met else
                f"No model meets the +6-point goal; the largest change is {top:+.1f} points ({'; '.join(best)}). "
                "What was tuned on dev is under C5 (the step count, the learning rate, and the mixture, shots, "
@@ -230,11 +229,17 @@ def extra_fit_args(fit: dict) -> list[str]:
     return out
 
 
+def gsm8k_checks(b: dict, a: dict) -> tuple[float, float, bool, bool]:
+    """Issue 12's GSM8K goal, base task ``b`` -> model task ``a``: ``(base %, model %, doubled, +6 points)``."""
+    pb, pa = 100 * b["correct"] / b["n"], 100 * a["correct"] / a["n"]
+    return pb, pa, pa >= 2 * pb, pa - pb >= 6
+
+
 def gsm8k_goal(b: dict, a: dict) -> str:
     """Issue 12's GSM8K goal, base task ``b`` -> adapter task ``a``: doubled, and +6 points."""
-    pb, pa = 100 * b["correct"] / b["n"], 100 * a["correct"] / a["n"]
-    return (f"GSM8K {pb:.1f}% → {pa:.1f}%: doubled: {'yes' if pa >= 2 * pb else 'no'}; "
-            f"+6 points: {'yes' if pa - pb >= 6 else 'no'} ({pa - pb:+.1f})")
+    pb, pa, doubled, plus6 = gsm8k_checks(b, a)
+    return (f"GSM8K {pb:.1f}% → {pa:.1f}%: doubled: {'yes' if doubled else 'no'}; "
+            f"+6 points: {'yes' if plus6 else 'no'} ({pa - pb:+.1f})")
 
 
 def section_c1_full(rec: dict) -> list[str]:
@@ -1006,8 +1011,8 @@ def variant_verdicts(rec: dict) -> dict:
     zero-shot dev loss is below the recipe seeds' mean by more than the zero-shot noise and its in-context dev loss is
     not above their mean by more than the in-context noise; it "beats" overall only when it does on every seed it ran
     with. Returns ``{"mean": {...}, "noise": {...}, "variants": {name: {"deltas": [(seed, d_zs, d_icl)], "beats": bool,
-    "worse": bool}}}`` (``noise`` is None with fewer than two recipe seeds; ``worse``: its zero-shot loss is above the
-    mean by more than the noise on every seed)."""
+    "zs": str, "icl": str}}}`` (``noise`` is None with fewer than two recipe seeds; ``zs``/``icl``: "better beyond
+    noise" or "worse beyond noise" when every seed is, else "within noise")."""
     runs = _variant_runs(rec)
     base = [r for r in runs if r["variant"] == "recipe"]
     mean = {k: macro([r[f"{k}_loss"] for r in base]) for k in ("zs", "icl")} if base else None
@@ -1107,13 +1112,11 @@ def section_dev_variants(rec: dict | None) -> list[str]:
 
 def recipe_has(flags: str, path: str | None) -> bool:
     """Whether the recipe file already sets what ``flags`` (``--formats X --n-shots 1``, a variant's) sets."""
-    import yaml
-
     from lora_spec.formats import parse_mixture
 
     if not flags:
         return False
-    raw = yaml.safe_load((ROOT / (path or "recipes/gsm8k-smollm2.yaml")).read_text())
+    raw = recipe_file(path)
     parts = flags.split()
     for flag, value in zip(parts[::2], parts[1::2]):
         key = flag[2:].replace("-", "_")
@@ -1121,7 +1124,7 @@ def recipe_has(flags: str, path: str | None) -> bool:
         if key == "formats":  # the same proportions (4:2:1:1 is 8:4:2:2)
             if have is None or _shares(parse_mixture(str(have))) != _shares(parse_mixture(value)):
                 return False
-        elif have is None or str(have) != value and not _same_number(have, value):
+        elif have is None or (str(have) != value and not _same_number(have, value)):
             return False
     return True
 
@@ -1138,11 +1141,16 @@ def _same_number(a, b) -> bool:
         return False
 
 
-def recipe_lr(path: str | None) -> float:
-    """The learning rate the shipped recipe uses (read from the recipe file, not typed here)."""
+def recipe_file(path: str | None) -> dict:
+    """The shipped recipe's settings, read from the file (``path``, default the GSM8K recipe), not typed here."""
     import yaml
 
-    return float(yaml.safe_load((ROOT / (path or "recipes/gsm8k-smollm2.yaml")).read_text())["lr"])
+    return yaml.safe_load((ROOT / (path or "recipes/gsm8k-smollm2.yaml")).read_text())
+
+
+def recipe_lr(path: str | None) -> float:
+    """The learning rate the shipped recipe uses."""
+    return float(recipe_file(path)["lr"])
 
 
 def _loss_txt(x: float | None) -> str:

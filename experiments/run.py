@@ -327,6 +327,19 @@ FULL_FT_LR = 5e-5  # full fine-tuning's learning rate: a common SFT rate for a m
 DEV_N = 200  # the whole GSM8K dev split (200 train questions the gsm8k plugin holds out, seed 0)
 
 
+def dev_reference_loss(model, tokenizer, spec: str, step: int) -> tuple[float, float, list[list]]:
+    """The reference loss of the held-out set ``spec`` (``score=loss``, scored as ``in_dist`` by lorasp's held-out
+    evaluator): ``(mean per-token NLL, seconds, [[problem id, NLL sum (4 decimals), target tokens], ...])``."""
+    from lora_spec.selection import HeldOutEvaluator, SelectionOptions
+
+    ev = HeldOutEvaluator(SelectionOptions(in_dist=spec, ood="none", generic="none"), train_dataset="gsm8k",
+                          kind="causal", log=print)
+    t0 = time.perf_counter()
+    s = ev(model, tokenizer, step)
+    return (s["in_dist_loss"], time.perf_counter() - t0,
+            [[i, round(x, 4), k] for i, x, k in ev.loss_rows["in_dist"]])
+
+
 def dev_score(exp: Experiment, label: str, artifact: Path) -> dict:
     """Accuracy (and the reference loss) of a fit artifact on the GSM8K **dev** split, zs_cot: lorasp's held-out
     evaluator, the scorer that chooses checkpoints during ``lorasp fit`` (``--in-dist gsm8k:dev``). Kept per problem

@@ -42,7 +42,7 @@ def format_number(value: Fraction, thousands: bool = False) -> str:
     scale = 10 ** DECIMALS
     r = round_half_up(value, DECIMALS)
     sign = "-" if r < 0 else ""
-    whole, frac = divmod(abs(r.numerator) * (scale // r.denominator), scale)
+    whole, frac = divmod(int(abs(r) * scale), scale)  # abs(r) * scale is a whole number
     digits = f"{frac:0{DECIMALS}d}".rstrip("0")
     return sign + (f"{whole:,}" if thousands else str(whole)) + (f".{digits}" if digits else "")
 

@@ -77,10 +77,12 @@ def test_collected_math_evals_say_what_the_outputs_got_wrong(run, tmp_path):
     assert run.collect_eval(out, [])["tasks"]["gsm8k"]["outputs"]["at_budget"] is None
 
 
-def test_c3_mixtures_reruns_only_those_and_keeps_the_earlier_results(run, tmp_path, monkeypatch):
+def fake_commands(run, task: str):
+    """A stand-in for ``run_lorasp``: each lorasp command is recorded in ``run.calls`` and leaves behind what the
+    real one would (a fit's lorasp.json, a merged config, a teach manifest, an eval of ``task`` with one miss)."""
     from pathlib import Path
 
-    def fake(args, log):  # each lorasp command leaves what the real one would behind
+    def fake(args, log):
         run.calls.append(args)
         out = Path(args[args.index("--out") + 1])
         out.mkdir(parents=True, exist_ok=True)
@@ -93,11 +95,17 @@ def test_c3_mixtures_reruns_only_those_and_keeps_the_earlier_results(run, tmp_pa
             (out / "samples.jsonl").write_text("{}\n")
         else:
             (out / "predictions").mkdir(exist_ok=True)
-            (out / "results.json").write_text(json.dumps({"tasks": {"arith": {"n": 1, "correct": 0}}}))
-            (out / "predictions" / "arith.jsonl").write_text(json.dumps({"id": "a", "correct": False}) + "\n")
+            (out / "results.json").write_text(json.dumps({"tasks": {task: {"n": 1, "correct": 0}}}))
+            (out / "predictions" / f"{task}.jsonl").write_text(json.dumps({"id": "a", "correct": False}) + "\n")
         return 0.0
 
-    monkeypatch.setattr(run, "run_lorasp", fake)
+    return fake
+
+
+def test_c3_mixtures_reruns_only_those_and_keeps_the_earlier_results(run, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setattr(run, "run_lorasp", fake_commands(run, "arith"))
     (tmp_path / "results").mkdir()
     old_evals = {f"{m}-{mode}-arith": {"args": ["old"], "tasks": {"arith": {"n": 1, "correct": 1}}}
                  for m in ("base", *run.C3_MIXTURES) for mode in ("icl_cot", "zs_cot")}
@@ -151,21 +159,7 @@ def test_c1_fits_pin_the_measured_mixture_and_only_the_shipped_part_trains_the_r
     file changed); ``c1 --only mixture`` trains the recipe file as it ships and evaluates it in both C1 modes."""
     from pathlib import Path
 
-    def fake(args, log):
-        run.calls.append(args)
-        out = Path(args[args.index("--out") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        if args[0] == "fit":
-            (out / "lorasp.json").write_text("{}")
-        elif args[0] == "teach":
-            (out / "manifest.json").write_text(json.dumps({"status": "complete"}))
-        else:
-            (out / "predictions").mkdir(exist_ok=True)
-            (out / "results.json").write_text(json.dumps({"tasks": {"gsm8k": {"n": 1, "correct": 0}}}))
-            (out / "predictions" / "gsm8k.jsonl").write_text(json.dumps({"id": "a", "correct": False}) + "\n")
-        return 0.0
-
-    monkeypatch.setattr(run, "run_lorasp", fake)
+    monkeypatch.setattr(run, "run_lorasp", fake_commands(run, "gsm8k"))
     monkeypatch.setattr(run.Experiment, "teach_gsm8k", lambda self: tmp_path / "teach")
     (tmp_path / "results").mkdir()
     run.c1(only="seed1")
