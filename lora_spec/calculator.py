@@ -15,6 +15,7 @@ batching decoder (``lora_spec.generation``) and ``model.generate`` (a logits pro
 from __future__ import annotations
 
 import re
+import weakref
 from fractions import Fraction
 from typing import Any, Sequence
 
@@ -23,6 +24,9 @@ from .answers import ARITH_LHS, arith_value, python_operators, round_half_up
 # the tail of an output that asks for a result: an expression, "=", maybe "$", then what was already forced
 _TAIL_RE = re.compile(ARITH_LHS + r"[ \t]*=([ \t]*\$?[ \t]*)(-?[\d.,]*)$")
 _RESULT_START_RE = re.compile(r"=[ \t]*\$?[ \t]*-?$")
+# per tokenizer, the ids whose text would continue a number: decoding a whole vocabulary one id at a time costs a
+# noticeable fraction of a second, so it is done once per tokenizer, not once per ``generate`` call
+_CONTINUING: "weakref.WeakKeyDictionary[Any, list[int]]" = weakref.WeakKeyDictionary()
 DECIMALS = 2   # a result that is not an integer is written with at most this many decimals (rounded half up)
 WINDOW = 48    # tokens of context the rule looks at (an equation is shorter)
 
@@ -78,14 +82,21 @@ class Calculator:
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
-        self._continuing: list[int] | None = None  # ids whose text would continue a number (digits, ".5", ",000")
         self.calls = 0
 
     def continuing_ids(self) -> list[int]:
-        if self._continuing is None:
-            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-            self._continuing = [i for i, t in enumerate(texts) if re.match(r"\d|[.,]\d", t)]
-        return self._continuing
+        """The ids whose text would continue a number (digits, ``.5``, ``,000``), computed once per tokenizer."""
+        try:
+            return _CONTINUING[self.tokenizer]
+        except (KeyError, TypeError):  # TypeError: a tokenizer that cannot be weakly referenced
+            pass
+        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        ids = [i for i, t in enumerate(texts) if re.match(r"\d|[.,]\d", t)]
+        try:
+            _CONTINUING[self.tokenizer] = ids
+        except TypeError:
+            pass
+        return ids
 
     def _token_for(self, ids: list[int], tail: str, todo: str) -> tuple[int, str] | None:
         """A token that writes the start of ``todo`` after ``ids`` (whose text is ``tail``): the first token of

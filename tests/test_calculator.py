@@ -65,6 +65,7 @@ def test_tokens_write_exactly_the_result(preset):
         assert _write(calc, tok, text) == want, preset
     assert calc.calls == 3
     cont = set(calc.continuing_ids())
+    assert Calculator(tok).continuing_ids() is calc.continuing_ids()  # computed once per tokenizer
     assert tok.convert_tokens_to_ids("7") in cont or tok.convert_tokens_to_ids("▁7") in cont
 
 
