@@ -212,8 +212,8 @@ def section_c1_attempts(rec: dict) -> list[str]:
     met = [r for r in rows if r[6]]
     L += ["", (f"The +6-point goal is met by: {', '.join(r[0] for r in met)}." if met else
                f"No model meets the +6-point goal; the largest change is {top:+.1f} points ({'; '.join(best)}). "
-               "What was tuned on dev is under C5 (the step count, the learning rate, and the mixture, shots, "
-               "length and full fine-tuning variants)."), ""]
+               "What was tuned on dev is under C5 (the step count, the learning rate, and the mixture, shots and "
+               "length variants); full fine-tuning against LoRA on dev is above."), ""]
     return L
 
 
@@ -1079,6 +1079,10 @@ def section_dev_variants(rec: dict | None) -> list[str]:
         L.append(f"| {name} | {r['seed']} | {r['zs_loss']:.4f} | {r['icl_loss']:.4f} | {cz} | {ci} | "
                  f"{r.get('truncated', '–')} / {fewer} | {(r.get('train_seconds') or 0) / 60:.1f} |")
     L.append("")
+    ran = {r["variant"] for r in runs}
+    idle = [f"{k} ({x['what']})" if x.get("what") else k for k, x in what.items() if k not in ran]
+    if idle:
+        L += ["Defined in the script but not run (no result, no verdict): " + "; ".join(idle) + ".", ""]
     v = variant_verdicts(rec)
     if v["noise"] is None:
         L += ["Fewer than two recipe seeds have been scored: no training noise, no verdict yet.", ""]

@@ -276,7 +276,8 @@ def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, 
                 "train_seconds": 360, "truncated": 3, "fewer_shots": {"in_context_cot": 7}}
 
     rec = {"experiment": "dev_variants", "command": "python experiments/dev_variants.py", "complete": True, "steps": 48,
-           "variants": {"zs_cot_only": {"what": "zero-shot CoT rows only"}, "len768": {"what": "768 tokens"}},
+           "variants": {"zs_cot_only": {"what": "zero-shot CoT rows only"}, "len768": {"what": "768 tokens"},
+                        "shots4": {"what": "4 exemplars"}},
            "dev": {"zs": "gsm8k:dev, 40 problems, zs_cot", "icl": "gsm8k:dev, 40 problems, icl_cot"},
            "runs": [run("recipe", 0, 1.10, 1.20)]}
     (results / "dev_variants.json").write_text(json.dumps(rec))
@@ -298,6 +299,7 @@ def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, 
     assert "zero-shot dev loss mean 1.1100, largest gap between seeds 0.0200" in sec
     assert "| zs_cot_only (zero-shot CoT rows only) | 0 | 1.0500 | 1.3000 | -0.0500 [" in sec
     assert "| 3 / 7 | 6.0 |" in sec
+    assert "Defined in the script but not run (no result, no verdict): shots4 (4 exemplars)." in sec
     assert ("- **zs_cot_only** vs the recipe seeds' mean (seed 0: zero-shot -0.0600, in-context +0.0950): zero-shot "
             "better beyond noise, in-context worse beyond noise: does not beat the recipe.") in sec
     assert "(seed 0: zero-shot -0.0300, in-context +0.0050; seed 1: zero-shot -0.0250, in-context -0.0050): zero-shot " \
