@@ -150,7 +150,7 @@ def measured_mixture_note() -> list[str]:
     """For when the recipe file's mixture is no longer the one C1, C2 and C5 measured: say so, once."""
     return [f"Every recipe fit of C1, C2 and C5 used the recipe's mixture of the time, `{MEASURED_MIXTURE}` "
             "(`experiments/run.py` pins it, so a rerun reproduces these numbers). The recipe has since taken the "
-            "paper's mixture, chosen on dev (C5, \"The recipe's mixture, shots and max length\"); "
+            "paper's mixture, chosen on dev (C5, \"The recipe's variants\"); "
             "`python experiments/run.py c1 --only mixture` measures the recipe as it ships "
             "(\"The recipe as it ships\", below).", ""]
 
@@ -241,8 +241,8 @@ def section_c1_attempts(rec: dict) -> list[str]:
     met = [r for r in rows if r[6]]
     L += ["", (f"The +6-point goal is met by: {', '.join(r[0] for r in met)}." if met else
                f"No model meets the +6-point goal; the largest change is {top:+.1f} points ({'; '.join(best)}). "
-               "What was tuned on dev is under C5 (the step count, the learning rate, and the mixture, shots and "
-               "length variants); full fine-tuning against LoRA on dev is above."), ""]
+               "What was tuned on dev is under C5 (the step count, the learning rate, and the recipe's variants: "
+               "mixture, shots, length, full fine-tuning); full fine-tuning against LoRA on dev is above."), ""]
     return L
 
 
@@ -344,7 +344,7 @@ def section_c1_full_ft(rec: dict) -> list[str]:
     L = ["### Full fine-tuning (the paper's setting) vs the recipe's LoRA", "", f"Command: `{cmd}`.", "",
          f"Full fine-tune: the recipe's data, steps, batch, schedule and seed with `{' '.join(extra_fit_args(fit))}` "
          "(every weight trains; the learning rate is a common one for supervised fine-tuning of a model this "
-         "size, not swept here)" + (f"; {ts / 60:.1f} min of training" if ts else "")
+         "size, set before any sweep; C5's recipe variants compare full fine-tuning at three learning rates on dev)" + (f"; {ts / 60:.1f} min of training" if ts else "")
          + (f" (the LoRA recipe: {lora_ts / 60:.1f} min)" if lora_ts else "") + ".", ""]
     d_lora, d_full = dev.get("lora"), dev.get("full-ft")
     if d_lora and d_full:
@@ -1074,8 +1074,9 @@ def _variant_runs(rec: dict) -> list[dict]:
 
 
 def section_dev_variants(rec: dict | None) -> list[str]:
-    """The recipe's mixture, shots and max length judged on dev, with seeds (``experiments/dev_variants.py``)."""
-    L = ["### The recipe's mixture, shots and max length, judged on dev with seeds", "",
+    """The recipe's variants (mixture, shots, max length; full fine-tuning at several learning rates) judged on
+    dev, with seeds (``experiments/dev_variants.py``)."""
+    L = ["### The recipe's variants (mixture, shots, max length, full fine-tuning), judged on dev with seeds", "",
          status_line(rec, "dev_variants", "python experiments/dev_variants.py"), ""]
     if rec is None:
         return L
@@ -1131,7 +1132,7 @@ def section_dev_variants(rec: dict | None) -> list[str]:
     winners = [k for k, x in v["variants"].items() if x["beats"]]
     if not winners:
         return L + ["", "Verdict: no variant beats the recipe on dev beyond training noise; the recipe keeps its "
-                        "mixture, shots and max length.", ""]
+                        "settings.", ""]
     line = "Verdict: " + ", ".join(winners) + " beat the recipe on dev beyond training noise."
     taken = [k for k in winners if recipe_has((what.get(k) or {}).get("flags", ""), rec.get("recipe"))]
     if taken:

@@ -291,7 +291,7 @@ def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, 
                     dict(run("len768", 2, 1.50, 1.50), steps=24)]  # another step budget: not compared
     (results / "dev_variants.json").write_text(json.dumps(rec))
     md = page.render(results, tmp_path / "docs")
-    sec = md[md.index("### The recipe's mixture, shots and max length"):]
+    sec = md[md.index("### The recipe's variants (mixture, shots, max length, full fine-tuning)"):]
     v = page.variant_verdicts(rec)
     assert v["noise"]["zs"] == pytest.approx(0.02) and v["noise"]["icl"] == pytest.approx(0.01)
     assert not v["variants"]["zs_cot_only"]["beats"] and v["variants"]["len768"]["beats"]
@@ -312,13 +312,13 @@ def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, 
     rec.update(recipe=str(recipe), variants={**rec["variants"], "len768": {"what": "768 tokens",
                                                                             "flags": "--max-length 768"}})
     (results / "dev_variants.json").write_text(json.dumps(rec))
-    sec = page.render(results, tmp_path / "docs").split("### The recipe's mixture, shots and max length")[1]
+    sec = page.render(results, tmp_path / "docs").split("### The recipe's variants (mixture, shots, max length, full fine-tuning)")[1]
     assert f"The recipe has taken len768: `{recipe}` now sets `--max-length 768`. The C1, C2 and C5 numbers above" in sec
     assert page.recipe_has("--formats zs_cot=2", str(recipe)) and not page.recipe_has("--max-length 512", str(recipe))
     # a variant that wins on one seed and not on the other does not change the recipe
     rec["runs"][-2] = run("len768", 1, 1.10, 1.20)
     (results / "dev_variants.json").write_text(json.dumps(rec))
-    sec = page.render(results, tmp_path / "docs").split("### The recipe's mixture, shots and max length")[1]
+    sec = page.render(results, tmp_path / "docs").split("### The recipe's variants (mixture, shots, max length, full fine-tuning)")[1]
     assert "Verdict: no variant beats the recipe on dev beyond training noise" in sec
 
 
