@@ -1142,6 +1142,12 @@ def section_dev_variants(rec: dict | None) -> list[str]:
                    "\"The recipe as it ships\" measures it).")
     else:
         line += " The recipe should take the change (and C1 be rerun with it)."
+    left = [k for k in winners if k not in taken]
+    if taken and left:  # the recipe moved on: a winner over the recipe before that move is not yet one over it now
+        seeds = {k: len(v["variants"][k]["deltas"]) for k in left}
+        line += (" Not taken: " + ", ".join(f"{k} ({seeds[k]} seed{'s' * (seeds[k] != 1)})" for k in left)
+                 + f". It beat the recipe before that change; it needs a run on top of the recipe as it ships "
+                   f"({', '.join(taken)} included) before the recipe could take it.")
     return L + ["", line, ""]
 
 

@@ -314,6 +314,15 @@ def test_dev_variants_judge_each_change_against_the_recipes_seed_noise(results, 
     (results / "dev_variants.json").write_text(json.dumps(rec))
     sec = page.render(results, tmp_path / "docs").split("### The recipe's variants (mixture, shots, max length, full fine-tuning)")[1]
     assert f"The recipe has taken len768: `{recipe}` now sets `--max-length 768`. The C1, C2 and C5 numbers above" in sec
+    assert "Not taken" not in sec
+    # a second winner, over the recipe before it took len768, is not one over the recipe as it ships
+    saved = rec["runs"]
+    rec["runs"] = [r for r in saved if r["variant"] != "zs_cot_only"] + [run("zs_cot_only", 0, 1.05, 1.20)]
+    (results / "dev_variants.json").write_text(json.dumps(rec))
+    sec = page.render(results, tmp_path / "docs").split("### The recipe's variants (mixture, shots, max length, full fine-tuning)")[1]
+    assert ("Not taken: zs_cot_only (1 seed). It beat the recipe before that change; it needs a run on top of the "
+            "recipe as it ships (len768 included) before the recipe could take it.") in sec
+    rec["runs"] = saved
     assert page.recipe_has("--formats zs_cot=2", str(recipe)) and not page.recipe_has("--max-length 512", str(recipe))
     # a variant that wins on one seed and not on the other does not change the recipe
     rec["runs"][-2] = run("len768", 1, 1.10, 1.20)
