@@ -344,7 +344,8 @@ def section_c1_full_ft(rec: dict) -> list[str]:
     L = ["### Full fine-tuning (the paper's setting) vs the recipe's LoRA", "", f"Command: `{cmd}`.", "",
          f"Full fine-tune: the recipe's data, steps, batch, schedule and seed with `{' '.join(extra_fit_args(fit))}` "
          "(every weight trains; the learning rate is a common one for supervised fine-tuning of a model this "
-         "size, set before any sweep; C5's recipe variants compare full fine-tuning at three learning rates on dev)" + (f"; {ts / 60:.1f} min of training" if ts else "")
+         "size, set before any sweep; C5's recipe variants compare full fine-tuning at three learning rates on dev)"
+         + (f"; {ts / 60:.1f} min of training" if ts else "")
          + (f" (the LoRA recipe: {lora_ts / 60:.1f} min)" if lora_ts else "") + ".", ""]
     d_lora, d_full = dev.get("lora"), dev.get("full-ft")
     if d_lora and d_full:
