@@ -2,7 +2,9 @@
 #   make quickstart   set up .venv and specialize the bundled SmolLM2-135M on `arith` (lorasp fit)
 #   make test         set up .venv and run the whole test suite
 #   make readme-api   run the README's Python API block verbatim (real SmolLM2; CI runs it after the tests)
-.PHONY: setup quickstart test readme-api
+#   make reference    regenerate docs/reference/cli.md, config.md, artifact.md from the code
+#   make docs         build the docs site into site/ (mkdocs build --strict: a broken link or missing page fails)
+.PHONY: setup quickstart test readme-api reference docs
 VENV ?= .venv
 # the real data sets (layout of shared/data) for the held-out OOD/BBH curves; without them those sets are skipped
 DATA_DIR ?= $(if $(LORASP_DATA_DIR),$(LORASP_DATA_DIR),$(wildcard $(abspath ../shared/data)))
@@ -18,3 +20,10 @@ test: setup
 
 readme-api: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python scripts/readme_api.py
+
+reference:
+	$(VENV)/bin/python scripts/gen_reference.py
+
+docs: setup
+	$(VENV)/bin/python scripts/gen_reference.py --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

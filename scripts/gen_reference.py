@@ -302,6 +302,8 @@ ARTIFACT_FIELDS = {
             "a digest of the weight files) and its Hub id; loading onto another base is refused",
     "quant": "`nf4`, `int8` or `none`: how the frozen base was loaded in training",
     "method": "`lora`, `dora` or `full`",
+    "precision": "the compute precision of the fit: `used` (fp32, bf16 or fp16), `requested` (`--precision`) and the "
+                 "`reason` for the choice",
     "peft": "the PEFT parameters (rank, alpha, dropout, target modules, DoRA); none for full fine-tunes",
     "formats": "the format mixture's weights",
     "format_counts": "training rows per format",

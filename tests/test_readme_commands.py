@@ -1,7 +1,8 @@
-"""The README's command lines stay true to the CLI (issue 18: "the README's examples run verbatim").
+"""The command lines of the README and the docs stay true to the CLI (issue 18: "the README's examples run
+verbatim"; issue 35: the same for every page under ``docs/``).
 
-Every ``lorasp ...`` the README shows, in a fenced ``bash`` block or an inline code span, is checked against the
-real click commands: the command exists and every ``--option`` it names is one of that command's options. The
+Every ``lorasp ...`` that README.md or a ``docs/**/*.md`` page shows, in a fenced ``bash`` block or an inline code
+span, is checked against the real click commands: the command exists and every ``--option`` it names is one of that command's options. The
 examples of fenced blocks for teach/fit/eval go further: they run verbatim with ``--print-config`` appended,
 which parses and validates every value through the command's config model without loading a model, asking a
 teacher or training (the Python API block and the quickstart run for real in CI: ``make readme-api``,
@@ -18,7 +19,9 @@ import pytest
 
 from tests.test_swap import main_cli
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+# README.md and every docs page (the generated references included), by their path relative to the repository
+PAGES = {str(p.relative_to(ROOT)): p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]}
 VALIDATED = {"teach", "fit", "eval"}  # commands with --print-config (config-model commands)
 
 
@@ -30,7 +33,7 @@ def _command(words: list[str]) -> tuple[click.Command, list[str], list[str]]:
     while isinstance(cmd, click.Group) and rest and re.match(r"^[a-z][\w-]*$", rest[0]):
         sub = cmd.get_command(click.Context(cmd), rest[0])
         if sub is None:
-            raise AssertionError(f"README names an unknown command: lorasp {' '.join(path + rest[:1])}")
+            raise AssertionError(f"unknown command: lorasp {' '.join(path + rest[:1])}")
         cmd, path, rest = sub, path + [rest[0]], rest[1:]
     return cmd, path, rest
 
@@ -42,9 +45,9 @@ def _options(cmd: click.Command) -> set[str]:
     return names
 
 
-def _fenced_examples() -> list[str]:
+def _fenced_examples(text: str) -> list[str]:
     lines = []
-    for lang, body in re.findall(r"```(\w*)\n(.*?)```", README, re.S):
+    for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.S):
         if lang not in ("bash", "sh", "console"):
             continue
         for line in body.replace("\\\n", " ").splitlines():
@@ -55,31 +58,37 @@ def _fenced_examples() -> list[str]:
     return lines
 
 
-def _inline_spans() -> list[str]:
-    return [m for m in re.findall(r"`(lorasp [^`]+)`", README)]
+def _inline_spans(text: str) -> list[str]:
+    return [" ".join(m.split()) for m in re.findall(r"`(lorasp [^`]+)`", text)]
 
 
-EXAMPLES = _fenced_examples()
-SPANS = _inline_spans()
+EXAMPLES = sorted({(page, e) for page, text in PAGES.items() for e in _fenced_examples(text)})
+SPANS = sorted({(page, s) for page, text in PAGES.items() for s in _inline_spans(text)})
 
 
-def test_the_readme_has_commands_to_check():
-    assert len(EXAMPLES) >= 10 and len(SPANS) >= 40, (len(EXAMPLES), len(SPANS))
+def test_the_readme_and_docs_have_commands_to_check():
+    assert "README.md" in PAGES and len(PAGES) >= 10, sorted(PAGES)
+    readme = [e for page, e in EXAMPLES if page == "README.md"]
+    assert len(readme) >= 6, readme
+    assert len(EXAMPLES) >= 30 and len(SPANS) >= 60, (len(EXAMPLES), len(SPANS))
 
 
-@pytest.mark.parametrize("text", sorted(set(EXAMPLES + SPANS)))
-def test_every_readme_command_and_option_exists(text):
+@pytest.mark.parametrize("page,text", sorted(set(EXAMPLES + SPANS)))
+def test_every_readme_command_and_option_exists(page, text):
     words = text.split()[1:]
-    cmd, path, rest = _command(words)
+    try:
+        cmd, path, rest = _command(words)
+    except AssertionError as exc:
+        raise AssertionError(f"{page}: `{text}`: {exc}") from None
     known = _options(cmd)
     named = {w.split("=", 1)[0] for w in re.findall(r"(?<![\w-])--[a-z][\w-]*(?:=\S+)?", " ".join(rest))}
     # --x/--no-x pairs print as one flag in synopses
     unknown = sorted(o for o in named if o not in known)
-    assert not unknown, f"README: `{text}`: lorasp {' '.join(path)} has no option {', '.join(unknown)}"
+    assert not unknown, f"{page}: `{text}`: lorasp {' '.join(path)} has no option {', '.join(unknown)}"
 
 
-@pytest.mark.parametrize("text", [e for e in EXAMPLES if "[" not in e and "|" not in e])
-def test_fenced_examples_parse_verbatim(text, capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("page,text", [(p, e) for p, e in EXAMPLES if "[" not in e and "|" not in e])
+def test_fenced_examples_parse_verbatim(page, text, capsys, tmp_path, monkeypatch):
     """Each fenced example, verbatim: teach/fit/eval build and validate their whole config (``--print-config``);
     the other commands parse their arguments with click (types, choices, arity)."""
     monkeypatch.chdir(tmp_path)
@@ -87,6 +96,6 @@ def test_fenced_examples_parse_verbatim(text, capsys, tmp_path, monkeypatch):
     cmd, path, rest = _command(words)
     if path[0] in VALIDATED:
         code, out, err = main_cli(capsys, *words, "--print-config")
-        assert code == 0 and out.strip(), f"README example `{text}` fails: {err.strip()}"
+        assert code == 0 and out.strip(), f"{page}: example `{text}` fails: {err.strip()}"
     else:
         cmd.make_context(" ".join(["lorasp", *path]), list(rest))
