@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
         L += ["Adapter: `recipes/gsm8k-smollm2.yaml` on the teach run above"
               + (f" (with `{' '.join(extra)}`)" if extra else "")
               + f"; chosen step {sel.get('chosen_step', sel.get('step', '?'))} {how}; training "
-              f"{ts / 60:.1f} min on this 2-core CPU (summed over resumes)." if ts
+              f"{ts / 60:.1f} min (summed over resumes)." if ts
               else "Adapter: `recipes/gsm8k-smollm2.yaml`.", ""]
     changed = not recipe_has(f"--formats {MEASURED_MIXTURE}", None)  # the recipe no longer has C1's mixture
     L += measured_mixture_note() if changed else []
@@ -148,8 +149,8 @@ def section_c1(rec: dict | None, fig_dir: Path) -> list[str]:
 
 def measured_mixture_note() -> list[str]:
     """For when the recipe file's mixture is no longer the one C1, C2 and C5 measured: say so, once."""
-    return [f"Every recipe fit of C1, C2 and C5 used the recipe's mixture of the time, `{MEASURED_MIXTURE}` "
-            "(`experiments/run.py` pins it, so a rerun reproduces these numbers). The recipe has since taken the "
+    return [f"Every recipe fit of C1, C2 and C5 used the mixture `{MEASURED_MIXTURE}` "
+            "(`experiments/run.py` pins it, so a rerun reproduces these numbers). The recipe as it ships uses the "
             "paper's mixture, chosen on dev (C5, \"The recipe's variants\"); "
             "`python experiments/run.py c1 --only mixture` measures the recipe as it ships "
             "(\"The recipe as it ships\", below).", ""]
@@ -1225,7 +1226,67 @@ def plot_dev_loss(rows: list[dict], fig_dir: Path) -> Path | None:
     return _save(fig, fig_dir / "c5_dev_loss.png")
 
 
-# ---------------------------------------------------------------------------------------------- page
+# ---------------------------------------------------------------------------------------------- page layout
+
+# Where every timing on the page was measured (the experiments ran on one machine; the CPU's threads are torch's
+# default unless a provenance note of the experiment says otherwise). A result file may carry its own
+# ``extra.environment`` mapping (cpu, threads, torch, precision), which then takes precedence.
+ENVIRONMENT = {"cpu": "2-core AMD EPYC CPU (AVX2, no GPU)",
+               "threads": "torch's default threads (2; the provenance names any run with 1)",
+               "torch": "torch 2.13.0+cpu", "precision": "fp32"}
+_PROVENANCE = re.compile(r"^(Note: |Command: `[^`]*` · status: )")
+_TIMING = re.compile(r"\d min\b|train min|training \d|\d s of training|seconds")
+
+
+def environment_line(recs: list[dict]) -> str:
+    """One line with the conditions of an experiment's timings: CPU, threads, torch, precision, dates (of the
+    result files the section shows)."""
+    env = dict(ENVIRONMENT)
+    for rec in recs:
+        env.update((rec.get("extra") or {}).get("environment") or {})
+    dates = sorted({str(r.get("updated"))[:10] for r in recs if r.get("updated")})
+    when = ", ".join(dates) if dates else "date not recorded"
+    return (f"Environment of the timings: {env['cpu']}, {env['threads']}, {env['torch']}, {env['precision']}; "
+            f"result files last updated {when}. The CPU was at times shared with other jobs (the provenance says when), so these "
+            f"times are not speed figures; the [benchmarks](benchmarks.md) are.")
+
+
+def arrange(lines: list[str], recs: dict[str, dict | None]) -> list[str]:
+    """Lay out each experiment (a ``## `` section) as results first: its claim (the heading), tables and verdicts;
+    one environment line where the section states a timing; then its provenance (the run's status, commit and
+    every ``Note:`` on reruns, resumes and which rows predate which change) in one collapsed ``<details>`` block."""
+    out: list[str] = []
+    sections: list[list[str]] = [[]]
+    for line in "\n".join(lines).split("\n"):
+        if line.startswith("## "):
+            sections.append([])
+        sections[-1].append(line)
+    for sec in sections:
+        if not sec or not sec[0].startswith("## "):
+            out += sec
+            continue
+        paragraphs: list[list[str]] = [[]]
+        for line in sec:
+            if line.strip():
+                paragraphs[-1].append(line)
+            elif paragraphs[-1]:
+                paragraphs.append([])
+        keep = [p for p in paragraphs if p and not _PROVENANCE.match(p[0])]
+        prov = [p for p in paragraphs if p and _PROVENANCE.match(p[0])]
+        body = "\n".join("\n".join(p) for p in keep)
+        text = "\n".join(sec)
+        shown = [r for r in recs.values() if r and str(r.get("command") or "\0") in text]
+        for p in keep:
+            out += p + [""]
+        if _TIMING.search(body):
+            out += [environment_line(shown), ""]
+        if prov:
+            out += ["<details><summary>Provenance: how these results were produced</summary>", ""]
+            for p in prov:
+                out += [(line[len("Note: "):] if i == 0 and line.startswith("Note: ") else line)
+                        for i, line in enumerate(p)] + [""]
+            out += ["</details>", ""]
+    return out
 
 
 def render(results: Path, docs: Path) -> str:
@@ -1261,7 +1322,9 @@ def render(results: Path, docs: Path) -> str:
           "The paper's finding that instruction-tuned FlanT5 specializes better than raw T5 cannot be tested here: "
           "neither checkpoint is available offline (no model hub access), and lorasp's seq2seq path is tested only "
           "on tiny randomly initialized T5s.", ""]
-    return "\n".join(L)
+    named = {**recs, **{f.split(".")[0]: _read(results / f) for f in ("dev_loss.json", "dev_sweep.json",
+                                                                     "dev_variants.json")}}
+    return "\n".join(arrange(L, named))
 
 
 def main(argv: list[str] | None = None) -> int:

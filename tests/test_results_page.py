@@ -352,7 +352,7 @@ def test_a_recipe_changed_after_c1_is_said_and_measured_beside_it(results, tmp_p
         assert "The recipe as it ships" not in md
     monkeypatch.setattr(page, "MEASURED_MIXTURE", "zero_shot_cot=3,zero_shot_answer=1")  # not the recipe's
     md = page.render(results, tmp_path / "docs")
-    assert "used the recipe's mixture of the time, `zero_shot_cot=3,zero_shot_answer=1`" in md
+    assert "used the mixture `zero_shot_cot=3,zero_shot_answer=1`" in md
     assert "### The recipe as it ships: not run yet (`python experiments/run.py c1 --only mixture`)" in md
     rec = json.loads((results / "c1.json").read_text())
     rec["fits"]["recipe-shipped"] = {"args": ["--config", "r.yaml", "--data", "x", "--eval-every", "0"],
@@ -517,3 +517,28 @@ def test_c3_rerun_shows_the_earlier_runs_beside_the_new_ones(results, tmp_path):
     row = c3.split("| icl_cot_only | `icl_cot` |")[1].split("\n")[0]
     assert row.strip().startswith("45.0 [") and "| 25.0 [" in row and "-20.0 points" in row
     assert "| not recorded → 113 | not recorded → 0 |" in row and "commit `f48fe60`" in c3
+
+
+def test_each_experiment_reads_as_results_with_its_provenance_collapsed(results, tmp_path):
+    """Issue 35: an experiment opens with its claim and tables; its run history (status, commit, every note on
+    reruns and resumes) is one collapsed <details> block at its end; a section with a timing has one environment
+    line (CPU, threads, torch, precision, date)."""
+    doc = json.loads((results / "c1.json").read_text())
+    doc["updated"] = "2026-12-05T10:00:00+00:00"
+    doc["git"] = "abc1234"
+    doc["extra"]["notes"] = ["RESUMED-ONCE at step 139.", "SHARED-CPU for the evaluations."]
+    (results / "c1.json").write_text(json.dumps(doc))
+    text = page.render(results, tmp_path / "docs")
+    c1 = text.split("## C1")[1].split("\n## ")[0]
+    head, _, details = c1.partition("<details>")
+    assert details and details.count("</details>") == 1 and "<details>" not in details
+    assert "| GSM8K test |" in head and "training time 50.0 min: met" in head
+    assert "RESUMED-ONCE" not in head and "commit `abc1234`" not in head and "Note:" not in text
+    assert "RESUMED-ONCE at step 139." in details and "SHARED-CPU" in details and "commit `abc1234`" in details
+    env = [line for line in head.splitlines() if line.startswith("Environment of the timings:")]
+    assert len(env) == 1
+    for part in ("AMD EPYC", "threads", "torch 2.13.0", "fp32", "2026-12-05"):
+        assert part in env[0], (part, env[0])
+    # a section without a recorded run has neither
+    c2 = text.split("## C2")[1].split("\n## ")[0]
+    assert "<details>" not in c2 and "Environment of the timings" not in c2
