@@ -184,6 +184,7 @@ from typing import Literal, Optional  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from .config import RunConfig  # noqa: E402
+from .precision import PRECISION_HELP, PrecisionName  # noqa: E402
 
 
 class EvalConfig(RunConfig):
@@ -195,6 +196,7 @@ class EvalConfig(RunConfig):
     ignore_fingerprint: bool = Field(False, description="load an adapter onto a base with another fingerprint")
     quant: Optional[Literal["none", "nf4", "int8"]] = Field(None, description="quantize the student "
                                                             "(default: the adapter's, else none)")
+    precision: PrecisionName = Field("auto", description=PRECISION_HELP)
     suite: list[str] = Field(default_factory=lambda: ["math"], description="eval suite (lorasp.evals plugin)")
     task: list[str] = Field(default_factory=list, description="only these tasks of the suites (e.g. gsm8k, "
                                                               "bbh/navigate)")
@@ -329,7 +331,10 @@ def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
     from .calibration import lookup
 
     model, quant = _model_and_quant(cfg)
-    cal = lookup(_calibration_key(model, quant))
+    from .precision import resolve_precision
+
+    precision = resolve_precision(cfg.precision)
+    cal = lookup(_calibration_key(model, quant, precision.name))
     left = {} if cfg.overwrite else kept  # a continued eval generates only what its journal lacks
     budget = sum(max(0, t["problems"] - left.get(_fname(t["task"]), 0)) * t["max_new_tokens"] for t in tasks)
     est = None
@@ -337,7 +342,8 @@ def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
         est = {"max_seconds": round(budget / cal["tokens_per_second"], 1), "tokens_per_second":
                cal["tokens_per_second"], "measured": cal.get("measured")}
     return {"model": model, "adapter": cfg.adapter, "tasks": tasks, "problems": sum(t["problems"] for t in tasks),
-            "max_new_tokens": budget, "estimate": est, "out": cfg.out, "notes": notes}
+            "max_new_tokens": budget, "estimate": est, "out": cfg.out, "notes": notes,
+            "precision": precision.line()}
 
 
 def _model_and_quant(cfg: EvalConfig) -> tuple[str, str]:
@@ -352,10 +358,18 @@ def _model_and_quant(cfg: EvalConfig) -> tuple[str, str]:
             cfg.quant or m.get("quant") or "none")
 
 
-def _calibration_key(model: str, quant: str) -> str:
+def _calibration_key(model: str, quant: str, precision: str) -> str:
     from .calibration import device
 
-    return f"eval|{model}|{quant}|{device()}"
+    return f"eval|{model}|{quant}|{device()}|{precision}"
+
+
+def _precision_record(cfg: EvalConfig, student) -> dict:
+    """results.json's precision: what was asked for, what the weights computed in, and why."""
+    from .precision import resolve_precision
+
+    p = resolve_precision(cfg.precision)
+    return {**p.record(), "used": student.precision}
 
 
 @dataclasses.dataclass
@@ -384,6 +398,9 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
     cfg, notes = resolve_eval_defaults(cfg)
     for note in notes:
         print(f"eval: {note}", file=sys.stderr, flush=True)
+    from .precision import resolve_precision
+
+    print(f"eval: precision {resolve_precision(cfg.precision).line()}", file=sys.stderr, flush=True)
     suites = _plan_suites(cfg)
     if cfg.threads:
         import torch
@@ -432,10 +449,13 @@ def _journal_identity(cfg: EvalConfig, student, adapter_info: dict | None) -> di
     per task): a cut eval is continued only under the same identity."""
     from .prompts import uses_chat
 
-    return {"model": (student.fingerprint or {}).get("id"), "quant": student.quant, "kind": student.kind,
-            "adapter": (adapter_info or {}).get("digest"),
-            "chat": uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False,
-            "calculator": cfg.calculator}
+    ident = {"model": (student.fingerprint or {}).get("id"), "quant": student.quant, "kind": student.kind,
+             "adapter": (adapter_info or {}).get("digest"),
+             "chat": uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False,
+             "calculator": cfg.calculator}
+    if student.precision != "fp32":  # greedy answers can change with the precision (fp32 journals keep matching)
+        ident["precision"] = student.precision
+    return ident
 
 
 def _write_results(cfg: EvalConfig, out, student, adapter_info: dict | None, notes: list[str],
@@ -447,7 +467,7 @@ def _write_results(cfg: EvalConfig, out, student, adapter_info: dict | None, not
     if gen and wall > 0:  # for --dry-run estimates (lora_spec.calibration)
         from .calibration import record
 
-        record(_calibration_key(*_model_and_quant(cfg)), tokens_per_second=round(gen / wall, 1),
+        record(_calibration_key(*_model_and_quant(cfg), student.precision), tokens_per_second=round(gen / wall, 1),
                batch_size=cfg.batch_size)
     tasks_json = _write_predictions(out, results)
     doc = _results_doc(cfg, student, adapter_info, notes, wall, _suite_summary(suites, tasks_json), tasks_json)
@@ -464,11 +484,15 @@ def _load_eval_model(cfg: EvalConfig):
 
     from .student import load_student
 
+    from .precision import resolve_precision
+
+    dtype = resolve_precision(cfg.precision).dtype
     if not cfg.adapter:
-        return load_student(cfg.model or "smollm2-135m", cfg.quant or "none"), None
+        return load_student(cfg.model or "smollm2-135m", cfg.quant or "none", dtype=dtype), None
     from .adapters.artifact import adapter_digest, load_adapter, read_adapter
 
-    student = load_adapter(cfg.adapter, cfg.model, quant=cfg.quant, ignore_fingerprint=cfg.ignore_fingerprint)
+    student = load_adapter(cfg.adapter, cfg.model, quant=cfg.quant, ignore_fingerprint=cfg.ignore_fingerprint,
+                           dtype=dtype)
     manifest = read_adapter(cfg.adapter) or {}
     return student, {"path": str(Path(cfg.adapter).resolve()), "digest": adapter_digest(cfg.adapter),
                      "kind": manifest.get("kind"), "method": manifest.get("method"),
@@ -530,7 +554,7 @@ def _results_doc(cfg: EvalConfig, student, adapter_info: dict | None, notes: lis
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["lorasp"] + sys.argv[1:]) if sys.argv and "lorasp" in sys.argv[0] else None,
         "model": {"name": student.name, "path": student.path, "kind": student.kind, "quant": student.quant,
-                  "fingerprint": student.fingerprint},
+                  "fingerprint": student.fingerprint, "precision": _precision_record(cfg, student)},
         "adapter": adapter_info,
         "prompting": {"chat_template": chat_used, "system": DEFAULT_SYSTEM if chat_used else None,
                       "greedy": True, "mode": cfg.mode or "suite default", "calculator": cfg.calculator,

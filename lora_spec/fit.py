@@ -82,12 +82,6 @@ def _load_items(cfg: FitConfig, out: Path, log: Callable[[str], None]):
     return items, source
 
 
-def _compute_dtype(name: str):
-    import torch
-
-    return {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
 def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log: Callable[[str], None] | None = None,
         **overrides: Any) -> FitResult:
     """Run (or resume) a fit; returns the artifact directory, its manifest and the trained model.
@@ -154,6 +148,7 @@ class _Run:
 
     @property
     def main(self) -> bool:
+    precision: Any = None  # lora_spec.precision.Precision: what this fit computes in, and why
         return self.state.is_main_process
 
     def resuming(self) -> bool:
@@ -210,6 +205,9 @@ def _start(cfg: FitConfig, log: Callable[[str], None] | None) -> _Run:
     if not cfg.progress:
         from transformers.utils import logging as hf_logging
 
+    from .precision import resolve_precision
+
+    precision = resolve_precision(cfg.precision, str(state.device))
         hf_logging.disable_progress_bar()
     if log is None:
         def log(msg: str) -> None:
@@ -232,7 +230,8 @@ def _start(cfg: FitConfig, log: Callable[[str], None] | None) -> _Run:
         else:
             raise ConfigError(f"{ckpt_dir} holds checkpoints of an unfinished fit: pass --resume to continue it, "
                               f"or choose another --out")
-    return _Run(cfg, quickstart, weights, loss_spec, state, log, out, ckpt_dir, time.time())
+    log(f"precision: {precision.line()}")
+    return _Run(cfg, quickstart, weights, loss_spec, state, log, out, ckpt_dir, time.time(), precision)
 
 
 def _load_data(run: _Run) -> tuple[list, dict]:
@@ -262,7 +261,10 @@ def _student_and_rows(run: _Run, items: list):
 
     cfg = run.cfg
     torch.manual_seed(cfg.seed)
-    student = load_student(cfg.student, cfg.quant, dtype=_compute_dtype(cfg.compute_dtype),
+    # full fine-tuning keeps fp32 master weights (autocast computes in the reduced dtype); LoRA/DoRA hold the
+    # frozen base in the precision's dtype once (lora_spec.precision)
+    dtype = torch.float32 if cfg.method == "full" else run.precision.dtype
+    student = load_student(cfg.student, cfg.quant, dtype=dtype,
                            double_quant=cfg.double_quant,
                            device=str(run.state.device) if cfg.quant != "none" else None)
     from .student import learned_positions
@@ -348,12 +350,11 @@ def _train(run: _Run, model, student, examples: list, data_fp: str, evaluator: A
                           prefer_earliest=cfg.prefer_earliest)
 
     # the loop's settings are the config's, by name; only these three are stated differently in the config
-    args = TrainArgs.of(cfg, eval_every=eval_every, loss=run.loss_spec,
-                        mixed_precision={"auto": "auto", "fp32": "no"}.get(cfg.compute_dtype, cfg.compute_dtype))
+    args = TrainArgs.of(cfg, eval_every=eval_every, loss=run.loss_spec, mixed_precision=run.precision.mixed_precision)
     res = train(model, student.tokenizer, examples, kind=student.kind, args=args, ckpt_dir=run.ckpt_dir,
                 evaluator=evaluator, select=select, prune=prune, resume=cfg.resume, data_fingerprint=data_fp)
     if run.main:  # the trainer's seconds and steps are both totals over resumes
-        record_calibration(cfg, res.steps, res.train_seconds, res.tokens_per_second)
+        record_calibration(cfg, res.steps, res.train_seconds, res.tokens_per_second, run.precision.name)
     run.log(f"trained {res.steps} steps in {res.train_seconds:.0f}s ({res.tokens_per_second:,.0f} tokens/s), "
             f"final loss {_final_loss(res):.4f}" + (f", resumed from step {res.resumed_from}" if res.resumed_from else ""))
     return res
@@ -377,7 +378,7 @@ def _manifest(run: _Run, *, student, spec, counts: dict, source: dict, items: li
         "kind": "full" if cfg.method == "full" else "adapter",
         "base": {"name": student.name, "path": str(student.path), "kind": student.kind,
                  "fingerprint": dict(student.fingerprint), "hub_id": hub_id(student.name)},
-        "quant": cfg.quant, "method": cfg.method,
+        "quant": cfg.quant, "method": cfg.method, "precision": run.precision.record(),
         "peft": spec.peft_params() if cfg.method != "full" else None,
         "formats": weights, "format_counts": counts, "n_shots": cfg.n_shots,
         "chat": bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat)),

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from .config import FIRST_MEANS, RunConfig
 from .errors import ConfigError
+from .precision import PRECISION_HELP, PrecisionName
 from .selection import SelectionOptions
 
 QUICKSTART_PROBLEMS = 512
@@ -19,7 +20,10 @@ QUICKSTART_HELD_OUT = 50  # arith test problems scored before and after on the q
 class FitConfig(RunConfig, SelectionOptions):
     """``lorasp fit``: tune a student on teacher chain-of-thought with the four-format mixture."""
 
-    renamed: ClassVar[dict[str, tuple[str, str]]] = {"limit": ("first", FIRST_MEANS)}
+    renamed: ClassVar[dict[str, tuple[str, str]]] = {
+        "limit": ("first", FIRST_MEANS),
+        "compute_dtype": ("precision", "auto now picks bf16 on a CPU with native bf16 matrix units too, and the "
+                                       "choice is recorded in lorasp.json")}
 
     student: str = Field("smollm2-135m", description="Student: preset (lorasp models), local directory or Hub id.")
     data: str | None = Field(None, description="Teach run directory (lorasp teach --out DIR) to train on.")
@@ -35,8 +39,7 @@ class FitConfig(RunConfig, SelectionOptions):
     data_dir: str | None = Field(None, description="Data directory (default: $LORASP_DATA_DIR).")
     quant: Literal["nf4", "int8", "none"] = Field("none", description="Quantize the frozen base (bitsandbytes).")
     double_quant: bool = Field(True, description="nf4 double quantization.")
-    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Compute dtype of the base (auto: bf16 on GPU, fp32 on CPU).")
+    precision: PrecisionName = Field("auto", description=PRECISION_HELP)
     method: Literal["lora", "dora", "full"] = Field("lora", description="lora, dora, or full fine-tuning.")
     rank: int = Field(16, ge=1, le=4096, description="LoRA rank.")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha.")

@@ -13,18 +13,20 @@ if TYPE_CHECKING:
     from .fit import FitConfig
 
 
-def _calibration_key(student: str, quant: str, method: str, batch_size: int, grad_accum: int) -> str:
+def _calibration_key(student: str, quant: str, method: str, batch_size: int, grad_accum: int,
+                     precision: str) -> str:
     from .calibration import device
 
-    return f"fit|{student}|{quant}|{method}|{device()}|batch={batch_size}x{grad_accum}"
+    return f"fit|{student}|{quant}|{method}|{device()}|batch={batch_size}x{grad_accum}|{precision}"
 
 
-def record_calibration(cfg: "FitConfig", steps: int, train_seconds: float, tokens_per_second: float) -> None:
+def record_calibration(cfg: "FitConfig", steps: int, train_seconds: float, tokens_per_second: float,
+                       precision: str) -> None:
     """Store this fit's measured seconds per optimizer step (for ``--dry-run`` estimates); never fails a fit."""
     from .calibration import record
 
     if steps > 0 and train_seconds > 0:
-        record(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum),
+        record(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum, precision),
                seconds_per_step=round(train_seconds / steps, 3), tokens_per_second=round(tokens_per_second, 1),
                steps=steps)
 
@@ -41,9 +43,12 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
     from .teach import load_run
     from .trainer import eval_schedule
 
+    from .precision import resolve_precision
+
     quickstart = is_quickstart(cfg)
     cfg = resolve_defaults(cfg)
     weights = F.parse_mixture(cfg.formats)
+    precision = resolve_precision(cfg.precision)
     out = Path(cfg.out)
     notes: list[str] = []
     if cfg.data:
@@ -79,7 +84,8 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
     from .calibration import lookup
 
     est = None
-    cal = lookup(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum))
+    cal = lookup(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum,
+                                  precision.name))
     if cal and isinstance(cal.get("seconds_per_step"), (int, float)):
         est = {"train_seconds": round(float(cal["seconds_per_step"]) * steps, 1),
                "seconds_per_step": cal["seconds_per_step"], "measured": cal.get("measured")}
@@ -96,7 +102,7 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
             "before_after": cfg.before_after,
             "out": str(out), "checkpoints": str(ckpt),
             "teach_run": None if cfg.data else str(out.with_name(out.name + ".teach")),
-            "estimate": est, "notes": notes, "config": cfg}
+            "precision": precision.line(), "estimate": est, "notes": notes, "config": cfg}
 
 
 def _lengths(cfg: "FitConfig", items: list, weights: dict) -> dict[str, Any] | None:

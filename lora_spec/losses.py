@@ -54,7 +54,7 @@ from .errors import ConfigError
 IGNORE_INDEX = -100
 
 __all__ = ["IGNORE_INDEX", "LossSpec", "TopKBatch", "token_nll", "distribution_kl", "compute_loss",
-           "count_tokens", "shift_causal", "batch_loss"]
+           "count_tokens", "shift_causal", "batch_loss", "linear_cross_entropy", "chunked_head_loss", "chunk_rows"]
 
 
 # --------------------------------------------------------------------------------------------- spec
@@ -292,14 +292,123 @@ def _fast_head_ok(model) -> bool:
         return False
 
 
+LOGITS_BUDGET = 1 << 25  # logits elements per chunk (32M: 128 MB in fp32), so rows per chunk = budget // vocab
+
+
+def chunk_rows(vocab: int, budget: int = LOGITS_BUDGET) -> int:
+    """Rows of ``[rows, vocab]`` logits that one chunk of the loss builds (at least 1)."""
+    return max(1, int(budget) // max(1, int(vocab)))
+
+
+def _compute_dtype(t):
+    """The dtype a matrix product on ``t`` runs in: autocast's where autocast is on, else ``t``'s own."""
+    import torch
+
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
+
+
+def _linear_ce_class():
+    import torch
+
+    class LinearCrossEntropy(torch.autograd.Function):
+        """Summed cross-entropy of ``h @ weight.T (+ bias)`` against ``targets``, built ``rows`` rows at a time.
+
+        The gradient is computed in the forward pass, chunk by chunk (softmax minus one-hot, then its products with
+        the weight and the hidden states), and only ``[N, H]`` / ``[V, H]`` gradients are kept, so no ``[N, V]``
+        tensor lives beyond one chunk and the softmax is taken once per position (the fused linear-cross-entropy
+        of Liger and cut-cross-entropy, in plain torch). The matrix products run in autocast's dtype when autocast
+        is on (else in the inputs' dtype); the softmax and the loss are fp32.
+        """
+
+        @staticmethod
+        def forward(ctx, h, weight, bias, targets, rows: int):
+            cdt = _compute_dtype(h)
+            need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            need_b = bias is not None and ctx.needs_input_grad[2]
+            with torch.autocast(h.device.type, enabled=False):
+                w = weight.to(cdt)
+                b = bias.to(cdt) if bias is not None else None
+                loss = torch.zeros((), dtype=torch.float32, device=h.device)
+                gh = torch.empty_like(h) if need_h else None
+                gw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_w else None
+                gb = torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device) if need_b else None
+                for s in range(0, h.shape[0], rows):
+                    hc, y = h[s:s + rows].to(cdt), targets[s:s + rows]
+                    z = hc @ w.T
+                    if b is not None:
+                        z = z + b
+                    z = z.float()
+                    lse = torch.logsumexp(z, dim=-1)
+                    loss += (lse - z.gather(1, y[:, None]).squeeze(1)).sum()
+                    if not (need_h or need_w or need_b):
+                        continue
+                    g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                    g[torch.arange(g.shape[0], device=g.device), y] -= 1.0
+                    if need_b:
+                        gb += g.sum(0)
+                    g = g.to(cdt)
+                    if need_h:
+                        gh[s:s + rows] = (g @ w).to(h.dtype)
+                    if need_w:
+                        gw += (g.T @ hc).float()
+            ctx.save_for_backward(*(t for t in (gh, gw, gb) if t is not None))
+            ctx.has = (gh is not None, gw is not None, gb is not None)
+            ctx.dtypes = (h.dtype, weight.dtype, bias.dtype if bias is not None else None)
+            return loss
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            saved = iter(ctx.saved_tensors)
+            grads = [next(saved) * grad_out if has else None for has in ctx.has]
+            gh, gw, gb = (g.to(dt) if g is not None else None for g, dt in zip(grads, ctx.dtypes))
+            return gh, gw, gb, None, None
+
+    return LinearCrossEntropy
+
+
+_LINEAR_CE = None
+
+
+def linear_cross_entropy(h, weight, targets, bias=None, *, rows: int | None = None):
+    """Summed NLL of ``targets`` under ``h @ weight.T + bias`` without a ``[N, vocab]`` logits tensor (see
+    ``LinearCrossEntropy``). ``h``: ``[N, H]``, ``weight``: ``[V, H]``, ``targets``: ``[N]`` (all valid)."""
+    global _LINEAR_CE
+    if _LINEAR_CE is None:
+        _LINEAR_CE = _linear_ce_class()
+    return _LINEAR_CE.apply(h, weight, bias, targets, rows or chunk_rows(weight.shape[0]))
+
+
+def chunked_head_loss(head, h, targets, spec: LossSpec, topk: TopKBatch | None, *, rows: int):
+    """:func:`compute_loss` over ``head(h)`` chunk by chunk; each chunk's logits are recomputed in the backward
+    pass (activation checkpointing), so no ``[N, vocab]`` tensor outlives one chunk. Any head module (a LoRA- or
+    bitsandbytes-wrapped one too) and any loss spec. Returns the summed loss."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    def one(hc, y, *tk):
+        sub = TopKBatch(tk[0][None], tk[1][None], tk[2][None]) if tk else None
+        return compute_loss(spec, head(hc).float()[None], y[None], sub, causal=False)[0]
+
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    for s in range(0, h.shape[0], rows):
+        args = [h[s:s + rows], targets[s:s + rows]]
+        if topk is not None:
+            args += [topk.ids[s:s + rows], topk.logprobs[s:s + rows], topk.mask[s:s + rows]]
+        total = total + (checkpoint(one, *args, use_reentrant=False) if torch.is_grad_enabled() else one(*args))
+    return total
+
+
 def batch_loss(model, batch: dict, *, kind: str, loss_spec: Any = "sample"):
     """The loss of one micro-batch as ``(loss_sum, n_label_tokens)``: THE place where the training loss is made.
 
-    ``model`` is the unwrapped transformers model (peft's base model for adapters). A decoder-only
-    student applies the output head only at the label positions, for every spec (distribution matching and
-    ``mix:A`` go through :func:`compute_loss` on those positions); seq2seq students use full logits.
+    ``model`` is the unwrapped transformers model (peft's base model for adapters). A decoder-only student runs
+    its decoder, keeps the hidden states at the label positions only, and applies the output head to them in
+    chunks (:func:`chunk_rows`): sample matching through the fused :func:`linear_cross_entropy` (a plain linear
+    head), everything else through :func:`chunked_head_loss`. So no ``[batch, length, vocab]`` tensor exists, and
+    no ``[labels, vocab]`` one beyond a chunk. Seq2seq students use full logits.
     """
-    import torch.nn.functional as F
+    import torch
 
     spec = LossSpec.parse(loss_spec)
     labels = batch["labels"]
@@ -314,14 +423,14 @@ def batch_loss(model, batch: dict, *, kind: str, loss_spec: Any = "sample"):
         tgt = labels[:, 1:]
         sel = tgt != IGNORE_INDEX
         h = hidden[:, :-1][sel]
-        logits = model.get_output_embeddings()(h).float()
         y = tgt[sel]
-        if spec.alpha == 0.0:
-            return F.cross_entropy(logits, y, reduction="sum"), int(y.numel())
-        # distribution matching on the selected target positions only (no [B, T, vocab] logits)
+        head = model.get_output_embeddings()
+        rows = chunk_rows(getattr(head, "out_features", None) or model.config.vocab_size)
+        if spec.alpha == 0.0 and type(head) is torch.nn.Linear:
+            return linear_cross_entropy(h, head.weight, y, head.bias, rows=rows), int(y.numel())
+        # distribution matching (or a wrapped head) on the selected target positions, chunk by chunk
         tk = batch.get("topk")
-        sub = None if tk is None else TopKBatch(tk.ids[:, 1:][sel][None], tk.logprobs[:, 1:][sel][None],
-                                                tk.mask[:, 1:][sel][None])
-        return compute_loss(spec, logits[None], y[None], sub, causal=False)
+        sub = None if tk is None else TopKBatch(tk.ids[:, 1:][sel], tk.logprobs[:, 1:][sel], tk.mask[:, 1:][sel])
+        return chunked_head_loss(head, h, y, spec, sub, rows=rows), int(y.numel())
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     return compute_loss(spec, out.logits, labels, batch.get("topk"), causal=True)

@@ -52,6 +52,7 @@ class Student:
     path: str  # the local directory the weights came from
     quant: str = "none"
     fingerprint: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"  # the dtype its weights compute in: fp32 | bf16 | fp16 (lora_spec.precision)
 
     @property
     def is_seq2seq(self) -> bool:
@@ -308,6 +309,13 @@ def default_compute_dtype(device: str | None = None):
     return torch.float32
 
 
+def precision_name(dtype) -> str:
+    """``fp32`` / ``bf16`` / ``fp16`` for a torch dtype."""
+    import torch
+
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+
+
 def quantization_config(quant: str, compute_dtype=None, double_quant: bool = True):
     if quant == "none":
         return None
@@ -354,7 +362,7 @@ def load_student(spec: str, quant: str = "none", *, dtype=None, device: str | No
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left" if kind == "causal" else "right"
     return Student(model=model, tokenizer=tokenizer, kind=kind, name=spec, path=str(path), quant=quant,
-                   fingerprint=base_fingerprint(path))
+                   fingerprint=base_fingerprint(path), precision=precision_name(dtype))
 
 
 # --------------------------------------------------------------------------------------------- fingerprints

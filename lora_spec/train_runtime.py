@@ -78,15 +78,17 @@ class StopOnTerm:
 
 
 def make_accelerator(mixed_precision: str, project_dir: Path, log_with: list[str] | None):
-    """The training loop's ``Accelerator``: ``mixed_precision`` auto is bf16 on a GPU and off on a CPU; DDP
-    without unused-parameter search (every trainable weight gets a gradient)."""
-    import torch
+    """The training loop's ``Accelerator``: ``mixed_precision`` no|bf16|fp16 (auto: resolved by
+    :func:`lora_spec.precision.resolve_precision` for this device); DDP without unused-parameter search (every
+    trainable weight gets a gradient)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     mp = mixed_precision
     if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() else "no"
+        from .precision import resolve_precision
+
+        mp = resolve_precision("auto").mixed_precision
     dist_state()
     return Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(project_dir),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])

@@ -66,7 +66,7 @@ class TrainArgs:
     save_every: int = 0  # 0: only at the end (and at every evaluation)
     eval_every: int = 0  # 0: only at step 0 and at the end (when an evaluator is given)
     group_by_length: bool = True
-    mixed_precision: str = "auto"  # auto (bf16 on GPU, no on CPU) | no | bf16 | fp16
+    mixed_precision: str = "no"  # no | bf16 | fp16 (fit passes lora_spec.precision's choice)
     progress: bool = True
     tracker: str = "auto"  # auto (tensorboard when installed) | none | tensorboard | ...
     loss: Any = "sample"  # a losses.LossSpec or its string
@@ -406,7 +406,7 @@ def run_eval(st: TrainState, step: int) -> dict:
         t = time.perf_counter()
         was_training = st.model.training
         st.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), st.accelerator.autocast():  # the training precision (lora_spec.precision)
             scores = dict(st.evaluator(st.model, st.tokenizer, step) or {})
         if was_training:
             st.model.train()

@@ -213,8 +213,18 @@ def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
     assert "40 problems -> 40 training rows (in_context_cot 4, zero_shot_cot 32, zero_shot_answer 4)" in out
     assert "10 optimizer steps" in out and "evaluations: 3 (step 0, every 5 steps, the end)" in out
     assert "no measurement yet" in out
+    from lora_spec.precision import resolve_precision
+
+    used = resolve_precision("auto")
+    assert f"precision:   {used.line()}" in out
+    # a measurement in another precision is not this fit's estimate
+    other = "bf16" if used.name == "fp32" else "fp32"
+    record_calibration(FitConfig(student="tiny-llama", batch_size=4), steps=4, train_seconds=1.0,
+                       tokens_per_second=100.0, precision=other)
+    code, out, err = main_cli(capsys, *args)
+    assert code == 0 and "no measurement yet" in out, out
     record_calibration(FitConfig(student="tiny-llama", batch_size=4), steps=4, train_seconds=10.0,
-                       tokens_per_second=100.0)
+                       tokens_per_second=100.0, precision=used.name)
     code, out, err = main_cli(capsys, *args)
     assert code == 0 and "time:        ~0m 25s of training (2.5 s/step" in out, out
     code, out, err = main_cli(capsys, "teach", "--dry-run", "--first", "7", "--samples", "3", "--out", "t")

@@ -199,3 +199,86 @@ def test_distribution_loss_trains_quantized_lora_student(preset, quant):
     assert lora and all(p.grad is not None and torch.isfinite(p.grad).all() for p in lora)
     assert any(p.grad.abs().sum() > 0 for p in lora)
     assert all(p.grad is None for name, p in model.named_parameters() if "lora_" not in name)
+
+
+# --------------------------------------------------------------------------------------------- chunked head losses
+
+@pytest.mark.parametrize("rows, bias, frozen", [(5, True, False), (64, False, False), (1, False, True)])
+def test_linear_cross_entropy_equals_cross_entropy_with_gradients(rows, bias, frozen):
+    from lora_spec.losses import linear_cross_entropy
+
+    g = torch.Generator().manual_seed(rows)
+    h = torch.randn(37, 16, generator=g, requires_grad=True)
+    w = torch.randn(101, 16, generator=g, requires_grad=not frozen)
+    b = torch.randn(101, generator=g, requires_grad=True) if bias else None
+    y = torch.randint(0, 101, (37,), generator=g)
+    ref = F.cross_entropy(h @ w.T + (b if bias else 0), y, reduction="sum")
+    leaves = [t for t in (h, w, b) if t is not None and t.requires_grad]
+    want = torch.autograd.grad(ref * 0.3, leaves)
+    got_loss = linear_cross_entropy(h, w, y, b, rows=rows)
+    got = torch.autograd.grad(got_loss * 0.3, leaves)
+    assert torch.allclose(got_loss, ref, rtol=1e-5)
+    for a, e in zip(got, want):
+        assert torch.allclose(a, e, atol=1e-5), (a - e).abs().max()
+
+
+@pytest.mark.parametrize("spec", ["distribution", "mix:0.3", "sample"])
+def test_chunked_head_loss_equals_compute_loss(spec):
+    from lora_spec.losses import chunked_head_loss
+
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(12, 29)
+    h = torch.randn(23, 12, generator=g, requires_grad=True)
+    y = torch.randint(0, 29, (23,), generator=g)
+    ids = torch.randint(0, 29, (23, 4), generator=g)
+    lps = torch.log_softmax(torch.randn(23, 4, generator=g), -1) - 0.2
+    mask = torch.rand(23, generator=g) > 0.3
+    s = LossSpec.parse(spec, temperature=1.5)
+    ref, _ = compute_loss(s, head(h)[None], y[None], TopKBatch(ids[None], lps[None], mask[None]), causal=False)
+    want = torch.autograd.grad(ref, (h, head.weight))
+    got = chunked_head_loss(head, h, y, s, TopKBatch(ids, lps, mask), rows=4)
+    assert torch.allclose(got, ref, rtol=1e-5)
+    for a, e in zip(torch.autograd.grad(got, (h, head.weight)), want):
+        assert torch.allclose(a, e, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["sample", "distribution"])
+def test_batch_loss_equals_full_logits_loss_on_the_real_model(smollm2, spec):
+    """The training loss (labelled positions only, the head applied in chunks) equals the plain loss over the
+    full [batch, length, vocab] logits on SmolLM2-135M in fp32: value and the LoRA gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    from lora_spec.losses import batch_loss
+    from lora_spec.records import Example
+    from lora_spec.trainer import collate, encode_examples
+
+    tok = smollm2.tokenizer
+    ex = [Example("zero_shot_cot", "Question: Tom has 3 apples and buys 4.\n", "3 + 4 = 7.\nThe answer is 7."),
+          Example("zero_shot_answer", "Question: 2 times 6?\n", "The answer is 12.")]
+    enc, _ = encode_examples(ex, tok, "causal", 256)
+    b = collate(enc, tok.pad_token_id, "causal")
+    if spec == "distribution":  # a teacher top-k at every other label position
+        gen = torch.Generator().manual_seed(0)
+        B, T = b["labels"].shape
+        ids = torch.randint(0, len(tok), (B, T, 5), generator=gen)
+        ids[..., 0] = b["labels"].clamp(min=0)
+        lps = torch.log_softmax(torch.randn(B, T, 5, generator=gen), -1) - 0.05
+        b["topk"] = TopKBatch(ids, lps, (b["labels"] != IGNORE_INDEX) & (torch.arange(T) % 2 == 0))
+    torch.manual_seed(0)
+    model = get_peft_model(smollm2.model, LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    try:
+        inner = model.get_base_model()
+        fast, n = batch_loss(inner, b, kind="causal", loss_spec=spec)
+        lora = [p for p in model.parameters() if p.requires_grad]
+        g_fast = torch.autograd.grad(fast, lora)
+        logits = inner(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        ref, n2 = compute_loss(spec, logits, b["labels"], b.get("topk"), causal=True)
+        g_ref = torch.autograd.grad(ref, lora)
+    finally:
+        model.unload()  # the session's shared SmolLM2 stays as it was
+    # fp32 tolerance: on this batch the plain fp32 log-softmax over 49,152 pieces is itself 1.5e-5 (relative) off
+    # an fp64 reference, and the fused loss (logsumexp minus the target logit) is closer to it (measured)
+    assert n == n2 and torch.allclose(fast, ref, rtol=1e-4), (fast, ref)
+    for a, e in zip(g_fast, g_ref):  # relative error of each LoRA gradient
+        assert float((a - e).norm() / e.norm()) < 1e-3, float((a - e).norm() / e.norm())

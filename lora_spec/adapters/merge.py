@@ -215,7 +215,7 @@ def _merge_mode(base: str, quant: str, dtype: str, force_quantized: bool) -> str
     return mode
 
 
-def _merge_base(spec: str, adapter, quant: str, mode: str, tdtype, prompts: Sequence[str], log):
+def _merge_base(spec: str, adapter, quant: str, mode: str, tdtype, prompts: Sequence[str], log, qdtype=None):
     """Step 1: the student whose weights the adapter is merged into, in the target dtype, and (for an adapter
     trained on a quantized base) the prompt logits of the real bitsandbytes base+adapter, which training saw."""
     import torch
@@ -230,7 +230,8 @@ def _merge_base(spec: str, adapter, quant: str, mode: str, tdtype, prompts: Sequ
     student = load_student(spec, "none", dtype=torch.float32)
     qrefs = None
     if quant in ("nf4", "int8"):
-        qstudent = load_student(spec, quant, dtype=torch.float32)  # fp32 compute, as training
+        # the compute dtype the adapter was trained with (lora_spec.precision; fp32 unless recorded otherwise)
+        qstudent = load_student(spec, quant, dtype=qdtype or torch.float32)
         deq = dequantized_weights(qstudent.model) if mode == "dequantized" else {}
         if mode == "dequantized" and not deq:
             raise ModelError(f"{spec}: no bitsandbytes-quantized layers found after loading with quant={quant}")
@@ -246,6 +247,16 @@ def _merge_base(spec: str, adapter, quant: str, mode: str, tdtype, prompts: Sequ
                     mods[name].weight.data.copy_(w.to(mods[name].weight.dtype))
     student.model.to(tdtype)
     return student, qrefs
+
+
+def _reference_precision(precision: str, manifest: dict | None):
+    """The precision of the quantized reference: ``auto`` = what the adapter trained in (its ``lorasp.json``),
+    fp32 for an adapter that records none (trained before precisions were recorded: fp32 on CPU)."""
+    from ..precision import resolve_precision
+
+    if precision == "auto":
+        precision = ((manifest or {}).get("precision") or {}).get("used") or "fp32"
+    return resolve_precision(precision)
 
 
 def _merged_manifest(manifest: dict | None, spec: str, student, adapter, cfg: dict, mode: str, quant: str,
@@ -270,7 +281,8 @@ def _merged_manifest(manifest: dict | None, spec: str, student, adapter, cfg: di
 def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "auto", dtype: str = "fp32",
           safe: bool = False, force_quantized: bool = False, model: str | None = None,
           ignore_fingerprint: bool = False, prompts: Sequence[str] | None = None, max_new_tokens: int = 16,
-          log: Callable[[str], None] | None = None, overwrite: bool = False) -> MergeReport:
+          log: Callable[[str], None] | None = None, overwrite: bool = False,
+          precision: str = "auto") -> MergeReport:
     """Merge ``adapter`` into its base and write the full model (safetensors + config + tokenizer) to ``out``.
 
     ``model`` overrides the base recorded in the adapter's manifest (fingerprint-checked). Returns the parity
@@ -303,7 +315,8 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
             raise ModelError(f"{adapter}: adapter tensor {bad} holds NaN or inf; refusing to merge (--safe)")
 
     # 1. the base weights to merge into
-    student, qrefs = _merge_base(spec, adapter, quant, mode, tdtype, prompts, log)
+    student, qrefs = _merge_base(spec, adapter, quant, mode, tdtype, prompts, log,
+                                 qdtype=_reference_precision(precision, manifest).dtype)
     tok, kind = student.tokenizer, student.kind
 
     # 2. base + adapter (the reference), then the merge
@@ -365,6 +378,7 @@ from typing import Literal, Optional  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from ..config import RunConfig  # noqa: E402
+from ..precision import PrecisionName  # noqa: E402
 
 
 class MergeConfig(RunConfig):
@@ -376,6 +390,9 @@ class MergeConfig(RunConfig):
                             "round-trip the adapter was trained against), quantized (re-quantize; needs "
                             "--force-quantized); auto = dequantized for a quantized-trained adapter, else original.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Dtype of the merged weights.")
+    precision: PrecisionName = Field("auto", description="Compute precision of the quantized base+adapter "
+                                     "reference of the parity check: auto = the precision the adapter was trained "
+                                     "in (lorasp.json), else fp32; or fp32, bf16, fp16.")
     safe: bool = Field(False, description="Refuse NaN/inf in the merged weights.")
     force_quantized: bool = Field(False, description="Allow merging into the still-quantized model (rounds the "
                                                      "adapter's update onto the quantization grid).")

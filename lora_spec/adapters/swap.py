@@ -161,6 +161,8 @@ class AdapterSet:
         except Exception as exc:
             raise _peft_error(path, exc) from None
         self.model.eval()
+        if self.student.quant == "none" and self.student.precision != "fp32":
+            self.model.to(self.student.model.dtype)  # the adapter in the base's reduced dtype (lora_spec.precision)
         self.entries[name] = _Entry(name, str(path), manifest, cfg, name)
         if self.active == BASE and len(self.entries) == 1:
             self.active = name
@@ -379,6 +381,7 @@ from typing import List, Literal, Optional  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from ..config import RunConfig  # noqa: E402
+from ..precision import PRECISION_HELP, PrecisionName  # noqa: E402
 
 
 class GenerateConfig(RunConfig):
@@ -394,6 +397,7 @@ class GenerateConfig(RunConfig):
                                                           "'prompt' and optional 'adapter' field).")
     quant: Literal["auto", "nf4", "int8", "none"] = Field(
         "auto", description="Quantize the base; auto = what the first adapter was trained against.")
+    precision: PrecisionName = Field("auto", description=PRECISION_HELP)
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Greedy tokens per prompt.")
     batch_size: int = Field(8, ge=1, le=1024, description="Prompts per forward batch.")
     mode: Literal["auto", "zs_cot", "icl_cot", "zs_answer", "icl_answer", "raw"] = Field(

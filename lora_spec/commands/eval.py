@@ -38,6 +38,7 @@ def eval_cmd(dry_run, cfg: EvalConfig):
         for n in p["notes"]:
             click.echo(f"note: {n}")
         click.echo(f"model: {p['model']}" + (f" + adapter {p['adapter']}" if p["adapter"] else ""))
+        click.echo(f"precision: {p['precision']}")
         for t in p["tasks"]:
             click.echo(f"  {t['task']:45s} {t['mode']:10s} {t['problems']:5d} problems, up to {t['max_new_tokens']} "
                        f"new tokens each")
@@ -65,8 +66,13 @@ def eval_cmd(dry_run, cfg: EvalConfig):
     click.echo("accuracy is strict (the answer stated as 'The answer is X'); flexible also takes the last number")
     click.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'predictions'}/")
     if cfg.adapter:
-        click.echo(f"next: lorasp generate --adapter math={cfg.adapter} --prompt \"...\"   |   lorasp merge "
-                   f"{cfg.adapter} --out DIR", err=True)
+        from ..outputs import output_kind
+
+        if output_kind(cfg.adapter) in ("merged", "full"):  # a whole model: nothing to merge, it loads as --model
+            click.echo(f"next: lorasp generate --model {cfg.adapter} --prompt \"...\"", err=True)
+        else:
+            click.echo(f"next: lorasp generate --adapter math={cfg.adapter} --prompt \"...\"   |   lorasp merge "
+                       f"{cfg.adapter} --out DIR", err=True)
     return 0
 
 

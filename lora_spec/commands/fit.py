@@ -26,6 +26,7 @@ def print_plan(p: dict) -> None:
                       + ", ".join(f"{k} {v}" for k, v in ln["fewer_shots"].items()) + "), " if fewer else "")
                    + (f"{cut} {'row is' if cut == 1 else 'rows are'} cut ("
                       + ", ".join(f"{k} {v}" for k, v in ln["cut"].items()) + ")" if cut else "no row is cut"))
+    click.echo(f"precision:   {p['precision']}")
     click.echo(f"steps:       {p['steps']} optimizer steps of {p['batch']}"
                + (f" ({p['epochs']:g} epoch(s))" if p.get("epochs") else ""))
     if p["held_out_evaluations"]:

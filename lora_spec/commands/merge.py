@@ -37,7 +37,7 @@ def merge_cmd(adapter, as_json, cfg: MergeConfig):
 
     rep = merge(adapter, cfg.out, base=cfg.base, dtype=cfg.dtype, safe=cfg.safe,
                 force_quantized=cfg.force_quantized, model=cfg.model, ignore_fingerprint=cfg.ignore_fingerprint,
-                max_new_tokens=cfg.max_new_tokens, log=say, overwrite=cfg.overwrite)
+                max_new_tokens=cfg.max_new_tokens, log=say, overwrite=cfg.overwrite, precision=cfg.precision)
     if as_json:
         click.echo(json.dumps(rep.as_dict(), indent=2))
         return 0

@@ -25,15 +25,17 @@ class HFTeacher:
 
     def __init__(self, model: str = "smollm2-135m", temperature: float = 0.7, top_p: float | None = None,
                  max_tokens: int = 256, stop: list[str] | None = None, top_logprobs: int = 0, seed: int | None = 0,
-                 batch_size: int = 8, device: str | None = None):
+                 batch_size: int = 8, device: str | None = None, precision: str = "auto"):
         if not model:
             raise ConfigError("teacher 'hf' needs --model (a preset, a local directory or a Hub id)")
         if batch_size < 1:
             raise ConfigError(f"teacher 'hf': batch_size must be >= 1, got {batch_size}")
+        from ...precision import resolve_precision
         from ...student import load_student
 
         self.spec = model
-        self.student = load_student(model, device=device)
+        self.precision = resolve_precision(precision, device)
+        self.student = load_student(model, dtype=self.precision.dtype, device=device)
         self.model, self.tok = self.student.model, self.student.tokenizer
         self.model.eval()
         self.temperature, self.top_p = float(temperature), top_p
@@ -42,16 +44,20 @@ class HFTeacher:
         self.requests_sent = 0
 
     def params(self) -> dict[str, Any]:
-        return {"teacher": "hf", "model": self.spec, "base": self.student.fingerprint,
-                "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
-                "stop": self.stop, "top_logprobs": self.top_logprobs, "seed": self.seed}
+        p = {"teacher": "hf", "model": self.spec, "base": self.student.fingerprint,
+             "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+             "stop": self.stop, "top_logprobs": self.top_logprobs, "seed": self.seed}
+        if self.precision.name != "fp32":  # samples differ by precision (an fp32 run keeps its fingerprint)
+            p["precision"] = self.precision.name
+        return p
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(json.dumps(self.params(), sort_keys=True, default=str).encode()).hexdigest()[:12]
         return f"hf:{self.spec}:{h}"
 
     def describe(self) -> dict[str, Any]:
-        return {**self.params(), "batch_size": self.batch_size, "kind": self.student.kind}
+        return {**self.params(), "batch_size": self.batch_size, "kind": self.student.kind,
+                "precision": self.precision.record()}
 
     def _text(self, prompt: str | list[dict[str, str]]) -> str:
         if isinstance(prompt, list):
