@@ -1234,7 +1234,8 @@ def plot_dev_loss(rows: list[dict], fig_dir: Path) -> Path | None:
 ENVIRONMENT = {"cpu": "2-core AMD EPYC CPU (AVX2, no GPU)",
                "threads": "torch's default threads (2; the provenance names any run with 1)",
                "torch": "torch 2.13.0+cpu", "precision": "fp32"}
-_PROVENANCE = re.compile(r"^(Note: |Command: `[^`]*` · status: )")
+_PROVENANCE = re.compile(r"^(Note: |Command: `[^`]*` · status: |C4's teacher was trained and sampled again)")
+_RERUN = "**Rerun**"  # a rerun's comparison with the runs it replaced: provenance up to the next heading
 _TIMING = re.compile(r"\d min\b|train min|training \d|\d s of training|seconds")
 
 
@@ -1253,8 +1254,9 @@ def environment_line(recs: list[dict]) -> str:
 
 def arrange(lines: list[str], recs: dict[str, dict | None]) -> list[str]:
     """Lay out each experiment (a ``## `` section) as results first: its claim (the heading), tables and verdicts;
-    one environment line where the section states a timing; then its provenance (the run's status, commit and
-    every ``Note:`` on reruns, resumes and which rows predate which change) in one collapsed ``<details>`` block."""
+    one environment line where the section states a timing; then its provenance (the run's status, commit, every
+    ``Note:`` on reruns, resumes and which rows predate which change, a rerun's comparison with the runs it
+    replaced, a retrained teacher) in one collapsed ``<details>`` block."""
     out: list[str] = []
     sections: list[list[str]] = [[]]
     for line in "\n".join(lines).split("\n"):
@@ -1271,8 +1273,12 @@ def arrange(lines: list[str], recs: dict[str, dict | None]) -> list[str]:
                 paragraphs[-1].append(line)
             elif paragraphs[-1]:
                 paragraphs.append([])
-        keep = [p for p in paragraphs if p and not _PROVENANCE.match(p[0])]
-        prov = [p for p in paragraphs if p and _PROVENANCE.match(p[0])]
+        keep: list[list[str]] = []
+        prov: list[list[str]] = []
+        rerun = False
+        for p in (p for p in paragraphs if p):
+            rerun = p[0].startswith(_RERUN) or (rerun and not p[0].startswith("#"))
+            (prov if rerun or _PROVENANCE.match(p[0]) else keep).append(p)
         body = "\n".join("\n".join(p) for p in keep)
         text = "\n".join(sec)
         shown = [r for r in recs.values() if r and str(r.get("command") or "\0") in text]
@@ -1281,7 +1287,7 @@ def arrange(lines: list[str], recs: dict[str, dict | None]) -> list[str]:
         if _TIMING.search(body):
             out += [environment_line(shown), ""]
         if prov:
-            out += ["<details><summary>Provenance: how these results were produced</summary>", ""]
+            out += ["<details markdown=\"1\"><summary>Provenance: how these results were produced</summary>", ""]
             for p in prov:
                 out += [(line[len("Note: "):] if i == 0 and line.startswith("Note: ") else line)
                         for i, line in enumerate(p)] + [""]

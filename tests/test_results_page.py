@@ -530,8 +530,8 @@ def test_each_experiment_reads_as_results_with_its_provenance_collapsed(results,
     (results / "c1.json").write_text(json.dumps(doc))
     text = page.render(results, tmp_path / "docs")
     c1 = text.split("## C1")[1].split("\n## ")[0]
-    head, _, details = c1.partition("<details>")
-    assert details and details.count("</details>") == 1 and "<details>" not in details
+    head, _, details = c1.partition("<details")
+    assert details and details.count("</details>") == 1 and "<details" not in details
     assert "| GSM8K test |" in head and "training time 50.0 min: met" in head
     assert "RESUMED-ONCE" not in head and "commit `abc1234`" not in head and "Note:" not in text
     assert "RESUMED-ONCE at step 139." in details and "SHARED-CPU" in details and "commit `abc1234`" in details
@@ -541,4 +541,4 @@ def test_each_experiment_reads_as_results_with_its_provenance_collapsed(results,
         assert part in env[0], (part, env[0])
     # a section without a recorded run has neither
     c2 = text.split("## C2")[1].split("\n## ")[0]
-    assert "<details>" not in c2 and "Environment of the timings" not in c2
+    assert "<details" not in c2 and "Environment of the timings" not in c2
