@@ -163,8 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # a file lorasp could not read or write: name it, no traceback
         if debug:
             raise
+        import errno
+
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "?"
-        click.echo(f"error: {where}: {exc.strerror or one_line(exc)} ({type(exc).__name__})", err=True)
+        full = {errno.ENOSPC: "the disk is full: ", errno.EFBIG: "the file size limit was reached (ulimit -f): ",
+                errno.EDQUOT: "the disk quota is used up: "}.get(exc.errno, "")
+        click.echo(f"error: {where}: {full}{exc.strerror or one_line(exc)} ({type(exc).__name__})", err=True)
         sys.exit(1)
     except Exception as exc:  # never a traceback for users; LORASP_DEBUG=1 shows it
         if debug:

@@ -506,8 +506,16 @@ def _write_predictions(out, results: dict[str, dict]) -> dict[str, dict]:
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     # an --overwrite of other tasks: the earlier run's prediction files go, so predictions/ matches results.json
     keep = {_fname(name) for name in results}
+    try:  # only files the earlier results.json names: a file of the user's in predictions/ is never removed
+        import json
+        from pathlib import Path
+
+        earlier = {Path(str(t.get("predictions_file", ""))).stem for t in
+                   json.loads((out / "results.json").read_text(encoding="utf-8")).get("tasks", {}).values()}
+    except (OSError, ValueError, AttributeError):
+        earlier = set()
     for old in (out / "predictions").glob("*.jsonl"):
-        if old.stem not in keep:
+        if old.stem not in keep and old.stem in earlier:
             old.unlink()
     tasks_json: dict[str, dict] = {}
     for name, r in results.items():

@@ -59,11 +59,79 @@ class OutputError(LoraspError):
     exit_code = 2
 
 
+TEACH_FORMAT = "lorasp-teach-run/1"  # manifest.json's "format": the marker of a teach run directory
+EXPORT_FORMAT = "lorasp-export/1"  # export.json's "format_id": the marker of an export directory
+
+# what lorasp itself writes in an output of each kind: anything else in it is the user's (foreign) and is never
+# deleted or changed (an --overwrite moves it into the new output unchanged and says so)
+_ARTIFACT_FILES = {"lorasp.json", "README.md", "report.md", "curves.png", "heldout_predictions.jsonl",
+                   "adapter_model.safetensors", "adapter_model.bin", "adapter_config.json", "config.json",
+                   "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                   "pytorch_model.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json", "spiece.model", "tokenizer.model", "vocab.txt"}
+_ARTIFACT_PATTERNS = (r"model-\d+-of-\d+\.safetensors", r"pytorch_model-\d+-of-\d+\.bin")
+OWN_FILES = {"adapter": _ARTIFACT_FILES, "full": _ARTIFACT_FILES, "merged": _ARTIFACT_FILES,
+             "combined": _ARTIFACT_FILES, "export": {"export.json", "Modelfile", "adapter.gguf", "model.gguf"}}
+_MARKED = ("adapter", "full", "merged", "combined", "export", "teach", "eval", "eval_partial")
+
+
+def _real(p: Path) -> Path:
+    """``p`` with a symlink (of the path itself or of a parent) followed to its target: every rule applies to the
+    directory that is written, not to the link's name."""
+    try:
+        return p.resolve() if p.is_symlink() or p.exists() else p
+    except (OSError, RuntimeError):  # a link loop
+        return p
+
+
+def _json_object(p: Path) -> dict | None:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_teach_manifest(p: Path) -> bool:
+    """A teach run's manifest.json: its format id (or, written before the id existed, lorasp's version and its
+    file table naming store.sqlite)."""
+    m = _json_object(p)
+    if m is None:
+        return False
+    if m.get("format") == TEACH_FORMAT:
+        return True
+    return bool(m.get("lorasp_version")) and (m.get("files") or {}).get("store") == "store.sqlite"
+
+
+def is_sample_store(p: Path) -> bool:
+    """``store.sqlite`` written by lorasp (its ``meta`` table holds the sample store's schema version); a user's own
+    SQLite database (or any other file of that name) is not."""
+    import sqlite3
+
+    if not p.is_file():
+        return False
+    try:
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"meta", "samples"} <= tables:
+                return False
+            return db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() is not None
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+
+
 def output_kind(path: str | os.PathLike) -> str | None:
     """What lorasp output lives at ``path``: adapter | full | merged | combined | eval | teach | checkpoints |
     checkpoint, ``"empty"`` for an empty directory, ``None`` for a missing path, ``"file"`` for anything that is not
-    a directory, ``"foreign"`` for a directory that is not a lorasp output."""
-    p = Path(path)
+    a directory, ``"foreign"`` for a directory that is not a lorasp output. A symlink is followed to its target.
+
+    A directory is lorasp's only by a marker lorasp alone writes: ``lorasp.json``'s ``kind`` (artifacts),
+    ``manifest.json``'s format id or a lorasp sample store (teach runs), ``export.json``'s format id (exports)."""
+    p = _real(Path(path))
     if not p.exists() and not p.is_symlink():
         return None
     if not p.is_dir() or p.is_symlink():
@@ -75,15 +143,18 @@ def output_kind(path: str | os.PathLike) -> str | None:
     if not names:
         return "empty"
     if "lorasp.json" in names:
-        try:
-            kind = json.loads((p / "lorasp.json").read_text(encoding="utf-8")).get("kind", "adapter")
-        except (OSError, ValueError, AttributeError):
-            return "foreign"
+        m = _json_object(p / "lorasp.json")
+        kind = m.get("kind", "adapter") if m is not None else None
         return kind if kind in ("adapter", "full", "merged", "combined") else "foreign"
     if "export.json" in names:  # lorasp export (GGUF + Modelfile)
-        return "export"
-    if "store.sqlite" in names or {"manifest.json", "problems.jsonl"} <= names:
+        m = _json_object(p / "export.json")
+        if m is not None and (m.get("format_id") == EXPORT_FORMAT or "lorasp" in (m.get("versions") or {})):
+            return "export"
+        return "foreign"
+    if "manifest.json" in names and is_teach_manifest(p / "manifest.json"):
         return "teach"
+    if "store.sqlite" in names and "manifest.json" not in names and is_sample_store(p / "store.sqlite"):
+        return "teach"  # a teach run stopped (kill -9) before its first manifest
     if JOURNAL_DIR in names and names <= {JOURNAL_DIR, LOCK_FILE, ".results.json.tmp", "predictions",
                                           "results.json", "report.md"}:
         # lora_spec.eval_journal: rerunning the eval continues it. Beside results.json the journal is that of an
@@ -101,6 +172,41 @@ def output_kind(path: str | os.PathLike) -> str | None:
     return "foreign"
 
 
+def own_name(kind: str, name: str, listed: Iterable[str] = ()) -> bool:
+    """Whether ``name`` in an output of ``kind`` is lorasp's (else the user's): lorasp's fixed names for the kind,
+    the names its marker lists (``listed``), its lock and its own hidden temporaries."""
+    if name == LOCK_FILE or name.startswith((".lorasp", ".lorasp.json.tmp-", ".results.json.tmp")):
+        return True
+    own = OWN_FILES.get(kind)
+    if own is None:
+        return True  # kinds written in place (teach, eval, checkpoints): nothing is replaced wholesale
+    return name in own or name in set(listed) or any(re.fullmatch(pat, name) for pat in _ARTIFACT_PATTERNS)
+
+
+def foreign_names(path: str | os.PathLike, kind: str | None = None) -> list[str]:
+    """The names in lorasp output ``path`` that lorasp did not write (sorted): they are never deleted or changed."""
+    p = _real(Path(path))
+    kind = kind or output_kind(p)
+    if kind not in OWN_FILES or not p.is_dir():
+        return []
+    listed: list[str] = []
+    if kind == "export":
+        listed = list((_json_object(p / "export.json") or {}).get("files") or [])
+    return sorted(c.name for c in p.iterdir() if not own_name(kind, c.name, listed))
+
+
+def enclosing_output(path: Path) -> tuple[Path, str] | None:
+    """The nearest folder above ``path`` that is a lorasp output (by its marker), and its kind: nothing lorasp
+    writes goes inside another output."""
+    for parent in path.parents:
+        if parent == Path(parent.anchor):
+            break
+        kind = output_kind(parent)
+        if kind in _MARKED:
+            return parent, kind
+    return None
+
+
 def _contains(parent: Path, child: Path) -> bool:
     return child == parent or parent in child.parents
 
@@ -114,7 +220,7 @@ def check_output(out: str | os.PathLike | None, command: str, *, overwrite: bool
     if out is None or str(out).strip() == "":
         raise OutputError(f"{flag}: an output directory is required")
     raw = Path(os.path.expanduser(str(out)))
-    res = raw.resolve()
+    res = raw.resolve()  # a symlink resolves to its target: every rule below is about the target
     if res == Path(res.anchor):
         raise OutputError(f"{flag} {out}: the file system root cannot be an output directory")
     for iflag, ipath in inputs:
@@ -132,7 +238,11 @@ def check_output(out: str | os.PathLike | None, command: str, *, overwrite: bool
                               f"replaces it (choose another {flag})")
     if res == Path.cwd() or _contains(res, Path.cwd()):
         raise OutputError(f"{flag} {out}: is the current directory (or holds it); choose a new directory")
-    kind = output_kind(raw)
+    around = enclosing_output(res)
+    if around is not None:
+        raise OutputError(f"{flag} {out}: is inside {around[0]}, which holds {_DESCRIBE.get(around[1], around[1])}; "
+                          f"lorasp never writes into another output (choose a directory outside it)")
+    kind = output_kind(res)
     if kind in (None, "empty"):
         return res
     if kind == "file":
@@ -140,7 +250,7 @@ def check_output(out: str | os.PathLike | None, command: str, *, overwrite: bool
                           f"(choose another {flag})")
     allowed = WRITES[command]
     if kind == "foreign":
-        sample = sorted(c.name for c in raw.iterdir())[:3]
+        sample = sorted(c.name for c in res.iterdir())[:3]
         raise OutputError(f"{flag} {out}: a directory that is not a lorasp output (holds {', '.join(sample)}"
                           f"{', ...' if len(sample) == 3 else ''}); lorasp never writes into it (choose a new or "
                           f"empty directory)")
@@ -150,10 +260,83 @@ def check_output(out: str | os.PathLike | None, command: str, *, overwrite: bool
     if command in ("teach", "checkpoints") or kind == "eval_partial":  # resumed (or managed by fit), not replaced
         return res
     if not overwrite:
+        foreign = foreign_names(res, kind)
+        keep = (f" ({foreign[0]}{' and ' + str(len(foreign) - 1) + ' more' if len(foreign) > 1 else ''}, which "
+                f"lorasp did not write, would be kept)") if foreign else ""
         raise OutputError(f"{flag} {out}: holds {_DESCRIBE[kind]} from an earlier run; pass --overwrite to "
-                          f"replace it (the old one is removed only once the new one is complete), or choose "
-                          f"another {flag}")
+                          f"replace lorasp's files in it{keep} (the old ones are removed only once the new ones are "
+                          f"complete), or choose another {flag}")
     return res
+
+
+@contextlib.contextmanager
+def claim_output(out: str | os.PathLike | None, command: str, *, overwrite: bool = False, flag: str = "--out",
+                 inputs: Iterable[tuple[str, str | os.PathLike | None]] = (), what: str | None = None):
+    """:func:`check_output`, then the run lock on the output, then the check again (another process may have
+    written it in between): one writer per output, for every command that replaces its output whole (merge,
+    combine, export). Yields the resolved output path."""
+    res = check_output(out, command, overwrite=overwrite, flag=flag, inputs=inputs)
+    with RunLock(res, what or f"{command} output directory"):
+        check_output(out, command, overwrite=overwrite, flag=flag, inputs=inputs)
+        yield res
+
+
+# --------------------------------------------------------------------------------------------- crash residue
+
+def residue(final: Path) -> list[Path]:
+    """Temporary directories an earlier write of ``final`` left beside it when its process died (``kill -9``, a
+    power cut): ``.NAME.tmp-PID-*`` and ``.NAME.old-PID`` whose PID is no longer running."""
+    out = []
+    try:
+        siblings = list(final.parent.iterdir())
+    except OSError:
+        return []
+    for p in siblings:
+        m = re.fullmatch(re.escape(f".{final.name}.") + r"(?:tmp-(\d+)-\d+|old-(\d+))", p.name)
+        if m and p.is_dir() and not p.is_symlink():
+            pid = int(m.group(1) or m.group(2))
+            if pid != os.getpid() and not _pid_alive(pid):
+                out.append(p)
+    return out
+
+
+def clean_residue(final: Path, warn=None) -> int:
+    """Remove :func:`residue` of ``final`` and say so; an ``.old-`` copy first gives the files lorasp did not write
+    back to ``final`` (one that cannot is left where it is, with a warning). Returns how many were removed."""
+    import shutil
+
+    say = warn or (lambda m: print(f"note: {one_line(m)}", file=sys.stderr, flush=True))
+    gone = 0
+    for p in residue(final):
+        if ".old-" in p.name:
+            kind = output_kind(p)
+            try:
+                if kind not in OWN_FILES or not final.is_dir():
+                    raise OutputError(f"{p}: left by an interrupted replacement of {final}; lorasp cannot tell "
+                                      f"which of its files are yours, so it leaves it (look inside, then delete it)")
+                restore_foreign(p, final, kind)
+            except OutputError as exc:
+                say(str(exc))
+                continue
+        shutil.rmtree(p, ignore_errors=True)
+        gone += not p.exists()
+    if gone:
+        say(f"removed {gone} unfinished temporary director{'y' if gone == 1 else 'ies'} an interrupted lorasp "
+            f"write left beside {final}")
+    return gone
+
+
+def restore_foreign(old: Path, final: Path, kind: str) -> list[str]:
+    """Move the files lorasp did not write from ``old`` (a replaced output of ``kind``) into ``final``; returns
+    their names. A name that ``final`` already holds is refused (``OutputError``): nothing is overwritten."""
+    moved = []
+    for name in foreign_names(old, kind):
+        if (final / name).exists() or (final / name).is_symlink():
+            raise OutputError(f"{old / name}: lorasp did not write it and {final / name} exists; it is left in "
+                              f"{old} (move it yourself)")
+        os.rename(old / name, final / name)
+        moved.append(name)
+    return moved
 
 
 # --------------------------------------------------------------------------------------------- stopping
@@ -294,4 +477,5 @@ def _read_owner(fd: int) -> dict:
         return {}
 
 
-__all__ = ["check_output", "output_kind", "OutputError", "RunLock", "WRITES", "LOCK_FILE"]
+__all__ = ["check_output", "claim_output", "output_kind", "foreign_names", "clean_residue", "OutputError", "RunLock",
+           "WRITES", "LOCK_FILE", "TEACH_FORMAT", "EXPORT_FORMAT"]

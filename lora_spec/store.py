@@ -71,6 +71,12 @@ class SampleStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and not {"meta", "samples"} <= tables:  # a user's own database: never written into
+                self.db.close()
+                raise DataError(f"{self.path}: a SQLite database that is not a lorasp sample store (its tables: "
+                                f"{', '.join(sorted(tables)[:3])}); lorasp never writes into it (choose another "
+                                f"--out)")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
