@@ -45,11 +45,19 @@ def combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, we
             svd_rank: int | None = None, model: str | None = None, quant: str | None = None,
             ignore_fingerprint: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Combine ``adapters`` with ``weights`` into one adapter at ``out``; returns its manifest."""
-    from ..outputs import check_output
+    from ..outputs import claim_output
 
-    # before anything is loaded: never into a file, a foreign directory, a parent or a folder holding one
-    check_output(out, "combine", overwrite=overwrite, inputs=[("ADAPTER", a) for a in adapters]
-                 + [("--model", model)])
+    # before anything is loaded: never into a file, a foreign directory, a parent or a folder holding one; one
+    # writer per output (the lock is held until the combined adapter is in place)
+    with claim_output(out, "combine", overwrite=overwrite, inputs=[("ADAPTER", a) for a in adapters]
+                      + [("--model", model)]) as res:
+        return _combine(adapters, res, weights=weights, how=how, svd_rank=svd_rank, model=model, quant=quant,
+                        ignore_fingerprint=ignore_fingerprint)
+
+
+def _combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, weights=None, how: str = "cat",
+             svd_rank: int | None = None, model: str | None = None, quant: str | None = None,
+             ignore_fingerprint: bool = False) -> dict[str, Any]:
 
     if len(adapters) < 2:
         raise ConfigError("combine needs at least two adapters")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, DataError, ModelError, one_line
+from ..outputs import EXPORT_FORMAT
 from .artifact import atomic_dir, versions
 
 FORMATS = ("gguf", "merged-gguf")
@@ -432,16 +433,25 @@ def render_modelfile(*, base_from: str, adapter_file: str | None, template: str,
 
 def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "gguf", base_gguf: str | None = None,
            model: str | None = None, outtype: str = "f16", ignore_fingerprint: bool = False,
-           log: Callable[[str], None] | None = None) -> ExportReport:
+           log: Callable[[str], None] | None = None, overwrite: bool = False) -> ExportReport:
     """Export ``artifact`` for llama.cpp / Ollama into the directory ``out`` (written atomically). The steps in the
     order they run: checks (artifact and base, before any weights load), the adapter or model GGUF, the Modelfile
     and export.json."""
-    from ..outputs import check_output
+    from ..outputs import claim_output
 
-    log = log or (lambda s: None)
     # before any work: never into a file, a foreign directory, the artifact or a folder holding it; an earlier
-    # export is replaced (atomically) as before
-    check_output(out, "export", overwrite=True, inputs=[("ARTIFACT", artifact), ("--base-gguf", base_gguf)])
+    # export is replaced (atomically) only with --overwrite, keeping the files lorasp did not write; one writer
+    # per output (the lock is held until the export is in place)
+    with claim_output(out, "export", overwrite=overwrite,
+                      inputs=[("ARTIFACT", artifact), ("--base-gguf", base_gguf)]) as res:
+        return _export(artifact, res, fmt=fmt, base_gguf=base_gguf, model=model, outtype=outtype,
+                       ignore_fingerprint=ignore_fingerprint, log=log)
+
+
+def _export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str, base_gguf: str | None,
+            model: str | None, outtype: str, ignore_fingerprint: bool,
+            log: Callable[[str], None] | None) -> ExportReport:
+    log = log or (lambda s: None)
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     if outtype not in OUTTYPES:
@@ -502,7 +512,9 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
                 "base_gguf": rep.base_gguf, "outtype": outtype if rep.kind == "model" else "f32",
                 "tensors": rep.tensors, "permuted_qk": rep.permuted, "folded_scale": rep.folded_scale,
                 "alpha": rep.alpha, "prompt_mode": mode, "system": system, "notes": rep.notes,
-                "versions": {**versions(), "gguf": _version("gguf")}}
+                "versions": {**versions(), "gguf": _version("gguf")},
+                "format_id": EXPORT_FORMAT,  # the marker: lorasp wrote this directory (lora_spec.outputs)
+                "files": sorted([p.name for p in tmp.iterdir()] + ["export.json"])}
         (tmp / "export.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         rep.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
     rep.out = str(out)

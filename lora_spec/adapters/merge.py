@@ -283,6 +283,20 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
           ignore_fingerprint: bool = False, prompts: Sequence[str] | None = None, max_new_tokens: int = 16,
           log: Callable[[str], None] | None = None, overwrite: bool = False,
           precision: str = "auto") -> MergeReport:
+    """:func:`_merge` under the output's lock (``lora_spec.outputs.claim_output``): one writer per ``--out``."""
+    from ..outputs import claim_output
+
+    with claim_output(out, "merge", overwrite=overwrite, inputs=[("ADAPTER", adapter), ("--model", model)]) as res:
+        return _merge(adapter, res, base=base, dtype=dtype, safe=safe, force_quantized=force_quantized, model=model,
+                      ignore_fingerprint=ignore_fingerprint, prompts=prompts, max_new_tokens=max_new_tokens, log=log,
+                      overwrite=overwrite, precision=precision)
+
+
+def _merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "auto", dtype: str = "fp32",
+           safe: bool = False, force_quantized: bool = False, model: str | None = None,
+           ignore_fingerprint: bool = False, prompts: Sequence[str] | None = None, max_new_tokens: int = 16,
+           log: Callable[[str], None] | None = None, overwrite: bool = False,
+           precision: str = "auto") -> MergeReport:
     """Merge ``adapter`` into its base and write the full model (safetensors + config + tokenizer) to ``out``.
 
     ``model`` overrides the base recorded in the adapter's manifest (fingerprint-checked). Returns the parity
@@ -293,12 +307,10 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
     import torch
     from peft import PeftModel
 
-    from ..outputs import check_output
-
     t0 = time.time()
     log = log or (lambda s: None)
-    # checks, before anything is loaded: never into a file, a foreign directory or the adapter itself
-    check_output(out, "merge", overwrite=overwrite, inputs=[("ADAPTER", adapter), ("--model", model)])
+    # checks (before anything is loaded: never into a file, a foreign directory or the adapter itself) and the
+    # output's lock were taken by merge()
     tdtype = _torch_dtype(dtype)
     manifest = read_adapter(adapter)
     if manifest and manifest.get("kind") in ("full", "merged"):

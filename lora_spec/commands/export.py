@@ -26,6 +26,8 @@ class ExportConfig(RunConfig):
                                                    "recorded in the artifact's lorasp.json.")
     ignore_fingerprint: bool = Field(False, description="Export even if the base's fingerprint differs from the "
                                                         "adapter's.")
+    overwrite: bool = Field(False, description="Replace an earlier lorasp export at --out (only lorasp's own "
+                                               "files; anything else in it is kept).")
 
 
 @click.command("export")
@@ -44,7 +46,8 @@ def export_cmd(artifact, as_json, cfg: ExportConfig):
     from ..adapters.export import export
 
     rep = export(artifact, cfg.out, fmt=cfg.format, base_gguf=cfg.base_gguf, model=cfg.model,
-                 outtype=cfg.outtype, ignore_fingerprint=cfg.ignore_fingerprint, log=say)
+                 outtype=cfg.outtype, ignore_fingerprint=cfg.ignore_fingerprint, log=say,
+                 overwrite=cfg.overwrite)
     if as_json:
         click.echo(json.dumps(rep.__dict__, indent=2))
         return 0
