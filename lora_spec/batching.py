@@ -51,6 +51,9 @@ def over_budget(tokenizer, kind: str, max_length: int, prompt: str, target: str)
     return encode_examples([Example("", prompt, target)], tokenizer, kind, max_length)[1] > 0
 
 
+CHARS_PER_TOKEN = 64  # more characters than any one token of a real tokenizer covers
+
+
 def encode_examples(examples: list[Example], tokenizer, kind: str, max_length: int) -> tuple[list[Encoded], int]:
     """Tokenize prompt and target separately (the prompt with :func:`encode_prompts`, as generation does; the target
     followed by EOS)
@@ -61,11 +64,16 @@ def encode_examples(examples: list[Example], tokenizer, kind: str, max_length: i
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ConfigError("the student's tokenizer has no EOS token; training targets need one")
-    prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
+    # a text far longer than max_length tokens is cut in characters first (the prompt keeps its end, the target its
+    # start, as the token cut below does): a 50 MB teacher answer is never tokenized whole. No token spans
+    # CHARS_PER_TOKEN characters, so the cut never reaches the tokens that are kept.
+    cap = max(1, max_length) * CHARS_PER_TOKEN
+    prompts = encode_prompts(tokenizer, [e.prompt if len(e.prompt) <= cap else e.prompt[-cap:] for e in examples])
+    target_texts = [e.target if len(e.target) <= cap else e.target[:cap] for e in examples]
     if kind == "seq2seq":
-        targets = tokenizer([e.target for e in examples], add_special_tokens=True)["input_ids"]
+        targets = tokenizer(target_texts, add_special_tokens=True)["input_ids"]
     else:
-        targets = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"]
+        targets = tokenizer(target_texts, add_special_tokens=False)["input_ids"]
     out: list[Encoded] = []
     truncated = 0
     for p, t in zip(prompts, targets):

@@ -38,7 +38,7 @@ from pydantic import Field, ValidationError
 from . import __version__, registry
 from .config import FIRST_MEANS, RunConfig, _describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError
-from .outputs import interrupt_on_signals
+from .outputs import TEACH_FORMAT, interrupt_on_signals
 from .records import Problem, Sample, TeacherRequest, read_jsonl, read_text, write_jsonl
 from .store import SampleStore, request_usage
 
@@ -71,10 +71,14 @@ class TeachConfig(RunConfig):
     top_logprobs: int = Field(0, ge=0, le=20, description="Record the teacher's top-k logprobs per token.")
     seed: int | None = Field(0, description="Sampling seed (each sample gets its own derived seed).")
     concurrency: int = Field(8, ge=1, le=512, description="Requests in flight (openai).")
-    timeout: float = Field(600.0, gt=0, description="Seconds to wait for one answer, queueing included (openai).")
+    timeout: float = Field(600.0, gt=0, description="Seconds for one answer, a total deadline (connect, queueing "
+                           "and every byte of the reply, even from a server that trickles), per attempt (openai).")
     max_retries: int = Field(6, ge=0, le=50, description="Retries on 429/5xx/timeouts (openai).")
     teacher_opt: list[str] = Field(default_factory=list, description="Teacher plugin parameter KEY=VALUE.")
     keep: Literal["correct", "all"] = Field("correct", description="Export only correct samples, or all (marked).")
+    max_answer_chars: int = Field(1_000_000, ge=1, description="Longest teacher answer kept, in characters (far "
+                                  "above any real chain of thought); a longer one is dropped as a failure and "
+                                  "counted in the manifest (counts.too_long).")
     out: str | None = Field(None, description="Run directory (default: runs/teach/<dataset>-<split>).")
     progress: bool = Field(True, description="Show a progress bar on a terminal.")
 
@@ -266,14 +270,39 @@ def teach_result(cfg: TeachConfig | None = None, **overrides: Any) -> TeachResul
     from .outputs import RunLock, check_output
 
     out = Path(cfg.out or f"runs/teach/{cfg.dataset}-{cfg.split}")
-    # an existing teach run is resumed; anything else that is there is never written into
-    check_output(out, "teach", inputs=[(f"--teacher-opt {kv.split('=', 1)[0]}", f) for kv in cfg.teacher_opt
+    # an existing teach run is resumed; anything else that is there is never written into (a symlinked --out: its
+    # target is the run)
+    res = check_output(out, "teach", inputs=[(f"--teacher-opt {kv.split('=', 1)[0]}", f) for kv in cfg.teacher_opt
                                        if "=" in kv for f in kv.split("=", 1)[1].split(",")]
                  + [("--prompt", cfg.prompt[5:] if cfg.prompt.startswith("file:") else None),
                     ("--data-dir", cfg.data_dir)])
+    if out.is_symlink():
+        out = res
 
     with contextlib.ExitStack() as stack:  # holds the run lock, taken once the cheap checks passed
         return _teach(cfg, out, stack, RunLock)
+
+
+def _same_run(out: Path, cfg: TeachConfig, n_problems: int) -> None:
+    """A rerun into an existing run directory continues that run: another dataset, split or dataset parameters
+    are refused (the run's exported files would silently become another data set's), and a smaller ``--first``
+    says in one line that the export is a subset and where the rest is."""
+    try:
+        m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        ds = m["dataset"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a new run (or one stopped before its first manifest)
+    now = {"name": cfg.dataset, "split": cfg.split, "params": parse_kv(cfg.dataset_opt, "--dataset-opt")}
+    for key, flag in (("name", "--dataset"), ("split", "--split"), ("params", "--dataset-opt")):
+        if key in ds and ds[key] != now[key]:
+            raise ConfigError(f"{flag} {now[key]!r}: the teach run in {out} is of {flag} {ds[key]!r} "
+                              f"({out / 'manifest.json'}); a run holds one data set: choose another --out")
+    before = ds.get("problems")
+    if isinstance(before, int) and n_problems < before:
+        which = f"--first {cfg.first}" if cfg.first else "the data set"
+        print(f"note: {which}: exporting {n_problems} of the {before} problems this run holds; the "
+              f"samples of the other {before - n_problems} stay in {out / 'store.sqlite'} (rerun with --first "
+              f"{before} or more to export them again)", file=sys.stderr, flush=True)
 
 
 def _load_problems(cfg: TeachConfig) -> list[Problem]:
@@ -351,6 +380,7 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
 
     # a second process on the same run would pay for every sample again: one process per run directory
     stack.enter_context(lock_cls(out, "teach run"))
+    _same_run(out, cfg, len(problems))
     write_jsonl(out / "problems.jsonl", (Problem(p.id, p.question, p.answer, p.rationale,
                                                  {**p.meta, "prompt_id": prompts[p.id][1]}) for p in problems))
     store = SampleStore(out / "store.sqlite")
@@ -361,17 +391,22 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
     total = len(problems) * n_samples
     progress = _Progress(total, already, cfg.progress, f"teach {cfg.teacher}")
     stop_event = threading.Event()
-    stored_now = failed_now = 0
+    stored_now = failed_now = too_long_now = 0
     unavailable: dict[tuple[str, str, int], str] = {}  # key -> why (a teacher whose missing outputs are final)
     status = "complete"
     fatal: BaseException | None = None
     sent_before = getattr(teacher, "requests_sent", 0)
 
     def consume(samples: list[Sample], request_id: str | None) -> None:
-        nonlocal stored_now, failed_now
+        nonlocal stored_now, failed_now, too_long_now
         ok = bad = good = 0
         for s in samples:
             s.teacher = fp
+            if not s.error and len(s.text or "") > cfg.max_answer_chars:  # dropped (a rerun asks again)
+                s.error = (f"answer of {len(s.text):,} characters is over --max-answer-chars "
+                           f"{cfg.max_answer_chars:,}; dropped")
+                s.text = ""
+                too_long_now += 1
             if s.error and final_missing:
                 unavailable[(s.prompt_id, s.problem_id, s.sample_index)] = s.error
                 continue
@@ -403,7 +438,8 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
             teacher.close()
     sent = getattr(teacher, "requests_sent", None)
     this_run = {"requests_sent": None if sent is None else sent - sent_before, "samples_stored": stored_now,
-                "failed": failed_now, "resumed_from_store": already, "wall_time_s": round(time.time() - t0, 3)}
+                "failed": failed_now, "too_long": too_long_now, "resumed_from_store": already,
+                "wall_time_s": round(time.time() - t0, 3)}
     manifest = _finish(out, cfg, store, run, fp, teacher, spec, stop, problems, prompts, n_samples, this_run,
                        status, unavailable)
     store.close()
@@ -459,6 +495,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
     n = len(problems)
     errors = store.last_errors(fp, run) if failed_keys else []
     manifest = {
+        "format": TEACH_FORMAT,  # the marker: lorasp wrote this run directory (lora_spec.outputs)
         "lorasp_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": status,
@@ -472,7 +509,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
                        "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "top_logprobs": cfg.top_logprobs,
                        "seed": cfg.seed, "keep": cfg.keep},
         "counts": {"problems": n, "requested": len(keys), "received": len(samples), "failed": len(failed_keys),
-                   "unavailable": len(gone),
+                   "unavailable": len(gone), "too_long": this_run.get("too_long", 0),
                    "correct": correct, "exported": len(export),
                    "problems_with_correct_sample": any_ok},
         "accuracy": {"first_sample": round(first_ok / n, 4) if n else None,

@@ -28,8 +28,8 @@ def test_gold_arith_via_cli(tmp_path):
     m = _manifest(out)
     assert m["status"] == "complete"
     assert m["parameters"]["samples"] == 1 and m["parameters"]["samples_asked"] == 4  # one rationale each
-    assert m["counts"] == {"problems": 12, "requested": 12, "received": 12, "failed": 0, "unavailable": 0, "correct": 12,
-                           "exported": 12, "problems_with_correct_sample": 12}
+    assert m["counts"] == {"problems": 12, "requested": 12, "received": 12, "failed": 0, "unavailable": 0,
+                           "too_long": 0, "correct": 12, "exported": 12, "problems_with_correct_sample": 12}
     assert m["accuracy"]["first_sample"] == 1.0 and m["accuracy"]["majority_vote"] == 1.0
     problems, samples = load_run(out)
     assert len(problems) == 12 and len(samples) == 12

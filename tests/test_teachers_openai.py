@@ -147,7 +147,7 @@ def test_timeouts_are_retried_with_backoff_then_recorded():
         t.close()
         tags = [e.tag for e in proxy.log]
     assert tags == ["q1/0/1"] * 3
-    assert row[0].error.startswith("gave up after 3 attempts: timeout after 0.5s")
+    assert row[0].error.startswith("gave up after 3 attempts: no complete answer within --timeout 0.5s")
     # 3 timeouts of 0.5s plus backoff of 0.2-0.4s and 0.4-0.8s (equal jitter)
     assert 2.0 <= elapsed < 4.5, elapsed
 

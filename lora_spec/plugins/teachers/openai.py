@@ -62,6 +62,84 @@ class _Fatal(Exception):
     pass
 
 
+# ------------------------------------------------------------------------------------------ the answer deadline
+
+_DEADLINE = threading.local()  # .at: time.monotonic() by which this thread's exchange must be complete
+
+
+def _left(timeout: float | None, exc: type) -> float | None:
+    """The socket timeout for the next read/write/connect: the library's own (per operation), but never past the
+    exchange's deadline; past it, ``exc`` (a timeout httpx reports as such)."""
+    at = getattr(_DEADLINE, "at", None)
+    if at is None:
+        return timeout
+    rem = at - time.monotonic()
+    if rem <= 0:
+        raise exc("the answer's deadline (--timeout) passed")
+    return rem if timeout is None else min(timeout, rem)
+
+
+class _DeadlineStream:
+    """A network stream whose every read and write ends by the exchange's deadline: httpx's read timeout restarts
+    with each byte, so a server that trickles one byte every few seconds would never time out."""
+
+    def __init__(self, stream):
+        self._s = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        import httpcore
+
+        return self._s.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        import httpcore
+
+        return self._s.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        import httpcore
+
+        return _DeadlineStream(self._s.start_tls(ssl_context, server_hostname,
+                                                 _left(timeout, httpcore.ConnectTimeout)))
+
+    def close(self) -> None:
+        self._s.close()
+
+    def get_extra_info(self, info: str):
+        return self._s.get_extra_info(info)
+
+
+class _DeadlineBackend:
+    """httpcore's network backend, its streams wrapped in :class:`_DeadlineStream`."""
+
+    def __init__(self, backend):
+        self._b = backend
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        import httpcore
+
+        return _DeadlineStream(self._b.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout),
+                                                   local_address, socket_options))
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        import httpcore
+
+        return _DeadlineStream(self._b.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout),
+                                                           socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._b.sleep(seconds)
+
+
+def _with_deadlines(client: httpx.Client) -> httpx.Client:
+    """Every connection pool of ``client`` (the direct one and any proxy's) gets deadline-bound streams."""
+    for transport in [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]:
+        pool = getattr(transport, "_pool", None)
+        if pool is not None and hasattr(pool, "_network_backend"):
+            pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return client
+
+
 class OpenAITeacher:
     """OpenAI-compatible HTTP teacher (completions or chat), with retries, bounded concurrency and top-k logprobs."""
 
@@ -130,10 +208,10 @@ class OpenAITeacher:
             key = os.environ.get(self.api_key_env or "", "")
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-            self._client = httpx.Client(
+            self._client = _with_deadlines(httpx.Client(
                 base_url=self.base_url, headers=headers,
                 timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-                limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency))
+                limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)))
         return self._client
 
     def close(self) -> None:
@@ -202,6 +280,8 @@ class OpenAITeacher:
             retry_after = None
             with self._lock:
                 self.requests_sent += 1
+            # --timeout is the whole answer's deadline (connect, send, every byte of the reply), not per read
+            _DEADLINE.at = time.monotonic() + self.timeout
             try:
                 resp = self._http().post(path, json=body, headers={"X-Lorasp-Request": tag})
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -213,7 +293,7 @@ class OpenAITeacher:
                     raise _Fatal(f"cannot reach the teacher server at {self.base_url}: {self.max_connect_failures} "
                                  f"connection attempts in a row failed ({last}); is it running? (check --base-url)")
             except httpx.TimeoutException as exc:
-                last = f"timeout after {self.timeout:g}s ({type(exc).__name__})"
+                last = f"no complete answer within --timeout {self.timeout:g}s ({type(exc).__name__})"
             except httpx.TransportError as exc:
                 last = f"connection error: {type(exc).__name__}: {one_line(self._redact(str(exc)))[:200]}"
             else:
@@ -235,6 +315,7 @@ class OpenAITeacher:
                     retry_after = float(ra) if ra is not None else None
                 except ValueError:
                     retry_after = None
+            _DEADLINE.at = None
             if attempt > self.max_retries:
                 return TaskResult(self._fail(task, f"gave up after {attempt} attempts: {last}"), attempts=attempt)
             if not self._sleep(attempt, retry_after, stop):
