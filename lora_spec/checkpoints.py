@@ -8,6 +8,7 @@ directory from a running :class:`lora_spec.trainer.TrainState` and put one back 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -194,6 +195,75 @@ def checkpoint_dirs(root: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+# ------------------------------------------------------------------------------------- an earlier fit's checkpoints
+
+PREVIOUS = ".lorasp-previous"  # an earlier, finished fit's checkpoints, set aside by a new fit at the same --out
+
+
+def set_aside_previous(ckpt_dir: Path) -> int:
+    """A new fit over a finished one: move the earlier fit's ``step-*`` into ``<ckpt_dir>/.lorasp-previous``, to be
+    removed only once the new fit has written its first checkpoint (:func:`drop_previous`), and put back if it
+    fails before that (:func:`previous_checkpoints_kept`). Returns how many were set aside."""
+    import shutil
+
+    prev = ckpt_dir / PREVIOUS
+    steps = sorted(ckpt_dir.glob("step-*"))
+    if not steps:
+        return 0
+    if prev.exists():  # an older set-aside copy whose fit was replaced since: this one is newer
+        shutil.rmtree(prev, ignore_errors=True)
+    prev.mkdir()
+    for d in steps:
+        os.rename(d, prev / d.name)
+    return len(steps)
+
+
+def drop_previous(ckpt_dir: Path) -> None:
+    import shutil
+
+    if (ckpt_dir / PREVIOUS).exists():
+        shutil.rmtree(ckpt_dir / PREVIOUS, ignore_errors=True)
+
+
+def _restore_previous(ckpt_dir: Path, why: str, warn) -> None:
+    prev = ckpt_dir / PREVIOUS
+    if not prev.is_dir():
+        return
+    if any(ckpt_dir.glob("step-*")):  # the newer fit wrote a checkpoint: the earlier ones are superseded
+        drop_previous(ckpt_dir)
+        return
+    moved = 0
+    for d in sorted(prev.glob("step-*")):
+        os.rename(d, ckpt_dir / d.name)
+        moved += 1
+    drop_previous(ckpt_dir)
+    if moved:
+        warn(f"{why}: the earlier fit's {moved} checkpoint{'s' if moved > 1 else ''} in {ckpt_dir} "
+             f"{'are' if moved > 1 else 'is'} kept")
+
+
+@contextlib.contextmanager
+def previous_checkpoints_kept(ckpt_dir: Path, out: Path, warn=None):
+    """Around a fit (under its lock): an earlier fit's checkpoints that a new fit set aside are removed only once
+    the new fit has written its first checkpoint; a fit that fails before that puts them back, and so does the
+    next fit after one that was killed. Temporary directories a killed artifact write left beside ``out`` are
+    removed first."""
+    import sys
+
+    from .errors import one_line
+    from .outputs import clean_residue
+
+    say = warn or (lambda m: print(f"note: {one_line(m)}", file=sys.stderr, flush=True))
+    clean_residue(Path(out), say)
+    _restore_previous(ckpt_dir, "an earlier fit at this --out stopped before its first checkpoint", say)
+    try:
+        yield
+    except BaseException:
+        _restore_previous(ckpt_dir, "this fit stopped before its first checkpoint", say)
+        raise
+    drop_previous(ckpt_dir)
+
+
 # --------------------------------------------------------------------------------------------- a running fit's checkpoints
 
 def save_checkpoint(st: "TrainState", step: int, scores: dict | None) -> dict:
@@ -223,6 +293,7 @@ def save_checkpoint(st: "TrainState", step: int, scores: dict | None) -> dict:
                         "total_steps": st.total}, tmp)
             (tmp / "checkpoint.json").write_text(json.dumps({k: v for k, v in rec.items() if k != "path"}, indent=1))
             seal(tmp)  # sizes + checksums of every file: --resume skips a checkpoint that does not match
+        drop_previous(st.ckpt_root)  # this fit has a checkpoint now: an earlier fit's set-aside ones go
     st.last_saved = step
     st.accelerator.wait_for_everyone()
     return rec

@@ -103,11 +103,14 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     if not res.data:
         check_output(out.with_name(out.name + ".teach"), "teach", flag="--out (its teach run directory)",
                      inputs=inputs)
-    if Path(res.out).name in ("", ".", ".."):
+    if Path(res.out).name in ("", ".", "..") or Path(res.out).is_symlink():  # a symlink: its target
         cfg = cfg.model_copy(update={"out": str(out)})
     if int(os.environ.get("RANK", "0") or 0) != 0:  # DDP: the main process holds the lock
         return _fit(cfg, evaluator=evaluator, log=log)
-    with RunLock(ckpt_dir, "fit checkpoint directory"):
+    from .checkpoints import previous_checkpoints_kept
+
+    # an earlier fit's checkpoints are removed only once this one has written its first (lora_spec.checkpoints)
+    with RunLock(ckpt_dir, "fit checkpoint directory"), previous_checkpoints_kept(ckpt_dir, out):
         return _fit(cfg, evaluator=evaluator, log=log)
 
 
@@ -145,10 +148,10 @@ class _Run:
     out: Path
     ckpt_dir: Path
     t_start: float
+    precision: Any = None  # lora_spec.precision.Precision: what this fit computes in, and why
 
     @property
     def main(self) -> bool:
-    precision: Any = None  # lora_spec.precision.Precision: what this fit computes in, and why
         return self.state.is_main_process
 
     def resuming(self) -> bool:
@@ -202,12 +205,12 @@ def _start(cfg: FitConfig, log: Callable[[str], None] | None) -> _Run:
 
     state = dist_state()
     main = state.is_main_process
-    if not cfg.progress:
-        from transformers.utils import logging as hf_logging
-
     from .precision import resolve_precision
 
     precision = resolve_precision(cfg.precision, str(state.device))
+    if not cfg.progress:
+        from transformers.utils import logging as hf_logging
+
         hf_logging.disable_progress_bar()
     if log is None:
         def log(msg: str) -> None:
@@ -221,11 +224,10 @@ def _start(cfg: FitConfig, log: Callable[[str], None] | None) -> _Run:
         if _finished(out, ckpt_dir):
             # the earlier fit finished and its artifact is at --out: a fresh run starts over (the artifact is
             # replaced atomically only when this run finishes)
-            if main:
-                import shutil
+            if main:  # set aside, removed once this fit writes its first checkpoint (put back if it fails first)
+                from .checkpoints import set_aside_previous
 
-                for d in ckpt_dir.glob("step-*"):
-                    shutil.rmtree(d, ignore_errors=True)
+                set_aside_previous(ckpt_dir)
             state.wait_for_everyone()
         else:
             raise ConfigError(f"{ckpt_dir} holds checkpoints of an unfinished fit: pass --resume to continue it, "
@@ -549,7 +551,21 @@ def _finished(out: Path, ckpt_dir: Path) -> bool:
         m = json.loads((out / "lorasp.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return Path(str((m.get("train") or {}).get("checkpoint_dir", ""))).resolve() == ckpt_dir.resolve()
+    rec = Path(str((m.get("train") or {}).get("checkpoint_dir", "")))
+    if rec.resolve() == ckpt_dir.resolve():
+        return True
+    # the project folder was moved or copied: the recorded absolute path is elsewhere. The checkpoints are this
+    # artifact's when the directory has its name and every checkpoint in it is one the artifact recorded (step and
+    # loss, a fingerprint no other fit shares)
+    if rec.name != ckpt_dir.name:
+        return False
+    recorded = {(c.get("step"), c.get("loss")) for c in m.get("checkpoints") or [] if isinstance(c, dict)}
+    steps = sorted(ckpt_dir.glob("step-*"))
+    try:
+        return bool(steps) and all((j.get("step"), j.get("loss")) in recorded for j in
+                                   (json.loads((d / "checkpoint.json").read_text()) for d in steps))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_manifest, extra_files=None) -> None:
