@@ -292,7 +292,7 @@ def residue(final: Path) -> list[Path]:
     except OSError:
         return []
     for p in siblings:
-        m = re.fullmatch(re.escape(f".{final.name}.") + r"(?:tmp-(\d+)-\d+|old-(\d+))", p.name)
+        m = re.fullmatch(re.escape(f".{final.name}.") + r"(?:tmp-(\d+)-\w+|old-(\d+))", p.name)
         if m and p.is_dir() and not p.is_symlink():
             pid = int(m.group(1) or m.group(2))
             if pid != os.getpid() and not _pid_alive(pid):

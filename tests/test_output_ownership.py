@@ -185,18 +185,16 @@ def test_export_overwrite_replaces_only_lorasps_files(ws, tmp_path):
     out = tmp_path / "gguf"
     shutil.copytree(ws / "gguf", out)
     mine = {n: (out / n).read_bytes() for n in ("base.gguf", "notes.md")}
-    said: list[str] = []
     from lora_spec.outputs import OutputError
 
     with pytest.raises(OutputError, match="--overwrite"):
         export(ws / "ad", out)
-    rep = export(ws / "ad", out, overwrite=True)
+    export(ws / "ad", out, overwrite=True)
     assert (out / "adapter.gguf").read_bytes() != b"GGUF old" and (out / "export.json").exists()
     assert {n: (out / n).read_bytes() for n in mine} == mine
     doc = json.loads((out / "export.json").read_text())
     assert doc["format_id"] == "lorasp-export/1" and "base.gguf" not in doc["files"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gguf"]  # no temporary, no old copy left
-    del said, rep
 
 
 def test_merge_overwrite_keeps_foreign_files_and_says_so(ws, tmp_path):
@@ -604,3 +602,43 @@ def test_eval_overwrite_keeps_the_users_files(ws, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (out / "notes.txt").read_text() == "mine\n"
     assert (out / "predictions" / "my-analysis.jsonl").read_text() == "{}\n"
+
+
+def test_combine_overwrite_and_a_teach_rerun_keep_the_users_files(ws, tmp_path):
+    """Item 3 for combine (replaced whole), and teach (writes its run in place): the user's files survive."""
+    from lora_spec.adapters.combine import combine
+    from lora_spec.teach import teach
+
+    out = tmp_path / "c"
+    shutil.copytree(ws / "combined", out)
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        combine([ws / "ad", ws / "ad2"], out, overwrite=True)
+    said = buf.getvalue()
+    assert (out / "notes.txt").read_text() == "my notes\n" and "kept 1 file lorasp did not write: notes.txt" in said
+    assert json.loads((out / "lorasp.json").read_text())["kind"] == "combined"
+    run = tmp_path / "run"
+    teach(dataset="arith", teacher="gold", first=3, out=str(run), progress=False)
+    (run / "notes.txt").write_text("mine\n")
+    teach(dataset="arith", teacher="gold", first=5, out=str(run), progress=False)
+    assert (run / "notes.txt").read_text() == "mine\n"
+
+
+def test_residue_is_only_a_dead_process_own_temporaries():
+    from lora_spec.outputs import residue
+
+    d = Path(os.environ.get("TMPDIR", "/tmp")) / f"lorasp-residue-{os.getpid()}"
+    d.mkdir()
+    try:
+        dead = _dead_pid()
+        for name in (f".gguf.tmp-{dead}-mergeab12_x", f".gguf.tmp-{dead}-1700000000000", f".gguf.old-{dead}",
+                     f".gguf.tmp-{os.getpid()}-1", ".gguf-mine", f".other.tmp-{dead}-1", f"gguf.tmp-{dead}-1"):
+            (d / name).mkdir()
+        found = sorted(p.name for p in residue(d / "gguf"))
+        assert found == sorted([f".gguf.old-{dead}", f".gguf.tmp-{dead}-1700000000000",
+                                f".gguf.tmp-{dead}-mergeab12_x"])
+    finally:
+        shutil.rmtree(d)

@@ -489,7 +489,8 @@ def _export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str, ba
             if not full:  # merged-gguf of an adapter: lorasp merge first (with its parity check)
                 from .merge import merge
 
-                scratch = tempfile.mkdtemp(prefix=".lorasp-export-merge-", dir=str(out.parent))
+                # named as atomic_dir's temporaries are: a kill -9 leaves residue the next export removes
+                scratch = tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-merge", dir=str(out.parent))
                 mrep = merge(src, Path(scratch) / "merged", model=model, ignore_fingerprint=ignore_fingerprint,
                              log=log)
                 log(f"merged: max logit diff vs base+adapter {mrep.max_logit_diff:.3g}, identical greedy "
