@@ -202,6 +202,9 @@ def enclosing_output(path: Path) -> tuple[Path, str] | None:
         if parent == Path(parent.anchor):
             break
         kind = output_kind(parent)
+        if kind in ("eval", "eval_partial") and "lorasp_version" not in (_json_object(parent / "results.json") or {}) \
+                and not (parent / JOURNAL_DIR).is_dir():
+            continue  # eval results are told by their names: above an --out only lorasp's own results.json counts
         if kind in _MARKED:
             return parent, kind
     return None

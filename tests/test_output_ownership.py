@@ -642,3 +642,17 @@ def test_residue_is_only_a_dead_process_own_temporaries():
                                 f".gguf.tmp-{dead}-mergeab12_x"])
     finally:
         shutil.rmtree(d)
+
+
+def test_a_project_folder_that_merely_looks_like_eval_results_is_not_an_output_around_out(tmp_path, capsys):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "results.json").write_text('{"my": "results"}')
+    (proj / "report.md").write_text("# my report\n")
+    from lora_spec.outputs import check_output
+
+    assert check_output(proj / "runs" / "a", "teach") == (proj / "runs" / "a").resolve()
+    (proj / "results.json").write_text('{"lorasp_version": "0.1", "tasks": {}}')
+    code, _, err = main_cli(capsys, "teach", "--dataset", "arith", "--teacher", "gold", "--first", "2", "--out",
+                            str(proj / "runs" / "a"))
+    assert code == 2 and "inside" in err and "lorasp eval results" in err, err
