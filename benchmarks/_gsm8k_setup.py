@@ -21,6 +21,8 @@ def add_common_args(ap: argparse.ArgumentParser, *, n: int, max_new_tokens: int,
     ap.add_argument("--mode", default=mode)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (both sides)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="lorasp's side (eval_throughput); the baseline stays fp32")
 
 
 @dataclass

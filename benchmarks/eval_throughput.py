@@ -1,9 +1,10 @@
 """lorasp's batched eval generation vs one-question-at-a-time ``model.generate`` on the same GSM8K test questions.
 
-Both sides: the real SmolLM2-135M-Instruct (fp32 on CPU), the same prompts (zero-shot CoT, chat template), greedy
+The baseline: the real SmolLM2-135M-Instruct in fp32; lorasp: the same model at ``--precision`` (default auto: bf16
+on a CPU with native bf16 units or a GPU, else fp32, the same weights as the baseline). The same prompts (zero-shot CoT, chat template), greedy
 decoding, the same ``max_new_tokens``, stopping at EOS. Tokens/s counts the tokens each side actually generated
 (up to and including EOS). Reports the median over ``--repeats`` runs, the ratio, and whether the extracted answers
-(and the full texts) agree.
+(and the full texts) agree with the fp32 baseline's (where lorasp runs in bf16, that is its agreement with fp32).
 
     python benchmarks/eval_throughput.py [--n 64] [--max-new-tokens 128] [--batch-size 16] [--repeats 3]
 
@@ -31,6 +32,13 @@ def main() -> None:
     from lora_spec.generation import generate
 
     model, tok, prompts, stops = setup.model, setup.tokenizer, setup.prompts, setup.stops
+    from lora_spec.precision import resolve_precision
+    from lora_spec.student import load_student
+    from train_precision import environment_line
+
+    precision = resolve_precision(args.precision)
+    print(f"environment: {environment_line()}\nlorasp precision: {precision.line()}", flush=True)
+    lorasp_model = model if precision.name == "fp32" else load_student(args.model, dtype=precision.dtype).model
     eos = model.generation_config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos)
 
@@ -54,7 +62,7 @@ def main() -> None:
 
     def lorasp() -> tuple[list[str], int, float]:
         stats: dict = {}
-        outs = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, stop=stops,
+        outs = generate(lorasp_model, tok, prompts, max_new_tokens=args.max_new_tokens, stop=stops,
                         batch_size=args.batch_size, progress=False, stats=stats)
         return outs, stats["generated_tokens"], stats["seconds"]
 
@@ -80,7 +88,8 @@ def main() -> None:
     print(f"RESULT name=eval_throughput ratio={med['lorasp'] / med['baseline']:.2f} "
           f"lorasp_tok_s={med['lorasp']:.1f} baseline_tok_s={med['baseline']:.1f} n={len(prompts)} "
           f"max_new_tokens={args.max_new_tokens} batch_size={args.batch_size} repeats={args.repeats} "
-          f"answers_agree={agree}/{len(a)} identical_texts={same_text}/{len(a)} model={args.model} mode={args.mode}")
+          f"answers_agree={agree}/{len(a)} identical_texts={same_text}/{len(a)} model={args.model} mode={args.mode} "
+          f"precision={precision.name} {environment_line()}")
 
 
 if __name__ == "__main__":

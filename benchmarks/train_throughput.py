@@ -1,8 +1,16 @@
 """LoRA fine-tune throughput: lorasp's trainer vs TRL ``SFTTrainer`` + peft, on the same data and settings.
 
-Both sides train SmolLM2-135M-Instruct (fp32, CPU) with LoRA r=16/alpha=32 on all linear layers, on the same 256
+Both sides train SmolLM2-135M-Instruct (CPU) with LoRA r=16/alpha=32 on all linear layers, on the same 256
 GSM8K CoT examples (zero-shot CoT prompt -> reference rationale + "The answer is X."; loss on the completion
-only), with the same batch size, max length, steps, learning rate/schedule, no gradient checkpointing.
+only), with the same batch size, max length, steps, learning rate/schedule. lorasp runs at ``--precision auto``
+(``--lorasp-precision``). TRL runs at up to three settings:
+
+- ``trl-fp32``: ``bf16=False``, no gradient checkpointing (its best setting on a CPU without native bf16 units);
+- ``trl-bf16``: ``bf16=True``, no gradient checkpointing (its best setting where bf16 is native: AMX, GPUs);
+- ``trl-defaults``: SFTConfig's own defaults (``bf16=True``, gradient checkpointing on).
+
+The bf16 settings run only where bf16 is native (AMX/AVX512-BF16 CPUs) unless ``--force-bf16``: elsewhere bf16 is
+emulated and a step takes many minutes. The ratio is lorasp over the best TRL setting measured.
 Each side runs in a fresh child process (so that peak RSS is its own); sides alternate, ``--repeats`` times.
 lorasp's child gets the allocator the ``lorasp`` entry point preloads (jemalloc where installed, see
 ``lora_spec/memory.py``); TRL's runs on glibc's malloc as a TRL user's would, and with
@@ -53,9 +61,12 @@ def run_lorasp(a) -> dict:
     from lora_spec.student import load_student
     from lora_spec.trainer import TrainArgs, train
 
+    from lora_spec.precision import resolve_precision
+
     rows = _data(a.examples)
+    precision = resolve_precision(getattr(a, "lorasp_precision", "auto"))
     torch.manual_seed(0)
-    st = load_student("smollm2-135m")
+    st = load_student("smollm2-135m", dtype=precision.dtype)
     model = apply_method(st, MethodSpec("lora", rank=a.rank, alpha=2 * a.rank, dropout=0.0,
                                         gradient_checkpointing=getattr(a, "gradient_checkpointing", False)))
     ex = [Example("zero_shot_cot", r["prompt"], r["completion"], r["id"]) for r in rows]
@@ -68,9 +79,15 @@ def run_lorasp(a) -> dict:
         t0 = time.perf_counter()
         train(model, st.tokenizer, ex, kind="causal", ckpt_dir=d, on_step=on_step,
               args=TrainArgs(max_steps=a.steps, batch_size=a.batch_size, lr=2e-4, warmup=0, schedule="cosine",
-                             max_length=a.max_length, save_every=0, progress=False, tracker="none"))
+                             max_length=a.max_length, save_every=0, progress=False, tracker="none",
+                             mixed_precision=precision.mixed_precision))
         wall = time.perf_counter() - t0
     return _summary(marks, wall)
+
+
+TRL_SETTINGS = {  # side -> (bf16, gradient_checkpointing)
+    "trl": (False, False), "trl+prealloc": (False, False), "trl-fp32": (False, False),
+    "trl-bf16": (True, False), "trl-defaults": (True, True)}
 
 
 def run_trl(a) -> dict:
@@ -97,8 +114,10 @@ def run_trl(a) -> dict:
         cfg = SFTConfig(output_dir=d, per_device_train_batch_size=a.batch_size, max_steps=a.steps,
                         learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
                         report_to="none", save_strategy="no",
-                        gradient_checkpointing=getattr(a, "gradient_checkpointing", False),
-                        max_length=a.max_length, use_cpu=True, bf16=False, fp16=False, packing=False,
+                        gradient_checkpointing=(getattr(a, "gradient_checkpointing", False)
+                                                or TRL_SETTINGS[a.side][1]),
+                        max_length=a.max_length, use_cpu=True, bf16=TRL_SETTINGS[a.side][0], fp16=False,
+                        packing=False,
                         completion_only_loss=True, dataloader_num_workers=0, seed=0, disable_tqdm=True)
         tr = SFTTrainer(model=st.model, args=cfg, train_dataset=ds, processing_class=st.tokenizer,
                         peft_config=LoraConfig(r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.0,
@@ -139,7 +158,9 @@ def child_env(side: str) -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--side", choices=["lorasp", "trl", "trl+prealloc"])
+    ap.add_argument("--side", choices=["lorasp", *TRL_SETTINGS])
+    ap.add_argument("--lorasp-precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--force-bf16", action="store_true", help="run TRL's bf16 settings on a CPU without native bf16")
     ap.add_argument("--trl-with-lorasp-allocator", action="store_true",
                     help="also run TRL with the allocator lorasp preloads (the same-allocator comparison)")
     ap.add_argument("--steps", type=int, default=6)
@@ -155,14 +176,26 @@ def main() -> None:
         print("JSON " + json.dumps(res), flush=True)
         return
     from lora_spec.memory import preload_library
+    from lora_spec.precision import native_bf16_units, resolve_precision
 
-    sides = ["lorasp", "trl"] + (["trl+prealloc"] if a.trl_with_lorasp_allocator and preload_library() else [])
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from train_precision import environment_line
+
+    precision = resolve_precision(a.lorasp_precision)
+    print(f"environment: {environment_line()}\nlorasp precision: {precision.line()}", flush=True)
+    bf16_ok = a.force_bf16 or native_bf16_units() is not None
+    sides = (["lorasp", "trl-fp32"] + (["trl-bf16", "trl-defaults"] if bf16_ok else [])
+             + (["trl+prealloc"] if a.trl_with_lorasp_allocator and preload_library() else []))
+    if not bf16_ok:
+        print("skipped trl-bf16 and trl-defaults (bf16=True): this CPU has no native bf16 matrix units, where bf16 "
+              "is emulated and many times slower than fp32, so TRL's best setting here is trl-fp32 (--force-bf16 "
+              "runs them anyway)", flush=True)
     results: dict[str, list[dict]] = {s: [] for s in sides}
     for r in range(a.repeats):
         for side in (sides if r % 2 == 0 else sides[::-1]):
             cmd = [sys.executable, __file__, "--side", side, "--steps", str(a.steps), "--batch-size",
                    str(a.batch_size), "--max-length", str(a.max_length), "--rank", str(a.rank), "--examples",
-                   str(a.examples)]
+                   str(a.examples), "--lorasp-precision", a.lorasp_precision]
             p = subprocess.run(cmd, capture_output=True, text=True, env=child_env(side))
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("JSON ")]
             if p.returncode != 0 or not line:
@@ -174,15 +207,19 @@ def main() -> None:
                   f"{res['allocator']}", flush=True)
     med = {s: {k: statistics.median(x[k] for x in v) for k in ("tokens_per_s", "peak_rss_mb")}
            for s, v in results.items()}
-    ratio = med["lorasp"]["tokens_per_s"] / med["trl"]["tokens_per_s"]
-    mem = med["lorasp"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"]
-    print(f"median lorasp {med['lorasp']['tokens_per_s']:.1f} tokens/s, {med['lorasp']['peak_rss_mb']:.0f} MB; "
-          f"TRL {med['trl']['tokens_per_s']:.1f} tokens/s, {med['trl']['peak_rss_mb']:.0f} MB")
-    print(f"RESULT name=train_throughput ratio={ratio:.3f} lorasp_tokens_per_s={med['lorasp']['tokens_per_s']:.1f} "
-          f"trl_tokens_per_s={med['trl']['tokens_per_s']:.1f} lorasp_peak_rss_mb={med['lorasp']['peak_rss_mb']:.0f} "
-          f"trl_peak_rss_mb={med['trl']['peak_rss_mb']:.0f} rss_ratio={mem:.3f} steps={a.steps} "
+    best = max((s for s in med if s.startswith("trl") and s != "trl+prealloc"), key=lambda s: med[s]["tokens_per_s"])
+    ratio = med["lorasp"]["tokens_per_s"] / med[best]["tokens_per_s"]
+    mem = med["lorasp"]["peak_rss_mb"] / med[best]["peak_rss_mb"]
+    for s, m in med.items():
+        print(f"median {s:12s} {m['tokens_per_s']:8.1f} tokens/s, peak RSS {m['peak_rss_mb']:.0f} MB")
+    trl_figures = " ".join(f"{s.replace('-', '_')}_tokens_per_s={m['tokens_per_s']:.1f} "
+                           f"{s.replace('-', '_')}_peak_rss_mb={m['peak_rss_mb']:.0f}"
+                           for s, m in med.items() if s.startswith("trl") and s != "trl+prealloc")
+    print(f"RESULT name=train_throughput ratio={ratio:.3f} trl_best={best} lorasp_precision={precision.name} "
+          f"lorasp_tokens_per_s={med['lorasp']['tokens_per_s']:.1f} lorasp_peak_rss_mb={med['lorasp']['peak_rss_mb']:.0f} "
+          f"{trl_figures} rss_ratio={mem:.3f} steps={a.steps} "
           f"batch_size={a.batch_size} max_length={a.max_length} rank={a.rank} repeats={a.repeats} "
-          f"lorasp_allocator={results['lorasp'][0]['allocator']}"
+          f"lorasp_allocator={results['lorasp'][0]['allocator']} {environment_line()}"
           + (f" trl_prealloc_tokens_per_s={med['trl+prealloc']['tokens_per_s']:.1f} "
              f"ratio_same_allocator={med['lorasp']['tokens_per_s'] / med['trl+prealloc']['tokens_per_s']:.3f}"
              if "trl+prealloc" in med else ""))
