@@ -473,7 +473,7 @@ def load_adapter(adapter: str | os.PathLike, base: str | None = None, *, quant: 
     except Exception as exc:
         raise _peft_error(adapter, exc) from None
     model.eval()
-    return dataclasses.replace(student, model=model)
     if student.quant == "none" and student.precision != "fp32":
         # inference holds the adapter in the base's reduced dtype too (PEFT loads it in fp32): no casts per step
         model.to(student.model.dtype)
+    return dataclasses.replace(student, model=model)
