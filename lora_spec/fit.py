@@ -24,7 +24,6 @@ artifact meet; each stage is a short function.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from .batching import total_steps
 from .before_after import before_after_tasks, fmt_scores, paired_before_after, score, strip_predictions
 from .config import parse_kv
 from .errors import ConfigError, DataError, one_line
-from .fit_config import QUICKSTART_PROBLEMS, FitConfig, is_quickstart, resolve_defaults
+from .fit_config import QUICKSTART_PROBLEMS, FitConfig, is_quickstart, resolve_defaults, resolve_eval_every
 from .selection import ALPHA, SETS, as_rule
 
 
@@ -232,7 +231,6 @@ def _start(cfg: FitConfig, log: Callable[[str], None] | None) -> _Run:
         else:
             raise ConfigError(f"{ckpt_dir} holds checkpoints of an unfinished fit: pass --resume to continue it, "
                               f"or choose another --out")
-    log(f"precision: {precision.line()}")
     return _Run(cfg, quickstart, weights, loss_spec, state, log, out, ckpt_dir, time.time(), precision)
 
 
@@ -315,7 +313,7 @@ def _make_trainable(run: _Run, student):
     model = apply_method(student, spec)
     params = count_params(model)
     run.log(f"student: {student.name} ({student.kind}, quant {student.quant}), method {cfg.method}: "
-            f"{params['trainable']:,} of {params['total']:,} parameters train")
+            f"{params['trainable']:,} of {params['total']:,} parameters train; precision {run.precision.line()}")
     return model, spec
 
 
@@ -356,6 +354,8 @@ def _train(run: _Run, model, student, examples: list, data_fp: str, evaluator: A
     res = train(model, student.tokenizer, examples, kind=student.kind, args=args, ckpt_dir=run.ckpt_dir,
                 evaluator=evaluator, select=select, prune=prune, resume=cfg.resume, data_fingerprint=data_fp)
     if run.main:  # the trainer's seconds and steps are both totals over resumes
+        from .fit_plan import record_calibration
+
         record_calibration(cfg, res.steps, res.train_seconds, res.tokens_per_second, run.precision.name)
     run.log(f"trained {res.steps} steps in {res.train_seconds:.0f}s ({res.tokens_per_second:,.0f} tokens/s), "
             f"final loss {_final_loss(res):.4f}" + (f", resumed from step {res.resumed_from}" if res.resumed_from else ""))
@@ -461,19 +461,6 @@ def _prompting(weights: dict, student, cfg: FitConfig) -> dict:
 # --------------------------------------------------------------------------------------------- held-out evaluation
 # How a fit uses lora_spec.selection: when it evaluates, which rule it applies, what lorasp.json records.
 
-QUICKSTART_EVALS = 3  # the quickstart evaluates at step 0 and 3 more times (the last at the end)
-
-
-def resolve_eval_every(cfg: Any, *, quickstart: bool, total: int) -> int:
-    """``eval_every`` as the trainer needs it. An explicit value wins. Unset, it is ``ceil(total / 4)`` on the
-    quickstart and whenever ``--select-by`` names a held-out score explicitly (asking to select on OOD accuracy
-    asks for the evaluation), and 0 (no held-out evaluation, export the last step) otherwise."""
-    if cfg.eval_every is not None:
-        return int(cfg.eval_every)
-    explicit = "select_by" in cfg.model_fields_set and as_rule(cfg.select_by).kind in ("score", "heldout_loss")
-    return max(1, int(math.ceil(total / QUICKSTART_EVALS))) if (quickstart or explicit) else 0
-
-
 def setup_fit_evaluation(cfg: Any, *, quickstart: bool, source: dict, items: list, kind: str, n_examples: int,
                          world: int = 1, log: Callable[[str], None] | None = None) -> tuple[Any, int]:
     """For ``fit``: ``(evaluator or None, eval_every)``. No evaluator when ``eval_every`` resolves to 0 or every
@@ -576,10 +563,8 @@ def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_mani
     save_full(model, student.tokenizer, out, manifest, extra_files=extra_files)
 
 
-from .fit_plan import plan, record_calibration  # noqa: E402  (the dry run; imported from here by the CLI and tests)
-
-__all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROBLEMS", "plan", "record_calibration",
-           "resolve_eval_every", "setup_fit_evaluation", "effective_rule", "selection_manifest"]
+__all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROBLEMS", "setup_fit_evaluation",
+           "effective_rule", "selection_manifest"]
 
 
 from ._stage import make_callable  # noqa: E402  (lora_spec.fit(...) calls fit)

@@ -3,6 +3,7 @@ the training loop (``trainer.TrainArgs.of``), and the defaults that depend on ot
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -11,7 +12,7 @@ from pydantic import Field
 from .config import FIRST_MEANS, RunConfig
 from .errors import ConfigError
 from .precision import PRECISION_HELP, PrecisionName
-from .selection import SelectionOptions
+from .selection import SelectionOptions, as_rule
 
 QUICKSTART_PROBLEMS = 512
 QUICKSTART_HELD_OUT = 50  # arith test problems scored before and after on the quickstart
@@ -127,3 +128,16 @@ def resolve_defaults(cfg: FitConfig) -> FitConfig:
         # the quickstart's sets are still defaults (not the user's): a default set whose data is missing is skipped
         new.model_fields_set.difference_update(injected)
     return new
+
+
+QUICKSTART_EVALS = 3  # the quickstart evaluates at step 0 and 3 more times (the last at the end)
+
+
+def resolve_eval_every(cfg: Any, *, quickstart: bool, total: int) -> int:
+    """``eval_every`` as the trainer needs it. An explicit value wins. Unset, it is ``ceil(total / 4)`` on the
+    quickstart and whenever ``--select-by`` names a held-out score explicitly (asking to select on OOD accuracy
+    asks for the evaluation), and 0 (no held-out evaluation, export the last step) otherwise."""
+    if cfg.eval_every is not None:
+        return int(cfg.eval_every)
+    explicit = "select_by" in cfg.model_fields_set and as_rule(cfg.select_by).kind in ("score", "heldout_loss")
+    return max(1, int(math.ceil(total / QUICKSTART_EVALS))) if (quickstart or explicit) else 0

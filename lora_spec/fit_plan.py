@@ -10,7 +10,7 @@ from .batching import total_steps
 from .config import parse_kv
 
 if TYPE_CHECKING:
-    from .fit import FitConfig
+    from .fit_config import FitConfig
 
 
 def _calibration_key(student: str, quant: str, method: str, batch_size: int, grad_accum: int,
@@ -36,8 +36,7 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
     per format, optimizer steps, held-out evaluations, output paths and a time estimate from the seconds per step
     of an earlier fit with the same student, quant, method and batch on this machine (if one was recorded)."""
     from . import formats as F
-    from .fit import resolve_eval_every
-    from .fit_config import is_quickstart, resolve_defaults
+    from .fit_config import is_quickstart, resolve_defaults, resolve_eval_every
     from .formats import items_from_run
     from .selection import SETS
     from .teach import load_run

@@ -202,7 +202,8 @@ def test_print_config_shows_the_values_that_run(capsys):
 def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
     """--dry-run of teach, fit and eval says what would run and writes nothing; fit's estimate comes from the
     seconds per step that an earlier fit with the same settings recorded."""
-    from lora_spec.fit import FitConfig, record_calibration
+    from lora_spec.fit import FitConfig
+    from lora_spec.fit_plan import record_calibration
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LORASP_CACHE", str(tmp_path / "cache"))
@@ -234,7 +235,8 @@ def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
     assert "at most 800 new tokens" in out and "no measurement yet" in out
     from lora_spec.calibration import device, record
 
-    record(f"eval|tiny-llama|none|{device()}", tokens_per_second=40.0)
+    assert f"precision: {used.line()}" in out
+    record(f"eval|tiny-llama|none|{device()}|{used.name}", tokens_per_second=40.0)
     code, out, err = main_cli(capsys, "eval", "--dry-run", "--model", "tiny-llama", "--suite", "arith", "--limit", "5")
     assert code == 0 and "time: at most ~0.3 min (40.0 generated tokens/s" in out, out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no adapters/, runs/ or t/

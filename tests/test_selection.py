@@ -212,7 +212,8 @@ def test_default_sets_can_tell_checkpoints_apart_and_the_quickstart_stays_small(
 
 def test_when_fit_evaluates_and_which_rule_applies():
     from lora_spec.fit import FitConfig
-    from lora_spec.fit import effective_rule, resolve_eval_every
+    from lora_spec.fit import effective_rule
+    from lora_spec.fit_config import resolve_eval_every
 
     assert resolve_eval_every(FitConfig(), quickstart=True, total=64) == 22  # the quickstart: step 0, 22, 44, end
     assert resolve_eval_every(FitConfig(), quickstart=False, total=80) == 0  # opt-in elsewhere
@@ -393,7 +394,8 @@ def test_held_out_set_score_key_and_the_rules_that_need_it():
 def test_a_loss_only_set_turns_evaluation_on_and_the_default_rule_falls_back_to_it():
     from types import SimpleNamespace
 
-    from lora_spec.fit import FitConfig, effective_rule, resolve_eval_every
+    from lora_spec.fit import FitConfig, effective_rule
+    from lora_spec.fit_config import resolve_eval_every
 
     assert resolve_eval_every(FitConfig(in_dist="auto;score=loss", select_by="in_dist_loss"), quickstart=False,
                               total=10) == 4

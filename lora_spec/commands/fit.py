@@ -73,7 +73,7 @@ def fit_cmd(dry_run, cfg: FitConfig):
     next: lorasp eval --adapter OUT (scores it in its training prompt mode); lorasp generate --adapter NAME=OUT
     """
     if dry_run:
-        from ..fit import plan
+        from ..fit_plan import plan
 
         print_plan(plan(cfg))
         return 0
