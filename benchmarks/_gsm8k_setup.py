@@ -40,7 +40,7 @@ def gsm8k_setup(args: argparse.Namespace) -> Setup:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lora_spec.evaluate import task_problems
+    from lora_spec.eval_engine import task_problems
     from lora_spec.prompts import build_prompt, stop_sequences, uses_chat
     from lora_spec.records import EvalTask
     from lora_spec.student import load_student

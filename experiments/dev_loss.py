@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
 
-    from lora_spec.adapters.artifact import base_spec, load_adapter, read_manifest
+    from lora_spec.adapters.artifact import base_spec, load_adapter
+    from lora_spec.artifact_files import read_manifest
     from lora_spec.checkpoints import load_trainable
     from lora_spec.selection import HeldOutEvaluator, SelectionOptions
     from lora_spec.student import load_student

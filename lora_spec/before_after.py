@@ -20,7 +20,7 @@ def before_after_tasks(cfg: Any, source: dict):
 
 
 def score(model, tokenizer, kind, tasks, cfg: Any) -> dict:
-    from .evaluate import evaluate_tasks
+    from .eval_engine import evaluate_tasks
 
     was = model.training
     model.eval()

@@ -269,7 +269,7 @@ def previous_checkpoints_kept(ckpt_dir: Path, out: Path, warn=None):
 def save_checkpoint(st: "TrainState", step: int, scores: dict | None) -> dict:
     """Record checkpoint ``step`` (its mean loss since the previous one, its held-out scores) in ``st.checkpoints``,
     prune, and write ``step-NNNNNN`` atomically and sealed (main process). Every process waits for the write."""
-    from .adapters.artifact import atomic_dir
+    from .artifact_files import atomic_dir
     from .ckpt_files import seal
 
     d = st.ckpt_root / f"step-{step:06d}"

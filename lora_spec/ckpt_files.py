@@ -88,7 +88,7 @@ def usable(candidates: Iterable[tuple[int, Path]], warn: Callable[[str], None]) 
 
 def remove_stale_tmp(root: str | os.PathLike, warn: Callable[[str], None] | None = None) -> list[Path]:
     """Remove ``.step-*.tmp-PID-*`` / ``.step-*.old-PID`` directories under ``root`` whose process is gone."""
-    from .outputs import _pid_alive
+    from .outputs import pid_alive
 
     removed = []
     r = Path(root)
@@ -99,7 +99,7 @@ def remove_stale_tmp(root: str | os.PathLike, warn: Callable[[str], None] | None
         if not m or not d.is_dir():
             continue
         pid = int(m.group(1))
-        if pid != os.getpid() and _pid_alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)

@@ -25,6 +25,11 @@ from typing import Any
 from .errors import ConfigError
 
 JOURNAL_DIR = ".eval-journal"
+
+
+def task_file_name(task: str) -> str:
+    """A task's file name (``bbh/navigate`` -> ``bbh__navigate``): its journal and its ``predictions/<name>.jsonl``."""
+    return task.replace("/", "__").replace(" ", "_")
 VERSION = 1
 
 
@@ -46,9 +51,7 @@ class EvalJournal:
         self._fh: dict[str, Any] = {}
 
     def path(self, task: str) -> Path:
-        from .evaluate import _fname  # the task's file name, as for its predictions/<task>.jsonl
-
-        return self.dir / f"{_fname(task)}.jsonl"
+        return self.dir / f"{task_file_name(task)}.jsonl"
 
     def kept(self, task: str, mode: str, max_new_tokens: int) -> dict[str, dict]:
         """The predictions of ``task`` an earlier, cut run of the same settings finished: ``{prompt key: row}``,

@@ -1,180 +1,20 @@
-"""Scoring: the engine behind ``lorasp eval``, periodic eval in training and selection.
-
-``evaluate_tasks()`` loads each task's dataset, builds the prompts of its mode (prompts.py), generates with the
-one generator (:func:`lora_spec.generation.generate`), extracts and scores every answer (answers.py) and returns
-per-task accuracy with every prediction. ``run_eval()`` is ``lorasp eval``: it writes results.json, report.md and
-predictions/ and returns an :class:`EvalResult`.
-"""
+"""``lorasp eval``: its config, plan, journal, writers (results.json, report.md, predictions/) and report, a command
+over the evaluation engine (:mod:`lora_spec.eval_engine`: problems, prompts, generation, scoring).
+``run_eval()`` returns the output directory, ``eval_result()`` also the results document."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
-from typing import Any, Sequence
+from typing import Any
 
-from .answers import answers_match, equation_errors, extract_answer, kind_for
 from .errors import ConfigError
-from .generation import generate  # noqa: F401  (evaluate_tasks calls it; selection imports it from here)
-from .records import EvalTask, Problem
+from .precision import PRECISION_HELP, PrecisionName
+from .eval_engine import LIMIT_SEED, evaluate_tasks, task_problems
+from .eval_journal import task_file_name
+from .records import EvalTask
 from .stats import wilson
-
-
-# --------------------------------------------------------------------------------------------- tasks
-
-def make_dataset(name: str, params: dict | None = None, data_dir: str | os.PathLike | None = None):
-    """Create a dataset plugin, passing ``data_dir`` when the plugin accepts it."""
-    from . import registry
-
-    return registry.create("datasets", name, offered={"data_dir": data_dir}, **dict(params or {}))
-
-
-LIMIT_SEED = 0
-
-
-def seeded_sample(items: Sequence[Any], n: int | None, seed: int = LIMIT_SEED) -> list[Any]:
-    """"``n`` of ``items`` with seed ``seed``": a seeded random sample without replacement, kept in the items' order.
-
-    The one sampler of lorasp: ``lorasp eval --limit N --seed S`` and a fit's held-out sets (``limit``/``seed``,
-    per dataset) both draw with it, so the same size and seed give the same problems of the same split.
-    ``n`` None or >= len(items): all of them.
-    """
-    import random
-
-    items = list(items)
-    if n is None or n >= len(items):
-        return items
-    keep = sorted(random.Random(seed).sample(range(len(items)), n))
-    return [items[i] for i in keep]
-
-
-def task_problems(task: EvalTask, data_dir: str | os.PathLike | None = None, seed: int = LIMIT_SEED) -> list[Problem]:
-    """The task's problems. ``task.limit`` keeps a seeded random sample of that many (:func:`seeded_sample`, in
-    dataset order), not the first N: several sets are ordered by difficulty or type (ASDiv by grade)."""
-    ds = make_dataset(task.dataset, task.dataset_params, data_dir)
-    return seeded_sample(list(ds.load(task.split)), task.limit, seed)
-
-
-def scorer_for(task: EvalTask, problem: Problem) -> str:
-    return kind_for(problem) if task.scorer in (None, "", "auto") else task.scorer
-
-
-def judge(task: EvalTask, problem: Problem, output: str, *, strict: bool = True) -> tuple[Any, bool]:
-    """``(extracted answer, correct)`` of one output: the one scoring rule of ``lorasp eval`` and of a fit's
-    held-out evaluation. ``strict``: the answer must be stated in an answer sentence ("The answer is X"); else the
-    last number (or option) is taken as well (lm-eval's flexible-extract)."""
-    sc = scorer_for(task, problem)
-    ext = extract_answer(output, sc, strict=strict)
-    return ext, bool(answers_match(ext, problem.answer, sc))
-
-
-def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: str = "causal", batch_size: int = 16,
-                   data_dir: str | os.PathLike | None = None, progress: bool = True,
-                   chat: bool | None = None, seed: int = LIMIT_SEED, journal: Any = None,
-                   calculator: bool = False) -> dict[str, dict]:
-    """Run every task; per task: accuracy, its 95% Wilson interval ``ci`` ([lo, hi]), n, correct,
-    flexible_accuracy, flexible_correct, mode, seconds, generated_tokens, predictions. ``seed``: of the
-    ``task.limit`` sample (:func:`seeded_sample`).
-
-    ``accuracy``/``correct`` are strict (lm-eval's ``strict-match``): the answer must be stated in an answer
-    sentence ("The answer is X"); ``flexible_*`` (``flexible-extract``) also take the last number of an output
-    that never states one. Each prediction is ``{id, question, gold, output, extracted, correct,
-    extracted_flexible, correct_flexible, scorer}``. ``chat``: None = use the
-    tokenizer's chat template when it has one (instruct students), False = plain text. ``journal``
-    (:class:`lora_spec.eval_journal.EvalJournal`): every prediction is appended to it as it finishes, and the
-    predictions a cut run of the same settings finished are reused, not generated again (``resumed``: how many).
-    ``calculator``: equation results are written by :mod:`lora_spec.calculator` in chain-of-thought modes
-    (``calculator_calls``: how many).
-    """
-    import sys
-
-    from .prompts import build_prompt, check_mode, is_cot, stop_sequences, uses_chat
-
-    results: dict[str, dict] = {}
-    use_chat = uses_chat(tokenizer, chat) if kind == "causal" else False
-    for task in tasks:
-        mode = check_mode(task.mode)
-        problems = task_problems(task, data_dir, seed)
-        prompts = [build_prompt(p, mode, tokenizer, chat=use_chat, data_dir=data_dir) for p in problems]
-        preds: list[dict | None] = [None] * len(problems)
-        todo = list(range(len(problems)))
-        budget = task.max_new_tokens
-        if journal is not None:
-            from .eval_journal import prompt_hash
-
-            hashes = [prompt_hash(x) for x in prompts]
-            kept = journal.kept(task.name, mode, budget)
-            for j, p in enumerate(problems):
-                row = kept.get(journal.key(p.id, hashes[j]))
-                if row is not None:
-                    preds[j] = _prediction(task, p, row.get("output", ""), row.get("tokens"), row.get("budget", budget))
-            todo = [j for j in todo if preds[j] is None]
-            if len(todo) < len(problems):
-                print(f"eval: {task.name}: {len(problems) - len(todo)} of {len(problems)} predictions kept from an "
-                      f"interrupted run; generating {len(todo)}", file=sys.stderr, flush=True)
-            journal.open(task.name, mode, budget)
-
-        def on_output(k: int, out: str, n_tokens: int, row_budget: int) -> None:  # as each prompt finishes
-            j = todo[k]
-            preds[j] = _prediction(task, problems[j], out, n_tokens, row_budget)
-            if journal is not None:
-                journal.add(task.name, {**preds[j], "prompt_hash": hashes[j]})
-
-        st: dict = {}
-        calc = calculator and is_cot(mode)  # answer-only prompts write no equation
-        outs = generate(model, tokenizer, [prompts[j] for j in todo], kind=kind, max_new_tokens=budget,
-                        stop=stop_sequences(mode, use_chat), batch_size=batch_size, progress=progress, stats=st,
-                        description=task.name, on_output=on_output, calculator=calc)
-        for k, j in enumerate(todo):  # (a generate() that did not call on_output: a monkeypatched one in tests)
-            if preds[j] is None:
-                preds[j] = _prediction(task, problems[j], outs[k])
-        correct = sum(bool(r["correct"]) for r in preds)
-        flexible = sum(bool(r["correct_flexible"]) for r in preds)
-        n = len(problems)
-        # the arithmetic of the chains of thought: how many of the equations they write state a wrong result
-        eq = [equation_errors(r["output"]) for r in preds] if is_cot(mode) else []
-        results[task.name] = {"accuracy": correct / n if n else 0.0, "ci": list(wilson(correct, n)), "n": n,
-                              "correct": correct,
-                              "flexible_accuracy": flexible / n if n else 0.0, "flexible_correct": flexible,
-                              "mode": mode,
-                              "dataset": task.dataset, "split": task.split, "seconds": st.get("seconds", 0.0),
-                              "generated_tokens": st.get("generated_tokens", 0), "predictions": preds,
-                              # outputs that used the whole token budget: cut short, or looping (a hint that
-                              # --max-new-tokens is too small when many of them are long derivations)
-                              "at_budget": sum(bool(r.get("at_budget")) for r in preds),
-                              **({"equations": {"checked": sum(c for c, _ in eq), "wrong": sum(w for _, w in eq)}}
-                                 if any(c for c, _ in eq) else {}),
-                              **({"resumed": n - len(todo)} if n > len(todo) else {}),
-                              **({"calculator": True, "calculator_calls": st.get("calculator_calls", 0)}
-                                 if calc else {})}
-    return results
-
-
-def _prediction(task: EvalTask, p: Problem, output: str, tokens: int | None = None,
-                budget: int | None = None) -> dict:
-    """One scored prediction: the output's answer by the strict and the flexible rule (:func:`judge`);
-    ``tokens``: how many tokens were generated (EOS included), ``budget``: the row's token budget (less than
-    ``--max-new-tokens`` where a learned position table ends first), ``at_budget``: all of it was used."""
-    ext, ok = judge(task, p, output)
-    ext_f, ok_f = judge(task, p, output, strict=False)
-    row = {"id": p.id, "question": p.question, "gold": p.answer, "output": output, "extracted": ext,
-           "correct": ok, "extracted_flexible": ext_f, "correct_flexible": ok_f, "scorer": scorer_for(task, p)}
-    if tokens is not None:  # (a journal row of an older release has none)
-        row["tokens"] = int(tokens)
-        if budget is not None:
-            row["budget"] = int(budget)
-        row["at_budget"] = budget is not None and tokens >= budget
-    return row
-
-
-def with_mode(tasks: list[EvalTask], mode: str | None) -> list[EvalTask]:
-    """The tasks with their prompt mode replaced (``lorasp eval --mode``)."""
-    if not mode:
-        return tasks
-    from .prompts import check_mode
-
-    m = check_mode(mode)
-    return [dataclasses.replace(t, mode=m) for t in tasks]
 
 
 # --------------------------------------------------------------------------------------------- lorasp eval
@@ -184,7 +24,6 @@ from typing import Literal, Optional  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from .config import RunConfig  # noqa: E402
-from .precision import PRECISION_HELP, PrecisionName  # noqa: E402
 
 
 class EvalConfig(RunConfig):
@@ -266,12 +105,8 @@ def resolve_eval_defaults(cfg: EvalConfig) -> tuple[EvalConfig, list[str]]:
             upd["chat"] = pr["chat"]
     if not cfg.out:
         name = Path(cfg.adapter).resolve().name if cfg.adapter else (cfg.model or "smollm2-135m")
-        upd["out"] = str(Path("runs") / "eval" / _fname(name.strip("/").replace("/", "_")))
+        upd["out"] = str(Path("runs") / "eval" / task_file_name(name.strip("/").replace("/", "_")))
     return (cfg.model_copy(update=upd) if upd else cfg), notes
-
-
-def _fname(task: str) -> str:
-    return task.replace("/", "__").replace(" ", "_")
 
 
 def _plan_suites(cfg: EvalConfig) -> dict[str, list[EvalTask]]:
@@ -336,7 +171,7 @@ def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
     precision = resolve_precision(cfg.precision)
     cal = lookup(_calibration_key(model, quant, precision.name))
     left = {} if cfg.overwrite else kept  # a continued eval generates only what its journal lacks
-    budget = sum(max(0, t["problems"] - left.get(_fname(t["task"]), 0)) * t["max_new_tokens"] for t in tasks)
+    budget = sum(max(0, t["problems"] - left.get(task_file_name(t["task"]), 0)) * t["max_new_tokens"] for t in tasks)
     est = None
     if cal and isinstance(cal.get("tokens_per_second"), (int, float)) and cal["tokens_per_second"] > 0:
         est = {"max_seconds": round(budget / cal["tokens_per_second"], 1), "tokens_per_second":
@@ -398,9 +233,6 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
     cfg, notes = resolve_eval_defaults(cfg)
     for note in notes:
         print(f"eval: {note}", file=sys.stderr, flush=True)
-    from .precision import resolve_precision
-
-    print(f"eval: precision {resolve_precision(cfg.precision).line()}", file=sys.stderr, flush=True)
     suites = _plan_suites(cfg)
     if cfg.threads:
         import torch
@@ -418,6 +250,8 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
         for t in all_tasks:  # a journal of another mode or budget is refused before the model loads
             EvalJournal(out, {}).kept(t.name, t.mode, t.max_new_tokens)
         student, adapter_info = _load_eval_model(cfg)
+        used = _precision_record(cfg, student)
+        print(f"eval: precision {used['used']} ({used['reason']})", file=sys.stderr, flush=True)
         journal = EvalJournal(out, _journal_identity(cfg, student, adapter_info))
         for t in all_tasks:  # ... and one of another model, adapter or prompting before any generation
             journal.kept(t.name, t.mode, t.max_new_tokens)
@@ -505,7 +339,7 @@ def _write_predictions(out, results: dict[str, dict]) -> dict[str, dict]:
 
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     # an --overwrite of other tasks: the earlier run's prediction files go, so predictions/ matches results.json
-    keep = {_fname(name) for name in results}
+    keep = {task_file_name(name) for name in results}
     try:  # only files the earlier results.json names: a file of the user's in predictions/ is never removed
         import json
         from pathlib import Path
@@ -519,7 +353,7 @@ def _write_predictions(out, results: dict[str, dict]) -> dict[str, dict]:
             old.unlink()
     tasks_json: dict[str, dict] = {}
     for name, r in results.items():
-        pf = f"predictions/{_fname(name)}.jsonl"
+        pf = f"predictions/{task_file_name(name)}.jsonl"
         write_jsonl(out / pf, r["predictions"])
         row = {k: v for k, v in r.items() if k != "predictions"}
         row["tokens_per_s"] = r["generated_tokens"] / r["seconds"] if r["seconds"] else None

@@ -419,7 +419,7 @@ def _write_artifact(run: _Run, model, student, manifest: dict, evaluator: Any, b
     import tempfile
 
     from . import selection as sel
-    from .adapters.artifact import atomic_dir, write_manifest
+    from .artifact_files import atomic_dir, write_manifest
     from .report import render_files
 
     cfg, out, log = run.cfg, run.out, run.log
@@ -469,7 +469,7 @@ def setup_fit_evaluation(cfg: Any, *, quickstart: bool, source: dict, items: lis
     every = resolve_eval_every(cfg, quickstart=quickstart, total=total)
     if every <= 0 or not any(getattr(cfg, s).enabled for s in SETS):
         return None, 0  # an explicit --select-by that needs scores was already refused by the config
-    from .evaluate import make_dataset  # noqa: F401  (fail early if the eval engine is missing)
+    from .eval_engine import make_dataset  # noqa: F401  (fail early if the eval engine is missing)
     from .selection import HeldOutEvaluator
 
     # the training dataset's parameters, parsed exactly as teach parsed them (in_dist "auto" = its dev split)

@@ -56,7 +56,7 @@ def plan(cfg: "FitConfig") -> dict[str, Any]:
         n_rows, n_problems = len(items), len({it.problem.id for it in items})
         source = f"teach run {cfg.data}"
     else:
-        from .evaluate import make_dataset
+        from .eval_engine import make_dataset
 
         params = parse_kv(cfg.dataset_opt, "--dataset-opt")
         n_problems = sum(1 for _ in make_dataset(cfg.dataset, params, cfg.data_dir).load(cfg.split, limit=cfg.first))

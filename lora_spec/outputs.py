@@ -7,7 +7,7 @@ does any work):
 * an existing lorasp output of the kind the command writes (an adapter/full artifact for ``fit``, a merged model
   for ``merge``, a combined adapter for ``combine``, eval results for ``eval``): replaced only with
   ``--overwrite``; the new output is written beside it and renamed into place, and the old one is removed only
-  after the new one is complete (:func:`lora_spec.adapters.artifact.atomic_dir`);
+  after the new one is complete (:func:`lora_spec.artifact_files.atomic_dir`);
 * an interrupted eval (its eval journal, :mod:`lora_spec.eval_journal`) or teach run: continued by rerunning the
   command (``lorasp eval --overwrite`` starts it over);
 * anything else (a directory that is not a lorasp output or is another kind of lorasp output, a regular file,
@@ -298,7 +298,7 @@ def residue(final: Path) -> list[Path]:
         m = re.fullmatch(re.escape(f".{final.name}.") + r"(?:tmp-(\d+)-\w+|old-(\d+))", p.name)
         if m and p.is_dir() and not p.is_symlink():
             pid = int(m.group(1) or m.group(2))
-            if pid != os.getpid() and not _pid_alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 out.append(p)
     return out
 
@@ -371,7 +371,7 @@ def interrupt_on_signals():
 
 # --------------------------------------------------------------------------------------------- run lock
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:
@@ -426,7 +426,7 @@ class RunLock:
         old = _read_owner(fd)
         if old and old.get("pid") != os.getpid():
             same_host = old.get("host") == socket.gethostname()
-            state = "no longer running" if same_host and not _pid_alive(int(old.get("pid") or 0)) else \
+            state = "no longer running" if same_host and not pid_alive(int(old.get("pid") or 0)) else \
                 "not holding it any more"
             self._warn(f"{self.dir}: taking over the stale lock of pid {old.get('pid')} on {old.get('host')} "
                        f"({state}; it did not finish cleanly)")

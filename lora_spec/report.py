@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .adapters.artifact import MANIFEST, read_manifest
+from .artifact_files import MANIFEST, read_manifest
 from .errors import DataError
 from .selection import (CORRECT, EVAL_SECONDS, LOSS_KEYS, PREDICTIONS_FILE, SETS, _num, candidates, correct_vector,
                         parse_rule, select_checkpoint)

@@ -41,7 +41,8 @@ def compare(adapter: str | Path, workdir: str | Path, *, n: int, max_new_tokens:
     from lora_spec.adapters.export import export
     from lora_spec.adapters.artifact import base_spec, read_adapter
     from lora_spec.answers import answers_match, extract_answer
-    from lora_spec.evaluate import EvalConfig, _suite_tasks, run_eval, scorer_for, task_problems
+    from lora_spec.evaluate import EvalConfig, _suite_tasks, run_eval
+    from lora_spec.eval_engine import scorer_for, task_problems
     from lora_spec.prompts import build_prompt, stop_sequences
     from lora_spec.student import resolve_path
     from tests.llama_server import llama_server

@@ -91,7 +91,7 @@ def test_apply_forces_and_blocks_rows_of_a_batch():
 def test_the_real_student_computes_every_checked_equation_right(smollm2, data_dir):
     """SmolLM2 writes GSM8K chains of thought; with the calculator every equation it writes has the right result
     (without it, some do not), through the continuous batching decoder."""
-    from lora_spec.evaluate import make_dataset
+    from lora_spec.eval_engine import make_dataset
     from lora_spec.generation import generate
     from lora_spec.prompts import build_prompt
 

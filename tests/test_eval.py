@@ -8,7 +8,7 @@ import pytest
 
 from lora_spec import registry
 from lora_spec.errors import LoraspError
-from lora_spec.evaluate import evaluate_tasks, task_problems
+from lora_spec.eval_engine import evaluate_tasks, task_problems
 from lora_spec.generation import generate
 from lora_spec.records import EvalTask
 
@@ -87,7 +87,7 @@ def test_limit_is_a_seeded_sample(data_dir):
 
 def test_scoring_uses_each_problems_answer_type(tiny, monkeypatch, data_dir):
     """A model that always writes the gold answer in the CoT format scores 100% on every answer type."""
-    import lora_spec.evaluate as ev
+    import lora_spec.eval_engine as engine
     from lora_spec.prompts import answer_target
 
     tasks = [EvalTask(name=f"bbh/{t}", dataset="bbh", dataset_params={"task": t}, mode="zs_answer", scorer="auto",
@@ -108,8 +108,8 @@ def test_scoring_uses_each_problems_answer_type(tiny, monkeypatch, data_dir):
         kw["stats"].update(seconds=0.1, generated_tokens=len(outs))
         return outs
 
-    monkeypatch.setattr(ev, "generate", fake_generate)
-    res = ev.evaluate_tasks(tiny.model, tiny.tokenizer, tasks, progress=False, data_dir=data_dir)
+    monkeypatch.setattr(engine, "generate", fake_generate)
+    res = engine.evaluate_tasks(tiny.model, tiny.tokenizer, tasks, progress=False, data_dir=data_dir)
     for name, r in res.items():
         bad = [p for p in r["predictions"] if not p["correct"]]
         assert not bad, (name, bad[:2])
@@ -118,15 +118,16 @@ def test_scoring_uses_each_problems_answer_type(tiny, monkeypatch, data_dir):
 def test_chains_of_thought_are_checked_for_wrong_arithmetic(monkeypatch, tiny):
     """Per CoT task: how many of the equations the outputs write state a wrong result (answer-only: not counted);
     report.md says it, so a student that computes wrongly is told from one that reasons wrongly."""
+    import lora_spec.eval_engine as engine
     import lora_spec.evaluate as ev
 
     outs = iter(["3 * 4 = 12, 12 + 1 = 14.\nThe answer is 14.", "2 + 2 = 4. The answer is 4.", "The answer is 5."])
-    monkeypatch.setattr(ev, "generate", lambda m, t, prompts, **kw: [next(outs) for _ in prompts])
+    monkeypatch.setattr(engine, "generate", lambda m, t, prompts, **kw: [next(outs) for _ in prompts])
     task = EvalTask(name="arith", dataset="arith", mode="zs_cot", limit=3)
-    r = ev.evaluate_tasks(tiny.model, tiny.tokenizer, [task], progress=False)["arith"]
+    r = engine.evaluate_tasks(tiny.model, tiny.tokenizer, [task], progress=False)["arith"]
     assert r["equations"] == {"checked": 3, "wrong": 1}
-    monkeypatch.setattr(ev, "generate", lambda m, t, prompts, **kw: ["2 + 2 = 5. The answer is 5."] * len(prompts))
-    r2 = ev.evaluate_tasks(tiny.model, tiny.tokenizer, [EvalTask(name="arith", dataset="arith", mode="zs_answer",
+    monkeypatch.setattr(engine, "generate", lambda m, t, prompts, **kw: ["2 + 2 = 5. The answer is 5."] * len(prompts))
+    r2 = engine.evaluate_tasks(tiny.model, tiny.tokenizer, [EvalTask(name="arith", dataset="arith", mode="zs_answer",
                                                                  limit=3)], progress=False)["arith"]
     assert "equations" not in r2  # answer-only mode: no chain of thought to check
     doc = {"model": {"name": "m", "kind": "causal", "quant": "none", "fingerprint": {"id": "f"}},
@@ -398,6 +399,7 @@ def _eval_cfg(out, **kw):
 
 
 def test_a_cut_eval_keeps_its_predictions_and_a_rerun_continues(tmp_path, monkeypatch, data_dir):
+    import lora_spec.eval_engine as engine
     import lora_spec.evaluate as ev
     from lora_spec.eval_journal import JOURNAL_DIR
     from lora_spec.outputs import output_kind
@@ -422,8 +424,8 @@ def test_a_cut_eval_keeps_its_predictions_and_a_rerun_continues(tmp_path, monkey
     assert r.returncode == 0 and "continues the interrupted eval" in r.stdout and "4 predictions" in r.stdout, r
     assert "at most 64 new tokens" in r.stdout, r.stdout  # (6 - 4) arith + 6 web_of_lies problems, 8 tokens each
     calls = []
-    real_generate = ev.generate
-    monkeypatch.setattr(ev, "generate", lambda m, t, prompts, **kw: calls.append(len(prompts)) or
+    real_generate = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda m, t, prompts, **kw: calls.append(len(prompts)) or
                         real_generate(m, t, prompts, **kw))
     doc = ev.eval_result(_eval_cfg(out)).doc
     assert calls == [2, 6]  # only the arith problems the cut run had not finished, then all of web_of_lies
@@ -527,6 +529,7 @@ def test_a_cut_overwrite_is_continued_without_overwrite_and_never_discarded(tmp_
     """`eval --overwrite` over complete results, cut: rerunning the same command (--overwrite) would discard the
     kept predictions, so the message names the command that continues (without --overwrite), which the output
     policy lets run although the old results are still there."""
+    import lora_spec.eval_engine as engine
     import lora_spec.evaluate as ev
     from lora_spec.eval_journal import JOURNAL_DIR
     from lora_spec.outputs import output_kind
@@ -543,8 +546,8 @@ def test_a_cut_overwrite_is_continued_without_overwrite_and_never_discarded(tmp_
     (row,) = find_runs(tmp_path)
     assert row["status"] == "interrupted" and "5 predictions kept" in row["headline"], row
     calls = []
-    real_generate = ev.generate
-    monkeypatch.setattr(ev, "generate", lambda m, t, prompts, **kw: calls.append(len(prompts)) or
+    real_generate = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda m, t, prompts, **kw: calls.append(len(prompts)) or
                         real_generate(m, t, prompts, **kw))
     doc = ev.eval_result(_eval_cfg(out)).doc  # no --overwrite: continued, not refused
     assert calls == [1, 6] and doc["tasks"]["arith"]["resumed"] == 5
@@ -585,12 +588,12 @@ def test_a_learned_position_table_bounds_generation_and_training(tmp_path, tiny_
     assert len(out) == 2 and all(n_tokens[i] <= 200 - lens[i] for i in range(2))  # ran to the table's end, no error
     assert max(n_tokens[i] + lens[i] for i in range(2)) == 200  # random weights rarely say EOS: the table stopped it
     assert budgets == {i: 200 - lens[i] for i in range(2)}  # each row's own budget is reported with its output
-    from lora_spec.evaluate import _prediction
+    from lora_spec.eval_engine import prediction_row
     from lora_spec.records import EvalTask, Problem
 
     task = EvalTask(name="arith", dataset="arith")
     full = next(i for i in range(2) if n_tokens[i] == budgets[i])
-    row = _prediction(task, Problem(id="p", question="q", answer="7"), out[full], n_tokens[full], budgets[full])
+    row = prediction_row(task, Problem(id="p", question="q", answer="7"), out[full], n_tokens[full], budgets[full])
     assert row["at_budget"] and row["budget"] == 200 - lens[full] < 500  # a row the table ended is flagged
     with pytest.raises(ModelError, match=r"^1 of 2 prompts do not fit the model's 200 learned positions, its whole "
                                          r"context \(the longest: \d+ tokens, prompt 2\)") as exc:
@@ -626,6 +629,7 @@ def test_a_learned_position_table_bounds_generation_and_training(tmp_path, tiny_
 def test_the_calculator_is_recorded_and_a_cut_eval_keeps_its_setting(tmp_path, monkeypatch, data_dir):
     """`--calculator` reaches the decoder, is written into results.json and report.md, and a cut eval is continued
     only with the same setting (its predictions were made with, or without, exact arithmetic)."""
+    import lora_spec.eval_engine as engine
     import lora_spec.evaluate as ev
     import lora_spec.generation as gen
 
@@ -636,7 +640,7 @@ def test_the_calculator_is_recorded_and_a_cut_eval_keeps_its_setting(tmp_path, m
         seen.append(kw.get("calculator"))
         return real(*a, **kw)
 
-    monkeypatch.setattr(ev, "generate", spy)
+    monkeypatch.setattr(engine, "generate", spy)
     out = tmp_path / "calc"
     doc = ev.eval_result(_eval_cfg(out, calculator=True)).doc
     assert seen == [True, True]  # both tasks are CoT here
@@ -646,7 +650,7 @@ def test_the_calculator_is_recorded_and_a_cut_eval_keeps_its_setting(tmp_path, m
     seen.clear()
     ev.eval_result(_eval_cfg(tmp_path / "answer", calculator=True, mode="zs_answer"))
     assert seen == [False, False]  # answer-only prompts write no equation
-    monkeypatch.setattr(ev, "generate", real)
+    monkeypatch.setattr(engine, "generate", real)
 
     cut = tmp_path / "cut"
     with monkeypatch.context() as m:

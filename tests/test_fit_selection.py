@@ -266,7 +266,7 @@ def test_reference_loss_is_the_nll_of_the_references_and_selects_its_argmin(tmp_
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from lora_spec.evaluate import make_dataset
+    from lora_spec.eval_engine import make_dataset
     from lora_spec.fit import FitConfig, fit
     from lora_spec.prompts import build_prompt, cot_target
     from lora_spec.student import preset_path

@@ -65,7 +65,7 @@ def _user_sqlite(path: Path) -> None:
 def ws(tmp_path_factory, tiny_llama_path):
     """A workspace: a teach run, two tiny adapters, an earlier export, merge and combine output, eval results,
     and the user's own look-alikes (a manifest.json + problems.jsonl of their own, their own store.sqlite)."""
-    from lora_spec.adapters.artifact import write_manifest
+    from lora_spec.artifact_files import write_manifest
     from lora_spec.outputs import EXPORT_FORMAT
     from lora_spec.teach import teach
 
@@ -214,7 +214,7 @@ def test_merge_overwrite_keeps_foreign_files_and_says_so(ws, tmp_path):
 
 
 def test_atomic_dir_refuses_a_foreign_file_the_new_output_would_replace(tmp_path):
-    from lora_spec.adapters.artifact import atomic_dir
+    from lora_spec.artifact_files import atomic_dir
     from lora_spec.outputs import OutputError
 
     art = tmp_path / "art"
@@ -287,7 +287,7 @@ def test_the_next_merge_removes_a_killed_writes_temporary_directory(ws, tmp_path
 def test_an_interrupted_replacement_gives_the_users_files_back(tmp_path):
     """A kill between the two renames of a replacement leaves ``.NAME.old-PID``: the next write puts the user's
     files in it back into the output before removing it."""
-    from lora_spec.adapters.artifact import atomic_dir
+    from lora_spec.artifact_files import atomic_dir
 
     final = tmp_path / "art"
     final.mkdir()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lora_spec.adapters.artifact import write_manifest
+from lora_spec.artifact_files import write_manifest
 from lora_spec.report import PNG_SIZE, parse_report_table, pct, render_markdown, write_report
 from tests.conftest import run_cli
 

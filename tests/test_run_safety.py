@@ -157,7 +157,7 @@ def test_a_checkpoint_list_catches_a_changed_or_missing_file(tmp_path):
 # --------------------------------------------------------------------------------------------- artifacts
 
 def test_atomic_dir_replaces_only_lorasp_outputs_and_only_when_complete(tmp_path):
-    from lora_spec.adapters.artifact import atomic_dir
+    from lora_spec.artifact_files import atomic_dir
     from lora_spec.outputs import OutputError
 
     art = tmp_path / "art"

@@ -298,7 +298,7 @@ def test_online_pruning_with_prefer_earliest_never_loses_the_final_choice(tmp_pa
 
 def test_held_out_sets_and_eval_limit_draw_the_same_problems(data_dir):
     """Item 4 of issue 13: "N problems with seed S" is one sampler for held-out sets and lorasp eval --limit."""
-    from lora_spec.evaluate import task_problems
+    from lora_spec.eval_engine import task_problems
     from lora_spec.records import EvalTask
     from lora_spec.selection import HeldOutEvaluator
 

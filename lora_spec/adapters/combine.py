@@ -113,7 +113,7 @@ def _combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, w
     if len(quants) > 1:
         manifest["note"] = f"parents were trained against different quantizations: {sorted(quants)}"
     save_adapter(pm, out, manifest, adapter_name="default")
-    from .artifact import read_manifest
+    from ..artifact_files import read_manifest
 
     return read_manifest(out)
 

@@ -39,7 +39,8 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, DataError, ModelError, one_line
 from ..outputs import EXPORT_FORMAT
-from .artifact import atomic_dir, versions
+from ..artifact_files import atomic_dir
+from .artifact import versions
 
 FORMATS = ("gguf", "merged-gguf")
 OUTTYPES = ("f32", "f16", "q8_0")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .artifact import MANIFEST, read_manifest
+from ..artifact_files import MANIFEST, read_manifest
 
 MAX_DEPTH = 6
 

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, ModelError, one_line
+from ..precision import PrecisionName
 from ..generation import generate
-from .artifact import (adapter_digest, atomic_dir, base_spec, finish_artifact, precheck_base, read_adapter,
-                       read_adapter_config, warn)
+from ..artifact_files import atomic_dir
+from .artifact import (adapter_digest, base_spec, finish_artifact, precheck_base, read_adapter, read_adapter_config,
+                       warn)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 BASES = ("auto", "original", "dequantized", "quantized")
@@ -390,7 +392,6 @@ from typing import Literal, Optional  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from ..config import RunConfig  # noqa: E402
-from ..precision import PrecisionName  # noqa: E402
 
 
 class MergeConfig(RunConfig):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, ModelError, one_line
-from .artifact import read_manifest
+from ..artifact_files import read_manifest
 
 
 def _is_hub_id(s: Any) -> bool:

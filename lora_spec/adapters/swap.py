@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError, DataError
+from ..precision import PRECISION_HELP, PrecisionName
 from ..generation import _cut_at_stop, chat_wrap, generate
-from .artifact import (MANIFEST, _is_full, _peft_error, base_spec, check_fingerprint, read_adapter,
-                       read_adapter_config, read_manifest)
+from ..artifact_files import MANIFEST, read_manifest
+from .artifact import _is_full, _peft_error, base_spec, check_fingerprint, read_adapter, read_adapter_config
 
 BASE = "base"  # the adapter name that means "the base model, no adapter" (peft calls it "__base__")
 _PEFT_BASE = "__base__"
@@ -381,7 +382,6 @@ from typing import List, Literal, Optional  # noqa: E402
 from pydantic import Field  # noqa: E402
 
 from ..config import RunConfig  # noqa: E402
-from ..precision import PRECISION_HELP, PrecisionName  # noqa: E402
 
 
 class GenerateConfig(RunConfig):

@@ -95,11 +95,11 @@ def generate_cmd(as_json, cfg: GenerateConfig):
     from ..precision import resolve_precision
 
     precision = resolve_precision(cfg.precision)
-    if not as_json:
-        say(f"precision: {precision.line()}")
     aset = AdapterSet(cfg.model, adapters, quant=None if cfg.quant == "auto" else cfg.quant,
                       ignore_fingerprint=cfg.ignore_fingerprint, dtype=precision.dtype)
     prepared = aset.prepare(prompts, adapters=rows, mode=cfg.mode, chat=cfg.chat, data_dir=cfg.data_dir)
+    if not as_json:
+        say(f"precision: {precision.line()}")
     modes = sorted({p.mode for p in prepared})
     if cfg.mode == "auto" and not as_json:
         say(f"mode: {', '.join(modes)} (as the adapter was trained; --mode raw sends the prompt as given)")

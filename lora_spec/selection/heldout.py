@@ -1,4 +1,4 @@
-"""The held-out evaluator: draws each set's problems once (seeded, with ``lora_spec.evaluate.seeded_sample``, the
+"""The held-out evaluator: draws each set's problems once (seeded, with ``lora_spec.eval_engine.seeded_sample``, the
 sampler of ``lorasp eval --limit``), and at every evaluation generates and scores them like ``lorasp eval``."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class HeldOutEvaluator:
 
     def _specs(self, name: str, conf: HeldOutSet, train_dataset: str | None, train_params: dict | None) -> list[str]:
         """The set's dataset specs with ``auto`` (in_dist only) resolved to the training dataset's held-out split."""
-        from ..evaluate import make_dataset
+        from ..eval_engine import make_dataset
 
         specs = list(conf.datasets)
         if name == "in_dist" and "auto" in [s.strip() for s in specs]:
@@ -150,7 +150,7 @@ class HeldOutEvaluator:
     def _draw(self, name: str, conf: HeldOutSet, options: SelectionOptions, exclude: set) -> SetTasks:
         """Each dataset's share of the set's limit, drawn with the set's seed by ``evaluate.seeded_sample`` (the
         sampler of ``lorasp eval --limit N --seed S``) after leaving out the training problems."""
-        from ..evaluate import seeded_sample
+        from ..eval_engine import seeded_sample
 
         parsed = [parse_dataset_spec(s) for s in conf.datasets]
         st = SetTasks(name, conf, [])
@@ -182,7 +182,7 @@ class HeldOutEvaluator:
     def _pool(self, name: str, spec: Any, params: dict, options: SelectionOptions) -> tuple[list | None, str | None]:
         """``(every problem of the spec's split, the split)``; ``(None, None)`` when a *default* set's data is not
         here (e.g. the quickstart without LORASP_DATA_DIR): a warning, while a set the user asked for is an error."""
-        from ..evaluate import make_dataset
+        from ..eval_engine import make_dataset
 
         flag = f"--{name.replace('_', '-')}"
         try:
@@ -382,7 +382,7 @@ class HeldOutEvaluator:
     def _predict(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[tuple[str, str], list[bool]], list[dict]]:
         """Generate for every problem (one batched generation per prompt mode, budget and calculator setting) and
         judge each output; returns ``({(set, task): [correct, ...]}, prediction rows)``."""
-        from ..evaluate import judge
+        from ..eval_engine import judge
         from ..generation import generate
         from ..prompts import build_prompt, check_mode, stop_sequences, uses_chat
         from ..records import EvalTask
