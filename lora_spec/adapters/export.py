@@ -20,7 +20,9 @@
 
 Refused with one line: DoRA (llama.cpp has no weight-magnitude vector), LoRA biases, ``modules_to_save``,
 embedding or ``lm_head`` adapters on a tied-embedding base, non-LoRA PEFT types, ``fan_in_fan_out``, seq2seq
-bases, and architectures whose llama.cpp conversion lorasp does not reproduce (Llama and Mistral are verified).
+bases, and architectures whose llama.cpp conversion lorasp does not reproduce (Llama, Mistral and Gemma-3 are
+verified). Gemma-3's conversion keeps the q/k rows in HF order (llama.cpp runs its rotary embedding in the NeoX
+layout) and stores every RMSNorm weight plus one (Gemma's norm multiplies by ``1 + w``); LoRA tensors need neither.
 
 Why one long module: the GGUF layout rules (tensor names, llama.cpp's row order for rotary projections, scale
 folding) are shared by the adapter, merged-model and Modelfile writers, and are easiest to check side by side.
@@ -48,7 +50,8 @@ ADAPTER_FILE = "adapter.gguf"
 MODEL_FILE = "model.gguf"
 MODELFILE = "Modelfile"
 # HF architecture -> (gguf MODEL_ARCH name, whether llama.cpp's converter reorders the q/k rows for RoPE)
-ARCHS = {"LlamaForCausalLM": ("LLAMA", True), "MistralForCausalLM": ("LLAMA", True)}
+ARCHS = {"LlamaForCausalLM": ("LLAMA", True), "MistralForCausalLM": ("LLAMA", True),
+         "Gemma3ForCausalLM": ("GEMMA3", False)}
 _QUESTION = "\x00lorasp-question\x00"
 _SYSTEM = "\x00lorasp-system\x00"
 
@@ -132,11 +135,12 @@ def find_base_gguf(manifest: dict[str, Any], base_path: Path | None, explicit: s
         if not p.is_file():
             raise ConfigError(f"--base-gguf {explicit}: file not found")
         return p.resolve()
-    from ..student import preset_of, smollm2_gguf
+    from ..student import gemma3_gguf, preset_of, smollm2_gguf
 
     name = (manifest.get("base") or {}).get("name")
-    if name and preset_of(name) == "smollm2-135m":
-        return smollm2_gguf()
+    own = {"smollm2-135m": smollm2_gguf, "gemma3-270m": gemma3_gguf}.get(preset_of(name) if name else None)
+    if own is not None:
+        return own()
     if base_path is not None and (base_path / "lorasp-source.json").exists():
         try:
             src = json.loads((base_path / "lorasp-source.json").read_text()).get("gguf")
@@ -357,6 +361,8 @@ def write_model_gguf(model_dir: Path, out_file: Path, config: dict[str, Any], ar
                 if gname not in base_tensors:
                     raise ConfigError(f"{f}: {key} maps to {gname!r}, which the base GGUF does not have")
                 data = np.asarray(fh.get_tensor(key), dtype=np.float32)
+                if arch == gguf.MODEL_ARCH.GEMMA3 and key.endswith("norm.weight"):
+                    data = data + np.float32(1)  # llama.cpp's Gemma norms hold 1 + w (HF's Gemma adds the 1 itself)
                 module = key.rsplit(".", 1)[0]
                 heads = _heads_for(module, config) if permute and key.endswith(".weight") else None
                 if heads:
