@@ -26,11 +26,19 @@ LEGACY_STATE_FILE = "trainer_state.pt"  # lorasp <= 0.x pickle; read only throug
 WEIGHTS_FILE = "trainable.safetensors"
 
 
-def _save_trainable(model, path: Path) -> None:
+def _full(p):
+    """A parameter's whole value: an FSDP-sharded one (a DTensor) is gathered (collective: every rank calls it)."""
+    return p.full_tensor() if hasattr(p, "full_tensor") else p
+
+
+def _trainable_state(model) -> dict:
+    return {n: _full(p).detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_trainable(model, path: Path, state: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(state, str(path))
+    save_file(state if state is not None else _trainable_state(model), str(path))
 
 
 def load_trainable(model, path: str | os.PathLike) -> None:
@@ -52,7 +60,12 @@ def load_trainable(model, path: str | os.PathLike) -> None:
             if params[n].shape != t.shape:
                 raise DataError(f"{path}: checkpoint weight {n!r} has shape {tuple(t.shape)}, "
                                 f"the model has {tuple(params[n].shape)} (different --rank?)")
-            params[n].copy_(t.to(params[n].dtype))
+            p = params[n]
+            if hasattr(p, "device_mesh"):  # FSDP: every rank read the whole file and keeps its own shard
+                from torch.distributed.tensor import distribute_tensor
+
+                t = distribute_tensor(t.to(p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+            p.copy_(t.to(p.dtype))
 
 
 _STATE_FORMAT = "lorasp-trainer-state/1"
@@ -282,12 +295,20 @@ def save_checkpoint(st: "TrainState", step: int, scores: dict | None) -> dict:
         rec["correct"] = correct
     st.checkpoints[:] = [c for c in st.checkpoints if c["step"] != step] + [rec]
     st.checkpoints.sort(key=lambda c: c["step"])
+    weights = optim = None
+    if _fsdp(st):  # the sharded weights and optimizer state gathered whole (collective), written by the main process
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        weights = _trainable_state(st.model)
+        optim = get_optimizer_state_dict(st.wrapper, _torch_optimizer(st),
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if st.main:
         if st.prune is not None:
             st.prune(st.checkpoints)
         with atomic_dir(d) as tmp:
-            _save_trainable(st.model, tmp / WEIGHTS_FILE)
-            save_state({"step": step, "optimizer": st.optimizer.state_dict(), "scheduler": st.scheduler.state_dict(),
+            _save_trainable(st.model, tmp / WEIGHTS_FILE, weights)
+            save_state({"step": step, "optimizer": optim if optim is not None else st.optimizer.state_dict(),
+                        "scheduler": st.scheduler.state_dict(),
                         "history": st.history, "checkpoints": st.checkpoints, "signature": st.signature,
                         "train_seconds": st.train_seconds, "eval_seconds": st.eval_seconds, "tokens": st.tokens,
                         "total_steps": st.total}, tmp)
@@ -297,6 +318,16 @@ def save_checkpoint(st: "TrainState", step: int, scores: dict | None) -> dict:
     st.last_saved = step
     st.accelerator.wait_for_everyone()
     return rec
+
+
+def _fsdp(st: "TrainState") -> bool:
+    from .train_runtime import is_fsdp
+
+    return is_fsdp(st.accelerator)
+
+
+def _torch_optimizer(st: "TrainState"):
+    return getattr(st.optimizer, "optimizer", st.optimizer)  # accelerate's AcceleratedOptimizer wraps torch's
 
 
 def load_checkpoint(st: "TrainState", d: Path, step: int) -> None:
@@ -310,7 +341,13 @@ def load_checkpoint(st: "TrainState", d: Path, step: int) -> None:
         raise ConfigError(f"--resume: {d} was written with {k}={old.get(k)!r}, this run has "
                           f"{k}={st.signature[k]!r}; resume with the same settings or use a new --out")
     load_trainable(st.model, d / WEIGHTS_FILE)
-    st.optimizer.load_state_dict(state["optimizer"])
+    if _fsdp(st):  # the whole optimizer state (keyed by parameter names), each rank keeps its shards
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(st.wrapper, _torch_optimizer(st), optim_state_dict=state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        st.optimizer.load_state_dict(state["optimizer"])
     st.scheduler.load_state_dict(state["scheduler"])
     st.history = state["history"]
     st.checkpoints = state["checkpoints"]

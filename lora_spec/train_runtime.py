@@ -90,5 +90,47 @@ def make_accelerator(mixed_precision: str, project_dir: Path, log_with: list[str
 
         mp = resolve_precision("auto").mixed_precision
     dist_state()
-    return Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(project_dir),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    acc = Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(project_dir),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    _fsdp_setup(acc, mp)
+    return acc
+
+
+def fsdp_requested() -> bool:
+    """``accelerate launch --use_fsdp`` (or a config file with ``distributed_type: FSDP``) asked for FSDP."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_FSDP")
+
+
+def is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _fsdp_setup(acc, mixed_precision: str) -> None:
+    """FSDP is accelerate's own (``FullyShardedDataParallelPlugin``, torch's ``fully_shard``), version 2 only (lorasp's
+    checkpoints read and write FSDP2's DTensor parameters). accelerate 1.16 selects FSDP only for accelerator devices:
+    with CPU processes (gloo) its state says MULTI_CPU and ``prepare`` would wrap DDP, although torch's
+    ``fully_shard`` runs on CPU with gloo. So when FSDP was asked for on CPU, the state is switched to FSDP with
+    accelerate's plugin built from the launch's ``FSDP_*`` settings; the wrapping, sharding and gathering that follow
+    are accelerate's and torch's."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from .errors import ConfigError
+
+    if not fsdp_requested() or acc.num_processes < 2:
+        return
+    if acc.distributed_type == DistributedType.MULTI_CPU:
+        plugin = FullyShardedDataParallelPlugin()
+        if mixed_precision != "no":
+            plugin.set_mixed_precision(mixed_precision)
+        state = AcceleratorState()
+        state.distributed_type = DistributedType.FSDP
+        state.fsdp_plugin = plugin
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    if is_fsdp(acc) and acc.state.fsdp_plugin.fsdp_version != 2:
+        raise ConfigError(f"FSDP version {acc.state.fsdp_plugin.fsdp_version}: lorasp fit runs FSDP2 only; set "
+                          f"fsdp_version: 2 in the accelerate config (or accelerate launch --fsdp_version 2)")

@@ -36,7 +36,7 @@ from .checkpoints import (LEGACY_STATE_FILE, STATE_FILE, STATE_TENSORS, WEIGHTS_
 from .errors import ConfigError, DataError, LoraspError
 from .losses import batch_loss  # the loss module calls it through this module (tests replace trainer.batch_loss)
 from .records import Example
-from .train_runtime import FitProgress, StopOnTerm, dist_state, make_accelerator, say, trackers
+from .train_runtime import FitProgress, StopOnTerm, dist_state, is_fsdp, make_accelerator, say, trackers
 
 LOG_FILE = "train_log.jsonl"
 
@@ -108,6 +108,9 @@ def _loss_module_class():
         def __init__(self, model, kind: str, loss_spec: Any):
             super().__init__()
             self.model = model
+            # FSDP's auto-wrap (accelerate) shards the transformer blocks that the model names here
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            self._no_split_modules = list(getattr(inner, "_no_split_modules", None) or [])
             self.kind = kind
             self.loss_spec = loss_spec
 
@@ -301,6 +304,14 @@ def setup_training(model, tokenizer, examples: list[Example], *, kind: str, args
     total = total_steps(len(encoded), args.batch_size, args.grad_accum, world, args.epochs, args.max_steps)
     params, optimizer, scheduler = _make_optimizer(model, args, total)
     wrapper, optimizer = accelerator.prepare(_loss_module_class()(model, kind, args.loss), optimizer)
+    if is_fsdp(accelerator):  # fully_shard replaced the parameters by sharded ones (the optimizer holds those)
+        params = [p for p in wrapper.parameters() if p.requires_grad]
+        if accelerator.is_main_process:
+            from torch.distributed.fsdp import FSDPModule
+
+            units = sum(isinstance(m, FSDPModule) for m in wrapper.modules())
+            sharded = sum(hasattr(p, "device_mesh") for p in wrapper.parameters())
+            say(f"FSDP2 full shard over {world} processes: {units} units, {sharded} parameter tensors sharded")
     st = TrainState(model, tokenizer, kind, args, accelerator, wrapper, optimizer, scheduler, params, encoded,
                     truncated, align, per_epoch, total,
                     tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
@@ -381,6 +392,8 @@ def train_step(st: TrainState, micro: list[dict]) -> dict:
     grad_norm = None
     if a.max_grad_norm:
         gn = acc.clip_grad_norm_(st.params, a.max_grad_norm)
+        if hasattr(gn, "full_tensor"):  # FSDP: the norm of sharded gradients is a DTensor
+            gn = gn.full_tensor()
         grad_norm = float(gn) if gn is not None else None
     _check_finite(st, step_loss, grad_norm)
     st.optimizer.step()
@@ -406,7 +419,7 @@ def run_eval(st: TrainState, step: int) -> dict:
         t = time.perf_counter()
         was_training = st.model.training
         st.model.eval()
-        with torch.no_grad(), st.accelerator.autocast():  # the training precision (lora_spec.precision)
+        with torch.no_grad(), st.accelerator.autocast(), fsdp_unsharded(st):  # the training precision
             scores = dict(st.evaluator(st.model, st.tokenizer, step) or {})
         if was_training:
             st.model.train()
@@ -414,8 +427,86 @@ def run_eval(st: TrainState, step: int) -> dict:
         if st.log_with and scores:  # held-out scores to the trackers (eval/in_dist, eval/ood/svamp, ...)
             st.accelerator.log({f"eval/{k}": float(v) for k, v in scores.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+    elif st.evaluator is not None and is_fsdp(st.accelerator):
+        with fsdp_unsharded(st):  # the gathers are collective: every rank takes part, the main one evaluates
+            pass
     st.accelerator.wait_for_everyone()
+    if st.evaluator is not None and st.world > 1:
+        # every process keeps the same checkpoint records, so that all of them select (and load) the same one
+        from accelerate.utils import broadcast_object_list
+
+        box = [scores]
+        broadcast_object_list(box, from_process=0)
+        scores = box[0]
     return scores
+
+
+# --------------------------------------------------------------------------------------------- FSDP
+
+def _fsdp_modules(st: TrainState) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in st.wrapper.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def fsdp_unsharded(st: TrainState):
+    """FSDP: every sharded block gathered (collectively, on every rank) and kept whole until the block ends, so that
+    the main process can run held-out generation on ``st.model`` alone; then sharded again. Without FSDP: nothing."""
+    if not is_fsdp(st.accelerator):
+        yield
+        return
+    mods = _fsdp_modules(st)
+    # the root's one-time setup (done by its first forward) before any block runs outside the root's forward
+    st.wrapper._get_fsdp_state()._lazy_init()
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+        # forget the order in which the evaluation ran the blocks: FSDP2 prefetches the next backward's gathers by
+        # the recorded forward order, and only the main process evaluated (a stale order desynchronizes the ranks)
+        st.wrapper._get_fsdp_state()._comm_ctx.post_forward_order.clear()
+        for m in mods:
+            for g in m._get_fsdp_state()._fsdp_param_groups:
+                g._post_forward_indices.clear()
+
+
+def fsdp_gather_model(st: TrainState) -> None:
+    """At the end of an FSDP fit: the full weights (torch's ``get_model_state_dict``, gathered on every rank) put back
+    into ``st.model`` as plain parameters and FSDP's hooks removed, so that the artifact, the after-scores and a merge
+    see an ordinary model on every rank. Uses FSDP2's hook handles (torch 2.13); tests/test_fsdp.py checks it."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    full = get_model_state_dict(st.wrapper, options=StateDictOptions(full_state_dict=True))
+    for m in _fsdp_modules(st):
+        state = m._get_fsdp_state()
+        for h in {id(h): h for h in (state._pre_forward_hook_handle, state._post_forward_hook_handle)
+                  if h is not None}.values():
+            h.remove()
+        for g in state._fsdp_param_groups:
+            for hooks in (g._module_to_pre_save_state_dict_hook_handle, g._module_to_pre_load_state_dict_hook_handle):
+                for h in hooks.values():
+                    h.remove()
+                hooks.clear()
+        m.__class__ = next(c for c in type(m).__mro__[1:] if not issubclass(c, FSDPModule))
+    plain: dict[int, torch.nn.Parameter] = {}  # tied weights stay tied
+    with torch.no_grad():
+        for mname, mod in st.wrapper.named_modules():
+            for k, p in list(mod._parameters.items()):
+                if p is None:
+                    continue
+                if id(p) not in plain:
+                    t = full[f"{mname}.{k}" if mname else k]
+                    plain[id(p)] = torch.nn.Parameter(t.detach().clone(), requires_grad=p.requires_grad)
+                mod._parameters[k] = plain[id(p)]
+    st.params = [p for p in st.model.parameters() if p.requires_grad]
 
 
 def evaluate_base(st: TrainState) -> None:
@@ -470,6 +561,8 @@ def finish_training(st: TrainState) -> TrainResult:
             [c for c in st.checkpoints if c["step"] > 0][-1]
         if chosen and chosen.get("path") and int(chosen["step"]) != st.total:
             load_trainable(st.model, Path(chosen["path"]) / WEIGHTS_FILE)
+    if is_fsdp(st.accelerator):
+        fsdp_gather_model(st)
     if st.log_with and st.main:
         st.accelerator.end_training()
     run = st.history[(st.resumed_from or 0):]
