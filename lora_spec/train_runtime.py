@@ -89,6 +89,8 @@ def make_accelerator(mixed_precision: str, project_dir: Path, log_with: list[str
         from .precision import resolve_precision
 
         mp = resolve_precision("auto").mixed_precision
+    if fsdp_requested():  # before accelerate builds its FSDP plugin from the same settings
+        _fsdp_version_check()
     dist_state()
     acc = Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(project_dir),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
@@ -109,6 +111,17 @@ def is_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
+def _fsdp_version_check() -> None:
+    import os
+
+    from .errors import ConfigError
+
+    version = os.environ.get("FSDP_VERSION", "1")  # accelerate's default is 1
+    if version.strip() != "2":
+        raise ConfigError(f"FSDP version {version}: lorasp fit runs FSDP2 only; set fsdp_version: 2 in the "
+                          f"accelerate config (or accelerate launch --fsdp_version 2)")
+
+
 def _fsdp_setup(acc, mixed_precision: str) -> None:
     """FSDP is accelerate's own (``FullyShardedDataParallelPlugin``, torch's ``fully_shard``), version 2 only (lorasp's
     checkpoints read and write FSDP2's DTensor parameters). accelerate 1.16 selects FSDP only for accelerator devices:
@@ -118,8 +131,6 @@ def _fsdp_setup(acc, mixed_precision: str) -> None:
     are accelerate's and torch's."""
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    from .errors import ConfigError
 
     if not fsdp_requested() or acc.num_processes < 2:
         return
@@ -131,6 +142,3 @@ def _fsdp_setup(acc, mixed_precision: str) -> None:
         state.distributed_type = DistributedType.FSDP
         state.fsdp_plugin = plugin
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-    if is_fsdp(acc) and acc.state.fsdp_plugin.fsdp_version != 2:
-        raise ConfigError(f"FSDP version {acc.state.fsdp_plugin.fsdp_version}: lorasp fit runs FSDP2 only; set "
-                          f"fsdp_version: 2 in the accelerate config (or accelerate launch --fsdp_version 2)")
