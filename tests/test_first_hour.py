@@ -142,7 +142,7 @@ def test_strict_and_flexible_scores():
 
 def test_eval_tasks_report_strict_headline_and_flexible(monkeypatch):
     """evaluate_tasks: accuracy counts only stated answers; flexible_accuracy also the last-number fallback."""
-    from lora_spec import evaluate as ev
+    from lora_spec import eval_engine as ev
     from lora_spec.records import EvalTask, Problem
 
     problems = [Problem(f"arith/{i}", f"q{i}", "20", meta={"dataset": "arith"}) for i in range(3)]

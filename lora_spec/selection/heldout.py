@@ -65,7 +65,7 @@ class HeldOutEvaluator:
 
     The problems are drawn once (seeded), here in ``__init__``. Every call generates with
     ``lora_spec.generation.generate`` (length-sorted batches, left padding, KV cache, stop sequences, greedy) and
-    scores each output with ``evaluate.judge``, exactly like ``lorasp eval`` (strict: the answer must be stated in an
+    scores each output with ``eval_engine.judge``, exactly like ``lorasp eval`` (strict: the answer must be stated in an
     answer sentence, so a lucky number in a degenerate output earns nothing) -- but all problems of the same prompt
     mode and budget go through one batched generation, instead of one small batch per dataset.
 
@@ -148,7 +148,7 @@ class HeldOutEvaluator:
         return specs
 
     def _draw(self, name: str, conf: HeldOutSet, options: SelectionOptions, exclude: set) -> SetTasks:
-        """Each dataset's share of the set's limit, drawn with the set's seed by ``evaluate.seeded_sample`` (the
+        """Each dataset's share of the set's limit, drawn with the set's seed by ``eval_engine.seeded_sample`` (the
         sampler of ``lorasp eval --limit N --seed S``) after leaving out the training problems."""
         from ..eval_engine import seeded_sample
 
