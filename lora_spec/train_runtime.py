@@ -92,6 +92,12 @@ def make_accelerator(mixed_precision: str, project_dir: Path, log_with: list[str
     if fsdp_requested():  # before accelerate builds its FSDP plugin from the same settings
         _fsdp_version_check()
     dist_state()
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mp:
+        # an earlier fit in this process (the Python API, a notebook) ran in another precision: accelerate keeps one
+        # AcceleratorState per process and refuses to change it, so its precision is reset (the process group stays)
+        AcceleratorState._reset_state()
     acc = Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(project_dir),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     _fsdp_setup(acc, mp)

@@ -113,3 +113,15 @@ def test_full_fine_tune_in_bf16_keeps_fp32_master_weights(tmp_path, monkeypatch)
         precision="bf16", tracker="none", progress=False, out=str(tmp_path / "f"), before_after=0,
         in_dist="none", ood="none", generic="none")
     assert seen == {"params": {torch.float32}, "mp": "bf16"}
+
+
+def test_two_fits_in_one_process_may_use_two_precisions(tmp_path, monkeypatch):
+    """The Python API: an fp32 fit, then a bf16 fit, then fp32 again, in one process (accelerate keeps one state)."""
+    from lora_spec.fit import fit
+
+    monkeypatch.chdir(tmp_path)
+    for i, p in enumerate(("fp32", "bf16", "fp32")):
+        res = fit(student="tiny-llama", dataset="arith", teacher="gold", first=8, max_steps=1, batch_size=4,
+                  precision=p, tracker="none", progress=False, out=str(tmp_path / f"a{i}"), before_after=0,
+                  in_dist="none", ood="none", generic="none")
+        assert res.manifest["precision"]["used"] == p
