@@ -78,7 +78,7 @@ def _card_peak() -> tuple[str, float | None]:
     return name, next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def run_fit(student: Path, out: Path, *, quant: str, steps: int, tiny: bool) -> dict:
+def run_fit(student: Path, out: Path, *, quant: str, steps: int) -> dict:
     import torch
 
     from lora_spec.fit import fit
@@ -162,9 +162,9 @@ def main() -> None:
         t0 = time.perf_counter()
         student = build_model(root / "model", tiny)
         figures: dict = {}
-        figures["lora"] = run_fit(student, root / "lora", quant="none", steps=steps, tiny=tiny)
+        figures["lora"] = run_fit(student, root / "lora", quant="none", steps=steps)
         print(f"lora:  {json.dumps(figures['lora'])}", flush=True)
-        figures["qlora"] = run_fit(student, root / "qlora", quant="nf4", steps=steps, tiny=tiny)
+        figures["qlora"] = run_fit(student, root / "qlora", quant="nf4", steps=steps)
         print(f"qlora: {json.dumps(figures['qlora'])}", flush=True)
         figures["eval"] = run_eval(root / "lora", a.prompts)
         print(f"eval:  {json.dumps(figures['eval'])}", flush=True)

@@ -112,21 +112,26 @@ def smollm2_gguf() -> Path:
                      f"{list(spec.submodule_search_locations)}; reinstall it with --no-deps")
 
 
-def _build_smollm2(out: Path) -> None:
+def _convert_gguf(gguf: Path, out: Path, preset: str, **source) -> None:
+    """A preset's GGUF as a transformers directory at ``out``: de-quantized to fp32 safetensors, its tokenizer, and
+    ``lorasp-source.json`` saying where it came from (``source``: what else to record)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
     # The weights are de-quantized to fp32 on load; drop the GGUF quantizer so that they can be saved.
     model.hf_quantizer = None
     model.config.__dict__.pop("quantization_config", None)
-    model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model.config._name_or_path = PRESET_HUB_IDS[preset]
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     (out / "lorasp-source.json").write_text(json.dumps(
-        {"preset": "smollm2-135m", "gguf": str(gguf), "gguf_size": gguf.stat().st_size,
-         "note": "converted from GGUF Q4_1 by transformers; weights are the de-quantized Q4_1 values"}, indent=1))
+        {"preset": preset, "gguf": str(gguf), "gguf_size": gguf.stat().st_size, **source}, indent=1))
+
+
+def _build_smollm2(out: Path) -> None:
+    _convert_gguf(smollm2_gguf(), out, "smollm2-135m",
+                  note="converted from GGUF Q4_1 by transformers; weights are the de-quantized Q4_1 values")
 
 
 # --------------------------------------------------------------------------------------------- gemma3
@@ -196,21 +201,9 @@ def _gemma3_chat(out: Path) -> None:
 
 
 def _build_gemma3(out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = gemma3_gguf()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
-    model.hf_quantizer = None
-    model.config.__dict__.pop("quantization_config", None)
-    model.config._name_or_path = PRESET_HUB_IDS["gemma3-270m"]
-    model.save_pretrained(str(out), safe_serialization=True)
-    tok.save_pretrained(str(out))
+    _convert_gguf(gemma3_gguf(), out, "gemma3-270m", terms=PRESET_TERMS["gemma3-270m"],
+                  note="converted from GGUF Q4_K_M by transformers; weights are the de-quantized Q4_K_M values")
     _gemma3_chat(out)
-    (out / "lorasp-source.json").write_text(json.dumps(
-        {"preset": "gemma3-270m", "gguf": str(gguf), "gguf_size": gguf.stat().st_size,
-         "terms": PRESET_TERMS["gemma3-270m"],
-         "note": "converted from GGUF Q4_K_M by transformers; weights are the de-quantized Q4_K_M values"}, indent=1))
 
 
 # --------------------------------------------------------------------------------------------- tiny fixtures
