@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("lora_spec.commands.export:export_cmd", "Export for llama.cpp/Ollama: LoRA or model GGUF + Modelfile."),
     "push": ("lora_spec.commands.export:push_cmd", "Upload an artifact to the Hugging Face Hub (Hub-ready copy)."),
     "teach": ("lora_spec.commands.teach:teach_cmd", "Sample chain-of-thought from a teacher, filter by answer (resumable)."),
+    "score": ("lora_spec.commands.score:score_cmd", "Add a teacher's top-k logprobs to a teach run's samples (teacher forcing)."),
     "fit": ("lora_spec.commands.fit:fit_cmd", "Tune a student on teacher CoT in four formats (LoRA/DoRA/QLoRA/full)."),
     "eval": ("lora_spec.commands.eval:eval_cmd", "Evaluate a student (+ adapter) on math / BBH / arith suites, batched."),
     "recipes": ("lora_spec.commands.plugins:recipes", "List the shipped fit recipes (lorasp fit --config NAME)."),
@@ -35,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # commands that load models, tokenizers or adapters get --allow-pickle and --trust-remote-code (lora_spec.safeload)
-SAFE_LOAD_COMMANDS = ("teach", "fit", "eval", "merge", "generate", "combine")
+SAFE_LOAD_COMMANDS = ("teach", "score", "fit", "eval", "merge", "generate", "combine")
 
 
 def _add_load_policy_options(cmd: click.Command) -> None:
@@ -56,7 +57,7 @@ def _add_load_policy_options(cmd: click.Command) -> None:
 
 
 # ``lorasp --help`` lists the commands in the order of the workflow, not alphabetically
-WORKFLOW = ("teach", "fit", "eval", "compare", "generate", "report", "runs", "adapters", "merge", "combine",
+WORKFLOW = ("teach", "score", "fit", "eval", "compare", "generate", "report", "runs", "adapters", "merge", "combine",
             "export", "push", "recipes", "models", "plugins")
 
 

@@ -4,10 +4,14 @@ Every teacher completion is keyed by ``(teacher fingerprint, prompt_id, problem_
 the moment it arrives (WAL journal, ``synchronous=NORMAL`` is durable across a process kill), so a rerun of the
 same command after a crash, Ctrl-C or ``kill -9`` never asks the teacher again for a stored result. Failed
 requests are logged in their own table and are retried by the next run.
+
+``lorasp score`` adds a scorer's teacher-forced top-k per sample (table ``scores``, keyed by the scorer's
+fingerprint and the sample's key) under the same rules; its failures go to ``score_failures``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -57,6 +61,30 @@ CREATE TABLE IF NOT EXISTS runs (
     stored    INTEGER NOT NULL DEFAULT 0,
     failed    INTEGER NOT NULL DEFAULT 0,
     status    TEXT NOT NULL DEFAULT 'running'
+);
+CREATE TABLE IF NOT EXISTS scores (
+    scorer        TEXT NOT NULL,
+    teacher       TEXT NOT NULL,
+    prompt_id     TEXT NOT NULL,
+    problem_id    TEXT NOT NULL,
+    sample_index  INTEGER NOT NULL,
+    text_sha256   TEXT NOT NULL,
+    tokens        TEXT NOT NULL,
+    top_logprobs  TEXT NOT NULL,
+    usage         TEXT NOT NULL DEFAULT '{}',
+    request_id    TEXT,
+    created       REAL NOT NULL,
+    PRIMARY KEY (scorer, teacher, prompt_id, problem_id, sample_index)
+);
+CREATE TABLE IF NOT EXISTS score_failures (
+    scorer       TEXT NOT NULL,
+    teacher      TEXT NOT NULL,
+    prompt_id    TEXT NOT NULL,
+    problem_id   TEXT NOT NULL,
+    sample_index INTEGER NOT NULL,
+    error        TEXT NOT NULL,
+    run          INTEGER,
+    created      REAL NOT NULL
 );
 """
 
@@ -112,6 +140,45 @@ class SampleStore:
         self.db.execute("UPDATE runs SET ended=?, requests=?, stored=?, failed=?, status=? WHERE id=?",
                         (time.time(), requests, stored, failed, status, run))
 
+    def put_score(self, scorer: str, key: tuple[str, str, str, int], text: str, tokens: list[str],
+                  top_logprobs: list[dict[str, float]], usage: dict | None = None,
+                  request_id: str | None = None) -> None:
+        """Store one sample's teacher-forced scores (``lorasp score``) and commit."""
+        teacher, prompt_id, problem_id, idx = key
+        self.db.execute("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (scorer, teacher, prompt_id, problem_id, int(idx), text_sha256(text),
+                         json.dumps(tokens, ensure_ascii=False), json.dumps(top_logprobs, ensure_ascii=False),
+                         json.dumps(usage or {}), request_id, time.time()))
+
+    def put_score_failure(self, scorer: str, key: tuple[str, str, str, int], error: str, run: int) -> None:
+        self.db.execute("INSERT INTO score_failures VALUES (?,?,?,?,?,?,?,?)",
+                        (scorer, *key[:3], int(key[3]), error, run, time.time()))
+
+    def scores(self, scorer: str) -> dict[tuple[str, str, str, int], tuple[str, list[str], list[dict], dict]]:
+        """Key -> (sha256 of the scored text, tokens, top-k per token, usage) of every sample ``scorer`` scored."""
+        rows = self.db.execute("SELECT teacher, prompt_id, problem_id, sample_index, text_sha256, tokens, "
+                               "top_logprobs, usage FROM scores WHERE scorer=?", (scorer,))
+        return {(r[0], r[1], r[2], int(r[3])): (r[4], json.loads(r[5]), json.loads(r[6]), json.loads(r[7] or "{}"))
+                for r in rows}
+
+    def score_failures(self, scorer: str, run: int) -> dict[tuple[str, str, str, int], str]:
+        rows = self.db.execute("SELECT teacher, prompt_id, problem_id, sample_index, error FROM score_failures "
+                               "WHERE scorer=? AND run=?", (scorer, run))
+        return {(r[0], r[1], r[2], int(r[3])): r[4] for r in rows}
+
+    def apply_scores(self, samples: list[Sample]) -> int:
+        """Give ``samples`` the tokens and top-k of the run's scorer (the last ``lorasp score``), in place: a
+        sample it has not scored (or whose text changed) gets none, so that the exported top-k all come from one
+        model. Without a scorer, nothing changes. Returns how many samples carry top-k."""
+        active = self.get_meta("scores")
+        if isinstance(active, dict) and active.get("fingerprint"):
+            have = self.scores(str(active["fingerprint"]))
+            for s in samples:
+                got = have.get((s.teacher, s.prompt_id, s.problem_id, int(s.sample_index)))
+                ok = got is not None and got[0] == text_sha256(s.text)
+                s.tokens, s.top_logprobs = (got[1], got[2]) if ok else (None, None)
+        return sum(1 for s in samples if s.top_logprobs)
+
     def set_meta(self, key: str, value: object) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
@@ -162,6 +229,11 @@ class SampleStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def text_sha256(text: str) -> str:
+    """What a score was computed on: a stored score whose text no longer matches is not used."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _row_sample(r: Iterable) -> Sample:

@@ -483,6 +483,8 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
         any_ok += int(any(s.correct for s in ss))
     correct = sum(1 for s in samples if s.correct)
     export = samples if cfg.keep == "all" else [s for s in samples if s.correct]
+    scores = store.get_meta("scores")  # a scored run (lorasp score) exports its scorer's top-k
+    with_top = store.apply_scores(export) if scores else sum(1 for s in samples if s.top_logprobs)
     write_jsonl(out / "samples.jsonl", export)
     if status == "complete" and len(samples) + len(gone) < len(keys):
         status = "incomplete"
@@ -517,7 +519,7 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
                      "any_correct": round(any_ok / n, 4) if n else None,
                      "per_sample": round(correct / len(samples), 4) if samples else None},
         "usage": request_usage(store, fp, keys),
-        "with_top_logprobs": sum(1 for s in samples if s.top_logprobs),
+        "with_top_logprobs": with_top,
         "this_run": this_run,
         "wall_time_s": this_run["wall_time_s"],
         "wall_time_total_s": round(total_wall, 3),
@@ -526,6 +528,8 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
         "unavailable_example": next((unavailable[k] for k in sorted(gone)), None),
         "files": {"store": "store.sqlite", "problems": "problems.jsonl", "samples": "samples.jsonl"},
     }
+    if scores:
+        manifest["scores"] = scores
     tmp = out / f".manifest.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, out / "manifest.json")

@@ -6,7 +6,9 @@ Faults are planned per arrival number (1-based), or by a function ``(n, tag, bod
 status such as ``429``, ``500``, ``503``, ``401`` (sent with ``Retry-After: 0``), ``timeout``
 (hold the connection longer than the client waits, never forward), ``truncate`` (status 200 with half of a
 completion's JSON, at once), ``truncate-upstream`` (forward, then send half of the real answer) and
-``garbage`` (200 with a non-JSON body). ``echo_auth=True`` makes status faults echo the request's
+``garbage`` (200 with a non-JSON body), and for scoring requests ``no-logprobs`` (forward, then drop the
+choices' ``logprobs``: a server that cannot score) and ``short-echo`` (forward, then keep only the first half of
+the echoed tokens: fewer tokens than the text). ``echo_auth=True`` makes status faults echo the request's
 ``Authorization`` header in their error body, as a careless server might (for the secrets tests).
 """
 
@@ -27,6 +29,20 @@ _CANNED = json.dumps({"id": "cmpl-canned", "object": "text_completion", "model":
                       "choices": [{"text": " 2 + 3 = 5. The answer is 5.", "index": 0, "logprobs": None,
                                    "finish_reason": "stop"}],
                       "usage": {"prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22}}).encode()
+
+
+def _edit_logprobs(content: bytes, fault: str) -> bytes:
+    data = json.loads(content)
+    for ch in data.get("choices") or []:
+        lp = ch.get("logprobs")
+        if fault == "no-logprobs":
+            ch["logprobs"] = None
+        elif isinstance(lp, dict):
+            half = len(lp.get("tokens") or []) // 2
+            for key in ("tokens", "text_offset", "token_logprobs", "top_logprobs"):
+                if isinstance(lp.get(key), list):
+                    lp[key] = lp[key][:half]
+    return json.dumps(data).encode()
 
 
 @dataclass
@@ -119,6 +135,8 @@ class FaultProxy:
                                            headers={"Content-Type": "application/json"})
                     entry.forwarded = True
                     content = r.content[: len(r.content) // 2] if fault == "truncate-upstream" else r.content
+                    if fault in ("no-logprobs", "short-echo") and r.status_code == 200:
+                        content = _edit_logprobs(content, fault)
                     entry.status = r.status_code
                     self._send(r.status_code, content)
                     entry.delivered = True

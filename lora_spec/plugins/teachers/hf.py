@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Iterator
 
 from ...errors import ConfigError
 from ...records import Sample, TeacherRequest
+from ...teacher_forcing import ScoreRequest, ScoreResult
 from .openai import derive_seed
 
 
@@ -58,6 +59,25 @@ class HFTeacher:
     def describe(self) -> dict[str, Any]:
         return {**self.params(), "batch_size": self.batch_size, "kind": self.student.kind,
                 "precision": self.precision.record()}
+
+    # -- scoring text the teacher did not write (lorasp score) ------------------------------------------------------
+    def score_fingerprint(self, top_k: int) -> str:
+        """Identifies the scores: the model (its weights' fingerprint), the precision and k."""
+        p = {"scorer": "hf", "model": self.spec, "base": self.student.fingerprint, "precision": self.precision.name,
+             "top_k": int(top_k)}
+        return f"hf:{self.spec}:{hashlib.sha256(json.dumps(p, sort_keys=True, default=str).encode()).hexdigest()[:12]}"
+
+    def score(self, requests: list[ScoreRequest], top_k: int, stop: Any = None) -> Iterator[ScoreResult]:
+        """Teacher-forced top-k, ``batch_size`` samples per forward pass (similar lengths together), yielded per
+        batch; no new batch starts once the ``threading.Event`` ``stop`` is set."""
+        from ...teacher_forcing import hf_score
+
+        order = sorted(requests, key=lambda r: len(r.prompt) + len(r.text))
+        for b in range(0, len(order), self.batch_size):
+            if stop is not None and stop.is_set():
+                return
+            self.requests_sent += 1
+            yield from hf_score(self.model, self.tok, self.student.kind, order[b:b + self.batch_size], top_k)
 
     def _text(self, prompt: str | list[dict[str, str]]) -> str:
         if isinstance(prompt, list):

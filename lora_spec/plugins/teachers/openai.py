@@ -30,8 +30,15 @@ import httpx
 
 from ...errors import ConfigError, ModelError, one_line
 from ...records import Sample, TeacherRequest
+from ...teacher_forcing import ScoreRequest, ScoreResult, SpanError, text_tokens
 
 RETRY_STATUS = {408, 409, 425, 429}
+# how a server is asked for prompt log-probabilities (lorasp score): the OpenAI legacy completions ``echo`` with
+# ``logprobs`` (vLLM, llama-cpp-python), or vLLM's ``prompt_logprobs`` extension (token ids and their ranks)
+SCORE_APIS = ("echo", "prompt_logprobs")
+# where an echoed prompt's top-k sit: "same" (OpenAI's convention, vLLM: entry i is the distribution token i was
+# drawn from) or "next" (llama-cpp-python, its issues #1276 and #1983: entry i is the distribution *after* token i)
+ECHO_ALIGNMENTS = ("auto", "same", "next")
 FATAL_STATUS = {401, 403, 404}
 
 
@@ -150,7 +157,8 @@ class OpenAITeacher:
                  top_p: float | None = None, max_tokens: int = 256, stop: list[str] | None = None,
                  top_logprobs: int = 0, seed: int | None = 0, concurrency: int = 8, timeout: float = 600.0,
                  max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 30.0,
-                 extra_body: dict[str, Any] | None = None, max_connect_failures: int = 5):
+                 extra_body: dict[str, Any] | None = None, max_connect_failures: int = 5,
+                 score_api: str = "echo", echo_alignment: str = "auto"):
         if not model:
             raise ConfigError("teacher 'openai' needs --model (the model name the server serves)")
         if api not in ("completions", "chat"):
@@ -159,6 +167,11 @@ class OpenAITeacher:
             raise ConfigError(f"--base-url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
         if concurrency < 1:
             raise ConfigError(f"--concurrency: must be >= 1, got {concurrency}")
+        if score_api not in SCORE_APIS:
+            raise ConfigError(f"--teacher-opt score_api: expected one of {', '.join(SCORE_APIS)}, got {score_api!r}")
+        if echo_alignment not in ECHO_ALIGNMENTS:
+            raise ConfigError(f"--teacher-opt echo_alignment: expected one of {', '.join(ECHO_ALIGNMENTS)}, got "
+                              f"{echo_alignment!r}")
         if top_logprobs < 0 or top_logprobs > 20:
             raise ConfigError(f"--top-logprobs: must be between 0 and 20, got {top_logprobs}")
         self.model = model
@@ -177,6 +190,9 @@ class OpenAITeacher:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.extra_body = dict(extra_body or {})
+        self.score_api = score_api
+        self.echo_alignment = echo_alignment  # "auto": decided on the first answer (see _detect_alignment)
+        self.echo_alignment_why = "set by --teacher-opt echo_alignment" if echo_alignment != "auto" else ""
         self.native_n: bool | None = None  # learned from the first n>1 answer
         self.requests_sent = 0  # HTTP requests actually sent, retries included
         # circuit breaker: this many connection failures in a row (no answer of any kind in between) stop the run;
@@ -198,8 +214,12 @@ class OpenAITeacher:
         return f"openai:{self.model}:{h}"
 
     def describe(self) -> dict[str, Any]:
-        return {**self.params(), "base_url": self.base_url, "api_key_env": self.api_key_env,
-                "concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries}
+        d = {**self.params(), "base_url": self.base_url, "api_key_env": self.api_key_env,
+             "concurrency": self.concurrency, "timeout": self.timeout, "max_retries": self.max_retries}
+        if self.echo_alignment_why:  # a scoring run: how the server's echoed top-k were read
+            d.update(score_api=self.score_api, echo_alignment=self.echo_alignment,
+                     echo_alignment_why=self.echo_alignment_why)
+        return d
 
     # -- HTTP ----------------------------------------------------------------------------------------------------
     def _http(self) -> httpx.Client:
@@ -268,15 +288,25 @@ class OpenAITeacher:
                        teacher=self.fingerprint(), error=error) for i in range(task.n)]
 
     def _exchange(self, task: _Task, stop: threading.Event | None = None) -> TaskResult:
-        body = self._body(task)
-        tag = urllib.parse.quote(f"{task.req.problem.id}/{task.first}/{task.n}", safe="/")
         path = "/chat/completions" if self.api == "chat" else "/completions"
+        tag = f"{task.req.problem.id}/{task.first}/{task.n}"
+        resp, error, attempts = self._post(path, self._body(task), tag, stop)
+        if resp is None:
+            return TaskResult(self._fail(task, error), attempts=attempts)
+        return self._parse(task, resp, attempts)
+
+    def _post(self, path: str, body: dict[str, Any], tag: str,
+              stop: threading.Event | None = None) -> tuple[httpx.Response | None, str, int]:
+        """POST ``body`` with retries: ``(response, "", attempts)`` on HTTP 200, else ``(None, why, attempts)``
+        (a request that failed for good, or a stopped run). 401/403/404 and a server that cannot be reached
+        raise ``_Fatal``: every further request would fail the same way."""
+        tag = urllib.parse.quote(tag, safe="/")
         last = "no attempt made"
         attempt = 0
         while True:
             attempt += 1
             if stop is not None and stop.is_set():
-                return TaskResult(self._fail(task, "stopped before an answer arrived"), attempts=attempt - 1)
+                return None, "stopped before an answer arrived", attempt - 1
             retry_after = None
             with self._lock:
                 self.requests_sent += 1
@@ -301,7 +331,7 @@ class OpenAITeacher:
                     self._connect_failures = 0
                 status = resp.status_code
                 if status == 200:
-                    return self._parse(task, resp, attempt)
+                    return resp, "", attempt
                 detail = one_line(self._redact(resp.text))[:200]
                 last = f"HTTP {status} from {self.base_url}{path}: {detail}"
                 if status in FATAL_STATUS:
@@ -309,7 +339,7 @@ class OpenAITeacher:
                             else " (check --base-url and --model)")
                     raise _Fatal(self._redact(last + hint))
                 if status not in RETRY_STATUS and status < 500:
-                    return TaskResult(self._fail(task, last), attempts=attempt)
+                    return None, last, attempt
                 ra = resp.headers.get("retry-after")
                 try:
                     retry_after = float(ra) if ra is not None else None
@@ -317,9 +347,9 @@ class OpenAITeacher:
                     retry_after = None
             _DEADLINE.at = None
             if attempt > self.max_retries:
-                return TaskResult(self._fail(task, f"gave up after {attempt} attempts: {last}"), attempts=attempt)
+                return None, f"gave up after {attempt} attempts: {last}", attempt
             if not self._sleep(attempt, retry_after, stop):
-                return TaskResult(self._fail(task, f"stopped while retrying: {last}"), attempts=attempt)
+                return None, f"stopped while retrying: {last}", attempt
 
     def _parse(self, task: _Task, resp: httpx.Response, attempt: int) -> TaskResult:
         req = task.req
@@ -429,6 +459,116 @@ class OpenAITeacher:
             for _ in workers:
                 tasks.put(None)
 
+    # -- scoring text the teacher did not write (lorasp score) ------------------------------------------------------
+    def score_fingerprint(self, top_k: int) -> str:
+        """Identifies the scores: the served model, how it was asked and k (not the URL, key or concurrency)."""
+        p = {"scorer": "openai", "model": self.model, "score_api": self.score_api, "top_k": int(top_k),
+             "extra_body": self.extra_body}
+        return f"openai:{self.model}:{hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12]}"
+
+    def _score_body(self, req: ScoreRequest, top_k: int) -> dict[str, Any]:
+        # max_tokens 1: servers that refuse 0 exist; the generated token lies past the text and is dropped
+        body: dict[str, Any] = {"model": self.model, "prompt": req.prompt + req.text, "max_tokens": 1,
+                                "temperature": 0.0}
+        if self.score_api == "echo":
+            body.update(echo=True, logprobs=int(top_k))
+        else:
+            body.update(prompt_logprobs=int(top_k), return_token_ids=True)
+        body.update(self.extra_body)
+        return body
+
+    def _score_one(self, req: ScoreRequest, top_k: int, stop: threading.Event | None) -> ScoreResult:
+        resp, error, _attempts = self._post("/completions", self._score_body(req, top_k), "/".join(map(str, req.key[1:])),
+                                            stop)
+        if resp is None:
+            return ScoreResult(req.key, error=self._redact(error))
+        try:
+            data = resp.json()
+            ch = data["choices"][0]
+            usage = {k: int(v) for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
+            rid = str(data.get("id") or "")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            return ScoreResult(req.key, error=f"malformed response: {type(exc).__name__}: {one_line(exc)[:120]}")
+        full = req.prompt + req.text
+        try:
+            offsets, tops, tokens = (_echo_logprobs(ch, full) if self.score_api == "echo"
+                                     else _prompt_logprobs(ch, top_k))
+            if self.score_api == "echo":
+                tops = self._aligned(tokens, tops, top_k, len(req.prompt), offsets)
+        except _NoScores as exc:
+            raise _Fatal(f"the server at {self.base_url} returned no prompt log-probabilities ({exc}), so it cannot "
+                         f"score text: {_SCORE_HINT[self.score_api]}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return ScoreResult(req.key, error=f"malformed response: {type(exc).__name__}: {one_line(exc)[:120]}")
+        try:
+            pieces, top = text_tokens(full, len(req.prompt), offsets, tops, tokens)
+        except SpanError as exc:
+            return ScoreResult(req.key, error=str(exc))
+        return ScoreResult(req.key, pieces, top, usage=usage, request_id=rid or None)
+
+    def _aligned(self, tokens: list[str], tops: list[dict | None], top_k: int, start: int,
+                 offsets: list[int]) -> list[dict | None]:
+        """The echoed top-k, each at the token it predicts, trimmed to the k most likely (llama-cpp-python adds the
+        echoed token's own entry to every position)."""
+        with self._lock:
+            if self.echo_alignment == "auto":
+                self.echo_alignment, self.echo_alignment_why = _detect_alignment(tokens, tops, top_k, start, offsets)
+            how = self.echo_alignment
+        trimmed = [dict(sorted(t.items(), key=lambda kv: -kv[1])[:top_k]) if t else None for t in tops]
+        if how == "same":
+            return trimmed
+        # "next": entry i-1 is the distribution token i was drawn from; token 1's (after token 0) is not reported
+        return [None, None] + trimmed[1:-1] if len(trimmed) > 1 else [None] * len(trimmed)
+
+    def score(self, requests: list[ScoreRequest], top_k: int,
+              stop: threading.Event | None = None) -> Iterator[ScoreResult]:
+        """Teacher-forced top-k for every request, yielded as answers arrive (not in order). The first request is
+        sent alone: a server that cannot score is one error (``ModelError``) before anything else is asked."""
+        stop = stop or threading.Event()
+        todo = list(reversed(requests))
+        tasks: queue.Queue = queue.Queue()
+        results: queue.Queue = queue.Queue()
+
+        def worker() -> None:
+            while True:
+                r = tasks.get()
+                if r is None:
+                    return
+                try:
+                    results.put((self._score_one(r, top_k, stop), None))
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+                    results.put((None, exc))
+
+        workers = [threading.Thread(target=worker, daemon=True, name=f"lorasp-scorer-{i}")
+                   for i in range(self.concurrency)]
+        for w in workers:
+            w.start()
+        running, probed = 0, False
+        try:
+            while todo or running:
+                limit = self.concurrency if probed else 1
+                while todo and running < limit and not stop.is_set():
+                    tasks.put(todo.pop())
+                    running += 1
+                if not running:
+                    break
+                try:
+                    res, exc = results.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
+                except queue.Empty:
+                    continue
+                running -= 1
+                if exc is not None:
+                    stop.set()
+                    if isinstance(exc, _Fatal):
+                        raise ModelError(f"scoring request failed: {exc}") from None
+                    raise exc
+                probed = probed or not res.error
+                yield res
+        finally:
+            stop.set()
+            for _ in workers:
+                tasks.put(None)
+
     def generate(self, requests: list[TeacherRequest]) -> list[list[Sample]]:
         """The plain plugin interface: every request's samples, in request order (failed ones carry ``error``)."""
         by_key: dict[tuple[str, int], Sample] = {}
@@ -464,3 +604,86 @@ def _choice(ch: dict, api: str) -> tuple[str, list[str] | None, list[dict[str, f
         return text, tokens, top
     return text, None, None
 
+
+
+class _NoScores(ValueError):
+    """The answer holds no prompt log-probabilities: the server cannot score (one error for the whole run)."""
+
+
+_SCORE_HINT = {
+    "echo": "it must support /v1/completions with echo=true and logprobs (vLLM does; llama-cpp-python needs "
+            "--logits_all true); OpenAI's hosted models do not; or try --teacher-opt score_api=prompt_logprobs "
+            "(vLLM)",
+    "prompt_logprobs": "score_api=prompt_logprobs is vLLM's extension (with return_token_ids); for another "
+                       "server use --teacher-opt score_api=echo",
+}
+
+
+def _echo_logprobs(ch: dict, full: str) -> tuple[list[int], list[dict | None], list[str]]:
+    """(offsets, top-k, token strings) of a completions choice asked with ``echo`` and ``logprobs``."""
+    lp = ch.get("logprobs")
+    if not isinstance(lp, dict) or not lp.get("tokens"):
+        raise _NoScores("no 'logprobs' with tokens in the choice")
+    tokens = [str(t) for t in lp["tokens"]]
+    tops = lp.get("top_logprobs")
+    if not isinstance(tops, list) or all(not t for t in tops[1:]):
+        raise _NoScores("no 'top_logprobs' for the echoed prompt")
+    if len(tops) != len(tokens):
+        raise ValueError(f"{len(tokens)} tokens but {len(tops)} top_logprobs entries")
+    offsets = lp.get("text_offset")
+    if not isinstance(offsets, list) or len(offsets) != len(tokens):
+        offsets, at = [], 0  # no offsets: the tokens are taken to spell the text
+        for t in tokens:
+            offsets.append(at)
+            at += len(t)
+    if not str(ch.get("text", "")).startswith(full):
+        raise _NoScores("the prompt was not echoed in the choice's text")
+    return [int(o) for o in offsets], [t if isinstance(t, dict) else None for t in tops], tokens
+
+
+def _detect_alignment(tokens: list[str], tops: list[dict | None], top_k: int, start: int,
+                      offsets: list[int]) -> tuple[str, str]:
+    """Which echo convention an answer follows: at each position of the text, is the echoed token among the k most
+    likely of its own entry ("same") or of the entry before it ("next")? A model that scores the text at all puts
+    the right token near the top far more often under the right reading."""
+    same = nxt = 0
+    for i in range(1, len(tokens)):
+        if offsets[i] < start:
+            continue
+        here, before = tops[i], tops[i - 1]
+        if here:
+            same += tokens[i] in dict(sorted(here.items(), key=lambda kv: -kv[1])[:top_k])
+        if before:
+            nxt += tokens[i] in dict(sorted(before.items(), key=lambda kv: -kv[1])[:top_k])
+    if nxt > same:
+        return "next", (f"detected on the first answer: {nxt} of its text's tokens are in the top-{top_k} of the "
+                        f"entry before them, {same} in their own (llama-cpp-python's echo reports each top-k one "
+                        f"token late)")
+    return "same", f"detected on the first answer: {same} tokens in their own top-{top_k}, {nxt} in the one before"
+
+
+def _prompt_logprobs(ch: dict, top_k: int) -> tuple[list[int], list[dict | None], list[str]]:
+    """(offsets, top-k, token strings) from vLLM's ``prompt_logprobs`` (a dict per prompt token: token id ->
+    {logprob, rank, decoded_token}, the prompt's own token always among them) and ``prompt_token_ids``."""
+    plp, ids = ch.get("prompt_logprobs"), ch.get("prompt_token_ids")
+    if not isinstance(plp, list) or not plp:
+        raise _NoScores("no 'prompt_logprobs' in the choice")
+    if not isinstance(ids, list) or len(ids) != len(plp):
+        raise _NoScores("no 'prompt_token_ids' beside 'prompt_logprobs' (vLLM needs return_token_ids)")
+    offsets, tops, tokens, at = [], [], [], 0
+    for tid, d in zip(ids, plp):
+        entry = (d or {}).get(str(tid)) or (d or {}).get(tid) if d else None
+        piece = entry.get("decoded_token") if isinstance(entry, dict) else None
+        tokens.append(str(piece or ""))
+        offsets.append(at)
+        at += len(tokens[-1])
+        if not d:
+            tops.append(None)
+            continue
+        top: dict[str, float] = {}
+        for e in d.values():
+            if int(e.get("rank") or 10**9) <= top_k or e is entry:
+                key = str(e.get("decoded_token") or "")
+                top[key] = max(top.get(key, -float("inf")), float(e["logprob"]))
+        tops.append(top)
+    return offsets, tops, tokens
