@@ -19,6 +19,7 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 | c3 | in-context formats keep in-context ability | three mixtures at the same data and steps, each evaluated in icl_cot and zs_cot; ``--mixtures A,B``: rerun only those (the others keep their recorded results) |
 | c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
 | c4x | C4 across tokenizers | C4's teacher samples (SmolLM2 tokens, top-5) into Gemma-3-270M students: sample, distribution, mix:0.5 |
+| c4s | C4 on text the teacher did not write | gold rationales of arith problems C4's teacher never saw (file teacher), scored by it with `lorasp score` (top-5); students by sample and distribution on the same text |
 | c5 | in-distribution best != OOD best | the recipe run again with its held-out sets scored every 30 steps (9 evaluations), with intervals |
 """
 
@@ -528,10 +529,9 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def arith_teacher(exp: Experiment, teacher_steps: int = 192, problems: int = 768) -> tuple[Path, Path]:
-    """C4's teacher (shared with C3): SmolLM2 specialized on gold arith rationales, merged into a plain model,
-    then its own samples (temperature 0.7) with top-5 logprobs on the same train problems, filtered by answer.
-    Returns (merged model, teach run); every step is skipped when done."""
+def arith_teacher_model(exp: Experiment, teacher_steps: int = 192, problems: int = 768) -> Path:
+    """C4's teacher model: SmolLM2 specialized on the gold rationales of the first ``problems`` arith train
+    problems, merged into a plain model (skipped when done)."""
     d = work_dir() / "c4"
     t_ad = exp.fit("teacher", d / "teacher-adapter",
                    ["--dataset", "arith", "--teacher", "gold", "--first", str(problems), "--max-steps",
@@ -539,6 +539,15 @@ def arith_teacher(exp: Experiment, teacher_steps: int = 192, problems: int = 768
     merged = d / "teacher-merged"
     if not (merged / "config.json").exists():
         run_lorasp(["merge", str(t_ad), "--out", str(merged)], exp.log)
+    return merged
+
+
+def arith_teacher(exp: Experiment, teacher_steps: int = 192, problems: int = 768) -> tuple[Path, Path]:
+    """C4's teacher (shared with C3): SmolLM2 specialized on gold arith rationales, merged into a plain model,
+    then its own samples (temperature 0.7) with top-5 logprobs on the same train problems, filtered by answer.
+    Returns (merged model, teach run); every step is skipped when done."""
+    d = work_dir() / "c4"
+    merged = arith_teacher_model(exp, teacher_steps, problems)
     teach = d / "teach"
     if not (teach / "manifest.json").exists() or json.loads((teach / "manifest.json").read_text()).get("status") != "complete":
         run_lorasp(["teach", "--dataset", "arith", "--split", "train", "--first", str(problems), "--teacher", "hf",
@@ -569,6 +578,48 @@ def c4(teacher_steps: int = 192, student_steps: int = 64, problems: int = 768, n
                      ["--data", str(teach), "--loss", loss, "--max-steps", str(student_steps), "--eval-every", "0",
                       "--select-by", "last", "--formats", "zero_shot_cot=1", "--lr", "1e-3"])
         exp.eval(f"{label}-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160,
+                 adapter=ad)
+    exp.save(complete=True)
+
+
+def c4s(teacher_steps: int = 192, student_steps: int = 64, problems: int = 768, n: int = 300) -> None:
+    """C4 on text the teacher did not write: the gold rationales of ``problems`` arith train problems that C4's
+    teacher never saw (the next ones after its own), imported with the ``file`` teacher, scored by C4's teacher
+    (``lorasp score``, top-5), then students by sample and by distribution matching on that same text."""
+    exp = Experiment("c4s", "C4 on scored text: gold rationales the teacher did not write, scored by C4's teacher",
+                     f"python experiments/run.py c4s --teacher-steps {teacher_steps} --student-steps {student_steps} "
+                     f"--problems {problems} --n {n}")
+    exp.record["extra"].update(teacher_steps=teacher_steps, student_steps=student_steps, problems=problems, n=n)
+    merged = arith_teacher_model(exp, teacher_steps, problems)
+    d = exp.dir
+    run = d / "teach"
+    if not (run / "manifest.json").exists() or json.loads((run / "manifest.json").read_text()).get("status") != "complete":
+        sys.path.insert(0, str(ROOT))
+        from lora_spec.plugins.datasets.arith import Arith
+        from lora_spec.plugins.teachers.gold import gold_cot
+
+        later = list(Arith().load("train", limit=2 * problems))[problems:]  # the teacher trained on the first ones
+        src = d / "gold-unseen.jsonl"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text("".join(json.dumps({"question": p.question, "output": gold_cot(p)}) + "\n" for p in later))
+        run_lorasp(["teach", "--dataset", "arith", "--split", "train", "--first", str(2 * problems), "--teacher",
+                    "file", "--teacher-opt", f"path={src}", "--samples", "1", "--prompt", "zero-shot-cot",
+                    "--no-progress", "--out", str(run)], exp.log)
+    m = json.loads((run / "manifest.json").read_text())
+    if (m.get("scores") or {}).get("status") != "complete":
+        run_lorasp(["score", str(run), "--teacher", "hf", "--model", str(merged), "--top-logprobs", "5",
+                    "--no-progress"], exp.log)
+        m = json.loads((run / "manifest.json").read_text())
+    exp.record["extra"]["teach"] = {k: m.get(k) for k in ("status", "counts")}
+    exp.record["extra"]["scores"] = {k: (m.get("scores") or {}).get(k) for k in (
+        "status", "samples", "scored", "tokens_scored", "wall_time_total_s", "top_logprobs", "prompt")}
+    exp.record["extra"]["samples_sha256"] = _sha256(run / "samples.jsonl")
+    exp.save()
+    for loss in ("sample", "distribution"):  # the same text, steps and settings; only the loss differs
+        ad = exp.fit(loss, d / f"student-{loss}",
+                     ["--data", str(run), "--loss", loss, "--max-steps", str(student_steps), "--eval-every", "0",
+                      "--select-by", "last", "--formats", "zero_shot_cot=1", "--lr", "1e-3"])
+        exp.eval(f"{loss}-zs_cot-arith", suites=["arith"], tasks=[], mode="zs_cot", limit=n, max_new_tokens=160,
                  adapter=ad)
     exp.save(complete=True)
 
@@ -684,7 +735,7 @@ def c5(snapshot: bool = False, notes: list[str] | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c4x", "c5", "all"])
+    ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c4x", "c4s", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
     ap.add_argument("--only", choices=["base", "adapter", "full", "full-ft", "seed1", "calculator", "mixture"], help="c1: only the base model's "
                     "evaluations (they need no adapter: they can run while the recipe trains), only the adapter's, "
@@ -716,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     FIT_EXTRA[:] = a.fit_arg
     global COLLECT_ONLY
     COLLECT_ONLY = a.collect
-    todo = ["c1", "c5", "c2", "c3", "c4", "c4x"] if a.experiment == "all" else [a.experiment]
+    todo = ["c1", "c5", "c2", "c3", "c4", "c4x", "c4s"] if a.experiment == "all" else [a.experiment]
     try:
         for e in todo:
             if e == "c1":
@@ -729,6 +780,8 @@ def main(argv: list[str] | None = None) -> int:
                 c4(a.teacher_steps, a.student_steps, a.problems, a.n)
             elif e == "c4x":
                 c4x(a.student_steps, a.problems, a.n)
+            elif e == "c4s":
+                c4s(a.teacher_steps, a.student_steps, a.problems, a.n)
             else:
                 c5(a.snapshot, a.note)
             print(f"{e}: {'snapshot' if a.snapshot and e == 'c5' else 'done'} -> {RESULTS / (e + '.json')}")

@@ -168,6 +168,26 @@ def test_c4_across_tokenizers_shows_the_alignment_and_a_verdict(results, tmp_pat
     assert "| student, mix:0.5 | not run yet |" in sub
 
 
+def test_c4_on_scored_text_shows_the_scores_and_a_paired_verdict(results, tmp_path):
+    docs = tmp_path / "docs"
+    page.main(["--results", str(results), "--docs", str(docs)])
+    sub = (docs / "results.md").read_text().split("### C4 on text the teacher did not write")[1].split("## C5")[0]
+    assert "**Not run yet.** Command: `python experiments/run.py c4s`" in sub
+    evs = {"sample-zs_cot-arith": _ev("arith", "1" * 10 + "0" * 10),
+           "distribution-zs_cot-arith": _ev("arith", "1" * 9 + "0" * 11)}  # one fewer: within noise
+    (results / "c4s.json").write_text(json.dumps({
+        "experiment": "c4s", "title": "t", "command": "python experiments/run.py c4s", "complete": True,
+        "evals": evs, "extra": {"student_steps": 64, "n": 20, "problems": 768, "teach": {"counts": {"received": 768}},
+                                "scores": {"scored": 768, "samples": 768, "tokens_scored": 61234,
+                                           "wall_time_total_s": 95.4, "top_logprobs": 5}}}))
+    page.main(["--results", str(results), "--docs", str(docs)])
+    sub = (docs / "results.md").read_text().split("### C4 on text the teacher did not write")[1].split("## C5")[0]
+    assert "768 of 768 samples, 61,234 tokens, in 95 s" in sub and "top-5" in sub
+    assert "| sample matching (NLL on the gold text) | 50.0 [" in sub
+    assert "Verdict at this scale: distribution matching is within noise of sample matching (-5.0 points, p=1.000)" \
+        in sub
+
+
 def test_c4x_says_whether_a_retrained_teacher_is_the_same_teacher():
     def rec(loss: list[float], secs: float, correct: int, sha: str | None) -> dict:
         teach = {"counts": {"received": 768, "correct": correct}}
