@@ -181,6 +181,7 @@ def render_cli() -> str:
 
 CONFIGS = [  # (command, "module:Class")
     ("teach", "lora_spec.teach:TeachConfig"),
+    ("score", "lora_spec.score:ScoreConfig"),
     ("fit", "lora_spec.fit_config:FitConfig"),
     ("eval", "lora_spec.evaluate:EvalConfig"),
     ("generate", "lora_spec.adapters.swap:GenerateConfig"),

@@ -258,3 +258,28 @@ def test_kill9_then_rerun_asks_only_for_what_is_not_scored(gold_run, server, tmp
     assert len(rerun) == 4 - before, (rerun, before)
     assert f"{before} already scored" in r.stdout
     assert n_scored() == 4
+
+
+@pytest.mark.slow
+def test_a_scored_run_keeps_its_scores_when_teach_extends_it_and_rescoring_asks_only_new_samples(tmp_path, data_dir):
+    run = teach(TeachConfig(dataset="arith", teacher="gold", first=2, samples=1, out=str(tmp_path / "run"),
+                            progress=False))
+    cfg = ScoreConfig(teacher="hf", model="smollm2-135m", top_logprobs=3, progress=False)
+    first = score(run, cfg)
+    assert first["scored"] == 2 and first["this_run"]["scored"] == 2
+    before = {r["problem_id"]: r["top_logprobs"] for r in _scored(run)}
+    # teach again with one more problem: the export keeps the scorer's top-k for the scored samples, and the new
+    # sample has none (every exported top-k comes from one model)
+    teach(TeachConfig(dataset="arith", teacher="gold", first=3, samples=1, out=str(run), progress=False))
+    rows = {r["problem_id"]: r for r in _scored(run)}
+    assert len(rows) == 3 and sum(1 for r in rows.values() if r["top_logprobs"]) == 2
+    assert all(rows[k]["top_logprobs"] == v for k, v in before.items())
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["scores"]["fingerprint"] == first["fingerprint"] and m["with_top_logprobs"] == 2
+    again = score(run, cfg)
+    assert again["scored"] == 3 and again["this_run"]["scored"] == 1 and again["this_run"]["resumed_from_store"] == 2
+    assert again["runs"] == 2
+    # another k is another scorer: all asked again, and the export switches to it
+    k5 = score(run, cfg.model_copy(update={"top_logprobs": 5}))
+    assert k5["this_run"]["scored"] == 3 and k5["fingerprint"] != first["fingerprint"]
+    assert all(len(t) >= 5 for r in _scored(run) for t in r["top_logprobs"] if t)

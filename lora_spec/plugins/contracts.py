@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Protocol, runtime_checkable
 
 from ..records import EvalTask, Problem, Sample, TeacherRequest
+from ..teacher_forcing import ScoreRequest, ScoreResult
 
 
 @runtime_checkable
@@ -40,8 +41,8 @@ class Dataset(Protocol):
 @runtime_checkable
 class Teacher(Protocol):
     """``lorasp.teachers``: chain-of-thought samples for prompts. Optional extras lorasp uses when present:
-    ``describe() -> dict`` (recorded in the teach run), ``close()``, ``max_samples`` and ``stream`` (see
-    :class:`StreamingTeacher`)."""
+    ``describe() -> dict`` (recorded in the teach run), ``close()``, ``max_samples``, ``stream`` (see
+    :class:`StreamingTeacher`) and ``score`` (see :class:`ScoringTeacher`)."""
 
     def generate(self, requests: list[TeacherRequest]) -> list[list[Sample]]:
         """One list of samples (``request.n`` of them) per request, in the order of ``requests``."""
@@ -63,6 +64,24 @@ class StreamingTeacher(Protocol):
         ...
 
     def fingerprint(self) -> str:
+        ...
+
+
+@runtime_checkable
+class ScoringTeacher(Protocol):
+    """A teacher that can also read text it did not write (``lorasp score``): its top-k log-probabilities at every
+    token of a sample's text after the sample's prompt. Optional: a teacher without it cannot be a scorer."""
+
+    def score(self, requests: list[ScoreRequest], top_k: int, stop: Any = None) -> Iterable[ScoreResult]:
+        """One :class:`lora_spec.teacher_forcing.ScoreResult` per request (its ``key``), in any order, each with
+        one piece and one top-k dict per token of the request's text (the pieces spell the text; see
+        :func:`lora_spec.teacher_forcing.text_tokens`), or ``error``; no new request starts once the
+        ``threading.Event`` ``stop`` is set. A scorer that cannot score at all raises ``ModelError``."""
+        ...
+
+    def score_fingerprint(self, top_k: int) -> str:
+        """Identifies the scores (the model and whatever changes its numbers, and k): a rerun resumes only with
+        the same one."""
         ...
 
 
