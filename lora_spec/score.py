@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from . import registry
-from .config import RunConfig, parse_kv
+from .config import RunConfig, _describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError
 from .outputs import TEACH_FORMAT, RunLock, interrupt_on_signals
 from .records import Problem, Sample, read_jsonl, write_jsonl
@@ -133,7 +133,10 @@ def score_plan(run: str | os.PathLike, cfg: ScoreConfig) -> dict[str, Any]:
 
 def score(run: str | os.PathLike, cfg: ScoreConfig | None = None, **overrides: Any) -> dict[str, Any]:
     """Score a teach run's kept samples (or continue scoring them); returns the manifest's ``scores`` section."""
-    cfg = ScoreConfig(**{**(cfg.model_dump() if cfg is not None else {}), **overrides})
+    try:
+        cfg = ScoreConfig(**{**(cfg.model_dump() if cfg is not None else {}), **overrides})
+    except ValidationError as exc:  # -> one line naming the field
+        raise ConfigError("score " + _describe_error(exc.errors()[0], {})) from None
     d = Path(run)
     manifest = _manifest(d)
     spec = _score_prompt(cfg, manifest)

@@ -11,6 +11,7 @@ fingerprint and the sample's key) under the same rules; its failures go to ``sco
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -117,9 +118,19 @@ class SampleStore:
             raise DataError(f"{self.path}: sample store schema version {row[0]}, this lorasp reads {SCHEMA_VERSION}")
 
     # -- writing ---------------------------------------------------------------------------------------------
+    def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
+        """One committed statement; a full disk is an ``OSError`` naming the store (one line from the CLI), and
+        what was committed before it stays."""
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise OSError(errno.ENOSPC, f"the sample store could not be written ({exc})", str(self.path)) from None
+            raise
+
     def put(self, sample: Sample, request_id: str | None = None) -> None:
         """Store one successful sample and commit (autocommit mode: each statement is its own transaction)."""
-        self.db.execute(
+        self._write(
             "INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (sample.teacher, sample.prompt_id, sample.problem_id, int(sample.sample_index), sample.text,
              sample.answer, None if sample.correct is None else int(bool(sample.correct)),
@@ -128,7 +139,7 @@ class SampleStore:
              sample.finish_reason, json.dumps(sample.usage or {}), request_id, time.time()))
 
     def put_failure(self, sample: Sample, run: int | None = None) -> None:
-        self.db.execute("INSERT INTO failures VALUES (?,?,?,?,?,?,?)",
+        self._write("INSERT INTO failures VALUES (?,?,?,?,?,?,?)",
                         (sample.teacher, sample.prompt_id, sample.problem_id, int(sample.sample_index),
                          sample.error or "unknown error", run, time.time()))
 
@@ -145,13 +156,13 @@ class SampleStore:
                   request_id: str | None = None) -> None:
         """Store one sample's teacher-forced scores (``lorasp score``) and commit."""
         teacher, prompt_id, problem_id, idx = key
-        self.db.execute("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        self._write("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (scorer, teacher, prompt_id, problem_id, int(idx), text_sha256(text),
                          json.dumps(tokens, ensure_ascii=False), json.dumps(top_logprobs, ensure_ascii=False),
                          json.dumps(usage or {}), request_id, time.time()))
 
     def put_score_failure(self, scorer: str, key: tuple[str, str, str, int], error: str, run: int) -> None:
-        self.db.execute("INSERT INTO score_failures VALUES (?,?,?,?,?,?,?,?)",
+        self._write("INSERT INTO score_failures VALUES (?,?,?,?,?,?,?,?)",
                         (scorer, *key[:3], int(key[3]), error, run, time.time()))
 
     def scores(self, scorer: str) -> dict[tuple[str, str, str, int], tuple[str, list[str], list[dict], dict]]:

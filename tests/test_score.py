@@ -283,3 +283,57 @@ def test_a_scored_run_keeps_its_scores_when_teach_extends_it_and_rescoring_asks_
     k5 = score(run, cfg.model_copy(update={"top_logprobs": 5}))
     assert k5["this_run"]["scored"] == 3 and k5["fingerprint"] != first["fingerprint"]
     assert all(len(t) >= 5 for r in _scored(run) for t in r["top_logprobs"] if t)
+
+
+def test_a_full_disk_while_storing_scores_is_one_line_naming_the_store(tmp_path):
+    """A real full disk (a 1 MB tmpfs): the store's write fails as an OSError naming it (the CLI's one line),
+    and what was committed before stays readable."""
+    import errno
+    import subprocess as sp
+
+    from lora_spec.store import SampleStore
+
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    rc = sp.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if rc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {rc.stderr.decode().strip()}")
+    try:
+        st = SampleStore(mnt / "store.sqlite")
+        key = ("t", "p", "q0", 0)
+        st.put_score("s", key, "text", ["te", "xt"], [{"te": -0.1}, {"xt": -0.2}])
+        with pytest.raises(OSError) as err:
+            for i in range(1, 10_000):
+                st.put_score("s", ("t", "p", f"q{i}", 0), "x" * 2000, ["x"] * 50, [{"x": -0.5, "y": -1.5}] * 50)
+        assert err.value.errno == errno.ENOSPC and str(mnt / "store.sqlite") == err.value.filename
+        assert key in st.scores("s")
+        st.close()
+    finally:
+        sp.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_at_once_keeps_what_was_scored_and_says_how_to_resume(gold_run, server, tmp_path):
+    run = _copy(gold_run, tmp_path / "run")
+    # the first answer is real; every later request hangs in the proxy, as a slow server would
+    with fault_proxy(server, lambda n, tag, body: None if n == 1 else "timeout", hang=60) as proxy:
+        exe = Path(sys.executable).with_name("lorasp")
+        proc = subprocess.Popen([str(exe), "score", str(run), "--teacher", "openai", "--model", "smollm2",
+                                 "--base-url", proxy.url, "--top-logprobs", "3", "--concurrency", "2",
+                                 "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 200
+        while time.time() < deadline and len(proxy.log) < 3 and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None and len(proxy.log) >= 3, "never got past the first answer"
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+        stopped_in = time.time() - t0
+    assert proc.returncode == 130 and stopped_in < 10, (proc.returncode, stopped_in, err)
+    assert "interrupted: 1/4 samples are scored" in err and "rerun the same command" in err
+    assert len(err.strip().splitlines()) == 1, err
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["scores"]["status"] == "interrupted" and m["scores"]["scored"] == 1
+    assert sum(1 for r in _scored(run) if r["top_logprobs"]) == 1
