@@ -29,6 +29,10 @@ def _teach_row(d: Path, m: dict[str, Any]) -> dict[str, Any]:
     what = f"{ds.get('name')}:{ds.get('split')} by {t.get('name')}"
     head = (f"{c.get('received')}/{c.get('requested')} samples, {c.get('correct')} correct; first-sample "
             f"{_pct(a.get('first_sample'))}, majority {_pct(a.get('majority_vote'))}")
+    sc = m.get("scores") if isinstance(m.get("scores"), dict) else None
+    if sc:  # lorasp score: whose top-k the exported samples carry
+        head += (f"; top-{sc.get('top_logprobs')} scored by {sc.get('scorer')} ({sc.get('model')}): "
+                 f"{sc.get('scored')}/{sc.get('samples')}")
     return {"kind": "teach", "what": what, "headline": head, "status": m.get("status"), "created": m.get("created")}
 
 

@@ -276,6 +276,10 @@ def test_a_scored_run_keeps_its_scores_when_teach_extends_it_and_rescoring_asks_
     assert all(rows[k]["top_logprobs"] == v for k, v in before.items())
     m = json.loads((run / "manifest.json").read_text())
     assert m["scores"]["fingerprint"] == first["fingerprint"] and m["with_top_logprobs"] == 2
+    from lora_spec.runs import find_runs
+
+    (row,) = [r for r in find_runs(tmp_path) if r["kind"] == "teach"]
+    assert row["headline"].endswith("; top-3 scored by hf (smollm2-135m): 2/2")
     again = score(run, cfg)
     assert again["scored"] == 3 and again["this_run"]["scored"] == 1 and again["this_run"]["resumed_from_store"] == 2
     assert again["runs"] == 2
