@@ -808,7 +808,8 @@ def section_c4s(rec: dict | None, fig_dir: Path) -> list[str]:
     sc = ex.get("scores") or {}
     c = (ex.get("teach") or {}).get("counts") or {}
     L += [f"Text: the gold rationales of {c.get('received', '?')} `arith` train problems that C4's teacher never saw "
-          f"(the {ex.get('problems', '?')} after its own), imported with the `file` teacher. Scores: C4's merged "
+          f"(the ones after its own {ex.get('problems', '?')}; as many rows as C4's students had), imported with the "
+          f"`file` teacher. Scores: C4's merged "
           f"teacher read each rationale after the zero-shot CoT prompt (`lorasp score --teacher hf`, top-"
           f"{sc.get('top_logprobs', '?')}): {sc.get('scored', '?')} of {sc.get('samples', '?')} samples, "
           f"{sc.get('tokens_scored') or 0:,} tokens, in {sc.get('wall_time_total_s') or 0:.0f} s. Students: fresh "

@@ -583,13 +583,16 @@ def c4(teacher_steps: int = 192, student_steps: int = 64, problems: int = 768, n
 
 
 def c4s(teacher_steps: int = 192, student_steps: int = 64, problems: int = 768, n: int = 300) -> None:
-    """C4 on text the teacher did not write: the gold rationales of ``problems`` arith train problems that C4's
-    teacher never saw (the next ones after its own), imported with the ``file`` teacher, scored by C4's teacher
-    (``lorasp score``, top-5), then students by sample and by distribution matching on that same text."""
+    """C4 on text the teacher did not write: the gold rationales of ``problems // 2`` arith train problems that
+    C4's teacher never saw (the next ones after its own ``problems``; as many rows as C4's students had: half of
+    the teacher's samples were correct), imported with the ``file`` teacher, scored by C4's teacher (``lorasp
+    score``, top-5), then students by sample and by distribution matching on that same text."""
     exp = Experiment("c4s", "C4 on scored text: gold rationales the teacher did not write, scored by C4's teacher",
                      f"python experiments/run.py c4s --teacher-steps {teacher_steps} --student-steps {student_steps} "
                      f"--problems {problems} --n {n}")
-    exp.record["extra"].update(teacher_steps=teacher_steps, student_steps=student_steps, problems=problems, n=n)
+    texts = problems // 2
+    exp.record["extra"].update(teacher_steps=teacher_steps, student_steps=student_steps, problems=problems, n=n,
+                               texts=texts)
     merged = arith_teacher_model(exp, teacher_steps, problems)
     d = exp.dir
     run = d / "teach"
@@ -598,11 +601,11 @@ def c4s(teacher_steps: int = 192, student_steps: int = 64, problems: int = 768, 
         from lora_spec.plugins.datasets.arith import Arith
         from lora_spec.plugins.teachers.gold import gold_cot
 
-        later = list(Arith().load("train", limit=2 * problems))[problems:]  # the teacher trained on the first ones
+        later = list(Arith().load("train", limit=problems + texts))[problems:]  # the teacher trained on the first
         src = d / "gold-unseen.jsonl"
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_text("".join(json.dumps({"question": p.question, "output": gold_cot(p)}) + "\n" for p in later))
-        run_lorasp(["teach", "--dataset", "arith", "--split", "train", "--first", str(2 * problems), "--teacher",
+        run_lorasp(["teach", "--dataset", "arith", "--split", "train", "--first", str(problems + texts), "--teacher",
                     "file", "--teacher-opt", f"path={src}", "--samples", "1", "--prompt", "zero-shot-cot",
                     "--no-progress", "--out", str(run)], exp.log)
     m = json.loads((run / "manifest.json").read_text())

@@ -64,7 +64,8 @@ def _manifest(run: Path) -> dict[str, Any]:
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{run}: not a teach run directory (no manifest.json; run 'lorasp teach --out {run}')") from None
+        raise DataError(f"{run}: not a teach run directory (no manifest.json; run 'lorasp teach --out {run}')") \
+            from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: unreadable manifest ({type(exc).__name__}: {exc})") from None
     if not isinstance(m, dict) or m.get("format") != TEACH_FORMAT:

@@ -478,8 +478,8 @@ class OpenAITeacher:
         return body
 
     def _score_one(self, req: ScoreRequest, top_k: int, stop: threading.Event | None) -> ScoreResult:
-        resp, error, _attempts = self._post("/completions", self._score_body(req, top_k), "/".join(map(str, req.key[1:])),
-                                            stop)
+        tag = "/".join(map(str, req.key[1:]))  # prompt_id/problem_id/sample_index
+        resp, error, _attempts = self._post("/completions", self._score_body(req, top_k), tag, stop)
         if resp is None:
             return ScoreResult(req.key, error=self._redact(error))
         try:
