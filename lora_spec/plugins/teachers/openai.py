@@ -147,6 +147,54 @@ def _with_deadlines(client: httpx.Client) -> httpx.Client:
     return client
 
 
+class _Pool:
+    """``size`` daemon worker threads running ``fn`` on the items ``put`` to them, so that Ctrl-C in the consuming
+    thread returns at once (in-flight requests are abandoned: their results were never stored, so a rerun asks
+    again). ``next`` hands back one result, or None after a short wait (which keeps Ctrl-C responsive); an
+    exception in a worker stops the run, ``_Fatal`` as one ``ModelError`` line."""
+
+    def __init__(self, fn, size: int, name: str, what: str):
+        self.tasks: queue.Queue = queue.Queue()
+        self.results: queue.Queue = queue.Queue()
+        self.running = 0
+        self.what = what
+        self.workers = [threading.Thread(target=self._work, args=(fn,), daemon=True, name=f"{name}-{i}")
+                        for i in range(size)]
+        for w in self.workers:
+            w.start()
+
+    def _work(self, fn) -> None:
+        while True:
+            item = self.tasks.get()
+            if item is None:
+                return
+            try:
+                self.results.put((fn(item), None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+                self.results.put((None, exc))
+
+    def put(self, item) -> None:
+        self.tasks.put(item)
+        self.running += 1
+
+    def next(self, stop: threading.Event):
+        try:
+            res, exc = self.results.get(timeout=0.2)
+        except queue.Empty:
+            return None
+        self.running -= 1
+        if exc is not None:
+            stop.set()
+            if isinstance(exc, _Fatal):
+                raise ModelError(f"{self.what} failed: {exc}") from None
+            raise exc
+        return res
+
+    def close(self) -> None:
+        for _ in self.workers:
+            self.tasks.put(None)
+
+
 class OpenAITeacher:
     """OpenAI-compatible HTTP teacher (completions or chat), with retries, bounded concurrency and top-k logprobs."""
 
@@ -405,46 +453,21 @@ class OpenAITeacher:
             todo.extend(reversed(self._split(r)))
         # the first n>1 request is sent alone, to learn whether the server honours n before fanning out
         probing = any(t.n > 1 for t in todo) and self.native_n is None
-        tasks: queue.Queue = queue.Queue()
-        results: queue.Queue = queue.Queue()
-
-        def worker() -> None:
-            while True:
-                t = tasks.get()
-                if t is None:
-                    return
-                try:
-                    results.put((t, self._exchange(t, stop), None))
-                except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
-                    results.put((t, None, exc))
-
-        workers = [threading.Thread(target=worker, daemon=True, name=f"lorasp-teacher-{i}")
-                   for i in range(self.concurrency)]
-        for w in workers:
-            w.start()
-        running = 0
+        pool = _Pool(lambda t: self._exchange(t, stop), self.concurrency, "lorasp-teacher", "teacher request")
         try:
-            while todo or running:
+            while todo or pool.running:
                 limit = 1 if probing else self.concurrency
-                while todo and running < limit and not stop.is_set():
+                while todo and pool.running < limit and not stop.is_set():
                     t = todo.pop()
                     if t.n > 1 and self.native_n is False:
                         todo.extend(reversed([_Task(t.req, t.first + i, 1) for i in range(t.n)]))
                         continue
-                    tasks.put(t)
-                    running += 1
-                if not running:
+                    pool.put(t)
+                if not pool.running:
                     break
-                try:
-                    _t, res, exc = results.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
-                except queue.Empty:
+                res = pool.next(stop)
+                if res is None:
                     continue
-                running -= 1
-                if exc is not None:
-                    stop.set()
-                    if isinstance(exc, _Fatal):
-                        raise ModelError(f"teacher request failed: {exc}") from None
-                    raise exc
                 if self.native_n is not None:
                     probing = False
                 elif res.samples and res.samples[0].error:
@@ -456,8 +479,7 @@ class OpenAITeacher:
                 yield res
         finally:
             stop.set()
-            for _ in workers:
-                tasks.put(None)
+            pool.close()
 
     # -- scoring text the teacher did not write (lorasp score) ------------------------------------------------------
     def score_fingerprint(self, top_k: int) -> str:
@@ -526,48 +548,23 @@ class OpenAITeacher:
         sent alone: a server that cannot score is one error (``ModelError``) before anything else is asked."""
         stop = stop or threading.Event()
         todo = list(reversed(requests))
-        tasks: queue.Queue = queue.Queue()
-        results: queue.Queue = queue.Queue()
-
-        def worker() -> None:
-            while True:
-                r = tasks.get()
-                if r is None:
-                    return
-                try:
-                    results.put((self._score_one(r, top_k, stop), None))
-                except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
-                    results.put((None, exc))
-
-        workers = [threading.Thread(target=worker, daemon=True, name=f"lorasp-scorer-{i}")
-                   for i in range(self.concurrency)]
-        for w in workers:
-            w.start()
-        running, probed = 0, False
+        pool = _Pool(lambda r: self._score_one(r, top_k, stop), self.concurrency, "lorasp-scorer", "scoring request")
+        probed = False
         try:
-            while todo or running:
+            while todo or pool.running:
                 limit = self.concurrency if probed else 1
-                while todo and running < limit and not stop.is_set():
-                    tasks.put(todo.pop())
-                    running += 1
-                if not running:
+                while todo and pool.running < limit and not stop.is_set():
+                    pool.put(todo.pop())
+                if not pool.running:
                     break
-                try:
-                    res, exc = results.get(timeout=0.2)  # a timeout keeps Ctrl-C responsive
-                except queue.Empty:
+                res = pool.next(stop)
+                if res is None:
                     continue
-                running -= 1
-                if exc is not None:
-                    stop.set()
-                    if isinstance(exc, _Fatal):
-                        raise ModelError(f"scoring request failed: {exc}") from None
-                    raise exc
                 probed = probed or not res.error
                 yield res
         finally:
             stop.set()
-            for _ in workers:
-                tasks.put(None)
+            pool.close()
 
     def generate(self, requests: list[TeacherRequest]) -> list[list[Sample]]:
         """The plain plugin interface: every request's samples, in request order (failed ones carry ``error``)."""
