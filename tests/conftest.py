@@ -1,4 +1,9 @@
-"""Shared fixtures. Real data comes from $LORASP_DATA_DIR (default: ../shared/data beside the repo)."""
+"""Shared fixtures. Real data comes from $LORASP_DATA_DIR (default: ../shared/data beside the repo). Shared helpers
+are in ``tests/helpers.py`` (``run_cli`` and ``ROOT`` stay importable from here).
+
+Under pytest-xdist (``make test`` runs ``-n 2``) each worker computes with its share of the cores
+(``OMP_NUM_THREADS``, which the ``lorasp`` subprocesses of the tests inherit), so that two workers do not each
+start one thread per core and slow each other down."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, run_cli  # noqa: F401  (imported from here by test modules)
+
 _default_data = ROOT.parent / "shared" / "data"
 if not os.environ.get("LORASP_DATA_DIR") and _default_data.exists():
     os.environ["LORASP_DATA_DIR"] = str(_default_data)
@@ -15,6 +21,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+
+def pytest_configure(config):
+    import sys
+
+    if _WORKERS > 1 and "torch" in sys.modules:  # imported before this file set OMP_NUM_THREADS
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
@@ -52,16 +68,3 @@ def smollm2():
     from lora_spec.student import load_student
 
     return load_student("smollm2-135m")
-
-
-def run_cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = None, timeout: int = 600):
-    """Run the real ``lorasp`` console script in a subprocess; returns CompletedProcess (text)."""
-    import subprocess
-    import sys
-
-    e = dict(os.environ)
-    if env:
-        e.update(env)
-    exe = Path(sys.executable).with_name("lorasp")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "lora_spec.cli"]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout)

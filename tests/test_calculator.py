@@ -124,7 +124,7 @@ def test_lorasp_generate_takes_the_calculator(smollm2_path, capsys, data_dir, mo
     import re
 
     import lora_spec.adapters.swap as swap
-    from tests.test_swap import main_cli
+    from tests.helpers import main_cli
 
     seen = []
     real = swap.generate

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_swap import main_cli, make_adapter
+from tests.helpers import main_cli, make_adapter, run_cli
 
 KEY = "base_model.model.model.layers.{i}.self_attn.{m}"
 

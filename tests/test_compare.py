@@ -56,7 +56,7 @@ def test_compare_pairs_by_id_and_matches_stats(tmp_path, capsys):
 
 def test_compare_cli_and_errors(tmp_path, capsys):
     from tests.conftest import run_cli
-    from tests.test_swap import main_cli
+    from tests.helpers import main_cli
 
     a = _write(tmp_path / "a", {"gsm8k": _rows("g", [1, 0, 0, 1]), "bbh/navigate": _rows("n", [1, 1])})
     b = _write(tmp_path / "b", {"gsm8k": _rows("g", [1, 1, 0, 1])})

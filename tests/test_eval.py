@@ -567,7 +567,7 @@ def test_a_learned_position_table_bounds_generation_and_training(tmp_path, tiny_
 
     from lora_spec.errors import ModelError
     from lora_spec.student import learned_positions, load_student
-    from tests.test_swap import main_cli
+    from tests.helpers import main_cli
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(tiny_llama_path))

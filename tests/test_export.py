@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.test_swap import main_cli, make_adapter
+from tests.helpers import main_cli, make_adapter
 
 SMOL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_swap import main_cli
-
-QUESTION = "Tom has 12 marbles. He buys 3 bags with 5 marbles each and then gives away 7. How many marbles does he have?"
-
+from tests.helpers import QUESTION, main_cli, training_prompt
 
 FIT_STDERR: list[str] = []
 
@@ -43,19 +40,6 @@ def tiny_fit(tmp_path_factory):
     return d / "arith-lora"
 
 
-def _training_prompt(question: str, fmt: str, tokenizer, **kw) -> str:
-    """The prompt that training (formats.build_examples) builds for ``question`` in format ``fmt``."""
-    from lora_spec.formats import TrainingItem, build_examples
-    from lora_spec.records import Problem
-
-    item = TrainingItem(Problem("arith/q", question, "20", meta={"dataset": "arith"}), "3 * 5 = 15.\nThe answer is 20.")
-    weights = {f: 1.0 if f == fmt else 0.0 for f in ("in_context_cot", "in_context_answer", "zero_shot_cot",
-                                                     "zero_shot_answer")}
-    (ex,) = build_examples([item], weights, tokenizer, **kw)
-    assert ex.format == fmt
-    return ex.prompt
-
-
 def test_generate_prompts_as_training_did(tiny_fit, capsys):
     """`lorasp generate` on a fitted adapter: the model's input is the training prompt of the same question (the
     adapter's main format, zs_cot, from lorasp.json); a trigger the user typed is not doubled."""
@@ -69,13 +53,13 @@ def test_generate_prompts_as_training_did(tiny_fit, capsys):
                               "--json")
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
-    want = _training_prompt(QUESTION, "zero_shot_cot", tok)
+    want = training_prompt(QUESTION, "zero_shot_cot", tok)
     assert want.endswith("Let's think step by step\n")
     assert [r["mode"] for r in rows] == ["zs_cot", "zs_cot"]
     assert rows[0]["input"] == want and rows[1]["input"] == want
     code, out, err = main_cli(capsys, "generate", "--adapter", f"math={tiny_fit}", "--prompt", QUESTION, "--mode",
                               "zs_answer", "--max-new-tokens", "2", "--json")
-    assert code == 0 and json.loads(out)["input"] == _training_prompt(QUESTION, "zero_shot_answer", tok), err
+    assert code == 0 and json.loads(out)["input"] == training_prompt(QUESTION, "zero_shot_answer", tok), err
     code, out, err = main_cli(capsys, "generate", "--adapter", f"math={tiny_fit}", "--prompt", QUESTION, "--mode",
                               "raw", "--max-new-tokens", "2", "--json")
     assert code == 0 and json.loads(out)["input"] == QUESTION, err
@@ -100,7 +84,7 @@ def test_chat_prompt_equals_training_prompt(smollm2_path):
         assert pr["mode"] == ("zs_cot" if manifest is new else "icl_cot")
         for mode, fmt in (("zs_cot", "zero_shot_cot"), ("zs_answer", "zero_shot_answer")):
             got = question_prompt(QUESTION, mode, tok, chat=pr["chat"], system=pr["system"])
-            assert got == _training_prompt(QUESTION, fmt, tok, chat=None)
+            assert got == training_prompt(QUESTION, fmt, tok, chat=None)
             assert DEFAULT_SYSTEM in got and "Question: Tom has 12" in got
     assert artifact_prompting(None)["mode"] is None
 

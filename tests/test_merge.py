@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_swap import main_cli, make_adapter
+from tests.helpers import main_cli, make_adapter, run_cli
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

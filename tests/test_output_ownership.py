@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_swap import main_cli, make_adapter
+from tests.helpers import main_cli, make_adapter, run_cli
 
 LORASP = [str(Path(sys.executable).with_name("lorasp"))] if Path(sys.executable).with_name("lorasp").exists() \
     else [sys.executable, "-m", "lora_spec.cli"]

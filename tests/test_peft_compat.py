@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.test_swap import make_adapter
+from tests.helpers import make_adapter
 
 
 def test_plain_peft_loads_a_lorasp_adapter(tmp_path, tiny_llama_path):

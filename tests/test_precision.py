@@ -9,7 +9,7 @@ import torch
 
 from lora_spec.errors import ConfigError
 from lora_spec.precision import cpu_flags, native_bf16_units, resolve_precision
-from tests.test_swap import main_cli
+from tests.helpers import main_cli
 
 AMX = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
 AVX512_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import pytest
 
-from tests.test_swap import main_cli
+from tests.helpers import main_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # README.md and every docs page (the generated references included), by their path relative to the repository

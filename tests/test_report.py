@@ -219,7 +219,7 @@ def test_report_cli_uses_heldout_predictions_of_older_artifacts(tmp_path, capsys
     art = tmp_path / "old"
     art.mkdir()
     write_manifest(art, m)
-    from tests.test_swap import main_cli
+    from tests.helpers import main_cli
 
     code, _, err = main_cli(capsys, "report", str(art), "--no-print")
     assert code == 0, err

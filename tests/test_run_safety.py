@@ -17,7 +17,7 @@ import pytest
 from lora_spec.errors import DataError
 from tests.conftest import run_cli
 from tests.fault_proxy import fault_proxy
-from tests.test_swap import main_cli
+from tests.helpers import main_cli
 
 LORASP = [str(Path(sys.executable).with_name("lorasp"))] if Path(sys.executable).with_name("lorasp").exists() \
     else [sys.executable, "-m", "lora_spec.cli"]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import QUESTION, main_cli, make_adapter, run_cli, training_prompt
 
 PROMPTS = [
     "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:",
@@ -15,49 +14,6 @@ PROMPTS = [
     "The capital of France is",
     "Q: What is 17 + 25?\nA:",
 ]
-
-
-def main_cli(capsys, *args: str):
-    """The real CLI entry point (``lora_spec.cli.main``) in-process, for error paths that load no model:
-    returns (exit code, stdout, stderr)."""
-    from lora_spec.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def make_adapter(base: str | Path, out: Path, *, seed: int, r: int = 4, alpha: int = 8, quant: str = "none",
-                 targets=("q_proj", "v_proj"), std: float = 0.05, dora: bool = False, method: str = "lora",
-                 extra: dict | None = None, poison: bool = False) -> Path:
-    """A real PEFT adapter with seeded non-zero A and B, written as a lorasp artifact by ``save_adapter``."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from lora_spec.adapters.artifact import base_info, save_adapter
-    from lora_spec.student import load_student
-
-    st = load_student(str(base), quant)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, use_dora=dora,
-                     task_type="SEQ_2_SEQ_LM" if st.kind == "seq2seq" else "CAUSAL_LM")
-    pm = get_peft_model(st.model, cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_A" in n or "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-        if poison:
-            next(p for n, p in pm.named_parameters() if "lora_B" in n)[0, 0] = float("nan")
-    manifest = {"base": base_info(st), "quant": quant, "method": method,
-                "peft": {"r": r, "alpha": alpha, "dropout": 0.0, "targets": list(targets)}}
-    manifest.update(extra or {})
-    save_adapter(pm, out, manifest)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +213,6 @@ def test_generate_chat_sends_the_training_prompt(smol_adapters, smollm2_path, ca
     from transformers import AutoTokenizer
 
     from lora_spec.prompts import DEFAULT_SYSTEM
-    from tests.test_first_hour import QUESTION, _training_prompt
 
     tok = AutoTokenizer.from_pretrained(smollm2_path)
     a = smol_adapters["a"]
@@ -266,7 +221,7 @@ def test_generate_chat_sends_the_training_prompt(smol_adapters, smollm2_path, ca
                                   "--chat", "--max-new-tokens", "1", "--json")
         assert code == 0, err
         sent = json.loads(out)["input"]
-        assert sent == _training_prompt(QUESTION, fmt, tok, chat=True)
+        assert sent == training_prompt(QUESTION, fmt, tok, chat=True)
         assert DEFAULT_SYSTEM in sent and "SmolLM" not in sent
     code, out, err = main_cli(capsys, "generate", "--adapter", f"math={a}", "--prompt", QUESTION, "--mode", "raw",
                               "--chat", "--max-new-tokens", "1", "--json")

@@ -1,0 +1,84 @@
+"""Helpers shared by the test modules: the CLI in a subprocess (:func:`run_cli`) and in-process (:func:`main_cli`),
+seeded real adapters (:func:`make_adapter`), and the prompt training builds for a question
+(:func:`training_prompt`). The fixtures are in ``tests/conftest.py``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = None, timeout: int = 600):
+    """Run the real ``lorasp`` console script in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+    import sys
+
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    exe = Path(sys.executable).with_name("lorasp")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "lora_spec.cli"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout)
+
+
+def main_cli(capsys, *args: str):
+    """The real CLI entry point (``lora_spec.cli.main``) in-process, for error paths that load no model:
+    returns (exit code, stdout, stderr)."""
+    from lora_spec.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def make_adapter(base: str | Path, out: Path, *, seed: int, r: int = 4, alpha: int = 8, quant: str = "none",
+                 targets=("q_proj", "v_proj"), std: float = 0.05, dora: bool = False, method: str = "lora",
+                 extra: dict | None = None, poison: bool = False) -> Path:
+    """A real PEFT adapter with seeded non-zero A and B, written as a lorasp artifact by ``save_adapter``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from lora_spec.adapters.artifact import base_info, save_adapter
+    from lora_spec.student import load_student
+
+    st = load_student(str(base), quant)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, use_dora=dora,
+                     task_type="SEQ_2_SEQ_LM" if st.kind == "seq2seq" else "CAUSAL_LM")
+    pm = get_peft_model(st.model, cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_A" in n or "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+        if poison:
+            next(p for n, p in pm.named_parameters() if "lora_B" in n)[0, 0] = float("nan")
+    manifest = {"base": base_info(st), "quant": quant, "method": method,
+                "peft": {"r": r, "alpha": alpha, "dropout": 0.0, "targets": list(targets)}}
+    manifest.update(extra or {})
+    save_adapter(pm, out, manifest)
+    return out
+
+
+QUESTION = ("Tom has 12 marbles. He buys 3 bags with 5 marbles each and then gives away 7. How many marbles "
+            "does he have?")
+
+
+def training_prompt(question: str, fmt: str, tokenizer, **kw) -> str:
+    """The prompt that training (formats.build_examples) builds for ``question`` in format ``fmt``."""
+    from lora_spec.formats import TrainingItem, build_examples
+    from lora_spec.records import Problem
+
+    item = TrainingItem(Problem("arith/q", question, "20", meta={"dataset": "arith"}), "3 * 5 = 15.\nThe answer is 20.")
+    weights = {f: 1.0 if f == fmt else 0.0 for f in ("in_context_cot", "in_context_answer", "zero_shot_cot",
+                                                     "zero_shot_answer")}
+    (ex,) = build_examples([item], weights, tokenizer, **kw)
+    assert ex.format == fmt
+    return ex.prompt
+
