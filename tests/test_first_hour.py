@@ -368,13 +368,13 @@ def test_help_types_order_examples_and_next_steps(capsys):
     assert opts.index("--student") < opts.index("--data ") < opts.index("--in-dist")
     code, out, _ = main_cli(capsys, "--help")
     names = re.findall(r"^  (\w+) ", out.split("Commands:")[1], re.M)
-    assert names[:6] == ["teach", "fit", "eval", "compare", "generate", "report"]
+    assert names[:7] == ["teach", "score", "fit", "eval", "compare", "generate", "report"]
     assert names[-2:] == ["models", "plugins"]
-    for cmd in (["teach"], ["fit"], ["eval"], ["generate"], ["report"], ["runs"], ["merge"], ["combine"], ["adapters"],
-                ["adapters", "list"], ["adapters", "show"]):
+    for cmd in (["teach"], ["score"], ["fit"], ["eval"], ["generate"], ["report"], ["runs"], ["merge"], ["combine"],
+                ["adapters"], ["adapters", "list"], ["adapters", "show"]):
         code, out, _ = main_cli(capsys, *cmd, "--help")
         assert code == 0 and f"lorasp {' '.join(cmd)} " in out, (cmd, out)
-        if cmd[0] in ("teach", "fit", "eval", "merge", "combine", "report"):
+        if cmd[0] in ("teach", "score", "fit", "eval", "merge", "combine", "report"):
             assert "next: " in out, cmd
 
 
