@@ -371,8 +371,9 @@ def render_artifact() -> str:
          "| `README.md` | the model card, in the Hugging Face Hub's format (metadata header, training facts, prompt "
          "format, before/after, the report's tables, how to use it) |",
          "| `report.md`, `curves.png` | the specialization report (see [Checkpoint selection](../guides/selection.md)) |",
-         "| `heldout_predictions.jsonl` | every held-out prediction: step, set, task, id, gold, output, extracted "
-         "answer, correct |", "",
+         "| `heldout_predictions.jsonl` | every held-out prediction: step, set, task and the prediction row of "
+         "`lorasp eval` (id, question, gold, output, extracted answer, correct, their flexible twins, scorer, "
+         "tokens) |", "",
          "Checkpoints are written beside the artifact, in `<out>.checkpoints/step-NNNNNN/` (`trainable.safetensors`, "
          "`trainer_state.safetensors`, `trainer_state.json`, `files.sha256.json`).", "",
          "## lorasp.json", "",

@@ -79,7 +79,8 @@ def test_every_checkpoint_is_scored_on_all_three_sets(ood_run):
         for s in ("in_dist", "ood"):
             rows = [p for p in preds if p["step"] == c["step"] and p["set"] == s]
             assert c["scores"][s] == pytest.approx(sum(p["correct"] for p in rows) / len(rows))
-        assert all(set(p) >= {"id", "gold", "output", "extracted", "correct", "task"} for p in preds)
+        assert all(set(p) >= {"id", "gold", "output", "extracted", "correct", "task", "extracted_flexible",
+                              "correct_flexible", "scorer", "tokens", "budget", "at_budget"} for p in preds)
         # the per-problem results kept in the record (for paired tests) are the predictions, in the sets' id order
         for key, b in c["correct"].items():
             s, t = key.split("/", 1)

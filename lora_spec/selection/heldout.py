@@ -381,8 +381,9 @@ class HeldOutEvaluator:
 
     def _predict(self, model: Any, tokenizer: Any, step: int) -> tuple[dict[tuple[str, str], list[bool]], list[dict]]:
         """Generate for every problem (one batched generation per prompt mode, budget and calculator setting) and
-        judge each output; returns ``({(set, task): [correct, ...]}, prediction rows)``."""
-        from ..eval_engine import judge
+        score each output into the prediction row of ``lorasp eval`` (``eval_engine.prediction_row``: strict and
+        flexible), with its set and task; returns ``({(set, task): [correct, ...]}, prediction rows)``."""
+        from ..eval_engine import prediction_row
         from ..generation import generate
         from ..prompts import build_prompt, check_mode, stop_sequences, uses_chat
         from ..records import EvalTask
@@ -401,14 +402,15 @@ class HeldOutEvaluator:
         preds: list[dict] = []
         for (mode, budget, calc), rows in groups.items():
             prompts = [build_prompt(p, mode, tokenizer, chat=use_chat, data_dir=self.data_dir) for _, _, p, _ in rows]
+            tokens: dict[int, tuple[int, int]] = {}  # prompt -> (tokens generated, its budget), as each finishes
             outs = generate(model, tokenizer, prompts, kind=self.kind, max_new_tokens=budget,
                             stop=stop_sequences(mode, use_chat), batch_size=self.batch_size, calculator=calc,
-                            progress=self.progress, description=f"held-out eval, step {step}")
-            for (name, task_name, p, task), o in zip(rows, outs):
-                ext, ok = judge(task, p, o)
-                correct.setdefault((name, task_name), []).append(ok)
-                preds.append({"set": name, "task": task_name, "id": p.id, "gold": p.answer, "output": o,
-                              "extracted": ext, "correct": ok})
+                            progress=self.progress, description=f"held-out eval, step {step}",
+                            on_output=lambda i, _out, n, b: tokens.__setitem__(i, (n, b)))
+            for i, ((name, task_name, p, task), o) in enumerate(zip(rows, outs)):
+                row = prediction_row(task, p, o, *tokens.get(i, (None, None)))
+                correct.setdefault((name, task_name), []).append(row["correct"])
+                preds.append({"set": name, "task": task_name, **row})
         return correct, preds
 
     def _scores(self, correct: dict[tuple[str, str], list[bool]]) -> dict[str, float]:
@@ -444,8 +446,9 @@ class HeldOutEvaluator:
 
 
 def write_predictions(evaluator: Any, path: str | Path) -> Path | None:
-    """Every held-out prediction of every evaluation (step, set, task, id, gold, output, extracted, correct), so that
-    any score in the report can be audited. None when there is nothing to write."""
+    """Every held-out prediction of every evaluation (step, set, task and the prediction row of ``lorasp eval``:
+    id, question, gold, output, extracted, correct, their flexible twins, scorer, tokens), so that any score in the
+    report can be audited. None when there is nothing to write."""
     if hasattr(evaluator, "restore_journal"):  # a resumed fit: the evaluations before the cut
         evaluator.restore_journal()
     hist = getattr(evaluator, "history", None)
