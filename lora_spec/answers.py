@@ -346,12 +346,6 @@ def answers_match(pred: str | None, gold: str, kind: str = "number") -> bool:
     raise ValueError(f"unknown answer kind {kind!r} (expected one of {', '.join(KINDS)})")
 
 
-def score(text: str | None, gold: str, kind: str = "number") -> tuple[str | None, bool]:
-    """``(extracted, correct)`` for one model output."""
-    pred = extract_answer(text, kind)
-    return pred, answers_match(pred, gold, kind)
-
-
 # ------------------------------------------------------------------------------ arithmetic in a chain of thought
 
 # an arithmetic expression as a chain of thought writes it (``$1,200 x 3``, ``(4 + 6) ÷ 2``), up to an "="

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lora_spec.answers import answers_match, extract_answer, format_number, kind_for, parse_number, score
+from lora_spec.answers import answers_match, extract_answer, format_number, kind_for, parse_number
 from lora_spec.records import Problem
 
 
@@ -81,11 +81,16 @@ def test_match(pred, gold, kind, ok):
     assert answers_match(pred, gold, kind) is ok
 
 
-def test_kind_for_and_score():
+def test_kind_for_and_judge():
+    from lora_spec.eval_engine import judge
+    from lora_spec.records import EvalTask
+
     p = Problem("x", "q", "(B)", meta={"answer_type": "option"})
     assert kind_for(p) == "option"
     assert kind_for(Problem("y", "q", "3")) == "number"
-    assert score("So the answer is (B).", p.answer, kind_for(p)) == ("(B)", True)
+    task = EvalTask(name="t", dataset="d", scorer="auto")  # the problem's kind
+    for strict in (True, False):
+        assert judge(task, p, "So the answer is (B).", strict=strict) == ("(B)", True)
 
 
 def test_parse_and_format_roundtrip():
