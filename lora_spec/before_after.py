@@ -19,7 +19,7 @@ def before_after_tasks(cfg: Any, source: dict):
                      limit=cfg.before_after, max_new_tokens=128)]
 
 
-def score(model, tokenizer, kind, tasks, cfg: Any) -> dict:
+def score_tasks(model, tokenizer, kind, tasks, cfg: Any) -> dict:
     from .eval_engine import evaluate_tasks
 
     was = model.training

@@ -40,7 +40,7 @@ def evaluate(expr: str) -> Fraction | None:
     return None if not e or "," in e else arith_value(e)
 
 
-def format_number(value: Fraction, thousands: bool = False) -> str:
+def format_result(value: Fraction, thousands: bool = False) -> str:
     """``24``, ``-3``, ``3.33``, ``0.5``: an integer as it is, else rounded half up to :data:`DECIMALS` places;
     ``thousands``: with separators (``50,000``), as the expression was written."""
     scale = 10 ** DECIMALS
@@ -61,7 +61,7 @@ def next_text(text: str) -> str | None:
     value = evaluate(m.group(1))
     if value is None:
         return None
-    result, written = format_number(value, bool(re.search(r"\d,\d{3}", m.group(1)))), m.group(3)
+    result, written = format_result(value, bool(re.search(r"\d,\d{3}", m.group(1)))), m.group(3)
     if written in (result, result + "."):
         return ""
     if not result.startswith(written):

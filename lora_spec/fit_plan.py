@@ -31,7 +31,7 @@ def record_calibration(cfg: "FitConfig", steps: int, train_seconds: float, token
                steps=steps)
 
 
-def plan(cfg: "FitConfig") -> dict[str, Any]:
+def plan_fit(cfg: "FitConfig") -> dict[str, Any]:
     """What ``fit(cfg)`` would do, without loading a model or training (``lorasp fit --dry-run``): training rows
     per format, optimizer steps, held-out evaluations, output paths and a time estimate from the seconds per step
     of an earlier fit with the same student, quant, method and batch on this machine (if one was recorded)."""

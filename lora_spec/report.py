@@ -29,8 +29,9 @@ from typing import Any
 
 from .artifact_files import MANIFEST, read_manifest
 from .errors import DataError
-from .selection import (CORRECT, EVAL_SECONDS, LOSS_KEYS, PREDICTIONS_FILE, SETS, _num, candidates, correct_vector,
+from .selection import (CORRECT, EVAL_SECONDS, LOSS_KEYS, PREDICTIONS_FILE, SETS, candidates, correct_vector,
                         parse_rule, select_checkpoint)
+from .selection.rules import finite_number
 from .stats import fmt_paired, macro, paired, wilson
 
 REPORT_MD = "report.md"
@@ -66,9 +67,9 @@ def checkpoints_of(manifest: dict, where: str = MANIFEST) -> list[dict]:
         for k, v in scores.items():
             if k == CORRECT:
                 continue
-            if v is not None and _num(v) is None:
+            if v is not None and finite_number(v) is None:
                 raise DataError(f"{where}: checkpoints[{i}].scores.{k}: expected a number, got {v!r}")
-        if c.get("loss") is not None and _num(c.get("loss")) is None and not (
+        if c.get("loss") is not None and finite_number(c.get("loss")) is None and not (
                 isinstance(c.get("loss"), float) and math.isnan(c["loss"])):
             raise DataError(f"{where}: checkpoints[{i}].loss: expected a number, got {c.get('loss')!r}")
         out.append(c)
@@ -145,11 +146,11 @@ def counts(ck: dict, key: str, sizes: dict[str, int], vectors: dict | None = Non
         if vec is not None:
             out.append((sum(vec), len(vec)))
             continue
-        acc = _num((ck.get("scores") or {}).get(k))
+        acc = finite_number((ck.get("scores") or {}).get(k))
         if acc is None and len(keys) == 1:
-            acc = _num((ck.get("scores") or {}).get(key))
+            acc = finite_number((ck.get("scores") or {}).get(key))
         if acc is None:
-            total = _num((ck.get("scores") or {}).get(key))
+            total = finite_number((ck.get("scores") or {}).get(key))
             if key in ("in_dist", "ood") and total is not None:  # micro averages: the set's own count will do
                 n = sum(sizes[x] for x in keys)
                 return [(int(round(total * n)), n)]
@@ -225,17 +226,17 @@ def correct_vectors(manifest: dict, checkpoints: list[dict],
 
 
 def pct(x: Any) -> str:
-    v = _num(x)
+    v = finite_number(x)
     return "–" if v is None else f"{100 * v:.1f}"
 
 
 def _loss(x: Any) -> str:
-    v = _num(x)
+    v = finite_number(x)
     return "–" if v is None else f"{v:.4f}"
 
 
 def _secs(x: Any) -> str:
-    v = _num(x)
+    v = finite_number(x)
     return "–" if v is None else f"{v:.1f}"
 
 
@@ -246,12 +247,12 @@ def times(manifest: dict, checkpoints: list[dict]) -> tuple[float | None, float 
     t = None
     for v in (sel.get("train_seconds"), train.get("train_seconds"), train.get("seconds"),
               train.get("wall_seconds")):
-        if _num(v) is not None:
-            t = _num(v)
+        if finite_number(v) is not None:
+            t = finite_number(v)
             break
-    e = _num(sel.get("eval_seconds"))
+    e = finite_number(sel.get("eval_seconds"))
     if e is None:
-        vals = [_num((c.get("scores") or {}).get(EVAL_SECONDS)) for c in checkpoints]
+        vals = [finite_number((c.get("scores") or {}).get(EVAL_SECONDS)) for c in checkpoints]
         vals = [v for v in vals if v is not None]
         e = sum(vals) if vals else None
     return t, e
@@ -347,7 +348,7 @@ def _main_table(r: _Report) -> list[str]:
     for s in r.sets:
         n = r.set_n(s)
         head += [SET_TITLES.get(s, s) + " %", f"{s} 95% CI" + (f" (n={n})" if n else "")]
-    loss_keys = [k for k in LOSS_KEYS if any(_num((c.get("scores") or {}).get(k)) is not None for c in r.cks)]
+    loss_keys = [k for k in LOSS_KEYS if any(finite_number((c.get("scores") or {}).get(k)) is not None for c in r.cks)]
     head += loss_keys + ["eval s", ""]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---:"] * (len(head) - 1) + ["---"]) + "|"]
     for c in r.cks:
@@ -355,7 +356,7 @@ def _main_table(r: _Report) -> list[str]:
         notes = [text for cond, text in ((c["step"] == 0, "before (base model)"), (c["step"] == r.chosen, "**chosen**"),
                                          (c["step"] == r.last and c["step"] != 0, "after (last)"),
                                          (c.get("pruned"), "pruned from disk")) if cond]
-        loss = _num(c.get("loss"))
+        loss = finite_number(c.get("loss"))
         row = [str(c["step"]), "–" if loss is None else f"{loss:.4f}"]
         for s in r.sets:
             row += [pct(sc.get(s)), _ci(interval(c, s, r.sizes, r.vectors.get(c["step"])) if s in sc else None)]
@@ -395,7 +396,7 @@ def _progression(r: _Report) -> list[str]:
         return []
     lines = ["Before → chosen → after (accuracy %, change vs. before in points):", ""]
     for s in r.sets:
-        b, ch, af = (_num((by_step[k].get("scores") or {}).get(s)) for k in (0, r.chosen, r.last))
+        b, ch, af = (finite_number((by_step[k].get("scores") or {}).get(s)) for k in (0, r.chosen, r.last))
 
         def d(x):
             return "" if x is None or b is None else f" ({100 * (x - b):+.1f})"
@@ -529,7 +530,10 @@ def _paired_section(cks: list[dict], chosen: int | None, last: int, sets: list[s
 def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
                predictions: list[dict] | None = None) -> Path:
     """Three accuracy curves against steps with their 95% intervals as shaded bands (chosen step marked) above the
-    training loss (and the held-out reference losses, where sets score them); ``PNG_SIZE`` pixels."""
+    training loss (and the held-out reference losses, where sets score them); ``PNG_SIZE`` pixels.
+
+    Over 80 lines: one figure drawn top to bottom (each panel's curves, bands, chosen-step marker and legend on the
+    axes the previous lines made); it reads as the picture it draws."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -544,16 +548,16 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
     gs = fig.add_gridspec(2, 1, height_ratios=(3, 1.2), hspace=0.08)
     ax = fig.add_subplot(gs[0])
     axl = fig.add_subplot(gs[1], sharex=ax)
-    held = [(k, [(c["step"], _num((c.get("scores") or {}).get(k))) for c in cks]) for k in LOSS_KEYS]
+    held = [(k, [(c["step"], finite_number((c.get("scores") or {}).get(k))) for c in cks]) for k in LOSS_KEYS]
     held = [(k, [(x, y) for x, y in pts if y is not None]) for k, pts in held]  # held-out reference losses
     has_held = any(pts for _, pts in held)
     styles = [("-", "o", 7), ("--", "s", 6), (":", "^", 8)]  # a line lying on another (both 0%) stays visible
     for k, s in enumerate(sets):
-        pts = [(c["step"], _num((c.get("scores") or {}).get(s))) for c in cks]
+        pts = [(c["step"], finite_number((c.get("scores") or {}).get(s))) for c in cks]
         pts = [(x, 100 * y) for x, y in pts if y is not None]
         if pts:
             band = [(c["step"], interval(c, s, sizes, vectors.get(c["step"]))) for c in cks
-                    if _num((c.get("scores") or {}).get(s)) is not None]
+                    if finite_number((c.get("scores") or {}).get(s)) is not None]
             band = [(x, iv) for x, iv in band if iv is not None]
             if band:
                 ax.fill_between([x for x, _ in band], [100 * iv[0] for _, iv in band], [100 * iv[1] for _, iv in band],
@@ -585,11 +589,11 @@ def render_png(manifest: dict, path: str | os.PathLike, name: str = "artifact",
         title += f" (select by {sel['rule']})"
     ax.set_title(title, fontsize=12)
     ax.tick_params(labelbottom=False)
-    lp = [(c["step"], _num(c.get("loss"))) for c in cks]
+    lp = [(c["step"], finite_number(c.get("loss"))) for c in cks]
     lp = [(x, y) for x, y in lp if y is not None]
     per_step = (manifest.get("train") or {}).get("loss_history")
     if isinstance(per_step, list) and per_step:  # every optimizer step (step i+1), under the checkpoint means
-        ys = [_num(v) for v in per_step]
+        ys = [finite_number(v) for v in per_step]
         axl.plot([i + 1 for i, v in enumerate(ys) if v is not None], [v for v in ys if v is not None],
                  color="0.7", lw=1.0, label="per step")
     if lp:

@@ -410,7 +410,7 @@ def train_step(st: TrainState, micro: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------------------------- hooks
 
-def run_eval(st: TrainState, step: int) -> dict:
+def evaluate_step(st: TrainState, step: int) -> dict:
     """The evaluator's scores at ``step`` (main process; the others wait), sent to the trackers."""
     import torch
 
@@ -511,7 +511,7 @@ def fsdp_gather_model(st: TrainState) -> None:
 
 def evaluate_base(st: TrainState) -> None:
     """Score the untouched model (step 0): the "before" reference of every curve, never an exported candidate."""
-    s0 = run_eval(st, 0)
+    s0 = evaluate_step(st, 0)
     c0 = s0.pop("correct", None)
     st.checkpoints.append({"step": 0, "loss": None, "scores": s0, "path": None, **({"correct": c0} if c0 else {})})
 
@@ -539,7 +539,7 @@ def periodic_eval_and_save(st: TrainState) -> None:
     """Every ``eval_every`` steps: score and save; every ``save_every`` steps: save."""
     is_eval = st.evaluator is not None and due(st.step, st.args.eval_every, st.total)
     if is_eval or due(st.step, st.args.save_every, st.total):
-        save_checkpoint(st, st.step, run_eval(st, st.step) if is_eval else {})
+        save_checkpoint(st, st.step, evaluate_step(st, st.step) if is_eval else {})
         st.window_t, st.window_tok = time.perf_counter(), 0
 
 
@@ -554,7 +554,7 @@ def save_interrupted(st: TrainState, start_step: int) -> None:
 def finish_training(st: TrainState) -> TrainResult:
     """After the last step: evaluate and save it (unless done), load the chosen checkpoint, write the step log."""
     if st.last_saved != st.total:
-        save_checkpoint(st, st.total, run_eval(st, st.total) if st.evaluator is not None else {})
+        save_checkpoint(st, st.total, evaluate_step(st, st.total) if st.evaluator is not None else {})
     chosen = None
     if st.checkpoints:
         chosen = st.select(st.checkpoints) if st.select is not None else \

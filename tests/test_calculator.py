@@ -7,7 +7,7 @@ from fractions import Fraction
 import pytest
 
 from lora_spec.answers import equation_errors
-from lora_spec.calculator import Calculator, evaluate, format_number, next_text
+from lora_spec.calculator import Calculator, evaluate, format_result, next_text
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -31,11 +31,11 @@ def test_the_rule(text, expected):
 def test_numbers_are_exact_and_rounded_half_up():
     assert evaluate("0.1 + 0.2") == Fraction(3, 10) and evaluate("1,200 x 3") == 3600
     assert evaluate("3") is None and evaluate("3 + apples") is None
-    assert [format_number(Fraction(*f)) for f in ((24, 1), (10, 3), (2, 3), (1, 8), (-1, 1000), (5, 2))] == [
+    assert [format_result(Fraction(*f)) for f in ((24, 1), (10, 3), (2, 3), (1, 8), (-1, 1000), (5, 2))] == [
         "24", "3.33", "0.67", "0.13", "0", "2.5"]
-    assert format_number(Fraction(1234567, 2), thousands=True) == "617,283.5"
+    assert format_result(Fraction(1234567, 2), thousands=True) == "617,283.5"
     # what it writes, equation_errors (the eval's arithmetic check) accepts as right
-    assert [format_number(Fraction(*f)) for f in ((-1, 8), (-5, 2), (-1, 200))] == ["-0.13", "-2.5", "-0.01"]
+    assert [format_result(Fraction(*f)) for f in ((-1, 8), (-5, 2), (-1, 200))] == ["-0.13", "-2.5", "-0.01"]
     for expr in ("10 / 3", "2 / 3", "1,234 * 5", "7 - 9.5", "1 - 9 / 8", "0 - 1 / 200"):  # halves round away from 0
         text = f"{expr} =" + next_text(f"{expr} =")
         assert equation_errors(text) == (1, 0), text

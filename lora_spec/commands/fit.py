@@ -73,9 +73,9 @@ def fit_cmd(dry_run, cfg: FitConfig):
     next: lorasp eval --adapter OUT (scores it in its training prompt mode); lorasp generate --adapter NAME=OUT
     """
     if dry_run:
-        from ..fit_plan import plan
+        from ..fit_plan import plan_fit
 
-        print_plan(plan(cfg))
+        print_plan(plan_fit(cfg))
         return 0
     from ..fit import fit
 

@@ -32,13 +32,13 @@ from .config import (DEFAULT_BBH_TASKS, MODES, QUICKSTART_SETS, REAL_GENERIC, RE
                      HeldOutSet, SelectionOptions, default_generic, default_in_dist, default_ood, parse_dataset_spec,
                      parse_set_string, quickstart_sets)
 from .heldout import PREDICTIONS_FILE, HeldOutEvaluator, SetTasks, resolve_auto, write_predictions
-from .rules import (ALPHA, CORRECT, EVAL_SECONDS, LOSS_KEYS, SETS, SIMPLE_RULES, Rule, _num, as_rule, candidates,
+from .rules import (ALPHA, CORRECT, EVAL_SECONDS, LOSS_KEYS, SETS, SIMPLE_RULES, Rule, as_rule, candidates,
                     checkpoint_value, correct_vector, earliest_within_noise, keep_set, parse_rule, prune_checkpoints,
                     rule_set, select_checkpoint)
 
 __all__ = ["ALPHA", "CORRECT", "DEFAULT_BBH_TASKS", "EVAL_SECONDS", "LOSS_KEYS", "MODES", "PREDICTIONS_FILE", "QUICKSTART_SETS",
            "REAL_GENERIC", "REAL_IN_DIST", "REAL_OOD", "SETS", "SIMPLE_RULES", "DatasetSpec", "HeldOutEvaluator",
-           "HeldOutSet", "Rule", "SelectionOptions", "SetTasks", "_num", "as_rule", "candidates", "checkpoint_value",
+           "HeldOutSet", "Rule", "SelectionOptions", "SetTasks", "as_rule", "candidates", "checkpoint_value",
            "correct_vector", "default_generic", "default_in_dist", "default_ood", "earliest_within_noise", "keep_set",
            "parse_dataset_spec", "parse_rule", "parse_set_string", "prune_checkpoints", "quickstart_sets",
            "resolve_auto", "rule_set", "select_checkpoint", "write_predictions"]

@@ -115,7 +115,8 @@ def as_rule(rule: str | Rule) -> Rule:
         raise ConfigError(f"--select-by: {exc}") from None
 
 
-def _num(x: Any) -> float | None:
+def finite_number(x: Any) -> float | None:
+    """``x`` as a finite float; None for a bool, None, NaN, infinity or anything that is not a number."""
     if isinstance(x, bool) or x is None:
         return None
     try:
@@ -131,15 +132,15 @@ def checkpoint_value(ckpt: dict, rule: str | Rule) -> float | None:
     if r.kind == "last":
         return float(ckpt.get("step", 0))
     if r.kind == "loss":
-        v = _num(ckpt.get("loss"))
+        v = finite_number(ckpt.get("loss"))
         return None if v is None else -v
     if r.kind == "heldout_loss":
-        v = _num((ckpt.get("scores") or {}).get(r.weights[0][0]))
+        v = finite_number((ckpt.get("scores") or {}).get(r.weights[0][0]))
         return None if v is None else -v
     scores = ckpt.get("scores") or {}
     total = 0.0
     for k, w in r.weights:
-        v = _num(scores.get(k))
+        v = finite_number(scores.get(k))
         if v is None:
             if w == 0:
                 continue

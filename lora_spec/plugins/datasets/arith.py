@@ -15,7 +15,7 @@ from typing import Iterator
 
 from ...errors import ConfigError
 from ...records import Problem
-from .base import Dataset
+from .base import BuiltinDataset
 
 _PEOPLE = [("Tom", "he", "his", "him"), ("Mary", "she", "her", "her"), ("Sam", "he", "his", "him"),
            ("Lily", "she", "her", "her"), ("Ben", "he", "his", "him"), ("Emma", "she", "her", "her"),
@@ -104,7 +104,7 @@ def make_problem(rng: random.Random, n_steps: int) -> tuple[str, str, int, tuple
     return " ".join(sents), "\n".join(lines), x, tuple(sig)
 
 
-class Arith(Dataset):
+class Arith(BuiltinDataset):
     """Synthetic seeded multi-step (2-5) arithmetic word problems with exact rationales (embedded default)."""
 
     name = "arith"

@@ -10,7 +10,7 @@ from typing import Iterator
 from ...answers import format_number, parse_number
 from ...errors import ConfigError, DataError
 from ...records import Problem
-from .base import Dataset
+from .base import BuiltinDataset
 
 _UNIT = re.compile(r"\s*\(([^()]*[A-Za-z][^()]*)\)\s*$")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?|-?\(\d+/\d+\)")
@@ -41,7 +41,7 @@ def classify_answer(raw: str) -> tuple[str, str, str | None]:
     return "free", raw, unit
 
 
-class ASDiv(Dataset):
+class ASDiv(BuiltinDataset):
     """ASDiv: 2305 diverse math word problems (subset='all', Fu et al.) or the 1218 arithmetic ASDiv-A."""
 
     name = "asdiv"

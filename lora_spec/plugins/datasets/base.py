@@ -17,7 +17,7 @@ def _offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-class Dataset:
+class BuiltinDataset:
     """Base of the built-in datasets: ``name``, ``splits()``, ``load(split, limit=None)``."""
 
     name = "dataset"

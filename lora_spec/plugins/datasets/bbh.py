@@ -8,7 +8,7 @@ from typing import Iterator
 
 from ...errors import ConfigError
 from ...records import Problem
-from .base import Dataset, json_array_with_lines, require
+from .base import BuiltinDataset, json_array_with_lines, require
 
 BBH_TASKS = (
     "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa", "dyck_languages",
@@ -38,7 +38,7 @@ def target_kind(target: str) -> str:
     return "free"
 
 
-class BBH(Dataset):
+class BBH(BuiltinDataset):
     """BIG-Bench Hard: one of 27 tasks (parameter ``task``); targets scored by exact match of the final answer."""
 
     name = "bbh"

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator
 from ...answers import parse_number, format_number
 from ...errors import ConfigError, DataError
 from ...records import Problem, iter_jsonl
-from .base import Dataset, require
+from .base import BuiltinDataset, require
 
 _CALC = re.compile(r"<<[^<>]*>>")
 
@@ -29,7 +29,7 @@ def clean_solution(solution: str) -> tuple[str, str]:
     return rationale, format_number(v)
 
 
-class GSM8K(Dataset):
+class GSM8K(BuiltinDataset):
     """GSM8K grade-school math: train / dev (carved from train, seeded or the paper's index) / test."""
 
     name = "gsm8k"

@@ -7,11 +7,11 @@ from typing import Iterator
 
 from ...errors import DataError
 from ...records import Problem
-from .base import Dataset, json_array_with_lines, require
+from .base import BuiltinDataset, json_array_with_lines, require
 from .svamp import _answer
 
 
-class MultiArith(Dataset):
+class MultiArith(BuiltinDataset):
     """MultiArith: 600 multi-step arithmetic word problems (the copy Fu et al. evaluated on)."""
 
     name = "multiarith"

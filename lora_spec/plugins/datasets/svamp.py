@@ -9,7 +9,7 @@ from typing import Iterator
 from ...answers import format_number
 from ...errors import DataError
 from ...records import Problem
-from .base import Dataset, json_array_with_lines, require
+from .base import BuiltinDataset, json_array_with_lines, require
 
 
 def _answer(v, where: str) -> str:
@@ -21,7 +21,7 @@ def _answer(v, where: str) -> str:
         raise DataError(f"{where}: field 'Answer' must be a number, got {v!r}") from None
 
 
-class SVAMP(Dataset):
+class SVAMP(BuiltinDataset):
     """SVAMP: 1000 arithmetic word problems with structural variations (question = Body + " " + Question)."""
 
     name = "svamp"
