@@ -7,8 +7,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Literal, Optional
 
+from pydantic import Field
+
+from ._stage import make_callable
+from .config import RunConfig
 from .errors import ConfigError
 from .precision import PRECISION_HELP, PrecisionName
 from .eval_engine import LIMIT_SEED, evaluate_tasks, task_problems
@@ -18,12 +22,6 @@ from .stats import wilson
 
 
 # --------------------------------------------------------------------------------------------- lorasp eval
-
-from typing import Literal, Optional  # noqa: E402
-
-from pydantic import Field  # noqa: E402
-
-from .config import RunConfig  # noqa: E402
 
 
 class EvalConfig(RunConfig):
@@ -473,6 +471,4 @@ def render_report(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-from ._stage import make_callable  # noqa: E402  (lora_spec.evaluate(...) calls run_eval)
-
-make_callable(__name__, "run_eval")
+make_callable(__name__, "run_eval")  # lora_spec.evaluate(...) calls run_eval

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ._stage import make_callable
 from .batching import total_steps
-from .before_after import before_after_tasks, fmt_scores, paired_before_after, score, strip_predictions
+from .before_after import before_after_tasks, fmt_scores, paired_before_after, score_tasks, strip_predictions
 from .config import parse_kv
 from .errors import ConfigError, DataError, one_line
 from .fit_config import QUICKSTART_PROBLEMS, FitConfig, is_quickstart, resolve_defaults, resolve_eval_every
@@ -93,8 +94,9 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     from .outputs import RunLock, check_output
 
     cfg = _make_cfg(cfg, overrides)
+    quickstart = is_quickstart(cfg)  # (before the defaults fill in its dataset)
     res = resolve_defaults(cfg)
-    _cheap_checks(res)  # a bad flag is reported before any file is written or torch is imported
+    parsed = _cheap_checks(res)  # a bad flag is reported before any file is written or torch is imported
     inputs = [("--data", res.data), ("--student", res.student)]
     out = check_output(res.out, "fit", overwrite=res.overwrite, inputs=inputs)
     ckpt_dir = out.with_name(out.name + ".checkpoints")
@@ -103,26 +105,29 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         check_output(out.with_name(out.name + ".teach"), "teach", flag="--out (its teach run directory)",
                      inputs=inputs)
     if Path(res.out).name in ("", ".", "..") or Path(res.out).is_symlink():  # a symlink: its target
-        cfg = cfg.model_copy(update={"out": str(out)})
+        res = res.model_copy(update={"out": str(out)})
     if int(os.environ.get("RANK", "0") or 0) != 0:  # DDP: the main process holds the lock
-        return _fit(cfg, evaluator=evaluator, log=log)
+        return _fit(res, quickstart, *parsed, evaluator=evaluator, log=log)
     from .checkpoints import previous_checkpoints_kept
 
     # an earlier fit's checkpoints are removed only once this one has written its first (lora_spec.checkpoints)
     with RunLock(ckpt_dir, "fit checkpoint directory"), previous_checkpoints_kept(ckpt_dir, out):
-        return _fit(cfg, evaluator=evaluator, log=log)
+        return _fit(res, quickstart, *parsed, evaluator=evaluator, log=log)
 
 
-def _cheap_checks(cfg: FitConfig) -> None:
+def _cheap_checks(cfg: FitConfig) -> tuple[dict, Any]:
+    """The checks of the resolved config that need no torch; returns what they parsed: ``(format mixture, loss
+    spec)``."""
     from . import formats as F
     from .adapters.peft_setup import parse_targets
     from .losses import LossSpec
 
-    F.parse_mixture(cfg.formats)
-    LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
+    weights = F.parse_mixture(cfg.formats)
+    loss_spec = LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
     parse_targets(cfg.targets)
     if cfg.data and not Path(cfg.data).is_dir():
         raise DataError(f"--data {cfg.data}: teach run directory not found")
+    return weights, loss_spec
 
 
 def _make_cfg(cfg: FitConfig | None, overrides: dict) -> FitConfig:
@@ -157,9 +162,11 @@ class _Run:
         return bool(self.cfg.resume and any(self.ckpt_dir.glob("step-*")))
 
 
-def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[str], None] | None = None) -> FitResult:
-    """One fit, stage by stage (each stage is a function below, in this order)."""
-    run = _start(cfg, log)
+def _fit(cfg: FitConfig, quickstart: bool, weights: dict, loss_spec: Any, *, evaluator: Callable | None = None,
+         log: Callable[[str], None] | None = None) -> FitResult:
+    """One fit of a resolved and checked config (:func:`fit`), stage by stage (each stage is a function below, in
+    this order)."""
+    run = _start(cfg, quickstart, weights, loss_spec, log)
     items, source = _load_data(run)
     student, examples, data_fp, counts = _student_and_rows(run, items)
     tasks = before_after_tasks(run.cfg, source)
@@ -169,7 +176,7 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
     res = _train(run, model, student, examples, data_fp, evaluator, eval_every)
     after = None
     if tasks and run.main:
-        after = score(model, student.tokenizer, student.kind, tasks, run.cfg)
+        after = score_tasks(model, student.tokenizer, student.kind, tasks, run.cfg)
         run.log(f"after:  {fmt_scores(after)}")
     manifest = _manifest(run, student=student, spec=spec, counts=counts, source=source, items=items,
                          n_examples=len(examples), data_fp=data_fp, evaluator=evaluator, eval_every=eval_every,
@@ -181,21 +188,9 @@ def _fit(cfg: FitConfig, *, evaluator: Callable | None = None, log: Callable[[st
                      before=before, after=after, history=res.history)
 
 
-def _start(cfg: FitConfig, log: Callable[[str], None] | None) -> _Run:
-    """Checks, torch threads, the process state, the log, and the checkpoint directory of an earlier fit."""
-    from . import formats as F
-
-    quickstart = is_quickstart(cfg)
-    cfg = resolve_defaults(cfg)
-    # cheap checks first: a bad flag is reported before torch is even imported
-    weights = F.parse_mixture(cfg.formats)
-    from .losses import LossSpec
-
-    loss_spec = LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
-    from .adapters.peft_setup import parse_targets
-
-    parse_targets(cfg.targets)
-
+def _start(cfg: FitConfig, quickstart: bool, weights: dict, loss_spec: Any,
+           log: Callable[[str], None] | None) -> _Run:
+    """Torch threads, the process state, the log, and the checkpoint directory of an earlier fit."""
     import torch
 
     if cfg.threads:
@@ -294,7 +289,7 @@ def _student_and_rows(run: _Run, items: list):
 def _score_before(run: _Run, student, tasks: list) -> dict | None:
     """The base model on the before/after test problems (not again when resuming)."""
     if tasks and run.main and not run.resuming():
-        before = score(student.model, student.tokenizer, student.kind, tasks, run.cfg)
+        before = score_tasks(student.model, student.tokenizer, student.kind, tasks, run.cfg)
         run.log(f"before: {fmt_scores(before)}")
         return before
     return None
@@ -419,7 +414,6 @@ def _write_artifact(run: _Run, model, student, manifest: dict, evaluator: Any, b
     import tempfile
 
     from . import selection as sel
-    from .artifact_files import atomic_dir, write_manifest
     from .report import render_files
 
     cfg, out, log = run.cfg, run.out, run.log
@@ -429,7 +423,7 @@ def _write_artifact(run: _Run, model, student, manifest: dict, evaluator: Any, b
     if preds is not None:
         report_files[sel.PREDICTIONS_FILE] = preds
     if cfg.method == "full":
-        _save_full(model, student, out, manifest, atomic_dir, write_manifest, extra_files=report_files)
+        _save_full(model, student, out, manifest, extra_files=report_files)
     else:
         from .adapters.artifact import save_adapter
 
@@ -469,7 +463,6 @@ def setup_fit_evaluation(cfg: Any, *, quickstart: bool, source: dict, items: lis
     every = resolve_eval_every(cfg, quickstart=quickstart, total=total)
     if every <= 0 or not any(getattr(cfg, s).enabled for s in SETS):
         return None, 0  # an explicit --select-by that needs scores was already refused by the config
-    from .eval_engine import make_dataset  # noqa: F401  (fail early if the eval engine is missing)
     from .selection import HeldOutEvaluator
 
     # the training dataset's parameters, parsed exactly as teach parsed them (in_dist "auto" = its dev split)
@@ -534,9 +527,14 @@ def selection_manifest(cfg: Any, evaluator: Any, eval_every: int, chosen: dict |
 
 
 def _finished(out: Path, ckpt_dir: Path) -> bool:
+    """Whether the checkpoints in ``ckpt_dir`` are those of the finished artifact at ``out`` (its manifest, read
+    by the artifact reader, records them)."""
+    from .artifact_files import read_manifest
+    from .errors import LoraspError
+
     try:
-        m = json.loads((out / "lorasp.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        m = read_manifest(out)
+    except (OSError, LoraspError):
         return False
     rec = Path(str((m.get("train") or {}).get("checkpoint_dir", "")))
     if rec.resolve() == ckpt_dir.resolve():
@@ -555,9 +553,8 @@ def _finished(out: Path, ckpt_dir: Path) -> bool:
         return False
 
 
-def _save_full(model, student, out: Path, manifest: dict, atomic_dir, write_manifest, extra_files=None) -> None:
-    """A full fine-tune's artifact, through the one artifact writer (``atomic_dir``/``write_manifest``: unused,
-    kept for the caller's signature)."""
+def _save_full(model, student, out: Path, manifest: dict, extra_files=None) -> None:
+    """A full fine-tune's artifact, through the one artifact writer."""
     from .adapters.artifact import save_full
 
     save_full(model, student.tokenizer, out, manifest, extra_files=extra_files)
@@ -567,6 +564,4 @@ __all__ = ["FitConfig", "FitResult", "fit", "resolve_defaults", "QUICKSTART_PROB
            "effective_rule", "selection_manifest"]
 
 
-from ._stage import make_callable  # noqa: E402  (lora_spec.fit(...) calls fit)
-
-make_callable(__name__, "fit")
+make_callable(__name__, "fit")  # lora_spec.fit(...) calls fit

@@ -535,6 +535,10 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     ``budget`` is that prompt's token budget (``max_new_tokens``, or less where a learned position table ends first).
     ``calculator``: the result of each equation the model writes (``48 / 2 =``) is written by
     :mod:`lora_spec.calculator`, not sampled; ``stats["calculator_calls"]`` counts them.
+
+    Over 80 lines: the one entry point of every generation in lorasp; its body is the setup both decoders share
+    (prompt encoding, budgets, stop ids, the ``finish`` callback that decodes, cuts, counts and reports each output)
+    and the dispatch to the causal or seq2seq decoder, which do the work.
     """
     if kind not in ("causal", "seq2seq"):
         raise ConfigError(f"unknown model kind {kind!r} (expected causal or seq2seq)")

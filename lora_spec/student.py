@@ -64,10 +64,6 @@ class Student:
     fingerprint: dict[str, str] = field(default_factory=dict)
     precision: str = "fp32"  # the dtype its weights compute in: fp32 | bf16 | fp16 (lora_spec.precision)
 
-    @property
-    def is_seq2seq(self) -> bool:
-        return self.kind == "seq2seq"
-
 
 # --------------------------------------------------------------------------------------------- atomic cache
 

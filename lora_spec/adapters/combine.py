@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Optional, Sequence
 
+from pydantic import Field
+
+from ..config import RunConfig
 from ..errors import ConfigError, ModelError, one_line
 from .artifact import (adapter_digest, base_info, base_spec, precheck_base, read_adapter, read_adapter_config,
                        save_adapter)
@@ -119,12 +122,6 @@ def _combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, w
 
 
 # --------------------------------------------------------------------------------------------- lorasp combine
-
-from typing import Literal, Optional  # noqa: E402
-
-from pydantic import Field  # noqa: E402
-
-from ..config import RunConfig  # noqa: E402
 
 
 class CombineConfig(RunConfig):

@@ -24,8 +24,11 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
+from pydantic import Field
+
+from ..config import RunConfig
 from ..errors import ConfigError, ModelError, one_line
 from ..precision import PrecisionName
 from ..generation import generate
@@ -305,6 +308,9 @@ def _merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "a
     report (also recorded in the merged artifact's ``lorasp.json``). The steps run in order, each freeing what the
     previous one held: checks (before any weights load), the base weights, base+adapter as the reference, the
     merge, then write, reload from disk and compare.
+
+    Over 80 lines: the steps are one sequence that must drop each model before the next loads (``del merged,
+    peft_model`` inside the output's atomic directory); split into functions, a caller would hold them all.
     """
     import torch
     from peft import PeftModel
@@ -386,12 +392,6 @@ def _merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "a
 
 
 # --------------------------------------------------------------------------------------------- lorasp merge
-
-from typing import Literal, Optional  # noqa: E402
-
-from pydantic import Field  # noqa: E402
-
-from ..config import RunConfig  # noqa: E402
 
 
 class MergeConfig(RunConfig):

@@ -12,8 +12,11 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, List, Literal, Mapping, Optional, Sequence
 
+from pydantic import Field
+
+from ..config import RunConfig
 from ..errors import ConfigError, DataError
 from ..precision import PRECISION_HELP, PrecisionName
 from ..generation import _cut_at_stop, chat_wrap, generate
@@ -376,12 +379,6 @@ class AdapterSet:
 
 
 # --------------------------------------------------------------------------------------------- lorasp generate
-
-from typing import List, Literal, Optional  # noqa: E402
-
-from pydantic import Field  # noqa: E402
-
-from ..config import RunConfig  # noqa: E402
 
 
 class GenerateConfig(RunConfig):
