@@ -24,7 +24,7 @@ from lora_spec.errors import ModelError
 from lora_spec.score import ScoreConfig, score
 from lora_spec.teach import TeachConfig, load_run, teach
 from lora_spec.teacher_forcing import SpanError, text_tokens
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.fault_proxy import fault_proxy
 from tests.llama_server import llama_server
 
@@ -217,7 +217,9 @@ def test_a_server_that_cannot_score_is_one_error_at_the_first_request(gold_run, 
             score(run, ScoreConfig(teacher="openai", model="smollm2", base_url=proxy.url, concurrency=4,
                                    progress=False))
         assert len(_score_requests(proxy)) == 1
-        r = run_cli("score", str(run), "--teacher", "openai", "--model", "smollm2", "--base-url", proxy.url)
+        # --no-progress: a slow first answer (a loaded machine) would otherwise print a progress line first
+        r = run_cli("score", str(run), "--teacher", "openai", "--model", "smollm2", "--base-url", proxy.url,
+                    "--no-progress")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--logits_all true" in r.stderr and "Traceback" not in r.stderr
     assert json.loads((run / "manifest.json").read_text())["scores"]["scored"] == 0
