@@ -203,10 +203,6 @@ class SampleStore:
                                (teacher, prompt_id, problem_id))
         return {r[0] for r in rows}
 
-    def stored_keys(self, teacher: str) -> set[tuple[str, str, int]]:
-        rows = self.db.execute("SELECT prompt_id, problem_id, sample_index FROM samples WHERE teacher=?", (teacher,))
-        return {(r[0], r[1], int(r[2])) for r in rows}
-
     def samples(self, teacher: str | None = None) -> Iterator[Sample]:
         q = "SELECT * FROM samples" + (" WHERE teacher=?" if teacher else "") + " ORDER BY problem_id, sample_index"
         for r in self.db.execute(q, (teacher,) if teacher else ()):

@@ -363,7 +363,10 @@ def _ask(teacher: Any, requests: list[TeacherRequest], consume, stop_event: thre
 
 def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
     """One teach run from top to bottom: plan, lock, store, ask (each answer stored as it arrives), manifest.
-    ``consume`` shares the store and the counters that the manifest reports."""
+    ``consume`` shares the store and the counters that the manifest reports.
+
+    Over 80 lines: ``consume`` is a closure over the store, the run id and the counters that the signal handling
+    around ``_ask`` and the manifest read afterwards; split apart, they would travel as one mutable bundle."""
     t0 = time.time()
     spec = resolve_prompt(cfg.prompt, cfg.data_dir)
     stop = [_unescape(s) for s in cfg.stop] if cfg.stop else list(spec.stop)
