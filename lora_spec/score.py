@@ -161,7 +161,7 @@ def _score(d: Path, cfg: ScoreConfig, spec: PromptSpec, scorer: Any, key: str, s
     from .progress import Progress
 
     t0 = time.time()
-    have = store.scores(key)
+    have = store.score_index(key)
     todo = [r for r in requests if r.key not in have or have[r.key][0] != text_sha256(r.text)]
     run_id = store.start_run(f"score:{key}")
     progress = Progress(f"score {cfg.teacher}", len(requests), completed=len(requests) - len(todo),
@@ -208,7 +208,7 @@ def _score(d: Path, cfg: ScoreConfig, spec: PromptSpec, scorer: Any, key: str, s
 def _finish(d: Path, cfg: ScoreConfig, spec: PromptSpec, scorer: Any, key: str, store: SampleStore,
             requests: list[ScoreRequest], run_id: int, status: str, this_run: dict) -> dict[str, Any]:
     """Export samples.jsonl with the scores, and record the ``scores`` section in manifest.json and the store."""
-    have = store.scores(key)
+    have = store.score_index(key)
     ok = {r.key for r in requests if r.key in have and have[r.key][0] == text_sha256(r.text)}
     failures = store.score_failures(key, run_id)
     failed = {k: e for k, e in failures.items() if k not in ok}
@@ -219,7 +219,7 @@ def _finish(d: Path, cfg: ScoreConfig, spec: PromptSpec, scorer: Any, key: str, 
     runs = store.runs(f"score:{key}")
     usage: dict[str, int] = {}
     for k in ok:
-        for name, v in have[k][3].items():
+        for name, v in have[k][2].items():
             if isinstance(v, int):
                 usage[name] = usage.get(name, 0) + v
     describe = scorer.describe() if callable(getattr(scorer, "describe", None)) else {}
@@ -228,7 +228,7 @@ def _finish(d: Path, cfg: ScoreConfig, spec: PromptSpec, scorer: Any, key: str, 
         "params": {k: v for k, v in describe.items() if k not in ("temperature", "top_p", "max_tokens", "stop",
                                                                     "seed", "top_logprobs")},
         "top_logprobs": cfg.top_logprobs, "prompt": spec.name, "samples": len(requests), "scored": len(ok),
-        "failed": len(failed), "tokens_scored": sum(len(have[k][1]) for k in ok), "usage": usage,
+        "failed": len(failed), "tokens_scored": sum(have[k][1] for k in ok), "usage": usage,
         "failure_examples": sorted(set(failed.values()))[:3], "this_run": this_run,
         "wall_time_total_s": round(sum((r["ended"] or r["started"]) - r["started"] for r in runs), 3),
         "runs": len(runs),

@@ -172,6 +172,13 @@ class SampleStore:
         return {(r[0], r[1], r[2], int(r[3])): (r[4], json.loads(r[5]), json.loads(r[6]), json.loads(r[7] or "{}"))
                 for r in rows}
 
+    def score_index(self, scorer: str) -> dict[tuple[str, str, str, int], tuple[str, int, dict]]:
+        """Key -> (sha256 of the scored text, token count, usage) of every sample ``scorer`` scored, without
+        decoding the top-k (what resuming and the manifest need)."""
+        rows = self.db.execute("SELECT teacher, prompt_id, problem_id, sample_index, text_sha256, "
+                               "json_array_length(tokens), usage FROM scores WHERE scorer=?", (scorer,))
+        return {(r[0], r[1], r[2], int(r[3])): (r[4], int(r[5]), json.loads(r[6] or "{}")) for r in rows}
+
     def score_failures(self, scorer: str, run: int) -> dict[tuple[str, str, str, int], str]:
         rows = self.db.execute("SELECT teacher, prompt_id, problem_id, sample_index, error FROM score_failures "
                                "WHERE scorer=? AND run=?", (scorer, run))
