@@ -90,7 +90,7 @@ def text_tokens(full: str, start: int, offsets: Sequence[int], tops: Sequence[di
 # ------------------------------------------------------------------------------------------------- hf
 
 
-def _merge_top(logp_row: Any, k: int, decode) -> dict[str, float]:
+def merge_top(logp_row: Any, k: int, decode) -> dict[str, float]:
     """The k most likely distinct strings of one position (ids that decode alike summed)."""
     import numpy as np
 
@@ -154,7 +154,7 @@ def hf_score(model: Any, tok: Any, kind: str, batch: list[ScoreRequest], k: int)
                 tops.append(None)  # the first token has no prediction; prompt tokens are not asked for
                 continue
             p = logp[b, keep - 1 - (len(ids) - j)]  # the position before token j (right-aligned)
-            d = _merge_top(p, k, decode)
+            d = merge_top(p, k, decode)
             d.setdefault(decode(ids[j]), float(p[ids[j]]))
             tops.append(d)
         full = r.prompt + r.text
@@ -186,7 +186,7 @@ def _hf_score_seq2seq(model: Any, tok: Any, batch: list[ScoreRequest], k: int, d
         pieces, top = [], []
         for j, i in enumerate(t):
             pieces.append(decode(i))
-            d = _merge_top(logp[b, j], k, decode)
+            d = merge_top(logp[b, j], k, decode)
             d.setdefault(pieces[-1], float(logp[b, j, i]))
             top.append(d)
         results.append(ScoreResult(r.key, pieces, top, usage={"prompt_tokens": int(enc["attention_mask"][b].sum()),

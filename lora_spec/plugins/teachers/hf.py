@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from ...errors import ConfigError
 from ...records import Sample, TeacherRequest
-from ...teacher_forcing import ScoreRequest, ScoreResult
+from ...teacher_forcing import ScoreRequest, ScoreResult, merge_top
 from .openai import derive_seed
 
 
@@ -93,7 +93,6 @@ class HFTeacher:
         return [[done[(r.problem.id, r.first_index + i)] for i in range(r.n)] for r in requests]
 
     def _batch(self, items: list[tuple[TeacherRequest, int]]) -> list[Sample]:
-        import numpy as np
         import torch
 
         self.requests_sent += 1
@@ -149,12 +148,7 @@ class HFTeacher:
                 for j in range(len(ids)):
                     # several ids can decode to one string (e.g. partial UTF-8 bytes -> "\ufffd"): their
                     # probabilities are summed, and the k most likely distinct strings are kept
-                    vals, idxs = logps[row, j].topk(min(self.top_logprobs + 8, logps.shape[-1]))
-                    d: dict[str, float] = {}
-                    for v, i in zip(vals.tolist(), idxs.tolist()):
-                        key = self.tok.decode([int(i)])
-                        d[key] = float(np.logaddexp(d[key], v)) if key in d else float(v)
-                    d = dict(sorted(d.items(), key=lambda kv: -kv[1])[:self.top_logprobs])
+                    d = merge_top(logps[row, j], self.top_logprobs, lambda i: self.tok.decode([i]))
                     d.setdefault(pieces[j], float(logps[row, j, ids[j]]))
                     top.append(d)
             samples.append(Sample(problem_id=req.problem.id, sample_index=idx, prompt_id=req.prompt_id, text=text,
