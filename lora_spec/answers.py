@@ -55,6 +55,22 @@ def kind_for(problem: Any) -> str:
     return str(meta.get("answer_type", "number"))
 
 
+def scorer_for(problem: Any, scorer: str | None = "auto") -> str:
+    """The answer kind an output is scored by: ``scorer``, or the problem's own kind (:func:`kind_for`) for
+    ``auto``/None (a task's ``scorer`` setting)."""
+    return kind_for(problem) if scorer in (None, "", "auto") else str(scorer)
+
+
+def judge(problem: Any, output: str | None, *, scorer: str | None = "auto", strict: bool = True) -> tuple[Any, bool]:
+    """``(extracted answer, correct)`` of one output for ``problem``: the one scoring rule of lorasp. ``lorasp eval``
+    and a fit's held-out evaluation score by it (strict and flexible), and teach's correctness filter keeps a
+    teacher's sample by it (flexible). ``strict``: only an answer stated in an answer sentence ("The answer is X")
+    counts; else the last number (or option) is taken as well (lm-eval's flexible-extract)."""
+    kind = scorer_for(problem, scorer)
+    ext = extract_answer(output, kind, strict=strict)
+    return ext, bool(answers_match(ext, getattr(problem, "answer", None), kind))
+
+
 # --------------------------------------------------------------------------------------------- numbers
 
 def parse_number(text: str | None) -> Fraction | None:

@@ -1,6 +1,6 @@
 """The evaluation engine: problems of a task (seeded samples), prompts of its mode (``prompts.py``), batched
 generation through the one generator (:func:`lora_spec.generation.generate`), and one scoring rule
-(:func:`judge`: strict and flexible) that makes one prediction row format (:func:`prediction_row`).
+(:func:`lora_spec.answers.judge`: strict and flexible) that makes one prediction row format (:func:`prediction_row`).
 
 ``lorasp eval`` (``lora_spec.evaluate``: config, plan, journal, writers, report) is a command over it; the held-out
 evaluator of ``lorasp fit`` (``lora_spec.selection.heldout``) and the experiments use the same functions. This
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from .answers import answers_match, equation_errors, extract_answer, kind_for
+from .answers import equation_errors, judge, scorer_for
 from .generation import generate
 from .records import EvalTask, Problem
 from .stats import wilson
@@ -51,19 +51,6 @@ def task_problems(task: EvalTask, data_dir: str | os.PathLike | None = None, see
     dataset order), not the first N: several sets are ordered by difficulty or type (ASDiv by grade)."""
     ds = make_dataset(task.dataset, task.dataset_params, data_dir)
     return seeded_sample(list(ds.load(task.split)), task.limit, seed)
-
-
-def scorer_for(task: EvalTask, problem: Problem) -> str:
-    return kind_for(problem) if task.scorer in (None, "", "auto") else task.scorer
-
-
-def judge(task: EvalTask, problem: Problem, output: str, *, strict: bool = True) -> tuple[Any, bool]:
-    """``(extracted answer, correct)`` of one output: the one scoring rule of ``lorasp eval`` and of a fit's
-    held-out evaluation. ``strict``: the answer must be stated in an answer sentence ("The answer is X"); else the
-    last number (or option) is taken as well (lm-eval's flexible-extract)."""
-    sc = scorer_for(task, problem)
-    ext = extract_answer(output, sc, strict=strict)
-    return ext, bool(answers_match(ext, problem.answer, sc))
 
 
 def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: str = "causal", batch_size: int = 16,
@@ -150,13 +137,13 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
 
 def prediction_row(task: EvalTask, p: Problem, output: str, tokens: int | None = None,
                 budget: int | None = None) -> dict:
-    """One scored prediction: the output's answer by the strict and the flexible rule (:func:`judge`);
+    """One scored prediction: the output's answer by the strict and the flexible rule (:func:`lora_spec.answers.judge`);
     ``tokens``: how many tokens were generated (EOS included), ``budget``: the row's token budget (less than
     ``--max-new-tokens`` where a learned position table ends first), ``at_budget``: all of it was used."""
-    ext, ok = judge(task, p, output)
-    ext_f, ok_f = judge(task, p, output, strict=False)
+    ext, ok = judge(p, output, scorer=task.scorer)
+    ext_f, ok_f = judge(p, output, scorer=task.scorer, strict=False)
     row = {"id": p.id, "question": p.question, "gold": p.answer, "output": output, "extracted": ext,
-           "correct": ok, "extracted_flexible": ext_f, "correct_flexible": ok_f, "scorer": scorer_for(task, p)}
+           "correct": ok, "extracted_flexible": ext_f, "correct_flexible": ok_f, "scorer": scorer_for(p, task.scorer)}
     if tokens is not None:  # (a journal row of an older release has none)
         row["tokens"] = int(tokens)
         if budget is not None:

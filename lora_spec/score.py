@@ -152,10 +152,10 @@ def score(run: str | os.PathLike, cfg: ScoreConfig | None = None, **overrides: A
         stack.callback(lambda: scorer.close() if callable(getattr(scorer, "close", None)) else None)
         key = scorer_key(scorer, cfg.top_logprobs, spec)
         store = stack.enter_context(SampleStore(d / "store.sqlite"))
-        return _score(d, cfg, spec, scorer, key, store, requests)
+        return _score_run(d, cfg, spec, scorer, key, store, requests)
 
 
-def _score(d: Path, cfg: ScoreConfig, spec: PromptSpec, scorer: Any, key: str, store: SampleStore,
+def _score_run(d: Path, cfg: ScoreConfig, spec: PromptSpec, scorer: Any, key: str, store: SampleStore,
            requests: list[ScoreRequest]) -> dict[str, Any]:
     """Ask for the samples not scored yet, store each answer as it arrives, then export and write the manifest."""
     from .progress import Progress

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationError
 
 from . import __version__, registry
+from ._stage import make_callable
 from .config import FIRST_MEANS, RunConfig, _describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError
 from .outputs import TEACH_FORMAT, interrupt_on_signals
@@ -186,18 +187,12 @@ def _missing_ranges(have: set[int], n: int) -> list[tuple[int, int]]:
     return out
 
 
-def _answer_kind(problem: Problem) -> str:
-    from .answers import kind_for
+def _check_answer(sample: Sample, problem: Problem) -> None:
+    """Teach's correctness filter: the sample's answer by lorasp's one scoring rule (:func:`lora_spec.answers.judge`),
+    flexible (a teacher's CoT that never writes an answer sentence is still judged by its last number)."""
+    from .answers import judge
 
-    return kind_for(problem)
-
-
-def _score(sample: Sample, problem: Problem) -> None:
-    from .answers import answers_match, extract_answer
-
-    kind = _answer_kind(problem)
-    sample.answer = extract_answer(sample.text, kind)
-    sample.correct = answers_match(sample.answer, problem.answer, kind)
+    sample.answer, sample.correct = judge(problem, sample.text, strict=False)
 
 
 class _Progress:
@@ -417,7 +412,7 @@ def _teach(cfg: TeachConfig, out: Path, stack, lock_cls) -> TeachResult:
                 store.put_failure(s, run)
                 bad += 1
                 continue
-            _score(s, by_id[s.problem_id])
+            _check_answer(s, by_id[s.problem_id])
             store.put(s, request_id)
             ok += 1
             good += int(bool(s.correct))
@@ -480,9 +475,9 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
             counts = Counter(answers)
             best = max(counts.values())
             winner = next(a for a in answers if counts[a] == best)  # ties: the earliest sample's answer
-            from .answers import answers_match
+            from .answers import answers_match, kind_for
 
-            vote_ok += int(answers_match(winner, p.answer, _answer_kind(p)))
+            vote_ok += int(answers_match(winner, p.answer, kind_for(p)))
         any_ok += int(any(s.correct for s in ss))
     correct = sum(1 for s in samples if s.correct)
     export = samples if cfg.keep == "all" else [s for s in samples if s.correct]
@@ -575,6 +570,4 @@ def load_run(path: str | os.PathLike, *, include_incorrect: bool = False) -> tup
     return problems, samples
 
 
-from ._stage import make_callable  # noqa: E402  (lora_spec.teach(...) calls teach)
-
-make_callable(__name__, "teach")
+make_callable(__name__, "teach")  # lora_spec.teach(...) calls teach

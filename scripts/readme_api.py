@@ -1,7 +1,7 @@
 """Run the README's "Python API" block verbatim (the real SmolLM2-135M, as written) in a scratch directory.
 
-CI calls this after the test suite (``make readme-api``): the unit test ``test_first_hour`` runs the same block with
-the tiny fixture model for speed; this script proves the block a user copies works exactly as printed. It checks
+CI calls this after the test suite (``make readme-api``): a test in ``tests/test_cli_usage.py`` runs the same
+block with the tiny fixture model for speed; this script proves the block a user copies works exactly as printed. It checks
 what the block promises: a teach run, an adapter, an eval under ``runs/eval/arith``, a printed generation and a
 merged model. Exit code 0 on success; on failure, the block's own error and a non-zero code.
 """

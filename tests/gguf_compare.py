@@ -40,9 +40,9 @@ def compare(adapter: str | Path, workdir: str | Path, *, n: int, max_new_tokens:
 
     from lora_spec.adapters.export import export
     from lora_spec.adapters.artifact import base_spec, read_adapter
-    from lora_spec.answers import answers_match, extract_answer
+    from lora_spec.answers import judge
     from lora_spec.evaluate import EvalConfig, _suite_tasks, run_eval
-    from lora_spec.eval_engine import scorer_for, task_problems
+    from lora_spec.eval_engine import task_problems
     from lora_spec.prompts import build_prompt, stop_sequences
     from lora_spec.student import resolve_path
     from tests.llama_server import llama_server
@@ -77,8 +77,7 @@ def compare(adapter: str | Path, workdir: str | Path, *, n: int, max_new_tokens:
         log(f"llama.cpp server ({label}): {time.time() - t0:.1f}s")
 
     def score(texts):
-        ext = [extract_answer(t, scorer_for(task, p)) for t, p in zip(texts, problems)]
-        ok = [e is not None and answers_match(e, p.answer, scorer_for(task, p)) for e, p in zip(ext, problems)]
+        ext, ok = zip(*(judge(p, t, scorer=task.scorer, strict=False) for t, p in zip(texts, problems)))
         return ext, ok
 
     s_ext, s_ok = score(outs["lora"])

@@ -82,15 +82,19 @@ def test_match(pred, gold, kind, ok):
 
 
 def test_kind_for_and_judge():
-    from lora_spec.eval_engine import judge
-    from lora_spec.records import EvalTask
+    from lora_spec.answers import judge, scorer_for
 
     p = Problem("x", "q", "(B)", meta={"answer_type": "option"})
     assert kind_for(p) == "option"
     assert kind_for(Problem("y", "q", "3")) == "number"
-    task = EvalTask(name="t", dataset="d", scorer="auto")  # the problem's kind
-    for strict in (True, False):
-        assert judge(task, p, "So the answer is (B).", strict=strict) == ("(B)", True)
+    assert scorer_for(p, "auto") == scorer_for(p, None) == "option" and scorer_for(p, "number") == "number"
+    for strict in (True, False):  # scorer auto: the problem's kind
+        assert judge(p, "So the answer is (B).", strict=strict) == ("(B)", True)
+    # strict needs an answer sentence; flexible takes the last number (teach's filter, eval's flexible score)
+    q = Problem("z", "q", "12")
+    assert judge(q, "3 + 9 = 12", strict=True) == (None, False)
+    assert judge(q, "3 + 9 = 12", strict=False) == ("12", True)
+    assert judge(q, "The answer is 13.", strict=False) == ("13", False)
 
 
 def test_parse_and_format_roundtrip():

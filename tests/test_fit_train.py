@@ -188,7 +188,7 @@ def test_sigterm_saves_the_current_step_and_resume_finishes(teach_run, tmp_path,
 def test_resumed_fit_keeps_the_heldout_predictions_of_before_the_cut(teach_run, tmp_path, tiny_llama_path):
     """The held-out predictions are journaled beside the checkpoints as each evaluation ends: a fit cut after its
     step-2 evaluation and resumed writes the predictions of steps 0, 2 and 4 (each once), not only the steps after
-    the resume; a stale row of an evaluation whose checkpoint was never saved is dropped."""
+    the resume; a stale row of an evaluation whose checkpoint was never saved is dropped, and so is a torn one."""
     out, ck = tmp_path / "run", tmp_path / "run.checkpoints"
     args = _fit_args(teach_run, out, steps=4)
     args[args.index("--save-every") + 1] = "2"
@@ -210,8 +210,9 @@ def test_resumed_fit_keeps_the_heldout_predictions_of_before_the_cut(teach_run, 
     # cut "after the step-4 evaluation, before its checkpoint": the artifact and step 4 are gone, the rows stay
     shutil.rmtree(out)
     shutil.rmtree(ck / "step-000004")
-    with journal.open("a") as fh:  # a second step-4 row, as if that evaluation ran twice before a cut
+    with journal.open("a") as fh:  # a second step-4 row, as if that evaluation ran twice before a cut ...
         fh.write(json.dumps({**rows[-1], "output": "stale"}) + "\n")
+        fh.write('{"step": 4, "outp')  # ... and a row torn by a kill mid-write (the eval journal's rule: dropped)
     res = run_cli(*args, "--resume", env=_env())
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "lorasp.json").read_text())["train"]["resumed_from"] == 2

@@ -4,7 +4,6 @@ sampler of ``lorasp eval --limit``), and at every evaluation generates and score
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +86,7 @@ class HeldOutEvaluator:
         self.log = log or (lambda m: None)
         self.sets: dict[str, SetTasks] = {}
         self.history: list[dict] = []
-        self.journal: Path | None = None  # see keep_journal
+        self.journal: Any = None  # a JournalFile, see keep_journal
         self._restored = True
         self.warnings: list[str] = []
         self.loss_rows: dict[str, list[tuple[str, float, int]]] = {}  # the last evaluation's per-problem losses
@@ -258,26 +257,27 @@ class HeldOutEvaluator:
             return
 
     def keep_journal(self, path: str | Path, *, resume: bool) -> None:
-        """Append every evaluation's predictions to ``path`` (fsynced) as it happens, so that a cut and resumed fit
-        still writes the predictions of the evaluations before the cut. A fresh run starts the journal empty; a
-        resumed one reads it back at its next evaluation (or when the predictions are written), keeping only the
-        steps before that evaluation (a later step's rows come from a run that was cut before its checkpoint)."""
-        self.journal = Path(path)
+        """Append every evaluation's predictions to ``path`` (a :class:`lora_spec.eval_journal.JournalFile`,
+        fsynced) as it happens, so that a cut and resumed fit still writes the predictions of the evaluations before
+        the cut. A fresh run starts the journal empty; a resumed one reads it back at its next evaluation (or when
+        the predictions are written), keeping only the steps before that evaluation (a later step's rows come from a
+        run that was cut before its checkpoint)."""
+        from ..eval_journal import JournalFile
+
+        self.journal = JournalFile(path, None, fsync=True, remedy=f"delete {path} (the held-out predictions of the "
+                                   f"evaluations before the cut are lost) or start over with --overwrite")
         self._restored = not resume
         if not resume:
-            self.journal.unlink(missing_ok=True)
+            self.journal.path.unlink(missing_ok=True)
 
     def restore_journal(self, before_step: int | None = None) -> None:
         """Load the journal's evaluations of steps < ``before_step`` (all when None) into ``history``, once."""
         if self._restored or self.journal is None:
             return
         self._restored = True
-        if not self.journal.exists():
-            return
-        from ..records import iter_jsonl, write_jsonl
-
+        _header, rows = self.journal.read()
         by_step: dict[int, list[dict]] = {}
-        for _line, row in iter_jsonl(self.journal):
+        for row in rows:
             st = int(row.get("step", -1))
             if before_step is None or st < before_step:
                 by_step.setdefault(st, []).append(row)
@@ -286,17 +286,14 @@ class HeldOutEvaluator:
                                                                  for r in rows]}
                     for st, rows in sorted(by_step.items()) if st not in known]
         self.history[:0] = restored
-        write_jsonl(self.journal, ({"step": h["step"], **p} for h in self.history for p in h["predictions"]))
+        self.journal.rewrite([{"step": h["step"], **p} for h in self.history for p in h["predictions"]])
 
     def _journal_append(self, step: int, preds: list[dict]) -> None:
         if self.journal is None:
             return
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        with self.journal.open("a", encoding="utf-8") as fh:
-            for p in preds:
-                fh.write(json.dumps({"step": step, **p}, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        for p in preds:
+            self.journal.add({"step": step, **p})
+        self.journal.close()  # (the next evaluation is minutes away; no file stays open across the training)
 
     def __call__(self, model: Any, tokenizer: Any, step: int) -> dict[str, float]:
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Issue 37: every output directory has one owner. lorasp replaces only what it wrote, one writer at a time, and
+"""Output directories (``lora_spec.outputs``): every output directory has one owner. lorasp replaces only what it wrote, one writer at a time, and
 every wait has a deadline.
 
 A hostile but realistic user plants their own files in (and around) every ``--out``: each command either refuses

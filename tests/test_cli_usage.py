@@ -1,5 +1,5 @@
-"""Issue 18, the first hour with lorasp: generate and eval prompt as training did, strict/flexible scores,
-defaults that show the truth."""
+"""Using the CLI as a new user does: generate and eval prompt as training did, strict/flexible scores, defaults
+that show the truth, dry runs, help, progress lines, and the README's Python API block (on a tiny model)."""
 
 from __future__ import annotations
 
