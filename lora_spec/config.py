@@ -75,7 +75,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _describe_error(err: dict, source: dict[str, str], descriptions: dict[str, str] | None = None) -> str:
+def describe_error(err: dict, source: dict[str, str], descriptions: dict[str, str] | None = None) -> str:
     loc = err.get("loc") or ()
     key = str(loc[0]) if loc else "?"
     where = source.get(key, "config")
@@ -133,7 +133,7 @@ def build(cls: Type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
         return cls.model_validate(data)
     except ValidationError as exc:
         descriptions = {n: f.description for n, f in cls.model_fields.items() if f.description}
-        raise ConfigError(_describe_error(exc.errors()[0], source, descriptions)) from None
+        raise ConfigError(describe_error(exc.errors()[0], source, descriptions)) from None
 
 
 def _unwrap_optional(tp: Any) -> Any:

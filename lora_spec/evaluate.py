@@ -415,7 +415,7 @@ INTERVALS = ("95% intervals: Wilson score interval per task and for micro averag
              "intervals (lora_spec.stats)")
 
 
-def _ci_txt(ci: Any) -> str:
+def ci_text(ci: Any) -> str:
     """``[3.4, 13.7]`` from a [lo, hi] of fractions (results.json written before intervals: ``–``)."""
     if not isinstance(ci, (list, tuple)) or len(ci) != 2:
         return "–"
@@ -436,8 +436,8 @@ def render_report(doc: dict) -> str:
              f"- wall time: {doc['wall_seconds']:.1f}s; created {doc['created']}", ""]
     for s, summ in doc["suites"].items():
         flex = summ.get("flexible_macro_accuracy")
-        lines += [f"## {s}: macro accuracy {summ['macro_accuracy']:.1%} {_ci_txt(summ.get('macro_ci'))} "
-                  f"({summ['n']} problems; micro {summ['micro_accuracy']:.1%} {_ci_txt(summ.get('micro_ci'))})"
+        lines += [f"## {s}: macro accuracy {summ['macro_accuracy']:.1%} {ci_text(summ.get('macro_ci'))} "
+                  f"({summ['n']} problems; micro {summ['micro_accuracy']:.1%} {ci_text(summ.get('micro_ci'))})"
                   + (f"; flexible {flex:.1%}" if flex is not None else ""), "",
                   "| task | mode | n | correct | accuracy (strict) | 95% CI | flexible | tokens/s |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -447,7 +447,7 @@ def render_report(doc: dict) -> str:
             tps = f"{r['tokens_per_s']:.1f}" if r.get("tokens_per_s") else "-"
             fa = f"{r['flexible_accuracy']:.1%}" if r.get("flexible_accuracy") is not None else "-"
             lines.append(f"| {t} | {r['mode']} | {r['n']} | {r['correct']} | {r['accuracy']:.1%} | "
-                         f"{_ci_txt(r.get('ci'))} | {fa} | {tps} |")
+                         f"{ci_text(r.get('ci'))} | {fa} | {tps} |")
             if r.get("at_budget"):
                 budget.append(f"{t} {r['at_budget']} of {r['n']}")
             eq = r.get("equations") or {}

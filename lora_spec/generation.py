@@ -42,7 +42,7 @@ def _stop_criteria(tokenizer: Any, stops: Sequence[str], prompt_len: int, window
     return _StopOnStrings()
 
 
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     cut = len(text)
     for s in stops:
         i = text.find(s)
@@ -585,7 +585,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
             outputs[i] = _ids_until_stop(ids, stop_ids)
         else:
             text = tokenizer.decode(ids, skip_special_tokens=True)
-            text = _cut_at_stop(text, stops) if stops else text
+            text = cut_at_stop(text, stops) if stops else text
             outputs[i] = text.strip() if strip else text
         total_tokens += n_tokens
         if on_output is not None:

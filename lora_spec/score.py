@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from . import registry
-from .config import RunConfig, _describe_error, parse_kv
+from .config import RunConfig, describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError
 from .outputs import TEACH_FORMAT, RunLock, interrupt_on_signals
 from .records import Problem, Sample, read_jsonl, write_jsonl
@@ -137,7 +137,7 @@ def score(run: str | os.PathLike, cfg: ScoreConfig | None = None, **overrides: A
     try:
         cfg = ScoreConfig(**{**(cfg.model_dump() if cfg is not None else {}), **overrides})
     except ValidationError as exc:  # -> one line naming the field
-        raise ConfigError("score " + _describe_error(exc.errors()[0], {})) from None
+        raise ConfigError("score " + describe_error(exc.errors()[0], {})) from None
     d = Path(run)
     manifest = _manifest(d)
     spec = _score_prompt(cfg, manifest)

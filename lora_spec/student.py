@@ -48,7 +48,7 @@ PRESET_LICENSES = {"smollm2-135m": "apache-2.0", "gemma3-270m": "gemma"}
 PRESET_TERMS = {"gemma3-270m": "Gemma terms of use (https://ai.google.dev/gemma/terms): never bundled; an adapter "
                                "trained on it is a Gemma derivative under the same terms"}
 # Bump when the way a preset is built changes, so that stale caches are not reused.
-_PRESET_VERSION = {"smollm2-135m": 1, "gemma3-270m": 1, "tiny-llama": 2, "tiny-t5": 2}
+PRESET_VERSION = {"smollm2-135m": 1, "gemma3-270m": 1, "tiny-llama": 2, "tiny-t5": 2}
 
 Quant = Literal["nf4", "int8", "none"]
 
@@ -292,7 +292,7 @@ def preset_path(name: str) -> Path:
 
 
 def _preset_dir(name: str) -> Path:
-    return cache_dir() / "models" / f"{name}-v{_PRESET_VERSION[name]}"
+    return cache_dir() / "models" / f"{name}-v{PRESET_VERSION[name]}"
 
 
 # --------------------------------------------------------------------------------------------- resolution

@@ -37,7 +37,7 @@ from pydantic import Field, ValidationError
 
 from . import __version__, registry
 from ._stage import make_callable
-from .config import FIRST_MEANS, RunConfig, _describe_error, parse_kv
+from .config import FIRST_MEANS, RunConfig, describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError
 from .outputs import TEACH_FORMAT, interrupt_on_signals
 from .records import Problem, Sample, TeacherRequest, read_jsonl, read_text, write_jsonl
@@ -261,7 +261,7 @@ def teach_result(cfg: TeachConfig | None = None, **overrides: Any) -> TeachResul
         try:
             cfg = TeachConfig(**data)
         except ValidationError as exc:  # -> one line naming the field
-            raise ConfigError("teach " + _describe_error(exc.errors()[0], {})) from None
+            raise ConfigError("teach " + describe_error(exc.errors()[0], {})) from None
     from .outputs import RunLock, check_output
 
     out = Path(cfg.out or f"runs/teach/{cfg.dataset}-{cfg.split}")

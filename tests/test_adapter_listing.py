@@ -63,7 +63,7 @@ def test_list_and_show_cli(tree, capsys):
 
 
 def test_headline_scores_have_their_n_and_interval():
-    from lora_spec.adapters.listing import _fmt_scores, headline
+    from lora_spec.adapters.listing import score_summary, headline
     from lora_spec.stats import macro, wilson
 
     m = {"selection": {"chosen_step": 20, "sets": {
@@ -78,5 +78,5 @@ def test_headline_scores_have_their_n_and_interval():
     assert h["generic"]["n"] == 20 and h["generic"]["ci"] == list(macro([3, 6], [10, 10])[1:])
     assert h["generic/a"]["ci"] == list(wilson(3, 10)) and "gsm8k_alias" not in h  # no recorded size: no interval
     lo, hi = wilson(30, 150)
-    txt = _fmt_scores({"in_dist": 0.2, "gsm8k_alias": 0.5}, intervals=h)
+    txt = score_summary({"in_dist": 0.2, "gsm8k_alias": 0.5}, intervals=h)
     assert txt == f"in_dist=20.0% [{100 * lo:.1f}, {100 * hi:.1f}] n=150 gsm8k_alias=50.0%"

@@ -124,3 +124,15 @@ def test_no_mid_file_imports_marked_e402():
     hits = [f"{p.relative_to(PKG.parent)}:{i}" for p in PKG.rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if "noqa: E402" in line]
     assert not hits, f"imports below code (import them at the top of the module): {hits}"
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """A name one module shares with another is public (no leading underscore): ``from .x import _y`` across
+    modules hides a dependency the owner does not know it has."""
+    hits = []
+    for p in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                hits += [f"{p.relative_to(PKG.parent)}:{node.lineno} {a.name}" for a in node.names
+                         if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not hits, f"private names imported across modules: {hits}"

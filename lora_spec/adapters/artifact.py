@@ -222,7 +222,7 @@ def read_adapter(directory: str | os.PathLike) -> dict[str, Any] | None:
         raise DataError(f"{d}: adapter directory not found")
     if (d / MANIFEST).exists():
         manifest = read_manifest(d)
-        if not _is_full(manifest):  # a full/merged model is checked by load_student
+        if not is_full_model(manifest):  # a full/merged model is checked by load_student
             check_adapter_dir(d)
         return manifest
     if (d / "adapter_config.json").exists():
@@ -283,12 +283,12 @@ def precheck_base(manifest: dict[str, Any] | None, spec: str, adapter: str | os.
                       adapter, ignore=ignore)
 
 
-def _peft_error(adapter, exc: Exception) -> ModelError:
+def peft_error(adapter, exc: Exception) -> ModelError:
     return ModelError(f"{adapter}: cannot load the adapter onto the base ({type(exc).__name__}: "
                       f"{one_line(exc)[:300]})")
 
 
-def _is_full(manifest: dict[str, Any] | None) -> bool:
+def is_full_model(manifest: dict[str, Any] | None) -> bool:
     return bool(manifest) and manifest.get("kind") in ("full", "merged")
 
 
@@ -305,7 +305,7 @@ def load_adapter(adapter: str | os.PathLike, base: str | None = None, *, quant: 
     from ..student import load_student
 
     manifest = read_adapter(adapter)
-    if _is_full(manifest):
+    if is_full_model(manifest):
         return load_student(str(adapter), quant or "none", dtype=dtype, device=device)
     if student is None:
         q = quant or (manifest or {}).get("quant") or "none"
@@ -319,7 +319,7 @@ def load_adapter(adapter: str | os.PathLike, base: str | None = None, *, quant: 
     try:
         model = PeftModel.from_pretrained(student.model, str(adapter), adapter_name=adapter_name)
     except Exception as exc:
-        raise _peft_error(adapter, exc) from None
+        raise peft_error(adapter, exc) from None
     model.eval()
     if student.quant == "none" and student.precision != "fp32":
         # inference holds the adapter in the base's reduced dtype too (PEFT loads it in fp32): no casts per step

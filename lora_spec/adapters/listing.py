@@ -60,7 +60,7 @@ def _chosen(m: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 NOT_SCORES = {"eval_seconds"}
 
 
-def _fmt_scores(scores: dict[str, Any], limit: int = 4, intervals: dict[str, dict] | None = None) -> str:
+def score_summary(scores: dict[str, Any], limit: int = 4, intervals: dict[str, dict] | None = None) -> str:
     """``ood=12.0% [8.1, 17.3] n=150`` where the n is known (``headline``), else ``key=12.0%``."""
     parts = []
     # headline first: aggregates (in_dist, ood, generic) before per-task keys (ood/svamp, ...)
@@ -193,7 +193,7 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
                      + (f", {tr['train_seconds']:.0f} s" if isinstance(tr.get("train_seconds"), (int, float)) else ""))
     sel = m.get("selection") or {}
     if sel:
-        sc = _fmt_scores({k: v for k, v in (row.get("scores") or {}).items() if "/" not in k},
+        sc = score_summary({k: v for k, v in (row.get("scores") or {}).items() if "/" not in k},
                          intervals=row.get("intervals"))
         lines.append(f"  selection:        {sel.get('rule')} -> step {sel.get('chosen_step')}"
                      + (f" ({sc})" if sc else ""))

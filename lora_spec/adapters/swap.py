@@ -19,9 +19,9 @@ from pydantic import Field
 from ..config import RunConfig
 from ..errors import ConfigError, DataError
 from ..precision import PRECISION_HELP, PrecisionName
-from ..generation import _cut_at_stop, chat_wrap, generate
+from ..generation import cut_at_stop, chat_wrap, generate
 from ..artifact_files import MANIFEST, read_manifest
-from .artifact import _is_full, _peft_error, base_spec, check_fingerprint, read_adapter, read_adapter_config
+from .artifact import is_full_model, peft_error, base_spec, check_fingerprint, read_adapter, read_adapter_config
 
 BASE = "base"  # the adapter name that means "the base model, no adapter" (peft calls it "__base__")
 _PEFT_BASE = "__base__"
@@ -108,7 +108,7 @@ class AdapterSet:
         for name, adapter in items:
             self._check_name(name)
             manifest = read_adapter(adapter)
-            if manifest is not None and not _is_full(manifest):
+            if manifest is not None and not is_full_model(manifest):
                 check_fingerprint(manifest, fake, adapter, ignore=self.ignore_fingerprint)
                 self._checked.add(str(adapter))
 
@@ -150,7 +150,7 @@ class AdapterSet:
         if name in self.entries:
             raise ConfigError(f"adapter name {name!r} is given twice")
         manifest = read_adapter(path)
-        if _is_full(manifest):
+        if is_full_model(manifest):
             raise ConfigError(f"{path}: a {manifest.get('kind')} model, not an adapter; load it as --model")
         if str(path) not in self._checked:
             check_fingerprint(manifest, self.student, path, ignore=self.ignore_fingerprint)
@@ -163,7 +163,7 @@ class AdapterSet:
             else:
                 self.model.load_adapter(str(path), adapter_name=name)
         except Exception as exc:
-            raise _peft_error(path, exc) from None
+            raise peft_error(path, exc) from None
         self.model.eval()
         if self.student.quant == "none" and self.student.precision != "fp32":
             self.model.to(self.student.model.dtype)  # the adapter in the base's reduced dtype (lora_spec.precision)
@@ -221,14 +221,14 @@ class AdapterSet:
                 hotswap_adapter(self.model, str(path), adapter_name=slot, torch_device=device)
                 how = "hotswap"
             except Exception as exc:
-                raise _peft_error(path, exc) from None
+                raise peft_error(path, exc) from None
         else:  # load under a fresh slot name, then drop the old slot (peft cannot rename adapters)
             self._serial += 1
             new_slot = f"{name}__{self._serial}"
             try:
                 self.model.load_adapter(str(path), adapter_name=new_slot)
             except Exception as exc:
-                raise _peft_error(path, exc) from None
+                raise peft_error(path, exc) from None
             self.model.set_adapter(new_slot)
             self.model.delete_adapter(slot)
             slot = new_slot
@@ -323,7 +323,7 @@ class AdapterSet:
             return outs
         res = []
         for o, p in zip(outs, prepared):
-            cut = _cut_at_stop(o, stop if stop else p.stop)
+            cut = cut_at_stop(o, stop if stop else p.stop)
             res.append(cut.strip() if p.mode != "raw" else cut)
         return res
 

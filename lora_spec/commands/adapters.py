@@ -30,7 +30,7 @@ def adapters_list(directory, as_json):
 
     next: lorasp adapters show PATH
     """
-    from ..adapters.listing import _fmt_scores, listing
+    from ..adapters.listing import score_summary, listing
 
     def cells(r: dict) -> list[str]:
         if r.get("error"):
@@ -40,7 +40,7 @@ def adapters_list(directory, as_json):
             data += f" ({r['n_examples']})"
         return [r["path"], r["kind"], f"{r['base']} [{r['base_id']}]", str(r["quant"]), str(r["method"]), data,
                 "" if r["chosen_step"] is None else str(r["chosen_step"]), r.get("before_after") or "",
-                _fmt_scores(r["scores"], intervals=r.get("intervals"))]
+                score_summary(r["scores"], intervals=r.get("intervals"))]
 
     return print_rows(listing(directory), as_json=as_json, empty=f"no lorasp artifacts under {directory}",
                       columns=("path", "kind", "base", "quant", "method", "data", "step", "before -> after",

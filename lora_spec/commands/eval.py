@@ -54,13 +54,13 @@ def eval_cmd(dry_run, cfg: EvalConfig):
 
     res = eval_result(cfg)
     out, doc = res.out, res.doc
-    from ..evaluate import _ci_txt
+    from ..evaluate import ci_text
 
     for name, r in doc["tasks"].items():
         click.echo(f"{name:45s} {r['mode']:10s} n={r['n']:<5d} accuracy={r['accuracy']:.1%} "
-                   f"95% CI {_ci_txt(r.get('ci'))} (flexible {r['flexible_accuracy']:.1%})")
+                   f"95% CI {ci_text(r.get('ci'))} (flexible {r['flexible_accuracy']:.1%})")
     for s, summ in doc["suites"].items():
-        click.echo(f"suite {s}: macro accuracy {summ['macro_accuracy']:.1%} 95% CI {_ci_txt(summ.get('macro_ci'))} "
+        click.echo(f"suite {s}: macro accuracy {summ['macro_accuracy']:.1%} 95% CI {ci_text(summ.get('macro_ci'))} "
                    f"over {len(summ['tasks'])} task(s), {summ['n']} problems "
                    f"(flexible {summ['flexible_macro_accuracy']:.1%})")
     click.echo("accuracy is strict (the answer stated as 'The answer is X'); flexible also takes the last number")

@@ -80,11 +80,11 @@ def show(group, name, params, split, first):
 def models(as_json):
     """List the student presets and whether each is already built in the cache."""
     from ..paths import cache_dir
-    from ..student import _PRESET_VERSION, PRESETS
+    from ..student import PRESET_VERSION, PRESETS
 
     rows = []
     for name, desc in PRESETS.items():
-        d = cache_dir() / "models" / f"{name}-v{_PRESET_VERSION[name]}"
+        d = cache_dir() / "models" / f"{name}-v{PRESET_VERSION[name]}"
         rows.append({"name": name, "description": desc, "cached": (d / "config.json").exists(), "path": str(d)})
     if as_json:
         click.echo(json.dumps(rows, indent=2))

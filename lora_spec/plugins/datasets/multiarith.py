@@ -8,7 +8,7 @@ from typing import Iterator
 from ...errors import DataError
 from ...records import Problem
 from .base import BuiltinDataset, json_array_with_lines, require
-from .svamp import _answer
+from .svamp import numeric_answer
 
 
 class MultiArith(BuiltinDataset):
@@ -28,7 +28,7 @@ class MultiArith(BuiltinDataset):
                     raise DataError(f"{where}: field 'lSolutions' is empty")
                 idx = require(obj, "iIndex", int, where)
                 q = require(obj, "sQuestion", str, where).strip()
-                yield Problem(id=f"multiarith/{idx}", question=q, answer=_answer(sols[0], where),
+                yield Problem(id=f"multiarith/{idx}", question=q, answer=numeric_answer(sols[0], where),
                               meta={"dataset": "multiarith", "file": str(path), "line": line, "answer_type": "number",
                                     "equations": obj.get("lEquations")})
 
@@ -37,7 +37,7 @@ class MultiArith(BuiltinDataset):
                 where = f"{src}[{i}]"
                 q = obj.get("question") or obj.get("sQuestion") or ""
                 a = obj.get("final_ans", obj.get("answer", (obj.get("lSolutions") or [None])[0]))
-                yield Problem(id=f"multiarith/{i}", question=str(q).strip(), answer=_answer(a, where),
+                yield Problem(id=f"multiarith/{i}", question=str(q).strip(), answer=numeric_answer(a, where),
                               meta={"dataset": "multiarith", "file": src, "index": i, "answer_type": "number"})
 
         yield from self.source(split, local, hub)

@@ -12,7 +12,9 @@ from ...records import Problem
 from .base import BuiltinDataset, json_array_with_lines, require
 
 
-def _answer(v, where: str) -> str:
+def numeric_answer(v, where: str) -> str:
+    """A gold answer given as a JSON number (or numeric string) in canonical form; one error naming ``where`` else
+    (SVAMP's and MultiArith's files)."""
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise DataError(f"{where}: field 'Answer' must be a number, got {type(v).__name__}")
     try:
@@ -45,7 +47,7 @@ class SVAMP(BuiltinDataset):
         pid = require(obj, "ID", str, where)
         body = require(obj, "Body", str, where).strip()
         q = require(obj, "Question", str, where).strip()
-        ans = _answer(require(obj, "Answer", (int, float, str), where), where)
+        ans = numeric_answer(require(obj, "Answer", (int, float, str), where), where)
         eq = obj.get("Equation")
         meta = dict(meta, dataset="svamp", answer_type="number", equation=eq, type=obj.get("Type"))
         return Problem(id=f"svamp/{pid}", question=f"{body} {q}".strip(), answer=ans, meta=meta)
