@@ -3,6 +3,9 @@
 The public API is imported lazily so that ``import lora_spec`` stays cheap::
 
     from lora_spec import teach, fit, evaluate, merge, load_adapter, AdapterSet
+
+Throughout the package, an import sits inside a function only when it would load a third-party library (torch,
+transformers, ...), so that ``lorasp --help`` stays fast; ``tests/test_import_graph.py`` holds every module to that.
 """
 
 from __future__ import annotations

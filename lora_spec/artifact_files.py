@@ -6,6 +6,7 @@ use these; this module imports only ``lora_spec.errors`` and ``lora_spec.outputs
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import DataError, one_line
+from .errors import DataError, LoraspError, one_line
 from .outputs import OutputError, clean_residue, foreign_names, output_kind, restore_foreign
 
 MANIFEST = "lorasp.json"
@@ -93,9 +94,6 @@ def disk_error(exc: BaseException, tmp: Path, final: Path | None = None):
     """A full disk (``ENOSPC``), a file size limit (``EFBIG``, ``ulimit -f``) or a quota, met while writing output
     ``final`` in its temporary directory ``tmp``, as one ``LoraspError`` naming the file (under its final name;
     the output itself when the library's error names no file and left none behind); None for any other error."""
-    import errno
-
-    from .errors import LoraspError
 
     code = getattr(exc, "errno", None)
     text = one_line(exc)

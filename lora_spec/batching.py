@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, DataError
+from .losses import collate_topk
 from .records import Example
 
 IGNORE = -100
@@ -167,8 +168,6 @@ def collate(rows: list[Encoded], pad_id: int, kind: str):
     tokens = int(mask.sum()) + (sum(len(r.labels) for r in rows) if kind == "seq2seq" else 0)
     out = {"input_ids": ids, "attention_mask": mask, "labels": labels, "n_tokens": tokens}
     if any(r.topk is not None for r in rows):
-        from .losses import collate_topk
-
         out["topk"] = collate_topk([r.topk for r in rows], labels.shape[1])
     return out
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from .config import parse_kv
+from .eval_engine import evaluate_tasks
+from .records import EvalTask
+from .stats import fmt_acc, paired
 
 
 def before_after_tasks(cfg: Any, source: dict):
-    from .records import EvalTask
-
     ds = source.get("dataset")
     if not cfg.before_after or not ds:
         return []
@@ -20,8 +21,6 @@ def before_after_tasks(cfg: Any, source: dict):
 
 
 def score_tasks(model, tokenizer, kind, tasks, cfg: Any) -> dict:
-    from .eval_engine import evaluate_tasks
-
     was = model.training
     model.eval()
     try:
@@ -38,8 +37,6 @@ def score_tasks(model, tokenizer, kind, tasks, cfg: Any) -> dict:
 
 
 def fmt_scores(res: dict) -> str:
-    from .stats import fmt_acc
-
     return ", ".join(f"{k} {fmt_acc(r['correct'], r['n'])}"
                      + (f", flexible {r['flexible_accuracy']:.1%}" if "flexible_accuracy" in r else "")
                      for k, r in res.items())
@@ -57,7 +54,6 @@ def paired_before_after(before: dict | None, after: dict | None) -> dict | None:
             return None
         a += [pa[i] for i in pa]
         b += [pb[i] for i in pa]
-    from .stats import paired
 
     return paired(a, b)
 

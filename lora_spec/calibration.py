@@ -10,6 +10,8 @@ import os
 import time
 from typing import Any
 
+from .paths import cache_dir
+
 FILE = "calibration.json"
 
 
@@ -20,8 +22,6 @@ def device() -> str:
 
 
 def _path():
-    from .paths import cache_dir
-
     return cache_dir() / FILE
 
 

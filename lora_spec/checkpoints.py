@@ -11,11 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
+import shutil
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, DataError
+from .artifact_files import atomic_dir
+from .ckpt_files import seal
+from .errors import ConfigError, DataError, one_line
+from .outputs import clean_residue
+from .train_runtime import is_fsdp
 
 if TYPE_CHECKING:
     from .trainer import TrainState
@@ -160,8 +167,6 @@ def load_state(d: str | os.PathLike) -> dict:
 
 
 def _load_legacy_state(f: Path) -> dict:
-    import pickle
-
     import torch
 
     try:
@@ -217,7 +222,6 @@ def set_aside_previous(ckpt_dir: Path) -> int:
     """A new fit over a finished one: move the earlier fit's ``step-*`` into ``<ckpt_dir>/.lorasp-previous``, to be
     removed only once the new fit has written its first checkpoint (:func:`drop_previous`), and put back if it
     fails before that (:func:`previous_checkpoints_kept`). Returns how many were set aside."""
-    import shutil
 
     prev = ckpt_dir / PREVIOUS
     steps = sorted(ckpt_dir.glob("step-*"))
@@ -232,8 +236,6 @@ def set_aside_previous(ckpt_dir: Path) -> int:
 
 
 def drop_previous(ckpt_dir: Path) -> None:
-    import shutil
-
     if (ckpt_dir / PREVIOUS).exists():
         shutil.rmtree(ckpt_dir / PREVIOUS, ignore_errors=True)
 
@@ -261,10 +263,6 @@ def previous_checkpoints_kept(ckpt_dir: Path, out: Path, warn=None):
     the new fit has written its first checkpoint; a fit that fails before that puts them back, and so does the
     next fit after one that was killed. Temporary directories a killed artifact write left beside ``out`` are
     removed first."""
-    import sys
-
-    from .errors import one_line
-    from .outputs import clean_residue
 
     say = warn or (lambda m: print(f"note: {one_line(m)}", file=sys.stderr, flush=True))
     clean_residue(Path(out), say)
@@ -282,8 +280,6 @@ def previous_checkpoints_kept(ckpt_dir: Path, out: Path, warn=None):
 def save_checkpoint(st: "TrainState", step: int, scores: dict | None) -> dict:
     """Record checkpoint ``step`` (its mean loss since the previous one, its held-out scores) in ``st.checkpoints``,
     prune, and write ``step-NNNNNN`` atomically and sealed (main process). Every process waits for the write."""
-    from .artifact_files import atomic_dir
-    from .ckpt_files import seal
 
     d = st.ckpt_root / f"step-{step:06d}"
     prev = max([c["step"] for c in st.checkpoints if c["step"] < step] or [0])
@@ -321,8 +317,6 @@ def save_checkpoint(st: "TrainState", step: int, scores: dict | None) -> dict:
 
 
 def _fsdp(st: "TrainState") -> bool:
-    from .train_runtime import is_fsdp
-
     return is_fsdp(st.accelerator)
 
 

@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .outputs import pid_alive
+
 INDEX = "files.sha256.json"
 _TMP = re.compile(r"^\.step-\d+\.(?:tmp|old)-(\d+)(?:-\d+)?$")
 
@@ -88,7 +90,6 @@ def usable(candidates: Iterable[tuple[int, Path]], warn: Callable[[str], None]) 
 
 def remove_stale_tmp(root: str | os.PathLike, warn: Callable[[str], None] | None = None) -> list[Path]:
     """Remove ``.step-*.tmp-PID-*`` / ``.step-*.old-PID`` directories under ``root`` whose process is gone."""
-    from .outputs import pid_alive
 
     removed = []
     r = Path(root)

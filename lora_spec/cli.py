@@ -6,14 +6,19 @@ Commands live in their own modules and are imported only when invoked, so ``lora
 
 from __future__ import annotations
 
+import errno
 import importlib
+import logging
 import os
 import sys
+import warnings
 
 import click
 
 from . import __version__
 from .errors import LoraspError, one_line
+from .memory import reexec_with_allocator
+from .safeload import ALLOW_PICKLE_HELP, TRUST_REMOTE_CODE_HELP, set_policy
 
 # command name -> "module:attribute" of a click.Command, imported on first use
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,7 +47,6 @@ SAFE_LOAD_COMMANDS = ("teach", "score", "fit", "eval", "merge", "generate", "com
 def _add_load_policy_options(cmd: click.Command) -> None:
     """The two opt-ins of :mod:`lora_spec.safeload` as flags of ``cmd`` (never config keys): each invocation sets
     the process policy from its own flags, so it is off unless this command line asks for it."""
-    from .safeload import ALLOW_PICKLE_HELP, TRUST_REMOTE_CODE_HELP, set_policy
 
     def setter(key: str):
         def callback(ctx, param, value):
@@ -114,8 +118,6 @@ def quiet_libraries(argv: list[str]) -> None:
     from inside transformers/peft (e.g. ``is_gradient_checkpointing``), and, under ``--no-progress``, the
     Hugging Face progress bars ("Loading weights"). ``LORASP_DEBUG=1`` keeps everything.
     """
-    import logging
-    import warnings
 
     if os.environ.get("LORASP_DEBUG"):
         return
@@ -135,7 +137,6 @@ def quiet_libraries(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("LORASP_DEBUG"))
     if argv is None:  # the process's entry point (not an in-process call): jemalloc for model commands
-        from .memory import reexec_with_allocator
 
         reexec_with_allocator(sys.argv[1:])
     quiet_libraries(list(sys.argv[1:] if argv is None else argv))
@@ -164,8 +165,6 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # a file lorasp could not read or write: name it, no traceback
         if debug:
             raise
-        import errno
-
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "?"
         full = {errno.ENOSPC: "the disk is full: ", errno.EFBIG: "the file size limit was reached (ulimit -f): ",
                 errno.EDQUOT: "the disk quota is used up: "}.get(exc.errno, "")

@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from .errors import ConfigError, one_line
+from .recipes import find
+from .records import read_text
 
 C = TypeVar("C", bound="RunConfig")
 
@@ -99,13 +101,10 @@ def build(cls: Type[C], yaml_path: str | None, overrides: dict[str, Any]) -> C:
     if yaml_path:
         p = Path(yaml_path)
         if not p.exists() or yaml_path.startswith("recipe:"):
-            from .recipes import find
-
             recipe = find(yaml_path)  # a shipped recipe by name (lorasp recipes)
             if recipe is None:
                 raise ConfigError(f"{p}: config file not found (nor a shipped recipe: see lorasp recipes)")
             p = recipe
-        from .records import read_text
 
         text = read_text(p, "a YAML config file")
         try:

@@ -10,19 +10,22 @@ module imports nothing of the commands, the artifacts or the selection rules.
 from __future__ import annotations
 
 import os
+import random
+import sys
 from typing import Any, Sequence
 
+from . import registry
 from .answers import equation_errors, judge, scorer_for
+from .eval_journal import prompt_hash
 from .generation import generate
+from .prompts import build_prompt, check_mode, is_cot, stop_sequences, uses_chat
 from .records import EvalTask, Problem
 from .stats import wilson
-
 
 # --------------------------------------------------------------------------------------------- tasks
 
 def make_dataset(name: str, params: dict | None = None, data_dir: str | os.PathLike | None = None):
     """Create a dataset plugin, passing ``data_dir`` when the plugin accepts it."""
-    from . import registry
 
     return registry.create("datasets", name, offered={"data_dir": data_dir}, **dict(params or {}))
 
@@ -37,7 +40,6 @@ def seeded_sample(items: Sequence[Any], n: int | None, seed: int = LIMIT_SEED) -
     per dataset) both draw with it, so the same size and seed give the same problems of the same split.
     ``n`` None or >= len(items): all of them.
     """
-    import random
 
     items = list(items)
     if n is None or n >= len(items):
@@ -71,9 +73,6 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
     ``calculator``: equation results are written by :mod:`lora_spec.calculator` in chain-of-thought modes
     (``calculator_calls``: how many).
     """
-    import sys
-
-    from .prompts import build_prompt, check_mode, is_cot, stop_sequences, uses_chat
 
     results: dict[str, dict] = {}
     use_chat = uses_chat(tokenizer, chat) if kind == "causal" else False
@@ -85,8 +84,6 @@ def evaluate_tasks(model: Any, tokenizer: Any, tasks: list[EvalTask], *, kind: s
         todo = list(range(len(problems)))
         budget = task.max_new_tokens
         if journal is not None:
-            from .eval_journal import prompt_hash
-
             hashes = [prompt_hash(x) for x in prompts]
             kept = journal.kept(task.name, mode, budget)
             for j, p in enumerate(problems):

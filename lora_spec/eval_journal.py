@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .records import write_jsonl
 
 JOURNAL_DIR = ".eval-journal"
 
@@ -111,7 +112,6 @@ class JournalFile:
 
     def rewrite(self, rows: list[dict]) -> None:
         """Replace the rows (atomically: a temporary file renamed over the journal)."""
-        from .records import write_jsonl
 
         self.close()
         write_jsonl(self.path, ([self.header] if self.header is not None else []) + list(rows))

@@ -5,21 +5,30 @@ over the evaluation engine (:mod:`lora_spec.eval_engine`: problems, prompts, gen
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import sys
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import Field
 
+from . import __version__, registry
 from ._stage import make_callable
+from .adapters.artifact import adapter_digest, load_adapter, read_adapter
+from .calibration import device, lookup, record
 from .config import RunConfig
-from .errors import ConfigError
-from .precision import PRECISION_HELP, PrecisionName
+from .errors import ConfigError, LoraspError
 from .eval_engine import LIMIT_SEED, evaluate_tasks, task_problems
-from .eval_journal import task_file_name
-from .records import EvalTask
-from .stats import wilson
-
+from .eval_journal import JOURNAL_DIR, EvalJournal, discard, journal_rows, task_file_name
+from .outputs import RunLock, check_output, interrupt_on_signals
+from .precision import PRECISION_HELP, PrecisionName, resolve_precision
+from .prompts import DEFAULT_SYSTEM, artifact_prompting, check_mode, uses_chat
+from .records import EvalTask, write_jsonl
+from .stats import macro, wilson
+from .student import load_student
 
 # --------------------------------------------------------------------------------------------- lorasp eval
 
@@ -66,8 +75,6 @@ class EvalConfig(RunConfig):
 
 
 def _suite_tasks(name: str, cfg: EvalConfig) -> list[EvalTask]:
-    from . import registry
-
     wanted = {"mode": cfg.mode, "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens}
     wanted = {k: v for k, v in wanted.items() if v is not None}
     passed = registry.offered_to("evals", name, wanted)  # the rest is set on each task below
@@ -76,7 +83,6 @@ def _suite_tasks(name: str, cfg: EvalConfig) -> list[EvalTask]:
     rest = {k: v for k, v in wanted.items() if k not in passed}
     if rest:
         tasks = [dataclasses.replace(t, **rest) for t in tasks]
-    from .prompts import check_mode
 
     for t in tasks:
         check_mode(t.mode)
@@ -87,14 +93,10 @@ def resolve_eval_defaults(cfg: EvalConfig) -> tuple[EvalConfig, list[str]]:
     """Fill the defaults that depend on other fields: with an adapter, the prompt mode and chat template it was
     trained with (its ``lorasp.json``), so its score means what its training meant; the output directory.
     Returns the resolved config and one note per default taken from the adapter (for the user)."""
-    from pathlib import Path
 
     upd: dict[str, Any] = {}
     notes: list[str] = []
     if cfg.adapter and Path(cfg.adapter).is_dir():
-        from .adapters.artifact import read_adapter
-        from .prompts import artifact_prompting
-
         pr = artifact_prompting(read_adapter(cfg.adapter))
         if cfg.mode is None and pr["mode"]:
             upd["mode"] = pr["mode"]
@@ -110,11 +112,9 @@ def resolve_eval_defaults(cfg: EvalConfig) -> tuple[EvalConfig, list[str]]:
 def _plan_suites(cfg: EvalConfig) -> dict[str, list[EvalTask]]:
     """The tasks of every suite, filtered by ``--task``; everything that can fail fast does so here, before a
     model is loaded (unknown suite or task, missing data files)."""
-    from pathlib import Path
 
     if not cfg.suite:
         raise ConfigError("--suite: at least one eval suite is required (e.g. math, bbh, arith)")
-    from .outputs import check_output
 
     # before any work: never into a file, a foreign directory or an input, nor over earlier results unasked
     check_output(cfg.out, "eval", overwrite=cfg.overwrite, inputs=[("--adapter", cfg.adapter),
@@ -145,7 +145,6 @@ def _plan_suites(cfg: EvalConfig) -> dict[str, list[EvalTask]]:
 def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
     """What ``run_eval(cfg)`` would do, without loading a model (``lorasp eval --dry-run``): per task its mode,
     problems and generation budget; the output directory; the defaults taken from the adapter."""
-    from pathlib import Path
 
     if cfg.adapter and not Path(cfg.adapter).is_dir():
         raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
@@ -155,16 +154,13 @@ def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
         for t in ts:
             tasks.append({"suite": s, "task": t.name, "mode": t.mode, "problems": len(task_problems(t, cfg.data_dir)),
                           "max_new_tokens": t.max_new_tokens})
-    from .eval_journal import journal_rows
 
     kept = journal_rows(cfg.out)
     if kept and not cfg.overwrite:
         notes.append(f"continues the interrupted eval in {cfg.out}: {sum(kept.values())} predictions of "
                      f"{len(kept)} task(s) kept, if the model and settings are the same (--overwrite starts over)")
-    from .calibration import lookup
 
     model, quant = _model_and_quant(cfg)
-    from .precision import resolve_precision
 
     precision = resolve_precision(cfg.precision)
     cal = lookup(_calibration_key(model, quant, precision.name))
@@ -184,22 +180,17 @@ def _model_and_quant(cfg: EvalConfig) -> tuple[str, str]:
     quant, else smollm2-135m unquantized."""
     m: dict = {}
     if cfg.adapter:
-        from .adapters.artifact import read_adapter
-
         m = read_adapter(cfg.adapter) or {}
     return (cfg.model or (m.get("base") or {}).get("name") or "smollm2-135m",
             cfg.quant or m.get("quant") or "none")
 
 
 def _calibration_key(model: str, quant: str, precision: str) -> str:
-    from .calibration import device
-
     return f"eval|{model}|{quant}|{device()}|{precision}"
 
 
 def _precision_record(cfg: EvalConfig, student) -> dict:
     """results.json's precision: what was asked for, what the weights computed in, and why."""
-    from .precision import resolve_precision
 
     p = resolve_precision(cfg.precision)
     return {**p.record(), "used": student.precision}
@@ -223,8 +214,6 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
     """:func:`run_eval`, returning the output directory and the results.json document it wrote. The steps in the
     order they run: defaults, plan, load, score (each prediction kept in the eval journal as it finishes, so a
     rerun after a crash continues), then the predictions and the results document."""
-    import sys
-    from pathlib import Path
 
     if cfg.adapter and not Path(cfg.adapter).is_dir():
         raise ConfigError(f"--adapter: {cfg.adapter} is not a directory")
@@ -236,9 +225,6 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    from .errors import LoraspError
-    from .eval_journal import JOURNAL_DIR, EvalJournal, discard, journal_rows
-    from .outputs import RunLock, interrupt_on_signals
 
     out = Path(cfg.out)
     with RunLock(out, "eval output directory"):
@@ -279,7 +265,6 @@ def eval_result(cfg: EvalConfig) -> EvalResult:
 def _journal_identity(cfg: EvalConfig, student, adapter_info: dict | None) -> dict:
     """What the predictions of an eval depend on besides the prompt text and the generation budget (both checked
     per task): a cut eval is continued only under the same identity."""
-    from .prompts import uses_chat
 
     ident = {"model": (student.fingerprint or {}).get("id"), "quant": student.quant, "kind": student.kind,
              "adapter": (adapter_info or {}).get("digest"),
@@ -293,11 +278,9 @@ def _journal_identity(cfg: EvalConfig, student, adapter_info: dict | None) -> di
 def _write_results(cfg: EvalConfig, out, student, adapter_info: dict | None, notes: list[str],
                    suites: dict[str, list], results: dict[str, dict], wall: float) -> dict:
     """predictions/, results.json (atomically) and report.md; records the measured tokens/s for --dry-run."""
-    import json
 
     gen = sum(r["generated_tokens"] for r in results.values())
     if gen and wall > 0:  # for --dry-run estimates (lora_spec.calibration)
-        from .calibration import record
 
         record(_calibration_key(*_model_and_quant(cfg), student.precision), tokens_per_second=round(gen / wall, 1),
                batch_size=cfg.batch_size)
@@ -312,16 +295,10 @@ def _write_results(cfg: EvalConfig, out, student, adapter_info: dict | None, not
 
 def _load_eval_model(cfg: EvalConfig):
     """The model to evaluate (``--adapter`` on its base, else ``--model``) and the adapter's identity, or None."""
-    from pathlib import Path
-
-    from .student import load_student
-
-    from .precision import resolve_precision
 
     dtype = resolve_precision(cfg.precision).dtype
     if not cfg.adapter:
         return load_student(cfg.model or "smollm2-135m", cfg.quant or "none", dtype=dtype), None
-    from .adapters.artifact import adapter_digest, load_adapter, read_adapter
 
     student = load_adapter(cfg.adapter, cfg.model, quant=cfg.quant, ignore_fingerprint=cfg.ignore_fingerprint,
                            dtype=dtype)
@@ -333,7 +310,6 @@ def _load_eval_model(cfg: EvalConfig):
 
 def _write_predictions(out, results: dict[str, dict]) -> dict[str, dict]:
     """Every prediction to ``predictions/<task>.jsonl``; returns the per-task rows of results.json."""
-    from .records import write_jsonl
 
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     # an --overwrite of other tasks: the earlier run's prediction files go, so predictions/ matches results.json
@@ -362,7 +338,6 @@ def _write_predictions(out, results: dict[str, dict]) -> dict[str, dict]:
 
 def _suite_summary(suites: dict[str, list], tasks_json: dict[str, dict]) -> dict[str, dict]:
     """Per suite: macro and micro accuracy with their 95% intervals, and the flexible macro accuracy."""
-    from .stats import macro
 
     summary = {}
     for s, ts in suites.items():
@@ -382,11 +357,6 @@ def _suite_summary(suites: dict[str, list], tasks_json: dict[str, dict]) -> dict
 def _results_doc(cfg: EvalConfig, student, adapter_info: dict | None, notes: list[str], wall: float,
                  summary: dict, tasks_json: dict) -> dict:
     """results.json: what was evaluated (model, adapter, prompting, scoring, sampling), and the scores."""
-    import sys
-    from datetime import datetime, timezone
-
-    from . import __version__
-    from .prompts import DEFAULT_SYSTEM, uses_chat
 
     chat_used = uses_chat(student.tokenizer, cfg.chat) if student.kind == "causal" else False
     return {

@@ -24,18 +24,35 @@ artifact meet; each stage is a short function.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import click
+
+from . import formats as F
 from ._stage import make_callable
+from .adapters.artifact import save_adapter, save_full, versions
+from .adapters.peft_setup import MethodSpec, apply_method, count_params, parse_targets
+from .artifact_files import read_manifest
 from .batching import total_steps
 from .before_after import before_after_tasks, fmt_scores, paired_before_after, score_tasks, strip_predictions
+from .checkpoints import previous_checkpoints_kept, set_aside_previous
 from .config import parse_kv
-from .errors import ConfigError, DataError, one_line
+from .errors import ConfigError, DataError, LoraspError, one_line
 from .fit_config import QUICKSTART_PROBLEMS, FitConfig, is_quickstart, resolve_defaults, resolve_eval_every
+from .formats import items_from_run
+from .losses import LossSpec
+from .outputs import RunLock, check_output
+from .precision import resolve_precision
+from .prompts import DEFAULT_SYSTEM, main_mode, uses_chat
 from .selection import ALPHA, SETS, as_rule
+from .stats import fmt_acc, fmt_paired
+from .student import hub_id, learned_positions, load_student
+from .trainer import TrainArgs, dist_state, train
 
 
 @dataclass
@@ -51,7 +68,6 @@ class FitResult:
 
 
 def _load_items(cfg: FitConfig, out: Path, log: Callable[[str], None]):
-    from .formats import items_from_run
     from .teach import load_run, teach
 
     if cfg.data:
@@ -89,9 +105,6 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
     Before anything is loaded, ``--out`` (and its ``.checkpoints`` / ``.teach`` siblings) are checked against the
     output policy (``lora_spec.outputs``), and the checkpoint directory is locked for this process.
     """
-    import os
-
-    from .outputs import RunLock, check_output
 
     cfg = _make_cfg(cfg, overrides)
     quickstart = is_quickstart(cfg)  # (before the defaults fill in its dataset)
@@ -108,7 +121,6 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
         res = res.model_copy(update={"out": str(out)})
     if int(os.environ.get("RANK", "0") or 0) != 0:  # DDP: the main process holds the lock
         return _fit(res, quickstart, *parsed, evaluator=evaluator, log=log)
-    from .checkpoints import previous_checkpoints_kept
 
     # an earlier fit's checkpoints are removed only once this one has written its first (lora_spec.checkpoints)
     with RunLock(ckpt_dir, "fit checkpoint directory"), previous_checkpoints_kept(ckpt_dir, out):
@@ -118,9 +130,6 @@ def fit(cfg: FitConfig | None = None, *, evaluator: Callable | None = None, log:
 def _cheap_checks(cfg: FitConfig) -> tuple[dict, Any]:
     """The checks of the resolved config that need no torch; returns what they parsed: ``(format mixture, loss
     spec)``."""
-    from . import formats as F
-    from .adapters.peft_setup import parse_targets
-    from .losses import LossSpec
 
     weights = F.parse_mixture(cfg.formats)
     loss_spec = LossSpec.parse(cfg.loss, temperature=cfg.loss_temperature, renormalize=cfg.loss_renormalize)
@@ -195,11 +204,9 @@ def _start(cfg: FitConfig, quickstart: bool, weights: dict, loss_spec: Any,
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    from .trainer import dist_state
 
     state = dist_state()
     main = state.is_main_process
-    from .precision import resolve_precision
 
     precision = resolve_precision(cfg.precision, str(state.device))
     if not cfg.progress:
@@ -209,8 +216,6 @@ def _start(cfg: FitConfig, quickstart: bool, weights: dict, loss_spec: Any,
     if log is None:
         def log(msg: str) -> None:
             if main:
-                import click
-
                 click.echo(msg, err=True)
     out = Path(cfg.out)
     ckpt_dir = out.with_name(out.name + ".checkpoints")
@@ -219,7 +224,6 @@ def _start(cfg: FitConfig, quickstart: bool, weights: dict, loss_spec: Any,
             # the earlier fit finished and its artifact is at --out: a fresh run starts over (the artifact is
             # replaced atomically only when this run finishes)
             if main:  # set aside, removed once this fit writes its first checkpoint (put back if it fails first)
-                from .checkpoints import set_aside_previous
 
                 set_aside_previous(ckpt_dir)
             state.wait_for_everyone()
@@ -251,9 +255,6 @@ def _student_and_rows(run: _Run, items: list):
     formats: ``(student, examples, data fingerprint, rows per format)``."""
     import torch
 
-    from . import formats as F
-    from .student import load_student
-
     cfg = run.cfg
     torch.manual_seed(cfg.seed)
     # full fine-tuning keeps fp32 master weights (autocast computes in the reduced dtype); LoRA/DoRA hold the
@@ -262,7 +263,6 @@ def _student_and_rows(run: _Run, items: list):
     student = load_student(cfg.student, cfg.quant, dtype=dtype,
                            double_quant=cfg.double_quant,
                            device=str(run.state.device) if cfg.quant != "none" else None)
-    from .student import learned_positions
 
     limit = learned_positions(student.model)
     if limit is not None and cfg.max_length > limit:
@@ -299,8 +299,6 @@ def _make_trainable(run: _Run, student):
     """LoRA / DoRA / full on the student: ``(model, MethodSpec)``."""
     import torch
 
-    from .adapters.peft_setup import MethodSpec, apply_method, count_params, parse_targets
-
     cfg = run.cfg
     torch.manual_seed(cfg.seed)
     spec = MethodSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
@@ -333,7 +331,6 @@ def _held_out_evaluation(run: _Run, evaluator: Callable | None, source: dict, it
 def _train(run: _Run, model, student, examples: list, data_fp: str, evaluator: Any, eval_every: int):
     """``trainer.train`` with the config's settings, selection rule and pruning; records the step time."""
     from .selection import prune_checkpoints, select_checkpoint
-    from .trainer import TrainArgs, train
 
     cfg = run.cfg
 
@@ -365,10 +362,6 @@ def _manifest(run: _Run, *, student, spec, counts: dict, source: dict, items: li
               evaluator: Any, eval_every: int, res, before: dict | None, after: dict | None,
               examples: list | None = None) -> dict[str, Any]:
     """``lorasp.json``: base, method, formats, prompting, loss, data, selection, checkpoints, training, before/after."""
-    from . import formats as F
-    from .adapters.artifact import versions
-    from .prompts import uses_chat
-    from .student import hub_id
 
     cfg, loss_spec, weights = run.cfg, run.loss_spec, run.weights
     manifest: dict[str, Any] = {
@@ -411,7 +404,6 @@ def _manifest(run: _Run, *, student, spec, counts: dict, source: dict, items: li
 def _write_artifact(run: _Run, model, student, manifest: dict, evaluator: Any, before: dict | None,
                     after: dict | None) -> None:
     """The artifact at ``--out`` (main process) with its report, curves and held-out predictions."""
-    import tempfile
 
     from . import selection as sel
     from .report import render_files
@@ -425,16 +417,12 @@ def _write_artifact(run: _Run, model, student, manifest: dict, evaluator: Any, b
     if cfg.method == "full":
         _save_full(model, student, out, manifest, extra_files=report_files)
     else:
-        from .adapters.artifact import save_adapter
-
         save_adapter(model, out, manifest, extra_files=report_files)
     scratch.cleanup()
     if report_files:
         log(f"specialization report: {out / 'report.md'}, {out / 'curves.png'}")
     log(f"wrote {out}")
     if run.quickstart and before is not None and after is not None:
-        from .stats import fmt_acc, fmt_paired
-
         kb, ka, n = (sum(r["correct"] for r in before.values()), sum(r["correct"] for r in after.values()),
                      sum(r["n"] for r in before.values()))
         ba = manifest["before_after"].get("paired")
@@ -445,7 +433,6 @@ def _write_artifact(run: _Run, model, student, manifest: dict, evaluator: Any, b
 def _prompting(weights: dict, student, cfg: FitConfig) -> dict:
     """How the training rows were prompted (what ``generate``, ``eval`` and ``merge`` reproduce): the main CoT
     format, the chat template and the system message that ``formats.build_examples`` put in every prompt."""
-    from .prompts import DEFAULT_SYSTEM, main_mode, uses_chat
 
     chat = bool(student.kind == "causal" and uses_chat(student.tokenizer, cfg.chat))
     return {"mode": main_mode(weights), "chat": chat, "system": DEFAULT_SYSTEM if chat else None,
@@ -529,8 +516,6 @@ def selection_manifest(cfg: Any, evaluator: Any, eval_every: int, chosen: dict |
 def _finished(out: Path, ckpt_dir: Path) -> bool:
     """Whether the checkpoints in ``ckpt_dir`` are those of the finished artifact at ``out`` (its manifest, read
     by the artifact reader, records them)."""
-    from .artifact_files import read_manifest
-    from .errors import LoraspError
 
     try:
         m = read_manifest(out)
@@ -555,7 +540,6 @@ def _finished(out: Path, ckpt_dir: Path) -> bool:
 
 def _save_full(model, student, out: Path, manifest: dict, extra_files=None) -> None:
     """A full fine-tune's artifact, through the one artifact writer."""
-    from .adapters.artifact import save_full
 
     save_full(model, student.tokenizer, out, manifest, extra_files=extra_files)
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .batching import total_steps
+from . import formats as F, registry
+from .batching import encode_examples, total_steps
+from .calibration import device, lookup, record
 from .config import parse_kv
+from .eval_engine import make_dataset
+from .formats import items_from_run
+from .precision import resolve_precision
+from .student import local_path, model_kind
+from .trainer import eval_schedule
 
 if TYPE_CHECKING:
     from .fit_config import FitConfig
@@ -15,15 +22,12 @@ if TYPE_CHECKING:
 
 def _calibration_key(student: str, quant: str, method: str, batch_size: int, grad_accum: int,
                      precision: str) -> str:
-    from .calibration import device
-
     return f"fit|{student}|{quant}|{method}|{device()}|batch={batch_size}x{grad_accum}|{precision}"
 
 
 def record_calibration(cfg: "FitConfig", steps: int, train_seconds: float, tokens_per_second: float,
                        precision: str) -> None:
     """Store this fit's measured seconds per optimizer step (for ``--dry-run`` estimates); never fails a fit."""
-    from .calibration import record
 
     if steps > 0 and train_seconds > 0:
         record(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum, precision),
@@ -35,14 +39,9 @@ def plan_fit(cfg: "FitConfig") -> dict[str, Any]:
     """What ``fit(cfg)`` would do, without loading a model or training (``lorasp fit --dry-run``): training rows
     per format, optimizer steps, held-out evaluations, output paths and a time estimate from the seconds per step
     of an earlier fit with the same student, quant, method and batch on this machine (if one was recorded)."""
-    from . import formats as F
     from .fit_config import is_quickstart, resolve_defaults, resolve_eval_every
-    from .formats import items_from_run
     from .selection import SETS
     from .teach import load_run
-    from .trainer import eval_schedule
-
-    from .precision import resolve_precision
 
     quickstart = is_quickstart(cfg)
     cfg = resolve_defaults(cfg)
@@ -56,11 +55,8 @@ def plan_fit(cfg: "FitConfig") -> dict[str, Any]:
         n_rows, n_problems = len(items), len({it.problem.id for it in items})
         source = f"teach run {cfg.data}"
     else:
-        from .eval_engine import make_dataset
-
         params = parse_kv(cfg.dataset_opt, "--dataset-opt")
         n_problems = sum(1 for _ in make_dataset(cfg.dataset, params, cfg.data_dir).load(cfg.split, limit=cfg.first))
-        from . import registry
 
         cap = getattr(registry.resolve("teachers", cfg.teacher), "max_samples", None)  # gold: one per problem
         n_rows = n_problems * (min(cfg.samples, cap) if isinstance(cap, int) else cfg.samples)
@@ -80,7 +76,6 @@ def plan_fit(cfg: "FitConfig") -> dict[str, Any]:
             sets[name] = f"{hs.limit} problems ({ds}; {hs.mode}{what[hs.score]})"
     evals = len(eval_schedule(steps, every)) if sets else 0
     ckpt = out.with_name(out.name + ".checkpoints")
-    from .calibration import lookup
 
     est = None
     cal = lookup(_calibration_key(cfg.student, cfg.quant, cfg.method, cfg.batch_size, cfg.grad_accum,
@@ -109,10 +104,6 @@ def _lengths(cfg: "FitConfig", items: list, weights: dict) -> dict[str, Any] | N
     downloads and builds nothing): the median, 95th percentile and longest row, the in-context rows that drop
     exemplars to fit ``--max-length`` and the rows still cut, per format; what choosing ``--max-length`` needs."""
     from transformers import AutoConfig, AutoTokenizer
-
-    from . import formats as F
-    from .batching import encode_examples
-    from .student import local_path, model_kind
 
     path = local_path(cfg.student)
     if path is None:

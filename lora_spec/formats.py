@@ -16,12 +16,15 @@ seeded permutation), so a weight of 0 switches a format off and the proportions 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import random
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from . import prompts
+from .batching import over_budget
 from .errors import ConfigError, DataError
 from .records import FORMATS, Example, Problem, Sample
 
@@ -58,8 +61,6 @@ def parse_mixture(spec: str | Mapping[str, float] | list[str] | None, where: str
     for k, v in items:
         name = _ALIASES.get(k, k)
         if name not in FORMATS:
-            import difflib
-
             close = difflib.get_close_matches(name, FORMATS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f" (formats: {', '.join(FORMATS)})"
             raise ConfigError(f"{where}: unknown format {k!r}{hint}")
@@ -129,7 +130,6 @@ def build_examples(items: list[TrainingItem], weights: Mapping[str, float], toke
     first ones first, down to one, so that it stays a well-formed few-shot prompt instead of losing the start of its
     first exemplar to truncation; ``Example.n_shots`` says how many it kept. Rows that are still too long are cut by
     :func:`lora_spec.batching.encode_examples`."""
-    from . import prompts
 
     if not items:
         raise DataError("no correct teacher samples to train on")
@@ -173,8 +173,6 @@ def build_examples(items: list[TrainingItem], weights: Mapping[str, float], toke
         prompt, target = prompts.build_example(it.problem, mode, tokenizer, rationale=it.text,
                                                answer=it.problem.answer, exemplars=exemplars, **kw)
         if exemplars and max_length and tokenizer is not None:
-            from .batching import over_budget
-
             while len(exemplars) > 1 and over_budget(tokenizer, kind, max_length, prompt, target):
                 exemplars = exemplars[1:]
                 prompt, target = prompts.build_example(it.problem, mode, tokenizer, rationale=it.text,

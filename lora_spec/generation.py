@@ -16,12 +16,17 @@ one of the four prompt modes are built by :func:`lora_spec.prompts.build_prompt`
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from typing import Any, Sequence
 
+from .batching import encode_prompts
+from .calculator import Calculator, logits_processor
 from .errors import ConfigError, ModelError
+from .progress import Progress
 from .student import learned_positions
+
 
 def _stop_criteria(tokenizer: Any, stops: Sequence[str], prompt_len: int, window: int):
     import torch
@@ -65,7 +70,6 @@ def _progress(enabled: bool, description: str, total: int):
     """Generation progress (lora_spec.progress: a bar on a terminal, else a line every LORASP_PROGRESS_EVERY s)."""
     if not enabled:
         return None
-    from .progress import Progress
 
     return Progress(description, total, columns=("tok/s",))
 
@@ -360,8 +364,6 @@ class _CausalDecoder:
         return queue[free:]
 
     def prefill(self, idx: list[int]) -> _Rows:
-        import copy
-
         import torch
 
         ids, attn = self._padded([self.token_ids[i][self.shared:] for i in idx])
@@ -472,8 +474,6 @@ def _decode_seq2seq(model: Any, tokenizer: Any, prompts: Sequence[str], order: l
         if calculator is not None:
             from transformers import LogitsProcessorList
 
-            from .calculator import logits_processor
-
             gen_kwargs["logits_processor"] = LogitsProcessorList([logits_processor(calculator)])
         if adapter_names is not None:
             gen_kwargs["adapter_names"] = [adapter_names[i] for i in idx]
@@ -561,7 +561,6 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left" if kind == "causal" else "right"
     if add_special_tokens is None:  # as training tokenized the prompts (lora_spec.batching.encode_prompts)
-        from .batching import encode_prompts
 
         add_special, token_ids = True, encode_prompts(tokenizer, list(prompts))
     else:
@@ -596,8 +595,6 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
 
     calc = None
     if calculator:
-        from .calculator import Calculator
-
         calc = Calculator(tokenizer)
     common = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, stops=stops, window=window,
                   do_sample=do_sample, temperature=temperature, top_p=top_p, adapter_names=adapter_names,

@@ -23,11 +23,16 @@ the owner; a lock file left by a dead process is taken over with a warning.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
+import shutil
+import signal
 import socket
+import sqlite3
 import sys
+import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -107,7 +112,6 @@ def is_teach_manifest(p: Path) -> bool:
 def is_sample_store(p: Path) -> bool:
     """``store.sqlite`` written by lorasp (its ``meta`` table holds the sample store's schema version); a user's own
     SQLite database (or any other file of that name) is not."""
-    import sqlite3
 
     if not p.is_file():
         return False
@@ -306,7 +310,6 @@ def residue(final: Path) -> list[Path]:
 def clean_residue(final: Path, warn=None) -> int:
     """Remove :func:`residue` of ``final`` and say so; an ``.old-`` copy first gives the files lorasp did not write
     back to ``final`` (one that cannot is left where it is, with a warning). Returns how many were removed."""
-    import shutil
 
     say = warn or (lambda m: print(f"note: {one_line(m)}", file=sys.stderr, flush=True))
     gone = 0
@@ -354,8 +357,6 @@ def interrupt_on_signals():
     ignored (a background job: Python then installs no KeyboardInterrupt handler, and `kill -INT` would do
     nothing). Only in the main thread; the previous handlers come back afterwards. ``teach`` and ``eval`` stop
     through it, keeping what they finished (the sample store, the eval journal) and releasing their run lock."""
-    import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -449,8 +450,6 @@ class RunLock:
             return
         del RunLock._held[key]
         if self.fd is not None:
-            import fcntl
-
             try:  # emptied, not removed: unlinking a locked file lets two processes lock two different files
                 os.ftruncate(self.fd, 0)
             except OSError:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .errors import DataError
+
 
 def cache_dir() -> Path:
     """``$LORASP_CACHE``, else ``$XDG_CACHE_HOME/lorasp``, else ``~/.cache/lorasp``."""
@@ -33,7 +35,6 @@ def walk_dirs(root: str | os.PathLike, max_depth: int, skip: Callable[[str], boo
     """``(directory, its file names)`` for ``root`` and every directory below it, in sorted depth-first order.
     Hidden directories (``.name``: temp files of an atomic write), those ``skip(name)`` is true for, and anything
     more than ``max_depth`` levels below ``root`` are not entered. ``root`` not a directory: ``DataError``."""
-    from .errors import DataError
 
     root = Path(root)
     if not root.is_dir():

@@ -35,6 +35,7 @@ Exemplar sets: GSM8K 8-shot (``gsm8k_prompts/prompt_original.txt``, Wei et al.) 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Any, Sequence
 
 from .errors import ConfigError, DataError
 from .paths import data_dir as _env_data_dir
+from .plugins.datasets.arith import Arith
 from .records import Problem, read_text
 
 MODES = ("icl_cot", "zs_cot", "icl_answer", "zs_answer")
@@ -203,7 +205,6 @@ def bbh_exemplars(task: str, *, data_dir: str | os.PathLike | None = None) -> li
 
 def arith_exemplars(n_shots: int = 4, **params: Any) -> list[Problem]:
     """Exemplars for ``arith`` from its *train* split (never from dev/test), for generator ``params``."""
-    from .plugins.datasets.arith import Arith
 
     params = dict(params)
     params["n_train"] = max(n_shots, 1)
@@ -377,7 +378,6 @@ def chat_template_with_system(template: str, system: str | None) -> str:
     that brings none -- the system message training used -- instead of the template's own default (SmolLM2's
     injects "You are a helpful AI assistant named SmolLM..."). A conversation with its own system message is
     rendered unchanged. For a merged model, whose users call ``apply_chat_template`` without lorasp."""
-    import json
 
     if not system or not template:
         return template

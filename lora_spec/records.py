@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Type, TypeVar
@@ -111,7 +112,6 @@ def iter_jsonl(path: str | os.PathLike, *, invalid: str = "invalid JSON") -> Ite
     that does not parse is called; ``lorasp compare`` and the report say "not valid JSON").
 
     Blank lines are skipped with one warning per file (a record may have been lost when the file was edited)."""
-    import sys
 
     path = Path(path)
     if not path.exists():

@@ -14,6 +14,7 @@ from importlib import metadata
 from typing import Any
 
 from .errors import PluginError, one_line
+from .plugins.contracts import MISSING, satisfies
 
 GROUPS = {
     "datasets": "lorasp.datasets",
@@ -140,7 +141,6 @@ def create(group: str, name: str, offered: dict[str, Any] | None = None, **param
             raise PluginError(f"{_short(group)[:-1]} {name!r} has no parameter {unknown[0]!r} "
                               f"(accepted: {', '.join(names) or 'none'})")
     obj = factory(**{**offered_to(group, name, offered or {}), **params})
-    from .plugins.contracts import MISSING, satisfies
 
     if not satisfies(_short(group), obj):
         raise PluginError(f"{_short(group)[:-1]} {name!r} {MISSING[_short(group)]}")

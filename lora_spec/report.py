@@ -21,7 +21,6 @@ figure) read from one manifest; the readers of the manifest fields above are sha
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import os
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from .artifact_files import MANIFEST, read_manifest
 from .errors import DataError
+from .records import iter_jsonl
 from .selection import (CORRECT, EVAL_SECONDS, LOSS_KEYS, PREDICTIONS_FILE, SETS, candidates, correct_vector,
                         parse_rule, select_checkpoint)
 from .selection.rules import finite_number
@@ -177,7 +177,6 @@ def _ci(iv: tuple[float, float] | None) -> str:
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:
     """The rows of ``heldout_predictions.jsonl``; a bad line is a one-line error naming file:line."""
-    from .records import iter_jsonl
 
     rows = []
     p = Path(path)

@@ -13,7 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .adapters.listing import summarize
 from .errors import DataError
+from .eval_journal import JOURNAL_DIR, journal_rows
+from .paths import walk_dirs
 
 MAX_DEPTH = 6
 
@@ -52,8 +55,6 @@ def _eval_row(d: Path, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fit_row(d: Path) -> dict[str, Any]:
-    from .adapters.listing import summarize
-
     r = summarize(d)
     if r.get("error"):
         return {"kind": "error", "what": "", "headline": r["error"], "status": "error", "created": None}
@@ -74,8 +75,6 @@ def _read(p: Path) -> dict[str, Any] | None:
 def find_runs(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[dict[str, Any]]:
     """One row per run under ``root`` (itself included): path, kind (teach|fit|merged|combined|eval), what,
     headline, status, created. An unreadable file is a row of kind ``error``."""
-    from .eval_journal import JOURNAL_DIR, journal_rows
-    from .paths import walk_dirs
 
     root = Path(root)
     rows = []

@@ -32,6 +32,7 @@ from . import registry
 from .config import RunConfig, describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError
 from .outputs import TEACH_FORMAT, RunLock, interrupt_on_signals
+from .progress import Progress
 from .records import Problem, Sample, read_jsonl, write_jsonl
 from .store import SampleStore, text_sha256
 from .teach import PromptSpec, load_run, prompt_id, resolve_prompt
@@ -158,7 +159,6 @@ def score(run: str | os.PathLike, cfg: ScoreConfig | None = None, **overrides: A
 def _score_run(d: Path, cfg: ScoreConfig, spec: PromptSpec, scorer: Any, key: str, store: SampleStore,
            requests: list[ScoreRequest]) -> dict[str, Any]:
     """Ask for the samples not scored yet, store each answer as it arrives, then export and write the manifest."""
-    from .progress import Progress
 
     t0 = time.time()
     have = store.score_index(key)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -37,9 +38,12 @@ from pydantic import Field, ValidationError
 
 from . import __version__, registry
 from ._stage import make_callable
+from .answers import answers_match, judge, kind_for
 from .config import FIRST_MEANS, RunConfig, describe_error, parse_kv
 from .errors import ConfigError, DataError, LoraspError
-from .outputs import TEACH_FORMAT, interrupt_on_signals
+from .outputs import TEACH_FORMAT, RunLock, check_output, interrupt_on_signals
+from .paths import data_dir as find_data_dir
+from .progress import Progress
 from .records import Problem, Sample, TeacherRequest, read_jsonl, read_text, write_jsonl
 from .store import SampleStore, request_usage
 
@@ -119,7 +123,6 @@ PROMPTS: dict[str, tuple[str | None, str, tuple[str, ...], str]] = {
 
 def resolve_prompt(name: str, data_dir: str | os.PathLike | None = None) -> PromptSpec:
     """A prompt by name, or ``file:PATH`` (exemplars; a ``{question}`` placeholder makes it the whole template)."""
-    from .paths import data_dir as find_data_dir
 
     if name.startswith("file:"):
         p = Path(name[5:]).expanduser()
@@ -131,8 +134,6 @@ def resolve_prompt(name: str, data_dir: str | os.PathLike | None = None) -> Prom
         return PromptSpec(name, text.rstrip("\n") + "\n\n", "Question: {question}\nLet's think step by step\n",
                           _FEWSHOT_STOP, "cot")
     if name not in PROMPTS:
-        import difflib
-
         close = difflib.get_close_matches(name, list(PROMPTS), n=2, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"--prompt: unknown prompt {name!r}{hint} (known: {', '.join(PROMPTS)}, or file:PATH)")
@@ -190,7 +191,6 @@ def _missing_ranges(have: set[int], n: int) -> list[tuple[int, int]]:
 def _check_answer(sample: Sample, problem: Problem) -> None:
     """Teach's correctness filter: the sample's answer by lorasp's one scoring rule (:func:`lora_spec.answers.judge`),
     flexible (a teacher's CoT that never writes an answer sentence is still judged by its last number)."""
-    from .answers import judge
 
     sample.answer, sample.correct = judge(problem, sample.text, strict=False)
 
@@ -200,8 +200,6 @@ class _Progress:
     LORASP_PROGRESS_EVERY seconds)."""
 
     def __init__(self, total: int, done: int, enabled: bool, label: str):
-        from .progress import Progress
-
         self.t0 = time.time()
         self.new = 0
         self.correct = 0
@@ -262,7 +260,6 @@ def teach_result(cfg: TeachConfig | None = None, **overrides: Any) -> TeachResul
             cfg = TeachConfig(**data)
         except ValidationError as exc:  # -> one line naming the field
             raise ConfigError("teach " + describe_error(exc.errors()[0], {})) from None
-    from .outputs import RunLock, check_output
 
     out = Path(cfg.out or f"runs/teach/{cfg.dataset}-{cfg.split}")
     # an existing teach run is resumed; anything else that is there is never written into (a symlinked --out: its
@@ -475,7 +472,6 @@ def _finish(out: Path, cfg: TeachConfig, store: SampleStore, run: int, fp: str, 
             counts = Counter(answers)
             best = max(counts.values())
             winner = next(a for a in answers if counts[a] == best)  # ties: the earliest sample's answer
-            from .answers import answers_match, kind_for
 
             vote_ok += int(answers_match(winner, p.answer, kind_for(p)))
         any_ok += int(any(s.correct for s in ss))

@@ -4,15 +4,21 @@ progress display, status lines on stderr and the SIGTERM flag. Nothing here know
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
 from pathlib import Path
+
+from .errors import ConfigError
+from .precision import resolve_precision
+from .progress import Progress
 
 
 class FitProgress:
     """The fit's progress (lora_spec.progress: a bar on a terminal, else a line every LORASP_PROGRESS_EVERY s)."""
 
     def __init__(self, enabled: bool, total: int, start: int):
-        from .progress import Progress
-
         self.p = Progress("fit", total, completed=start, enabled=enabled, columns=("loss", "tok/s"))
 
     def update(self, step: int, loss: float, tps: float) -> None:
@@ -47,7 +53,6 @@ def dist_state():
 
 def say(msg: str) -> None:
     """A status line on stderr (stdout stays clean for machine-readable output)."""
-    import sys
 
     print(msg, file=sys.stderr, flush=True)
 
@@ -58,9 +63,6 @@ class StopOnTerm:
     half-updated weights that would be saved as a finished step."""
 
     def __init__(self):
-        import signal
-        import threading
-
         self.requested = False
         self._prev = None
         if threading.current_thread() is threading.main_thread():
@@ -71,8 +73,6 @@ class StopOnTerm:
 
     def restore(self) -> None:
         if self._prev is not None:
-            import signal
-
             signal.signal(signal.SIGTERM, self._prev)
             self._prev = None
 
@@ -86,8 +86,6 @@ def make_accelerator(mixed_precision: str, project_dir: Path, log_with: list[str
 
     mp = mixed_precision
     if mp == "auto":
-        from .precision import resolve_precision
-
         mp = resolve_precision("auto").mixed_precision
     if fsdp_requested():  # before accelerate builds its FSDP plugin from the same settings
         _fsdp_version_check()
@@ -118,10 +116,6 @@ def is_fsdp(accelerator) -> bool:
 
 
 def _fsdp_version_check() -> None:
-    import os
-
-    from .errors import ConfigError
-
     version = os.environ.get("FSDP_VERSION", "1")  # accelerate's default is 1
     if version.strip() != "2":
         raise ConfigError(f"FSDP version {version}: lorasp fit runs FSDP2 only; set fsdp_version: 2 in the "

@@ -32,9 +32,11 @@ from typing import Any, Callable
 
 from .batching import (IGNORE, Encoded, collate, encode_examples, epoch_batches, split_by_tokens, steps_per_epoch,
                        total_steps)
-from .checkpoints import (LEGACY_STATE_FILE, STATE_FILE, STATE_TENSORS, WEIGHTS_FILE, checkpoint_dirs, load_checkpoint, load_state, load_trainable, save_checkpoint, save_state)
+from .checkpoints import (LEGACY_STATE_FILE, STATE_FILE, STATE_TENSORS, WEIGHTS_FILE, checkpoint_dirs, load_checkpoint,
+                          load_state, load_trainable, save_checkpoint, save_state)
+from .ckpt_files import remove_stale_tmp, usable
 from .errors import ConfigError, DataError, LoraspError
-from .losses import batch_loss  # the loss module calls it through this module (tests replace trainer.batch_loss)
+from .losses import LossSpec, batch_loss
 from .records import Example
 from .train_runtime import FitProgress, StopOnTerm, dist_state, is_fsdp, make_accelerator, say, trackers
 
@@ -233,7 +235,6 @@ def truncated_summary(examples: list[Example], encoded: list[Encoded], max_lengt
 
 def _encode(examples: list[Example], tokenizer, kind: str, args: TrainArgs, accelerator):
     """``(encoded rows, n_truncated, alignment summary)``; distribution matching attaches the teacher's top-k."""
-    from .losses import LossSpec
 
     encoded, truncated = encode_examples(examples, tokenizer, kind, args.max_length)
     if truncated and accelerator.is_main_process:
@@ -271,7 +272,6 @@ def _make_optimizer(model, args: TrainArgs, total: int):
 
 def _resume(st: TrainState) -> None:
     """Continue from the newest checkpoint under ``st.ckpt_root`` that verifies (``--resume``)."""
-    from .ckpt_files import usable
 
     found = usable(checkpoint_dirs(st.ckpt_root), warn=lambda m: say(f"warning: {m}") if st.main else None)
     if not found and st.main:
@@ -317,8 +317,6 @@ def setup_training(model, tokenizer, examples: list[Example], *, kind: str, args
                     tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
                     ckpt_root, _signature(args, len(encoded), data_fingerprint, world), log_with, **hooks)
     if st.main:
-        from .ckpt_files import remove_stale_tmp
-
         remove_stale_tmp(ckpt_root, warn=lambda m: say(f"warning: {m}"))
     if resume:
         _resume(st)

@@ -136,3 +136,81 @@ def test_no_private_name_is_imported_from_another_module():
                 hits += [f"{p.relative_to(PKG.parent)}:{node.lineno} {a.name}" for a in node.names
                          if a.name.startswith("_") and not a.name.startswith("__")]
     assert not hits, f"private names imported across modules: {hits}"
+
+
+def _top_level_imports(pkg: Path = PKG) -> dict[str, set[str]]:
+    """``{module: what it imports at module level}``: package modules and the top package of anything else."""
+    mods = {_module(p, pkg): p for p in pkg.rglob("*.py")}
+    out: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text(), str(path))
+        here = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        for node in tree.body:
+            out[mod].update(_targets(node, here, mods))
+    return out
+
+
+def _targets(node: ast.AST, here: list[str], mods: dict) -> set[str]:
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+        base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else [])) \
+            if node.level else (node.module or "")
+        names = [base] + [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+    else:
+        return set()
+    out = set()
+    for t in names:
+        if t.split(".")[0] != PKG.name:
+            out.add(t.split(".")[0])
+            continue
+        while t and t not in mods:
+            t = t.rpartition(".")[0]
+        if t:
+            out.add(t)
+            out.update(".".join(t.split(".")[:i]) for i in range(1, t.count(".") + 1))  # its packages load first
+    return out
+
+
+def _costly(target: str, top: dict[str, set[str]], seen: set[str] | None = None) -> bool:
+    """Importing ``target`` loads a third-party library (anything but the standard library and click, which every
+    command loads anyway): ``target`` is one, or a package module whose module-level imports reach one."""
+    import sys
+
+    if target not in top:
+        return target not in sys.stdlib_module_names and target != "click"
+    seen = set() if seen is None else seen
+    if target in seen:
+        return False
+    seen.add(target)
+    return any(_costly(t, top, seen) for t in top[target])
+
+
+def deferred_imports_without_reason(pkg: Path = PKG) -> list[str]:
+    """Imports inside functions that ``lorasp --help`` and the light commands do not need deferred: a standard
+    library module, or a package module whose module-level imports load no third-party library. Imports in a
+    ``try`` (an optional dependency) and under ``if TYPE_CHECKING:`` are exempt."""
+    top = _top_level_imports(pkg)
+    mods = {_module(p, pkg): p for p in pkg.rglob("*.py")}
+    bad = []
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text(), str(path))
+        here = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        body = {id(n) for n in tree.body}
+        exempt = _type_checking_nodes(tree) | {id(d) for n in ast.walk(tree) if isinstance(n, ast.Try)
+                                                for c in n.body for d in ast.walk(c)}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in body or id(node) in exempt:
+                continue
+            targets = _targets(node, here, mods) - {PKG.name}
+            if not any(_costly(t, top) for t in targets):
+                bad.append(f"{path.relative_to(pkg.parent)}:{node.lineno} {ast.unparse(node)}")
+    return bad
+
+
+def test_imports_inside_functions_only_defer_a_library():
+    """An import inside a function is there to keep ``lorasp --help`` and the light commands from loading torch,
+    transformers and the like; every other import is at the top of its module."""
+    bad = deferred_imports_without_reason()
+    assert not bad, "imports inside functions that load no third-party library (move them to the top):\n" + \
+        "\n".join(bad)

@@ -144,20 +144,20 @@ def test_held_out_set_strings_and_mappings():
 def test_a_held_out_set_can_generate_with_the_calculator(smollm2, data_dir, monkeypatch):
     """``calculator=1`` in a set string: that set's outputs are generated with lorasp's decode-time calculator (so a
     checkpoint is chosen for a deployment that has it); other sets are not."""
-    import lora_spec.generation as G
+    import lora_spec.selection.heldout as H
     from lora_spec.answers import equation_errors
     from lora_spec.selection import HeldOutEvaluator
 
     s = HeldOutSet.model_validate("gsm8k:dev;limit=3;calculator=1")
     assert s.calculator and HeldOutSet.model_validate(s.as_string()) == s and s.as_string().endswith(";calculator=1")
     assert not HeldOutSet.model_validate("gsm8k:dev;limit=3").calculator
-    seen, real = [], G.generate
+    seen, real = [], H.generate
 
     def spy(*a, **k):
         seen.append(k.get("calculator"))
         return real(*a, **k)
 
-    monkeypatch.setattr(G, "generate", spy)
+    monkeypatch.setattr(H, "generate", spy)
     opts = SelectionOptions(in_dist="gsm8k:dev;limit=3;max_new_tokens=96;calculator=1", generic="none",
                             ood="multiarith;limit=2;max_new_tokens=96")
     ev = HeldOutEvaluator(opts, train_dataset="gsm8k", data_dir=data_dir)

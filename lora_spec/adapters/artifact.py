@@ -22,20 +22,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
+from .. import __version__
 from ..artifact_files import MANIFEST, atomic_dir, read_json_object, read_manifest, write_manifest
 from ..errors import ConfigError, DataError, ModelError, one_line
+from ..safeload import check_adapter_dir
+from ..student import base_fingerprint, hub_id, load_student, resolve_path
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
-
     out = {}
     for pkg in ("lorasp", "torch", "transformers", "peft", "bitsandbytes", "accelerate"):
         try:
@@ -70,7 +74,6 @@ def adapter_digest(directory: str | os.PathLike) -> str:
 
 def base_info(student) -> dict[str, Any]:
     """The ``base`` block of a manifest for a loaded :class:`lora_spec.student.Student`."""
-    from ..student import hub_id
 
     return {"name": student.name, "path": str(student.path), "kind": student.kind,
             "fingerprint": dict(student.fingerprint), "hub_id": hub_id(student.name)}
@@ -140,7 +143,6 @@ def set_base_hub_id(directory: str | os.PathLike, manifest: dict[str, Any]) -> d
     """Point ``adapter_config.json``'s ``base_model_name_or_path`` at the base's Hub id (presets and Hub-loaded
     bases), so that plain PEFT (``AutoPeftModelForCausalLM``) finds the base on any machine; the local path and
     the fingerprint stay in ``lorasp.json``. A base loaded from a local directory keeps PEFT's value."""
-    import json
 
     from .card import base_hub_id
 
@@ -200,7 +202,6 @@ def finish_artifact(tmp: Path, manifest: dict[str, Any], name: str, *, adapter_c
     ``versions`` and ``created`` filled in), the model card ``README.md`` (``readme``, default
     :func:`lora_spec.adapters.card.model_card` followed by ``card_extra``) and ``extra_files``. Returns the
     manifest written."""
-    from .. import __version__
 
     m = {"lorasp_version": __version__, **manifest}
     m.setdefault("versions", versions())
@@ -215,7 +216,6 @@ def finish_artifact(tmp: Path, manifest: dict[str, Any], name: str, *, adapter_c
 
 def read_adapter(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of an adapter directory, ``None`` for a plain PEFT adapter; an error for anything else."""
-    from ..safeload import check_adapter_dir
 
     d = Path(directory)
     if not d.is_dir():
@@ -274,9 +274,6 @@ def check_fingerprint(manifest: dict[str, Any] | None, student, adapter: str | o
 def precheck_base(manifest: dict[str, Any] | None, spec: str, adapter: str | os.PathLike, *,
                   ignore: bool = False) -> None:
     """:func:`check_fingerprint` against the files of base ``spec`` before any weights are loaded."""
-    from types import SimpleNamespace
-
-    from ..student import base_fingerprint, resolve_path
 
     path = resolve_path(spec)
     check_fingerprint(manifest, SimpleNamespace(name=spec, path=str(path), fingerprint=base_fingerprint(path)),
@@ -302,7 +299,6 @@ def load_adapter(adapter: str | os.PathLike, base: str | None = None, *, quant: 
     was trained against (``nf4``/``int8``/``none``). ``student`` reuses an already loaded base (it is modified in
     place by PEFT). A full fine-tune or merged artifact is loaded as a plain model.
     """
-    from ..student import load_student
 
     manifest = read_adapter(adapter)
     if is_full_model(manifest):

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from ..prompts import TRIGGER
+from ..prompts import TRIGGER, artifact_prompting
+from ..student import PRESET_LICENSES, hub_id, preset_of
 
 TAGS = ["lorasp", "model-specialization", "chain-of-thought", "math-reasoning"]
 SET_NAMES = {"in_dist": "in-distribution", "ood": "out-of-distribution", "generic": "generic (BBH)"}
@@ -22,7 +23,6 @@ SET_NAMES = {"in_dist": "in-distribution", "ood": "out-of-distribution", "generi
 
 def base_hub_id(manifest: dict[str, Any]) -> str | None:
     """The Hub id of the artifact's base (presets map to their Hub id; local directories have none)."""
-    from ..student import hub_id
 
     base = manifest.get("base") or {}
     if "hub_id" in base:  # recorded when the base was loaded (a relative local path cannot pass for a Hub id later)
@@ -31,8 +31,6 @@ def base_hub_id(manifest: dict[str, Any]) -> str | None:
 
 
 def base_license(manifest: dict[str, Any]) -> str | None:
-    from ..student import PRESET_LICENSES, preset_of
-
     name = (manifest.get("base") or {}).get("name")
     preset = preset_of(name) if name else None
     return PRESET_LICENSES.get(preset) if preset else None
@@ -40,7 +38,6 @@ def base_license(manifest: dict[str, Any]) -> str | None:
 
 def training_system(manifest: dict[str, Any]) -> str | None:
     """The chat system message the artifact was trained with (None: plain-text prompts, or no system message)."""
-    from ..prompts import artifact_prompting  # the one home of "how training prompted" (lorasp.json "prompting")
 
     p = artifact_prompting(manifest)
     return p["system"] if p["chat"] else None

@@ -21,8 +21,11 @@ from typing import Any, Literal, Optional, Sequence
 
 from pydantic import Field
 
+from ..artifact_files import read_manifest
 from ..config import RunConfig
 from ..errors import ConfigError, ModelError, one_line
+from ..outputs import claim_output
+from ..student import load_student
 from .artifact import (adapter_digest, base_info, base_spec, precheck_base, read_adapter, read_adapter_config,
                        save_adapter)
 
@@ -48,7 +51,6 @@ def combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, we
             svd_rank: int | None = None, model: str | None = None, quant: str | None = None,
             ignore_fingerprint: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Combine ``adapters`` with ``weights`` into one adapter at ``out``; returns its manifest."""
-    from ..outputs import claim_output
 
     # before anything is loaded: never into a file, a foreign directory, a parent or a folder holding one; one
     # writer per output (the lock is held until the combined adapter is in place)
@@ -68,8 +70,6 @@ def _combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, w
         raise ConfigError(f"--how: {how!r} is not one of {', '.join(HOWS)}")
     ws = parse_weights(weights, len(adapters))
     from peft import PeftModel
-
-    from ..student import load_student
 
     manifests = [read_adapter(a) for a in adapters]
     configs = [read_adapter_config(a) for a in adapters]
@@ -116,7 +116,6 @@ def _combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, w
     if len(quants) > 1:
         manifest["note"] = f"parents were trained against different quantizations: {sorted(quants)}"
     save_adapter(pm, out, manifest, adapter_name="default")
-    from ..artifact_files import read_manifest
 
     return read_manifest(out)
 

@@ -36,13 +36,17 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError, DataError, ModelError, one_line
-from ..outputs import EXPORT_FORMAT
 from ..artifact_files import atomic_dir
-from .artifact import versions
+from ..errors import ConfigError, DataError, ModelError, one_line
+from ..outputs import EXPORT_FORMAT, claim_output
+from ..prompts import build_prompt, stop_sequences
+from ..records import Problem
+from ..student import gemma3_gguf, preset_of, resolve_path, smollm2_gguf
+from .artifact import base_spec, precheck_base, read_adapter, read_adapter_config, versions
 
 FORMATS = ("gguf", "merged-gguf")
 OUTTYPES = ("f32", "f16", "q8_0")
@@ -73,8 +77,6 @@ class ExportReport:
 
 def _base_config(manifest: dict[str, Any], artifact: Path, model: str | None) -> tuple[dict[str, Any], Path, str]:
     """The base model's config.json, its directory and the spec it was found by."""
-    from ..student import resolve_path
-    from .artifact import base_spec
 
     spec = model or base_spec(manifest, artifact)
     path = resolve_path(spec)
@@ -135,7 +137,6 @@ def find_base_gguf(manifest: dict[str, Any], base_path: Path | None, explicit: s
         if not p.is_file():
             raise ConfigError(f"--base-gguf {explicit}: file not found")
         return p.resolve()
-    from ..student import gemma3_gguf, preset_of, smollm2_gguf
 
     name = (manifest.get("base") or {}).get("name")
     own = {"smollm2-135m": smollm2_gguf, "gemma3-270m": gemma3_gguf}.get(preset_of(name) if name else None)
@@ -403,10 +404,7 @@ def _go_quote(s: str) -> str:
 def ollama_template(manifest: dict[str, Any], tokenizer) -> tuple[str, str, list[str]]:
     """``(TEMPLATE, prompt mode, stop strings)`` that make Ollama build exactly lorasp's zero-shot training prompt:
     :func:`lora_spec.prompts.build_prompt` with placeholders for the question and system message."""
-    from ..prompts import stop_sequences
-    from ..records import Problem
     from .card import training_system
-    from ..prompts import build_prompt
 
     fmts = manifest.get("formats") or {}
     cot = any(k.endswith("_cot") and v for k, v in fmts.items()) if fmts else True
@@ -444,7 +442,6 @@ def export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "g
     """Export ``artifact`` for llama.cpp / Ollama into the directory ``out`` (written atomically). The steps in the
     order they run: checks (artifact and base, before any weights load), the adapter or model GGUF, the Modelfile
     and export.json."""
-    from ..outputs import claim_output
 
     # before any work: never into a file, a foreign directory, the artifact or a folder holding it; an earlier
     # export is replaced (atomically) only with --overwrite, keeping the files lorasp did not write; one writer
@@ -532,7 +529,6 @@ def _export(artifact: str | os.PathLike, out: str | os.PathLike, *, fmt: str, ba
 def _export_source(src: Path, fmt: str, model: str | None, ignore_fingerprint: bool):
     """What is exported: (manifest, full model or adapter, the model's config, the base's local path or None, the
     adapter's config or None). An adapter that llama.cpp cannot run, or on the wrong base, is refused here."""
-    from .artifact import base_spec, precheck_base, read_adapter, read_adapter_config
 
     manifest = read_adapter(src)
     if manifest is None:
@@ -596,8 +592,6 @@ def _write_modelfile(path: Path, src: Path, manifest: dict, tok_dir, from_line: 
 
 
 def _version(pkg: str) -> str:
-    from importlib import metadata
-
     try:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:

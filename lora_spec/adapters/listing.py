@@ -7,15 +7,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
 from ..artifact_files import MANIFEST, read_manifest
+from ..errors import DataError
+from ..paths import walk_dirs
+from ..prompts import artifact_prompting
+from .artifact import read_adapter_config, vllm_problems
 
 MAX_DEPTH = 6
 
 
 def find_artifacts(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[Path]:
     """Every directory under ``root`` (itself included) holding a ``lorasp.json``; temp/hidden dirs skipped."""
-    from ..paths import walk_dirs
 
     return [d for d, filenames in walk_dirs(root, max_depth) if MANIFEST in filenames]
 
@@ -151,7 +153,6 @@ def listing(root: str | os.PathLike) -> list[dict[str, Any]]:
 
 def show(directory: str | os.PathLike) -> dict[str, Any]:
     """Everything about one artifact: manifest, adapter config, vLLM check, files."""
-    from .artifact import read_adapter_config, vllm_problems
 
     d = Path(directory)
     m = read_manifest(d)
@@ -180,7 +181,6 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
     fm = m.get("formats") or {}
     if fm:
         mix = ", ".join(f"{k}={v:g}" for k, v in fm.items() if isinstance(v, (int, float)) and v > 0)
-        from ..prompts import artifact_prompting
 
         ap = artifact_prompting(m)
         lines.append(f"  formats:          {mix}; main mode {ap['mode']}"

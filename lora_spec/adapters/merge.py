@@ -28,13 +28,15 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 from pydantic import Field
 
+from ..artifact_files import atomic_dir
 from ..config import RunConfig
 from ..errors import ConfigError, ModelError, one_line
-from ..precision import PrecisionName
 from ..generation import generate
-from ..artifact_files import atomic_dir
-from .artifact import (adapter_digest, base_spec, finish_artifact, precheck_base, read_adapter, read_adapter_config,
-                       warn)
+from ..outputs import claim_output
+from ..precision import PrecisionName, resolve_precision
+from ..prompts import artifact_prompting, chat_template_with_system
+from ..student import load_student
+from .artifact import adapter_digest, base_spec, finish_artifact, precheck_base, read_adapter, read_adapter_config, warn
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 BASES = ("auto", "original", "dequantized", "quantized")
@@ -114,7 +116,6 @@ def _save_tokenizer(tok, directory, manifest: dict[str, Any] | None) -> None:
     """Save the tokenizer; for an adapter trained with the chat template, that template with training's system
     message as the default one, so the merged model, prompted through ``apply_chat_template`` by anyone, sees the
     system message it was trained under rather than the base template's own default."""
-    from ..prompts import artifact_prompting, chat_template_with_system
 
     pr = artifact_prompting(manifest)
     original = getattr(tok, "chat_template", None)
@@ -226,8 +227,6 @@ def _merge_base(spec: str, adapter, quant: str, mode: str, tdtype, prompts: Sequ
     import torch
     from peft import PeftModel
 
-    from ..student import load_student
-
     if mode == "quantized":
         warn(f"merging into the {quant}-quantized base re-quantizes every adapted weight: the adapter's update is "
              f"rounded onto the {quant} grid and part of it is lost (--force-quantized)")
@@ -257,7 +256,6 @@ def _merge_base(spec: str, adapter, quant: str, mode: str, tdtype, prompts: Sequ
 def _reference_precision(precision: str, manifest: dict | None):
     """The precision of the quantized reference: ``auto`` = what the adapter trained in (its ``lorasp.json``),
     fp32 for an adapter that records none (trained before precisions were recorded: fp32 on CPU)."""
-    from ..precision import resolve_precision
 
     if precision == "auto":
         precision = ((manifest or {}).get("precision") or {}).get("used") or "fp32"
@@ -289,7 +287,6 @@ def merge(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str = "au
           log: Callable[[str], None] | None = None, overwrite: bool = False,
           precision: str = "auto") -> MergeReport:
     """:func:`_merge` under the output's lock (``lora_spec.outputs.claim_output``): one writer per ``--out``."""
-    from ..outputs import claim_output
 
     with claim_output(out, "merge", overwrite=overwrite, inputs=[("ADAPTER", adapter), ("--model", model)]) as res:
         return _merge(adapter, res, base=base, dtype=dtype, safe=safe, force_quantized=force_quantized, model=model,

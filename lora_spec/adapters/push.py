@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError, ModelError, one_line
 from ..artifact_files import read_manifest
+from ..errors import ConfigError, ModelError, one_line
+from .artifact import read_adapter_config, set_base_hub_id
 
 
 def _is_hub_id(s: Any) -> bool:
@@ -29,7 +30,6 @@ def _is_hub_id(s: Any) -> bool:
 def stage(artifact: str | os.PathLike, directory: str | os.PathLike, *, base_model: str | None = None) -> dict[str, Any]:
     """Copy ``artifact`` into ``directory`` and make the copy Hub-ready; returns its (possibly updated) manifest."""
     from .card import model_card
-    from .artifact import read_adapter_config, set_base_hub_id
 
     src = Path(artifact)
     manifest = read_manifest(src)

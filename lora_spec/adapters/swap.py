@@ -12,16 +12,19 @@ import dataclasses
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterable, List, Literal, Mapping, Optional, Sequence
 
 from pydantic import Field
 
+from ..artifact_files import MANIFEST, read_manifest
 from ..config import RunConfig
 from ..errors import ConfigError, DataError
+from ..generation import chat_wrap, cut_at_stop, generate
 from ..precision import PRECISION_HELP, PrecisionName
-from ..generation import cut_at_stop, chat_wrap, generate
-from ..artifact_files import MANIFEST, read_manifest
-from .artifact import is_full_model, peft_error, base_spec, check_fingerprint, read_adapter, read_adapter_config
+from ..prompts import artifact_prompting, check_mode, question_prompt, stop_sequences
+from ..student import Student, base_fingerprint, load_student, resolve_path
+from .artifact import base_spec, check_fingerprint, is_full_model, peft_error, read_adapter, read_adapter_config
 
 BASE = "base"  # the adapter name that means "the base model, no adapter" (peft calls it "__base__")
 _PEFT_BASE = "__base__"
@@ -66,8 +69,6 @@ class AdapterSet:
 
     def __init__(self, base=None, adapters: Mapping[str, str | os.PathLike] | Iterable[tuple[str, str]] | None = None,
                  *, quant: str | None = None, ignore_fingerprint: bool = False, dtype=None, device: str | None = None):
-        from ..student import Student, load_student
-
         items = list(adapters.items() if isinstance(adapters, Mapping) else (adapters or []))
         self.ignore_fingerprint = ignore_fingerprint
         self.entries: dict[str, _Entry] = {}
@@ -99,9 +100,6 @@ class AdapterSet:
 
     def _precheck(self, base: str, items: list[tuple[str, Any]]) -> None:
         """Compare every adapter's recorded base fingerprint with ``base``'s files (no weights loaded)."""
-        from types import SimpleNamespace
-
-        from ..student import base_fingerprint, resolve_path
 
         path = resolve_path(base)
         fake = SimpleNamespace(name=base, path=str(path), fingerprint=base_fingerprint(path))
@@ -260,7 +258,6 @@ class AdapterSet:
         """How adapter ``name`` was prompted in training (:func:`lora_spec.prompts.artifact_prompting` of its
         ``lorasp.json``); the base (``None``/``"base"``) gets the first adapter's that has one, so base and adapter
         rows of one batch see the same prompt."""
-        from ..prompts import artifact_prompting
 
         if name in (None, BASE):
             m = next((e.manifest for e in self.entries.values() if e.manifest), self.base_manifest)
@@ -280,7 +277,6 @@ class AdapterSet:
         with (chat template, system message, pre-filled CoT trigger, exemplars), so the adapter continues exactly
         the text it was trained to continue. ``chat``/``system``: default what training used (``raw``: the chat
         template only when the adapter was trained with it)."""
-        from ..prompts import check_mode, question_prompt, stop_sequences
 
         prompts = list(prompts)
         rows = self._rows(prompts, adapters)

@@ -10,7 +10,10 @@ returns. This module holds what the commands share.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 import click
@@ -19,9 +22,6 @@ import click
 def quiet_transformers() -> None:
     """No progress bars, deprecation chatter or backend notices on the console: the commands print their own
     progress, and stderr keeps only lorasp's ``warning:``/``error:`` lines (``LORASP_DEBUG=1`` keeps everything)."""
-    import logging
-    import os
-    import warnings
 
     if os.environ.get("LORASP_DEBUG"):
         return

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from ..adapters.listing import listing, score_summary, show, summary_lines
+from ..stats import fmt_acc
 from . import print_rows
 
 
@@ -30,7 +32,6 @@ def adapters_list(directory, as_json):
 
     next: lorasp adapters show PATH
     """
-    from ..adapters.listing import score_summary, listing
 
     def cells(r: dict) -> list[str]:
         if r.get("error"):
@@ -60,7 +61,6 @@ def adapters_show(artifact, as_json, full):
 
     next: lorasp eval --adapter ARTIFACT; lorasp report ARTIFACT
     """
-    from ..adapters.listing import show, summary_lines
 
     info = show(artifact)
     if as_json:
@@ -82,8 +82,6 @@ def adapters_show(artifact, as_json, full):
                        f"(n={h['n']})")
     for when, res in ((info["manifest"].get("before_after") or {}).items()):
         if when in ("before", "after") and isinstance(res, dict):
-            from ..stats import fmt_acc
-
             click.echo(f"{when}: " + ", ".join(f"{t} {fmt_acc(r['correct'], r['n'])}" for t, r in res.items()
                                                if isinstance(r, dict) and isinstance(r.get("n"), int)
                                                and isinstance(r.get("correct"), int)))

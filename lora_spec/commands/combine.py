@@ -6,6 +6,7 @@ import click
 
 from ..adapters.combine import CombineConfig
 from ..config import config_options
+from ..outputs import check_output
 from . import quiet_transformers
 
 
@@ -22,8 +23,6 @@ def combine_cmd(adapters, cfg: CombineConfig):
     next: lorasp eval --adapter OUT
     """
     from ..adapters.combine import combine, parse_weights
-
-    from ..outputs import check_output
 
     check_output(cfg.out, "combine", overwrite=cfg.overwrite, inputs=[("ADAPTER", a) for a in adapters]
                  + [("--model", cfg.model)])  # before transformers is even imported (combine() checks again)

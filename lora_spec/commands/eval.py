@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
+from ..compare import compare, render
 from ..config import config_options
 from ..evaluate import EvalConfig
+from ..outputs import output_kind
 
 
 @click.command("eval")
@@ -66,8 +70,6 @@ def eval_cmd(dry_run, cfg: EvalConfig):
     click.echo("accuracy is strict (the answer stated as 'The answer is X'); flexible also takes the last number")
     click.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'predictions'}/")
     if cfg.adapter:
-        from ..outputs import output_kind
-
         if output_kind(cfg.adapter) in ("merged", "full"):  # a whole model: nothing to merge, it loads as --model
             click.echo(f"next: lorasp generate --model {cfg.adapter} --prompt \"...\"", err=True)
         else:
@@ -91,9 +93,6 @@ def compare_cmd(a: str, b: str, as_json: bool):
     The two runs must have evaluated the same problems (same split, --limit and --seed): otherwise a one-line
     error names the task.
     """
-    import json
-
-    from ..compare import compare, render
 
     res = compare(a, b)
     click.echo(json.dumps(res, indent=1) if as_json else render(res), nl=as_json)

@@ -8,8 +8,10 @@ from typing import Literal, Optional
 import click
 from pydantic import Field
 
-from . import quiet_transformers, say
+from ..adapters.export import export
+from ..adapters.push import push
 from ..config import RunConfig, config_options
+from . import quiet_transformers, say
 
 
 class ExportConfig(RunConfig):
@@ -43,7 +45,6 @@ def export_cmd(artifact, as_json, cfg: ExportConfig):
     ollama create arith -f gguf/arith/Modelfile
     """
     quiet_transformers()
-    from ..adapters.export import export
 
     rep = export(artifact, cfg.out, fmt=cfg.format, base_gguf=cfg.base_gguf, model=cfg.model,
                  outtype=cfg.outtype, ignore_fingerprint=cfg.ignore_fingerprint, log=say,
@@ -83,7 +84,6 @@ def push_cmd(artifact, repo, cfg: PushConfig):
     The upload is a Hub-ready copy: adapter_config.json names the base by its Hub id and the model card carries
     the Hub's metadata header; the artifact itself is not changed.
     """
-    from ..adapters.push import push
 
     url = push(artifact, repo, private=cfg.private, revision=cfg.revision, commit_message=cfg.commit_message,
                base_model=cfg.base_model, token_env=cfg.token_env, endpoint=cfg.endpoint, log=say)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ..config import config_options
 from ..fit import FitConfig
+from ..memory import allocator_line
 
 
 def _fmt_seconds(s: float) -> str:
@@ -45,7 +48,6 @@ def print_plan(p: dict) -> None:
     else:
         click.echo("time:        no measurement yet for this student, quant, method and batch on this machine: "
                    "a fit records its seconds per step (e.g. --max-steps 3) and later dry runs estimate from it")
-    from ..memory import allocator_line
 
     click.echo(f"memory:      {allocator_line()}")
     for n in p.get("notes") or []:
@@ -80,7 +82,6 @@ def fit_cmd(dry_run, cfg: FitConfig):
     from ..fit import fit
 
     res = fit(cfg)
-    import os
 
     if os.environ.get("RANK", "0") == "0":  # once under accelerate launch
         click.echo(f"next: lorasp eval --adapter {res.out}   |   lorasp generate --adapter math={res.out} "

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from ..adapters.swap import GenerateConfig
 from ..config import config_options
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..precision import resolve_precision
+from ..records import read_text
 from . import quiet_transformers, say
 
 
@@ -25,15 +28,10 @@ def _parse_adapters(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def _read_prompts(path: str) -> tuple[list[str], list[str | None]]:
-    from pathlib import Path
-
-    from ..errors import DataError
-
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: prompts file not found")
     prompts, names = [], []
-    from ..records import read_text
 
     for i, line in enumerate(read_text(p, "prompts, one per line or JSONL").splitlines(), 1):
         if not line.strip():
@@ -91,8 +89,6 @@ def generate_cmd(as_json, cfg: GenerateConfig):
             raise ConfigError(f"unknown adapter {n!r} (loaded: {', '.join(known)})")
     quiet_transformers()
     from ..adapters.swap import AdapterSet
-
-    from ..precision import resolve_precision
 
     precision = resolve_precision(cfg.precision)
     aset = AdapterSet(cfg.model, adapters, quant=None if cfg.quant == "auto" else cfg.quant,

@@ -8,6 +8,7 @@ import click
 
 from ..adapters.merge import MergeConfig
 from ..config import config_options
+from ..outputs import check_output
 from . import quiet_transformers, say
 
 
@@ -28,7 +29,6 @@ def merge_cmd(adapter, as_json, cfg: MergeConfig):
 
     next: AutoModelForCausalLM.from_pretrained("OUT") anywhere, or lorasp eval --model OUT
     """
-    from ..outputs import check_output
 
     # refused before transformers is even imported (merge() checks again for Python callers)
     check_output(cfg.out, "merge", overwrite=cfg.overwrite, inputs=[("ADAPTER", adapter), ("--model", cfg.model)])

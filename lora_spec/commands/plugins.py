@@ -9,6 +9,10 @@ import click
 
 from .. import registry
 from ..config import parse_kv
+from ..errors import ConfigError
+from ..paths import cache_dir
+from ..recipes import list_recipes
+from ..student import PRESET_VERSION, PRESETS
 
 
 @click.group("plugins", invoke_without_command=True)
@@ -79,8 +83,6 @@ def show(group, name, params, split, first):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models(as_json):
     """List the student presets and whether each is already built in the cache."""
-    from ..paths import cache_dir
-    from ..student import PRESET_VERSION, PRESETS
 
     rows = []
     for name, desc in PRESETS.items():
@@ -108,7 +110,6 @@ def recipes(ctx, as_json):
     """
     if ctx.invoked_subcommand is not None:
         return None
-    from ..recipes import list_recipes
 
     rows = list_recipes()
     if as_json:
@@ -126,8 +127,6 @@ def recipes(ctx, as_json):
 @click.argument("name")
 def recipes_show(name):
     """Print one recipe's YAML."""
-    from ..errors import ConfigError
-    from ..recipes import list_recipes
 
     found = {r.name: r for r in list_recipes()}
     r = found.get(name.removeprefix("recipe:").removesuffix(".yaml"))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from ..outputs import OutputError, output_kind
 
 
 @click.command("report")
@@ -38,9 +42,6 @@ def report(artifact: str, out: str | None, show: bool):
 
 def _check_report_out(out: str) -> None:
     """``--out`` may be new, empty, an artifact (its report is re-rendered) or an earlier ``report --out``."""
-    from pathlib import Path
-
-    from ..outputs import OutputError, output_kind
 
     p = Path(out)
     kind = output_kind(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..runs import find_runs
 from . import print_rows
 
 
@@ -19,7 +20,6 @@ def runs_cmd(directory, as_json):
 
     next: lorasp adapters show PATH (a fit); the eval's report.md; lorasp fit --data PATH (a teach run)
     """
-    from ..runs import find_runs
 
     def cells(r: dict) -> list[str]:
         kind = "[red]error[/red]" if r["kind"] == "error" else r["kind"]

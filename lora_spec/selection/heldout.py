@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..batching import collate, encode_examples
+from ..checkpoints import STATE_FILE, checkpoint_dirs
 from ..errors import ConfigError, DataError, LoraspError, one_line
+from ..eval_engine import make_dataset, prediction_row, seeded_sample
+from ..eval_journal import JournalFile
+from ..generation import generate
+from ..losses import batch_loss
+from ..prompts import build_example, build_prompt, check_mode, is_cot, stop_sequences, uses_chat
+from ..records import EvalTask, Example, write_jsonl
+from ..stats import fmt_acc, macro
 from .config import HeldOutSet, SelectionOptions, parse_dataset_spec
 from .rules import CORRECT, EVAL_SECONDS, SETS
 
@@ -19,7 +28,6 @@ LOSS_MAX_LENGTH = 2048  # reference-loss rows: prompts longer than this lose tok
 
 def _has_reference(problem: Any, mode: str) -> bool:
     """Whether a problem has a reference target in ``mode``: CoT modes need its worked solution (rationale)."""
-    from ..prompts import is_cot
 
     return not is_cot(mode) or bool((problem.rationale or "").strip())
 
@@ -64,7 +72,7 @@ class HeldOutEvaluator:
 
     The problems are drawn once (seeded), here in ``__init__``. Every call generates with
     ``lora_spec.generation.generate`` (length-sorted batches, left padding, KV cache, stop sequences, greedy) and
-    scores each output with ``eval_engine.judge``, exactly like ``lorasp eval`` (strict: the answer must be stated in an
+    scores each output with ``answers.judge``, exactly like ``lorasp eval`` (strict: the answer must be stated in an
     answer sentence, so a lucky number in a degenerate output earns nothing) -- but all problems of the same prompt
     mode and budget go through one batched generation, instead of one small batch per dataset.
 
@@ -105,7 +113,6 @@ class HeldOutEvaluator:
         """A set that scores its reference loss in a CoT mode needs problems with a worked solution: none at all is
         an error for ``score=loss`` (nothing would be measured) and a warning for ``score=both``; some is a note
         of how many the loss covers."""
-        from ..prompts import is_cot
 
         for name, st in self._loss_sets():
             if not is_cot(st.config.mode):
@@ -129,7 +136,6 @@ class HeldOutEvaluator:
 
     def _specs(self, name: str, conf: HeldOutSet, train_dataset: str | None, train_params: dict | None) -> list[str]:
         """The set's dataset specs with ``auto`` (in_dist only) resolved to the training dataset's held-out split."""
-        from ..eval_engine import make_dataset
 
         specs = list(conf.datasets)
         if name == "in_dist" and "auto" in [s.strip() for s in specs]:
@@ -149,7 +155,6 @@ class HeldOutEvaluator:
     def _draw(self, name: str, conf: HeldOutSet, options: SelectionOptions, exclude: set) -> SetTasks:
         """Each dataset's share of the set's limit, drawn with the set's seed by ``eval_engine.seeded_sample`` (the
         sampler of ``lorasp eval --limit N --seed S``) after leaving out the training problems."""
-        from ..eval_engine import seeded_sample
 
         parsed = [parse_dataset_spec(s) for s in conf.datasets]
         st = SetTasks(name, conf, [])
@@ -181,7 +186,6 @@ class HeldOutEvaluator:
     def _pool(self, name: str, spec: Any, params: dict, options: SelectionOptions) -> tuple[list | None, str | None]:
         """``(every problem of the spec's split, the split)``; ``(None, None)`` when a *default* set's data is not
         here (e.g. the quickstart without LORASP_DATA_DIR): a warning, while a set the user asked for is an error."""
-        from ..eval_engine import make_dataset
 
         flag = f"--{name.replace('_', '-')}"
         try:
@@ -234,7 +238,6 @@ class HeldOutEvaluator:
         tests would mix sets (and the report would give the old scores the new sizes). Compared with what the
         newest checkpoint recorded (``correct`` per set/task: one character per problem); checkpoints of versions
         that did not record it are not checked. Raises ``ConfigError`` (one line) on a difference."""
-        from ..checkpoints import STATE_FILE, checkpoint_dirs
 
         for _step, d in reversed(checkpoint_dirs(ckpt_dir)):
             try:  # the JSON half of the state is enough (no tensors)
@@ -262,7 +265,6 @@ class HeldOutEvaluator:
         the cut. A fresh run starts the journal empty; a resumed one reads it back at its next evaluation (or when
         the predictions are written), keeping only the steps before that evaluation (a later step's rows come from a
         run that was cut before its checkpoint)."""
-        from ..eval_journal import JournalFile
 
         self.journal = JournalFile(path, None, fsync=True, remedy=f"delete {path} (the held-out predictions of the "
                                    f"evaluations before the cut are lost) or start over with --overwrite")
@@ -323,8 +325,6 @@ class HeldOutEvaluator:
         prompt mode, the target :func:`lora_spec.prompts.build_example` makes (CoT modes: the problem's reference
         rationale then ``The answer is X.``; answer modes: ``The answer is X.``). Problems without a reference
         rationale are left out of a CoT set's loss (e.g. SVAMP, whose data has an equation, not a solution)."""
-        from ..prompts import build_example, check_mode, uses_chat
-        from ..records import Example
 
         use_chat = uses_chat(tokenizer, self.chat) if self.kind == "causal" else False
         out: dict[str, list[Any]] = {}
@@ -348,9 +348,6 @@ class HeldOutEvaluator:
         signal where accuracy is too coarse to rank checkpoints (a 135M model at a few percent on GSM8K); it is not
         accuracy, and falls when a model imitates the reference style even if it reasons no better."""
         import torch
-
-        from ..batching import collate, encode_examples
-        from ..losses import batch_loss
 
         out: dict[str, float] = {}
         self.loss_rows = {}
@@ -380,10 +377,6 @@ class HeldOutEvaluator:
         """Generate for every problem (one batched generation per prompt mode, budget and calculator setting) and
         score each output into the prediction row of ``lorasp eval`` (``eval_engine.prediction_row``: strict and
         flexible), with its set and task; returns ``({(set, task): [correct, ...]}, prediction rows)``."""
-        from ..eval_engine import prediction_row
-        from ..generation import generate
-        from ..prompts import build_prompt, check_mode, stop_sequences, uses_chat
-        from ..records import EvalTask
 
         use_chat = uses_chat(tokenizer, self.chat) if self.kind == "causal" else False
         groups: dict[tuple[str, int, bool], list[tuple[str, str, Any, EvalTask]]] = {}
@@ -427,7 +420,6 @@ class HeldOutEvaluator:
 
     def _summary(self, correct: dict[tuple[str, str], list[bool]], scores: dict[str, float]) -> str:
         """Each set's accuracy with its 95% interval, for the log line."""
-        from ..stats import fmt_acc, macro
 
         parts = []
         for name, st in self._accuracy_sets():
@@ -451,7 +443,6 @@ def write_predictions(evaluator: Any, path: str | Path) -> Path | None:
     hist = getattr(evaluator, "history", None)
     if not hist:
         return None
-    from ..records import write_jsonl
 
     rows = ({"step": h["step"], **p} for h in hist for p in h["predictions"])
     write_jsonl(path, rows)

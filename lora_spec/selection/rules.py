@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from ..errors import ConfigError, DataError
+from ..stats import mcnemar
 
 SETS = ("in_dist", "ood", "generic")
 LOSS_KEYS = tuple(f"{s}_loss" for s in SETS)  # a set's reference loss: mean per-token NLL, lower is better
@@ -170,7 +171,6 @@ def earliest_within_noise(cands: list[dict], best: dict, r: Rule) -> tuple[dict,
     """The earliest checkpoint (not pruned from disk) whose paired held-out results on the rule's single score are not
     significantly worse than ``best``'s (exact McNemar p >= ALPHA), with its p-value; ``(best, None)`` when there is
     nothing to compare (no per-problem results, or no earlier checkpoint)."""
-    from ..stats import mcnemar
 
     key = r.weights[0][0]
     vb = correct_vector(best, key)

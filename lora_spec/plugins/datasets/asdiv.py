@@ -9,7 +9,7 @@ from typing import Iterator
 
 from ...answers import format_number, parse_number
 from ...errors import ConfigError, DataError
-from ...records import Problem
+from ...records import Problem, read_text
 from .base import BuiltinDataset
 
 _UNIT = re.compile(r"\s*\(([^()]*[A-Za-z][^()]*)\)\s*$")
@@ -77,8 +77,6 @@ class ASDiv(BuiltinDataset):
         ids = self._subset_ids()
 
         def local(path: Path):
-            from ...records import read_text
-
             text = read_text(path, "ASDiv XML")
             try:
                 root = ET.fromstring(text)

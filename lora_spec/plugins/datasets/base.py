@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from itertools import islice
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ...errors import DataError, one_line
 from ...paths import data_dir as _env_data_dir
-from ...records import Problem
+from ...records import Problem, read_text
 
 
 def _offline() -> bool:
@@ -108,9 +109,6 @@ def require(obj: Any, key: str, typ: type | tuple[type, ...], where: str) -> Any
 
 def json_array_with_lines(path: Path) -> list[tuple[int, Any]]:
     """Parse a file holding one JSON array; return ``(line, element)`` pairs so errors can name file:line."""
-    import json
-
-    from ...records import read_text
 
     text = read_text(path, "a JSON file")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Iterator
@@ -49,8 +50,6 @@ class BBH(BuiltinDataset):
         if task is None:
             raise ConfigError(f"bbh: the parameter 'task' is required (one of {', '.join(BBH_TASKS)})")
         if task not in BBH_TASKS:
-            import difflib
-
             close = difflib.get_close_matches(task, BBH_TASKS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f" (tasks: {', '.join(BBH_TASKS)})"
             raise ConfigError(f"bbh: unknown task {task!r}{hint}")

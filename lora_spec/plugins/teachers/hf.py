@@ -14,8 +14,10 @@ import json
 from typing import Any, Iterator
 
 from ...errors import ConfigError
+from ...precision import resolve_precision
 from ...records import Sample, TeacherRequest
-from ...teacher_forcing import ScoreRequest, ScoreResult, merge_top
+from ...student import load_student
+from ...teacher_forcing import ScoreRequest, ScoreResult, hf_score, merge_top
 from .openai import derive_seed
 
 
@@ -31,8 +33,6 @@ class HFTeacher:
             raise ConfigError("teacher 'hf' needs --model (a preset, a local directory or a Hub id)")
         if batch_size < 1:
             raise ConfigError(f"teacher 'hf': batch_size must be >= 1, got {batch_size}")
-        from ...precision import resolve_precision
-        from ...student import load_student
 
         self.spec = model
         self.precision = resolve_precision(precision, device)
@@ -70,7 +70,6 @@ class HFTeacher:
     def score(self, requests: list[ScoreRequest], top_k: int, stop: Any = None) -> Iterator[ScoreResult]:
         """Teacher-forced top-k, ``batch_size`` samples per forward pass (similar lengths together), yielded per
         batch; no new batch starts once the ``threading.Event`` ``stop`` is set."""
-        from ...teacher_forcing import hf_score
 
         order = sorted(requests, key=lambda r: len(r.prompt) + len(r.text))
         for b in range(0, len(order), self.batch_size):
