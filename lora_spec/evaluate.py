@@ -169,7 +169,7 @@ def eval_plan(cfg: EvalConfig) -> dict[str, Any]:
     est = None
     if cal and isinstance(cal.get("tokens_per_second"), (int, float)) and cal["tokens_per_second"] > 0:
         est = {"max_seconds": round(budget / cal["tokens_per_second"], 1), "tokens_per_second":
-               cal["tokens_per_second"], "measured": cal.get("measured")}
+               cal["tokens_per_second"], "measured": cal.get("measured"), "source": cal["source"]}
     return {"model": model, "adapter": cfg.adapter, "tasks": tasks, "problems": sum(t["problems"] for t in tasks),
             "max_new_tokens": budget, "estimate": est, "out": cfg.out, "notes": notes,
             "precision": precision.line()}

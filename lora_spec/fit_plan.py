@@ -82,7 +82,8 @@ def plan_fit(cfg: "FitConfig") -> dict[str, Any]:
                                   precision.name))
     if cal and isinstance(cal.get("seconds_per_step"), (int, float)):
         est = {"train_seconds": round(float(cal["seconds_per_step"]) * steps, 1),
-               "seconds_per_step": cal["seconds_per_step"], "measured": cal.get("measured")}
+               "seconds_per_step": cal["seconds_per_step"], "measured": cal.get("measured"),
+               "source": cal["source"]}
     lengths = None
     if cfg.data:
         lengths = _lengths(cfg, items, weights)

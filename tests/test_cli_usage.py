@@ -211,7 +211,18 @@ def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
     record_calibration(FitConfig(student="tiny-llama", batch_size=4), steps=4, train_seconds=10.0,
                        tokens_per_second=100.0, precision=used.name)
     code, out, err = main_cli(capsys, *args)
-    assert code == 0 and "time:        ~0m 25s of training (2.5 s/step" in out, out
+    assert code == 0 and "time:        ~0m 25s of training (2.5 s/step, measured " in out, out
+    # one run on a busy machine (30 s/step) does not set the estimate: the median of the last runs does
+    for seconds in (120.0, 10.0):
+        record_calibration(FitConfig(student="tiny-llama", batch_size=4), steps=4, train_seconds=seconds,
+                           tokens_per_second=100.0, precision=used.name)
+    code, out, err = main_cli(capsys, *args)
+    assert code == 0 and "~0m 25s of training (2.5 s/step, the median of the last 3 runs, the latest" in out, out
+    for _ in range(4):  # five are kept: the busy run is the oldest and goes
+        record_calibration(FitConfig(student="tiny-llama", batch_size=4), steps=4, train_seconds=4.0,
+                           tokens_per_second=100.0, precision=used.name)
+    code, out, err = main_cli(capsys, *args)
+    assert code == 0 and "~0m 10s of training (1.0 s/step, the median of the last 5 runs" in out, out
     code, out, err = main_cli(capsys, "teach", "--dry-run", "--first", "7", "--samples", "3", "--out", "t")
     assert code == 0 and "7 problems (the first 7)" in out and "1 sample(s) per problem: 7 samples" in out, err
     code, out, err = main_cli(capsys, "eval", "--dry-run", "--model", "tiny-llama", "--suite", "arith", "--limit", "5")
@@ -222,7 +233,7 @@ def test_dry_runs_do_no_work(tmp_path, monkeypatch, capsys):
     assert f"precision: {used.line()}" in out
     record(f"eval|tiny-llama|none|{device()}|{used.name}", tokens_per_second=40.0)
     code, out, err = main_cli(capsys, "eval", "--dry-run", "--model", "tiny-llama", "--suite", "arith", "--limit", "5")
-    assert code == 0 and "time: at most ~0.3 min (40.0 generated tokens/s" in out, out
+    assert code == 0 and "time: at most ~0.3 min (40.0 generated tokens/s, measured " in out, out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no adapters/, runs/ or t/
 
 

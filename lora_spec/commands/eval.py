@@ -51,7 +51,7 @@ def eval_cmd(dry_run, cfg: EvalConfig):
         est = p.get("estimate")
         if est:
             click.echo(f"time: at most ~{est['max_seconds'] / 60:.1f} min ({est['tokens_per_second']} generated "
-                       f"tokens/s measured {est['measured']} for this model here; most outputs stop earlier)")
+                       f"tokens/s, {est['source']}, for this model here; most outputs stop earlier)")
         else:
             click.echo("time: no measurement yet for this model here (every eval records its tokens/s)")
         return 0

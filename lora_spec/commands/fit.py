@@ -43,8 +43,8 @@ def print_plan(p: dict) -> None:
                + (f", {p['teach_run']} (teach run)" if p.get("teach_run") else ""))
     est = p.get("estimate")
     if est:
-        click.echo(f"time:        ~{_fmt_seconds(est['train_seconds'])} of training ({est['seconds_per_step']} s/step "
-                   f"measured {est['measured']} with the same student, quant, method and batch), plus evaluation")
+        click.echo(f"time:        ~{_fmt_seconds(est['train_seconds'])} of training ({est['seconds_per_step']} s/step, "
+                   f"{est['source']}, with the same student, quant, method and batch), plus evaluation")
     else:
         click.echo("time:        no measurement yet for this student, quant, method and batch on this machine: "
                    "a fit records its seconds per step (e.g. --max-steps 3) and later dry runs estimate from it")
