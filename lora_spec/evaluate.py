@@ -281,7 +281,6 @@ def _write_results(cfg: EvalConfig, out, student, adapter_info: dict | None, not
 
     gen = sum(r["generated_tokens"] for r in results.values())
     if gen and wall > 0:  # for --dry-run estimates (lora_spec.calibration)
-
         record(_calibration_key(*_model_and_quant(cfg), student.precision), tokens_per_second=round(gen / wall, 1),
                batch_size=cfg.batch_size)
     tasks_json = _write_predictions(out, results)

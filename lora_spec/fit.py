@@ -224,7 +224,6 @@ def _start(cfg: FitConfig, quickstart: bool, weights: dict, loss_spec: Any,
             # the earlier fit finished and its artifact is at --out: a fresh run starts over (the artifact is
             # replaced atomically only when this run finishes)
             if main:  # set aside, removed once this fit writes its first checkpoint (put back if it fails first)
-
                 set_aside_previous(ckpt_dir)
             state.wait_for_everyone()
         else:

@@ -561,7 +561,6 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, kind: str = 
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left" if kind == "causal" else "right"
     if add_special_tokens is None:  # as training tokenized the prompts (lora_spec.batching.encode_prompts)
-
         add_special, token_ids = True, encode_prompts(tokenizer, list(prompts))
     else:
         add_special = add_special_tokens

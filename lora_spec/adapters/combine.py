@@ -63,7 +63,6 @@ def combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, we
 def _combine(adapters: Sequence[str | os.PathLike], out: str | os.PathLike, *, weights=None, how: str = "cat",
              svd_rank: int | None = None, model: str | None = None, quant: str | None = None,
              ignore_fingerprint: bool = False) -> dict[str, Any]:
-
     if len(adapters) < 2:
         raise ConfigError("combine needs at least two adapters")
     if how not in HOWS:
