@@ -4,6 +4,7 @@ seeded real adapters (:func:`make_adapter`), and the prompt training builds for 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -82,3 +83,17 @@ def training_prompt(question: str, fmt: str, tokenizer, **kw) -> str:
     assert ex.format == fmt
     return ex.prompt
 
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (directories too, so a new empty directory shows) -> content hash; symlinks by their
+    target. Two calls compare a workspace before and after a command, byte for byte."""
+    out = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        out[str(d.relative_to(root)) + "/"] = "dir"
+        for f in filenames:
+            p = d / f
+            out[str(p.relative_to(root))] = ("link:" + os.readlink(p)) if p.is_symlink() else \
+                hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

@@ -10,27 +10,13 @@ installed ``lorasp`` script to show that the in-process path is the same.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import main_cli, make_adapter, run_cli
-
-
-def _hash_tree(root: Path) -> dict[str, str]:
-    """Every path under ``root`` (directories too, so a new empty directory shows) -> content hash."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        out[str(d.relative_to(root)) + "/"] = "dir"
-        for f in filenames:
-            p = d / f
-            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
+from tests.helpers import main_cli, make_adapter, run_cli, tree_hashes
 
 
 @pytest.fixture(scope="module")
@@ -181,14 +167,14 @@ def _check(w: Path, code: int, err: str, want_code: int, want: list[str], before
     for s in want:
         assert s.format(w=w) in lines[0], (s, lines[0])
     assert "at at" not in lines[0]
-    assert _hash_tree(w) == before, "a bad input changed the workspace"
+    assert tree_hashes(w) == before, "a bad input changed the workspace"
 
 
 @pytest.mark.parametrize("argv,want_code,want", _params())
 def test_bad_input_is_one_line_and_changes_nothing(ws, capsys, argv, want_code, want):
     import shlex
 
-    before = _hash_tree(ws)
+    before = tree_hashes(ws)
     code, _, err = main_cli(capsys, *shlex.split(argv.format(w=ws)))
     _check(ws, code, err, want_code, want, before)
 
@@ -199,14 +185,14 @@ def test_console_script_gives_the_same_lines(ws):
 
     for argv, want_code, want in [("fit --data {w}/run --out {w}/run", 2, ["input --data"]),
                                   ("merge {w}/ad --out {w}/notes", 2, ["not a lorasp output"])]:
-        before = _hash_tree(ws)
+        before = tree_hashes(ws)
         r = run_cli(*shlex.split(argv.format(w=ws)), env={"LORASP_DEBUG": ""})
         _check(ws, r.returncode, r.stderr, want_code, want, before)
 
 
 def test_fit_out_dot_names_the_current_directory(ws, capsys, monkeypatch):
     monkeypatch.chdir(ws / "notes")
-    before = _hash_tree(ws)
+    before = tree_hashes(ws)
     code, _, err = main_cli(capsys, "fit", "--data", str(ws / "run"), "--out", ".")
     _check(ws, code, err, 2, ["--out .", "current directory"], before)
     assert "empty name" not in err

@@ -10,7 +10,6 @@ symlinked ``--out``, a real full disk (a small tmpfs) and crash residue of a kil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,23 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import main_cli, make_adapter, run_cli
+from tests.helpers import main_cli, make_adapter, run_cli, tree_hashes
 
 LORASP = [str(Path(sys.executable).with_name("lorasp"))] if Path(sys.executable).with_name("lorasp").exists() \
     else [sys.executable, "-m", "lora_spec.cli"]
-
-
-def _tree(root: Path) -> dict[str, str]:
-    """Every path under ``root`` (directories too) -> content hash; symlinks by their target."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        out[str(d.relative_to(root)) + "/"] = "dir"
-        for f in filenames:
-            p = d / f
-            out[str(p.relative_to(root))] = ("link:" + os.readlink(p)) if p.is_symlink() else \
-                hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def _lines(err: str) -> list[str]:
@@ -133,14 +119,14 @@ REFUSED = [
 @pytest.mark.parametrize("case", REFUSED, ids=[c[0] for c in REFUSED])
 def test_foreign_files_survive_or_the_command_refuses_in_one_line(ws, capsys, case):
     _id, argv, needles = case
-    before = _tree(ws)
+    before = tree_hashes(ws)
     code, _, err = main_cli(capsys, *argv.format(w=ws).split())
     lines = _lines(err)
     assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), err
     for n in needles:
         assert n in lines[0], lines[0]
     assert "Traceback" not in err and "unexpected" not in err
-    assert _tree(ws) == before  # nothing written, nothing lost
+    assert tree_hashes(ws) == before  # nothing written, nothing lost
 
 
 def test_markers_not_names_decide_what_is_lorasps(ws):
@@ -312,12 +298,12 @@ def test_a_teach_rerun_never_shrinks_a_run_silently(tmp_path, capsys):
 
     out = tmp_path / "run"
     teach(dataset="arith", teacher="gold", first=6, out=str(out), progress=False)
-    before = _tree(out)
+    before = tree_hashes(out)
     code, _, err = main_cli(capsys, "teach", "--dataset", "arith", "--split", "test", "--first", "6", "--teacher",
                             "gold", "--samples", "1", "--out", str(out), "--no-progress")
     lines = _lines(err)
     assert code == 2 and len(lines) == 1 and "--split 'test'" in lines[0] and "'train'" in lines[0], err
-    assert _tree(out) == before
+    assert tree_hashes(out) == before
     capsys.readouterr()
     teach(dataset="arith", teacher="gold", first=3, out=str(out), progress=False)
     err = capsys.readouterr().err
@@ -518,7 +504,7 @@ def test_a_failed_fit_overwrite_keeps_the_previous_checkpoints_on_a_full_disk(fi
     try:
         proj = _copy_project(fitted, mnt / "p")
         ckpts = proj / "ad.checkpoints"
-        before = _tree(ckpts)
+        before = tree_hashes(ckpts)
         r = run_cli("fit", "--data", str(proj / "ad.teach"), *FIT[6:], "--out", str(proj / "ad"), "--overwrite",
                     env={"LORASP_DEBUG": ""})
         lines = _lines(r.stderr)
@@ -527,7 +513,7 @@ def test_a_failed_fit_overwrite_keeps_the_previous_checkpoints_on_a_full_disk(fi
         assert err.startswith("error: ") and "the disk is full" in err and str(ckpts) in err, r.stderr
         assert "Traceback" not in r.stderr and "unexpected" not in r.stderr
         assert "the earlier fit's 2 checkpoints in" in r.stderr and "are kept" in r.stderr, r.stderr
-        after = _tree(ckpts)
+        after = tree_hashes(ckpts)
         for k, v in before.items():
             if k.startswith("step-"):
                 assert after.get(k) == v, k  # every earlier checkpoint, byte for byte
