@@ -20,6 +20,7 @@ Work directories go under ``$LORASP_EXP_DIR`` (default ``runs/experiments``; not
 | c4 | distribution matching vs sample matching | an arith-specialized SmolLM2 teacher with top-5 logprobs; students by sample, distribution, mix:0.5 |
 | c4x | C4 across tokenizers | C4's teacher samples (SmolLM2 tokens, top-5) into Gemma-3-270M students: sample, distribution, mix:0.5 |
 | c4s | C4 on text the teacher did not write | gold rationales of arith problems C4's teacher never saw (file teacher), scored by it with `lorasp score` (top-5); students by sample and distribution on the same text |
+| c1g | C1 and C2 at 270M | the Gemma-3-270M recipe's adapter vs the base Gemma-3-270M on C1's zs_cot slices and C2's BBH; ``--only full-ft``: full fine-tuning at the same data, steps and dev selection |
 | c5 | in-distribution best != OOD best | the recipe run again with its held-out sets scored every 30 steps (9 evaluations), with intervals |
 """
 
@@ -685,6 +686,47 @@ def c4x(student_steps: int = 64, problems: int = 768, n: int = 300) -> None:
     exp.save(complete=True)
 
 
+GEMMA3_RECIPE = ROOT / "recipes" / "gsm8k-gemma3-270m.yaml"
+C1G_ONLY = ("full-ft",)
+
+
+def c1g(only: str | None = None) -> None:
+    """C1 and C2 at the second size: the Gemma-3-270M recipe (``recipes/gsm8k-gemma3-270m.yaml``, its checkpoint
+    chosen on GSM8K dev) against the base Gemma-3-270M on C1's zs_cot slices (GSM8K 500, MultiArith/ASDiv/SVAMP
+    300 each) and C2's BBH (27 tasks x 10, zs_answer and 3-shot icl_cot). The same teach run as C1. Cheapest and
+    most telling first (the adapter's GSM8K), so a cut run keeps the headline. ``only="full-ft"``: full
+    fine-tuning on the same data, steps and dev selection (``--method full --lr FULL_FT_LR``), on the zs_cot
+    slices beside the LoRA recipe."""
+    if only not in (None, *C1G_ONLY):
+        raise StepFailed(f"c1g --only takes {', '.join(C1G_ONLY)}, not {only!r}")
+    exp = Experiment("c1g", "C1 and C2 at 270M: the Gemma-3-270M recipe's adapter vs the base model",
+                     "python experiments/run.py c1g" + (f" --only {only}" if only else ""))
+    exp.record["extra"].update(student="gemma3-270m", recipe=str(GEMMA3_RECIPE.relative_to(ROOT)), sets=C1_SETS,
+                               student_source=f"PyPI wheel {GEMMA3_WHEEL} (Q4_K_M GGUF de-quantized to fp32; "
+                                              f"Gemma terms of use)")
+    run = exp.teach_gsm8k()
+    recipe = ["--config", str(GEMMA3_RECIPE.relative_to(ROOT)), "--data", str(run)]
+    if only == "full-ft":
+        full = exp.fit("full-ft", exp.dir / "full-ft", [*recipe, "--method", "full", "--lr", str(FULL_FT_LR),
+                                                        "--keep-checkpoints", "2"])
+        for task, n in C1_SETS.items():
+            exp.eval(f"full-ft-zs_cot-{task}", suites=["math"], tasks=[task], mode="zs_cot", limit=n,
+                     max_new_tokens=C1_TOKENS[task], adapter=full)
+        exp.save()
+        return
+    adapter = exp.fit("recipe", exp.dir / "adapter", recipe)
+    models = (("adapter", adapter, None), ("base", None, "gemma3-270m"))
+    for task, n in C1_SETS.items():
+        for who, ad, model in models:
+            exp.eval(f"{who}-zs_cot-{task}", suites=["math"], tasks=[task], mode="zs_cot", limit=n,
+                     max_new_tokens=C1_TOKENS[task], adapter=ad, model=model, keep_recorded=ad is None)
+    for mode in C2_MODES:
+        for who, ad, model in models:
+            exp.eval(f"{who}-{mode}-bbh", suites=["bbh"], tasks=[], mode=mode, limit=10,
+                     max_new_tokens=C2_MODES[mode], adapter=ad, model=model, keep_recorded=ad is None)
+    exp.save(complete=True)
+
+
 C5_EVAL_EVERY = 30  # the recipe evaluates at step 0 and the end only; C5 scores every 30th step: 9 evaluations
 
 
@@ -738,7 +780,7 @@ def c5(snapshot: bool = False, notes: list[str] | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("experiment", choices=["c1", "c2", "c3", "c4", "c4x", "c4s", "c5", "all"])
+    ap.add_argument("experiment", choices=["c1", "c1g", "c2", "c3", "c4", "c4x", "c4s", "c5", "all"])
     ap.add_argument("--full", action="store_true", help="c1: also the full GSM8K test set (1,319), base and adapter")
     ap.add_argument("--only", choices=["base", "adapter", "full", "full-ft", "seed1", "calculator", "mixture"], help="c1: only the base model's "
                     "evaluations (they need no adapter: they can run while the recipe trains), only the adapter's, "
@@ -746,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
                     "the full fine-tuning comparison (chosen on GSM8K dev, reported on the test slices), or only the "
                     "recipe with seed 1 on the zs_cot slices (seed variation), or only the base and the adapter with the "
                     "calculator (lorasp eval --calculator) on the zs_cot slices, or only the recipe as it ships "
-                    "(mixture) on the zs_cot and icl_cot slices")
+                    "(mixture) on the zs_cot and icl_cot slices; c1g: only full-ft (full fine-tuning of Gemma-3-270M)")
     ap.add_argument("--note", action="append", default=[], help="a provenance note to keep with the experiment's "
                     "result file (shown on the page), e.g. which code version scored a snapshot")
     ap.add_argument("--snapshot", action="store_true", help="c5: record the recipe run's checkpoint scores so far "
@@ -770,11 +812,13 @@ def main(argv: list[str] | None = None) -> int:
     FIT_EXTRA[:] = a.fit_arg
     global COLLECT_ONLY
     COLLECT_ONLY = a.collect
-    todo = ["c1", "c5", "c2", "c3", "c4", "c4x", "c4s"] if a.experiment == "all" else [a.experiment]
+    todo = ["c1", "c5", "c2", "c3", "c4", "c4x", "c4s", "c1g"] if a.experiment == "all" else [a.experiment]
     try:
         for e in todo:
             if e == "c1":
                 c1(a.full, a.only, a.note)
+            elif e == "c1g":
+                c1g(a.only)
             elif e == "c2":
                 c2(a.mode)
             elif e == "c3":

@@ -49,6 +49,24 @@ def test_gsm8k_recipe_selects_on_the_dev_split_only():
     assert cfg.student == "smollm2-135m" and cfg.method == "lora"
 
 
+def test_gemma_recipe_is_the_smollm2_recipe_with_its_checkpoint_chosen_on_dev():
+    from lora_spec.config import build
+    from lora_spec.fit import FitConfig
+
+    small = build(FitConfig, "gsm8k-smollm2", {"data": "runs/teach/x"})
+    gemma = build(FitConfig, "gsm8k-gemma3-270m", {"data": "runs/teach/x"})
+    assert gemma.student == "gemma3-270m"
+    # what was chosen on dev at 135M carries over unchanged (docs/results.md compares the two sizes on it)
+    for key in ("method", "rank", "alpha", "targets", "quant", "formats", "n_shots", "lr", "schedule", "warmup",
+                "max_steps", "batch_size", "max_length", "seed"):
+        assert getattr(gemma, key) == getattr(small, key), key
+    # the checkpoint is chosen on GSM8K dev only, among several scored steps, never on a test set
+    assert gemma.select_by == "in_dist" and gemma.in_dist.datasets == ["auto"] and gemma.in_dist.limit >= 100
+    assert gemma.in_dist.mode == small.in_dist.mode and gemma.in_dist.max_new_tokens == small.in_dist.max_new_tokens
+    assert gemma.max_steps % gemma.eval_every == 0 and gemma.max_steps // gemma.eval_every >= 3
+    assert not gemma.ood.enabled and not gemma.generic.enabled
+
+
 def test_repository_recipes_folder_is_the_shipped_one():
     assert (ROOT / "recipes" / "gsm8k-smollm2.yaml").resolve() == \
         (ROOT / "lora_spec" / "recipes" / "gsm8k-smollm2.yaml").resolve()
