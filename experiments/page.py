@@ -551,6 +551,160 @@ def section_c2(rec: dict | None, fig_dir: Path) -> list[str]:
     return L
 
 
+# The two students of "C1 and C2 at two sizes": (name, parameters in millions). The 135M numbers are C1's
+# `shipped` adapter (the recipe as it ships: the 4:2:1:1 mixture the Gemma recipe also has) and C2's adapter.
+SIZES = (("SmolLM2-135M", 135), ("Gemma-3-270M", 270))
+BBH_MODES = ("zs_answer", "icl_cot")
+
+
+def size_pairs(c1: dict | None, c2: dict | None, c1g: dict | None) -> list[tuple[str, str, list]]:
+    """Rows of the two-sizes table: (label, n-key, [(base, specialized) per size]) where each side is a pooled
+    task (``pooled``) or None while it has not run. Math sets are scored strictly (as C1), BBH flexibly (as C2's
+    verdict: strict BBH scoring rewards the answer sentence the adapter learned, not generic ability)."""
+    e1, e2, eg = ((r or {}).get("evals", {}) for r in (c1, c2, c1g))
+
+    def one(ev: dict, label: str, tasks: list[str], key: str = "hits") -> dict | None:
+        got = ev.get(label)
+        return pooled([(got, t) for t in tasks], key) if got else None
+
+    rows = []
+    for task in ("gsm8k", *OOD):
+        rows.append((SET_NAMES[task], task, [(one(e1, f"base-zs_cot-{task}", [task]),
+                                              one(e1, f"shipped-zs_cot-{task}", [task])),
+                                             (one(eg, f"base-zs_cot-{task}", [task]),
+                                              one(eg, f"adapter-zs_cot-{task}", [task]))]))
+    rows.append(("OOD pooled (3 sets)", "ood", [
+        tuple(pooled([(e.get(f"{who}-zs_cot-{t}"), t) for t in OOD]) if all(e.get(f"{who}-zs_cot-{t}") for t in OOD)
+              else None for who in pair) for e, pair in ((e1, ("base", "shipped")), (eg, ("base", "adapter")))]))
+    for mode in BBH_MODES:
+        sides = []
+        for ev in (e2, eg):
+            b, a = ev.get(f"base-{mode}-bbh"), ev.get(f"adapter-{mode}-bbh")
+            tasks = sorted(set((b or {}).get("tasks", {})) & set((a or {}).get("tasks", {})))
+            sides.append(tuple(pooled([(x, t) for t in tasks], "hits_flexible") if x and tasks else None
+                               for x in (b, a)))
+        rows.append((f"BBH `{mode}` (27 tasks, flexible)", f"bbh-{mode}", sides))
+    return rows
+
+
+def _acc(t: dict | None) -> str:
+    return pct(t["correct"], t["n"]) if t else "not run yet"
+
+
+def section_two_sizes(c1: dict | None, c2: dict | None, c1g: dict | None, c4: dict | None, c4x: dict | None,
+                      fig_dir: Path) -> list[str]:
+    """C1, C2 and C4 at two student sizes: SmolLM2-135M (C1/C2/C4) and Gemma-3-270M (C1g, C4x), and which claims
+    hold at which size."""
+    L = ["## C1, C2 and C4 at two sizes: SmolLM2-135M and Gemma-3-270M", "",
+         status_line(c1g, "c1g", "python experiments/run.py c1g"), ""]
+    if c1g is None:
+        return L
+    ex = c1g.get("extra", {})
+    fit = (c1g.get("fits") or {}).get("recipe") or {}
+    sel = fit.get("selection") or {}
+    L += [f"Second student: Gemma-3-270M ({ex.get('student_source', '')}), another family with a 262,144-piece "
+          f"vocabulary. Its adapter: `{ex.get('recipe', 'recipes/gsm8k-gemma3-270m.yaml')}` on C1's teach run, the "
+          "SmolLM2 recipe's settings with the checkpoint chosen on 100 GSM8K dev problems"
+          + (f" (chosen step {sel.get('chosen_step')} of {(fit.get('train') or {}).get('steps', '?')})"
+             if sel.get("chosen_step") is not None else "") + ". At 135M the specialized model is C1's `shipped` "
+          "adapter (the same 4:2:1:1 mixture, its last step) for the math sets and C2's adapter (C1's earlier "
+          "mixture) for BBH. zs_cot, % [95% CI]; changes paired on the same problems.", "",
+          "| set | n | 135M base | 135M specialized | 135M change | 270M base | 270M specialized | 270M change |",
+          "|---|---:|---:|---:|---|---:|---:|---|"]
+    rows = size_pairs(c1, c2, c1g)
+    for label, _key, sides in rows:
+        n = next((t["n"] for pair in sides for t in pair if t), "–")
+        cells = []
+        for b, a in sides:
+            cells += [_acc(b), _acc(a), paired_cell(b, a) if b and a else "–"]
+        L.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
+    L += ["", "C4 at two sizes (distribution vs sample matching on C4's teacher samples, 300 `arith` test problems; "
+              "at 270M the teacher's top-5 crosses tokenizers):", "",
+          "| student | sample matching | distribution matching | change |", "|---|---:|---:|---|"]
+    c4_pairs = []
+    for (name, _m), rec in zip(SIZES, (c4, c4x)):
+        evs = (rec or {}).get("evals", {})
+        s_, d_ = (evs.get(f"{x}-zs_cot-arith", {}).get("tasks", {}).get("arith") for x in ("sample", "distribution"))
+        c4_pairs.append((s_, d_))
+        L.append(f"| {name} | {_acc(s_)} | {_acc(d_)} | {paired_cell(s_, d_) if s_ and d_ else '–'} |")
+    L += ["", "Which claims hold at which size (paired, p < 0.05):", ""]
+    L += size_verdicts(rows, c4_pairs)
+    png = plot_two_sizes(rows, fig_dir)
+    if png:
+        L += ["", f"![accuracy against student size]({png.relative_to(fig_dir.parent).as_posix()})"]
+    return L + [""]
+
+
+def _claim(b: dict | None, a: dict | None, want: str) -> str | None:
+    """``holds`` / ``not shown`` / ``reversed`` for the change from ``b`` to ``a`` (``want``: up or down)."""
+    if not b or not a:
+        return None
+    r = _paired_of(b, a)
+    ptxt = f"p={r['p']:.3f}" if r["p"] >= 0.001 else "p<0.001"
+    if r["p"] >= 0.05:
+        return f"not shown ({r['delta']:+.1f} points, {ptxt}, within noise)"
+    good = r["delta"] > 0 if want == "up" else r["delta"] < 0
+    return f"{'holds' if good else 'reversed'} ({r['delta']:+.1f} points, {ptxt})"
+
+
+def size_verdicts(rows: list, c4_pairs: list) -> list[str]:
+    by = {key: sides for _label, key, sides in rows}
+    claims = (("C1, GSM8K lifts", "gsm8k", "up"), ("C1, OOD (pooled) lifts", "ood", "up"),
+              ("C2, BBH answer-only drops", "bbh-zs_answer", "down"), ("C2, BBH 3-shot CoT drops", "bbh-icl_cot", "down"))
+    out = []
+    for text, key, want in claims:
+        parts = [f"{name}: {v}" for (name, _m), (b, a) in zip(SIZES, by[key]) if (v := _claim(b, a, want))]
+        if parts:
+            out.append(f"- {text}: " + "; ".join(parts) + ".")
+    parts = [f"{name}: {v}" for (name, _m), (s_, d_) in zip(SIZES, c4_pairs) if (v := _claim(s_, d_, "up"))]
+    if parts:
+        out.append("- C4, distribution matching beats sample matching: " + "; ".join(parts) + ".")
+    lifts = [_paired_of(b, a) for b, a in by["gsm8k"] if b and a]
+    if len(lifts) == 2:
+        (l1, h1), (l2, h2) = lifts[0]["delta_ci"], lifts[1]["delta_ci"]
+        grows = lifts[1]["delta"] > lifts[0]["delta"]
+        overlap = l2 <= h1 and l1 <= h2
+        out.append(f"- The GSM8K lift {'grows' if grows else 'does not grow'} with size "
+                   f"({lifts[0]['delta']:+.1f} → {lifts[1]['delta']:+.1f} points)"
+                   + ("; the two intervals overlap, so two sizes do not establish a trend." if overlap else
+                      "; the two intervals do not overlap."))
+    return out or ["- not measured yet at 270M."]
+
+
+def plot_two_sizes(rows: list, fig_dir: Path) -> Path | None:
+    """Accuracy (95% Wilson bars) against student size, base and specialized, one panel per set."""
+    shown = [(label, sides) for label, key, sides in rows if key in ("gsm8k", "ood", "bbh-zs_answer", "bbh-icl_cot")
+             and any(t for pair in sides for t in pair)]
+    if not shown:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2), dpi=110, squeeze=False)
+    for ax, (label, sides) in zip(axes[0], shown):
+        for i, (who, color) in enumerate((("base", "tab:gray"), ("specialized", "tab:blue"))):
+            pts = [(m, t) for (_n, m), pair in zip(SIZES, sides) if (t := pair[i])]
+            if not pts:
+                continue
+            xs = [m for m, _ in pts]
+            ys = [100 * t["correct"] / t["n"] for _, t in pts]
+            ci = [wilson(t["correct"], t["n"]) for _, t in pts]
+            err = [[y - 100 * lo for y, (lo, _) in zip(ys, ci)], [100 * hi - y for y, (_, hi) in zip(ys, ci)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=color, label=who)
+        ax.set_title(label.replace("`", ""), fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlim(100, 360)
+        ax.set_xticks([m for _n, m in SIZES], [f"{m}M" for _n, m in SIZES])
+        ax.minorticks_off()
+        ax.set_xlabel("student parameters")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy % (95% Wilson)")
+    axes[0][0].legend(loc="best", fontsize=8)
+    return _save(fig, fig_dir / "two_sizes.png")
+
+
 def _paired_of(a: dict, b: dict) -> dict:
     """lora_spec.stats.paired of ``b`` vs ``a`` on the problems both were scored on (``n`` = their number)."""
     ha, hb = hits(a), hits(b)
@@ -1354,6 +1508,9 @@ def render(results: Path, docs: Path) -> str:
     for name, fn in (("c1", section_c1), ("c2", section_c2), ("c3", section_c3), ("c4", section_c4),
                      ("c5", section_c5)):
         L += fn(recs.get(name), fig_dir)
+        if name == "c2":
+            L += section_two_sizes(recs.get("c1"), recs.get("c2"), recs.get("c1g"), recs.get("c4"), recs.get("c4x"),
+                                   fig_dir)
         if name == "c4":
             L += section_c4x(recs.get("c4x"), fig_dir, recs.get("c4"))
             L += section_c4s(recs.get("c4s"), fig_dir)

@@ -141,9 +141,9 @@ def test_chains_of_thought_are_checked_for_wrong_arithmetic(monkeypatch, tiny):
 # --------------------------------------------------------------------------------------------- lorasp eval (CLI)
 
 def _run(*args, **kw):
-    from tests.conftest import run_cli
+    from tests.helpers import run_in_process
 
-    return run_cli("eval", *args, **kw)
+    return run_in_process("eval", *args, **kw)
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
+from tests.helpers import run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +114,7 @@ def _fit_args(teach_run, out, steps=40):
 
 @pytest.mark.slow
 def test_kill9_resume_matches_uninterrupted(teach_run, tmp_path, tiny_llama_path):
-    ref = run_cli(*_fit_args(teach_run, tmp_path / "ref"), env=_env())
+    ref = run_in_process(*_fit_args(teach_run, tmp_path / "ref"), env=_env())
     assert ref.returncode == 0, ref.stderr
     ref_m = json.loads((tmp_path / "ref" / "lorasp.json").read_text())
 
@@ -135,11 +136,11 @@ def test_kill9_resume_matches_uninterrupted(teach_run, tmp_path, tiny_llama_path
     steps = sorted(int(d.name[5:]) for d in ck.glob("step-*"))
     assert 10 <= steps[-1] < 40
     # a fresh run without --resume refuses to clobber the unfinished one (after taking over the killed run's lock)
-    again = run_cli(*_fit_args(teach_run, out), env=_env())
+    again = run_in_process(*_fit_args(teach_run, out), env=_env())
     lines = again.stderr.strip().splitlines()
     assert again.returncode == 2 and len(lines) == 2 and "pass --resume" in lines[1], again.stderr
     assert lines[0].startswith("warning: ") and f"taking over the stale lock of pid {proc.pid}" in lines[0]
-    res = run_cli(*_fit_args(teach_run, out), "--resume", env=_env())
+    res = run_in_process(*_fit_args(teach_run, out), "--resume", env=_env())
     assert res.returncode == 0, res.stderr
     assert "resuming from" in res.stderr
     m = json.loads((out / "lorasp.json").read_text())
@@ -153,7 +154,7 @@ def test_kill9_resume_matches_uninterrupted(teach_run, tmp_path, tiny_llama_path
     wb = load_file(str(out / "adapter_model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     # resuming with different settings is refused with a clear message
-    bad = run_cli(*_fit_args(teach_run, tmp_path / "ref"), "--resume", "--batch-size", "4", "--overwrite",
+    bad = run_in_process(*_fit_args(teach_run, tmp_path / "ref"), "--resume", "--batch-size", "4", "--overwrite",
                   env=_env())
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --resume: ") and "batch_size=2" in bad.stderr
@@ -180,7 +181,7 @@ def test_sigterm_saves_the_current_step_and_resume_finishes(teach_run, tmp_path,
     steps = [int(d.name[5:]) for d in ck.glob("step-*")]
     assert len(steps) == 1 and 0 < steps[0] < 400, (steps, err)
     assert f"interrupted: saved step {steps[0]}" in err and "Traceback" not in err
-    res = run_cli(*args, "--resume", "--max-steps", str(steps[0] + 2), env=_env())
+    res = run_in_process(*args, "--resume", "--max-steps", str(steps[0] + 2), env=_env())
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "lorasp.json").read_text())["train"]["resumed_from"] == steps[0]
 
@@ -194,7 +195,7 @@ def test_resumed_fit_keeps_the_heldout_predictions_of_before_the_cut(teach_run, 
     args[args.index("--save-every") + 1] = "2"
     args += ["--eval-every", "2", "--in-dist", "auto;limit=3;mode=zs_answer;max_new_tokens=3",
              "--ood", "none", "--generic", "none", "--select-by", "in_dist"]
-    first = run_cli(*args, env=_env())
+    first = run_in_process(*args, env=_env())
     assert first.returncode == 0, first.stderr
     journal = ck / "heldout_predictions.jsonl"
     rows = [json.loads(x) for x in journal.read_text().splitlines()]
@@ -203,7 +204,7 @@ def test_resumed_fit_keeps_the_heldout_predictions_of_before_the_cut(teach_run, 
 
     # cut after the last checkpoint, before the artifact: the resume trains nothing and still reports a speed
     shutil.rmtree(out)
-    again = run_cli(*args, "--resume", env=_env())
+    again = run_in_process(*args, "--resume", env=_env())
     assert again.returncode == 0, again.stderr
     train = json.loads((out / "lorasp.json").read_text())["train"]
     assert train["resumed_from"] == 4 and train["tokens_per_second"] > 0
@@ -213,7 +214,7 @@ def test_resumed_fit_keeps_the_heldout_predictions_of_before_the_cut(teach_run, 
     with journal.open("a") as fh:  # a second step-4 row, as if that evaluation ran twice before a cut ...
         fh.write(json.dumps({**rows[-1], "output": "stale"}) + "\n")
         fh.write('{"step": 4, "outp')  # ... and a row torn by a kill mid-write (the eval journal's rule: dropped)
-    res = run_cli(*args, "--resume", env=_env())
+    res = run_in_process(*args, "--resume", env=_env())
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "lorasp.json").read_text())["train"]["resumed_from"] == 2
     preds = [json.loads(x) for x in (out / "heldout_predictions.jsonl").read_text().splitlines()]
@@ -224,7 +225,7 @@ def test_resumed_fit_keeps_the_heldout_predictions_of_before_the_cut(teach_run, 
     shutil.rmtree(out)
     shutil.rmtree(ck / "step-000004")
     other = [a.replace("limit=3;", "limit=2;") for a in args]
-    bad = run_cli(*other, "--resume", env=_env())
+    bad = run_in_process(*other, "--resume", env=_env())
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     last = bad.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --resume: the held-out sets differ") and "in_dist/arith: 3 problems" in last, last
