@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import main_cli, make_adapter, run_cli
+from tests.helpers import main_cli, make_adapter, run_in_process
 
 KEY = "base_model.model.model.layers.{i}.self_attn.{m}"
 
@@ -39,7 +39,7 @@ def test_cat_is_the_exact_weighted_sum(parents):
 
     d, a, b, _ = parents
     out = d / "cat"
-    r = run_cli("combine", str(a), str(b), "--weights", "0.7,0.3", "--how", "cat", "--out", str(out))
+    r = run_in_process("combine", str(a), str(b), "--weights", "0.7,0.3", "--how", "cat", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "combined (cat, r=6)" in r.stdout
     m = json.loads((out / "lorasp.json").read_text())

@@ -19,7 +19,7 @@ import pytest
 
 from lora_spec.records import Sample, read_jsonl, write_jsonl
 
-from .conftest import run_cli
+from tests.helpers import run_in_process
 
 ARITH = ["--dataset", "arith", "--dataset-opt", "min_steps=1", "--dataset-opt", "max_steps=1"]
 
@@ -44,7 +44,7 @@ def test_real_teacher_topk_from_teach_aligns(server, tmp_path, smollm2_path, tin
     from lora_spec.teach import load_run
 
     run = tmp_path / "teach"
-    _ok(run_cli("teach", *ARITH, "--first", "2", "--teacher", "openai", "--model", "smollm2", "--base-url", server,
+    _ok(run_in_process("teach", *ARITH, "--first", "2", "--teacher", "openai", "--model", "smollm2", "--base-url", server,
                 "--samples", "1", "--temperature", "0.7", "--top-logprobs", "5", "--max-tokens", "40",
                 "--keep", "all", "--concurrency", "2", "--out", str(run), "--no-progress"))
     _problems, samples = load_run(run, include_incorrect=True)
@@ -97,17 +97,17 @@ def test_fit_with_distribution_loss_on_smollm2(server, tmp_path):
     from lora_spec.teach import resolve_prompt
 
     run = tmp_path / "gold"
-    _ok(run_cli("teach", *ARITH, "--first", "6", "--teacher", "gold", "--samples", "1", "--out", str(run),
+    _ok(run_in_process("teach", *ARITH, "--first", "6", "--teacher", "gold", "--samples", "1", "--out", str(run),
                 "--no-progress"))
     fit_args = ["--student", "smollm2-135m", "--formats", "zero_shot_cot=1", "--max-steps", "2",
                 "--batch-size", "2", "--max-length", "256", "--targets", "q_proj,v_proj", "--rank", "4",
                 "--no-progress", "--tracker", "none", "--before-after", "0"]
     # without recorded top-k, distribution matching is a one-line error naming the fix
-    r = run_cli("fit", "--data", str(run), "--loss", "distribution", "--out", str(tmp_path / "no"), *fit_args)
+    r = run_in_process("fit", "--data", str(run), "--loss", "distribution", "--out", str(tmp_path / "no"), *fit_args)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 1 and last.startswith("error: --loss distribution needs the teacher's top-k"), r.stderr
     assert "--top-logprobs" in last and "Traceback" not in r.stderr and "student:" not in r.stderr  # before loading
-    r = run_cli("fit", "--data", str(run), "--loss", "mix:2", "--out", str(tmp_path / "no2"), *fit_args)
+    r = run_in_process("fit", "--data", str(run), "--loss", "mix:2", "--out", str(tmp_path / "no2"), *fit_args)
     assert r.returncode == 2 and r.stderr.startswith("error: --loss") and r.stderr.count("\n") == 1, r.stderr
 
     manifest = json.loads((run / "manifest.json").read_text())
@@ -121,7 +121,7 @@ def test_fit_with_distribution_loss_on_smollm2(server, tmp_path):
     write_jsonl(run / "samples.jsonl", samples)
 
     out = tmp_path / "adapter"
-    _ok(run_cli("fit", "--data", str(run), "--loss", "distribution", "--loss-temperature", "1.5",
+    _ok(run_in_process("fit", "--data", str(run), "--loss", "distribution", "--loss-temperature", "1.5",
                 "--out", str(out), *fit_args))
     m = json.loads((out / "lorasp.json").read_text())
     assert m["loss"] == "distribution"

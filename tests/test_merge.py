@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import main_cli, make_adapter, run_cli
+from tests.helpers import main_cli, make_adapter, run_in_process
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -84,7 +84,7 @@ def test_merge_quantized_needs_force(tmp_path, tiny_llama_path, capsys):
     code, _, err = main_cli(capsys, "merge", str(adapter), "--out", str(tmp_path / "mq"), "--base", "quantized")
     assert code == 2 and "--force-quantized" in _err_line(err)
     assert not (tmp_path / "mq").exists()
-    r = run_cli("merge", str(adapter), "--out", str(tmp_path / "mq"), "--force-quantized", "--max-new-tokens", "4")
+    r = run_in_process("merge", str(adapter), "--out", str(tmp_path / "mq"), "--force-quantized", "--max-new-tokens", "4")
     assert r.returncode == 0, r.stderr
     assert "warning: " in r.stderr and "rounded" in r.stderr
     assert "merged" in r.stdout and "quantized base weights (nf4)" in r.stdout and "max logit diff" in r.stdout

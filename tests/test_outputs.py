@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import main_cli, make_adapter, run_cli, tree_hashes
+from tests.helpers import main_cli, make_adapter, run_in_process, tree_hashes
 
 LORASP = [str(Path(sys.executable).with_name("lorasp"))] if Path(sys.executable).with_name("lorasp").exists() \
     else [sys.executable, "-m", "lora_spec.cli"]
@@ -189,7 +189,7 @@ def test_merge_overwrite_keeps_foreign_files_and_says_so(ws, tmp_path):
     sub = out / "teach-run-of-mine"  # a directory the user put there
     sub.mkdir()
     (sub / "data.txt").write_text("precious\n")
-    r = run_cli("merge", str(ws / "ad"), "--out", str(out), "--overwrite")
+    r = run_in_process("merge", str(ws / "ad"), "--out", str(out), "--overwrite")
     assert r.returncode == 0, r.stderr
     assert (out / "notes.txt").read_text() == "my notes\n" and (sub / "data.txt").read_text() == "precious\n"
     assert "kept 2 files lorasp did not write: notes.txt, teach-run-of-mine" in r.stderr, r.stderr
@@ -263,7 +263,7 @@ def test_the_next_merge_removes_a_killed_writes_temporary_directory(ws, tmp_path
     (dead / "model.safetensors").write_bytes(b"\0" * 4096)
     live = tmp_path / f".m.tmp-{os.getpid()}-1700000000000"  # this test process is alive
     live.mkdir()
-    r = run_cli("merge", str(ws / "ad"), "--out", str(out))
+    r = run_in_process("merge", str(ws / "ad"), "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert not dead.exists() and live.exists()
     assert f"removed 1 unfinished temporary directory an interrupted lorasp write left beside {out}" in r.stderr
@@ -440,7 +440,7 @@ FIT = ["--dataset", "arith", "--teacher", "gold", "--student", "tiny-llama", "--
 def fitted(tmp_path_factory):
     """One real tiny fit (2 steps, a checkpoint each), in its own project folder."""
     proj = tmp_path_factory.mktemp("project")
-    r = run_cli("fit", *FIT, "--out", str(proj / "ad"))
+    r = run_in_process("fit", *FIT, "--out", str(proj / "ad"))
     assert r.returncode == 0, r.stderr
     return proj
 
@@ -466,7 +466,7 @@ def test_fit_overwrite_keeps_foreign_files_and_a_moved_project_still_works(fitte
     (dead / "adapter_model.safetensors").write_bytes(b"\0" * 1024)
     link = tmp_path / "link"
     link.symlink_to(out)
-    r = run_cli("fit", *FIT, "--out", str(link), "--overwrite")
+    r = run_in_process("fit", *FIT, "--out", str(link), "--overwrite")
     assert r.returncode == 0, r.stderr
     assert "unfinished fit" not in r.stderr
     assert (out / "notes.txt").read_text() == "mine\n" and (out / "my-run" / "data.jsonl").read_text() == "{}\n"
@@ -505,7 +505,7 @@ def test_a_failed_fit_overwrite_keeps_the_previous_checkpoints_on_a_full_disk(fi
         proj = _copy_project(fitted, mnt / "p")
         ckpts = proj / "ad.checkpoints"
         before = tree_hashes(ckpts)
-        r = run_cli("fit", "--data", str(proj / "ad.teach"), *FIT[6:], "--out", str(proj / "ad"), "--overwrite",
+        r = run_in_process("fit", "--data", str(proj / "ad.teach"), *FIT[6:], "--out", str(proj / "ad"), "--overwrite",
                     env={"LORASP_DEBUG": ""})
         lines = _lines(r.stderr)
         assert r.returncode == 1, r.stderr
@@ -532,7 +532,7 @@ def test_teach_resumes_through_a_symlinked_out(tmp_path):
     teach(dataset="arith", teacher="gold", first=3, out=str(run), progress=False)
     link = tmp_path / "latest"
     link.symlink_to(run)
-    r = run_cli("teach", "--dataset", "arith", "--teacher", "gold", "--first", "5", "--out", str(link),
+    r = run_in_process("teach", "--dataset", "arith", "--teacher", "gold", "--first", "5", "--out", str(link),
                 "--no-progress")
     assert r.returncode == 0, r.stderr
     assert link.is_symlink() and json.loads((run / "manifest.json").read_text())["counts"]["problems"] == 5
@@ -562,14 +562,14 @@ def test_disk_full_and_file_size_errors_name_the_file(tmp_path):
 def test_eval_of_a_merged_model_suggests_a_command_that_works(ws, tmp_path):
     """Item 11: ``eval --adapter MERGED_DIR`` suggested ``lorasp merge MERGED_DIR``, which then fails."""
     merged = tmp_path / "merged"
-    r = run_cli("merge", str(ws / "ad"), "--out", str(merged))
+    r = run_in_process("merge", str(ws / "ad"), "--out", str(merged))
     assert r.returncode == 0, r.stderr
-    r = run_cli("eval", "--adapter", str(merged), "--suite", "arith", "--limit", "1", "--max-new-tokens", "4",
+    r = run_in_process("eval", "--adapter", str(merged), "--suite", "arith", "--limit", "1", "--max-new-tokens", "4",
                 "--out", str(tmp_path / "ev"), "--no-progress")
     assert r.returncode == 0, r.stderr
     nxt = [ln for ln in r.stderr.splitlines() if ln.startswith("next: ")]
     assert nxt == [f"next: lorasp generate --model {merged} --prompt \"...\""], r.stderr
-    g = run_cli("generate", "--model", str(merged), "--prompt", "1+1=", "--max-new-tokens", "2")
+    g = run_in_process("generate", "--model", str(merged), "--prompt", "1+1=", "--max-new-tokens", "2")
     assert g.returncode == 0, g.stderr
 
 
@@ -580,10 +580,10 @@ def test_eval_overwrite_keeps_the_users_files(ws, tmp_path):
     out = tmp_path / "ev"
     args = ["eval", "--adapter", str(ws / "ad"), "--suite", "arith", "--limit", "1", "--max-new-tokens", "4",
             "--out", str(out), "--no-progress"]
-    assert run_cli(*args).returncode == 0
+    assert run_in_process(*args).returncode == 0
     (out / "notes.txt").write_text("mine\n")
     (out / "predictions" / "my-analysis.jsonl").write_text("{}\n")
-    r = run_cli(*args, "--overwrite")
+    r = run_in_process(*args, "--overwrite")
     assert r.returncode == 0, r.stderr
     assert (out / "notes.txt").read_text() == "mine\n"
     assert (out / "predictions" / "my-analysis.jsonl").read_text() == "{}\n"

@@ -24,7 +24,7 @@ from lora_spec.errors import ModelError
 from lora_spec.score import ScoreConfig, score
 from lora_spec.teach import TeachConfig, load_run, teach
 from lora_spec.teacher_forcing import SpanError, text_tokens
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_in_process
 from tests.fault_proxy import fault_proxy
 from tests.llama_server import llama_server
 
@@ -169,7 +169,7 @@ def test_hf_and_served_scores_agree_then_fit_distribution(file_run, server, tmp_
 
     # the scored run trains by distribution matching, through the cross-tokenizer alignment (tiny-llama's
     # vocabulary is not SmolLM2's)
-    r = run_cli("fit", "--student", str(tiny_llama_path), "--data", str(srv_run), "--loss", "distribution",
+    r = run_in_process("fit", "--student", str(tiny_llama_path), "--data", str(srv_run), "--loss", "distribution",
                 "--max-steps", "2", "--batch-size", "2", "--eval-every", "0", "--select-by", "last",
                 "--formats", "zero_shot_cot=1", "--out", str(tmp_path / "student"), "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -201,7 +201,7 @@ def test_faults_are_retried_recorded_and_only_failures_asked_again(gold_run, ser
     assert "end at character" in sec["failure_examples"][0]
     rows = _scored(run)
     assert sum(1 for r in rows if r["top_logprobs"]) == 3  # the failed one exports without top-k
-    r = run_cli("score", str(run), "--teacher", "openai", "--model", "smollm2", "--base-url", server,
+    r = run_in_process("score", str(run), "--teacher", "openai", "--model", "smollm2", "--base-url", server,
                 "--top-logprobs", "3", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "1 failed" not in r.stdout and "3 already scored" in r.stdout
@@ -218,7 +218,7 @@ def test_a_server_that_cannot_score_is_one_error_at_the_first_request(gold_run, 
                                    progress=False))
         assert len(_score_requests(proxy)) == 1
         # --no-progress: a slow first answer (a loaded machine) would otherwise print a progress line first
-        r = run_cli("score", str(run), "--teacher", "openai", "--model", "smollm2", "--base-url", proxy.url,
+        r = run_in_process("score", str(run), "--teacher", "openai", "--model", "smollm2", "--base-url", proxy.url,
                     "--no-progress")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--logits_all true" in r.stderr and "Traceback" not in r.stderr
@@ -254,7 +254,7 @@ def test_kill9_then_rerun_asks_only_for_what_is_not_scored(gold_run, server, tmp
         before = n_scored()
         n_before = len(_score_requests(proxy))
         assert 1 <= before < 4
-        r = run_cli(*args, "--base-url", proxy.url)
+        r = run_in_process(*args, "--base-url", proxy.url)
         assert r.returncode == 0, r.stderr
         rerun = _score_requests(proxy)[n_before:]
     assert len(rerun) == 4 - before, (rerun, before)

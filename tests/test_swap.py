@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import QUESTION, main_cli, make_adapter, run_cli, training_prompt
+from tests.helpers import QUESTION, main_cli, make_adapter, run_in_process, training_prompt
 
 PROMPTS = [
     "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:",
@@ -165,7 +165,7 @@ def test_fingerprint_mismatch_is_one_line_error_naming_both(tiny_pair, tiny_llam
     assert "base mismatch" in lines[0] and "tiny-llama" in lines[0] and str(other) in lines[0]
     assert "weights differ" in lines[0] and "--ignore-fingerprint" in lines[0]
     # --ignore-fingerprint overrides it, with a warning; the mixed batch runs through the CLI
-    r = run_cli("generate", "--model", str(other), "--adapter", f"math={adapter}", "--ignore-fingerprint",
+    r = run_in_process("generate", "--model", str(other), "--adapter", f"math={adapter}", "--ignore-fingerprint",
                 "--prompt", "how many apples", "--prompt", "the total is", "--use", "math", "--use", "base",
                 "--max-new-tokens", "4", "--json")
     assert r.returncode == 0, r.stderr
