@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_cli
+from tests.helpers import run_in_process
 
 ENV = {"LORASP_DATA_DIR": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 ARGS = ["--student", "tiny-llama", "--dataset", "arith", "--teacher", "gold", "--first", "16", "--max-steps", "2",
@@ -15,7 +15,7 @@ ARGS = ["--student", "tiny-llama", "--dataset", "arith", "--teacher", "gold", "-
 
 def test_default_held_out_sets_without_data_are_skipped_with_a_warning(tmp_path):
     out = tmp_path / "adapter"
-    r = run_cli("fit", *ARGS, "--out", str(out), env=ENV)
+    r = run_in_process("fit", *ARGS, "--out", str(out), env=ENV)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ood: multiarith skipped, its data is not available here" in r.stderr
     assert "generic: bbh" in r.stderr and "LORASP_DATA_DIR" in r.stderr
@@ -25,6 +25,6 @@ def test_default_held_out_sets_without_data_are_skipped_with_a_warning(tmp_path)
 
 
 def test_an_explicit_held_out_set_without_data_is_an_error(tmp_path):
-    r = run_cli("fit", *ARGS, "--ood", "svamp;limit=2", "--out", str(tmp_path / "a"), env=ENV)
+    r = run_in_process("fit", *ARGS, "--ood", "svamp;limit=2", "--out", str(tmp_path / "a"), env=ENV)
     err = r.stderr.strip().splitlines()[-1]
     assert r.returncode != 0 and err.startswith("error: --ood svamp") and "not found" in err, r.stderr[-1500:]
