@@ -562,3 +562,51 @@ def test_each_experiment_reads_as_results_with_its_provenance_collapsed(results,
     # a section without a recorded run has neither
     c2 = text.split("## C2")[1].split("\n## ")[0]
     assert "<details" not in c2 and "Environment of the timings" not in c2
+
+
+def test_two_sizes_pairs_each_student_with_its_base_and_says_which_claims_hold(results, tmp_path):
+    """C1/C2/C4 at 135M (C1's shipped adapter, C2, C4) and 270M (C1g, C4x): one table, the verdict per claim and
+    size from the paired test, the lift compared across sizes, and the plot; a 270M cell not yet run says so."""
+    def bbh(hits: str) -> dict:
+        ev = _ev("boolean_expressions", hits)
+        ev["tasks"]["boolean_expressions"]["hits_flexible"] = hits
+        return ev
+
+    c1 = json.loads((results / "c1.json").read_text())
+    c1["evals"]["shipped-zs_cot-gsm8k"] = _ev("gsm8k", "1" * 3 + "0" * 17)  # 135M: 2/20 -> 3/20, within noise
+    for t in ("multiarith", "asdiv", "svamp"):
+        c1["evals"][f"shipped-zs_cot-{t}"] = _ev(t, "1" + "0" * 9)
+    (results / "c1.json").write_text(json.dumps(c1))
+    (results / "c2.json").write_text(json.dumps({
+        "experiment": "c2", "title": "t", "command": "python experiments/run.py c2", "complete": True, "fits": {},
+        "evals": {"base-zs_answer-bbh": bbh("1" * 12 + "0" * 8), "adapter-zs_answer-bbh": bbh("1" * 12 + "0" * 8)},
+        "extra": {}}))
+    g_base, g_adap = "0" * 40, "1" * 12 + "0" * 28  # 270M: 0/40 -> 12/40, p < 0.001
+    (results / "c1g.json").write_text(json.dumps({
+        "experiment": "c1g", "title": "t", "command": "python experiments/run.py c1g", "complete": False,
+        "fits": {"recipe": {"selection": {"chosen_step": 160}, "train": {"steps": 240}}},
+        "evals": {"base-zs_cot-gsm8k": _ev("gsm8k", g_base), "adapter-zs_cot-gsm8k": _ev("gsm8k", g_adap)},
+        "extra": {"student_source": "WHEEL-SOURCE", "recipe": "recipes/gsm8k-gemma3-270m.yaml"}}))
+    for name, s, d in (("c4", "1" * 10 + "0" * 10, "1" * 10 + "0" * 10), ("c4x", "1" * 5 + "0" * 15, "1" * 6 + "0" * 14)):
+        (results / f"{name}.json").write_text(json.dumps({
+            "experiment": name, "title": "t", "command": f"python experiments/run.py {name}", "complete": True,
+            "fits": {}, "extra": {},
+            "evals": {"sample-zs_cot-arith": _ev("arith", s), "distribution-zs_cot-arith": _ev("arith", d)}}))
+    docs = tmp_path / "docs"
+    assert page.main(["--results", str(results), "--docs", str(docs)]) == 0
+    text = (docs / "results.md").read_text()
+    sec = text[text.index("## C1, C2 and C4 at two sizes"):]
+    sec = sec[:sec.index("\n## ", 5)]
+    assert "WHEEL-SOURCE" in sec and "chosen step 160 of 240" in sec
+    row = next(line for line in sec.splitlines() if line.startswith("| GSM8K test |"))
+    p = binomtest(12, 12, 0.5).pvalue
+    assert "| 10.0 [" in row and "| 15.0 [" in row and "| 0.0 [" in row and "| 30.0 [" in row, row
+    assert "+30.0 points" in row and ("p<0.001" in row if p < 0.001 else f"p={p:.3f}" in row)
+    ood = next(line for line in sec.splitlines() if line.startswith("| OOD pooled"))
+    assert ood.count("not run yet") == 2  # 270M's OOD sets have not run
+    assert "- C1, GSM8K lifts: SmolLM2-135M: not shown (+5.0 points" in sec
+    assert "Gemma-3-270M: holds (+30.0 points, p<0.001)" in sec
+    assert "- C2, BBH answer-only drops: SmolLM2-135M: not shown (+0.0 points" in sec
+    assert "- C4, distribution matching beats sample matching: SmolLM2-135M: not shown" in sec
+    assert "The GSM8K lift grows with size (+5.0 → +30.0 points)" in sec
+    assert (docs / "results" / "two_sizes.png").stat().st_size > 10_000
