@@ -309,14 +309,10 @@ def _load_eval_model(cfg: EvalConfig):
 
 def _write_predictions(out, results: dict[str, dict]) -> dict[str, dict]:
     """Every prediction to ``predictions/<task>.jsonl``; returns the per-task rows of results.json."""
-
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     # an --overwrite of other tasks: the earlier run's prediction files go, so predictions/ matches results.json
     keep = {task_file_name(name) for name in results}
     try:  # only files the earlier results.json names: a file of the user's in predictions/ is never removed
-        import json
-        from pathlib import Path
-
         earlier = {Path(str(t.get("predictions_file", ""))).stem for t in
                    json.loads((out / "results.json").read_text(encoding="utf-8")).get("tasks", {}).values()}
     except (OSError, ValueError, AttributeError):

@@ -186,10 +186,22 @@ def _costly(target: str, top: dict[str, set[str]], seen: set[str] | None = None)
     return any(_costly(t, top, seen) for t in top[target])
 
 
+def _catches_import_error(node: ast.AST) -> bool:
+    """A ``try`` that guards an optional dependency: one of its handlers catches ImportError or
+    ModuleNotFoundError (a ``try`` for other errors exempts nothing)."""
+    if not isinstance(node, ast.Try):
+        return False
+    names = set()
+    for h in node.handlers:
+        for t in (h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]) if h.type is not None else []:
+            names.add(ast.unparse(t).rsplit(".", 1)[-1])
+    return bool(names & {"ImportError", "ModuleNotFoundError"})
+
+
 def deferred_imports_without_reason(pkg: Path = PKG) -> list[str]:
     """Imports inside functions that ``lorasp --help`` and the light commands do not need deferred: a standard
     library module, or a package module whose module-level imports load no third-party library. Imports in a
-    ``try`` (an optional dependency) and under ``if TYPE_CHECKING:`` are exempt."""
+    ``try`` that catches ImportError (an optional dependency) and under ``if TYPE_CHECKING:`` are exempt."""
     top = _top_level_imports(pkg)
     mods = {_module(p, pkg): p for p in pkg.rglob("*.py")}
     bad = []
@@ -197,7 +209,7 @@ def deferred_imports_without_reason(pkg: Path = PKG) -> list[str]:
         tree = ast.parse(path.read_text(), str(path))
         here = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
         body = {id(n) for n in tree.body}
-        exempt = _type_checking_nodes(tree) | {id(d) for n in ast.walk(tree) if isinstance(n, ast.Try)
+        exempt = _type_checking_nodes(tree) | {id(d) for n in ast.walk(tree) if _catches_import_error(n)
                                                 for c in n.body for d in ast.walk(c)}
         for node in ast.walk(tree):
             if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in body or id(node) in exempt:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .. import registry
 from ..prompts import TRIGGER, artifact_prompting
 from ..student import PRESET_LICENSES, hub_id, preset_of
 
@@ -50,8 +51,6 @@ def _dataset_hub_ids(manifest: dict[str, Any]) -> list[str]:
     if not isinstance(name, str) or not name:
         return []
     try:
-        from .. import registry
-
         cls = registry.resolve("datasets", name)
     except Exception:  # a plugin that is not installed here: the card simply names no Hub data set
         return []

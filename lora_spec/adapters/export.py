@@ -540,8 +540,6 @@ def _export_source(src: Path, fmt: str, model: str | None, ignore_fingerprint: b
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"{src / 'config.json'}: cannot read the model's config ({one_line(exc)[:200]})") from None
         try:
-            from ..student import resolve_path
-
             base_path = resolve_path(model or base_spec(manifest, src))
         except Exception:  # the base is only needed to find its GGUF; --base-gguf covers a missing one
             base_path = None
