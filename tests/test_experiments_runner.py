@@ -174,3 +174,40 @@ def test_c1_fits_pin_the_measured_mixture_and_only_the_shipped_part_trains_the_r
     assert evals == sorted(f"shipped-{m}-{t}" for m in ("zs_cot", "icl_cot") for t in run.C1_SETS)
     rec = json.loads((tmp_path / "results" / "c1.json").read_text())
     assert "recipe-shipped" in rec["fits"] and "recipe-seed1" in rec["fits"]
+
+
+def test_c1g_trains_the_gemma_recipe_and_measures_both_sizes_slices(run, tmp_path, monkeypatch):
+    """``c1g``: the Gemma recipe file as it ships on C1's teach run; the adapter's and the base Gemma's zs_cot slices
+    (adapter first: the headline survives a cut), then BBH in both C2 modes; ``--only full-ft`` trains the same
+    recipe fully at FULL_FT_LR with the same dev selection; another ``--only`` is refused."""
+    from pathlib import Path
+
+    monkeypatch.setattr(run, "run_lorasp", fake_commands(run, "gsm8k"))
+    monkeypatch.setattr(run.Experiment, "teach_gsm8k", lambda self: tmp_path / "teach")
+    (tmp_path / "results").mkdir()
+    run.c1g()
+    fits = [c for c in run.calls if c[0] == "fit"]
+    assert len(fits) == 1 and fits[0][fits[0].index("--config") + 1] == "recipes/gsm8k-gemma3-270m.yaml"
+    assert "--formats" not in fits[0] and "--method" not in fits[0]
+    evals = [c for c in run.calls if c[0] == "eval"]
+    labels = [Path(c[c.index("--out") + 1]).name for c in evals]
+    assert labels[:2] == ["adapter-zs_cot-gsm8k", "base-zs_cot-gsm8k"]
+    assert set(labels) == {f"{w}-zs_cot-{t}" for w in ("adapter", "base") for t in run.C1_SETS} | \
+        {f"{w}-{m}-bbh" for w in ("adapter", "base") for m in run.C2_MODES}
+    for c, label in zip(evals, labels):
+        assert c[c.index("--mode") + 1] in ("zs_cot", *run.C2_MODES)
+        if label.startswith("base"):
+            assert c[c.index("--model") + 1] == "gemma3-270m" and "--adapter" not in c
+        else:
+            assert "--adapter" in c and "--model" not in c
+    rec = json.loads((tmp_path / "results" / "c1g.json").read_text())
+    assert rec["complete"] and rec["extra"]["student"] == "gemma3-270m"
+    run.calls.clear()
+    run.c1g(only="full-ft")
+    fit = next(c for c in run.calls if c[0] == "fit")
+    assert fit[fit.index("--method") + 1] == "full" and float(fit[fit.index("--lr") + 1]) == run.FULL_FT_LR
+    assert "--eval-every" not in fit and "--select-by" not in fit  # the recipe's own dev selection
+    assert sorted(Path(c[c.index("--out") + 1]).name for c in run.calls if c[0] == "eval") == \
+        sorted(f"full-ft-zs_cot-{t}" for t in run.C1_SETS)
+    with pytest.raises(run.StepFailed, match="c1g --only takes full-ft"):
+        run.c1g(only="seed1")
