@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lora_spec.stats import fmt_paired, fmt_paired_loss, paired, paired_loss, wilson  # noqa: E402
+from lora_spec.stats import fmt_p, fmt_paired, fmt_paired_loss, paired, paired_loss, wilson  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "experiments"))
 from run import MEASURED_MIXTURE  # noqa: E402  (the mixture C1/C2/C5 measured, pinned by experiments/run.py)
@@ -574,8 +574,8 @@ def size_pairs(c1: dict | None, c2: dict | None, c1g: dict | None) -> list[tuple
                                              (one(eg, f"base-zs_cot-{task}", [task]),
                                               one(eg, f"adapter-zs_cot-{task}", [task]))]))
     rows.append(("OOD pooled (3 sets)", "ood", [
-        tuple(pooled([(e.get(f"{who}-zs_cot-{t}"), t) for t in OOD]) if all(e.get(f"{who}-zs_cot-{t}") for t in OOD)
-              else None for who in pair) for e, pair in ((e1, ("base", "shipped")), (eg, ("base", "adapter")))]))
+        tuple((ood_summary(e, f"{who}-zs_cot") or (None, None))[1] for who in pair)
+        for e, pair in ((e1, ("base", "shipped")), (eg, ("base", "adapter")))]))
     for mode in BBH_MODES:
         sides = []
         for ev in (e2, eg):
@@ -640,7 +640,7 @@ def _claim(b: dict | None, a: dict | None, want: str) -> str | None:
     if not b or not a:
         return None
     r = _paired_of(b, a)
-    ptxt = f"p={r['p']:.3f}" if r["p"] >= 0.001 else "p<0.001"
+    ptxt = fmt_p(r["p"])
     if r["p"] >= 0.05:
         return f"not shown ({r['delta']:+.1f} points, {ptxt}, within noise)"
     good = r["delta"] > 0 if want == "up" else r["delta"] < 0
@@ -812,7 +812,7 @@ def c3_verdict(res: dict[tuple[str, str, str], dict]) -> str | None:
         return None
 
     def d(r: dict) -> str:
-        p = f"p={r['p']:.3f}" if r["p"] >= 0.001 else "p<0.001"
+        p = fmt_p(r["p"])
         return f"{r['delta']:+.1f} points, {p}"
 
     sig_up = not single["within_noise"] and single["delta"] > 0

@@ -31,7 +31,7 @@ ALPHA = 0.05  # two-sided; "within noise" means p >= ALPHA
 CONFIDENCE = 1 - ALPHA
 
 __all__ = ["ALPHA", "CONFIDENCE", "wilson", "mcnemar", "newcombe_paired", "paired", "macro", "macro_paired",
-           "paired_loss", "fmt_paired_loss", "fmt_interval", "fmt_acc", "fmt_paired"]
+           "paired_loss", "fmt_paired_loss", "fmt_interval", "fmt_acc", "fmt_p", "fmt_paired"]
 
 
 def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -191,11 +191,15 @@ def paired_loss(a: Sequence[tuple[str, float, int]], b: Sequence[tuple[str, floa
 def fmt_paired_loss(r: dict) -> str:
     """``-0.0312 [-0.0401, -0.0228], p<0.001`` (the change of a reference loss, lower is better)."""
     lo, hi = r["delta_ci"]
-    ptxt = f"p={r['p']:.3f}" if r["p"] >= 0.001 else "p<0.001"
-    return f"{r['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}], {ptxt}" + (", within noise" if r["within_noise"] else "")
+    return f"{r['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}], {fmt_p(r['p'])}" + (", within noise" if r["within_noise"] else "")
 
 
 # --------------------------------------------------------------------------------------------- formatting
+
+
+def fmt_p(p: float) -> str:
+    """``p=0.012``, or ``p<0.001`` below that."""
+    return f"p={p:.3f}" if p >= 0.001 else "p<0.001"
 
 
 def fmt_interval(lo: float, hi: float) -> str:
@@ -214,7 +218,5 @@ def fmt_acc(k: int, n: int) -> str:
 def fmt_paired(r: dict) -> str:
     """``+12.0 points [4.1, 19.6], p=0.003`` or ``... p=0.41, within noise``."""
     lo, hi = r["delta_ci"]
-    p = r["p"]
-    ptxt = f"p={p:.3f}" if p >= 0.001 else "p<0.001"
-    return f"{r['delta']:+.1f} points [{lo:+.1f}, {hi:+.1f}], {ptxt}" + (", within noise" if r["within_noise"]
+    return f"{r['delta']:+.1f} points [{lo:+.1f}, {hi:+.1f}], {fmt_p(r['p'])}" + (", within noise" if r["within_noise"]
                                                                             else "")
